@@ -1,0 +1,96 @@
+"""One error type for everything a user can cause, each kind with its documented exit code.
+
+Library code raises these with a message a user can act on; ``dlcli.cli`` catches them in one
+place and turns them into an exit code (and a JSON document under ``--json``).
+"""
+
+from __future__ import annotations
+
+# The exit codes, the same for every command (documented in the README).
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_GATE = 4
+EXIT_INTERRUPTED = 130
+
+
+class DlcliError(Exception):
+    """Base of every error dlcli reports to a user (never shown as a traceback)."""
+
+    exit_code = EXIT_INTERNAL
+    kind = "internal"
+
+    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def __str__(self) -> str:
+        if not self.details:
+            return self.message
+        return self.message + "\n" + "\n".join(f"  - {d}" for d in self.details)
+
+
+class UsageError(DlcliError):
+    """A bad command line: an option value, a missing argument, a conflicting flag."""
+
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class ConfigError(DlcliError):
+    """An invalid config file or ``--set`` override; ``details`` lists every problem found."""
+
+    exit_code = EXIT_USAGE
+    kind = "config"
+
+
+class DataError(DlcliError):
+    """A missing, corrupt or inconsistent dataset archive or input file."""
+
+    exit_code = EXIT_DATA
+    kind = "data"
+
+
+class DownloadError(DlcliError):
+    """Every mirror failed, or a downloaded file did not match its checksum."""
+
+    exit_code = EXIT_DATA
+    kind = "network"
+
+
+class ModelDirError(DlcliError):
+    """A model directory that is missing, incomplete, altered, or cannot be written."""
+
+    exit_code = EXIT_DATA
+    kind = "model_dir"
+
+
+class TrainingError(DlcliError):
+    """Training could not go on (e.g. a non-finite loss)."""
+
+    exit_code = EXIT_DATA
+    kind = "training"
+
+
+class GateError(DlcliError):
+    """A metric gate (``--min`` / ``--max``) was violated."""
+
+    exit_code = EXIT_GATE
+    kind = "gate"
+
+
+class Interrupted(DlcliError):
+    """The user interrupted the command (SIGINT / SIGTERM)."""
+
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,472 @@
+"""The config schema: typed dataclasses, each field with a default and a one-line doc.
+
+``load_config(path, overrides)`` reads YAML, applies ``--set key.path=value`` overrides, checks
+every key against the schema and reports *all* problems at once as one :class:`ConfigError`
+(key path, what was expected, what was found, and a did-you-mean for names). The resolved
+config (defaults filled in) is what a run saves next to its weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from dlcli.errors import ConfigError, did_you_mean
+
+Check = tuple[Callable[[Any], bool], str]
+POSITIVE: Check = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
+FRACTION: Check = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
+PROBABILITY: Check = (lambda v: 0 <= v < 1, ">= 0 and < 1")
+
+ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
+Padding = Literal["valid", "same"]
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, check: Check | None = None) -> Any:
+    """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check."""
+    meta = {"doc": text, "check": check}
+    if dataclasses.is_dataclass(default):
+        instance = default
+        return field(default_factory=lambda: copy.deepcopy(instance), metadata=meta)
+    if isinstance(default, list | dict):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    dataset: str | None = doc("registry name (mnist, fashion-mnist); or give the four files", None)
+    train_images: str | None = doc("IDX archive of training images (instead of dataset)", None)
+    train_labels: str | None = doc("IDX archive of training labels", None)
+    test_images: str | None = doc("IDX archive of test images", None)
+    test_labels: str | None = doc("IDX archive of test labels", None)
+    num_classes: int | None = doc(
+        "number of classes (required with explicit files)", None, POSITIVE
+    )
+    class_names: list[str] | None = doc("class names, index order (explicit files)", None)
+    data_dir: str | None = doc(
+        "where registry datasets live (default $DLCLI_DATA_DIR or data/)", None
+    )
+    validation_split: float = doc("fraction of train held out for validation", 0.05, FRACTION)
+    shuffle_split: bool = doc("shuffle before splitting; false = KotlinDL's tail split", True)
+    stratify: bool = doc("keep class proportions equal in train and validation", False)
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Flatten:
+    type: Literal["flatten"] = "flatten"
+
+
+@dataclass(kw_only=True)
+class Dense:
+    type: Literal["dense"] = "dense"
+    units: int = doc("output features", check=POSITIVE)
+    activation: ActivationName = doc("activation applied after the layer", "linear")
+    use_bias: bool = doc("add a learned bias", True)
+
+
+@dataclass(kw_only=True)
+class Conv2d:
+    type: Literal["conv2d"] = "conv2d"
+    filters: int = doc("output channels", check=POSITIVE)
+    kernel_size: int | list[int] = doc("kernel size, n or [h, w]", 3)
+    strides: int | list[int] = doc("stride, n or [h, w]", 1)
+    padding: Padding = doc(
+        "valid (no padding) or same (output size = input size / stride)", "valid"
+    )
+    activation: ActivationName = doc("activation applied after the layer", "linear")
+    use_bias: bool = doc("add a learned bias", True)
+
+
+@dataclass(kw_only=True)
+class MaxPool2d:
+    type: Literal["max_pool2d"] = "max_pool2d"
+    pool_size: int | list[int] = doc("window size, n or [h, w]", 2)
+    strides: int | list[int] | None = doc("stride (default: pool_size)", None)
+    padding: Padding = doc("valid or same", "valid")
+
+
+@dataclass(kw_only=True)
+class AvgPool2d:
+    type: Literal["avg_pool2d"] = "avg_pool2d"
+    pool_size: int | list[int] = doc("window size, n or [h, w]", 2)
+    strides: int | list[int] | None = doc("stride (default: pool_size)", None)
+    padding: Padding = doc("valid or same", "valid")
+
+
+@dataclass(kw_only=True)
+class GlobalAvgPool2d:
+    type: Literal["global_avg_pool2d"] = "global_avg_pool2d"
+
+
+@dataclass(kw_only=True)
+class Dropout:
+    type: Literal["dropout"] = "dropout"
+    rate: float = doc("fraction of inputs dropped while training", check=PROBABILITY)
+
+
+@dataclass(kw_only=True)
+class BatchNorm:
+    type: Literal["batch_norm"] = "batch_norm"
+    momentum: float = doc("running-stats momentum (PyTorch convention)", 0.1, FRACTION)
+    epsilon: float = doc("added to the variance", 1e-5, POSITIVE)
+
+
+@dataclass(kw_only=True)
+class Activation:
+    type: Literal["activation"] = "activation"
+    activation: ActivationName = doc("the activation function")
+
+
+LayerSpec = Union[  # noqa: UP007 - a runtime-inspected union
+    Flatten, Dense, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dropout, BatchNorm, Activation
+]
+LAYER_TYPES: dict[str, type[Any]] = {
+    cls.__dataclass_fields__["type"].default: cls for cls in get_args(LayerSpec)
+}
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    input_shape: list[int] = doc(
+        "height, width, channels (as Keras/KotlinDL write it)", [28, 28, 1]
+    )
+    layers: list[LayerSpec] = doc("the layers, in order; shapes are inferred")
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class OptimizerConfig:
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = doc("optimizer", "adam")
+    learning_rate: float = doc("step size", 0.001, POSITIVE)
+    weight_decay: float = doc("L2 penalty (decoupled for adamw)", 0.0, NON_NEGATIVE)
+    momentum: float = doc("momentum (sgd, rmsprop)", 0.0, NON_NEGATIVE)
+    nesterov: bool = doc("Nesterov momentum (sgd)", False)
+    beta1: float = doc("Adam's first-moment decay", 0.9, PROBABILITY)
+    beta2: float = doc("Adam's second-moment decay", 0.999, PROBABILITY)
+    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, POSITIVE)
+
+
+Loss = Literal["softmax_cross_entropy_with_logits", "mse"]
+Metric = Literal["accuracy", "top_k_accuracy"]
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    optimizer: OptimizerConfig = doc("the optimizer", OptimizerConfig())
+    loss: Loss = doc(
+        "loss; cross-entropy takes integer labels", "softmax_cross_entropy_with_logits"
+    )
+    metrics: list[Metric] = doc("metrics reported per epoch (loss always is)", ["accuracy"])
+    top_k: int = doc("k of top_k_accuracy", 5, POSITIVE)
+    epochs: int = doc("passes over the training set", 10, POSITIVE)
+    batch_size: int = doc("samples per step (the global batch)", 100, POSITIVE)
+    seed: int = doc("seeds the split, the initial weights and the shuffling", 0, NON_NEGATIVE)
+    device: str = doc("auto | cpu | cuda | cuda:N", "auto")
+    shuffle: bool = doc("reshuffle the training set every epoch", True)
+
+
+@dataclass(kw_only=True)
+class OutputConfig:
+    dir: str | None = doc("run directory (default: runs/<config file name>)", None)
+
+
+@dataclass(kw_only=True)
+class Config:
+    data: DataConfig = doc("the dataset and its validation split")
+    model: ModelConfig = doc("the network")
+    training: TrainingConfig = doc("how to fit", TrainingConfig())
+    output: OutputConfig = doc("where the run is saved", OutputConfig())
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read, override and validate a YAML config; every problem is reported at once."""
+    path = Path(path)
+    raw = read_yaml(path)
+    apply_overrides(raw, overrides)
+    cfg = parse_config(raw, source=str(path))
+    if cfg.output.dir is None:
+        cfg.output.dir = str(Path("runs") / path.stem)
+    return cfg
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    try:
+        raw = parse_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML{_yaml_where(err)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {_kind(raw)}")
+    return raw
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    if mark is None:
+        return f": {problem}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+_KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``key.path=value`` overrides in place (value parsed as YAML)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = parse_yaml(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: invalid YAML value{_yaml_where(err)}") from None
+        parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
+        _set_path(raw, parts, value, key.strip())
+
+
+def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                found = f"a list of {len(node)}" if isinstance(node, list) else _kind(node)
+                raise ConfigError(f"--set {key}: no item [{part}] (found {found})")
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: cannot set '{part}' inside {_kind(node)}")
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate a raw mapping against the schema; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _parse_dataclass(Config, raw, "", problems)
+    if not problems:
+        _check_data(cfg.data, problems)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{source}: {len(problems)} {noun} in the config", details=problems)
+    return typing.cast(Config, cfg)
+
+
+def _check_data(data: DataConfig, problems: list[str]) -> None:
+    from dlcli.data.registry import REGISTRY
+
+    files = [data.train_images, data.train_labels, data.test_images, data.test_labels]
+    if data.dataset is not None:
+        if data.dataset not in REGISTRY:
+            problems.append(
+                f"data.dataset: unknown dataset '{data.dataset}'"
+                f"{did_you_mean(data.dataset, list(REGISTRY))}; known: {', '.join(REGISTRY)}"
+            )
+        if any(f is not None for f in files):
+            problems.append("data: give either dataset or the four archive files, not both")
+    elif any(f is None for f in files) or data.num_classes is None:
+        problems.append(
+            "data: expected dataset (a registry name) or all of train_images, train_labels, "
+            "test_images, test_labels and num_classes"
+        )
+
+
+def _parse_dataclass(cls: type[Any], raw: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{path or '<top>'}: expected a mapping, found {_kind(raw)}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            hint = did_you_mean(str(key), list(fields))
+            problems.append(
+                f"{_join(path, str(key))}: unknown key{hint}; known: {', '.join(fields)}"
+            )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        sub = _join(path, name)
+        if name in raw:
+            values[name] = _parse_value(hints[name], raw[name], sub, problems)
+            check = f.metadata.get("check")
+            if (
+                check
+                and isinstance(values[name], int | float)
+                and not isinstance(values[name], bool)
+            ):
+                ok, expected = check
+                if not ok(values[name]):
+                    problems.append(f"{sub}: expected a number {expected}, found {raw[name]!r}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{sub}: required key missing ({f.metadata.get('doc', name)})")
+    try:
+        return cls(**values)
+    except TypeError:  # a required field was missing: already reported
+        return None
+
+
+def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = get_origin(hint)
+    if hint is LayerSpec:
+        return _parse_layer(value, path, problems)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None) and _fits(option, value):
+                return _parse_value(option, value, path, problems)
+        expected = " or ".join(_describe(o) for o in options)
+        problems.append(f"{path}: expected {expected}, found {_found(value)}")
+        return value
+    if origin is Literal:
+        choices = [str(c) for c in get_args(hint)]
+        if value not in get_args(hint):
+            hint_text = did_you_mean(str(value), choices)
+            problems.append(
+                f"{path}: expected one of {', '.join(choices)}, found {value!r}{hint_text}"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected {_describe(hint)}, found {_found(value)}")
+            return value
+        (item,) = get_args(hint)
+        return [_parse_value(item, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _parse_dataclass(typing.cast(type, hint), value, path, problems)
+    if not _fits(hint, value):
+        problems.append(f"{path}: expected {_describe(hint)}, found {_found(value)}")
+        return value
+    return float(value) if hint is float else value
+
+
+def _parse_layer(value: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict) or "type" not in value:
+        problems.append(
+            f"{path}: expected a layer mapping with a 'type' key, found {_found(value)}"
+        )
+        return None
+    kind = value["type"]
+    if kind not in LAYER_TYPES:
+        problems.append(
+            f"{path}.type: unknown layer type {kind!r}{did_you_mean(str(kind), list(LAYER_TYPES))}"
+            f"; known: {', '.join(LAYER_TYPES)}"
+        )
+        return None
+    return _parse_dataclass(LAYER_TYPES[kind], value, path, problems)
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    origin = get_origin(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_fits(item, v) for v in value)
+    if origin is Literal:
+        return value in get_args(hint)
+    return dataclasses.is_dataclass(hint) and isinstance(value, dict)
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if get_origin(hint) is list:
+        return f"a list of {_describe(get_args(hint)[0])}"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, "a mapping")
+
+
+def _found(value: Any) -> str:
+    return f"{_kind(value)} {value!r}" if not isinstance(value, dict | list) else _kind(value)
+
+
+def _kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data (what ``config.yaml`` in a run dir holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)

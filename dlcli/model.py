@@ -1,0 +1,260 @@
+"""Build an ``nn.Sequential`` from the model config, inferring every layer's input size.
+
+Shapes are tracked as (channels, height, width) for images and (features,) once flat; the
+config writes ``input_shape`` as Keras does, (height, width, channels). Impossible shapes (a
+kernel larger than its input, a dense layer on an image) are config errors naming the layer.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlcli import config as C
+from dlcli.errors import ConfigError
+
+Shape = tuple[int, ...]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "softmax": lambda: nn.Softmax(dim=1),
+    "gelu": nn.GELU,
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of the model summary."""
+
+    name: str
+    kind: str
+    output_shape: Shape
+    params: int
+    trainable: int
+
+
+@dataclass
+class BuiltModel:
+    module: nn.Sequential
+    layers: list[LayerInfo]
+    input_shape: Shape  # (C, H, W)
+    output_shape: Shape
+
+    @property
+    def total_params(self) -> int:
+        return sum(info.params for info in self.layers)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(info.trainable for info in self.layers)
+
+
+def input_chw(cfg: C.ModelConfig) -> Shape:
+    """The model config's (H, W, C) input shape as (C, H, W)."""
+    if len(cfg.input_shape) != 3 or any(d <= 0 for d in cfg.input_shape):
+        raise ConfigError(
+            f"model.input_shape: expected [height, width, channels] of positive integers, "
+            f"found {cfg.input_shape}"
+        )
+    height, width, channels = cfg.input_shape
+    return (channels, height, width)
+
+
+def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltModel:
+    """Build the network; with ``num_classes``, check the output has one logit per class."""
+    shape = input_chw(cfg)
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    infos: list[LayerInfo] = []
+    counts: dict[str, int] = {}
+    for index, spec in enumerate(cfg.layers):
+        where = f"model.layers[{index}]"
+        counts[spec.type] = counts.get(spec.type, 0) + 1
+        name = f"{spec.type}_{counts[spec.type]}"
+        layer, shape = _build_layer(spec, shape, where)
+        modules[name] = layer
+        params = sum(p.numel() for p in layer.parameters())
+        trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+        infos.append(LayerInfo(name, type(spec).__name__, shape, params, trainable))
+    if num_classes is not None and shape != (num_classes,):
+        raise ConfigError(
+            f"model.layers: the last layer outputs shape {shape}, but the dataset has "
+            f"{num_classes} classes: expected ({num_classes},) "
+            f"(end with {{type: dense, units: {num_classes}}})"
+        )
+    return BuiltModel(nn.Sequential(modules), infos, input_chw(cfg), shape)
+
+
+def _build_layer(spec: Any, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    builder = _BUILDERS[type(spec)]
+    return builder(spec, shape, where)
+
+
+def _with_activation(layer: nn.Module, activation: str) -> nn.Module:
+    if activation == "linear":
+        return layer
+    return nn.Sequential(OrderedDict(layer=layer, activation=ACTIVATIONS[activation]()))
+
+
+def _glorot(layer: nn.Linear | nn.Conv2d) -> None:
+    # Keras / KotlinDL defaults: Glorot-uniform weights, zero biases.
+    nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def _need_image(shape: Shape, where: str, kind: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ConfigError(
+            f"{where}: {kind} expects an image input (channels, height, width), "
+            f"found flat shape {shape}; put it before the flatten layer"
+        )
+    return shape[0], shape[1], shape[2]
+
+
+def _pair(value: int | list[int], where: str, key: str) -> tuple[int, int]:
+    pair = [value, value] if isinstance(value, int) else list(value)
+    if len(pair) != 2 or any(v <= 0 for v in pair):
+        raise ConfigError(f"{where}.{key}: expected a positive integer or [h, w], found {value}")
+    return pair[0], pair[1]
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    if padding == "same":
+        return -(-size // stride)
+    return (size - kernel) // stride + 1
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding that gives ceil(size / stride) outputs, as TensorFlow does."""
+    total = max((_out_size(size, kernel, stride, "same") - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _spatial(
+    shape: Shape, kernel: tuple[int, int], stride: tuple[int, int], padding: str, where: str
+) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """Output (H, W) of a windowed layer, and the (left, right, top, bottom) padding that
+    'same' needs (None when it needs none)."""
+    _, height, width = shape
+    if padding == "valid" and (kernel[0] > height or kernel[1] > width):
+        raise ConfigError(
+            f"{where}: window {kernel[0]}x{kernel[1]} is larger than its input "
+            f"{height}x{width} (padding valid); use a smaller kernel or padding: same"
+        )
+    out = (
+        _out_size(height, kernel[0], stride[0], padding),
+        _out_size(width, kernel[1], stride[1], padding),
+    )
+    if padding == "valid":
+        return out, None
+    top, bottom = _same_padding(height, kernel[0], stride[0])
+    left, right = _same_padding(width, kernel[1], stride[1])
+    if top == bottom == left == right == 0:
+        return out, None
+    return out, (left, right, top, bottom)
+
+
+def _flatten(spec: C.Flatten, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    size = 1
+    for dim in shape:
+        size *= dim
+    return nn.Flatten(), (size,)
+
+
+def _dense(spec: C.Dense, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    if len(shape) != 1:
+        raise ConfigError(
+            f"{where}: dense expects a flat input, found shape {shape}; "
+            "add {type: flatten} (or global_avg_pool2d) before it"
+        )
+    layer = nn.Linear(shape[0], spec.units, bias=spec.use_bias)
+    _glorot(layer)
+    return _with_activation(layer, spec.activation), (spec.units,)
+
+
+def _conv2d(spec: C.Conv2d, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    channels, _, _ = _need_image(shape, where, "conv2d")
+    kernel = _pair(spec.kernel_size, where, "kernel_size")
+    stride = _pair(spec.strides, where, "strides")
+    (height, width), pad = _spatial(shape, kernel, stride, spec.padding, where)
+    conv = nn.Conv2d(channels, spec.filters, kernel, stride, bias=spec.use_bias)
+    _glorot(conv)
+    layer: nn.Module = conv
+    if pad is not None:
+        layer = nn.Sequential(OrderedDict(pad=nn.ZeroPad2d(pad), conv=conv))
+    return _with_activation(layer, spec.activation), (spec.filters, height, width)
+
+
+def _pool(
+    spec: C.MaxPool2d | C.AvgPool2d, shape: Shape, where: str, cls: type[nn.Module]
+) -> tuple[nn.Module, Shape]:
+    channels, _, _ = _need_image(shape, where, spec.type)
+    kernel = _pair(spec.pool_size, where, "pool_size")
+    stride = kernel if spec.strides is None else _pair(spec.strides, where, "strides")
+    (height, width), pad = _spatial(shape, kernel, stride, spec.padding, where)
+    if cls is nn.AvgPool2d:
+        pool: nn.Module = nn.AvgPool2d(kernel, stride)
+    else:
+        pool = nn.MaxPool2d(kernel, stride)
+    if pad is not None:
+        # Keras pads max-pooling with -inf and excludes padding from averages; replicate
+        # padding is a close, simple stand-in for both at the border.
+        pool = nn.Sequential(OrderedDict(pad=nn.ReplicationPad2d(pad), pool=pool))
+    return pool, (channels, height, width)
+
+
+def _max_pool(spec: C.MaxPool2d, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    return _pool(spec, shape, where, nn.MaxPool2d)
+
+
+def _avg_pool(spec: C.AvgPool2d, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    return _pool(spec, shape, where, nn.AvgPool2d)
+
+
+def _global_avg_pool(spec: C.GlobalAvgPool2d, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    channels, _, _ = _need_image(shape, where, "global_avg_pool2d")
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (channels,)
+
+
+def _dropout(spec: C.Dropout, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    return nn.Dropout(spec.rate), shape
+
+
+def _batch_norm(spec: C.BatchNorm, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    if len(shape) == 3:
+        return nn.BatchNorm2d(shape[0], eps=spec.epsilon, momentum=spec.momentum), shape
+    return nn.BatchNorm1d(shape[0], eps=spec.epsilon, momentum=spec.momentum), shape
+
+
+def _activation(spec: C.Activation, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
+    if spec.activation == "linear":
+        return nn.Identity(), shape
+    return ACTIVATIONS[spec.activation](), shape
+
+
+_BUILDERS: dict[type[Any], Callable[[Any, Shape, str], tuple[nn.Module, Shape]]] = {
+    C.Flatten: _flatten,
+    C.Dense: _dense,
+    C.Conv2d: _conv2d,
+    C.MaxPool2d: _max_pool,
+    C.AvgPool2d: _avg_pool,
+    C.GlobalAvgPool2d: _global_avg_pool,
+    C.Dropout: _dropout,
+    C.BatchNorm: _batch_norm,
+    C.Activation: _activation,
+}
+
+
+def check_forward(built: BuiltModel) -> None:
+    """Run one zero batch through the model and check the inferred output shape (tests)."""
+    with torch.no_grad():
+        out = built.module.eval()(torch.zeros(2, *built.input_shape))
+    if tuple(out.shape[1:]) != built.output_shape:
+        raise AssertionError(f"inferred {built.output_shape}, got {tuple(out.shape[1:])}")

@@ -1,0 +1,221 @@
+"""The run directory: what a trained model is on disk.
+
+    RUN_DIR/config.yaml        the resolved config (rebuilds the model and its data split)
+    RUN_DIR/model.safetensors  the weights (no pickle anywhere a user loads from)
+    RUN_DIR/metrics.json       final metrics, timings, seed, device, versions, dataset checksums
+    RUN_DIR/history.csv        one row per epoch
+    RUN_DIR/manifest.json      format version and the SHA-256 of every file above; written last
+
+A run is saved into a temporary sibling directory that is renamed into place, so an
+interrupted save never leaves a half-written model dir; loading verifies the manifest, so a
+truncated or altered file is refused rather than half-trusted.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dlcli.config import Config, parse_config
+from dlcli.errors import ConfigError, ModelDirError, UsageError
+
+FORMAT = "dlcli-run/1"
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Run:
+    """A loaded, verified run directory."""
+
+    path: Path
+    config: Config
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output_dir(run_dir: Path, *, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to train into a directory that already holds something, unless told to."""
+    if overwrite or resume or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: output path exists and is not a directory")
+    if any(run_dir.iterdir()):
+        raise UsageError(
+            f"{run_dir}: output directory is not empty; pass --overwrite to replace it, "
+            "--resume to continue it, or --output DIR for a new run"
+        )
+
+
+def save_run(
+    run_dir: Path,
+    *,
+    config: Config,
+    state_dict: Mapping[str, torch.Tensor],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+) -> Path:
+    """Write a complete run directory atomically (temp dir + rename); return its path.
+
+    A ``checkpoints/`` folder already in ``run_dir`` (written during training) is kept.
+    """
+    run_dir = Path(run_dir)
+    parent = run_dir.parent
+    staging = parent / f".{run_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        _write_files(staging, config, state_dict, metrics, history)
+        _swap_into_place(staging, run_dir)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelDirError(_os_message(run_dir, err)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _write_files(
+    staging: Path,
+    config: Config,
+    state_dict: Mapping[str, torch.Tensor],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+) -> None:
+    from dlcli.config import dump_yaml
+
+    (staging / CONFIG).write_text(dump_yaml(config), encoding="utf-8")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
+    (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (staging / HISTORY).write_text(history_csv(history), encoding="utf-8")
+    write_manifest(staging, [CONFIG, WEIGHTS, METRICS, HISTORY])
+
+
+def write_manifest(directory: Path, names: Sequence[str]) -> None:
+    from dlcli import __version__
+
+    manifest = {
+        "format": FORMAT,
+        "dlcli_version": __version__,
+        "files": {name: sha256_file(directory / name) for name in names},
+    }
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+
+
+def _swap_into_place(staging: Path, run_dir: Path) -> None:
+    if not run_dir.exists():
+        os.rename(staging, run_dir)
+        return
+    if (run_dir / CHECKPOINTS).is_dir():
+        os.rename(run_dir / CHECKPOINTS, staging / CHECKPOINTS)
+    old = run_dir.parent / f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(run_dir, old)
+    os.rename(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _os_message(run_dir: Path, err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        return f"{run_dir}: cannot save the model: no space left on the device"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{run_dir}: cannot save the model: the output directory is not writable"
+    return f"{run_dir}: cannot save the model: {err.strerror or err}"
+
+
+def history_csv(history: Sequence[Mapping[str, float]]) -> str:
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def verify_run(run_dir: Path) -> dict[str, Any]:
+    """Check that ``run_dir`` is a complete dlcli run whose files match the manifest."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelDirError(f"{run_dir}: model directory not found")
+    manifest_path = run_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelDirError(
+            f"{run_dir}: not a complete dlcli model directory (no {MANIFEST}); "
+            "was training interrupted before the model was saved?"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {manifest.get('format')!r}")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelDirError(f"{manifest_path}: unreadable manifest ({err})") from None
+    for name in (CONFIG, WEIGHTS, METRICS):
+        if name not in files:
+            raise ModelDirError(f"{manifest_path}: lists no {name}")
+    for name, expected in files.items():
+        path = run_dir / name
+        if not path.is_file():
+            raise ModelDirError(f"{path}: missing (listed in {MANIFEST})")
+        found = sha256_file(path)
+        if found != expected:
+            raise ModelDirError(
+                f"{path}: altered or truncated: sha256 is {found[:12]}…, "
+                f"the manifest expects {expected[:12]}…"
+            )
+    return dict(manifest)
+
+
+def load_run(run_dir: Path) -> Run:
+    """Verify and load a run directory (config, weights, metrics); never unpickles."""
+    run_dir = Path(run_dir)
+    verify_run(run_dir)
+    try:
+        raw = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+        config = parse_config(raw if isinstance(raw, dict) else {}, source=str(run_dir / CONFIG))
+    except (yaml.YAMLError, ConfigError) as err:
+        raise ModelDirError(f"{run_dir / CONFIG}: not a valid dlcli config: {err}") from None
+    try:
+        state_dict = load_file(str(run_dir / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelDirError(f"{run_dir / WEIGHTS}: unreadable weights: {err}") from None
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    return Run(run_dir, config, state_dict, metrics)

@@ -1,0 +1,221 @@
+"""Config loading: schema validation (every error class), overrides, shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dlcli.config import Config, dump_yaml, load_config, parse_config, to_dict
+from dlcli.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def base() -> dict[str, Any]:
+    return {
+        "data": {"dataset": "fashion-mnist"},
+        "model": {
+            "input_shape": [28, 28, 1],
+            "layers": [{"type": "flatten"}, {"type": "dense", "units": 10}],
+        },
+    }
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="cfg.yaml")
+    assert str(info.value).startswith("cfg.yaml: ")
+    return info.value.details
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_are_valid_and_say_how_to_run(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert path.read_text().startswith(f"# dlcli train configs/{path.name}")
+
+
+def test_at_least_the_three_required_configs_ship() -> None:
+    names = {p.name for p in SHIPPED}
+    assert {"fashion-mnist-mlp.yaml", "mnist-mlp.yaml", "fashion-mnist-cnn.yaml"} <= names
+
+
+def test_defaults_are_filled_in() -> None:
+    cfg = parse_config(base())
+    assert cfg.training.epochs == 10
+    assert cfg.training.batch_size == 100
+    assert cfg.training.optimizer.name == "adam"
+    assert cfg.data.validation_split == 0.05
+    assert cfg.data.shuffle_split is True
+
+
+def test_resolved_config_round_trips() -> None:
+    cfg = load_config(ROOT / "configs" / "fashion-mnist-cnn.yaml")
+    again = parse_config(yaml.safe_load(dump_yaml(cfg)))
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_unknown_key_names_path_and_suggests() -> None:
+    raw = base()
+    raw["training"] = {"epoch": 3}
+    [msg] = problems(raw)
+    assert msg.startswith("training.epoch: unknown key (did you mean 'epochs'?)")
+
+
+def test_unknown_top_level_section() -> None:
+    raw = base()
+    raw["trainig"] = {}
+    assert problems(raw)[0].startswith("trainig: unknown key (did you mean 'training'?)")
+
+
+def test_unknown_layer_type_suggests() -> None:
+    raw = base()
+    raw["model"]["layers"][1] = {"type": "dens", "units": 10}
+    [msg] = problems(raw)
+    assert "model.layers[1].type: unknown layer type 'dens' (did you mean 'dense'?)" in msg
+
+
+def test_wrong_type_says_expected_and_found() -> None:
+    raw = base()
+    raw["training"] = {"epochs": "ten"}
+    assert problems(raw) == ["training.epochs: expected an integer, found a string 'ten'"]
+
+
+def test_bool_is_not_an_integer() -> None:
+    raw = base()
+    raw["training"] = {"batch_size": True}
+    assert problems(raw) == ["training.batch_size: expected an integer, found a boolean True"]
+
+
+def test_missing_required_layer_key() -> None:
+    raw = base()
+    raw["model"]["layers"][1] = {"type": "dense"}
+    [msg] = problems(raw)
+    assert msg.startswith("model.layers[1].units: required key missing")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "fragment"),
+    [
+        ("training", "epochs", -1, "training.epochs: expected a number > 0, found -1"),
+        ("training", "batch_size", 0, "training.batch_size: expected a number > 0, found 0"),
+        ("data", "validation_split", 1.0, "data.validation_split: expected a number between 0"),
+        ("data", "validation_split", 0, "data.validation_split: expected a number between 0"),
+    ],
+)
+def test_range_checks(section: str, key: str, value: Any, fragment: str) -> None:
+    raw = base()
+    raw.setdefault(section, {})[key] = value
+    [msg] = problems(raw)
+    assert msg.startswith(fragment)
+
+
+def test_choice_suggests_closest() -> None:
+    raw = base()
+    raw["training"] = {"optimizer": {"name": "adamm"}}
+    [msg] = problems(raw)
+    assert msg == (
+        "training.optimizer.name: expected one of adam, adamw, sgd, rmsprop, found 'adamm' "
+        "(did you mean 'adam'?)"
+    )
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = base()
+    raw["training"] = {"epochs": 0, "loss": "nope", "colour": 1}
+    raw["model"]["layers"].append({"type": "dropout", "rate": 2})
+    assert len(problems(raw)) == 4
+
+
+def test_unknown_dataset_suggests() -> None:
+    raw = base()
+    raw["data"]["dataset"] = "fashon-mnist"
+    [msg] = problems(raw)
+    assert msg.startswith("data.dataset: unknown dataset 'fashon-mnist' (did you mean")
+
+
+def test_explicit_files_need_num_classes() -> None:
+    raw = base()
+    raw["data"] = {"train_images": "a", "train_labels": "b", "test_images": "c", "test_labels": "d"}
+    [msg] = problems(raw)
+    assert "num_classes" in msg
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  dataset: mnist\n model: [\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid YAML at line 3"):
+        load_config(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level, found a list"):
+        load_config(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
+        load_config("nope.yaml")
+
+
+def test_overrides_set_nested_keys_and_list_items(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    cfg = load_config(
+        path,
+        [
+            "training.epochs=3",
+            "training.optimizer.learning_rate=1e-2",
+            "model.layers[1].units=10",
+            "model.layers[1].activation=linear",
+            "data.stratify=true",
+        ],
+    )
+    assert cfg.training.epochs == 3
+    assert cfg.training.optimizer.learning_rate == 0.01
+    assert cfg.model.layers[1].units == 10  # type: ignore[union-attr]
+    assert cfg.data.stratify is True
+
+
+def test_override_of_unknown_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["training.epohcs=3"])
+    assert info.value.details[0].startswith("training.epohcs: unknown key (did you mean 'epochs'?)")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("training.epochs", "expected key.path=value"),
+        ("model.layers[7].units=3", "no item [7] (found a list of 2)"),
+        ("training.epochs=[1", "invalid YAML value"),
+        ("model.input_shape.x=3", "cannot set 'x' inside a list"),
+    ],
+)
+def test_bad_overrides(tmp_path: Path, override: str, fragment: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(path, [override])
+    assert fragment in str(info.value)
+
+
+def test_scientific_notation_reads_as_float(tmp_path: Path) -> None:
+    raw = base()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw) + "training:\n  optimizer: {learning_rate: 3e-4}\n")
+    assert load_config(path).training.optimizer.learning_rate == pytest.approx(3e-4)
+
+
+def test_output_dir_defaults_to_runs_and_config_name(tmp_path: Path) -> None:
+    path = tmp_path / "my-exp.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    assert load_config(path).output.dir == str(Path("runs") / "my-exp")

@@ -1,0 +1,132 @@
+"""Model building: every layer type, inferred shapes and parameter counts, impossible shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from dlcli.config import parse_config
+from dlcli.errors import ConfigError
+from dlcli.model import build_model, check_forward
+
+
+def model_cfg(layers: list[dict[str, Any]], input_shape: list[int] | None = None) -> Any:
+    raw = {
+        "data": {"dataset": "mnist"},
+        "model": {"input_shape": input_shape or [28, 28, 1], "layers": layers},
+    }
+    return parse_config(raw).model
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "params"),
+    [
+        ({"type": "flatten"}, (784,), 0),
+        ({"type": "conv2d", "filters": 8, "kernel_size": 3}, (8, 26, 26), 80),
+        ({"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same"}, (8, 28, 28), 80),
+        ({"type": "conv2d", "filters": 4, "kernel_size": [5, 3], "strides": 2}, (4, 12, 13), 64),
+        (
+            {"type": "conv2d", "filters": 4, "kernel_size": 3, "strides": 2, "padding": "same"},
+            (4, 14, 14),
+            40,
+        ),
+        ({"type": "conv2d", "filters": 4, "kernel_size": 3, "use_bias": False}, (4, 26, 26), 36),
+        ({"type": "max_pool2d"}, (1, 14, 14), 0),
+        ({"type": "max_pool2d", "pool_size": 3, "strides": 2}, (1, 13, 13), 0),
+        ({"type": "max_pool2d", "pool_size": 3, "padding": "same"}, (1, 10, 10), 0),
+        ({"type": "avg_pool2d", "pool_size": 4}, (1, 7, 7), 0),
+        ({"type": "global_avg_pool2d"}, (1,), 0),
+        ({"type": "dropout", "rate": 0.5}, (1, 28, 28), 0),
+        ({"type": "batch_norm"}, (1, 28, 28), 2),
+        ({"type": "activation", "activation": "gelu"}, (1, 28, 28), 0),
+    ],
+)
+def test_layer_shapes_and_params(
+    layer: dict[str, Any], shape: tuple[int, ...], params: int
+) -> None:
+    built = build_model(model_cfg([layer]))
+    assert built.layers[0].output_shape == shape
+    assert built.layers[0].params == params
+    check_forward(built)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"])
+def test_dense_activations(activation: str) -> None:
+    built = build_model(
+        model_cfg([{"type": "flatten"}, {"type": "dense", "units": 7, "activation": activation}])
+    )
+    assert built.output_shape == (7,)
+    check_forward(built)
+    out = built.module(torch.rand(3, 1, 28, 28))
+    if activation == "softmax":
+        assert torch.allclose(out.sum(dim=1), torch.ones(3))
+    if activation == "relu":
+        assert (out >= 0).all()
+
+
+def test_batch_norm_after_dense_is_1d() -> None:
+    built = build_model(
+        model_cfg([{"type": "flatten"}, {"type": "dense", "units": 5}, {"type": "batch_norm"}])
+    )
+    assert built.layers[2].params == 10
+    check_forward(built)
+
+
+def test_seed_mlp_matches_kotlindl_summary() -> None:
+    layers = [
+        {"type": "flatten"},
+        {"type": "dense", "units": 300, "activation": "relu"},
+        {"type": "dense", "units": 100, "activation": "relu"},
+        {"type": "dense", "units": 10},
+    ]
+    built = build_model(model_cfg(layers), num_classes=10)
+    assert [i.params for i in built.layers] == [0, 235500, 30100, 1010]
+    assert built.total_params == built.trainable_params == 266610
+
+
+def test_multichannel_input() -> None:
+    built = build_model(
+        model_cfg([{"type": "conv2d", "filters": 2, "kernel_size": 1}], input_shape=[8, 6, 3])
+    )
+    assert built.input_shape == (3, 8, 6)
+    assert built.layers[0].output_shape == (2, 8, 6)
+    check_forward(built)
+
+
+def test_kernel_larger_than_input_is_a_config_error() -> None:
+    layers = [
+        {"type": "max_pool2d", "pool_size": 8},
+        {"type": "conv2d", "filters": 4, "kernel_size": 5},
+    ]
+    with pytest.raises(
+        ConfigError, match=r"model.layers\[1\]: window 5x5 is larger than its input 3x3"
+    ):
+        build_model(model_cfg(layers))
+
+
+def test_dense_on_image_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"model.layers\[0\]: dense expects a flat input"):
+        build_model(model_cfg([{"type": "dense", "units": 3}]))
+
+
+def test_conv_after_flatten_is_a_config_error() -> None:
+    layers = [{"type": "flatten"}, {"type": "conv2d", "filters": 2}]
+    with pytest.raises(ConfigError, match=r"model.layers\[1\]: conv2d expects an image input"):
+        build_model(model_cfg(layers))
+
+
+def test_output_must_match_num_classes() -> None:
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 12}]
+    with pytest.raises(ConfigError, match=r"outputs shape \(12,\), but the dataset has 10 classes"):
+        build_model(model_cfg(layers), num_classes=10)
+
+
+def test_same_seed_same_weights() -> None:
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 10}]
+    torch.manual_seed(3)
+    a = build_model(model_cfg(layers)).module.state_dict()
+    torch.manual_seed(3)
+    b = build_model(model_cfg(layers)).module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

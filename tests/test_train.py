@@ -1,0 +1,229 @@
+"""train / evaluate / summary through the CLI on a tiny learnable dataset the test writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from dlcli.cli import cli
+from dlcli.data.idx import write_idx
+
+
+def _patterns(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images: class k lights up row k (plus noise), so a small MLP learns it quickly."""
+    labels = rng.integers(0, 4, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
+    images[np.arange(n), labels * 2, :] = 250
+    return images, labels
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    files: dict[str, str] = {}
+    for part, n in (("train", 400), ("test", 100)):
+        images, labels = _patterns(n, rng)
+        files[f"{part}_images"] = str(tmp_path / f"{part}-images-idx3-ubyte.gz")
+        files[f"{part}_labels"] = str(tmp_path / f"{part}-labels-idx1-ubyte.gz")
+        write_idx(files[f"{part}_images"], images)
+        write_idx(files[f"{part}_labels"], labels)
+    cfg: dict[str, Any] = {
+        "data": {**files, "num_classes": 4, "validation_split": 0.25},
+        "model": {
+            "input_shape": [8, 8, 1],
+            "layers": [
+                {"type": "flatten"},
+                {"type": "dense", "units": 16, "activation": "relu"},
+                {"type": "dense", "units": 4},
+            ],
+        },
+        "training": {"epochs": 3, "batch_size": 20, "optimizer": {"learning_rate": 0.01}},
+        "output": {"dir": str(tmp_path / "runs" / "tiny")},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def train_json(config: Path, *extra: str) -> dict[str, Any]:
+    result = run("train", str(config), "--json", "--quiet", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_train_saves_a_complete_run_dir(tiny_config: Path, tmp_path: Path) -> None:
+    doc = train_json(tiny_config)
+    run_dir = Path(doc["run_dir"])
+    assert run_dir == tmp_path / "runs" / "tiny"
+    names = {p.name for p in run_dir.iterdir()}
+    assert {
+        "config.yaml",
+        "model.safetensors",
+        "metrics.json",
+        "history.csv",
+        "manifest.json",
+    } <= names
+    assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 3
+    assert metrics["validation"]["accuracy"] > 0.9  # the patterns are easy
+    assert metrics["dataset"]["train_size"] == 300
+    assert metrics["dataset"]["validation_size"] == 100
+    assert set(metrics["dataset"]["checksums"]) == {
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "test-images-idx3-ubyte.gz",
+        "test-labels-idx1-ubyte.gz",
+    }
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(rows[0])
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["training"]["batch_size"] == 20
+    assert saved["training"]["optimizer"]["beta1"] == 0.9  # defaults are filled in
+
+
+def test_evaluate_reproduces_the_training_metrics(tiny_config: Path) -> None:
+    doc = train_json(tiny_config)
+    result = run("evaluate", doc["run_dir"], "--json")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)["metrics"]
+    for split in ("validation", "test"):
+        assert evaluated[split]["accuracy"] == doc[split]["accuracy"]
+        assert evaluated[split]["loss"] == pytest.approx(doc[split]["loss"], rel=1e-6)
+
+
+def test_evaluate_human_output_is_a_table(tiny_config: Path) -> None:
+    doc = train_json(tiny_config)
+    result = run("evaluate", doc["run_dir"], "--split", "test")
+    assert result.exit_code == 0
+    assert "test" in result.stdout and "accuracy" in result.stdout
+    assert "validation" not in result.stdout
+
+
+def test_same_seed_same_metrics(tiny_config: Path, tmp_path: Path) -> None:
+    first = train_json(tiny_config, "--output", str(tmp_path / "a"))
+    second = train_json(tiny_config, "--output", str(tmp_path / "b"))
+    other = train_json(tiny_config, "--output", str(tmp_path / "c"), "--seed", "1")
+    for key in ("train", "validation", "test"):
+        assert first[key] == second[key]
+    assert first["validation"] != other["validation"]
+    a = (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_train_prints_summary_and_one_line_per_epoch(tiny_config: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", str(tiny_config)])
+    assert result.exit_code == 0, result.output
+    err = result.stderr
+    assert "Model summary" in err and "dense_1 (Dense)" in err and "Total params: 1,108" in err
+    epoch_lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 3
+    assert "val_accuracy" in epoch_lines[0] and "loss" in epoch_lines[0]
+    assert "\x1b[" not in err  # not a terminal: plain text
+    assert "Final metrics" in result.stdout
+
+
+def test_existing_run_dir_is_refused_without_overwrite(tiny_config: Path) -> None:
+    doc = train_json(tiny_config)
+    before = (Path(doc["run_dir"]) / "model.safetensors").read_bytes()
+    result = run("train", str(tiny_config), "--quiet")
+    assert result.exit_code == 2
+    assert "output directory is not empty; pass --overwrite" in result.stderr
+    assert (Path(doc["run_dir"]) / "model.safetensors").read_bytes() == before
+    again = train_json(tiny_config, "--overwrite", "--seed", "5")
+    assert again["seed"] == 5
+
+
+def test_set_overrides_reach_training(tiny_config: Path) -> None:
+    doc = train_json(
+        tiny_config,
+        *("--set", "training.epochs=1"),
+        *("--set", "training.metrics=[accuracy, top_k_accuracy]"),
+        *("--set", "training.top_k=2"),
+    )
+    assert doc["epochs"] == 1
+    assert doc["validation"]["top_k_accuracy"] >= doc["validation"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "loss", "lr"),
+    [
+        ("adamw", "softmax_cross_entropy_with_logits", 0.01),
+        ("sgd", "mse", 0.05),
+        ("rmsprop", "mse", 0.001),
+    ],
+)
+def test_other_optimizers_and_losses_train(
+    tiny_config: Path, optimizer: str, loss: str, lr: float
+) -> None:
+    doc = train_json(
+        tiny_config,
+        "--set",
+        f"training.optimizer.name={optimizer}",
+        "--set",
+        f"training.optimizer.learning_rate={lr}",
+        "--set",
+        f"training.loss={loss}",
+        "--set",
+        "training.optimizer.momentum=0.9",
+    )
+    assert doc["validation"]["accuracy"] > 0.5
+
+
+def test_config_error_exit_code_and_message(tiny_config: Path) -> None:
+    result = run("train", str(tiny_config), "--set", "model.layers[1].type=dens")
+    assert result.exit_code == 2
+    assert "did you mean 'dense'?" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cuda_on_a_cpu_machine_is_a_clear_error(tiny_config: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run("train", str(tiny_config), "--device", "cuda")
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.stderr
+
+
+def test_input_shape_mismatch(tiny_config: Path) -> None:
+    result = run("train", str(tiny_config), "--set", "model.input_shape=[28, 28, 1]")
+    assert result.exit_code == 2
+    assert "the dataset's images are [8, 8, 1]" in result.stderr
+
+
+def test_summary_of_config_and_run_dir(tiny_config: Path) -> None:
+    result = run("summary", str(tiny_config))
+    assert result.exit_code == 0
+    assert "(None, 16)" in result.stdout and "Total params: 1,108" in result.stdout
+    doc = train_json(tiny_config)
+    result = run("summary", doc["run_dir"], "--json")
+    assert json.loads(result.stdout)["total_params"] == 1108
+
+
+def test_evaluate_missing_dir_exit_3(tmp_path: Path) -> None:
+    result = run("evaluate", str(tmp_path / "nope"))
+    assert result.exit_code == 3
+    assert "model directory not found" in result.stderr
+
+
+def test_evaluate_refuses_altered_weights(tiny_config: Path) -> None:
+    doc = train_json(tiny_config)
+    weights = Path(doc["run_dir"]) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    result = run("evaluate", doc["run_dir"])
+    assert result.exit_code == 3
+    assert "model.safetensors: altered or truncated" in result.stderr

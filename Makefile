@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	touch $@
 
 train: setup
-	$(BIN)/dlcli train $(CONFIG)
+	$(BIN)/dlcli train $(CONFIG) --overwrite
 
 lint: setup
 	$(BIN)/ruff check dlcli tests benchmarks

@@ -40,6 +40,7 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python benchmarks/load_data.py
+	$(BIN)/python benchmarks/train_vs_peers.py $(BENCH_ARGS)   # e.g. BENCH_ARGS="--rounds 1 --epochs 1"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -168,6 +168,84 @@ class OptimizerConfig:
 
 Loss = Literal["softmax_cross_entropy_with_logits", "mse"]
 Metric = Literal["accuracy", "top_k_accuracy"]
+Mode = Literal["auto", "min", "max"]
+MODE_DOC = "min or max is better; auto: max for accuracies, min for losses"
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every: int = doc("save RUN_DIR/checkpoints/last every N epochs (0: never)", 1, NON_NEGATIVE)
+    keep_best: bool = doc("also keep checkpoints/best, the best epoch by monitor", True)
+    monitor: str = doc(
+        "metric that picks the best checkpoint (val_loss, val_accuracy, ...)", "val_loss"
+    )
+    mode: Mode = doc(MODE_DOC, "auto")
+
+
+@dataclass(kw_only=True)
+class EarlyStoppingConfig:
+    monitor: str = doc("metric watched (val_loss, val_accuracy, loss, ...)", "val_loss")
+    patience: int = doc("epochs without improvement before stopping", 3, NON_NEGATIVE)
+    min_delta: float = doc("smallest change that counts as an improvement", 0.0, NON_NEGATIVE)
+    mode: Mode = doc(MODE_DOC, "auto")
+    restore_best: bool = doc("on stopping, restore the weights of the best epoch", True)
+
+
+@dataclass(kw_only=True)
+class StepSchedule:
+    name: Literal["step"] = "step"
+    step_size: int = doc("epochs between decays", check=POSITIVE)
+    gamma: float = doc("factor applied every step_size epochs", 0.1, POSITIVE)
+
+
+@dataclass(kw_only=True)
+class CosineSchedule:
+    name: Literal["cosine"] = "cosine"
+    warmup_epochs: float = doc(
+        "linear warm-up from 0, in epochs (fractions allowed)", 0.0, NON_NEGATIVE
+    )
+    warmup_steps: int = doc("linear warm-up in steps (instead of warmup_epochs)", 0, NON_NEGATIVE)
+    min_lr: float = doc("learning rate reached at the last step", 0.0, NON_NEGATIVE)
+
+
+@dataclass(kw_only=True)
+class ReduceOnPlateauSchedule:
+    name: Literal["reduce_on_plateau"] = "reduce_on_plateau"
+    monitor: str = doc("metric watched", "val_loss")
+    mode: Mode = doc(MODE_DOC, "auto")
+    factor: float = doc("the learning rate is multiplied by this on a plateau", 0.1, FRACTION)
+    patience: int = doc("epochs without improvement before reducing", 5, NON_NEGATIVE)
+    min_delta: float = doc("smallest change that counts as an improvement", 1e-4, NON_NEGATIVE)
+    cooldown: int = doc("epochs to wait after a reduction", 0, NON_NEGATIVE)
+    min_lr: float = doc("lower bound of the learning rate", 0.0, NON_NEGATIVE)
+
+
+@dataclass(kw_only=True)
+class OneCycleSchedule:
+    name: Literal["one_cycle"] = "one_cycle"
+    max_lr: float | None = doc(
+        "peak learning rate (default: optimizer.learning_rate)", None, POSITIVE
+    )
+    pct_start: float = doc("fraction of the steps spent warming up", 0.3, FRACTION)
+    div_factor: float = doc("start learning rate = max_lr / div_factor", 25.0, POSITIVE)
+    final_div_factor: float = doc("last learning rate = start / final_div_factor", 1e4, POSITIVE)
+    anneal: Literal["cos", "linear"] = doc("shape of both phases", "cos")
+    cycle_momentum: bool = doc("cycle momentum / Adam's beta1 inversely (0.95 → 0.85)", False)
+
+
+ScheduleSpec = Union[  # noqa: UP007 - a runtime-inspected union
+    StepSchedule, CosineSchedule, ReduceOnPlateauSchedule, OneCycleSchedule
+]
+SCHEDULE_TYPES: dict[str, type[Any]] = {
+    cls.__dataclass_fields__["name"].default: cls for cls in get_args(ScheduleSpec)
+}
+
+
+@dataclass(kw_only=True)
+class TargetConfig:
+    metric: str = doc("metric watched (val_accuracy, val_loss, ...)", "val_accuracy")
+    value: float = doc("the value to reach")
+    mode: Mode = doc(MODE_DOC, "auto")
 
 
 @dataclass(kw_only=True)
@@ -183,11 +261,31 @@ class TrainingConfig:
     seed: int = doc("seeds the split, the initial weights and the shuffling", 0, NON_NEGATIVE)
     device: str = doc("auto | cpu | cuda | cuda:N", "auto")
     shuffle: bool = doc("reshuffle the training set every epoch", True)
+    label_smoothing: float = doc("cross-entropy label smoothing (0: none)", 0.0, PROBABILITY)
+    lr_schedule: ScheduleSpec | None = doc(
+        "step, cosine, reduce_on_plateau or one_cycle (mapping with a name key)", None
+    )
+    early_stopping: EarlyStoppingConfig | None = doc("stop when a metric stops improving", None)
+    checkpoint: CheckpointConfig = doc("checkpoints for --resume", CheckpointConfig())
+    target: TargetConfig | None = doc(
+        "record in metrics.json when a metric first reaches a value", None
+    )
+    stop_at_target: bool = doc("end training once target is reached", False)
+    precision: Literal["fp32", "bf16", "fp16"] = doc(
+        "autocast precision: fp32 (off), bf16 (CUDA or CPU), fp16 (CUDA only, loss-scaled)", "fp32"
+    )
+    compile: bool = doc("run the model through torch.compile (slow first steps)", False)
+    channels_last: bool | None = doc(
+        "NHWC memory layout (faster convolutions); null: on for models with a conv2d", None
+    )
 
 
 @dataclass(kw_only=True)
 class OutputConfig:
     dir: str | None = doc("run directory (default: runs/<config file name>)", None)
+    tensorboard: bool = doc(
+        "write TensorBoard event files into RUN_DIR/tensorboard/ (needs dlcli[tensorboard])", False
+    )
 
 
 @dataclass(kw_only=True)
@@ -220,7 +318,15 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    """Safe-load YAML; a value PyYAML cannot build (``2001-13-45`` read as a date, a bad
+    ``!!timestamp``, nesting too deep) is a ``yaml.YAMLError`` too, so every malformed document
+    fails the same way."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        raise
+    except Exception as err:  # PyYAML's constructors raise whatever they hit
+        raise yaml.YAMLError(f"{type(err).__name__}: {err}") from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
@@ -303,10 +409,52 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     cfg = _parse_dataclass(Config, raw, "", problems)
     if not problems:
         _check_data(cfg.data, problems)
+        _check_training(cfg.training, problems)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{source}: {len(problems)} {noun} in the config", details=problems)
     return typing.cast(Config, cfg)
+
+
+def logged_metrics(training: TrainingConfig) -> list[str]:
+    """The names an epoch reports, which monitors and targets may watch."""
+    names = ["loss", *dict.fromkeys(training.metrics)]
+    return [*names, *(f"val_{n}" for n in names)]
+
+
+def metric_mode(metric: str, mode: str) -> str:
+    """``auto`` → max for accuracies, min for losses."""
+    if mode != "auto":
+        return mode
+    return "max" if "accuracy" in metric else "min"
+
+
+def _check_training(training: TrainingConfig, problems: list[str]) -> None:
+    known = logged_metrics(training)
+    monitors = {
+        "training.checkpoint.monitor": training.checkpoint.monitor,
+        "training.early_stopping.monitor": training.early_stopping
+        and training.early_stopping.monitor,
+        "training.lr_schedule.monitor": isinstance(training.lr_schedule, ReduceOnPlateauSchedule)
+        and training.lr_schedule.monitor,
+        "training.target.metric": training.target and training.target.metric,
+    }
+    for key, name in monitors.items():
+        if isinstance(name, str) and name not in known:
+            problems.append(
+                f"{key}: {name!r} is not a reported metric{did_you_mean(name, known)}; "
+                f"expected one of {', '.join(known)} (training.metrics lists the others)"
+            )
+    if training.stop_at_target and training.target is None:
+        problems.append("training.stop_at_target: true needs training.target {metric, value}")
+    if training.label_smoothing and training.loss != "softmax_cross_entropy_with_logits":
+        problems.append(
+            f"training.label_smoothing: only applies to softmax_cross_entropy_with_logits, "
+            f"found loss {training.loss!r}"
+        )
+    schedule = training.lr_schedule
+    if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs and schedule.warmup_steps:
+        problems.append("training.lr_schedule: give warmup_epochs or warmup_steps, not both")
 
 
 def _check_data(data: DataConfig, problems: list[str]) -> None:
@@ -370,6 +518,8 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
+        if any(option in SCHEDULE_TYPES.values() for option in options):
+            return _parse_schedule(value, path, problems)
         for option in options:
             if option is not type(None) and _fits(option, value):
                 return _parse_value(option, value, path, problems)
@@ -405,13 +555,34 @@ def _parse_layer(value: Any, path: str, problems: list[str]) -> Any:
         )
         return None
     kind = value["type"]
-    if kind not in LAYER_TYPES:
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
         problems.append(
             f"{path}.type: unknown layer type {kind!r}{did_you_mean(str(kind), list(LAYER_TYPES))}"
             f"; known: {', '.join(LAYER_TYPES)}"
         )
         return None
     return _parse_dataclass(LAYER_TYPES[kind], value, path, problems)
+
+
+def _parse_schedule(value: Any, path: str, problems: list[str]) -> Any:
+    """``{name: one_cycle, ...}``, or just the name when the defaults will do."""
+    if isinstance(value, str):
+        value = {"name": value}
+    known = ", ".join(SCHEDULE_TYPES)
+    if not isinstance(value, dict) or "name" not in value:
+        problems.append(
+            f"{path}: expected a schedule name or a mapping with a 'name' key ({known}), "
+            f"found {_found(value)}"
+        )
+        return None
+    name = value["name"]
+    if not isinstance(name, str) or name not in SCHEDULE_TYPES:
+        problems.append(
+            f"{path}.name: unknown schedule {name!r}{did_you_mean(str(name), list(SCHEDULE_TYPES))}"
+            f"; known: {known}"
+        )
+        return None
+    return _parse_dataclass(SCHEDULE_TYPES[name], value, path, problems)
 
 
 def _fits(hint: Any, value: Any) -> bool:

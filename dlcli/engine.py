@@ -8,24 +8,34 @@ same seed gives the same run, and metrics accumulate on the device and are read 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlcli.accel import Accel
 from dlcli.config import OptimizerConfig, TrainingConfig
 from dlcli.data.dataset import Split
-from dlcli.errors import ConfigError, TrainingError
+from dlcli.distributed import SINGLE, World
+from dlcli.errors import ConfigError, Interrupted, TrainingError
 
 Logs = dict[str, float]
 
 
 class Callback:
-    """Hooks called by :class:`Trainer`; override the ones you need."""
+    """Hooks called by :class:`Trainer`; override the ones you need.
+
+    ``on_fit_end`` is called however the fit ends (finished, stopped, interrupted, failed);
+    ``on_interrupt`` just before :class:`Interrupted` is raised, after the current step. A
+    callback with state that a resumed run needs returns it from ``state_dict`` (plain data
+    and tensors) and takes it back in ``load_state_dict``.
+    """
 
     def on_fit_begin(self, trainer: Trainer) -> None: ...
 
@@ -36,6 +46,13 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+    def on_interrupt(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,12 +128,22 @@ class Trainer:
         num_classes: int,
         device: torch.device,
         callbacks: Sequence[Callback] = (),
+        world: World = SINGLE,
     ) -> None:
         if training.optimizer.nesterov and training.optimizer.name != "sgd":
             raise ConfigError("training.optimizer.nesterov: only sgd supports Nesterov momentum")
         self.cfg = training
         self.device = device
-        self.model = model.to(device)
+        # precision, compile, channels_last (dlcli/accel.py): self.model is the module (its
+        # parameters and names), self._forward what runs it (torch.compile'd if asked).
+        self.accel = Accel(training, device)
+        self.model, self._forward = self.accel.prepare(model)
+        # Data-parallel (dlcli/distributed.py): training runs through DistributedDataParallel,
+        # evaluation through self._forward on this worker's block; one process: both the same.
+        self.world = world
+        self._train_forward = world.wrap(self.model, device) if world.distributed else self._forward
+        self._interrupted: str | None = None  # what every worker agreed on (see interrupted)
+        self._stop_request: str | None = None  # this worker's signal, not yet agreed on
         self.num_classes = num_classes
         self.optimizer = make_optimizer(list(self.model.parameters()), training.optimizer)
         self.callbacks = list(callbacks)
@@ -124,58 +151,115 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.global_step = 0
         self.steps_per_epoch = 0
-        self.stop_training = False
+        self.stop_training = False  # set by callbacks: end after this epoch (or step)
+        self.interrupted = None  # set by a signal handler: checkpoint and stop
+        self.step_in_epoch = 0  # steps done in the epoch under way
         self.fit_seconds = 0.0
+        self._fit_start: float | None = None
         self._running: _Running | None = None
+        self._resume: Mapping[str, Any] | None = None
+
+    @property
+    def interrupted(self) -> str | None:
+        """Set (to the signal's name) by a signal handler: checkpoint and stop after the current
+        step. In a distributed run it reads what every worker agreed on after a step, so all of
+        them stop at the same one (a worker leaving alone would leave the others waiting)."""
+        return self._interrupted
+
+    @interrupted.setter
+    def interrupted(self, value: str | None) -> None:
+        self._stop_request = value
+        if not self.world.distributed:
+            self._interrupted = value
+
+    def _agree(self) -> None:
+        """Distributed: stop everywhere if any worker's callback or signal says so."""
+        if self.world.distributed:
+            self.stop_training, self._interrupted = self.world.agree(
+                self.stop_training, self._stop_request
+            )
 
     # --- the loop ---------------------------------------------------------------------------
 
     def fit(self, train: Split, validation: Split | None = None) -> list[Logs]:
-        """Train for ``cfg.epochs`` epochs (continuing from ``self.epoch``); return the history."""
+        """Train until ``cfg.epochs`` epochs are done (continuing from ``self.epoch``, or from
+        :meth:`load_state_dict`); return the history.
+
+        Raises :class:`Interrupted` when :attr:`interrupted` is set (after the current step and
+        the callbacks' ``on_interrupt``), :class:`TrainingError` on a non-finite loss.
+        """
         images, labels = self._to_device(train)
         self.steps_per_epoch = math.ceil(len(labels) / self.cfg.batch_size)
         self._call("on_fit_begin")
-        start = time.perf_counter()
-        while self.epoch < self.cfg.epochs and not self.stop_training:
-            epoch = self.epoch + 1
-            self._call("on_epoch_begin", epoch)
-            epoch_start = time.perf_counter()
-            logs = self._train_epoch(images, labels, epoch)
-            if validation is not None:
-                logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
-            logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
-            logs["seconds"] = time.perf_counter() - epoch_start
-            self.epoch = epoch
-            self.history.append({"epoch": float(epoch), **logs})
-            self._call("on_epoch_end", epoch, self.history[-1])
-        self.fit_seconds += time.perf_counter() - start
-        self._call("on_fit_end")
+        if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
+            self._apply_state(self._resume)
+            self._resume = None
+        self.world.seed(self.cfg.seed, self.global_step)  # distributed: a dropout stream each
+        self._fit_start = time.perf_counter()
+        try:
+            while self.epoch < self.cfg.epochs and not (self.stop_training or self.interrupted):
+                epoch = self.epoch + 1
+                self._call("on_epoch_begin", epoch)
+                epoch_start = time.perf_counter()
+                logs = self._train_epoch(images, labels, epoch)
+                if self.interrupted:
+                    break
+                if validation is not None:
+                    logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
+                logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
+                logs["seconds"] = time.perf_counter() - epoch_start
+                self.epoch = epoch
+                self.history.append({"epoch": float(epoch), **logs})
+                self._call("on_epoch_end", epoch, self.history[-1])
+                self._agree()
+            if self.interrupted:
+                self._call("on_interrupt")
+                raise Interrupted(
+                    f"training interrupted ({self.interrupted}) in epoch {self.epoch + 1}, "
+                    f"after step {self.step_in_epoch} of {self.steps_per_epoch}"
+                )
+        finally:
+            self.fit_seconds = self.elapsed_fit_seconds()
+            self._fit_start = None
+            self._call("on_fit_end")
         return self.history
 
     def _train_epoch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Logs:
         self.model.train()
-        self._running = self._new_running()
-        for step, index in enumerate(self._batches(len(labels), epoch), start=1):
-            x = images[index].float().div_(255)
+        done = self.step_in_epoch  # > 0 only when resuming inside this epoch
+        if self._running is None:
+            self._running = self._new_running()
+        batches = itertools.islice(self._batches(len(labels), epoch), done, None)
+        for step, batch in enumerate(batches, start=done + 1):
+            index = self.world.shard(batch)  # distributed: this worker's part of the batch
+            x = self.accel.inputs(images, index)  # uint8 → float32 / 255 in one kernel
             y = labels[index]
             # 1. forward and loss, 2. backward, 3. update; metrics stay on the device.
-            logits = self.model(x)
-            loss = self._loss(logits, y)
+            with self.accel.autocast():
+                logits = self._train_forward(x)
+                # An empty shard (a last batch smaller than the world) still joins DDP's
+                # all-reduce, with a zero loss that reaches every parameter.
+                loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            scaled = self.world.scale_loss(loss, len(y), len(batch))
+            self.accel.backward_and_step(scaled, self.optimizer)  # grad-scaled for fp16
             self._accumulate(self._running, logits.detach(), y, loss.detach())
             self.global_step += 1
+            self.step_in_epoch = step
             if self.device.type == "cpu" and not math.isfinite(loss.item()):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
                     "lower training.optimizer.learning_rate or check the data"
                 )
             self._call("on_step_end", step)
-            if self.stop_training:
+            self._agree()
+            if self.stop_training or self.interrupted:
                 break
+        if self.interrupted:  # keep the running sums: the checkpoint needs them
+            return {}
         logs = self._read(self._running)
         self._running = None
+        self.step_in_epoch = 0
         if not math.isfinite(logs["loss"]):
             raise TrainingError(
                 f"the loss became {logs['loss']} during epoch {epoch}; "
@@ -193,32 +277,112 @@ class Trainer:
             order = torch.arange(n, device=self.device)
         yield from order.split(self.cfg.batch_size)
 
+    def elapsed_fit_seconds(self) -> float:
+        """Seconds spent in :meth:`fit` so far, over every run of a resumed fit."""
+        if self._fit_start is None:
+            return self.fit_seconds
+        return self.fit_seconds + time.perf_counter() - self._fit_start
+
+    # --- state: what a checkpoint holds -------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a fit needs to continue exactly where it is: nested plain data and
+        tensors (a checkpoint stores the tensors as safetensors and the rest as JSON)."""
+        running = None
+        if self._running is not None and self.step_in_epoch:
+            r = self._running
+            running = {"loss": r.loss, "correct": r.correct, "top_k": r.top_k, "count": r.count}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        callbacks = {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()}
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "fit_seconds": self.elapsed_fit_seconds(),
+            "history": [dict(row) for row in self.history],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "running": running,
+            "rng": rng,
+            "callbacks": {key: state for key, state in callbacks.items() if state},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (also as read back from JSON). The weights load now;
+        the rest when :meth:`fit` begins, once the callbacks have built their schedulers."""
+        self.model.load_state_dict(state["model"], strict=True)
+        self._resume = state
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.fit_seconds = float(state["fit_seconds"])
+        self.history = [{k: float(v) for k, v in row.items()} for row in state["history"]]
+        self.optimizer.load_state_dict(_optimizer_state(state["optimizer"], self.optimizer))
+        running = state.get("running")
+        if running and self.world.is_main:  # rank 0's sums; the other workers add their own
+            self._running = _Running(
+                running["loss"].to(self.device),
+                running["correct"].to(self.device),
+                running["top_k"].to(self.device),
+                int(running["count"]),
+            )
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        saved = state.get("callbacks", {})
+        for key, callback in self._keyed_callbacks().items():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+
+    def _keyed_callbacks(self) -> dict[str, Callback]:
+        """Callbacks by a stable key (class name, numbered when repeated) for their state."""
+        keyed: dict[str, Callback] = {}
+        for callback in self.callbacks:
+            key = name = type(callback).__name__
+            for n in itertools.count(2):
+                if key not in keyed:
+                    break
+                key = f"{name}_{n}"
+            keyed[key] = callback
+        return keyed
+
     # --- evaluation -------------------------------------------------------------------------
 
     @torch.inference_mode()
     def evaluate(self, split: Split, batch_size: int = 1000) -> Logs:
         """Loss and metrics of the model on a split (eval mode, no gradients)."""
         self.model.eval()
+        self.world.broadcast_buffers(self.model)  # distributed: score the model rank 0 saves
         images, labels = self._to_device(split)
         running = self._new_running()
-        for index in torch.arange(len(labels), device=self.device).split(batch_size):
-            logits = self.model(images[index].float().div_(255))
+        block = self.world.block(len(labels))  # distributed: this worker's block; all-reduced
+        for start in range(block.start, block.stop, batch_size):
+            index = slice(start, min(start + batch_size, block.stop))  # in order: views
             y = labels[index]
-            self._accumulate(running, logits, y, self._loss(logits, y))
+            with self.accel.autocast():
+                logits = self._forward(self.accel.inputs(images, index))
+                loss = self._loss(logits, y)
+            self._accumulate(running, logits, y, loss)
         return self._read(running)
 
     @torch.inference_mode()
     def predict_logits(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         self.model.eval()
-        out = [
-            self.model(batch.to(self.device).float().div_(255)).float().cpu()
-            for batch in images.split(batch_size)
-        ]
+        out = []
+        for batch in images.split(batch_size):
+            with self.accel.autocast():
+                logits = self._forward(self.accel.inputs(batch.to(self.device), slice(None)))
+            out.append(logits.float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
     def running_logs(self) -> Logs:
         """Mean loss and metrics of the epoch so far (one device sync; for progress bars)."""
-        return self._read(self._running) if self._running and self._running.count else {}
+        running = self._running
+        return self._read(running, local=True) if running and running.count else {}
 
     # --- metrics ----------------------------------------------------------------------------
 
@@ -226,7 +390,7 @@ class Trainer:
         if self.cfg.loss == "mse":
             target = F.one_hot(y, self.num_classes).to(logits.dtype)
             return F.mse_loss(logits, target)
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
 
     def _new_running(self) -> _Running:
         zero = torch.zeros((), device=self.device)
@@ -244,9 +408,15 @@ class Trainer:
             k = min(self.cfg.top_k, logits.shape[1])
             running.top_k += (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
 
-    def _read(self, running: _Running) -> Logs:
-        count = max(running.count, 1)
-        values = torch.stack([running.loss, running.correct, running.top_k]).tolist()
+    def _read(self, running: _Running, *, local: bool = False) -> Logs:
+        """Means of the sums (one sync); distributed, summed over every worker unless
+        ``local`` (progress bars: rank 0 alone must not wait for the others)."""
+        sums = torch.stack([running.loss, running.correct, running.top_k])
+        if local:
+            values, total = sums.tolist(), running.count
+        else:
+            values, total = self.world.sum_metrics(sums, running.count)
+        count = max(total, 1)
         logs: Logs = {"loss": values[0] / count}
         if "accuracy" in self.cfg.metrics:
             logs["accuracy"] = values[1] / count
@@ -256,9 +426,28 @@ class Trainer:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _to_device(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        return split.images.to(self.device), split.labels.to(self.device)
+    def _to_device(self, split: Split) -> tuple[torch.Tensor, ...]:
+        # Copied to the device once per split and Trainer, not at every evaluate() call.
+        return self.accel.to_device(split.images, split.labels)
 
     def _call(self, hook: str, *args: object) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+
+def _optimizer_state(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer state dict as JSON gives it back (string keys, lists for tuples), made
+    what ``load_state_dict`` expects: integer parameter ids, tuples where the optimizer has
+    tuples (Adam's betas)."""
+    current = optimizer.param_groups
+    groups = []
+    for i, group in enumerate(saved["param_groups"]):
+        like = current[i] if i < len(current) else {}
+        groups.append(
+            {
+                k: tuple(v) if isinstance(like.get(k), tuple) and isinstance(v, list) else v
+                for k, v in group.items()
+            }
+        )
+    state = {int(k): dict(v) for k, v in saved["state"].items()}
+    return {"state": state, "param_groups": groups}

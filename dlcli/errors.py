@@ -6,6 +6,8 @@ place and turns them into an exit code (and a JSON document under ``--json``).
 
 from __future__ import annotations
 
+from typing import Any
+
 # The exit codes, the same for every command (documented in the README).
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -21,10 +23,19 @@ class DlcliError(Exception):
     exit_code = EXIT_INTERNAL
     kind = "internal"
 
-    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[str] | None = None,
+        document: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
+        # What the command had produced when it failed (e.g. the metrics a gate rejected):
+        # under --json it is printed with the "error" key added.
+        self.document = document
 
     def __str__(self) -> str:
         if not self.details:

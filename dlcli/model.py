@@ -184,10 +184,17 @@ def _conv2d(spec: C.Conv2d, shape: Shape, where: str) -> tuple[nn.Module, Shape]
     kernel = _pair(spec.kernel_size, where, "kernel_size")
     stride = _pair(spec.strides, where, "strides")
     (height, width), pad = _spatial(shape, kernel, stride, spec.padding, where)
-    conv = nn.Conv2d(channels, spec.filters, kernel, stride, bias=spec.use_bias)
+    # Symmetric 'same' padding (odd kernel, stride 1) is done by the convolution itself: the
+    # same maths as ZeroPad2d + conv without copying the input every step (~5% of a CNN step
+    # on a CPU). The Sequential keeps the parameter names (...layer.conv.weight) either way.
+    symmetric = pad is not None and pad[0] == pad[1] and pad[2] == pad[3]
+    own_padding = (pad[2], pad[0]) if pad is not None and symmetric else 0
+    conv = nn.Conv2d(channels, spec.filters, kernel, stride, own_padding, bias=spec.use_bias)
     _glorot(conv)
     layer: nn.Module = conv
-    if pad is not None:
+    if pad is not None and symmetric:
+        layer = nn.Sequential(OrderedDict(conv=conv))
+    elif pad is not None:
         layer = nn.Sequential(OrderedDict(pad=nn.ZeroPad2d(pad), conv=conv))
     return _with_activation(layer, spec.activation), (spec.filters, height, width)
 

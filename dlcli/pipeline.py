@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
-from dlcli import __version__, store
+from dlcli import __version__, checkpoint, distributed, signals, store
+from dlcli.callbacks import Checkpointer, build_callbacks, reports
 from dlcli.config import Config, DataConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
 from dlcli.engine import Callback, Logs, Trainer, resolve_device
-from dlcli.errors import ModelDirError, UsageError
+from dlcli.errors import Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
 
 
@@ -34,6 +38,8 @@ class Prepared:
     model: BuiltModel
     device: torch.device
     run_dir: Path
+    resume: checkpoint.Checkpoint | None = None  # --resume: where training continues from
+    world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
 
 
 @dataclass
@@ -70,17 +76,37 @@ def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
     )
 
 
-def prepare(cfg: Config, *, overwrite: bool = False) -> Prepared:
-    """Load and split the data and build the model, seeded, before any training."""
+@distributed.collective_errors
+def prepare(
+    cfg: Config,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    dist_timeout: float | None = None,
+) -> Prepared:
+    """Load and split the data and build the model, seeded, before any training.
+
+    With ``resume``, the newest checkpoint of the run dir is verified and read first (it must
+    come from the same config, up to ``checkpoint.RESUMABLE_CHANGES``). Started by torchrun,
+    this process first joins the other workers (``dist_timeout``: see dlcli.distributed); only
+    rank 0 writes, and reads the checkpoint for all of them.
+    """
+    world, device = distributed.init_from_env(cfg.training.device, dist_timeout)
     run_dir = Path(str(cfg.output.dir))
-    store.check_output_dir(run_dir, overwrite=overwrite)
-    device = resolve_device(cfg.training.device)
+    store.check_output_dir(run_dir, overwrite=overwrite, resume=resume)
+    if world.is_main:
+        store.check_writable(run_dir)
+    resumed = world.from_main(
+        lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
+    )
     dataset = load_data(cfg.data)
     _check_input_shape(cfg, dataset)
     train, validation = split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.model, num_classes=dataset.num_classes)
-    return Prepared(cfg, dataset, train, validation, model, device, run_dir)
+    if overwrite and not resume and world.is_main:
+        checkpoint.clear(run_dir)  # a fresh run: stale checkpoints must not be resumed later
+    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world)
 
 
 def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
@@ -93,26 +119,78 @@ def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
         )
 
 
-def train(prepared: Prepared, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Fit, evaluate on validation and test, and save the run directory."""
+@distributed.collective_errors
+def train(
+    prepared: Prepared, callbacks: Sequence[Callback] = (), *, config_path: Path | None = None
+) -> TrainResult:
+    """Fit, evaluate on validation and test, and save the run directory.
+
+    SIGINT/SIGTERM stop after the current step with a checkpoint (:class:`Interrupted`, whose
+    message says how to resume: ``config_path`` names the config in it).
+    """
     cfg = prepared.config
+    world = prepared.world
+    configured = build_callbacks(cfg, prepared.run_dir)  # the checkpoint callback runs last
+    if not world.is_main:  # distributed: rank 0 alone writes (checkpoints, event files)
+        configured = [cb for cb in configured if not isinstance(cb, Checkpointer)]
+    writers = _output_callbacks(prepared) if world.is_main else []
     trainer = Trainer(
         prepared.model.module,
         cfg.training,
         num_classes=prepared.dataset.num_classes,
         device=prepared.device,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *writers, *configured, *distributed.test_hooks(world)],
+        world=world,
     )
-    history = trainer.fit(prepared.train, prepared.validation)
-    metrics = _metrics(prepared, trainer)
-    store.save_run(
-        prepared.run_dir,
-        config=cfg,
-        state_dict=trainer.model.state_dict(),
-        metrics=metrics,
-        history=history,
-    )
+    if prepared.resume is not None:
+        trainer.load_state_dict(prepared.resume.state)
+    with signals.stop_on_signals(trainer) as guard, distributed.stop_watchdog(world):
+        try:
+            history = trainer.fit(prepared.train, prepared.validation)
+        except Interrupted as err:
+            world.barrier()  # distributed: rank 0's checkpoint is written before the hint
+            raise Interrupted(err.message + _resume_hint(prepared, config_path)) from None
+        except TrainingError as err:
+            raise TrainingError(err.message + _last_good(prepared)) from None
+        guard.immediate = True  # no step left to finish: a signal now stops at once
+        metrics = _metrics(prepared, trainer) | reports(configured) | world.describe()
+        if world.is_main:
+            store.save_run(
+                prepared.run_dir,
+                config=cfg,
+                state_dict=trainer.model.state_dict(),
+                metrics=metrics,
+                history=history,
+            )
+        world.barrier()  # distributed: the other workers wait for rank 0's save
     return TrainResult(prepared.run_dir, history, metrics)
+
+
+def _resume_hint(prepared: Prepared, config_path: Path | None) -> str:
+    found = checkpoint.describe(prepared.run_dir)
+    if found is None:
+        return "; no checkpoint was written (training.checkpoint.every is 0, or none was due yet)"
+    config = config_path if config_path is not None else "CONFIG"
+    return (
+        f"; checkpoint saved ({found}). Continue with: "
+        f"dlcli train {config} --resume {prepared.run_dir}"
+    )
+
+
+def _last_good(prepared: Prepared) -> str:
+    found = checkpoint.describe(prepared.run_dir)
+    if found is None:
+        return "; no checkpoint was written before it"
+    return f"; the last good checkpoint is kept ({found})"
+
+
+def _output_callbacks(prepared: Prepared) -> list[Callback]:
+    """Callbacks the config's ``output`` section asks for (TensorBoard event files)."""
+    if not prepared.config.output.tensorboard:
+        return []
+    from dlcli.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(prepared.run_dir, prepared.config)]
 
 
 def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
@@ -127,6 +205,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
         "fit_seconds": round(trainer.fit_seconds, 4),
+        **_resumed(prepared),
         "train": final_train,
         "validation": trainer.evaluate(prepared.validation),
         "test": trainer.evaluate(dataset.test),
@@ -140,6 +219,19 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "test_size": len(dataset.test),
             "checksums": dataset.checksums,
         },
+    }
+
+
+def _resumed(prepared: Prepared) -> dict[str, Any]:
+    if prepared.resume is None:
+        return {}
+    resumed = prepared.resume
+    return {
+        "resumed_from": {
+            "checkpoint": str(resumed.path),
+            "epoch": resumed.epoch,
+            "step_in_epoch": resumed.step_in_epoch,
+        }
     }
 
 
@@ -179,6 +271,60 @@ def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
     return LoadedModel(run, trainer, built)
 
 
+@dataclass
+class Predictions:
+    """True and predicted class indices of one split."""
+
+    split: str
+    labels: npt.NDArray[np.int64]
+    predicted: npt.NDArray[np.int64]
+    class_names: tuple[str, ...]
+
+    def per_class(self) -> PerClass:
+        cm = confusion_matrix(self.labels, self.predicted, len(self.class_names))
+        return per_class(cm, self.class_names)
+
+
+@dataclass
+class SavedRun:
+    """A saved run's model and its data, rebuilt: what evaluate, plot and --per-class share."""
+
+    loaded: LoadedModel
+    dataset: Dataset
+
+    def split(self, name: str) -> Split:
+        """``validation``, ``test`` or ``train``: the same split the run was trained with."""
+        if name == "test":
+            return self.dataset.test
+        train, validation = split_train(self.dataset, self.loaded.run.config)
+        return validation if name == "validation" else train
+
+    def metrics(self, name: str, batch_size: int = 1000) -> Logs:
+        """Loss and metrics on a split, with its ``seconds`` and ``samples``."""
+        start = time.perf_counter()
+        part = self.split(name)
+        logs = self.loaded.trainer.evaluate(part, batch_size=batch_size)
+        logs["seconds"] = time.perf_counter() - start
+        logs["samples"] = float(len(part))
+        return logs
+
+    def predictions(self, name: str, batch_size: int = 1000) -> Predictions:
+        part = self.split(name)
+        logits = self.loaded.trainer.predict_logits(part.images, batch_size=batch_size)
+        return Predictions(
+            name,
+            part.labels.cpu().numpy().astype(np.int64),
+            logits.argmax(dim=1).numpy().astype(np.int64),
+            tuple(self.dataset.class_names),
+        )
+
+
+def open_run(run_dir: Path, *, data_dir: str | None = None, device: str = "auto") -> SavedRun:
+    """Verify and load a run dir's model and the dataset its config names."""
+    loaded = load_model(run_dir, device)
+    return SavedRun(loaded, load_data(loaded.run.config.data, data_dir))
+
+
 def evaluate(
     run_dir: Path,
     *,
@@ -188,19 +334,29 @@ def evaluate(
     device: str = "auto",
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits."""
-    loaded = load_model(run_dir, device)
-    cfg = loaded.run.config
-    dataset = load_data(cfg.data, data_dir)
-    parts: dict[str, Callable[[], Split]] = {
-        "validation": lambda: split_train(dataset, cfg)[1],
-        "test": lambda: dataset.test,
-        "train": lambda: split_train(dataset, cfg)[0],
+    saved = open_run(run_dir, data_dir=data_dir, device=device)
+    return {name: saved.metrics(name, batch_size) for name in splits}
+
+
+@dataclass
+class SplitReport:
+    metrics: Logs
+    per_class: PerClass
+
+
+def evaluate_per_class(
+    run_dir: Path,
+    *,
+    splits: Sequence[str] = ("validation",),
+    batch_size: int = 1000,
+    data_dir: str | None = None,
+    device: str = "auto",
+) -> dict[str, SplitReport]:
+    """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
+    saved = open_run(run_dir, data_dir=data_dir, device=device)
+    return {
+        name: SplitReport(
+            saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()
+        )
+        for name in splits
     }
-    results: dict[str, Logs] = {}
-    for name in splits:
-        start = time.perf_counter()
-        part = parts[name]()
-        results[name] = loaded.trainer.evaluate(part, batch_size=batch_size)
-        results[name]["seconds"] = time.perf_counter() - start
-        results[name]["samples"] = float(len(part))
-    return results

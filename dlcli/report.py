@@ -8,12 +8,15 @@ hands those a :class:`Reporter`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dlcli.errors import DlcliError
@@ -25,6 +28,8 @@ class Reporter:
     * ``out``: results (tables, predictions) — stdout, or stderr under ``--json`` so that stdout
       carries exactly one JSON document.
     * ``err``: progress, notes and errors — always stderr.
+
+    Under ``--json --quiet`` the human results are dropped too: stderr carries only errors.
     """
 
     def __init__(
@@ -38,6 +43,17 @@ class Reporter:
             self.out = self.err
         else:
             self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
+        self._show_results = not (json_mode and quiet)
+        self._silenced = False
+        self._json_file: str | None = None
+
+    def silence(self) -> None:
+        """From now on print errors only, and no JSON: a distributed worker other than rank 0
+        (rank 0 prints the run's progress, results and document)."""
+        self.quiet = True
+        self.json_mode = False
+        self._show_results = False
+        self._silenced = True
 
     @property
     def live(self) -> bool:
@@ -51,23 +67,57 @@ class Reporter:
 
     def result_line(self, message: str) -> None:
         """A line of the command's human result (stdout, or stderr under ``--json``)."""
-        self.out.print(message, markup=False)
+        if self._show_results:
+            self.out.print(message, markup=False)
 
     def table(self, table: Table) -> None:
-        self.out.print(table)
+        if self._show_results:
+            self.out.print(table)
+
+    def write(self, text: str) -> None:
+        """Verbatim text as the command's result (YAML, CSV): no markup, wrapping or colour."""
+        if self._show_results:
+            self.out.file.write(text)
+            self.out.file.flush()
 
     def emit_json(self, document: Mapping[str, Any]) -> None:
         """Write the command's one JSON document to stdout (only under ``--json``)."""
         if self.json_mode:
-            sys.stdout.write(json.dumps(document, indent=2, default=_json_default) + "\n")
+            text = json.dumps(_finite(document), indent=2, default=_json_default)
+            if self._json_file is not None:
+                with open(self._json_file, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+                return
+            sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
+    def json_to_file(self, path: str) -> None:
+        """Write the JSON document to ``path`` instead of stdout: the rank-0 worker of
+        ``train --nproc-per-node``, whose launcher prints it (with what the job ended as)."""
+        self._json_file = path
+
     def error(self, err: DlcliError | str, *, code: int, kind: str = "internal") -> None:
-        """Report an error: one message on stderr, and a JSON document under ``--json``."""
+        """Report an error: one message on stderr, and a JSON document under ``--json``
+        (the error's ``document``, e.g. the metrics a gate rejected, with ``error`` added)."""
         message = str(err)
+        if self._silenced and kind in ("interrupted", "gate"):  # every worker's; rank 0 says it
+            return
         self.err.print(f"Error: {message}", style="bold red", markup=False)
         if self.json_mode:
-            self.emit_json({"error": {"code": code, "kind": kind, "message": message}})
+            document = dict(err.document or {}) if isinstance(err, DlcliError) else {}
+            document["error"] = {"code": code, "kind": kind, "message": message}
+            self.emit_json(document)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -136,3 +186,169 @@ def keras_shape(shape: Sequence[int]) -> str:
     """(C, H, W) → "(None, H, W, C)"; (F,) → "(None, F)"."""
     dims = [shape[1], shape[2], shape[0]] if len(shape) == 3 else list(shape)
     return "(" + ", ".join(["None", *map(str, dims)]) + ")"
+
+
+# --- per-class metrics and the confusion matrix (dlcli evaluate --per-class) ----------------
+
+
+def per_class_table(title: str, report: Mapping[str, Any]) -> Table:
+    """Precision, recall, F1 and support per class, then the macro and weighted averages.
+
+    ``report`` is :meth:`dlcli.metrics.PerClass.to_dict`'s plain data (what ``--json`` shows).
+    """
+    table = Table(title=title)
+    table.add_column("class")
+    for name in ("precision", "recall", "f1", "support"):
+        table.add_column(name, justify="right")
+    for row in report["classes"]:
+        table.add_row(
+            escape(f"{row['index']} {row['name']}"),
+            *(_fmt(row[k]) for k in ("precision", "recall", "f1")),
+            str(row["support"]),
+        )
+    total = sum(row["support"] for row in report["classes"])
+    table.add_section()
+    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        avg = report[key]
+        values = (_fmt(avg[k]) for k in ("precision", "recall", "f1"))
+        table.add_row(label, *values, str(total))
+    table.add_row("accuracy", "", "", _fmt(report["accuracy"]), str(total))
+    return table
+
+
+def confusion_table(title: str, matrix: Sequence[Sequence[int]], names: Sequence[str]) -> Table:
+    """The confusion matrix: a row per true class, a column per predicted class (by index);
+    the diagonal (correct) in green, mistakes in yellow, zeros dimmed."""
+    table = Table(title=title, caption="rows: true class · columns: predicted class")
+    table.add_column("true \\ predicted")
+    for index in range(len(names)):
+        table.add_column(str(index), justify="right")
+    for i, (name, row) in enumerate(zip(names, matrix, strict=True)):
+        cells = [_confusion_cell(int(count), i == j) for j, count in enumerate(row)]
+        table.add_row(escape(f"{i} {name}"), *cells)
+    return table
+
+
+def _confusion_cell(count: int, diagonal: bool) -> str:
+    if diagonal:
+        return f"[bold green]{count}[/]"
+    return f"[yellow]{count}[/]" if count else "[dim]0[/]"
+
+
+# --- runs list / compare -----------------------------------------------------------------------
+
+
+def runs_table(title: str, runs: Sequence[Mapping[str, Any]]) -> Table:
+    """One row per run (``RunInfo.to_dict()``): key config values and final accuracy (loss
+    when a run has no accuracy); ``--json`` has every metric."""
+    config_keys: list[str] = []
+    metric_keys: list[str] = []
+    for run in runs:
+        config_keys += [k for k in run["config"] if k not in config_keys]
+        metric_keys += [k for k in run["metrics"] if k not in metric_keys]
+    name = "accuracy" if any(k.endswith("_accuracy") for k in metric_keys) else "loss"
+    shown = [k for k in ("val_" + name, "test_" + name) if k in metric_keys]
+    # Narrow: a compact box, folding only the run name, dataset and layers.
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    widths = {"dataset": 7, "layers": 14}
+    table.add_column("run", style="bold", overflow="fold", min_width=6)
+    for key in config_keys:
+        header = {"batch_size": "batch"}.get(key, key)
+        table.add_column(
+            header, overflow="fold", min_width=widths.get(key), no_wrap=key not in widths
+        )
+    for key in shown:
+        table.add_column(_short(key), justify="right", no_wrap=True)
+    table.add_column("best", justify="right", no_wrap=True)
+    for run in runs:
+        table.add_row(
+            escape(run["name"]),
+            *(escape(_fmt_value(run["config"].get(k))) for k in config_keys),
+            *(_fmt(run["metrics"].get(k)) for k in shown),
+            _fmt(run["summary"].get("best_epoch")),
+        )
+    return table
+
+
+def _short(metric: str) -> str:
+    """``val_accuracy`` → ``val acc`` (narrow column headers)."""
+    return metric.replace("top_k_accuracy", "top-k").replace("accuracy", "acc").replace("_", " ")
+
+
+def compare_table(names: Sequence[str], rows: Sequence[Any]) -> Table:
+    """Runs side by side (a column each); rows whose values differ are marked and highlighted,
+    the best value of each metric is green. ``rows`` are :class:`dlcli.runs.Row`."""
+    table = Table(title="Runs compared", caption="≠ marks a config value that differs")
+    table.add_column("")
+    table.add_column("key")
+    for name in names:
+        table.add_column(escape(name), justify="right", overflow="fold")
+    for row in rows:
+        style = "bold yellow" if row.differs else ""
+        cells = [escape(_fmt_cell(row.label, v, row.metric)) for v in row.values]
+        if row.best is not None:
+            cells[row.best] = f"[bold green]{cells[row.best]}[/]"
+        table.add_row("≠" if row.differs else "", escape(row.label), *cells, style=style)
+    return table
+
+
+def _fmt_cell(label: str, value: Any, metric: bool) -> str:
+    if label == "samples_per_second" and isinstance(value, float):
+        return f"{value:,.0f}"
+    return _fmt(value) if metric else _fmt_value(value)
+
+
+def _fmt_value(value: Any) -> str:
+    """Config values as written: floats not rounded (a learning rate of 3e-4 stays 3e-4)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _fmt(value)
+
+
+def fit_summary_line(summary: Mapping[str, Any], run_dir: Any) -> str:
+    """``best epoch 7 (val_loss 0.3121) · 2.41 s/epoch · 23,651 samples/s · saved runs/x``."""
+    parts = []
+    if summary.get("best_epoch") is not None:
+        parts.append(
+            f"best epoch {summary['best_epoch']} "
+            f"({summary['monitor']} {_fmt(summary.get('best_value'))})"
+        )
+    if summary.get("seconds_per_epoch") is not None:
+        parts.append(f"{summary['seconds_per_epoch']:.2f} s/epoch")
+    if summary.get("samples_per_second") is not None:
+        parts.append(f"{summary['samples_per_second']:,.0f} samples/s")
+    parts.append(f"saved {run_dir}")
+    return " · ".join(parts)
+
+
+# --- predictions (dlcli predict) ---------------------------------------------------------------
+
+
+def predictions_table(
+    predictions: Sequence[Mapping[str, Any]], top_k: int, only_input: str | None = None
+) -> Table:
+    """One row per input: the file (in the title instead when all come from ``only_input``),
+    the item in it, the best class and its probability; with ``top_k`` > 1 a column per
+    further rank. ``predictions`` are ``--json``'s plain data."""
+    one_file = only_input is not None
+    table = Table(title=f"Predictions for {escape(str(only_input))}" if one_file else "Predictions")
+    if not one_file:
+        table.add_column("input", overflow="fold")
+    table.add_column("item", justify="right")
+    table.add_column("class", justify="right")
+    table.add_column("name")
+    table.add_column("probability", justify="right")
+    ranks = max((len(p["top_k"]) for p in predictions), default=1) if top_k > 1 else 1
+    for rank in range(2, ranks + 1):
+        table.add_column(f"#{rank}")
+    for p in predictions:
+        others = [f"{t['class']} {t['class_name']} {t['probability']:.4f}" for t in p["top_k"][1:]]
+        table.add_row(
+            *([] if one_file else [escape(str(p["input"]))]),
+            str(p["item"]),
+            str(p["class"]),
+            escape(str(p["class_name"])),
+            f"{p['probability']:.4f}",
+            *(escape(o) for o in others[: ranks - 1]),
+        )
+    return table

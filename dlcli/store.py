@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from dlcli.config import Config, parse_config
 from dlcli.errors import ConfigError, ModelDirError, UsageError
+from dlcli.signals import uninterruptible
 
 FORMAT = "dlcli-run/1"
 MANIFEST = "manifest.json"
@@ -41,6 +42,7 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
 
 
 @dataclass
@@ -84,7 +86,8 @@ def save_run(
 ) -> Path:
     """Write a complete run directory atomically (temp dir + rename); return its path.
 
-    A ``checkpoints/`` folder already in ``run_dir`` (written during training) is kept.
+    The ``checkpoints/`` and ``tensorboard/`` folders already in ``run_dir`` (written during
+    training) are kept.
     """
     run_dir = Path(run_dir)
     parent = run_dir.parent
@@ -136,15 +139,38 @@ def write_manifest(directory: Path, names: Sequence[str]) -> None:
 
 
 def _swap_into_place(staging: Path, run_dir: Path) -> None:
-    if not run_dir.exists():
+    # A second Ctrl-C waits for these renames (dlcli.signals): stopping between them would
+    # lose the checkpoints moved into staging.
+    with uninterruptible():
+        if not run_dir.exists():
+            os.rename(staging, run_dir)
+            return
+        for kept in (CHECKPOINTS, TENSORBOARD):  # written during training, outside the manifest
+            if (run_dir / kept).is_dir():
+                os.rename(run_dir / kept, staging / kept)
+        old = run_dir.parent / f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(run_dir, old)
         os.rename(staging, run_dir)
-        return
-    if (run_dir / CHECKPOINTS).is_dir():
-        os.rename(run_dir / CHECKPOINTS, staging / CHECKPOINTS)
-    old = run_dir.parent / f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(run_dir, old)
-    os.rename(staging, run_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training, not after it, when ``run_dir`` cannot be created or written:
+    probe the nearest existing ancestor with a temporary file (removed again)."""
+    run_dir = Path(run_dir)
+    ancestor = run_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ModelDirError(
+            f"{run_dir}: cannot save the model there: {ancestor} is a file, not a directory"
+        )
+    probe = ancestor / f".dlcli-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ModelDirError(_os_message(run_dir, err)) from None
 
 
 def _os_message(run_dir: Path, err: OSError) -> str:
@@ -175,12 +201,22 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ModelDirError(f"{run_dir}: model directory not found")
-    manifest_path = run_dir / MANIFEST
-    if not manifest_path.is_file():
+    if not (run_dir / MANIFEST).is_file():
+        resumable = (run_dir / CHECKPOINTS).is_dir()
         raise ModelDirError(
             f"{run_dir}: not a complete dlcli model directory (no {MANIFEST}); "
             "was training interrupted before the model was saved?"
+            + (f" Continue it with: dlcli train CONFIG --resume {run_dir}" if resumable else "")
         )
+    return verify_manifest(run_dir, (CONFIG, WEIGHTS, METRICS))
+
+
+def verify_manifest(directory: Path, required: Sequence[str]) -> dict[str, Any]:
+    """Check every file ``directory/manifest.json`` lists against its SHA-256 (a run dir or a
+    checkpoint); ``required`` names files the manifest must list."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelDirError(f"{directory}: incomplete: no {MANIFEST}")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
@@ -188,11 +224,11 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
             raise ValueError(f"format {manifest.get('format')!r}")
     except (ValueError, KeyError, TypeError) as err:
         raise ModelDirError(f"{manifest_path}: unreadable manifest ({err})") from None
-    for name in (CONFIG, WEIGHTS, METRICS):
+    for name in required:
         if name not in files:
             raise ModelDirError(f"{manifest_path}: lists no {name}")
     for name, expected in files.items():
-        path = run_dir / name
+        path = directory / name
         if not path.is_file():
             raise ModelDirError(f"{path}: missing (listed in {MANIFEST})")
         found = sha256_file(path)

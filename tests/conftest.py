@@ -4,10 +4,11 @@ archives read data/ (REPO_DATA)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+import yaml
 
 from dlcli.data.idx import write_idx
 
@@ -55,3 +56,91 @@ def write_tiny_archives(folder: Path) -> TinyArchives:
 def tiny_archives(tmp_path: Path) -> TinyArchives:
     """A tiny gzip IDX dataset in ``tmp_path/tiny`` (see :class:`TinyArchives`)."""
     return write_tiny_archives(tmp_path / "tiny")
+
+
+# --- a tiny *learnable* dataset and a config that trains on it in a second ------------------
+
+
+def learnable_patterns(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images: class k lights up row 2k (plus noise), so a small MLP learns it quickly."""
+    labels = rng.integers(0, 4, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
+    images[np.arange(n), labels * 2, :] = 250
+    return images, labels
+
+
+def write_tiny_config(folder: Path) -> Path:
+    """Four archives (400 train, 100 test, 4 classes) and ``folder/tiny.yaml``: an MLP,
+    3 epochs, saving to ``folder/runs/tiny``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files: dict[str, str] = {}
+    for part, n in (("train", 400), ("test", 100)):
+        images, labels = learnable_patterns(n, rng)
+        files[f"{part}_images"] = str(folder / f"{part}-images-idx3-ubyte.gz")
+        files[f"{part}_labels"] = str(folder / f"{part}-labels-idx1-ubyte.gz")
+        write_idx(files[f"{part}_images"], images)
+        write_idx(files[f"{part}_labels"], labels)
+    cfg: dict[str, Any] = {
+        "data": {**files, "num_classes": 4, "validation_split": 0.25},
+        "model": {
+            "input_shape": [8, 8, 1],
+            "layers": [
+                {"type": "flatten"},
+                {"type": "dense", "units": 16, "activation": "relu"},
+                {"type": "dense", "units": 4},
+            ],
+        },
+        "training": {"epochs": 3, "batch_size": 20, "optimizer": {"learning_rate": 0.01}},
+        "output": {"dir": str(folder / "runs" / "tiny")},
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """A config (``tmp_path/tiny.yaml``) that trains a small MLP on a learnable tiny dataset."""
+    return write_tiny_config(tmp_path)
+
+
+# --- trained runs shared by the predict / export / gate tests (read-only: copy to change) ----
+
+
+def _train_run(config: Path, *args: str) -> None:
+    from click.testing import CliRunner
+
+    from dlcli.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", str(config), "--quiet", *args])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`write_tiny_config`'s MLP trained (about a second); class names row0 … row6."""
+    folder = tmp_path_factory.mktemp("tiny-run")
+    _train_run(write_tiny_config(folder), "--set", "data.class_names=[row0, row2, row4, row6]")
+    return folder / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def fashion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``dlcli init``'s Fashion-MNIST MLP from data/, trained one epoch on a tenth of the
+    training set (a few seconds; about 0.75 accuracy)."""
+    from click.testing import CliRunner
+
+    from dlcli.cli import cli
+
+    folder = tmp_path_factory.mktemp("fashion-run")
+    config = folder / "fashion.yaml"
+    result = CliRunner().invoke(cli, ["init", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run_dir = folder / "run"
+    _train_run(
+        config,
+        *("--set", "training.epochs=1", "--set", "data.validation_split=0.9"),
+        *("--set", f"data.data_dir={REPO_DATA}", "--output", str(run_dir)),
+    )
+    return run_dir

@@ -7,49 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from dlcli.cli import cli
-from dlcli.data.idx import write_idx
 
-
-def _patterns(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """8x8 images: class k lights up row k (plus noise), so a small MLP learns it quickly."""
-    labels = rng.integers(0, 4, size=n).astype(np.uint8)
-    images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-    images[np.arange(n), labels * 2, :] = 250
-    return images, labels
-
-
-@pytest.fixture
-def tiny_config(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    files: dict[str, str] = {}
-    for part, n in (("train", 400), ("test", 100)):
-        images, labels = _patterns(n, rng)
-        files[f"{part}_images"] = str(tmp_path / f"{part}-images-idx3-ubyte.gz")
-        files[f"{part}_labels"] = str(tmp_path / f"{part}-labels-idx1-ubyte.gz")
-        write_idx(files[f"{part}_images"], images)
-        write_idx(files[f"{part}_labels"], labels)
-    cfg: dict[str, Any] = {
-        "data": {**files, "num_classes": 4, "validation_split": 0.25},
-        "model": {
-            "input_shape": [8, 8, 1],
-            "layers": [
-                {"type": "flatten"},
-                {"type": "dense", "units": 16, "activation": "relu"},
-                {"type": "dense", "units": 4},
-            ],
-        },
-        "training": {"epochs": 3, "batch_size": 20, "optimizer": {"learning_rate": 0.01}},
-        "output": {"dir": str(tmp_path / "runs" / "tiny")},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+# tiny_config (a learnable 4-class 8x8 dataset and its config) is in conftest.py.
 
 
 def run(*args: str) -> Any:

@@ -1,0 +1,136 @@
+"""What makes the loop fast without changing it: mixed precision, torch.compile, channels_last,
+the dataset kept on the device, and the one-kernel uint8 → float batch conversion.
+
+:class:`~dlcli.engine.Trainer` builds one :class:`Accel` from ``training.precision``,
+``training.compile`` and ``training.channels_last``. Everything here is a no-op on the CPU
+unless asked for, and what the CPU cannot do (fp16 autocast) is a :class:`ConfigError` before
+the first step, never a crash in the middle of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlcli.config import TrainingConfig
+from dlcli.errors import ConfigError, TrainingError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def scaled(images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+    """``images[index] / 255`` as float32, in two passes instead of three.
+
+    ``index_select`` gathers rows without advanced indexing's generic machinery, and dividing
+    the uint8 tensor by 255 promotes it to float32 inside the division kernel: the same values,
+    bit for bit, as ``images[index].float().div_(255)``.
+    """
+    rows = images[index] if isinstance(index, slice) else images.index_select(0, index)
+    return torch.div(rows, 255)
+
+
+class Accel:
+    """The device-side options of one Trainer, resolved against the device it runs on."""
+
+    def __init__(self, training: TrainingConfig, device: torch.device) -> None:
+        self.device = device
+        self.dtype = _DTYPES.get(training.precision)
+        if training.precision == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                f"training.precision: fp16 needs a CUDA device, found {device.type}; "
+                "use bf16 (CPU autocast) or fp32"
+            )
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler("cuda") if training.precision == "fp16" else None
+        self.compile = training.compile
+        self.channels_last_setting = training.channels_last
+        self.channels_last = False
+        # Batches of one shape every step: let cuDNN pick its fastest convolution once.
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self._on_device: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, Callable[..., Any]]:
+        """Move the model to the device (channels_last where wanted); return it and the
+        callable that runs it (the compiled one with ``training.compile``). The optimizer and
+        the saved weights use the first, which keeps its parameter names."""
+        model = model.to(self.device)
+        # oneDNN (CPU) and cuDNN (CUDA) both convolve NHWC fastest: ~15-20% off a step of the
+        # reference CNN on the 2-core CPU of benchmarks/RESULTS.md. Models without a
+        # convolution gain nothing from it.
+        convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        setting = self.channels_last_setting
+        self.channels_last = convolutional if setting is None else setting
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        forward: Callable[..., Any] = model
+        if self.compile:
+            forward = _reporting_compile_errors(torch.compile(model))
+        return model, forward
+
+    def inputs(self, images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+        """One batch as the model takes it: float32 in [0, 1], NHWC in memory if asked."""
+        x = scaled(images, index)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision around forward and loss (``training.precision``); else nothing."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward(); optimizer.step()``, through the grad scaler for fp16."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A split's tensors on the device, copied once per Trainer (then reused every epoch:
+        the validation split is evaluated after each one). On the CPU, the tensors themselves."""
+        if self.device.type == "cpu":
+            return images, labels
+        key = id(images)
+        cached = self._on_device.get(key)
+        if cached is None or cached[0] is not images or cached[1] is not labels:
+            # The source tensors are kept with their copies, so their ids cannot be reused.
+            self._on_device[key] = (images, labels, images.to(self.device), labels.to(self.device))
+            cached = self._on_device[key]
+        return cached[2], cached[3]
+
+
+def _reporting_compile_errors(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.compile compiles at the first call, so that is where it fails (no C++ compiler,
+    an unsupported op): turn that into a TrainingError that names the key to turn it off."""
+
+    def forward(*args: Any) -> Any:
+        try:
+            return compiled(*args)
+        except Exception as err:
+            if not _is_compile_error(err):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrainingError(
+                f"training.compile: torch.compile failed ({type(err).__name__}: {first}); "
+                "set training.compile: false (on a CPU it needs a working C++ compiler)"
+            ) from None
+
+    return forward
+
+
+def _is_compile_error(err: Exception) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(err, TorchDynamoException) or type(err).__module__.startswith(
+        "torch._inductor"
+    )

@@ -1,0 +1,320 @@
+"""The callbacks a config asks for: learning-rate schedules, early stopping, a target to reach,
+checkpoints. Each is a :class:`~dlcli.engine.Callback`; :func:`build_callbacks` makes the list
+for a config, with the checkpoint callback last so that what it saves includes what the others
+decided at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from dlcli import checkpoint
+from dlcli.config import (
+    Config,
+    CosineSchedule,
+    EarlyStoppingConfig,
+    OneCycleSchedule,
+    ReduceOnPlateauSchedule,
+    ScheduleSpec,
+    StepSchedule,
+    TargetConfig,
+    metric_mode,
+)
+from dlcli.engine import Callback, Logs, Trainer
+
+
+def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
+    """The callbacks ``cfg.training`` configures, in the order they must run."""
+    training = cfg.training
+    callbacks: list[Callback] = []
+    if training.lr_schedule is not None:
+        callbacks.append(LRSchedule(training.lr_schedule))
+    if training.early_stopping is not None:
+        callbacks.append(EarlyStopping(training.early_stopping))
+    if training.target is not None:
+        callbacks.append(TargetTracker(training.target, stop=training.stop_at_target))
+    callbacks.append(Checkpointer(cfg, run_dir))
+    return callbacks
+
+
+def reports(callbacks: list[Callback]) -> dict[str, Any]:
+    """What the callbacks have to say in metrics.json (target reached, early stop, ...)."""
+    return {cb.report_key: cb.report() for cb in callbacks if isinstance(cb, Reporting)}
+
+
+class Reporting(Callback):
+    """A callback that adds a section to metrics.json."""
+
+    report_key = ""
+
+    def report(self) -> dict[str, Any]:
+        return {}
+
+
+def improved(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Is ``value`` better than ``best`` by more than ``min_delta``? (NaN never is.)"""
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+# --- learning-rate schedules ------------------------------------------------------------------
+
+
+def cosine_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based): linear warm-up over
+    ``warmup`` steps, then half a cosine down to ``min_ratio`` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    spec: ScheduleSpec, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int
+) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
+    """The torch scheduler for a schedule spec; its state_dict is plain data (JSON-able)."""
+    base_lr = float(optimizer.param_groups[0]["lr"])
+    total = epochs * steps_per_epoch
+    if isinstance(spec, OneCycleSchedule):
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=spec.max_lr if spec.max_lr is not None else base_lr,
+            total_steps=total,
+            pct_start=spec.pct_start,
+            anneal_strategy=spec.anneal,
+            cycle_momentum=spec.cycle_momentum,
+            div_factor=spec.div_factor,
+            final_div_factor=spec.final_div_factor,
+        )
+    if isinstance(spec, CosineSchedule):
+        warmup = spec.warmup_steps or round(spec.warmup_epochs * steps_per_epoch)
+        ratio = spec.min_lr / base_lr
+        factor: Callable[[int], float] = lambda step: cosine_factor(step, total, warmup, ratio)  # noqa: E731
+        return lr_scheduler.LambdaLR(optimizer, factor)
+    if isinstance(spec, StepSchedule):
+        return lr_scheduler.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)
+    return lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode=metric_mode(spec.monitor, spec.mode),  # type: ignore[arg-type]
+        factor=spec.factor,
+        patience=spec.patience,
+        threshold=spec.min_delta,
+        threshold_mode="abs",
+        cooldown=spec.cooldown,
+        min_lr=spec.min_lr,
+    )
+
+
+class LRSchedule(Callback):
+    """``training.lr_schedule``: one_cycle and cosine change the rate every step, step and
+    reduce_on_plateau at the end of an epoch."""
+
+    def __init__(self, spec: ScheduleSpec) -> None:
+        self.spec = spec
+        self.per_step = isinstance(spec, OneCycleSchedule | CosineSchedule)
+        self.scheduler: lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None = None
+
+    def on_fit_begin(self, trainer: Trainer) -> None:
+        self.scheduler = make_scheduler(
+            self.spec,
+            trainer.optimizer,
+            epochs=trainer.cfg.epochs,
+            steps_per_epoch=trainer.steps_per_epoch,
+        )
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if self.per_step and isinstance(self.scheduler, lr_scheduler.LRScheduler):
+            self.scheduler.step()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
+            assert isinstance(self.spec, ReduceOnPlateauSchedule)
+            self.scheduler.step(logs[self.spec.monitor])
+        elif not self.per_step and self.scheduler is not None:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict()} if self.scheduler else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        assert self.scheduler is not None  # built in on_fit_begin, before the state loads
+        fresh = self.scheduler.state_dict()
+        saved = dict(state["scheduler"])
+        # The run's length may change on --resume (training.epochs): keep the new length and
+        # take only the position from the checkpoint.
+        for key in ("total_steps", "_schedule_phases"):
+            if key in fresh:
+                saved[key] = fresh[key]
+        self.scheduler.load_state_dict(saved)
+
+
+# --- early stopping, target ---------------------------------------------------------------------
+
+
+class EarlyStopping(Reporting):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; with
+    ``restore_best``, end with the weights of the best epoch."""
+
+    report_key = "early_stopping"
+
+    def __init__(self, cfg: EarlyStoppingConfig) -> None:
+        self.cfg = cfg
+        self.mode = metric_mode(cfg.monitor, cfg.mode)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.restored = False
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        value = logs.get(self.cfg.monitor)
+        if improved(value, self.best, self.mode, self.cfg.min_delta):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.cfg.restore_best:
+                state = trainer.model.state_dict()
+                self.best_weights = {k: v.detach().clone() for k, v in state.items()}
+            return
+        self.wait += 1
+        if self.wait >= self.cfg.patience:
+            self.stopped_epoch = epoch
+            trainer.stop_training = True
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        stopped = self.stopped_epoch is not None and not trainer.interrupted
+        if stopped and self.best_weights is not None and self.best_epoch != self.stopped_epoch:
+            trainer.model.load_state_dict(self.best_weights)
+            self.restored = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = state["best"]
+        self.best_epoch = state["best_epoch"]
+        self.wait = int(state["wait"])
+        self.stopped_epoch = state["stopped_epoch"]
+        self.best_weights = state["best_weights"]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "monitor": self.cfg.monitor,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "restored_best": self.restored,
+        }
+
+
+class TargetTracker(Reporting):
+    """Record the epoch and elapsed fit seconds at which ``metric`` first reaches ``value``;
+    with ``stop``, end training there."""
+
+    report_key = "target"
+
+    def __init__(self, cfg: TargetConfig, *, stop: bool = False) -> None:
+        self.cfg = cfg
+        self.mode = metric_mode(cfg.metric, cfg.mode)
+        self.stop = stop
+        self.epoch: int | None = None
+        self.seconds: float | None = None
+
+    def reached(self, value: float | None) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        return value >= self.cfg.value if self.mode == "max" else value <= self.cfg.value
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        if self.epoch is None and self.reached(logs.get(self.cfg.metric)):
+            self.epoch = epoch
+            self.seconds = round(trainer.elapsed_fit_seconds(), 4)
+        if self.stop and self.epoch is not None:
+            trainer.stop_training = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "seconds": self.seconds}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.seconds = state["epoch"], state["seconds"]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "metric": self.cfg.metric,
+            "value": self.cfg.value,
+            "reached": self.epoch is not None,
+            "epoch": self.epoch,
+            "seconds": self.seconds,
+        }
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+class Checkpointer(Reporting):
+    """``training.checkpoint``: save ``checkpoints/last`` every N epochs, at the end, and when
+    interrupted; keep ``checkpoints/best`` by the monitored metric (see dlcli.checkpoint)."""
+
+    report_key = "checkpoints"
+
+    def __init__(self, config: Config, run_dir: Path) -> None:
+        self.config = config
+        self.cfg = config.training.checkpoint
+        self.run_dir = Path(run_dir)
+        self.mode = metric_mode(self.cfg.monitor, self.cfg.mode)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.last_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        if not self.cfg.every:
+            return
+        better = self.cfg.keep_best and improved(logs.get(self.cfg.monitor), self.best, self.mode)
+        if better:
+            self.best, self.best_epoch = logs[self.cfg.monitor], epoch
+        due = epoch % self.cfg.every == 0 or epoch >= trainer.cfg.epochs or trainer.stop_training
+        if due:
+            self._save(trainer, checkpoint.LAST)
+        if better and due:
+            checkpoint.copy(self.run_dir, checkpoint.LAST, checkpoint.BEST)
+        elif better:
+            self._save(trainer, checkpoint.BEST)
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        if self.cfg.every:
+            self._save(trainer, checkpoint.LAST)
+
+    def _save(self, trainer: Trainer, name: str) -> None:
+        checkpoint.save(self.run_dir, name, self.config, trainer.state_dict())
+        if name == checkpoint.LAST:
+            self.last_epoch = trainer.epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+    def report(self) -> dict[str, Any]:
+        root = checkpoint.directory(self.run_dir)
+        return {
+            "every": self.cfg.every,
+            "last": str(root / checkpoint.LAST) if self.cfg.every else None,
+            "best": str(root / checkpoint.BEST) if self.best_epoch is not None else None,
+            "monitor": self.cfg.monitor,
+            "best_epoch": self.best_epoch,
+        }

@@ -1,0 +1,218 @@
+"""Config tools: ``dlcli init`` (a commented starter config), ``dlcli config show`` (the resolved
+config, every field's doc as a comment) and ``dlcli config validate`` (schema, values, and the
+model built with shape inference, without loading any data).
+
+Only :func:`validate_config` imports torch (to build the model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlcli.config import Config, load_config, parse_config, parse_yaml, to_dict
+from dlcli.errors import ConfigError, UsageError
+
+TEMPLATES = ("mlp", "cnn")
+_COMMENT_COLUMN = 32
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+_LAYERS = {
+    "mlp": """\
+    - {{type: flatten}}
+    - {{type: dense, units: 300, activation: relu}}
+    - {{type: dense, units: 100, activation: relu}}
+    - {{type: dense, units: {classes}}}              # one output (logit) per class
+""",
+    "cnn": """\
+    - {{type: conv2d, filters: 16, kernel_size: 3, padding: same, activation: relu}}
+    - {{type: max_pool2d, pool_size: 2}}
+    - {{type: conv2d, filters: 32, kernel_size: 3, padding: same, activation: relu}}
+    - {{type: max_pool2d, pool_size: 2}}
+    - {{type: flatten}}
+    - {{type: dense, units: 128, activation: relu}}
+    - {{type: dropout, rate: 0.25}}
+    - {{type: dense, units: {classes}}}              # one output (logit) per class
+""",
+}
+
+_STARTER = """\
+# dlcli train {path}
+#
+# A starter config ({template} on {dataset}), written by `dlcli init`. It trains as is:
+#   dlcli download {dataset}        # once: fetch and verify the archives
+#   dlcli train {path}
+# `dlcli config show {path}` prints every key with its default and meaning;
+# `dlcli config validate {path}` checks an edit (and the model's shapes) in a second.
+data:
+  dataset: {dataset}{dataset_pad}# registry name ({datasets}), or the four IDX files
+  validation_split: 0.05        # fraction of the training set held out for validation
+model:
+  input_shape: {input_shape}{shape_pad}# height, width, channels of the images
+  layers:                       # in order; every layer's input size is inferred
+{layers}training:
+  optimizer: {{name: adam, learning_rate: 0.001}}   # adam, adamw, sgd or rmsprop
+  loss: softmax_cross_entropy_with_logits
+  metrics: [accuracy]           # and/or top_k_accuracy
+  epochs: {epochs}
+  batch_size: 100
+  seed: 0                       # the same seed gives the same split, weights and run
+  device: auto                  # auto | cpu | cuda | cuda:N
+output:
+  dir: {output}{output_pad}# where the trained model is saved
+"""
+
+
+def _pad(text: str, width: int) -> str:
+    return " " * max(width - len(text), 1)
+
+
+def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-mnist") -> str:
+    """The text of a commented starter config that trains ``dataset`` as is."""
+    from dlcli.data.registry import REGISTRY, get_entry
+
+    if template not in TEMPLATES:
+        raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
+    entry = get_entry(dataset)
+    input_shape = f"[{', '.join(map(str, entry.input_shape))}]"
+    output = f"runs/{Path(path).stem}"
+    return _STARTER.format(
+        path=path,
+        template=template,
+        dataset=entry.name,
+        dataset_pad=_pad(entry.name, 22),
+        datasets=", ".join(REGISTRY),
+        input_shape=input_shape,
+        shape_pad=_pad(input_shape, 18),
+        layers=_LAYERS[template].format(classes=entry.num_classes),
+        epochs=10,
+        output=output,
+        output_pad=_pad(output, 25),
+    )
+
+
+def write_starter(
+    path: Path, *, template: str = "mlp", dataset: str = "fashion-mnist", force: bool = False
+) -> str:
+    """Write :func:`starter_config` to ``path`` (refusing to replace a file unless ``force``)."""
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory; give a file name, e.g. {path / 'config.yaml'}")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists; pass --force to overwrite it")
+    text = starter_config(str(path), template=template, dataset=dataset)
+    parse_config(parse_yaml(text), source=str(path))  # what init writes must load
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"{path}: cannot write the config: {err.strerror or err}") from None
+    return text
+
+
+# --- config show ------------------------------------------------------------------------------
+
+
+def commented_yaml(cfg: Config, source: str | None = None) -> str:
+    """The resolved config as YAML, each key followed by its one-line doc as a comment.
+
+    It loads back to the same config (``parse_config(yaml.safe_load(text)) == cfg``).
+    """
+    lines = []
+    if source:
+        lines.append(f"# {source}, resolved: defaults filled in, --set overrides applied")
+    _emit(cfg, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _emit(node: Any, indent: int, lines: list[str]) -> None:
+    pad = " " * indent
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        doc = f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(value):
+            lines.append(_with_comment(f"{pad}{f.name}:", doc))
+            _emit(value, indent + 2, lines)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(_with_comment(f"{pad}{f.name}:", doc))
+            lines += [f"{pad}  - {_flow(to_dict(item))}" for item in value]
+        else:
+            lines.append(_with_comment(f"{pad}{f.name}: {_flow(value)}", doc))
+
+
+def _with_comment(text: str, doc: str) -> str:
+    return f"{text}{_pad(text, _COMMENT_COLUMN)}# {doc}" if doc else text
+
+
+def _flow(value: Any) -> str:
+    """One value as single-line YAML (scalars, lists and mappings in flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    return text.removesuffix("\n...").strip()
+
+
+# --- config validate --------------------------------------------------------------------------
+
+
+def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load ``path`` and build its model and optimizer; any problem is a :class:`ConfigError`.
+
+    Checks the schema and values, the device name, the input shape against a registry
+    dataset's images, and every layer's shape (a kernel larger than its input, a missing
+    flatten, a last layer with the wrong number of classes). Reads no data.
+    """
+    cfg = load_config(path, overrides)
+    where = str(path)
+    num_classes = _num_classes(cfg, where)
+    if not _DEVICE.fullmatch(cfg.training.device):
+        raise ConfigError(
+            f"{where}: training.device: expected auto, cpu, cuda or cuda:N, "
+            f"found {cfg.training.device!r}"
+        )
+    built = _build(cfg, num_classes, where)
+    return {
+        "config": where,
+        "valid": True,
+        "dataset": cfg.data.dataset,
+        "num_classes": num_classes,
+        "layers": len(built.layers),
+        "output_shape": list(built.output_shape),
+        "total_params": built.total_params,
+        "output_dir": cfg.output.dir,
+    }
+
+
+def _num_classes(cfg: Config, where: str) -> int:
+    from dlcli.data.registry import REGISTRY
+
+    if cfg.data.dataset is None:
+        assert cfg.data.num_classes is not None  # guaranteed by parse_config
+        return cfg.data.num_classes
+    entry = REGISTRY[cfg.data.dataset]
+    if tuple(cfg.model.input_shape) != entry.input_shape:
+        raise ConfigError(
+            f"{where}: model.input_shape: the config says {list(cfg.model.input_shape)}, but "
+            f"{entry.name}'s images are {list(entry.input_shape)} (height, width, channels)"
+        )
+    return entry.num_classes
+
+
+def _build(cfg: Config, num_classes: int, where: str) -> Any:
+    import torch
+
+    from dlcli.engine import Trainer
+    from dlcli.model import build_model
+
+    training = cfg.training
+    if training.precision == "fp16":
+        # fp16 needs CUDA: that is checked where the job trains, not where the config is linted.
+        training = dataclasses.replace(training, precision="fp32")
+    try:
+        built = build_model(cfg.model, num_classes=num_classes)
+        # The trainer checks what only makes sense together (e.g. nesterov without sgd).
+        Trainer(built.module, training, num_classes=num_classes, device=torch.device("cpu"))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err.message}", details=err.details) from None
+    return built

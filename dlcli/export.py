@@ -1,0 +1,193 @@
+"""``dlcli export``: a saved model as an ONNX file, for serving without PyTorch or dlcli.
+
+The file takes ``images``, float32 N×C×H×W with pixel values divided by 255 (what the model
+sees inside dlcli), and returns ``logits``, float32 N×classes; N, the batch axis, is dynamic.
+Its metadata holds the class names and the input convention. It is written by PyTorch's
+``torch.export``-based exporter (the default since PyTorch 2.9; it needs ``onnxscript``), checked
+with ``onnx.checker``, then run with onnxruntime on a batch of a size other than the export's and
+compared with PyTorch's outputs before it is moved into place.
+
+onnx, onnxscript and onnxruntime are the optional ``onnx`` extra: ``pip install 'dlcli[onnx]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlcli.errors import DlcliError, ModelDirError, UsageError
+
+FORMATS = ("onnx",)
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+TOLERANCE = 1e-4  # largest absolute logit difference accepted between ONNX and PyTorch
+_EXTRA_MODULES = ("onnx", "onnxscript", "onnxruntime")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    input_shape: list[int | str]
+    output_shape: list[int | str]
+    opset: int
+    max_abs_diff: float
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "input": {"name": INPUT_NAME, "shape": self.input_shape, "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": self.output_shape, "dtype": "float32"},
+            "opset": self.opset,
+            "max_abs_diff": self.max_abs_diff,
+            "size": self.size,
+        }
+
+
+def require_onnx() -> None:
+    """Raise a :class:`UsageError` naming the install command when the extra is missing."""
+    missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"ONNX export needs the onnx extra (missing: {', '.join(missing)}): "
+            "pip install 'dlcli[onnx]'"
+        )
+
+
+def export_onnx(model_dir: Path, out: Path | None = None) -> ExportResult:
+    """Export ``model_dir``'s model to ``out`` (default ``MODEL_DIR/model.onnx``), verified."""
+    require_onnx()
+    import torch
+
+    from dlcli.pipeline import load_model
+    from dlcli.predict import class_names
+
+    loaded = load_model(model_dir, "cpu")
+    module = loaded.built.module.eval()
+    channels, height, width = loaded.built.input_shape
+    num_classes = loaded.built.output_shape[0]
+    target = Path(out) if out is not None else Path(model_dir) / "model.onnx"
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(2, channels, height, width, generator=generator)
+    probe = torch.rand(5, channels, height, width, generator=generator)
+    metadata = {
+        "dlcli.input": "float32 N×C×H×W, pixel values / 255",
+        "dlcli.class_names": json.dumps(class_names(loaded.run.metrics, num_classes)),
+        "dlcli.model_dir": str(model_dir),
+    }
+    with _staging(target) as staging:
+        _torch_export(module, example, staging)
+        opset = _finish(staging, metadata)
+        diff = _compare(staging, module, probe)
+        os.replace(staging, target)
+    return ExportResult(
+        target,
+        "onnx",
+        ["batch", channels, height, width],
+        ["batch", num_classes],
+        opset,
+        diff,
+        target.stat().st_size,
+    )
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A temporary file next to ``target`` (removed unless it was moved into place)."""
+    if target.is_dir():
+        raise UsageError(f"--out {target}: is a directory, expected a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+    except OSError as err:
+        raise ModelDirError(
+            f"{target}: cannot write the ONNX file: {err.strerror or err}"
+        ) from None
+    staging = Path(name)
+    try:
+        yield staging
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _torch_export(module: Any, example: Any, path: Path) -> None:
+    import torch
+
+    batch = torch.export.Dim("batch")
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+        if program is None:  # pragma: no cover - only without dynamo
+            raise DlcliError("torch.onnx.export returned no program")
+        program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's warnings and log lines are for PyTorch developers; stdout stays clean."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _finish(path: Path, metadata: dict[str, str]) -> int:
+    """Add dlcli's metadata, check the model, save it; return its ONNX opset."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _compare(path: Path, module: Any, probe: Any) -> float:
+    """Run the file with onnxruntime and return the largest logit difference from PyTorch."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: probe.numpy()})
+    with torch.inference_mode():
+        expected = module(probe).numpy()
+    diff = float(np.max(np.abs(np.asarray(got) - expected))) if expected.size else 0.0
+    if not diff <= TOLERANCE:
+        raise DlcliError(
+            f"the exported ONNX model's outputs differ from PyTorch's by {diff:g} "
+            f"(more than {TOLERANCE:g}); this is a bug, please report it"
+        )
+    return diff

@@ -1,0 +1,292 @@
+"""``dlcli predict``: run a saved model on new inputs.
+
+Inputs, recognised by their first bytes (then by their suffix):
+
+* **IDX archives**, gzip-compressed or raw (the MNIST files): ``uint8`` images N×H×W or N×H×W×C.
+* **.npy arrays** (``np.save``; never unpickled): ``uint8`` pixel values 0-255, any integer type
+  holding 0-255, or floats scaled to 0-1 (what the model sees after dividing by 255). Shapes
+  H×W (one image), N×H×W (single-channel models), H×W×C, N×H×W×C or N×C×H×W, with exactly the
+  model's height and width.
+* **Images** (PNG, JPEG, and the other formats Pillow reads; the ``images`` extra): converted to
+  the model's channels (grayscale ``L`` for 1, ``RGB`` for 3, ``RGBA`` for 4), turned upright by
+  their EXIF orientation and resized (stretched, bilinear) to the model's height and width.
+
+Every input is stacked into one uint8 (or float) tensor and run through the model in batches, so
+10,000 images take one pass. Probabilities are the softmax of the model's outputs (the outputs
+themselves when the last layer already applies softmax); classes are ranked by the outputs, so
+the top class is exactly the one ``dlcli evaluate`` counts as the prediction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from dlcli.errors import DataError, UsageError
+
+Shape = tuple[int, ...]  # (channels, height, width)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_NPY_MAGIC = b"\x93NUMPY"
+_GZIP_MAGIC = b"\x1f\x8b"
+_IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+@dataclass
+class Inputs:
+    """Images stacked N×C×H×W (pixel values 0-255) and, per image, where it came from."""
+
+    images: torch.Tensor
+    sources: list[str]
+    items: list[int]  # the image's index within its file (0 for an image file)
+
+
+@dataclass
+class Prediction:
+    source: str
+    item: int
+    top: list[tuple[int, float]]  # (class index, probability), best first
+
+    def to_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
+        best, probability = self.top[0]
+        return {
+            "input": self.source,
+            "item": self.item,
+            "class": best,
+            "class_name": class_names[best],
+            "probability": probability,
+            "top_k": [
+                {"class": c, "class_name": class_names[c], "probability": p} for c, p in self.top
+            ],
+        }
+
+
+@dataclass
+class PredictResult:
+    model_dir: Path
+    class_names: list[str]
+    predictions: list[Prediction]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "count": len(self.predictions),
+            "class_names": self.class_names,
+            "seconds": round(self.seconds, 4),
+            "predictions": [p.to_dict(self.class_names) for p in self.predictions],
+        }
+
+    def csv_rows(self, top_k: int) -> list[list[Any]]:
+        """A header and one row per input: input, item, then class, name, probability per rank."""
+        header: list[Any] = ["input", "item", "class", "class_name", "probability"]
+        for rank in range(2, top_k + 1):
+            header += [f"class_{rank}", f"class_name_{rank}", f"probability_{rank}"]
+        rows = [header]
+        for p in self.predictions:
+            row: list[Any] = [p.source, p.item]
+            for c, prob in p.top:
+                row += [c, self.class_names[c], prob]
+            rows.append(row)
+        return rows
+
+
+def predict(
+    model_dir: Path,
+    paths: Sequence[Path],
+    *,
+    top_k: int = 1,
+    batch_size: int = 1000,
+    device: str = "auto",
+) -> PredictResult:
+    """Verify and load ``model_dir``, read ``paths`` and rank the classes of every image."""
+    from dlcli.pipeline import load_model
+
+    loaded = load_model(model_dir, device)
+    inputs = read_inputs(paths, loaded.built.input_shape)
+    num_classes = loaded.built.output_shape[0]
+    start = time.perf_counter()
+    outputs = loaded.trainer.predict_logits(inputs.images, batch_size=batch_size)
+    probabilities = outputs if _ends_in_softmax(loaded) else outputs.softmax(dim=1)
+    # Rank by the raw outputs: the top class is the argmax `evaluate` scores, even where two
+    # probabilities round to the same float.
+    order = outputs.topk(min(top_k, num_classes), dim=1).indices
+    ranked = probabilities.gather(1, order)
+    seconds = time.perf_counter() - start
+    classes, probs = order.tolist(), ranked.tolist()
+    predictions = [
+        Prediction(source, item, [(c, round(p, 6)) for c, p in zip(cs, ps, strict=True)])
+        for source, item, cs, ps in zip(inputs.sources, inputs.items, classes, probs, strict=True)
+    ]
+    return PredictResult(
+        model_dir, class_names(loaded.run.metrics, num_classes), predictions, seconds
+    )
+
+
+def class_names(metrics: dict[str, Any], num_classes: int) -> list[str]:
+    """The class names a run saved (metrics.json ``dataset.class_names``), else "0", "1", …"""
+    names = metrics.get("dataset", {}).get("class_names")
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [str(i) for i in range(num_classes)]
+
+
+def _ends_in_softmax(loaded: Any) -> bool:
+    layers = loaded.run.config.model.layers
+    return bool(layers) and getattr(layers[-1], "activation", None) == "softmax"
+
+
+# --- reading inputs ---------------------------------------------------------------------------
+
+
+def read_inputs(paths: Sequence[Path], shape: Shape) -> Inputs:
+    """Read every input file as N×C×H×W pixel values 0-255 for a model taking ``shape``."""
+    if not paths:
+        raise UsageError("no INPUT given: name IDX archives, .npy arrays or image files")
+    arrays: list[npt.NDArray[Any]] = []
+    sources: list[str] = []
+    items: list[int] = []
+    for path in paths:
+        array = read_input(Path(path), shape)
+        arrays.append(array)
+        sources += [str(path)] * len(array)
+        items += range(len(array))
+    if any(a.dtype != np.uint8 for a in arrays):
+        arrays = [a.astype(np.float32) for a in arrays]
+    images = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
+    return Inputs(images, sources, items)
+
+
+def read_input(path: Path, shape: Shape) -> npt.NDArray[Any]:
+    """One input file as an N×C×H×W array: uint8, or float32 on the 0-255 scale."""
+    kind = input_kind(path)
+    if kind == "image":
+        return read_image(path, shape)
+    if kind == "npy":
+        array = _load_npy(path)
+    else:
+        from dlcli.data.idx import read_idx
+
+        array = read_idx(path)
+    return to_nchw(_pixel_values(array, str(path)), shape, str(path))
+
+
+def input_kind(path: Path) -> str:
+    """``idx``, ``npy`` or ``image``, from the file's first bytes (or, failing that, its name)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: input file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected an input file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return "image"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    if head.startswith(_GZIP_MAGIC) or head.startswith(b"\0\0"):
+        return "idx"
+    raise DataError(
+        f"{path}: not a recognised input: expected an IDX archive (gzip or raw), a .npy "
+        f"array, or an image ({', '.join(IMAGE_SUFFIXES)}); found first bytes "
+        f"{head[:4].hex(' ') or '(empty file)'}"
+    )
+
+
+def _load_npy(path: Path) -> npt.NDArray[Any]:
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy array: {err}") from None
+
+
+def _pixel_values(array: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
+    """uint8 as is; integers holding 0-255 as uint8; floats in [0, 1] as float32 × 255."""
+    if array.dtype == np.uint8:
+        return array
+    kind = array.dtype.kind
+    if kind not in "iuf" or array.dtype == np.bool_:
+        raise DataError(
+            f"{source}: expected pixel values as uint8 (0-255) or floats (0-1), "
+            f"found dtype {array.dtype}"
+        )
+    if array.size == 0:
+        return array.astype(np.uint8)
+    low, high = array.min(), array.max()
+    if kind == "f":
+        if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
+            raise DataError(
+                f"{source}: a float array must hold values in [0, 1] (pixel / 255), found "
+                f"values from {low:g} to {high:g}; divide by 255, or save it as uint8"
+            )
+        scaled: npt.NDArray[np.float32] = array.astype(np.float32) * np.float32(255)
+        return scaled
+    if low < 0 or high > 255:
+        raise DataError(
+            f"{source}: an integer array must hold pixel values 0-255, "
+            f"found values from {low} to {high}"
+        )
+    return array.astype(np.uint8)
+
+
+def to_nchw(array: npt.NDArray[Any], shape: Shape, source: str) -> npt.NDArray[Any]:
+    """An array of one of the accepted layouts (see the module doc) as N×C×H×W."""
+    c, h, w = shape
+    if array.ndim == 2 and c == 1 and array.shape == (h, w):
+        return array.reshape(1, 1, h, w)
+    if array.ndim == 3 and c == 1 and array.shape[1:] == (h, w):
+        return array.reshape(-1, 1, h, w)
+    if array.ndim == 3 and array.shape == (h, w, c):
+        return np.expand_dims(array.transpose(2, 0, 1), 0)
+    if array.ndim == 4 and array.shape[1:] == (h, w, c):
+        return np.transpose(array, (0, 3, 1, 2))
+    if array.ndim == 4 and array.shape[1:] == (c, h, w):
+        return array
+    layouts = [f"(N, {h}, {w}, {c})", f"(N, {c}, {h}, {w})", f"({h}, {w}, {c})"]
+    if c == 1:
+        layouts = [f"(N, {h}, {w})", f"({h}, {w})", *layouts]
+    raise DataError(
+        f"{source}: an array of shape {tuple(array.shape)} does not fit the model's input "
+        f"{h}×{w}×{c} (height×width×channels); expected one of {', '.join(layouts)}"
+    )
+
+
+def read_image(path: Path, shape: Shape) -> npt.NDArray[np.uint8]:
+    """An image file as a 1×C×H×W uint8 array: channels converted, EXIF-rotated, resized."""
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError:
+        raise UsageError(
+            f"{path}: reading images needs Pillow, the images extra: pip install 'dlcli[images]'"
+        ) from None
+    c, h, w = shape
+    mode = _IMAGE_MODES.get(c)
+    if mode is None:
+        raise DataError(
+            f"{path}: the model takes {c}-channel input; images can be fed only to 1-channel "
+            "(grayscale), 3-channel (RGB) or 4-channel (RGBA) models: give a .npy array instead"
+        )
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert(mode)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: cannot read the image: {err}") from None
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return to_nchw(pixels.reshape(h, w, c), shape, str(path))

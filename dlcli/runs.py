@@ -1,0 +1,340 @@
+"""What saved runs were: their key config values, final metrics and training summary.
+
+Reads a run directory's ``config.yaml``, ``metrics.json``, ``history.csv`` and
+``manifest.json`` as plain data — no torch, no weights, no checksums — so ``dlcli runs list``
+over many runs stays instant. A directory without a manifest is an incomplete run (training
+was interrupted before the save) and is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlcli.errors import ModelDirError, UsageError
+
+# What a person tells runs apart by: the short label (a table column) and its config key path.
+KEY_FIELDS: tuple[tuple[str, str], ...] = (
+    ("dataset", "data.dataset"),
+    ("layers", "model.layers"),
+    ("optimizer", "training.optimizer.name"),
+    ("lr", "training.optimizer.learning_rate"),
+    ("epochs", "training.epochs"),
+    ("batch_size", "training.batch_size"),
+    ("seed", "training.seed"),
+)
+# Config keys that always differ between runs and say nothing about the model.
+IGNORED_KEYS = ("output.dir", "data.data_dir")
+
+
+@dataclass
+class RunInfo:
+    """One complete run directory, read as plain data."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def flat_config(self) -> dict[str, Any]:
+        """Every config value under its dotted key (layers as one summary string)."""
+        return flatten_config(self.config)
+
+    def key_values(self) -> dict[str, Any]:
+        flat = self.flat_config()
+        return {label: flat.get(key) for label, key in KEY_FIELDS}
+
+    def final_metrics(self) -> dict[str, float]:
+        """``val_loss``, ``val_accuracy``, ``test_loss``, ... from metrics.json."""
+        out: dict[str, float] = {}
+        for split, prefix in (("validation", "val_"), ("test", "test_")):
+            values = self.metrics.get(split)
+            if isinstance(values, dict):
+                out |= {f"{prefix}{k}": v for k, v in values.items() if _is_number(v)}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        train_size = self.metrics.get("dataset", {}).get("train_size")
+        monitor, mode = monitored_metric(self.config)
+        return summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "created": self.metrics.get("created"),
+            "config": self.key_values(),
+            "metrics": self.final_metrics(),
+            "summary": self.summary(),
+        }
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": str(self.path), "reason": self.reason}
+
+
+@dataclass
+class Listing:
+    runs: list[RunInfo] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass
+class Difference:
+    key: str
+    values: list[Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "values": self.values}
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_run(path: Path) -> RunInfo:
+    """Read a complete run directory; :class:`ModelDirError` says why one is not."""
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: model directory not found")
+    if not (path / "manifest.json").is_file():
+        raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise ModelDirError(f"{path}: unreadable run: {err}") from None
+    if not isinstance(config, dict) or not isinstance(metrics, dict):
+        raise ModelDirError(f"{path}: unreadable run: config.yaml or metrics.json is no mapping")
+    return RunInfo(path, config, metrics, read_history(path / "history.csv"))
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """history.csv as one dict per epoch (an absent or unreadable file is no history)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return [{k: float(v) for k, v in row.items() if k and _is_float(v)} for row in rows]
+
+
+def list_runs(root: Path) -> Listing:
+    """Every run directory directly inside ``root`` (or ``root`` itself when it is one)."""
+    if not root.is_dir():
+        raise ModelDirError(f"{root}: no such directory (train a model first: dlcli train CONFIG)")
+    if (root / "manifest.json").is_file():
+        return Listing([read_run(root)])
+    listing = Listing()
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        _read_into(listing, path)
+    return listing
+
+
+def read_runs(paths: Sequence[Path]) -> Listing:
+    """The given run directories; incomplete ones are skipped, a missing one is an error."""
+    listing = Listing()
+    for path in paths:
+        if not path.is_dir():
+            raise ModelDirError(f"{path}: model directory not found")
+        _read_into(listing, path)
+    return listing
+
+
+def _read_into(listing: Listing, path: Path) -> None:
+    try:
+        listing.runs.append(read_run(path))
+    except ModelDirError as err:
+        listing.skipped.append(Skipped(path, err.message.removeprefix(f"{path}: ")))
+
+
+# --- comparing -------------------------------------------------------------------------------
+
+
+def compare(paths: Sequence[Path]) -> tuple[Listing, list[Difference]]:
+    """Read the runs and list every config key whose value is not the same in all of them."""
+    if len(paths) < 2:
+        raise UsageError(f"runs compare: expected at least 2 run directories, found {len(paths)}")
+    listing = read_runs(paths)
+    if len(listing.runs) < 2:
+        why = "; ".join(f"{s.path}: {s.reason}" for s in listing.skipped)
+        raise ModelDirError(f"runs compare: fewer than 2 complete runs to compare ({why})")
+    return listing, differences(listing.runs)
+
+
+def differences(runs: Sequence[RunInfo]) -> list[Difference]:
+    flats = [run.flat_config() for run in runs]
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys]
+    return [
+        Difference(key, [flat.get(key) for flat in flats])
+        for key in keys
+        if key not in IGNORED_KEYS and len({_hashable(flat.get(key)) for flat in flats}) > 1
+    ]
+
+
+@dataclass
+class Row:
+    """One line of the comparison table: a label, a value per run, whether they differ."""
+
+    label: str
+    values: list[Any]
+    differs: bool = False
+    metric: bool = False  # a final metric or timing (not a config value)
+    best: int | None = None  # the index of the best metric value
+
+
+def comparison_rows(runs: Sequence[RunInfo], diffs: Sequence[Difference]) -> list[Row]:
+    """Key config values, then every other config key that differs, then final metrics."""
+    differing = {d.key for d in diffs}
+    flats = [run.flat_config() for run in runs]
+    rows = [
+        Row(label, [flat.get(key) for flat in flats], key in differing) for label, key in KEY_FIELDS
+    ]
+    shown = {key for _, key in KEY_FIELDS}
+    rows += [Row(d.key, d.values, True) for d in diffs if d.key not in shown]
+    finals = [run.final_metrics() for run in runs]
+    names: list[str] = []
+    for final in finals:
+        names += [k for k in final if k not in names]
+    for name in names:
+        values = [final.get(name) for final in finals]
+        rows.append(Row(name, values, metric=True, best=_best_index(name, values)))
+    summaries = [run.summary() for run in runs]
+    for key in ("best_epoch", "seconds_per_epoch", "samples_per_second"):
+        rows.append(Row(key, [s.get(key) for s in summaries], metric=True))
+    return rows
+
+
+def _best_index(name: str, values: Sequence[Any]) -> int | None:
+    numbers = [(v, i) for i, v in enumerate(values) if _is_number(v)]
+    if len(numbers) < 2 or len({v for v, _ in numbers}) == 1:
+        return None
+    return (max if "accuracy" in name else min)(numbers)[1]
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if path == "model.layers" and isinstance(value, list):
+            out[path] = layers_summary(value)
+        elif isinstance(value, dict):
+            out |= flatten_config(value, f"{path}.")
+        else:
+            out[path] = value
+    if not prefix and out.get("data.dataset") is None and "data.train_images" in out:
+        out["data.dataset"] = "custom"
+    return out
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# --- describing ------------------------------------------------------------------------------
+
+_LAYER_ARGS: dict[str, Callable[[Mapping[str, Any]], list[Any]]] = {
+    "dense": lambda x: [x.get("units")],
+    "conv2d": lambda x: [
+        x.get("filters"),
+        _size(x.get("kernel_size", 3)),
+        *([f"stride {_size(x['strides'])}"] if x.get("strides", 1) not in (1, [1, 1]) else []),
+        *(["same"] if x.get("padding") == "same" else []),
+    ],
+    "max_pool2d": lambda x: [_size(x.get("pool_size", 2))],
+    "avg_pool2d": lambda x: [_size(x.get("pool_size", 2))],
+    "dropout": lambda x: [x.get("rate")],
+    "activation": lambda x: [x.get("activation")],
+}
+
+
+def layers_summary(layers: Sequence[Any]) -> str:
+    """``flatten > dense(300, relu) > dense(10)``: the network in one line."""
+    parts = []
+    for layer in layers:
+        if not isinstance(layer, dict):
+            parts.append("?")
+            continue
+        kind = str(layer.get("type"))
+        args = _LAYER_ARGS.get(kind, lambda _: [])(layer)
+        if kind != "activation" and layer.get("activation") not in (None, "linear"):
+            args.append(layer["activation"])
+        parts.append(f"{kind}({', '.join(map(str, args))})" if args else kind)
+    return " > ".join(parts)
+
+
+def _size(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return f"{value}x{value}"
+
+
+def monitored_metric(config: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The metric (and its mode: auto, min or max) that the config's early stopping or
+    checkpointing watches, if it names one."""
+    training = config.get("training") or {}
+    for section in ("early_stopping", "checkpoint"):
+        value = training.get(section) if isinstance(training, dict) else None
+        if isinstance(value, dict) and isinstance(value.get("monitor"), str):
+            mode = value.get("mode")
+            return str(value["monitor"]), mode if mode in ("min", "max") else "auto"
+    return None, "auto"
+
+
+def summarize_history(
+    history: Sequence[Mapping[str, float]],
+    *,
+    monitor: str | None = None,
+    mode: str = "auto",
+    train_size: int | None = None,
+) -> dict[str, Any]:
+    """Best epoch (by ``monitor``, default val_loss), mean seconds per epoch and samples/s.
+
+    ``mode`` auto: an accuracy is best when highest, anything else (a loss) when lowest.
+    """
+    if not history:
+        return {}
+    if monitor is None or not any(monitor in row for row in history):
+        monitor, mode = next((m for m in ("val_loss", "loss") if m in history[0]), None), "auto"
+    summary: dict[str, Any] = {"monitor": monitor}
+    rows = [row for row in history if monitor is not None and _is_number(row.get(monitor))]
+    if rows and monitor is not None:
+        if mode == "auto":
+            mode = "max" if "accuracy" in monitor else "min"
+        best = (max if mode == "max" else min)(rows, key=lambda row: row[monitor])
+        summary["best_epoch"] = int(best.get("epoch", history.index(best) + 1))
+        summary["best_value"] = best[monitor]
+    seconds = [row["seconds"] for row in history if _is_number(row.get("seconds"))]
+    if seconds:
+        per_epoch = sum(seconds) / len(seconds)
+        summary["seconds_per_epoch"] = per_epoch
+        if train_size and per_epoch > 0:
+            summary["samples_per_second"] = train_size / per_epoch
+    return summary
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_float(text: Any) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True

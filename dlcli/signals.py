@@ -1,0 +1,90 @@
+"""Ctrl-C and SIGTERM during training: stop cleanly once, at once the second time.
+
+The first SIGINT/SIGTERM only sets ``trainer.interrupted``: the loop finishes the step under
+way, the checkpoint callback saves, and the loop raises :class:`~dlcli.errors.Interrupted`
+(exit 130). A second signal raises ``Interrupted`` wherever the program is: every file dlcli
+writes goes to a temporary name first, so stopping anywhere leaves the last checkpoint and the
+run directory as they were — except inside :func:`uninterruptible`, the few renames that swap a
+finished directory into place, which the signal waits for.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Protocol
+
+from dlcli.errors import Interrupted
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stoppable(Protocol):
+    interrupted: str | None
+
+
+@dataclass
+class Guard:
+    """What :func:`stop_on_signals` yields; set ``immediate`` once there is no step to finish."""
+
+    target: Stoppable
+    immediate: bool = False
+
+
+_depth = 0  # nesting of uninterruptible() sections
+_pending: Interrupted | None = None
+
+
+@contextmanager
+def stop_on_signals(target: Stoppable) -> Iterator[Guard]:
+    """Install the two-stage SIGINT/SIGTERM handler for the ``with`` block (main thread only:
+    elsewhere Python cannot install handlers, and nothing is changed)."""
+    guard = Guard(target)
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if target.interrupted is None and not guard.immediate:
+            target.interrupted = name
+            return
+        _stop_now(
+            Interrupted(
+                f"{name}: stopped at once (files are written atomically: "
+                "nothing was left half-written)"
+            )
+        )
+
+    previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    try:
+        yield guard
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_now(err: Interrupted) -> None:
+    global _pending
+    if _depth:
+        _pending = err  # raised when the uninterruptible section ends
+        return
+    raise err
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Hold back a stop-at-once signal until the block (a few renames) is done."""
+    global _depth, _pending
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0 and _pending is not None:
+            err, _pending = _pending, None
+            raise err

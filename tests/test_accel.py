@@ -1,0 +1,183 @@
+"""The speed paths keep the maths: dlcli's loop (fused Adam, one-kernel batch conversion) gives
+the same losses and weights as a plain hand-written loop with default Adam, and the GPU
+options (precision, compile, channels_last) are a no-op or a clear error on the CPU."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlcli.accel import Accel, scaled
+from dlcli.config import TrainingConfig, parse_config
+from dlcli.data.dataset import Split
+from dlcli.engine import Trainer
+from dlcli.errors import ConfigError, TrainingError
+
+CPU = torch.device("cpu")
+
+
+def tiny_split(n: int = 96, seed: int = 0) -> Split:
+    """8x8 one-channel images where class k lights up row 2k, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    images = torch.randint(0, 60, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
+    images[torch.arange(n), 0, labels * 2, :] = 250
+    return Split(images, labels)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 4),
+    )
+
+
+def training(**overrides: Any) -> TrainingConfig:
+    """A validated training section: 3 epochs of batch 16, in file order, Adam lr 1e-3."""
+    return parse_training({"epochs": 3, "batch_size": 16, "shuffle": False, **overrides})
+
+
+def parse_training(raw: dict[str, Any]) -> TrainingConfig:
+    cfg = parse_config(
+        {
+            "data": {"dataset": "fashion-mnist"},
+            "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]},
+            "training": raw,
+        }
+    )
+    return cfg.training
+
+
+def fit(model: nn.Module, cfg: TrainingConfig, data: Split) -> Trainer:
+    trainer = Trainer(model, cfg, num_classes=4, device=CPU)
+    trainer.fit(data)
+    return trainer
+
+
+def hand_written_loop(model: nn.Module, data: Split, epochs: int, batch: int) -> list[float]:
+    """What a user writes: default (unfused) Adam, float conversion per batch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for start in range(0, len(data), batch):
+            x = data.images[start : start + batch].float() / 255
+            y = data.labels[start : start + batch]
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+        losses.append(total / len(data))
+    return losses
+
+
+@pytest.mark.parametrize("make_model", [mlp, cnn])
+def test_dlcli_loop_has_the_maths_of_a_hand_written_loop(make_model: Any) -> None:
+    data = tiny_split()
+    model = make_model()
+    reference = copy.deepcopy(model)
+    trainer = fit(model, training(), data)
+    expected = hand_written_loop(reference, data, epochs=3, batch=16)
+    assert [row["loss"] for row in trainer.history] == pytest.approx(expected, rel=1e-5)
+    assert expected[-1] < expected[0]  # it learns: the comparison is not of two no-ops
+    for (name, ours), theirs in zip(
+        trainer.model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_scaled_batches_are_bit_identical_to_float_then_divide() -> None:
+    images = torch.arange(256, dtype=torch.uint8).repeat(8).reshape(8, 1, 16, 16)
+    index = torch.tensor([5, 0, 7, 7])
+    expected = images[index].float().div_(255)
+    assert scaled(images, index).dtype == torch.float32
+    assert torch.equal(scaled(images, index), expected)
+    assert torch.equal(scaled(images, slice(2, 6)), images[2:6].float() / 255)
+
+
+def test_fp16_on_a_cpu_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"training.precision: fp16 needs a CUDA device"):
+        Trainer(mlp(), training(precision="fp16"), num_classes=4, device=CPU)
+
+
+def test_bf16_autocast_trains_on_a_cpu() -> None:
+    trainer = fit(mlp(), training(precision="bf16", epochs=2), tiny_split())
+    assert len(trainer.history) == 2
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in trainer.history)
+    assert trainer.model[1].weight.dtype == torch.float32  # autocast, not a cast of weights
+    logits = trainer.predict_logits(tiny_split().images)
+    assert logits.dtype == torch.float32 and logits.shape == (96, 4)
+
+
+def test_unknown_precision_is_reported_with_the_choices() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_training({"precision": "fp8"})
+    assert "training.precision: expected one of fp32, bf16, fp16, found 'fp8'" in str(err.value)
+
+
+def test_channels_last_on_a_cpu_gives_the_same_losses() -> None:
+    data = tiny_split()
+    plain = fit(cnn(), training(channels_last=False), data)
+    nhwc = fit(cnn(), training(channels_last=True), data)
+    assert nhwc.accel.channels_last and not plain.accel.channels_last
+    assert nhwc.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    losses = [row["loss"] for row in nhwc.history]
+    assert losses == pytest.approx([row["loss"] for row in plain.history], rel=1e-4)
+
+
+def test_channels_last_is_automatic_for_convolutional_models_only() -> None:
+    assert fit(cnn(), training(epochs=1), tiny_split()).accel.channels_last
+    assert not fit(mlp(), training(epochs=1), tiny_split()).accel.channels_last
+    assert not fit(cnn(), training(epochs=1, channels_last=False), tiny_split()).accel.channels_last
+
+
+def test_compile_runs_the_model_through_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[nn.Module] = []
+
+    def fake_compile(model: nn.Module) -> nn.Module:
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = fit(mlp(), training(compile=True, epochs=1), tiny_split())
+    assert compiled == [trainer.model]
+    assert all(not key.startswith("_orig_mod") for key in trainer.model.state_dict())
+
+
+def test_a_failing_compile_is_a_training_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.exc import TorchDynamoException
+
+    def broken(*args: Any) -> Any:
+        raise TorchDynamoException("no working C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model: broken)
+    with pytest.raises(TrainingError, match=r"training.compile: torch.compile failed .*false"):
+        fit(mlp(), training(compile=True, epochs=1), tiny_split())
+
+
+def test_off_the_cpu_a_split_is_copied_to_the_device_once() -> None:
+    accel = Accel(training(), torch.device("meta"))
+    data = tiny_split()
+    first = accel.to_device(data.images, data.labels)
+    again = accel.to_device(data.images, data.labels)
+    assert first[0].device.type == "meta"
+    assert first[0] is again[0] and first[1] is again[1]
+    on_cpu = Accel(training(), CPU).to_device(data.images, data.labels)
+    assert on_cpu[0] is data.images  # nothing copied on the CPU

@@ -1,0 +1,404 @@
+"""Callbacks from YAML: learning-rate schedules (the maths at known steps), early stopping,
+target tracking and stop_at_target, label smoothing; and their config validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_tiny_config
+
+from dlcli.callbacks import (
+    EarlyStopping,
+    LRSchedule,
+    TargetTracker,
+    cosine_factor,
+    improved,
+    make_scheduler,
+)
+from dlcli.cli import cli
+from dlcli.config import (
+    CosineSchedule,
+    EarlyStoppingConfig,
+    OneCycleSchedule,
+    ReduceOnPlateauSchedule,
+    StepSchedule,
+    TargetConfig,
+    parse_config,
+)
+from dlcli.engine import Callback, Trainer
+from dlcli.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: faster, and steady on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def lrs(spec: Any, *, base: float, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The learning rate used by each step of a run, stepping the scheduler as the loop does."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = make_scheduler(spec, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    used = []
+    for _ in range(epochs * steps_per_epoch):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()  # type: ignore[call-arg]
+    return used
+
+
+def cos_anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2 * (1 + math.cos(math.pi * pct))
+
+
+# --- one_cycle ----------------------------------------------------------------------------
+
+
+def test_one_cycle_learning_rates_at_known_steps() -> None:
+    spec = OneCycleSchedule(max_lr=0.1, pct_start=0.3, div_factor=25, final_div_factor=1e4)
+    used = lrs(spec, base=0.001, epochs=4, steps_per_epoch=25)  # 100 steps
+    start, peak, last = 0.1 / 25, 0.1, 0.1 / 25 / 1e4
+    assert used[0] == pytest.approx(start)  # max_lr / div_factor
+    assert used[29] == pytest.approx(peak)  # the warm-up ends at pct_start * steps - 1
+    assert used[10] == pytest.approx(cos_anneal(start, peak, 10 / 29))
+    assert used[64] == pytest.approx(cos_anneal(peak, last, 0.5))  # half-way down
+    assert used[99] == pytest.approx(last)  # initial / final_div_factor at the last step
+    assert max(used) == pytest.approx(peak)
+
+
+def test_one_cycle_linear_and_default_peak() -> None:
+    spec = OneCycleSchedule(anneal="linear", pct_start=0.5, div_factor=10, final_div_factor=10)
+    used = lrs(spec, base=0.2, epochs=2, steps_per_epoch=11)  # peak: optimizer's lr
+    assert used[0] == pytest.approx(0.02)
+    assert used[5] == pytest.approx(0.02 + (0.2 - 0.02) * 5 / 10)
+    assert used[10] == pytest.approx(0.2)
+    assert used[21] == pytest.approx(0.002)
+
+
+class _RecordLR(Callback):
+    def __init__(self) -> None:
+        self.used: list[float] = []
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        self.used.append(trainer.optimizer.param_groups[0]["lr"])
+
+
+def _fit(tmp_path: Path, callbacks: list[Callback], **training: Any) -> Trainer:
+    """Fit a small MLP on the tiny dataset with the given ``training`` keys (in process)."""
+    from dlcli import pipeline
+    from dlcli.config import load_config
+
+    config = write_tiny_config(tmp_path)
+    sets = [f"training.{k}={json.dumps(v)}" for k, v in training.items()]
+    cfg = load_config(config, sets)
+    prepared = pipeline.prepare(cfg)
+    trainer = Trainer(
+        prepared.model.module,
+        cfg.training,
+        num_classes=4,
+        device=torch.device("cpu"),
+        callbacks=callbacks,
+    )
+    trainer.fit(prepared.train, prepared.validation)
+    return trainer
+
+
+def test_the_loop_steps_one_cycle_every_step(tmp_path: Path) -> None:
+    spec = OneCycleSchedule(max_lr=0.05)
+    recorder = _RecordLR()  # before the schedule: sees the rate each step used
+    trainer = _fit(tmp_path, [recorder, LRSchedule(spec)], epochs=2, optimizer={"name": "sgd"})
+    steps = trainer.steps_per_epoch * 2
+    assert steps == 30 and len(recorder.used) == steps
+    assert recorder.used == pytest.approx(lrs(spec, base=0.001, epochs=2, steps_per_epoch=15))
+
+
+# --- cosine, step, reduce_on_plateau -----------------------------------------------------------
+
+
+def test_cosine_with_warmup_at_known_steps() -> None:
+    spec = CosineSchedule(warmup_epochs=0.4, min_lr=0.001)
+    used = lrs(spec, base=0.1, epochs=4, steps_per_epoch=25)  # 100 steps, 10 of warm-up
+    assert used[0] == pytest.approx(0.01)
+    assert used[4] == pytest.approx(0.05)
+    assert used[9] == pytest.approx(0.1)
+    assert used[10] == pytest.approx(0.1)  # the cosine starts at the base rate
+    assert used[10 + 89 // 2] == pytest.approx(cos_anneal(0.1, 0.001, (89 // 2) / 89))
+    assert used[99] == pytest.approx(0.001)  # min_lr at the last step
+
+
+def test_cosine_without_warmup_and_warmup_steps() -> None:
+    assert lrs(CosineSchedule(), base=0.1, epochs=1, steps_per_epoch=11)[::5] == pytest.approx(
+        [0.1, 0.05, 0.0]
+    )
+    assert cosine_factor(0, 100, 4, 0.0) == 0.25
+    used = lrs(CosineSchedule(warmup_steps=4), base=0.1, epochs=1, steps_per_epoch=10)
+    assert used[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+
+
+def test_step_schedule_decays_every_step_size_epochs(tmp_path: Path) -> None:
+    trainer = _fit(
+        tmp_path,
+        [LRSchedule(StepSchedule(step_size=2, gamma=0.5))],
+        epochs=5,
+        optimizer={"name": "sgd", "learning_rate": 0.1},
+    )
+    assert [row["lr"] for row in trainer.history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+def test_reduce_on_plateau_reduces_after_patience() -> None:
+    spec = ReduceOnPlateauSchedule(factor=0.5, patience=1, min_delta=0.0, min_lr=0.02)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    fake: Any = SimpleNamespace(
+        optimizer=optimizer, cfg=SimpleNamespace(epochs=9), steps_per_epoch=1
+    )
+    schedule = LRSchedule(spec)
+    schedule.on_fit_begin(fake)
+    seen = []
+    for epoch, val_loss in enumerate([1.0, 0.9, 0.95, 0.96, 0.97, 0.97, 0.97, 0.97], start=1):
+        schedule.on_epoch_end(fake, epoch, {"val_loss": val_loss})
+        seen.append(optimizer.param_groups[0]["lr"])
+    # Epochs 3 and 4 do not improve on 0.9: halve after the second; again two later; floor.
+    assert seen == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02])
+    assert json.loads(json.dumps(schedule.state_dict()))  # plain data: a checkpoint holds it
+
+
+# --- early stopping -------------------------------------------------------------------------
+
+
+def _fake_trainer() -> Any:
+    model = torch.nn.Linear(2, 2)
+    return SimpleNamespace(model=model, stop_training=False, interrupted=None)
+
+
+def test_early_stopping_patience_and_restore_best() -> None:
+    trainer = _fake_trainer()
+    stopper = EarlyStopping(EarlyStoppingConfig(monitor="val_loss", patience=2))
+    for epoch, value in enumerate([1.0, 0.5, 0.6, 0.7], start=1):
+        with torch.no_grad():
+            trainer.model.weight.fill_(epoch)  # the weights "of" each epoch
+        stopper.on_epoch_end(trainer, epoch, {"val_loss": value})
+        assert trainer.stop_training == (epoch == 4)
+    stopper.on_fit_end(trainer)
+    assert stopper.best_epoch == 2 and stopper.stopped_epoch == 4
+    assert torch.all(trainer.model.weight == 2)  # restored
+    assert stopper.report()["restored_best"] is True
+
+
+def test_early_stopping_min_delta_and_max_mode() -> None:
+    trainer = _fake_trainer()
+    stopper = EarlyStopping(EarlyStoppingConfig(monitor="val_accuracy", patience=1, min_delta=0.1))
+    stopper.on_epoch_end(trainer, 1, {"val_accuracy": 0.5})
+    stopper.on_epoch_end(trainer, 2, {"val_accuracy": 0.55})  # better, but by less than 0.1
+    assert trainer.stop_training and stopper.best == 0.5
+
+
+def test_improved_ignores_nan() -> None:
+    assert improved(1.0, None, "min") and not improved(float("nan"), 1.0, "min")
+    assert improved(2.0, 1.0, "max") and not improved(2.0, 1.0, "min")
+
+
+def test_early_stopping_end_to_end(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        [
+            *("train", str(config), "--json", "--quiet"),
+            *("--set", "training.epochs=10"),
+            # Nothing improves by 1000 after the first epoch: stop at the second.
+            *("--set", "training.early_stopping={patience: 1, min_delta: 1000}"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["epochs"] == 2
+    assert doc["early_stopping"] == {
+        "monitor": "val_loss",
+        "best": pytest.approx(doc["early_stopping"]["best"]),
+        "best_epoch": 1,
+        "stopped_epoch": 2,
+        "restored_best": True,
+    }
+
+
+# --- target ------------------------------------------------------------------------------------
+
+
+def test_target_tracker_records_the_first_epoch_reached() -> None:
+    trainer: Any = SimpleNamespace(stop_training=False)
+    tracker = TargetTracker(TargetConfig(metric="val_accuracy", value=0.9))
+    for epoch, acc in enumerate([0.5, 0.8, 0.95, 0.85], start=1):
+        trainer.elapsed_fit_seconds = lambda epoch=epoch: epoch + 0.5  # the clock at its end
+        tracker.on_epoch_end(trainer, epoch, {"val_accuracy": acc})
+    assert tracker.report() == {
+        "metric": "val_accuracy",
+        "value": 0.9,
+        "reached": True,
+        "epoch": 3,
+        "seconds": 3.5,
+    }
+    assert not trainer.stop_training
+
+
+def test_target_on_a_loss_is_reached_going_down() -> None:
+    trainer: Any = SimpleNamespace(stop_training=False, elapsed_fit_seconds=lambda: 1.0)
+    tracker = TargetTracker(TargetConfig(metric="val_loss", value=0.2), stop=True)
+    tracker.on_epoch_end(trainer, 1, {"val_loss": 0.3})
+    assert tracker.epoch is None and not trainer.stop_training
+    tracker.on_epoch_end(trainer, 2, {"val_loss": 0.1})
+    assert tracker.epoch == 2 and trainer.stop_training
+
+
+def _train_json(config: Path, *sets: str) -> dict[str, Any]:
+    args = ["train", str(config), "--json", "--quiet"]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _history(doc: dict[str, Any]) -> list[dict[str, str]]:
+    return list(csv.DictReader((Path(doc["run_dir"]) / "history.csv").open()))
+
+
+def test_target_in_metrics_json_matches_the_history(tmp_path: Path) -> None:
+    # A slow learning rate, so the target is reached after a few epochs, not at once.
+    doc = _train_json(
+        write_tiny_config(tmp_path),
+        "training.epochs=6",
+        "training.optimizer.learning_rate=0.0005",
+        "training.target={metric: val_accuracy, value: 0.9}",
+    )
+    first = next(int(r["epoch"]) for r in _history(doc) if float(r["val_accuracy"]) >= 0.9)
+    assert first > 1
+    target = doc["target"]
+    assert target["reached"] and target["epoch"] == first
+    assert 0 < target["seconds"] <= doc["fit_seconds"]
+    assert doc["epochs"] == 6  # recorded, not stopped
+    saved = json.loads((Path(doc["run_dir"]) / "metrics.json").read_text())
+    assert saved["target"] == target
+
+
+def test_target_never_reached_is_null(tmp_path: Path) -> None:
+    doc = _train_json(
+        write_tiny_config(tmp_path), "training.target={metric: val_loss, value: -1.0}"
+    )
+    assert doc["target"]["reached"] is False
+    assert doc["target"]["epoch"] is None and doc["target"]["seconds"] is None
+
+
+def test_stop_at_target_ends_training_there(tmp_path: Path) -> None:
+    doc = _train_json(
+        write_tiny_config(tmp_path),
+        "training.epochs=6",
+        "training.optimizer.learning_rate=0.0005",
+        "training.target={metric: val_accuracy, value: 0.9}",
+        "training.stop_at_target=true",
+    )
+    assert doc["epochs"] == doc["target"]["epoch"] < 6
+    assert len(_history(doc)) == doc["epochs"]
+    assert (Path(doc["run_dir"]) / "model.safetensors").is_file()
+
+
+# --- label smoothing ---------------------------------------------------------------------------
+
+
+def test_label_smoothing_raises_the_loss_floor(tmp_path: Path) -> None:
+    plain = _train_json(write_tiny_config(tmp_path / "a"), "training.epochs=5")
+    smooth = _train_json(
+        write_tiny_config(tmp_path / "b"), "training.epochs=5", "training.label_smoothing=0.2"
+    )
+    # With 4 classes and 0.2 smoothing the target distribution has entropy ~0.59: the loss
+    # cannot go below it, while the plain loss goes towards 0.
+    assert smooth["train"]["loss"] > 0.55 > plain["train"]["loss"]
+    assert smooth["validation"]["accuracy"] > 0.9
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def base(**training: Any) -> dict[str, Any]:
+    return {
+        "data": {"dataset": "mnist"},
+        "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]},
+        "training": training,
+    }
+
+
+def config_problems(**training: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(**training))
+    return info.value.details
+
+
+def test_new_training_keys_have_defaults() -> None:
+    training = parse_config(base()).training
+    assert training.checkpoint.every == 1 and training.checkpoint.keep_best
+    assert training.checkpoint.monitor == "val_loss" and training.checkpoint.mode == "auto"
+    assert training.lr_schedule is None and training.early_stopping is None
+    assert training.target is None and training.stop_at_target is False
+    assert training.label_smoothing == 0.0
+
+
+def test_schedules_parse_from_a_mapping_or_a_name() -> None:
+    cfg = parse_config(base(lr_schedule={"name": "one_cycle", "max_lr": 0.01}))
+    assert cfg.training.lr_schedule == OneCycleSchedule(max_lr=0.01)
+    assert parse_config(base(lr_schedule="cosine")).training.lr_schedule == CosineSchedule()
+    step = parse_config(base(lr_schedule={"name": "step", "step_size": 3})).training
+    assert step.lr_schedule == StepSchedule(step_size=3, gamma=0.1)
+
+
+@pytest.mark.parametrize(
+    ("training", "fragment"),
+    [
+        (
+            {"lr_schedule": {"name": "one_cylce"}},
+            "training.lr_schedule.name: unknown schedule 'one_cylce' (did you mean 'one_cycle'?)",
+        ),
+        ({"lr_schedule": 3}, "training.lr_schedule: expected a schedule name or a mapping"),
+        ({"lr_schedule": {"name": "step"}}, "training.lr_schedule.step_size: required key"),
+        (
+            {"lr_schedule": {"name": "cosine", "max_lr": 1}},
+            "training.lr_schedule.max_lr: unknown key",
+        ),
+        (
+            {"lr_schedule": {"name": "one_cycle", "pct_start": 1.5}},
+            "training.lr_schedule.pct_start: expected a number between 0 and 1",
+        ),
+        (
+            {"lr_schedule": {"name": "cosine", "warmup_epochs": 1, "warmup_steps": 5}},
+            "give warmup_epochs or warmup_steps, not both",
+        ),
+        (
+            {"early_stopping": {"monitor": "val_acuracy"}},
+            "training.early_stopping.monitor: 'val_acuracy' is not a reported metric "
+            "(did you mean 'val_accuracy'?)",
+        ),
+        (
+            {"checkpoint": {"monitor": "val_top_k_accuracy"}},
+            "training.checkpoint.monitor: 'val_top_k_accuracy' is not a reported metric",
+        ),
+        ({"checkpoint": {"every": -1}}, "training.checkpoint.every: expected a number >= 0"),
+        ({"early_stopping": {"patience": "3"}}, "training.early_stopping.patience: expected an"),
+        ({"target": {"metric": "val_accuracy"}}, "training.target.value: required key missing"),
+        ({"stop_at_target": True}, "training.stop_at_target: true needs training.target"),
+        ({"label_smoothing": 1.0}, "training.label_smoothing: expected a number >= 0 and < 1"),
+        (
+            {"label_smoothing": 0.1, "loss": "mse"},
+            "training.label_smoothing: only applies to softmax_cross_entropy_with_logits",
+        ),
+    ],
+)
+def test_bad_callback_config(training: dict[str, Any], fragment: str) -> None:
+    found = config_problems(**training)
+    assert any(fragment in problem for problem in found), found

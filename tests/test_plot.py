@@ -1,0 +1,122 @@
+"""dlcli plot: every figure rendered from a real short run, checked as a PNG of the right size."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_tiny_config
+
+from dlcli.cli import cli
+from dlcli.metrics import per_class
+from dlcli.plot import CONFUSION_SIZE, CURVE_SIZE, DPI, curve_groups, plot_confusion, plot_curve
+
+pytest.importorskip("matplotlib")
+
+CURVE_PIXELS = (int(CURVE_SIZE[0] * DPI), int(CURVE_SIZE[1] * DPI))
+CONFUSION_PIXELS = (int(CONFUSION_SIZE[0] * DPI), int(CONFUSION_SIZE[1] * DPI))
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the IHDR chunk, after checking the signature and the IEND end."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height = struct.unpack(">II", data[16:24])
+    assert data[-12:] == b"\x00\x00\x00\x00IEND\xaeB`\x82", f"{path} is truncated"
+    return width, height
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = write_tiny_config(tmp_path_factory.mktemp("plot"))
+    result = run("train", str(config), "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    return Path(json.loads(result.stdout)["run_dir"])
+
+
+def test_plot_writes_curves_and_confusion_matrix(run_dir: Path) -> None:
+    result = run("plot", str(run_dir), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    files = [Path(f) for f in doc["files"]]
+    assert [f.name for f in files] == [
+        "loss.png",
+        "accuracy.png",
+        "confusion_matrix_validation.png",
+    ]
+    assert doc["out_dir"] == str(run_dir / "plots")
+    for path in files:
+        assert path.parent == run_dir / "plots"
+        expected = CONFUSION_PIXELS if path.name.startswith("confusion") else CURVE_PIXELS
+        assert png_size(path) == expected
+    assert "wrote" in result.stderr  # human lines go to stderr under --json
+
+
+def test_plot_out_dir_split_and_human_output(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figures" / "nested"
+    result = run("plot", str(run_dir), "--out", str(out), "--split", "test")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out / 'confusion_matrix_test.png'}" in result.stdout
+    assert png_size(out / "confusion_matrix_test.png") == CONFUSION_PIXELS
+    assert png_size(out / "loss.png") == CURVE_PIXELS
+
+
+def test_plot_without_matplotlib_says_how_to_install(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    result = run("plot", str(run_dir), "--out", str(run_dir / "never"))
+    assert result.exit_code == 2
+    assert "dlcli plot needs matplotlib" in result.stderr
+    assert "pip install 'dlcli[plot]'" in result.stderr
+    assert not (run_dir / "never").exists()
+
+
+def test_plot_of_a_missing_or_incomplete_run(tmp_path: Path) -> None:
+    result = run("plot", str(tmp_path / "nope"))
+    assert result.exit_code == 3
+    assert "model directory not found" in result.stderr
+    (tmp_path / "half").mkdir()
+    result = run("plot", str(tmp_path / "half"), "--json")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["error"]["kind"] == "model_dir"
+
+
+def test_curve_groups_pair_train_and_validation() -> None:
+    history = [
+        {"epoch": 1.0, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "lr": 0.1, "seconds": 1.0},
+        {"epoch": 2.0, "loss": 0.5, "accuracy": 0.7, "val_loss": 0.9, "lr": 0.1, "seconds": 1.0},
+    ]
+    assert curve_groups(history) == [("loss", ["loss", "val_loss"]), ("accuracy", ["accuracy"])]
+    history[1]["lr"] = 0.01  # a schedule changed it: worth a figure
+    assert ("lr", ["lr"]) in curve_groups(history)
+
+
+def test_one_epoch_and_learning_rate_curves_render(tmp_path: Path) -> None:
+    history = [{"epoch": 1.0, "loss": 0.3, "val_loss": 0.4, "lr": 0.1}]
+    path = plot_curve(history, "loss", ["loss", "val_loss"], tmp_path / "l.png", run_name="r")
+    assert png_size(path) == CURVE_PIXELS
+    history.append({"epoch": 2.0, "loss": 0.2, "val_loss": 0.3, "lr": 0.01})
+    path = plot_curve(history, "lr", ["lr"], tmp_path / "lr.png", run_name="r", best_epoch=2)
+    assert png_size(path) == CURVE_PIXELS
+
+
+@pytest.mark.parametrize("classes", [10, 40])
+def test_confusion_heatmap_with_many_classes(tmp_path: Path, classes: int) -> None:
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 50, size=(classes, classes))
+    names = [f"class name {i}" for i in range(classes)]
+    path = plot_confusion(per_class(cm, names), tmp_path / "cm.png", title="many")
+    assert png_size(path) == CONFUSION_PIXELS

@@ -1,0 +1,251 @@
+"""dlcli runs list / compare, evaluate --per-class and the end-of-training summary, on real short
+runs of the tiny learnable dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_tiny_config
+
+from dlcli.cli import cli
+from dlcli.metrics import confusion_matrix
+from dlcli.runs import differences, layers_summary, read_run, summarize_history
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def run_json(*args: str, code: int = 0) -> dict[str, Any]:
+    result = run(*args, "--json")
+    assert result.exit_code == code, result.output
+    return dict(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/a (the tiny config), runs/b (other lr and seed, 2 epochs), runs/broken (no
+    manifest: an interrupted run)."""
+    folder = tmp_path_factory.mktemp("runs")
+    config = write_tiny_config(folder)
+    root = folder / "runs"
+    run_json("train", str(config), "--quiet", "--output", str(root / "a"))
+    run_json(
+        "train",
+        str(config),
+        "--quiet",
+        *("--output", str(root / "b"), "--seed", "7"),
+        *("--set", "training.optimizer.learning_rate=0.003", "--set", "training.epochs=2"),
+    )
+    (root / "broken").mkdir()
+    shutil.copy(root / "a" / "config.yaml", root / "broken" / "config.yaml")
+    return root
+
+
+# --- runs list -----------------------------------------------------------------------------
+
+
+def test_runs_list_json(runs_root: Path) -> None:
+    doc = run_json("runs", "list", str(runs_root))
+    assert [r["name"] for r in doc["runs"]] == ["a", "b"]
+    a, b = doc["runs"]
+    assert a["config"] == {
+        "dataset": "custom",
+        "layers": "flatten > dense(16, relu) > dense(4)",
+        "optimizer": "adam",
+        "lr": 0.01,
+        "epochs": 3,
+        "batch_size": 20,
+        "seed": 0,
+    }
+    assert b["config"]["lr"] == 0.003 and b["config"]["seed"] == 7 and b["config"]["epochs"] == 2
+    metrics = json.loads((runs_root / "a" / "metrics.json").read_text())
+    assert a["metrics"]["val_accuracy"] == metrics["validation"]["accuracy"]
+    assert a["metrics"]["test_loss"] == metrics["test"]["loss"]
+    assert a["summary"]["monitor"] == "val_loss"
+    assert 1 <= a["summary"]["best_epoch"] <= 3
+    assert doc["skipped"] == [
+        {
+            "path": str(runs_root / "broken"),
+            "reason": "incomplete run (no manifest.json; training interrupted?)",
+        }
+    ]
+
+
+def test_runs_list_table(runs_root: Path) -> None:
+    result = CliRunner(env={"COLUMNS": "160"}).invoke(cli, ["runs", "list", str(runs_root)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"Runs in {runs_root}" in out
+    assert "flatten > dense(16, relu) > dense(4)" in out
+    assert "val acc" in out and "0.003" in out
+    assert f"skipped {runs_root / 'broken'}: incomplete run" in result.stderr
+
+
+def test_runs_list_default_dir_and_empty_and_missing(
+    runs_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(runs_root.parent)  # runs/ is the default
+    assert [r["name"] for r in run_json("runs", "list")["runs"]] == ["a", "b"]
+    (tmp_path / "empty").mkdir()
+    result = run("runs", "list", str(tmp_path / "empty"))
+    assert result.exit_code == 0 and "no complete runs in" in result.stderr
+    result = run("runs", "list", str(tmp_path / "nope"))
+    assert result.exit_code == 3
+    assert "no such directory (train a model first" in result.stderr
+
+
+def test_runs_list_of_a_run_dir_itself(runs_root: Path) -> None:
+    assert [r["name"] for r in run_json("runs", "list", str(runs_root / "a"))["runs"]] == ["a"]
+
+
+# --- runs compare --------------------------------------------------------------------------
+
+
+def test_runs_compare_lists_what_differs(runs_root: Path) -> None:
+    doc = run_json(
+        "runs", "compare", str(runs_root / "a"), str(runs_root / "b"), str(runs_root / "broken")
+    )
+    assert [r["name"] for r in doc["runs"]] == ["a", "b"]
+    assert doc["differences"] == [
+        {"key": "training.optimizer.learning_rate", "values": [0.01, 0.003]},
+        {"key": "training.epochs", "values": [3, 2]},
+        {"key": "training.seed", "values": [0, 7]},
+    ]
+    assert doc["skipped"][0]["path"] == str(runs_root / "broken")
+
+
+def test_runs_compare_table_marks_differences(runs_root: Path) -> None:
+    result = run("runs", "compare", str(runs_root / "a"), str(runs_root / "b"))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    marked = {line.split("│")[2].strip() for line in lines if "≠" in line and "│" in line}
+    assert marked == {"lr", "epochs", "seed"}
+    assert any("val_accuracy" in line for line in lines)
+    assert any("optimizer" in line and "≠" not in line for line in lines)
+
+
+def test_runs_compare_needs_two_complete_runs(runs_root: Path, tmp_path: Path) -> None:
+    result = run("runs", "compare", str(runs_root / "a"))
+    assert result.exit_code == 2
+    assert "expected at least 2 run directories, found 1" in result.stderr
+    result = run("runs", "compare", str(runs_root / "a"), str(runs_root / "broken"))
+    assert result.exit_code == 3
+    assert "fewer than 2 complete runs to compare" in result.stderr
+    result = run("runs", "compare", str(runs_root / "a"), str(tmp_path / "nope"))
+    assert result.exit_code == 3
+    assert f"{tmp_path / 'nope'}: model directory not found" in result.stderr
+
+
+def test_differences_ignore_output_dir(runs_root: Path) -> None:
+    a, b = read_run(runs_root / "a"), read_run(runs_root / "b")
+    assert a.config["output"]["dir"] != b.config["output"]["dir"]
+    assert "output.dir" not in [d.key for d in differences([a, b])]
+    assert differences([a, a]) == []
+
+
+# --- evaluate --per-class ------------------------------------------------------------------
+
+
+def test_evaluate_per_class_json_is_consistent(runs_root: Path) -> None:
+    doc = run_json("evaluate", str(runs_root / "a"), "--per-class")
+    for split in ("validation", "test"):
+        report = doc["per_class"][split]
+        cm = np.array(report["confusion_matrix"])
+        assert cm.shape == (4, 4)
+        assert cm.sum() == doc["metrics"][split]["samples"]
+        assert report["accuracy"] == pytest.approx(doc["metrics"][split]["accuracy"])
+        assert [c["support"] for c in report["classes"]] == cm.sum(axis=1).tolist()
+        assert [c["name"] for c in report["classes"]] == ["0", "1", "2", "3"]
+        for c in report["classes"]:
+            k = c["index"]
+            assert c["recall"] == pytest.approx(cm[k, k] / cm[k].sum())
+            assert c["precision"] == pytest.approx(cm[k, k] / max(cm[:, k].sum(), 1))
+
+
+def test_evaluate_per_class_tables(runs_root: Path) -> None:
+    result = run("evaluate", str(runs_root / "a"), "--per-class", "--split", "test")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Per-class metrics (test)" in out and "Confusion matrix (test)" in out
+    for word in ("precision", "recall", "f1", "support", "macro avg", "weighted avg"):
+        assert word in out
+    assert "rows: true class · columns: predicted class" in out
+    assert "validation" not in out
+
+
+def test_evaluate_without_per_class_is_unchanged(runs_root: Path) -> None:
+    doc = run_json("evaluate", str(runs_root / "a"))
+    assert "per_class" not in doc and set(doc["metrics"]) == {"validation", "test"}
+
+
+def test_predictions_match_the_confusion_matrix(runs_root: Path) -> None:
+    from dlcli import pipeline
+
+    saved = pipeline.open_run(runs_root / "a", device="cpu")
+    predictions = saved.predictions("validation")
+    assert len(predictions.labels) == 100 and predictions.split == "validation"
+    cm = confusion_matrix(predictions.labels, predictions.predicted, 4)
+    assert (predictions.per_class().confusion == cm).all()
+    assert saved.metrics("validation")["accuracy"] == pytest.approx(np.trace(cm) / 100)
+
+
+# --- the end-of-training summary -------------------------------------------------------------
+
+
+def test_train_summary_in_json_and_human_output(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path)
+    result = run("train", str(config), "--set", "training.epochs=2")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("best epoch ") and "(val_loss " in line
+    assert " s/epoch · " in line and " samples/s · saved " in line
+    assert line.endswith(f"saved {tmp_path / 'runs' / 'tiny'}")
+    doc = run_json("train", str(config), "--overwrite", "--quiet", "--set", "training.epochs=2")
+    summary = doc["summary"]
+    assert summary["monitor"] == "val_loss" and summary["best_epoch"] in (1, 2)
+    assert summary["seconds_per_epoch"] > 0
+    assert summary["samples_per_second"] == pytest.approx(300 / summary["seconds_per_epoch"])
+
+
+def test_summarize_history_by_hand() -> None:
+    history = [
+        {"epoch": 1.0, "loss": 0.9, "val_loss": 0.50, "val_accuracy": 0.80, "seconds": 2.0},
+        {"epoch": 2.0, "loss": 0.5, "val_loss": 0.40, "val_accuracy": 0.85, "seconds": 1.0},
+        {"epoch": 3.0, "loss": 0.3, "val_loss": 0.45, "val_accuracy": 0.90, "seconds": 3.0},
+    ]
+    summary = summarize_history(history, train_size=600)
+    assert summary == {
+        "monitor": "val_loss",
+        "best_epoch": 2,
+        "best_value": 0.40,
+        "seconds_per_epoch": 2.0,
+        "samples_per_second": 300.0,
+    }
+    assert summarize_history(history, monitor="val_accuracy")["best_epoch"] == 3
+    assert summarize_history(history, monitor="val_loss", mode="max")["best_epoch"] == 1
+    assert summarize_history(history, monitor="absent")["monitor"] == "val_loss"
+    assert summarize_history([]) == {}
+
+
+def test_layers_summary() -> None:
+    layers = [
+        {"type": "conv2d", "filters": 32, "kernel_size": 3, "activation": "relu"},
+        {"type": "conv2d", "filters": 8, "kernel_size": [5, 3], "strides": 2, "padding": "same"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "batch_norm"},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "activation", "activation": "gelu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "linear"},
+    ]
+    assert layers_summary(layers) == (
+        "conv2d(32, 3x3, relu) > conv2d(8, 5x3, stride 2x2, same) > max_pool2d(2x2) > "
+        "batch_norm > dropout(0.25) > activation(gelu) > flatten > dense(10)"
+    )

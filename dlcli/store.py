@@ -118,9 +118,18 @@ def _write_files(
     (staging / CONFIG).write_text(dump_yaml(config), encoding="utf-8")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
+    _honour_umask(staging / WEIGHTS)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (staging / HISTORY).write_text(history_csv(history), encoding="utf-8")
     write_manifest(staging, [CONFIG, WEIGHTS, METRICS, HISTORY])
+
+
+def _honour_umask(path: Path) -> None:
+    """safetensors creates files 0600 whatever the umask; give them the usual mode so a
+    model dir archived by CI is readable like every other file in it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def write_manifest(directory: Path, names: Sequence[str]) -> None:

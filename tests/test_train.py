@@ -38,6 +38,8 @@ def test_train_saves_a_complete_run_dir(tiny_config: Path, tmp_path: Path) -> No
         "history.csv",
         "manifest.json",
     } <= names
+    weights_mode = (run_dir / "model.safetensors").stat().st_mode & 0o777
+    assert weights_mode == (run_dir / "metrics.json").stat().st_mode & 0o777
     assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 3

@@ -65,6 +65,21 @@ OPTIONAL = {"lightning": "lightning", "keras": "keras"}
 # --- the workers: one contender, one model, in its own process ------------------------------
 
 
+class Clock:
+    """Wall and CPU seconds (all of the process's threads) of a ``with`` block. CPU time is
+    what a shared machine disturbs least: another process's load stretches wall time, but
+    with one thread it barely changes the CPU seconds the work itself needs."""
+
+    wall = cpu = 0.0
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def load_split(device: str) -> tuple[Any, Any, Any, Any]:
     """dlcli's own train/validation split (uint8 N×1×28×28, int64), not timed."""
     from dlcli.data.dataset import load_dataset, split
@@ -107,7 +122,7 @@ def torch_model(kind: str) -> Any:
     )
 
 
-def run_torch_loop(kind: str, contender: str, epochs: int, device: str) -> tuple[float, float]:
+def run_torch_loop(kind: str, contender: str, epochs: int, device: str) -> tuple[Clock, float]:
     """Contenders 2-4: plain PyTorch. Returns (fit seconds, last epoch's train loss)."""
     import torch
     import torch.nn.functional as F
@@ -145,37 +160,42 @@ def run_torch_loop(kind: str, contender: str, epochs: int, device: str) -> tuple
     elif contender == "sample_dataloader":
         loader = DataLoader(PerSample(), batch_size=BATCH, shuffle=True)
 
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for x, y in batches(epoch):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += len(y)
-        train_loss = loss_sum.item() / seen
-        model.eval()
-        with torch.inference_mode():
-            val_loss = torch.zeros((), device=device)
-            val_correct = torch.zeros((), device=device, dtype=torch.long)
-            for i in range(0, len(val_labels), EVAL_BATCH):
-                x = val_images[i : i + EVAL_BATCH].float().div_(255)
-                y = val_labels[i : i + EVAL_BATCH]
+    def fit() -> float:
+        train_loss = 0.0
+        for epoch in range(epochs):
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for x, y in batches(epoch):
                 logits = model(x)
-                val_loss += F.cross_entropy(logits, y, reduction="sum")
-                val_correct += (logits.argmax(dim=1) == y).sum()
-            _ = (val_loss.item(), val_correct.item(), correct.item())
-    return time.perf_counter() - start, train_loss
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(dim=1) == y).sum()
+                seen += len(y)
+            train_loss = loss_sum.item() / seen
+            model.eval()
+            with torch.inference_mode():
+                val_loss = torch.zeros((), device=device)
+                val_correct = torch.zeros((), device=device, dtype=torch.long)
+                for i in range(0, len(val_labels), EVAL_BATCH):
+                    x = val_images[i : i + EVAL_BATCH].float().div_(255)
+                    y = val_labels[i : i + EVAL_BATCH]
+                    logits = model(x)
+                    val_loss += F.cross_entropy(logits, y, reduction="sum")
+                    val_correct += (logits.argmax(dim=1) == y).sum()
+                _ = (val_loss.item(), val_correct.item(), correct.item())
+        return train_loss
+
+    with Clock() as clock:
+        train_loss = fit()
+    return clock, train_loss
 
 
-def run_lightning(kind: str, epochs: int, device: str) -> tuple[float, float]:
+def run_lightning(kind: str, epochs: int, device: str) -> tuple[Clock, float]:
     import lightning as L
     import torch
     import torch.nn.functional as F
@@ -222,13 +242,12 @@ def run_lightning(kind: str, epochs: int, device: str) -> tuple[float, float]:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    start = time.perf_counter()
-    trainer.fit(module, train, val)
-    seconds = time.perf_counter() - start
-    return seconds, float(trainer.callback_metrics["loss"])
+    with Clock() as clock:
+        trainer.fit(module, train, val)
+    return clock, float(trainer.callback_metrics["loss"])
 
 
-def run_keras(kind: str, epochs: int, device: str) -> tuple[float, float]:
+def run_keras(kind: str, epochs: int, device: str) -> tuple[Clock, float]:
     os.environ["KERAS_BACKEND"] = "torch"
     import keras
     from keras import layers
@@ -264,12 +283,11 @@ def run_keras(kind: str, epochs: int, device: str) -> tuple[float, float]:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    start = time.perf_counter()
-    history = model.fit(
-        x, y, batch_size=BATCH, epochs=epochs, validation_data=(xv, yv), verbose=0, shuffle=True
-    )
-    seconds = time.perf_counter() - start
-    return seconds, float(history.history["loss"][-1])
+    with Clock() as clock:
+        history = model.fit(
+            x, y, batch_size=BATCH, epochs=epochs, validation_data=(xv, yv), verbose=0, shuffle=True
+        )
+    return clock, float(history.history["loss"][-1])
 
 
 def worker(contender: str, kind: str, epochs: int, threads: int, device: str) -> None:
@@ -278,12 +296,17 @@ def worker(contender: str, kind: str, epochs: int, threads: int, device: str) ->
 
     torch.set_num_threads(threads)
     if contender == "lightning":
-        seconds, loss = run_lightning(kind, epochs, device)
+        clock, loss = run_lightning(kind, epochs, device)
     elif contender == "keras":
-        seconds, loss = run_keras(kind, epochs, device)
+        clock, loss = run_keras(kind, epochs, device)
     else:
-        seconds, loss = run_torch_loop(kind, contender, epochs, device)
-    report = {"fit_seconds": seconds, "threads": torch.get_num_threads(), "loss": loss}
+        clock, loss = run_torch_loop(kind, contender, epochs, device)
+    report = {
+        "fit_seconds": clock.wall,
+        "fit_cpu_seconds": clock.cpu,
+        "threads": torch.get_num_threads(),
+        "loss": loss,
+    }
     print("RESULT " + json.dumps(report), flush=True)
 
 
@@ -292,10 +315,31 @@ def worker(contender: str, kind: str, epochs: int, threads: int, device: str) ->
 
 @dataclass
 class Run:
-    seconds: float  # fit seconds per epoch
+    seconds: float  # fit wall seconds per epoch
+    cpu: float  # fit CPU seconds per epoch (every thread of the process)
     rss_mb: float  # the process's peak resident set
     loss: float
     threads: int
+
+
+# `dlcli train` exactly as its console script runs it (dlcli.cli:main), with Trainer.fit wrapped
+# to also write down its CPU seconds (its wall seconds are metrics.json's fit_seconds).
+DLCLI_LAUNCHER = """
+import json, os, sys, time
+import dlcli.engine
+fit = dlcli.engine.Trainer.fit
+def timed_fit(self, *args, **kwargs):
+    start = time.process_time()
+    try:
+        return fit(self, *args, **kwargs)
+    finally:
+        with open(os.environ["DLCLI_BENCH_CPU"], "w") as f:
+            json.dump({"fit_cpu_seconds": time.process_time() - start}, f)
+dlcli.engine.Trainer.fit = timed_fit
+from dlcli.cli import main
+sys.argv[0] = "dlcli"
+sys.exit(main())
+"""
 
 
 @dataclass
@@ -316,11 +360,11 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[int, str, float]:
 
 
 def dlcli_cmd(kind: str, epochs: int, device: str, out: Path, extra: list[str]) -> list[str]:
-    script = Path(sys.executable).with_name("dlcli")
-    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "dlcli"]
     sets = [f"training.epochs={epochs}", *extra]
     return [
-        *launcher,
+        sys.executable,
+        "-c",
+        DLCLI_LAUNCHER,
         "train",
         str(CONFIGS[kind]),
         *(arg for s in sets for arg in ("--set", s)),
@@ -342,12 +386,16 @@ def measure(
         extra = [*args.dlcli_set]
         if contender == "dlcli_no_ckpt":
             extra.append("training.checkpoint.every=0")
+        cpu_file = tmp / "fit_cpu.json"
+        env = {**env, "DLCLI_BENCH_CPU": str(cpu_file)}
         code, output, rss = run_child(dlcli_cmd(kind, args.epochs, args.device, out, extra), env)
         if code != 0:
             raise SystemExit(f"dlcli train failed ({code}):\n{output}")
         metrics = json.loads((out / "metrics.json").read_text())
+        cpu = json.loads(cpu_file.read_text())["fit_cpu_seconds"]
         return Run(
             metrics["fit_seconds"] / args.epochs,
+            cpu / args.epochs,
             rss,
             float(metrics["train"]["loss"]),
             args.threads,  # through OMP_NUM_THREADS/MKL_NUM_THREADS, as the workers
@@ -359,7 +407,13 @@ def measure(
     if code != 0 or found is None:
         raise SystemExit(f"{contender} ({kind}) failed ({code}):\n{output[-3000:]}")
     result = json.loads(found.group(1))
-    return Run(result["fit_seconds"] / args.epochs, rss, result["loss"], result["threads"])
+    return Run(
+        result["fit_seconds"] / args.epochs,
+        result["fit_cpu_seconds"] / args.epochs,
+        rss,
+        result["loss"],
+        result["threads"],
+    )
 
 
 def available(contenders: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -398,7 +452,8 @@ def benchmark(args: argparse.Namespace) -> Tally:
                     tally.runs.setdefault((kind, name), []).append(run)
                     print(
                         f"round {round_ + 1}/{args.rounds} {kind:<3} {name:<18} "
-                        f"{run.seconds:7.3f} s/epoch  rss {run.rss_mb:6.0f} MB  "
+                        f"{run.seconds:7.3f} s/epoch  cpu {run.cpu:7.3f} s  "
+                        f"rss {run.rss_mb:6.0f} MB  "
                         f"loss {run.loss:.4f}",
                         file=sys.stderr,
                         flush=True,
@@ -522,28 +577,35 @@ def machine(threads: int) -> list[str]:
 
 def table(tally: Tally, args: argparse.Namespace) -> list[str]:
     lines = [
-        "| model | contender | s/epoch (median) | min | vs hand loop | peak RSS MB | loss |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | contender | wall s/epoch, median | min | vs hand | CPU s/epoch, median "
+        "| vs hand | peak RSS MB | vs hand | train loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind in args.models:
-        ref_runs = tally.runs.get((kind, REFERENCE))
-        ref = statistics.median(r.seconds for r in ref_runs) if ref_runs else None
+        ref = tally.runs.get((kind, REFERENCE), [])
         for name in args.contenders:
             if name in tally.missing:
-                lines.append(f"| {kind} | {name} | {tally.missing[name]} | | | | |")
+                lines.append(f"| {kind} | {name} | {tally.missing[name]} | | | | | | | |")
                 continue
             runs = tally.runs.get((kind, name), [])
             if not runs:
                 continue
-            med = statistics.median(r.seconds for r in runs)
-            ratio = f"{med / ref:.2f}x" if ref else "-"
-            rss = statistics.median(r.rss_mb for r in runs)
-            loss = statistics.median(r.loss for r in runs)
+            wall, cpu, rss = (median(runs, key) for key in ("seconds", "cpu", "rss_mb"))
             lines.append(
-                f"| {kind} | {name} | {med:.3f} | {min(r.seconds for r in runs):.3f} | "
-                f"{ratio} | {rss:.0f} | {loss:.4f} |"
+                f"| {kind} | {name} | {wall:.3f} | {min(r.seconds for r in runs):.3f} | "
+                f"{ratio(wall, median(ref, 'seconds'))} | {cpu:.3f} | "
+                f"{ratio(cpu, median(ref, 'cpu'))} | {rss:.0f} | "
+                f"{ratio(rss, median(ref, 'rss_mb'))} | {median(runs, 'loss'):.4f} |"
             )
     return lines
+
+
+def median(runs: list[Run], key: str) -> float:
+    return statistics.median(getattr(r, key) for r in runs) if runs else float("nan")
+
+
+def ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}x" if reference == reference and reference else "-"
 
 
 def section(tally: Tally, extras: dict[str, Any], args: argparse.Namespace) -> str:
@@ -559,9 +621,13 @@ def section(tally: Tally, extras: dict[str, Any], args: argparse.Namespace) -> s
         f"--device {args.device}`. Fashion-MNIST, the 57,000-image training split, batch {BATCH}, "
         f"validation (3,000 images) evaluated after every epoch by every contender; each run a "
         f"fresh process, contenders interleaved (A B C … C B A), {args.rounds} rounds of "
-        f"{args.epochs} epoch(s). Seconds are the fit's wall time per epoch (dlcli: "
-        f"`fit_seconds` from metrics.json), the median over rounds; ratios are to the "
-        f"hand-written loop with default Adam.",
+        f"{args.epochs} epoch(s). Wall: the fit's wall seconds per epoch (dlcli: `fit_seconds` "
+        "from metrics.json); CPU: the CPU seconds of the same span, every thread of the process "
+        "(dlcli: its real CLI entry point with Trainer.fit wrapped to record them) — with one "
+        "thread, the measure a busy machine disturbs least. Medians over rounds; ratios are to "
+        "the hand-written loop with default Adam. Peak RSS is the whole process's (dlcli's "
+        "includes the test evaluation and the save). Train losses differ by initialisation: "
+        "dlcli and Keras use Glorot-uniform weights, the PyTorch contenders PyTorch's default.",
         "",
         *machine(args.threads),
         f"- load average (1, 5, 15 min) before → after: {load}; other work on the machine "
@@ -617,10 +683,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.tag = f"{args.device}-{args.threads}t-{'-'.join(args.models)}"
     args.load_before = os.getloadavg()
     args.models = [m for m in args.models.split(",") if m]
     args.contenders = [c for c in args.contenders.split(",") if c]
+    args.tag = f"{args.device}-{args.threads}t-{'-'.join(args.models)}"
     unknown = [m for m in args.models if m not in CONFIGS]
     unknown += [c for c in args.contenders if c not in CONTENDERS]
     if unknown:

@@ -138,6 +138,8 @@ def _write(folder: Path, config: Config, state: Mapping[str, Any]) -> None:
     (folder / CONFIG).write_text(dump_yaml(config), encoding="utf-8")
     save_file(model, str(folder / MODEL), metadata={"format": FORMAT})
     save_file(tensors, str(folder / TENSORS), metadata={"format": FORMAT})
+    for name in (MODEL, TENSORS):
+        store._honour_umask(folder / name)  # safetensors writes 0600 whatever the umask
     document = {"format": FORMAT, "state": plain}
     (folder / STATE).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     for name in FILES:

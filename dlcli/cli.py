@@ -197,7 +197,12 @@ _LAUNCH_OPTIONS = (
         help="This node's rank (with --master-addr).",
     ),
     click.option("--master-addr", metavar="HOST", help="The rank-0 node's address."),
-    click.option("--master-port", type=click.IntRange(1, 65535), metavar="PORT"),
+    click.option(
+        "--master-port",
+        type=click.IntRange(1, 65535),
+        metavar="PORT",
+        help="Its port (default: 29500).",
+    ),
     click.option(
         "--rdzv-endpoint",
         metavar="HOST:PORT",

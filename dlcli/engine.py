@@ -22,7 +22,7 @@ from torch import nn
 from dlcli.accel import Accel
 from dlcli.config import OptimizerConfig, TrainingConfig
 from dlcli.data.dataset import Split
-from dlcli.distributed import SINGLE, World
+from dlcli.distributed import SINGLE, SignalVote, World
 from dlcli.errors import ConfigError, Interrupted, TrainingError
 
 Logs = dict[str, float]
@@ -144,6 +144,7 @@ class Trainer:
         self._train_forward = world.wrap(self.model, device) if world.distributed else self._forward
         self._interrupted: str | None = None  # what every worker agreed on (see interrupted)
         self._stop_request: str | None = None  # this worker's signal, not yet agreed on
+        self._signal_vote = SignalVote(world)
         self.num_classes = num_classes
         self.optimizer = make_optimizer(list(self.model.parameters()), training.optimizer)
         self.callbacks = list(callbacks)
@@ -162,8 +163,8 @@ class Trainer:
     @property
     def interrupted(self) -> str | None:
         """Set (to the signal's name) by a signal handler: checkpoint and stop after the current
-        step. In a distributed run it reads what every worker agreed on after a step, so all of
-        them stop at the same one (a worker leaving alone would leave the others waiting)."""
+        step. In a distributed run it reads what the workers agreed on, so all of them stop at
+        the same step (a worker leaving alone would leave the others waiting); see _agree."""
         return self._interrupted
 
     @interrupted.setter
@@ -172,12 +173,21 @@ class Trainer:
         if not self.world.distributed:
             self._interrupted = value
 
-    def _agree(self) -> None:
-        """Distributed: stop everywhere if any worker's callback or signal says so."""
-        if self.world.distributed:
-            self.stop_training, self._interrupted = self.world.agree(
-                self.stop_training, self._stop_request
-            )
+    def _agree(self, *, each_step: bool = False) -> None:
+        """Distributed: stop everywhere if a signal reached any worker, or (at the end of an
+        epoch) a callback on any worker says so. After each step the signal vote runs while the
+        next step computes and is read one step later, so it costs no wait; callbacks see the
+        same global logs on every worker and decide alike in between."""
+        if not self.world.distributed:
+            return
+        if each_step:
+            if self._signal_vote.step(self._stop_request is not None):
+                self._interrupted = self._stop_request or "a signal to another worker"
+            return
+        self._signal_vote.settle()
+        self.stop_training, self._interrupted = self.world.agree(
+            self.stop_training, self._stop_request
+        )
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -252,7 +262,7 @@ class Trainer:
                     "lower training.optimizer.learning_rate or check the data"
                 )
             self._call("on_step_end", step)
-            self._agree()
+            self._agree(each_step=True)
             if self.stop_training or self.interrupted:
                 break
         if self.interrupted:  # keep the running sums: the checkpoint needs them

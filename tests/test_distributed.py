@@ -1,7 +1,8 @@
 """Data-parallel training (dlcli/distributed.py): the sharding and loss-weighting maths and the
 launcher's plumbing in-process; then real 2-worker gloo jobs on 127.0.0.1 (`dlcli train
---nproc-per-node 2` and `torchrun -m dlcli train`) that must match a single process, resume,
-and end cleanly when a worker dies or hangs (the DLCLI_TEST_*_RANK hooks)."""
+--nproc-per-node 2` and `torchrun -m dlcli train`) that must match a single process, stop
+together and resume, and end cleanly when a worker dies or hangs (the DLCLI_TEST_*_RANK
+hooks)."""
 
 from __future__ import annotations
 
@@ -143,6 +144,25 @@ def test_the_failure_message_names_the_worker_that_caused_it() -> None:
     assert (err.exit_code, err.kind) == (4, "gate")
     assert err.document == {"validation": {"accuracy": 0.5}}
     assert err.message.endswith("(rank 0: quality gate failed: x)")
+    # Ctrl-C: every worker stopped with 130.
+    err = failure_error({0: _Failure(130), 1: _Failure(130)})
+    assert (err.exit_code, err.kind) == (130, "interrupted")
+    assert err.message.startswith("interrupted: every worker stopped")
+
+
+def test_the_signal_vote_is_read_one_step_late(tmp_path: Path) -> None:
+    """In a one-process gloo group: each step returns the previous step's vote."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        vote = distributed.SignalVote(World(rank=0, size=2))
+        assert [vote.step(flag) for flag in (False, True, False)] == [False, False, True]
+        assert vote.settle() is False and vote.settle() is False
+    finally:
+        dist.destroy_process_group()
 
 
 def test_workers_other_than_rank_0_print_only_their_own_errors(
@@ -205,21 +225,38 @@ def assert_close(distributed_doc: dict[str, Any], single_doc: dict[str, Any]) ->
         assert got["accuracy"] == pytest.approx(want["accuracy"], abs=ACCURACY_ABS), split
 
 
-def test_two_workers_train_like_one_process_and_resume_under_torchrun(
+def test_two_workers_stop_together_resume_under_torchrun_and_match_one_process(
     tiny_config: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "ddp"
-    # 1. `dlcli train --nproc-per-node 2`: 2 of the config's 3 epochs (batch 20: 10 a worker).
+    # 1. `dlcli train --nproc-per-node 2` (batch 20: 10 a worker, 15 steps an epoch); rank 1
+    #    alone gets a SIGINT after global step 20. The workers vote after each step and all
+    #    stop after step 21 (epoch 2, step 6); rank 0 writes the checkpoint.
     proc = dlcli(
         *("train", str(tiny_config), "--nproc-per-node", "2", "--output", str(run_dir)),
-        *("--set", "training.epochs=2", "--json"),
+        "--json",
+        DLCLI_TEST_SIGINT_RANK="1",
+        DLCLI_TEST_AT_STEP="20",
     )
+    assert proc.returncode == 130, proc.stderr
+    error = one_document(proc)["error"]
+    assert error["kind"] == "interrupted"
+    assert "in epoch 2, after step 6 of 15; checkpoint saved" in error["message"]
+    assert proc.stderr.count("Error: training interrupted") == 1  # rank 0 alone says it
+    assert proc.stderr.count("Model summary") == 1
+    assert "distributed: 2 workers (gloo, timeout 300s); global batch 20, 10 per worker" in (
+        proc.stderr
+    )
+    # 2. The rest, resumed from rank 0's checkpoint by torchrun itself (on a free port).
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
+    train = ["train", str(tiny_config), "--resume", str(run_dir), "--json", "-q"]
+    proc = _run([*torchrun, *rendezvous, "-m", "dlcli", *train])
     assert proc.returncode == 0, proc.stderr
     doc = one_document(proc)
+    assert doc["resumed_from"]["step_in_epoch"] == 6 and doc["epochs"] == 3
     assert doc["distributed"] == {"world_size": 2, "backend": "gloo"}
-    assert proc.stderr.count("Model summary") == 1  # rank 0 alone prints
-    assert "distributed: 2 workers (gloo" in proc.stderr
-    assert_close(doc, single_process(tiny_config, tmp_path / "one2", "--set", "training.epochs=2"))
+    assert_close(doc, single_process(tiny_config, tmp_path / "one"))
     # The saved weights are the plain module's, and `dlcli evaluate` scores what rank 0 said.
     assert not [k for k in load_file(str(run_dir / "model.safetensors")) if "module." in k]
     evaluated = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--json"])
@@ -227,16 +264,7 @@ def test_two_workers_train_like_one_process_and_resume_under_torchrun(
     for split, logs in json.loads(evaluated.stdout)["metrics"].items():
         assert logs["accuracy"] == doc[split]["accuracy"]
         assert logs["loss"] == pytest.approx(doc[split]["loss"], rel=1e-5)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-    # 2. The third epoch, resumed from rank 0's checkpoint by torchrun itself (a free port).
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
-    train = ["train", str(tiny_config), "--resume", str(run_dir), "--json", "-q"]
-    proc = _run([*torchrun, *rendezvous, "-m", "dlcli", *train])
-    assert proc.returncode == 0, proc.stderr
-    resumed = one_document(proc)
-    assert resumed["resumed_from"]["epoch"] == 2 and resumed["epochs"] == 3
-    assert_close(resumed, single_process(tiny_config, tmp_path / "one3"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_worker_that_dies_ends_the_job(tiny_config: Path, tmp_path: Path) -> None:

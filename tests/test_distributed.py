@@ -148,6 +148,10 @@ def test_the_failure_message_names_the_worker_that_caused_it() -> None:
     err = failure_error({0: _Failure(130), 1: _Failure(130)})
     assert (err.exit_code, err.kind) == (130, "interrupted")
     assert err.message.startswith("interrupted: every worker stopped")
+    # Ctrl-C, and the launcher stopped a worker already on its way out (after the barrier
+    # that waits for rank 0's checkpoint): still an interruption.
+    err = failure_error({0: _Failure(-15), 1: _Failure(130)})
+    assert (err.exit_code, err.kind) == (130, "interrupted")
 
 
 def test_the_signal_vote_is_read_one_step_late(tmp_path: Path) -> None:

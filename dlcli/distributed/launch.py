@@ -268,7 +268,10 @@ def failure_error(
         key=lambda f: (f.priority(), f.rank),
     )
     cause, others = seen[0], seen[1:]
-    if all(f.exitcode == EXIT_INTERRUPTED for f in seen):
+    # An interrupt: the workers exit 130 once rank 0's checkpoint is saved (a barrier); the
+    # launcher may stop the slower ones (SIGTERM) while they are already on their way out.
+    interrupted = [f for f in seen if f.exitcode == EXIT_INTERRUPTED]
+    if interrupted and all(f.exitcode in (EXIT_INTERRUPTED, *_STOPPED) for f in seen):
         return WorkersFailed(
             "interrupted: every worker stopped (rank 0's message above says how to resume)",
             exit_code=EXIT_INTERRUPTED,

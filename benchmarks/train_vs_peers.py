@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -95,30 +96,39 @@ def load_split(device: str) -> tuple[Any, Any, Any, Any]:
 
 
 def torch_model(kind: str) -> Any:
-    """The models of configs/fashion-mnist-{mlp,cnn}.yaml, written by hand as a user would."""
+    """The models of configs/fashion-mnist-{mlp,cnn}.yaml, written by hand as a user would,
+    initialised as dlcli (and Keras) do: Glorot-uniform weights, zero biases, drawn layer by
+    layer after ``torch.manual_seed(SEED)``, so they start from dlcli's very weights."""
+    import torch
     from torch import nn
 
+    def glorot(layer: Any) -> Any:
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    torch.manual_seed(SEED)
     if kind == "mlp":
         return nn.Sequential(
             nn.Flatten(),
-            nn.Linear(784, 300),
+            glorot(nn.Linear(784, 300)),
             nn.ReLU(),
-            nn.Linear(300, 100),
+            glorot(nn.Linear(300, 100)),
             nn.ReLU(),
-            nn.Linear(100, 10),
+            glorot(nn.Linear(100, 10)),
         )
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
+        glorot(nn.Conv2d(1, 16, 3, padding=1)),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
+        glorot(nn.Conv2d(16, 32, 3, padding=1)),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 128),
+        glorot(nn.Linear(32 * 7 * 7, 128)),
         nn.ReLU(),
         nn.Dropout(0.25),
-        nn.Linear(128, 10),
+        glorot(nn.Linear(128, 10)),
     )
 
 
@@ -146,7 +156,9 @@ def run_torch_loop(kind: str, contender: str, epochs: int, device: str) -> tuple
 
     def batches(epoch: int) -> Iterator[tuple[Any, Any]]:
         if contender in ("hand", "hand_fused"):
-            order = torch.randperm(len(labels), device=device)
+            # dlcli's shuffle (a generator seeded per epoch), so the loss curves can be compared.
+            generator = torch.Generator().manual_seed(SEED * 100_003 + epoch)
+            order = torch.randperm(len(labels), generator=generator).to(device)
             for index in order.split(BATCH):
                 yield images[index].float().div_(255), labels[index]
         else:
@@ -162,7 +174,7 @@ def run_torch_loop(kind: str, contender: str, epochs: int, device: str) -> tuple
 
     def fit() -> float:
         train_loss = 0.0
-        for epoch in range(epochs):
+        for epoch in range(1, epochs + 1):  # numbered as dlcli numbers them
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -352,7 +364,12 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[int, str, float]:
     """Run a command; return (exit code, stdout+stderr, peak RSS in MB of that child alone)."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C: leave no contender running
+            proc.kill()
+            proc.wait()
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         output = log.read()
@@ -626,8 +643,11 @@ def section(tally: Tally, extras: dict[str, Any], args: argparse.Namespace) -> s
         "(dlcli: its real CLI entry point with Trainer.fit wrapped to record them) — with one "
         "thread, the measure a busy machine disturbs least. Medians over rounds; ratios are to "
         "the hand-written loop with default Adam. Peak RSS is the whole process's (dlcli's "
-        "includes the test evaluation and the save). Train losses differ by initialisation: "
-        "dlcli and Keras use Glorot-uniform weights, the PyTorch contenders PyTorch's default.",
+        "includes the test evaluation and the save). The PyTorch contenders start from dlcli's "
+        "very weights (Glorot-uniform, same seed) and the hand loops shuffle as dlcli does, so "
+        "their train loss matches dlcli's up to float rounding (unfused Adam drifts in the "
+        "4th digit over 1,000 steps); the DataLoaders shuffle their own way, Keras draws its "
+        "own weights.",
         "",
         *machine(args.threads),
         f"- load average (1, 5, 15 min) before → after: {load}; other work on the machine "
@@ -699,6 +719,8 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.models[0], args.epochs, args.threads, args.device)
         return
+    # SIGTERM as Ctrl-C: stop the contender running now too (see run_child).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tally = benchmark(args)
     extras: dict[str, Any] = {}
     if not args.no_extras:

@@ -2,9 +2,10 @@
 the dataset kept on the device, and the one-kernel uint8 → float batch conversion.
 
 :class:`~dlcli.engine.Trainer` builds one :class:`Accel` from ``training.precision``,
-``training.compile`` and ``training.channels_last``. Everything here is a no-op on the CPU
-unless asked for, and what the CPU cannot do (fp16 autocast) is a :class:`ConfigError` before
-the first step, never a crash in the middle of one.
+``training.compile`` and ``training.channels_last``. By default only what keeps the maths
+is on (channels_last for convolutional models, on any device: the same convolutions, faster);
+mixed precision and compilation are asked for. What the CPU cannot do (fp16 autocast) is a
+:class:`ConfigError` before the first step, never a crash in the middle of one.
 """
 
 from __future__ import annotations

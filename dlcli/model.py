@@ -77,7 +77,13 @@ def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltMode
         where = f"model.layers[{index}]"
         counts[spec.type] = counts.get(spec.type, 0) + 1
         name = f"{spec.type}_{counts[spec.type]}"
-        layer, shape = _build_layer(spec, shape, where)
+        try:
+            layer, shape = _build_layer(spec, shape, where)
+        except (RuntimeError, MemoryError) as err:  # e.g. units: 100000000000
+            raise ConfigError(
+                f"{where}: cannot allocate this {spec.type} layer's weights for input shape "
+                f"{shape}: {str(err).splitlines()[0][:200]}"
+            ) from None
         modules[name] = layer
         params = sum(p.numel() for p in layer.parameters())
         trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)

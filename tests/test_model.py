@@ -130,3 +130,9 @@ def test_same_seed_same_weights() -> None:
     torch.manual_seed(3)
     b = build_model(model_cfg(layers)).module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_layer_too_large_to_allocate_is_a_config_error() -> None:
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 100_000_000_000}]
+    with pytest.raises(ConfigError, match=r"model.layers\[1\]: cannot allocate this dense layer"):
+        build_model(model_cfg(layers))

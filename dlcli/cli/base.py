@@ -1,0 +1,123 @@
+"""The click group, the shared options, and :func:`dlcli_command`: the one place that maps
+errors to exit codes (documented in ``dlcli.errors`` and the README)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dlcli import __version__
+from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
+from dlcli.report import Reporter
+
+CommandFn = Callable[..., dict[str, Any] | None]
+
+
+def dlcli_command(fn: CommandFn) -> Callable[..., None]:
+    """Give a command ``--json``/``--quiet``/``--no-color`` and the one error-to-exit-code map.
+
+    The wrapped function receives a :class:`Reporter` first and may return a JSON-able dict: it
+    is printed to stdout as the command's one JSON document under ``--json``.
+    """
+
+    @click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+    @click.option("--no-color", is_flag=True, help="No colours (also: the NO_COLOR variable).")
+    @functools.wraps(fn)
+    def wrapper(json_mode: bool, quiet: bool, no_color: bool, **kwargs: Any) -> None:
+        reporter = Reporter(json_mode=json_mode, quiet=quiet, no_color=no_color)
+        code = 0
+        try:
+            document = fn(reporter, **kwargs)
+            if document is not None:
+                reporter.emit_json(document)
+        except DlcliError as err:
+            code = err.exit_code
+            reporter.error(err, code=code, kind=err.kind)
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+            reporter.error("interrupted", code=code, kind="interrupted")
+        except Exception as err:
+            code = EXIT_INTERNAL
+            if os.environ.get("DLCLI_DEBUG"):
+                traceback.print_exc()
+            reporter.error(
+                f"internal error: {type(err).__name__}: {err}\n"
+                "This is a bug in dlcli. Please report it with the command you ran and the "
+                "output of `dlcli --version` (set DLCLI_DEBUG=1 for the traceback).",
+                code=code,
+            )
+        if code:
+            click.get_current_context().exit(code)
+
+    return wrapper
+
+
+class DlcliGroup(click.Group):
+    """A click group whose own usage errors (an unknown option, a bad value, a missing
+    argument) are, under ``--json``, also a JSON error document; they keep click's exit code 2
+    and its usage text on stderr."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        json_mode = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+        argv = list(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise (_JsonUsageError(err) if json_mode else err) from None
+        ctx.meta["dlcli.json"] = json_mode
+        ctx.meta["dlcli.argv"] = argv  # train --nproc-per-node re-runs it in each worker
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            if ctx.meta.get("dlcli.json") and not isinstance(err, _JsonUsageError):
+                raise _JsonUsageError(err) from None
+            raise
+
+
+class _JsonUsageError(click.UsageError):
+    """A click usage error shown as usual on stderr, plus the JSON error document on stdout."""
+
+    def __init__(self, err: click.UsageError) -> None:
+        super().__init__(err.format_message(), ctx=err.ctx)
+
+    def show(self, file: Any = None) -> None:
+        super().show(file)
+        error = {"code": self.exit_code, "kind": "usage", "message": self.format_message()}
+        Reporter(json_mode=True).emit_json({"error": error})
+
+
+@click.group(cls=DlcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="dlcli")
+def cli() -> None:
+    """Train, evaluate and save PyTorch vision models from a YAML file.
+
+    \b
+    Typical session:
+      dlcli download fashion-mnist
+      dlcli train configs/fashion-mnist-mlp.yaml
+      dlcli evaluate runs/fashion-mnist-mlp
+    """
+
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set training.epochs=3 (repeatable; value is YAML).",
+)

@@ -1,0 +1,91 @@
+"""``dlcli init`` and ``dlcli config``: write and check configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dlcli.cli.base import _set_option, cli, dlcli_command
+from dlcli.report import Reporter
+
+# --- init / config: write and check configs ---------------------------------------------------
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--template",
+    type=click.Choice(["mlp", "cnn"]),
+    default="mlp",
+    show_default=True,
+    help="mlp: the KotlinDL seed model; cnn: a small convolutional network.",
+)
+@click.option(
+    "--dataset",
+    default="fashion-mnist",
+    show_default=True,
+    help="A registry dataset (dlcli download --list).",
+)
+@click.option("--force", is_flag=True, help="Overwrite PATH when it exists.")
+@dlcli_command
+def init(
+    reporter: Reporter, path: Path | None, template: str, dataset: str, force: bool
+) -> dict[str, Any]:
+    """Write a commented starter config to PATH that trains as is.
+
+    PATH defaults to DATASET-TEMPLATE.yaml in the current directory.
+    """
+    from dlcli.config_tools import write_starter
+
+    path = path if path is not None else Path(f"{dataset}-{template}.yaml")
+    write_starter(path, template=template, dataset=dataset, force=force)
+    reporter.result_line(f"wrote {path}; train it with: dlcli train {path}")
+    return {
+        "path": str(path),
+        "template": template,
+        "dataset": dataset,
+        "command": f"dlcli train {path}",
+    }
+
+
+@cli.group(name="config")
+def config_group() -> None:
+    """Show a config resolved, or validate it (for pre-commit hooks and CI)."""
+
+
+@config_group.command(name="show")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@dlcli_command
+def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """Print CONFIG resolved (defaults filled in, --set applied) as YAML, with each key's doc
+    as a comment; --json prints it as a JSON document."""
+    from dlcli.config import load_config, to_dict
+    from dlcli.config_tools import commented_yaml
+
+    cfg = load_config(config, overrides)
+    if not reporter.json_mode:
+        reporter.write(commented_yaml(cfg, source=str(config)))
+    return to_dict(cfg)
+
+
+@config_group.command(name="validate")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@dlcli_command
+def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """Check CONFIG: its keys and values, and its model's shapes (exit 0: valid, 2: not).
+
+    Builds the model (a kernel larger than its input, a missing flatten or a last layer with
+    the wrong number of classes is caught) but reads no data.
+    """
+    from dlcli.config_tools import validate_config
+
+    result = validate_config(config, overrides)
+    reporter.result_line(
+        f"{config}: valid ({result['layers']} layers, {result['total_params']:,} parameters, "
+        f"{result['num_classes']} classes)"
+    )
+    return result

@@ -1,0 +1,136 @@
+"""``dlcli plot``, ``dlcli runs`` and ``dlcli summary``: see what a run did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dlcli.cli.base import _set_option, cli, dlcli_command
+from dlcli.report import Reporter, summary_table
+
+# --- plot / runs: see what happened ------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the PNG files go.  [default: RUN_DIR/plots]",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["validation", "test", "train"]),
+    default="validation",
+    show_default=True,
+    help="The split the confusion matrix is computed on.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@dlcli_command
+def plot(
+    reporter: Reporter,
+    run_dir: Path,
+    out: Path | None,
+    split: str,
+    batch_size: int,
+    data_dir: str | None,
+    device: str,
+) -> dict[str, Any]:
+    """PNG training curves (one per metric) and a confusion-matrix heatmap of a saved run.
+
+    Needs matplotlib: pip install 'dlcli[plot]'.
+    """
+    from dlcli.plot import plot_run
+
+    result = plot_run(
+        run_dir, out, split=split, batch_size=batch_size, data_dir=data_dir, device=device
+    )
+    for path in result.files:
+        reporter.result_line(f"wrote {path}")
+    return {"run_dir": str(run_dir), "out_dir": str(result.out_dir), "files": result.files}
+
+
+@cli.group()
+def runs() -> None:
+    """List and compare saved runs: key config values and final metrics."""
+
+
+@runs.command("list")
+@click.argument("directory", type=click.Path(path_type=Path), default="runs", required=False)
+@dlcli_command
+def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
+    """The runs in DIRECTORY (default: runs/), one row each."""
+    from dlcli.report import runs_table
+    from dlcli.runs import list_runs
+
+    listing = list_runs(directory)
+    rows = [run.to_dict() for run in listing.runs]
+    if rows:
+        reporter.table(runs_table(f"Runs in {directory}", rows))
+    else:
+        reporter.note(f"no complete runs in {directory}")
+    _note_skipped(reporter, listing.skipped)
+    return {"directory": str(directory), "runs": rows, "skipped": _skipped(listing.skipped)}
+
+
+@runs.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@dlcli_command
+def runs_compare(reporter: Reporter, run_dirs: tuple[Path, ...]) -> dict[str, Any]:
+    """RUN_DIRS side by side: config values (what differs highlighted) and final metrics."""
+    from dlcli.report import compare_table
+    from dlcli.runs import compare, comparison_rows
+
+    listing, differences = compare(list(run_dirs))
+    names = [run.name for run in listing.runs]
+    if len(set(names)) < len(names):  # same-named runs in different folders
+        names = [str(run.path) for run in listing.runs]
+    reporter.table(compare_table(names, comparison_rows(listing.runs, differences)))
+    _note_skipped(reporter, listing.skipped)
+    return {
+        "runs": [run.to_dict() for run in listing.runs],
+        "differences": [d.to_dict() for d in differences],
+        "skipped": _skipped(listing.skipped),
+    }
+
+
+def _note_skipped(reporter: Reporter, skipped: list[Any]) -> None:
+    for item in skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}")
+
+
+def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
+    return [item.to_dict() for item in skipped]
+
+
+@cli.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@_set_option
+@dlcli_command
+def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """Layer table of a CONFIG file or a saved MODEL_DIR: output shapes and parameters."""
+    from dlcli.config import load_config
+    from dlcli.model import build_model
+
+    cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
+    built = build_model(cfg.model)
+    reporter.table(
+        summary_table(built.layers, built.input_shape, built.total_params, built.trainable_params)
+    )
+    return {
+        "layers": [
+            {
+                "name": i.name,
+                "type": i.kind,
+                "output_shape": list(i.output_shape),
+                "params": i.params,
+            }
+            for i in built.layers
+        ],
+        "total_params": built.total_params,
+        "trainable_params": built.trainable_params,
+    }

@@ -1,5 +1,6 @@
 """What makes the loop fast without changing it: mixed precision, torch.compile, channels_last,
-the dataset kept on the device, and the one-kernel uint8 → float batch conversion.
+the dataset kept on the device, the one-kernel uint8 → float batch conversion, and every
+parameter (and gradient) in one flat buffer, dense weights stored input-major.
 
 :class:`~dlcli.engine.Trainer` builds one :class:`Accel` from ``training.precision``,
 ``training.compile`` and ``training.channels_last``. By default only what keeps the maths
@@ -68,10 +69,15 @@ class Accel:
         self.channels_last = convolutional if setting is None else setting
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.flat = FlatParameters(model)
         forward: Callable[..., Any] = model
         if self.compile:
             forward = _reporting_compile_errors(torch.compile(model))
         return model, forward
+
+    def zero_grad(self) -> None:
+        """Zero every gradient (one memset); backward then adds into the flat buffer."""
+        self.flat.grads.zero_()
 
     def inputs(self, images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
         """One batch as the model takes it: float32 in [0, 1], NHWC in memory if asked."""
@@ -108,6 +114,56 @@ class Accel:
             self._on_device[key] = (images, labels, images.to(self.device), labels.to(self.device))
             cached = self._on_device[key]
         return cached[2], cached[3]
+
+
+class FlatParameters:
+    """Every trainable parameter of a model as a view into one contiguous tensor, and its
+    gradient as a view into another, so the optimizer updates one tensor in one kernel.
+
+    Two things make a step faster without changing a single multiply or add:
+
+    - The optimizer touches one tensor: one fused Adam kernel instead of one per parameter,
+      and zeroing the gradients is one memset. (Fused Adam over non-contiguous tensors is
+      ~2.5x slower, which is why the buffer is contiguous.)
+    - ``nn.Linear`` weights are stored input-major, ``(in, out)`` in memory, seen by the
+      module as the usual ``(out, in)`` transposed view. Autograd then computes the weight
+      gradient as ``x.T @ grad`` (the gradient of ``x @ W.T`` by the layout of ``W.T``),
+      which MKL runs ~1.5x faster than ``grad.T @ x`` at batch 100 on the benchmark CPU;
+      the forward matmul is as fast either way.
+
+    The module keeps its ``Parameter`` objects (names, ``state_dict``, saving and loading
+    are unchanged; only their storage moves), so a saved model is the same file. Backward
+    adds into the preassigned gradient views, so :meth:`Accel.zero_grad` must run before
+    each backward. Parameters that do not require gradients are left alone.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        first = params[0] if params else torch.empty(0)
+        total = sum(p.numel() for p in params)
+        self.params = torch.empty(total, dtype=first.dtype, device=first.device)
+        self.grads = torch.zeros_like(self.params)
+        self.params.grad = self.grads  # what the optimizer reads: it updates self.params
+        offset = 0
+        for p in params:
+            n = p.numel()
+            value, grad = self.params[offset : offset + n], self.grads[offset : offset + n]
+            if id(p) in weights:  # (out, in) seen through an (in, out) buffer
+                value, grad = (t.view(p.shape[1], p.shape[0]).t() for t in (value, grad))
+            else:  # the parameter's own layout (channels_last convolutions keep theirs)
+                value, grad = (t.as_strided(p.shape, _dense_strides(p)) for t in (value, grad))
+            value.copy_(p.detach())
+            p.data = value  # the same Parameter object, its storage now in the buffer
+            p.grad = grad
+            offset += n
+
+
+def _dense_strides(tensor: torch.Tensor) -> tuple[int, ...]:
+    """The tensor's strides if it is channels_last; else the contiguous ones."""
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tuple(tensor.stride())
+    return tuple(torch.empty(tensor.shape, device="meta").stride())
 
 
 def _reporting_compile_errors(compiled: Callable[..., Any]) -> Callable[..., Any]:

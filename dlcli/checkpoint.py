@@ -39,7 +39,7 @@ from dlcli.config import Config, dump_yaml, to_dict
 from dlcli.errors import ModelDirError
 from dlcli.signals import uninterruptible
 
-FORMAT = "dlcli-checkpoint/1"
+FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (accel.FlatParameters)
 LAST, BEST = "last", "best"
 CONFIG = "config.yaml"
 MODEL = "model.safetensors"

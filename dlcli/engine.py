@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -81,7 +81,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(params: Sequence[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Sequence[torch.Tensor], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """Build the optimizer; Adam/AdamW use the fused kernel (same maths, fewer passes)."""
     lr = cfg.learning_rate
     if cfg.name in ("adam", "adamw"):
@@ -109,12 +109,51 @@ def make_optimizer(params: Sequence[nn.Parameter], cfg: OptimizerConfig) -> torc
 
 @dataclass
 class _Running:
-    """Sums accumulated on the device during an epoch; read with one sync."""
+    """An epoch's metrics so far, kept on the device and read with one sync.
 
-    loss: torch.Tensor
+    A step only files its tensors (the loss, the predicted classes and the labels: one argmax
+    kernel, no arithmetic); :meth:`fold` takes them in when somebody reads (a progress bar,
+    the end of the epoch, a checkpoint). The loss is kept as one term per step and summed
+    whole at each read, so the epoch's mean is the same float however often it was read
+    or wherever a run was interrupted and resumed; the counts are integers.
+    """
+
+    loss_terms: torch.Tensor  # loss * batch size, one per step so far
     correct: torch.Tensor
     top_k: torch.Tensor
     count: int = 0
+    pending: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = (
+        field(default_factory=list)
+    )
+
+    def add(
+        self,
+        loss: torch.Tensor,
+        predicted: torch.Tensor | None,
+        top_k: torch.Tensor | None,
+        labels: torch.Tensor,
+    ) -> None:
+        self.pending.append((loss, predicted, top_k, labels))
+        self.count += len(labels)
+
+    def fold(self) -> None:
+        if not self.pending:
+            return
+        losses, predicted, top_k, labels = zip(*self.pending, strict=True)
+        sizes = torch.tensor([len(y) for y in labels], device=self.loss_terms.device)
+        terms = torch.stack(losses).float() * sizes
+        self.loss_terms = torch.cat([self.loss_terms, terms])
+        y = torch.cat(labels)
+        if predicted[0] is not None:
+            self.correct += (torch.cat(predicted) == y).sum()
+        if top_k[0] is not None:
+            self.top_k += (torch.cat(top_k) == y[:, None]).any(dim=1).sum()
+        self.pending.clear()
+
+    def sums(self) -> torch.Tensor:
+        """[loss sum, correct, top-k correct] as one float tensor."""
+        self.fold()
+        return torch.stack([self.loss_terms.sum(), self.correct.float(), self.top_k.float()])
 
 
 class Trainer:
@@ -146,7 +185,9 @@ class Trainer:
         self._stop_request: str | None = None  # this worker's signal, not yet agreed on
         self._signal_vote = SignalVote(world)
         self.num_classes = num_classes
-        self.optimizer = make_optimizer(list(self.model.parameters()), training.optimizer)
+        # One tensor holds every parameter (dlcli/accel.py, FlatParameters): the optimizer
+        # updates it in one kernel; the module's parameters are views into it.
+        self.optimizer = make_optimizer([self.accel.flat.params], training.optimizer)
         self.callbacks = list(callbacks)
         self.history: list[Logs] = []
         self.epoch = 0  # epochs completed
@@ -250,7 +291,7 @@ class Trainer:
                 # An empty shard (a last batch smaller than the world) still joins DDP's
                 # all-reduce, with a zero loss that reaches every parameter.
                 loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
-            self.optimizer.zero_grad(set_to_none=True)
+            self.accel.zero_grad()
             scaled = self.world.scale_loss(loss, len(y), len(batch))
             self.accel.backward_and_step(scaled, self.optimizer)  # grad-scaled for fp16
             self._accumulate(self._running, logits.detach(), y, loss.detach())
@@ -301,7 +342,13 @@ class Trainer:
         running = None
         if self._running is not None and self.step_in_epoch:
             r = self._running
-            running = {"loss": r.loss, "correct": r.correct, "top_k": r.top_k, "count": r.count}
+            r.fold()  # pending steps into the tensors saved
+            running = {
+                "loss_terms": r.loss_terms,
+                "correct": r.correct,
+                "top_k": r.top_k,
+                "count": r.count,
+            }
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -335,7 +382,7 @@ class Trainer:
         running = state.get("running")
         if running and self.world.is_main:  # rank 0's sums; the other workers add their own
             self._running = _Running(
-                running["loss"].to(self.device),
+                running["loss_terms"].to(self.device),
                 running["correct"].to(self.device),
                 running["top_k"].to(self.device),
                 int(running["count"]),
@@ -403,25 +450,22 @@ class Trainer:
         return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
 
     def _new_running(self) -> _Running:
-        zero = torch.zeros((), device=self.device)
-        return _Running(zero.clone(), zero.clone(), zero.clone())
+        zero = torch.zeros((), device=self.device, dtype=torch.long)
+        return _Running(torch.zeros(0, device=self.device), zero.clone(), zero.clone())
 
     def _accumulate(
         self, running: _Running, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor
     ) -> None:
-        n = len(y)
-        running.loss += loss.float() * n
-        running.count += n
-        if "accuracy" in self.cfg.metrics:
-            running.correct += (logits.argmax(dim=1) == y).sum()
+        predicted = logits.argmax(dim=1) if "accuracy" in self.cfg.metrics else None
+        top_k = None
         if "top_k_accuracy" in self.cfg.metrics:
-            k = min(self.cfg.top_k, logits.shape[1])
-            running.top_k += (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
+            top_k = logits.topk(min(self.cfg.top_k, logits.shape[1]), dim=1).indices
+        running.add(loss, predicted, top_k, y)
 
     def _read(self, running: _Running, *, local: bool = False) -> Logs:
         """Means of the sums (one sync); distributed, summed over every worker unless
         ``local`` (progress bars: rank 0 alone must not wait for the others)."""
-        sums = torch.stack([running.loss, running.correct, running.top_k])
+        sums = running.sums()
         if local:
             values, total = sums.tolist(), running.count
         else:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcli.accel import Accel, scaled
+from dlcli.accel import Accel, FlatParameters, scaled
 from dlcli.config import TrainingConfig, parse_config
 from dlcli.data.dataset import Split
 from dlcli.engine import Trainer
@@ -70,22 +70,29 @@ def fit(model: nn.Module, cfg: TrainingConfig, data: Split) -> Trainer:
     return trainer
 
 
-def hand_written_loop(model: nn.Module, data: Split, epochs: int, batch: int) -> list[float]:
-    """What a user writes: default (unfused) Adam, float conversion per batch."""
+def hand_written_loop(
+    model: nn.Module, data: Split, epochs: int, batch: int
+) -> list[dict[str, float]]:
+    """What a user writes: default (unfused) Adam, float conversion per batch; per epoch the
+    mean loss, accuracy and top-2 accuracy of the training batches."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
+    history = []
     for _ in range(epochs):
-        total = 0.0
+        total, correct, top2 = 0.0, 0, 0
         for start in range(0, len(data), batch):
             x = data.images[start : start + batch].float() / 255
             y = data.labels[start : start + batch]
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(y)
-        losses.append(total / len(data))
-    return losses
+            correct += int((logits.argmax(dim=1) == y).sum())
+            top2 += int((logits.topk(2, dim=1).indices == y[:, None]).any(dim=1).sum())
+        n = len(data)
+        history.append({"loss": total / n, "accuracy": correct / n, "top_k_accuracy": top2 / n})
+    return history
 
 
 @pytest.mark.parametrize("make_model", [mlp, cnn])
@@ -93,14 +100,67 @@ def test_dlcli_loop_has_the_maths_of_a_hand_written_loop(make_model: Any) -> Non
     data = tiny_split()
     model = make_model()
     reference = copy.deepcopy(model)
-    trainer = fit(model, training(), data)
+    trainer = fit(model, training(metrics=["accuracy", "top_k_accuracy"], top_k=2), data)
     expected = hand_written_loop(reference, data, epochs=3, batch=16)
-    assert [row["loss"] for row in trainer.history] == pytest.approx(expected, rel=1e-5)
-    assert expected[-1] < expected[0]  # it learns: the comparison is not of two no-ops
+    for ours, theirs in zip(trainer.history, expected, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert ours["accuracy"] == theirs["accuracy"]
+        assert ours["top_k_accuracy"] == theirs["top_k_accuracy"]
+    assert expected[-1]["loss"] < expected[0]["loss"]  # it learns: not two no-ops compared
+    assert 0 < expected[-1]["accuracy"] < expected[-1]["top_k_accuracy"] < 1  # not trivial
     for (name, ours), theirs in zip(
         trainer.model.state_dict().items(), reference.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_flat_parameters_are_views_of_one_buffer_with_dense_weights_input_major() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3).to(memory_format=torch.channels_last),  # type: ignore[call-overload]
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+        nn.BatchNorm1d(5),
+        nn.Linear(5, 3, bias=False),
+    )
+    model[3].weight.requires_grad_(False)  # frozen: left out of the buffer
+    before = copy.deepcopy(model.state_dict())
+    flat = FlatParameters(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert flat.params.numel() == sum(p.numel() for p in trainable)
+    base, end = flat.params.data_ptr(), flat.params.data_ptr() + flat.params.nbytes
+    for p in trainable:
+        assert base <= p.data_ptr() < end  # the module's Parameter, stored in the buffer
+        assert p.grad is not None and p.grad.stride() == p.stride()
+    assert not base <= model[3].weight.data_ptr() < end
+    assert model[2].weight.stride() == (1, 5)  # (out=5, in) seen through an (in, out) buffer
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for name, value in model.state_dict().items():  # same values, same shapes
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+    # backward lands in the flat gradient buffer
+    model(torch.rand(8, 1, 8, 8)).sum().backward()
+    assert flat.grads.abs().sum() > 0
+    assert torch.equal(flat.grads[: model[0].weight.numel()], model[0].weight.grad.flatten())
+
+
+def test_a_run_saved_from_flat_parameters_loads_into_a_plain_model(tmp_path: Any) -> None:
+    from dlcli import store
+
+    cfg = parse_config(
+        {"data": {"dataset": "fashion-mnist"}, "model": {"layers": [{"type": "flatten"}]}}
+    )
+    trainer = fit(mlp(), training(epochs=1), tiny_split())
+    run_dir = store.save_run(
+        tmp_path / "run", config=cfg, state_dict=trainer.model.state_dict(), metrics={}, history=[]
+    )
+    saved = store.load_run(run_dir).state_dict
+    assert all(t.is_contiguous() for t in saved.values())
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(saved[name], value), name
+    fresh = mlp()
+    fresh.load_state_dict(saved)
+    x = torch.rand(5, 1, 8, 8)
+    # the same weights in another memory layout: the matmul may round its last bit otherwise
+    torch.testing.assert_close(fresh(x), trainer.model(x), rtol=1e-6, atol=1e-6)
 
 
 def test_scaled_batches_are_bit_identical_to_float_then_divide() -> None:
@@ -181,3 +241,21 @@ def test_off_the_cpu_a_split_is_copied_to_the_device_once() -> None:
     assert first[0] is again[0] and first[1] is again[1]
     on_cpu = Accel(training(), CPU).to_device(data.images, data.labels)
     assert on_cpu[0] is data.images  # nothing copied on the CPU
+
+
+def test_reading_the_running_metrics_does_not_change_them() -> None:
+    """A progress bar reads the epoch's metrics whenever it redraws; the epoch's mean loss
+    must be the same float however often (resume relies on it too)."""
+    from dlcli.engine import Callback
+
+    class ReadEveryStep(Callback):
+        def on_step_end(self, trainer: Trainer, step: int) -> None:
+            assert trainer.running_logs()["loss"] > 0
+
+    data = tiny_split()
+    quiet = fit(mlp(), training(), data)
+    watched = Trainer(mlp(), training(), num_classes=4, device=CPU, callbacks=[ReadEveryStep()])
+    watched.fit(data)
+    assert watched.history == [
+        {**row, "seconds": watched.history[i]["seconds"]} for i, row in enumerate(quiet.history)
+    ]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlcli import optim
 from dlcli.config import TrainingConfig
 from dlcli.errors import ConfigError, TrainingError
 
@@ -96,7 +97,7 @@ class Accel:
         """``loss.backward(); optimizer.step()``, through the grad scaler for fp16."""
         if self.scaler is None:
             loss.backward()
-            optimizer.step()
+            optim.step(optimizer)  # Adam/AdamW: the fused kernel, called directly
             return
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.accel import Accel
-from dlcli.config import OptimizerConfig, TrainingConfig
+from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
 from dlcli.distributed import SINGLE, SignalVote, World
 from dlcli.errors import ConfigError, Interrupted, TrainingError
+from dlcli.optim import make_optimizer
 
 Logs = dict[str, float]
 
@@ -81,30 +82,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(params: Sequence[torch.Tensor], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Build the optimizer; Adam/AdamW use the fused kernel (same maths, fewer passes)."""
-    lr = cfg.learning_rate
-    if cfg.name in ("adam", "adamw"):
-        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-        return cls(
-            params,
-            lr=lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.epsilon,
-            weight_decay=cfg.weight_decay,
-            fused=True,
-        )
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    return torch.optim.RMSprop(
-        params, lr=lr, momentum=cfg.momentum, eps=cfg.epsilon, weight_decay=cfg.weight_decay
-    )
+# Steps filed before they are folded: small tensors kept alive across many steps fragment the
+# CPU allocator's heap (never folding, an epoch of Fashion-MNIST grew peak RSS by ~300 MB).
+_FOLD_EVERY = 32
 
 
 @dataclass
@@ -112,10 +92,11 @@ class _Running:
     """An epoch's metrics so far, kept on the device and read with one sync.
 
     A step only files its tensors (the loss, the predicted classes and the labels: one argmax
-    kernel, no arithmetic); :meth:`fold` takes them in when somebody reads (a progress bar,
-    the end of the epoch, a checkpoint). The loss is kept as one term per step and summed
-    whole at each read, so the epoch's mean is the same float however often it was read
-    or wherever a run was interrupted and resumed; the counts are integers.
+    kernel, no arithmetic); :meth:`fold` takes them in every ``_FOLD_EVERY`` steps and when
+    somebody reads (a progress bar, the end of the epoch, a checkpoint). The loss is kept as
+    one term per step and summed whole at each read, so the epoch's mean is the same float
+    however often it was read or wherever a run was interrupted and resumed; the counts are
+    integers.
     """
 
     loss_terms: torch.Tensor  # loss * batch size, one per step so far
@@ -135,6 +116,8 @@ class _Running:
     ) -> None:
         self.pending.append((loss, predicted, top_k, labels))
         self.count += len(labels)
+        if len(self.pending) == _FOLD_EVERY:
+            self.fold()
 
     def fold(self) -> None:
         if not self.pending:

@@ -71,10 +71,14 @@ class Accel:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.flat = FlatParameters(model)
-        forward: Callable[..., Any] = model
-        if self.compile:
-            forward = _reporting_compile_errors(torch.compile(model))
-        return model, forward
+        return model, self.runner(model)
+
+    def runner(self, module: nn.Module) -> Callable[..., Any]:
+        """What runs ``module``: itself, or with ``training.compile`` its torch.compile'd
+        version (for a distributed run the Trainer compiles the DDP-wrapped model too)."""
+        if not self.compile:
+            return module
+        return _reporting_compile_errors(torch.compile(module))
 
     def zero_grad(self) -> None:
         """Zero every gradient (one memset); backward then adds into the flat buffer."""

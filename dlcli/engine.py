@@ -160,10 +160,13 @@ class Trainer:
         # parameters and names), self._forward what runs it (torch.compile'd if asked).
         self.accel = Accel(training, device)
         self.model, self._forward = self.accel.prepare(model)
-        # Data-parallel (dlcli/distributed.py): training runs through DistributedDataParallel,
-        # evaluation through self._forward on this worker's block; one process: both the same.
+        # Data-parallel (dlcli/distributed.py): training runs through DistributedDataParallel
+        # (compiled too with training.compile), evaluation through self._forward on this
+        # worker's block; one process: both the same.
         self.world = world
-        self._train_forward = world.wrap(self.model, device) if world.distributed else self._forward
+        self._train_forward = self._forward
+        if world.distributed:
+            self._train_forward = self.accel.runner(world.wrap(self.model, device))
         self._interrupted: str | None = None  # what every worker agreed on (see interrupted)
         self._stop_request: str | None = None  # this worker's signal, not yet agreed on
         self._signal_vote = SignalVote(world)

@@ -221,6 +221,31 @@ def test_compile_runs_the_model_through_torch_compile(monkeypatch: pytest.Monkey
     assert all(not key.startswith("_orig_mod") for key in trainer.model.state_dict())
 
 
+def test_compile_also_compiles_the_distributed_training_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Distributed, training runs through the DDP-wrapped model: that one is compiled too
+    (building a Trainer needs no process group; the wrapper stands in for DDP)."""
+    from dlcli.distributed import World
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+    class TwoWorkers(World):
+        def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+            return Wrapper(model)
+
+    compiled: list[nn.Module] = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    trainer = Trainer(
+        mlp(), training(compile=True), num_classes=4, device=CPU, world=TwoWorkers(size=2)
+    )
+    assert [type(m) for m in compiled] == [nn.Sequential, Wrapper]
+    assert compiled[0] is trainer.model and compiled[1].inner is trainer.model
+
+
 def test_a_failing_compile_is_a_training_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._dynamo.exc import TorchDynamoException
 

@@ -250,6 +250,7 @@ class Trainer:
                 self._call("on_epoch_end", epoch, self.history[-1])
                 self._agree()
             if self.interrupted:
+                self._gather_running()
                 self._call("on_interrupt")
                 raise Interrupted(
                     f"training interrupted ({self.interrupted}) in epoch {self.epoch + 1}, "
@@ -303,6 +304,22 @@ class Trainer:
                 "lower training.optimizer.learning_rate or check the data"
             )
         return logs
+
+    def _gather_running(self) -> None:
+        """Distributed and stopped inside an epoch: make rank 0's running sums every worker's
+        (all of them stop at the same step), so the checkpoint rank 0 writes holds the whole
+        epoch so far and a resumed run reports the epoch's metrics over every sample."""
+        running = self._running
+        if not self.world.distributed or running is None or not self.step_in_epoch:
+            return
+        values, total = self.world.sum_metrics(running.sums(), running.count)
+        if self.world.is_main:
+            self._running = _Running(
+                torch.tensor([values[0]], device=self.device),
+                torch.tensor(round(values[1]), device=self.device),
+                torch.tensor(round(values[2]), device=self.device),
+                total,
+            )
 
     def _batches(self, n: int, epoch: int) -> Iterator[torch.Tensor]:
         """Index tensors for one epoch: a permutation seeded by (seed, epoch), so a resumed
@@ -366,7 +383,7 @@ class Trainer:
         self.history = [{k: float(v) for k, v in row.items()} for row in state["history"]]
         self.optimizer.load_state_dict(_optimizer_state(state["optimizer"], self.optimizer))
         running = state.get("running")
-        if running and self.world.is_main:  # rank 0's sums; the other workers add their own
+        if running and self.world.is_main:  # every worker's sums so far (_gather_running)
             self._running = _Running(
                 running["loss_terms"].to(self.device),
                 running["correct"].to(self.device),

@@ -6,6 +6,7 @@ hooks)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -261,6 +262,13 @@ def test_two_workers_stop_together_resume_under_torchrun_and_match_one_process(
     assert doc["resumed_from"]["step_in_epoch"] == 6 and doc["epochs"] == 3
     assert doc["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert_close(doc, single_process(tiny_config, tmp_path / "one"))
+    # Epoch 2's train metrics count every worker's first 6 steps (saved with the checkpoint)
+    # as well as the 9 after the resume.
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    single = list(csv.DictReader((tmp_path / "one" / "history.csv").open()))
+    got, want = history[1], single[1]
+    assert float(got["loss"]) == pytest.approx(float(want["loss"]), rel=LOSS_REL)
+    assert float(got["accuracy"]) == pytest.approx(float(want["accuracy"]), abs=ACCURACY_ABS)
     # The saved weights are the plain module's, and `dlcli evaluate` scores what rank 0 said.
     assert not [k for k in load_file(str(run_dir / "model.safetensors")) if "module." in k]
     evaluated = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--json"])

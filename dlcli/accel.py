@@ -81,8 +81,10 @@ class Accel:
         return _reporting_compile_errors(torch.compile(module))
 
     def zero_grad(self) -> None:
-        """Zero every gradient (one memset); backward then adds into the flat buffer."""
+        """Zero every gradient (one memset); backward then adds into the flat buffer. The
+        buffer is re-attached too: ``optimizer.zero_grad()`` (set_to_none) would detach it."""
         self.flat.grads.zero_()
+        self.flat.params.grad = self.flat.grads
 
     def inputs(self, images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
         """One batch as the model takes it: float32 in [0, 1], NHWC in memory if asked."""

@@ -163,6 +163,25 @@ def test_a_run_saved_from_flat_parameters_loads_into_a_plain_model(tmp_path: Any
     torch.testing.assert_close(fresh(x), trainer.model(x), rtol=1e-6, atol=1e-6)
 
 
+def test_an_optimizer_zero_grad_from_a_callback_does_not_stop_training() -> None:
+    """torch's optimizer.zero_grad() sets the flat tensor's gradient to None; the next step
+    must still update the weights."""
+    from dlcli.engine import Callback
+
+    class ZeroGrad(Callback):
+        def on_step_end(self, trainer: Trainer, step: int) -> None:
+            trainer.optimizer.zero_grad()
+
+    data = tiny_split()
+    plain = fit(mlp(), training(), data)
+    zeroed = Trainer(mlp(), training(), num_classes=4, device=CPU, callbacks=[ZeroGrad()])
+    zeroed.fit(data)
+    for (name, a), b in zip(
+        plain.model.state_dict().items(), zeroed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 def test_scaled_batches_are_bit_identical_to_float_then_divide() -> None:
     images = torch.arange(256, dtype=torch.uint8).repeat(8).reshape(8, 1, 16, 16)
     index = torch.tensor([5, 0, 7, 7])

@@ -123,8 +123,12 @@ class _Running:
         if not self.pending:
             return
         losses, predicted, top_k, labels = zip(*self.pending, strict=True)
-        sizes = torch.tensor([len(y) for y in labels], device=self.loss_terms.device)
-        terms = torch.stack(losses).float() * sizes
+        sizes = [len(y) for y in labels]
+        terms = torch.stack(losses).float()
+        if min(sizes) == max(sizes):  # a Python number: no host-to-device copy, no CUDA sync
+            terms *= sizes[0]
+        else:  # the epoch's last, smaller batch: a copy (and sync) once an epoch
+            terms *= torch.tensor(sizes, dtype=terms.dtype, device=terms.device)
         self.loss_terms = torch.cat([self.loss_terms, terms])
         y = torch.cat(labels)
         if predicted[0] is not None:

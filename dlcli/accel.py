@@ -127,7 +127,8 @@ class FlatParameters:
     """Every trainable parameter of a model as a view into one contiguous tensor, and its
     gradient as a view into another, so the optimizer updates one tensor in one kernel.
 
-    Two things make a step faster without changing a single multiply or add:
+    Two things make a step faster with the same arithmetic (a matmul over the other layout
+    may round its last bit differently, as any change of BLAS kernel can):
 
     - The optimizer touches one tensor: one fused Adam kernel instead of one per parameter,
       and zeroing the gradients is one memset. (Fused Adam over non-contiguous tensors is

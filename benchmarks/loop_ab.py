@@ -3,12 +3,12 @@ to the loop (the full, subprocess-per-contender comparison is train_vs_peers.py)
 
     .venv/bin/python benchmarks/loop_ab.py [--model mlp|cnn] [--rounds N] [--threads T]
 
-Each round trains one epoch of Fashion-MNIST (the 57,000-image split, batch 100, no
-validation) with each contender, in alternating order, from the same initial weights and the
-same shuffled batches, and records each one's time over the hand loop's (default Adam) in that
-round. Shared machines drift between fast and slow phases; a ratio within one round cancels
-most of that, so the median of the per-round ratios is what to compare between two versions
-of the code. It prints the ratios and writes nothing.
+Each round trains one epoch of Fashion-MNIST (the 57,000-image split, batch 100, then the
+3,000 validation images) with dlcli's Trainer and with train_vs_peers.py's hand-written loops
+(default and fused Adam), in alternating order, and records each one's time over the
+default-Adam loop's in that round. Shared machines drift between fast and slow phases; a
+ratio within one round cancels most of that, so the median of the per-round ratios is what
+to compare between two versions of the code. It prints the ratios and writes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from train_vs_peers import run_torch_loop  # run as a script: benchmarks/ is on sys.path
 
 from dlcli.config import load_config
 from dlcli.engine import Trainer
@@ -33,44 +33,23 @@ CONFIGS = {"mlp": "fashion-mnist-mlp.yaml", "cnn": "fashion-mnist-cnn.yaml"}
 
 
 def contenders(model: str) -> dict[str, Callable[[], float]]:
-    """name → a function that trains one epoch and returns its seconds."""
+    """name → a function that trains one epoch (and validates) and returns its seconds."""
     cfg = load_config(ROOT / "configs" / CONFIGS[model])
-    train, _ = split_train(load_data(cfg.data, str(ROOT / "data")), cfg)
+    train, validation = split_train(load_data(cfg.data, str(ROOT / "data")), cfg)
     one_epoch = dataclasses.replace(cfg.training, epochs=1)
 
-    def fresh_model() -> torch.nn.Module:
-        torch.manual_seed(cfg.training.seed)
-        return build_model(cfg.model, num_classes=10).module
-
     def dlcli() -> float:
-        trainer = Trainer(fresh_model(), one_epoch, num_classes=10, device=torch.device("cpu"))
+        torch.manual_seed(cfg.training.seed)
+        module = build_model(cfg.model, num_classes=10).module
+        trainer = Trainer(module, one_epoch, num_classes=10, device=torch.device("cpu"))
         start = time.perf_counter()
-        trainer.fit(train)
+        trainer.fit(train, validation)
         return time.perf_counter() - start
 
-    def hand(fused: bool) -> Callable[[], float]:
-        def run() -> float:
-            model = fresh_model()
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
-            generator = torch.Generator().manual_seed(cfg.training.seed * 100_003 + 1)
-            start = time.perf_counter()
-            order = torch.randperm(len(train.labels), generator=generator)
-            loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
-            for index in order.split(cfg.training.batch_size):
-                x, y = train.images[index].float().div_(255), train.labels[index]
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(dim=1) == y).sum()
-            _ = (loss_sum.item(), correct.item())
-            return time.perf_counter() - start
+    def hand(contender: str) -> Callable[[], float]:
+        return lambda: run_torch_loop(model, contender, 1, "cpu")[0].wall
 
-        return run
-
-    return {"hand": hand(False), "hand_fused": hand(True), "dlcli": dlcli}
+    return {"hand": hand("hand"), "hand_fused": hand("hand_fused"), "dlcli": dlcli}
 
 
 def main() -> None:

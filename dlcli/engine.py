@@ -24,63 +24,8 @@ from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
 from dlcli.distributed import SINGLE, SignalVote, World
 from dlcli.errors import ConfigError, Interrupted, TrainingError
+from dlcli.hooks import Callback, Logs
 from dlcli.optim import make_optimizer
-
-Logs = dict[str, float]
-
-
-class Callback:
-    """Hooks called by :class:`Trainer`; override the ones you need.
-
-    ``on_fit_end`` is called however the fit ends (finished, stopped, interrupted, failed);
-    ``on_interrupt`` just before :class:`Interrupted` is raised, after the current step. A
-    callback with state that a resumed run needs returns it from ``state_dict`` (plain data
-    and tensors) and takes it back in ``load_state_dict``.
-    """
-
-    def on_fit_begin(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None: ...
-
-    def on_step_end(self, trainer: Trainer, step: int) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None: ...
-
-    def on_fit_end(self, trainer: Trainer) -> None: ...
-
-    def on_interrupt(self, trainer: Trainer) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` on a machine without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"training.device: expected auto, cpu, cuda or cuda:N, found {name!r}"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"training.device: {name!r} requested, but CUDA is not available "
-                f"(torch {torch.__version__}); use device: cpu or auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"training.device: {name!r} requested, but only "
-                f"{torch.cuda.device_count()} CUDA device(s) are visible"
-            )
-    elif device.type != "cpu":
-        raise ConfigError(f"training.device: expected auto, cpu, cuda or cuda:N, found {name!r}")
-    return device
-
 
 # Steps filed before they are folded: small tensors kept alive across many steps fragment the
 # CPU allocator's heap (never folding, an epoch of Fashion-MNIST grew peak RSS by ~300 MB).
@@ -158,7 +103,7 @@ class Trainer:
     ) -> None:
         if training.optimizer.nesterov and training.optimizer.name != "sgd":
             raise ConfigError("training.optimizer.nesterov: only sgd supports Nesterov momentum")
-        self.cfg = training
+        self.training = training
         self.device = device
         # precision, compile, channels_last (dlcli/accel.py): self.model is the module (its
         # parameters and names), self._forward what runs it (torch.compile'd if asked).
@@ -192,6 +137,11 @@ class Trainer:
         self._resume: Mapping[str, Any] | None = None
 
     @property
+    def epochs(self) -> int:
+        """The number of epochs the fit runs to (``training.epochs``)."""
+        return self.training.epochs
+
+    @property
     def interrupted(self) -> str | None:
         """Set (to the signal's name) by a signal handler: checkpoint and stop after the current
         step. In a distributed run it reads what the workers agreed on, so all of them stop at
@@ -223,22 +173,22 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
 
     def fit(self, train: Split, validation: Split | None = None) -> list[Logs]:
-        """Train until ``cfg.epochs`` epochs are done (continuing from ``self.epoch``, or from
+        """Train until ``training.epochs`` epochs are done (continuing from ``self.epoch``, or from
         :meth:`load_state_dict`); return the history.
 
         Raises :class:`Interrupted` when :attr:`interrupted` is set (after the current step and
         the callbacks' ``on_interrupt``), :class:`TrainingError` on a non-finite loss.
         """
         images, labels = self._to_device(train)
-        self.steps_per_epoch = math.ceil(len(labels) / self.cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(labels) / self.training.batch_size)
         self._call("on_fit_begin")
         if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
             self._apply_state(self._resume)
             self._resume = None
-        self.world.seed(self.cfg.seed, self.global_step)  # distributed: a dropout stream each
+        self.world.seed(self.training.seed, self.global_step)  # distributed: a dropout stream each
         self._fit_start = time.perf_counter()
         try:
-            while self.epoch < self.cfg.epochs and not (self.stop_training or self.interrupted):
+            while self.epoch < self.epochs and not (self.stop_training or self.interrupted):
                 epoch = self.epoch + 1
                 self._call("on_epoch_begin", epoch)
                 epoch_start = time.perf_counter()
@@ -328,12 +278,12 @@ class Trainer:
     def _batches(self, n: int, epoch: int) -> Iterator[torch.Tensor]:
         """Index tensors for one epoch: a permutation seeded by (seed, epoch), so a resumed
         run shuffles exactly as an uninterrupted one would."""
-        if self.cfg.shuffle:
-            generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        if self.training.shuffle:
+            generator = torch.Generator().manual_seed(self.training.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=generator).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
-        yield from order.split(self.cfg.batch_size)
+        yield from order.split(self.training.batch_size)
 
     def elapsed_fit_seconds(self) -> float:
         """Seconds spent in :meth:`fit` so far, over every run of a resumed fit."""
@@ -451,10 +401,10 @@ class Trainer:
     # --- metrics ----------------------------------------------------------------------------
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cfg.loss == "mse":
+        if self.training.loss == "mse":
             target = F.one_hot(y, self.num_classes).to(logits.dtype)
             return F.mse_loss(logits, target)
-        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        return F.cross_entropy(logits, y, label_smoothing=self.training.label_smoothing)
 
     def _new_running(self) -> _Running:
         zero = torch.zeros((), device=self.device, dtype=torch.long)
@@ -463,10 +413,10 @@ class Trainer:
     def _accumulate(
         self, running: _Running, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor
     ) -> None:
-        predicted = logits.argmax(dim=1) if "accuracy" in self.cfg.metrics else None
+        predicted = logits.argmax(dim=1) if "accuracy" in self.training.metrics else None
         top_k = None
-        if "top_k_accuracy" in self.cfg.metrics:
-            top_k = logits.topk(min(self.cfg.top_k, logits.shape[1]), dim=1).indices
+        if "top_k_accuracy" in self.training.metrics:
+            top_k = logits.topk(min(self.training.top_k, logits.shape[1]), dim=1).indices
         running.add(loss, predicted, top_k, y)
 
     def _read(self, running: _Running, *, local: bool = False) -> Logs:
@@ -479,9 +429,9 @@ class Trainer:
             values, total = self.world.sum_metrics(sums, running.count)
         count = max(total, 1)
         logs: Logs = {"loss": values[0] / count}
-        if "accuracy" in self.cfg.metrics:
+        if "accuracy" in self.training.metrics:
             logs["accuracy"] = values[1] / count
-        if "top_k_accuracy" in self.cfg.metrics:
+        if "top_k_accuracy" in self.training.metrics:
             logs["top_k_accuracy"] = values[2] / count
         return logs
 

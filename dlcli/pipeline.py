@@ -21,8 +21,10 @@ from dlcli.callbacks import Checkpointer, build_callbacks, reports
 from dlcli.config import Config, DataConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
-from dlcli.engine import Callback, Logs, Trainer, resolve_device
+from dlcli.device import resolve_device
+from dlcli.engine import Trainer
 from dlcli.errors import Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
 
@@ -139,7 +141,7 @@ def train(
         cfg.training,
         num_classes=prepared.dataset.num_classes,
         device=prepared.device,
-        callbacks=[*callbacks, *writers, *configured, *distributed.test_hooks(world)],
+        callbacks=[*callbacks, *writers, *configured],
         world=world,
     )
     if prepared.resume is not None:

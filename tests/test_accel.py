@@ -166,7 +166,7 @@ def test_a_run_saved_from_flat_parameters_loads_into_a_plain_model(tmp_path: Any
 def test_an_optimizer_zero_grad_from_a_callback_does_not_stop_training() -> None:
     """torch's optimizer.zero_grad() sets the flat tensor's gradient to None; the next step
     must still update the weights."""
-    from dlcli.engine import Callback
+    from dlcli.hooks import Callback
 
     class ZeroGrad(Callback):
         def on_step_end(self, trainer: Trainer, step: int) -> None:
@@ -290,7 +290,7 @@ def test_off_the_cpu_a_split_is_copied_to_the_device_once() -> None:
 def test_reading_the_running_metrics_does_not_change_them() -> None:
     """A progress bar reads the epoch's metrics whenever it redraws; the epoch's mean loss
     must be the same float however often (resume relies on it too)."""
-    from dlcli.engine import Callback
+    from dlcli.hooks import Callback
 
     class ReadEveryStep(Callback):
         def on_step_end(self, trainer: Trainer, step: int) -> None:

@@ -147,14 +147,15 @@ class LRSchedule(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self.scheduler is not None  # built in on_fit_begin, before the state loads
-        fresh = self.scheduler.state_dict()
-        saved = dict(state["scheduler"])
-        # The run's length may change on --resume (training.epochs): keep the new length and
-        # take only the position from the checkpoint.
-        for key in ("total_steps", "_schedule_phases"):
-            if key in fresh:
-                saved[key] = fresh[key]
-        self.scheduler.load_state_dict(saved)
+        saved = state["scheduler"]
+        if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.load_state_dict(saved)  # no length: its whole state carries over
+            return
+        # The run's length may change on --resume (training.epochs): the schedule built for
+        # this fit keeps its length and takes its position from the checkpoint: last_epoch,
+        # the step count a torch scheduler computes the rate from (the rate in force until
+        # the next step is the optimizer's, restored with it).
+        self.scheduler.last_epoch = int(saved["last_epoch"])
 
 
 # --- early stopping, target ---------------------------------------------------------------------

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.error import HTTPError, URLError
 
-from dlcli import __version__
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError
+from dlcli.version import __version__
 
 EventKind = Literal[
     "checking", "present", "invalid", "start", "progress", "retry", "failed", "done"

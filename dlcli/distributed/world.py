@@ -145,6 +145,10 @@ class World:
         if self.distributed:
             dist.barrier(group=_control)
 
+    def signal_vote(self) -> SignalVote:
+        """The per-step vote on stopping (see :class:`SignalVote`)."""
+        return SignalVote(self)
+
 
 SINGLE = World()
 

@@ -17,12 +17,14 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+from dlcli import limits
 from dlcli.config import (
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
     SCHEDULE_TYPES,
+    SEED,
     Check,
     Config,
     LayerSpec,
@@ -32,12 +34,14 @@ from dlcli.version import __version__
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-# The number checks of dlcli.config, as JSON Schema keywords.
-_BOUNDS: dict[str, dict[str, float]] = {
+# The number checks of dlcli.config, as JSON Schema keywords (a check missing here fails
+# tests/test_schema.py: add its bounds when you add a check).
+BOUNDS: dict[str, dict[str, float]] = {
     POSITIVE[1]: {"exclusiveMinimum": 0},
     NON_NEGATIVE[1]: {"minimum": 0},
     FRACTION[1]: {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     PROBABILITY[1]: {"minimum": 0, "exclusiveMaximum": 1},
+    SEED[1]: {"minimum": 0, "maximum": limits.INT_MAX},
 }
 
 
@@ -64,7 +68,7 @@ def _dataclass(cls: type[Any], definitions: dict[str, Any]) -> dict[str, Any]:
             prop["description"] = f.metadata["doc"]
         check: Check | None = f.metadata.get("check")
         if check is not None:
-            prop = _bounded(prop, _BOUNDS[check[1]])
+            prop = _bounded(prop, BOUNDS[check[1]])
         default = _default(f)
         if default is not dataclasses.MISSING:
             prop["default"] = default

@@ -84,6 +84,19 @@ def test_the_schema_refuses_what_load_config_refuses(
         schema_source.load_config(config)
 
 
+def test_every_number_check_has_its_bounds_in_the_schema() -> None:
+    from dlcli.schema import BOUNDS
+
+    checks = {
+        f.metadata["check"][1]
+        for cls in vars(schema_source).values()
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls)
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("check")
+    }
+    assert checks <= set(BOUNDS), sorted(checks - set(BOUNDS))
+
+
 def test_a_schedule_may_be_its_name_alone() -> None:
     document = base()
     document["training"]["lr_schedule"] = "cosine"

@@ -263,7 +263,7 @@ class TrainingConfig:
     epochs: int = doc("passes over the training set", 10, POSITIVE)
     batch_size: int = doc("samples per step (the global batch)", 100, POSITIVE)
     seed: int = doc("seeds the split, the initial weights and the shuffling", 0, SEED)
-    device: str = doc("auto | cpu | cuda | cuda:N", "auto")
+    device: str = doc("auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)", "auto")
     shuffle: bool = doc("reshuffle the training set every epoch", True)
     label_smoothing: float = doc("cross-entropy label smoothing (0: none)", 0.0, PROBABILITY)
     lr_schedule: ScheduleSpec | None = doc(
@@ -564,6 +564,12 @@ def metric_mode(metric: str, mode: str) -> str:
 
 
 def _check_training(training: TrainingConfig, problems: list[str]) -> None:
+    from dlcli.device import check_device_name
+
+    try:
+        check_device_name(training.device)
+    except ConfigError as err:
+        problems.append(err.message)
     known = logged_metrics(training)
     monitors = {
         "training.checkpoint.monitor": training.checkpoint.monitor,
@@ -789,5 +795,49 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+COMMENT_COLUMN = 32  # where the one-line docs start in config show and a run's config.yaml
+
+
+def dump_yaml(cfg: Config, header: Sequence[str] = ()) -> str:
+    """The config as block-style YAML in the schema's key order, each key followed by its
+    one-line doc as a comment (``config show``, a run's ``config.yaml``). ``header`` lines
+    open it as comments. It loads back to the same config."""
+    lines: list[tuple[str, str]] = [(f"# {line}", "") for line in header]
+    _emit(cfg, 0, lines)
+    return aligned(lines)
+
+
+def aligned(lines: Sequence[tuple[str, str]], column: int = COMMENT_COLUMN) -> str:
+    """``(text, comment)`` lines with every comment at ``column`` (two spaces after a longer
+    text)."""
+    out = []
+    for text, comment in lines:
+        pad = " " * max(column - len(text), 2)
+        out.append(f"{text}{pad}# {comment}" if comment else text)
+    return "\n".join(out) + "\n"
+
+
+def _emit(node: Any, indent: int, lines: list[tuple[str, str]]) -> None:
+    pad = " " * indent
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        doc = f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(value):
+            lines.append((f"{pad}{f.name}:", doc))
+            _emit(value, indent + 2, lines)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            lines.append((f"{pad}{f.name}:", doc))
+            for item in value:  # a block sequence of block mappings: "- type: dense" ...
+                first = len(lines)
+                _emit(item, indent + 4, lines)
+                text, comment = lines[first]
+                lines[first] = (f"{pad}  - {text.lstrip()}", comment)
+        else:
+            lines.append((f"{pad}{f.name}: {flow_yaml(value)}", doc))
+
+
+def flow_yaml(value: Any) -> str:
+    """One value as single-line YAML: scalars quoted where YAML needs it, lists in flow
+    style (``[28, 28, 1]``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False)
+    return text.strip().removesuffix("\n...").removesuffix("...").strip()

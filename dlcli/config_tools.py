@@ -8,69 +8,39 @@ Only :func:`validate_config` imports torch (to build the model).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dlcli.config import Config, load_config, parse_config, parse_yaml, to_dict
+from dlcli.config import (
+    Config,
+    aligned,
+    dump_yaml,
+    flow_yaml,
+    load_config,
+    parse_config,
+    parse_yaml,
+)
 from dlcli.errors import ConfigError, OutputError, UsageError, write_problem
 
 TEMPLATES = ("mlp", "cnn")
-_COMMENT_COLUMN = 32
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 _LAYERS = {
-    "mlp": """\
-    - {{type: flatten}}
-    - {{type: dense, units: 300, activation: relu}}
-    - {{type: dense, units: 100, activation: relu}}
-    - {{type: dense, units: {classes}}}              # one output (logit) per class
-""",
-    "cnn": """\
-    - {{type: conv2d, filters: 16, kernel_size: 3, padding: same, activation: relu}}
-    - {{type: max_pool2d, pool_size: 2}}
-    - {{type: conv2d, filters: 32, kernel_size: 3, padding: same, activation: relu}}
-    - {{type: max_pool2d, pool_size: 2}}
-    - {{type: flatten}}
-    - {{type: dense, units: 128, activation: relu}}
-    - {{type: dropout, rate: 0.25}}
-    - {{type: dense, units: {classes}}}              # one output (logit) per class
-""",
+    "mlp": [
+        "{type: flatten}",
+        "{type: dense, units: 300, activation: relu}",
+        "{type: dense, units: 100, activation: relu}",
+    ],
+    "cnn": [
+        "{type: conv2d, filters: 16, kernel_size: 3, padding: same, activation: relu}",
+        "{type: max_pool2d, pool_size: 2}",
+        "{type: conv2d, filters: 32, kernel_size: 3, padding: same, activation: relu}",
+        "{type: max_pool2d, pool_size: 2}",
+        "{type: flatten}",
+        "{type: dense, units: 128, activation: relu}",
+        "{type: dropout, rate: 0.25}",
+    ],
 }
-
-_STARTER = """\
-# dlcli train {path}
-#
-# A starter config ({template} on {dataset}), written by `dlcli init`. It trains as is:
-#   dlcli download {dataset}        # once: fetch and verify the archives
-#   dlcli train {path}
-# `dlcli config show {path}` prints every key with its default and meaning;
-# `dlcli config validate {path}` checks an edit (and the model's shapes) in a second.
-data:
-  dataset: {dataset}{dataset_pad}# registry name ({datasets}), or the four IDX files
-  validation_split: 0.05        # fraction of the training set held out for validation
-model:
-  input_shape: {input_shape}{shape_pad}# height, width, channels of the images
-  layers:                       # in order; every layer's input size is inferred
-{layers}training:
-  optimizer: {{name: adam, learning_rate: 0.001}}   # adam, adamw, sgd or rmsprop
-  loss: softmax_cross_entropy_with_logits
-  metrics: [accuracy]           # and/or top_k_accuracy
-  epochs: {epochs}
-  batch_size: 100
-  seed: 0                       # the same seed gives the same split, weights and run
-  device: auto                  # auto | cpu | cuda | cuda:N
-output:
-  dir: {output}{output_pad}# where the trained model is saved
-"""
-
-
-def _pad(text: str, width: int) -> str:
-    return " " * max(width - len(text), 1)
 
 
 def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-mnist") -> str:
@@ -80,21 +50,45 @@ def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-
     if template not in TEMPLATES:
         raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
     entry = get_entry(dataset)
-    input_shape = f"[{', '.join(map(str, entry.input_shape))}]"
-    output = f"runs/{Path(path).stem}"
-    return _STARTER.format(
-        path=path,
-        template=template,
-        dataset=entry.name,
-        dataset_pad=_pad(entry.name, 22),
-        datasets=", ".join(REGISTRY),
-        input_shape=input_shape,
-        shape_pad=_pad(input_shape, 18),
-        layers=_LAYERS[template].format(classes=entry.num_classes),
-        epochs=10,
-        output=output,
-        output_pad=_pad(output, 25),
-    )
+    command = f"dlcli train {path}"
+    lines: list[tuple[str, str]] = [
+        (f"# {command}", ""),
+        ("#", ""),
+        (
+            f"# A starter config ({template} on {entry.name}), written by `dlcli init`. It trains "
+            "as is:",
+            "",
+        ),
+        (f"#   dlcli download {entry.name}", "once: fetch and verify the archives"),
+        (f"#   {command}", ""),
+        (f"# `dlcli config show {path}` prints every key with its default and meaning;", ""),
+        (
+            f"# `dlcli config validate {path}` checks an edit (and the model's shapes) in a "
+            "second.",
+            "",
+        ),
+        ("data:", ""),
+        (f"  dataset: {entry.name}", f"registry name ({', '.join(REGISTRY)}), or 4 IDX files"),
+        ("  validation_split: 0.05", "fraction of the training set held out for validation"),
+        ("model:", ""),
+        (f"  input_shape: {flow_yaml(list(entry.input_shape))}", "height, width, channels"),
+        ("  layers:", "in order; every layer's input size is inferred"),
+        *((f"    - {layer}", "") for layer in _LAYERS[template]),
+        (f"    - {{type: dense, units: {entry.num_classes}}}", "one output (logit) per class"),
+        ("training:", ""),
+        ("  optimizer:", ""),
+        ("    name: adam", "adam, adamw, sgd or rmsprop"),
+        ("    learning_rate: 0.001", "the step size"),
+        ("  loss: softmax_cross_entropy_with_logits", ""),
+        ("  metrics: [accuracy]", "and/or top_k_accuracy"),
+        ("  epochs: 10", "passes over the training set"),
+        ("  batch_size: 100", "samples per step"),
+        ("  seed: 0", "the same seed gives the same split, weights and run"),
+        ("  device: auto", "auto | cpu | cuda | cuda:N | mps"),
+        ("output:", ""),
+        (f"  dir: {flow_yaml(f'runs/{Path(path).stem}')}", "where the trained model is saved"),
+    ]
+    return aligned(lines)
 
 
 def write_starter(
@@ -137,36 +131,8 @@ def commented_yaml(cfg: Config, source: str | None = None) -> str:
 
     It loads back to the same config (``parse_config(yaml.safe_load(text)) == cfg``).
     """
-    lines = []
-    if source:
-        lines.append(f"# {source}, resolved: defaults filled in, --set overrides applied")
-    _emit(cfg, 0, lines)
-    return "\n".join(lines) + "\n"
-
-
-def _emit(node: Any, indent: int, lines: list[str]) -> None:
-    pad = " " * indent
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        doc = f.metadata.get("doc", "")
-        if dataclasses.is_dataclass(value):
-            lines.append(_with_comment(f"{pad}{f.name}:", doc))
-            _emit(value, indent + 2, lines)
-        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-            lines.append(_with_comment(f"{pad}{f.name}:", doc))
-            lines += [f"{pad}  - {_flow(to_dict(item))}" for item in value]
-        else:
-            lines.append(_with_comment(f"{pad}{f.name}: {_flow(value)}", doc))
-
-
-def _with_comment(text: str, doc: str) -> str:
-    return f"{text}{_pad(text, _COMMENT_COLUMN)}# {doc}" if doc else text
-
-
-def _flow(value: Any) -> str:
-    """One value as single-line YAML (scalars, lists and mappings in flow style)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
-    return text.removesuffix("\n...").strip()
+    header = [f"{source}, resolved: defaults filled in, --set overrides applied"] if source else []
+    return dump_yaml(cfg, header)
 
 
 # --- config validate --------------------------------------------------------------------------
@@ -183,19 +149,16 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     cfg = load_config(path, overrides)
     where = str(path)
     num_classes = _num_classes(cfg, where)
-    if not _DEVICE.fullmatch(cfg.training.device):
-        raise ConfigError(
-            f"{where}: training.device: expected auto, cpu, cuda or cuda:N, "
-            f"found {cfg.training.device!r}"
-        )
     built = _build(cfg, num_classes, where)
+    from dlcli.model import hwc  # torch: imported by _build already
+
     return {
         "config": where,
         "valid": True,
         "dataset": cfg.data.dataset,
         "num_classes": num_classes,
         "layers": len(built.layers),
-        "output_shape": list(built.output_shape),
+        "output_shape_hwc": list(hwc(built.output_shape)),
         "total_params": built.total_params,
         "output_dir": cfg.output.dir,
     }

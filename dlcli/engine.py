@@ -99,11 +99,20 @@ class Trainer:
         self._stop_request: str | None = None  # this worker's signal, not yet agreed on
         self._signal_vote = self.world.signal_vote() if self.world is not None else None
         self.step_in_epoch = 0  # steps done in the epoch under way
+        # What the last step did, for callbacks that record it (dlcli/steps.py): its loss, a
+        # tensor still on the device (reading it would wait for the step), and learning rate.
+        self.step_loss: torch.Tensor | None = None
+        self.step_lr = 0.0
         self.fit_seconds = 0.0
         self._fit_start: float | None = None
         self._running: Running | None = None
         self._resume: Mapping[str, Any] | None = None
         self._resume_source = "checkpoint"
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per step (``training.batch_size``, the global batch)."""
+        return self.training.batch_size
 
     @property
     def epochs(self) -> int:
@@ -202,10 +211,13 @@ class Trainer:
         if self._running is None:
             self._running = self.objective.running(self.device)
         batches = itertools.islice(self._batches(len(labels), epoch), done, None)
+        start, samples = time.perf_counter(), 0  # this process's share of the epoch: speed
         for step, batch in enumerate(batches, start=done + 1):
             loss = self.train_step(images, labels, batch)
             self.global_step += 1
             self.step_in_epoch = step
+            self.step_loss, self.step_lr = loss.detach(), self.optimizer.param_groups[0]["lr"]
+            samples += len(batch)
             if self.device.type == "cpu" and not math.isfinite(loss.item()):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
@@ -217,7 +229,9 @@ class Trainer:
                 break
         if self.interrupted:  # keep the running sums: the checkpoint needs them
             return {}
-        logs = self._read(self._running)
+        logs = self._read(self._running)  # waits for the last step: the time below is honest
+        seconds = time.perf_counter() - start
+        logs["samples_per_second"] = samples / seconds if seconds > 0 else 0.0
         self._running = None
         self.step_in_epoch = 0
         if not math.isfinite(logs["loss"]):
@@ -311,6 +325,8 @@ class Trainer:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        elif self.device.type == "mps":  # dropout on an Apple GPU draws from its own generator
+            rng["mps"] = torch.mps.get_rng_state()
         callbacks = {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()}
         return {
             "epoch": self.epoch,
@@ -373,6 +389,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        elif self.device.type == "mps" and "mps" in state["rng"]:
+            torch.mps.set_rng_state(state["rng"]["mps"])
         saved = state.get("callbacks", {})
         for key, callback in self._keyed_callbacks().items():
             if key in saved:

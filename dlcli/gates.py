@@ -190,7 +190,7 @@ def check_gates(
 
 def gate_metrics(logs: Mapping[str, Any]) -> dict[str, float]:
     """The gateable metrics of one split's logs: every number except timings and counts."""
-    skip = {"seconds", "samples", "epoch", "lr"}
+    skip = {"seconds", "samples", "epoch", "lr", "samples_per_second"}
     return {
         k: float(v)
         for k, v in logs.items()

@@ -28,12 +28,20 @@ class Loop(Protocol):
     epoch: int  # epochs completed
     global_step: int  # steps completed, over every epoch
     steps_per_epoch: int
+    step_in_epoch: int  # steps done in the epoch under way
+    step_loss: torch.Tensor | None  # the last step's loss, on the device (dlcli/steps.py)
+    step_lr: float  # the learning rate the last step used
     stop_training: bool  # set it to end the fit after this step or epoch
     interrupted: str | None  # set (by a signal handler) to checkpoint and stop
 
     @property
     def epochs(self) -> int:
         """The number of epochs the fit runs to (``training.epochs``)."""
+        ...
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per step (``training.batch_size``, the global batch)."""
         ...
 
     def elapsed_fit_seconds(self) -> float: ...

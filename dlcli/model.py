@@ -35,9 +35,14 @@ class LayerInfo:
 
     name: str
     kind: str
-    output_shape: Shape
+    output_shape: Shape  # (C, H, W) or (F,): PyTorch's layout
     params: int
     trainable: int
+
+    @property
+    def output_shape_hwc(self) -> Shape:
+        """The shape as every output shows it: (height, width, channels), or (features,)."""
+        return hwc(self.output_shape)
 
 
 @dataclass
@@ -54,6 +59,12 @@ class BuiltModel:
     @property
     def trainable_params(self) -> int:
         return sum(info.trainable for info in self.layers)
+
+
+def hwc(shape: Shape) -> Shape:
+    """PyTorch's (C, H, W) as the config writes shapes, (H, W, C); a flat (F,) as is. Every
+    shape a person reads (tables, JSON, messages) goes through here."""
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
 def input_chw(cfg: C.ModelConfig) -> Shape:
@@ -82,7 +93,7 @@ def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltMode
         except (RuntimeError, MemoryError) as err:  # e.g. units: 100000000000
             raise ConfigError(
                 f"{where}: cannot allocate this {spec.type} layer's weights for input shape "
-                f"{shape}: {str(err).splitlines()[0][:200]}"
+                f"{hwc(shape)}: {str(err).splitlines()[0][:200]}"
             ) from None
         modules[name] = layer
         params = sum(p.numel() for p in layer.parameters())
@@ -90,7 +101,7 @@ def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltMode
         infos.append(LayerInfo(name, type(spec).__name__, shape, params, trainable))
     if num_classes is not None and shape != (num_classes,):
         raise ConfigError(
-            f"model.layers: the last layer outputs shape {shape}, but the dataset has "
+            f"model.layers: the last layer outputs shape {hwc(shape)}, but the dataset has "
             f"{num_classes} classes: expected ({num_classes},) "
             f"(end with {{type: dense, units: {num_classes}}})"
         )
@@ -118,8 +129,8 @@ def _glorot(layer: nn.Linear | nn.Conv2d) -> None:
 def _need_image(shape: Shape, where: str, kind: str) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ConfigError(
-            f"{where}: {kind} expects an image input (channels, height, width), "
-            f"found flat shape {shape}; put it before the flatten layer"
+            f"{where}: {kind} expects an image input (height, width, channels), "
+            f"found flat shape {hwc(shape)}; put it before the flatten layer"
         )
     return shape[0], shape[1], shape[2]
 
@@ -177,7 +188,8 @@ def _flatten(spec: C.Flatten, shape: Shape, where: str) -> tuple[nn.Module, Shap
 def _dense(spec: C.Dense, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
     if len(shape) != 1:
         raise ConfigError(
-            f"{where}: dense expects a flat input, found shape {shape}; "
+            f"{where}: dense expects a flat input, found shape {hwc(shape)} "
+            "(height, width, channels); "
             "add {type: flatten} (or global_avg_pool2d) before it"
         )
     layer = nn.Linear(shape[0], spec.units, bias=spec.use_bias)

@@ -29,6 +29,7 @@ from dlcli.evaluation import Objective, Scorer
 from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
+from dlcli.steps import StepRecorder
 from dlcli.version import __version__
 
 
@@ -138,7 +139,8 @@ def train(
     configured = build_callbacks(cfg, prepared.run_dir)  # the checkpoint callback runs last
     if not world.is_main:  # distributed: rank 0 alone writes (checkpoints, event files)
         configured = [cb for cb in configured if not isinstance(cb, Checkpointer)]
-    writers = _output_callbacks(prepared) if world.is_main else []
+    recorder = StepRecorder()  # steps.csv: the learning rate and loss of every step
+    writers = [recorder, *_output_callbacks(prepared)] if world.is_main else []
     trainer = Trainer(
         prepared.model.module,
         cfg.training,
@@ -176,6 +178,7 @@ def train(
                 state_dict=trainer.model.state_dict(),
                 metrics=metrics,
                 history=history,
+                steps=recorder.read(),
             )
         world.barrier()  # distributed: the other workers wait for rank 0's save
     return TrainResult(prepared.run_dir, history, metrics)
@@ -244,8 +247,9 @@ def _resumed(prepared: Prepared) -> dict[str, Any]:
     return {
         "resumed_from": {
             "checkpoint": str(resumed.path),
-            "epoch": resumed.epoch,
-            "step_in_epoch": resumed.step_in_epoch,
+            "epoch": resumed.epoch + 1,  # the epoch training continued in, as the message says
+            "step_in_epoch": resumed.step_in_epoch,  # its steps already done
+            "epochs_completed": resumed.epoch,
         }
     }
 
@@ -294,7 +298,7 @@ def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
         ) from None
     scorer = Scorer.of(
         built.module,
-        device=resolve_device(device),
+        device=resolve_device(device, "--device"),
         precision=training.precision,
         channels_last=training.channels_last,
     )

@@ -16,13 +16,13 @@ from typing import Any
 
 from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
-from dlcli.runs import monitored_metric, read_history, summarize_history
+from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
 
-DPI = 100
-CURVE_SIZE = (8.0, 5.0)  # inches: 800 × 500 pixels
-CONFUSION_SIZE = (9.0, 8.0)  # 900 × 800 pixels
+DPI = 150
+CURVE_SIZE = (8.0, 5.0)  # inches: 1200 × 750 pixels at DPI
+CONFUSION_SIZE = (9.0, 8.0)  # 1350 × 1200 pixels
 ANNOTATE_MAX_CLASSES = 30  # beyond this, cell counts would be unreadable
-NOT_CURVES = ("epoch", "seconds")
+NOT_CURVES = ("epoch", "seconds", "samples_per_second")
 
 INSTALL_HINT = "pip install 'dlcli[plot]'  (or: pip install matplotlib)"
 
@@ -42,6 +42,15 @@ def require_matplotlib() -> None:
         raise UsageError(
             f"dlcli plot needs matplotlib, an optional extra: {INSTALL_HINT}"
         ) from None
+
+
+@dataclass
+class Best:
+    """The epoch a run's monitored metric was best at: marked on that metric's figure only."""
+
+    metric: str
+    epoch: int
+    value: float
 
 
 def plot_run(
@@ -64,6 +73,7 @@ def plot_run(
     history = read_history(run_dir / "history.csv")
     if not history:
         raise ModelDirError(f"{run_dir / 'history.csv'}: no epochs recorded, nothing to plot")
+    steps = read_steps(run_dir / "steps.csv")  # absent in runs saved before it was recorded
     result = PlotResult(run_dir, out_dir if out_dir is not None else run_dir / "plots")
     try:
         result.out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,10 +82,13 @@ def plot_run(
             f"{result.out_dir}: cannot create the output directory: {write_problem(err)}"
         ) from None
     monitor, mode = monitored_metric({"training": _training_dict(saved.loaded.run.config)})
-    best = summarize_history(history, monitor=monitor, mode=mode).get("best_epoch")
-    for metric, series in curve_groups(history):
+    summary = summarize_history(history, monitor=monitor, mode=mode)
+    best = None
+    if summary.get("best_epoch") is not None:
+        best = Best(summary["monitor"], summary["best_epoch"], summary["best_value"])
+    for metric, series in curve_groups(history, steps):
         path = result.out_dir / f"{metric}.png"
-        plot_curve(history, metric, series, path, run_name=run_dir.name, best_epoch=best)
+        plot_curve(history, metric, series, path, run_name=run_dir.name, steps=steps, best=best)
         result.files.append(path)
     report = saved.predictions(split, batch_size).per_class()
     path = result.out_dir / f"confusion_matrix_{split}.png"
@@ -90,11 +103,13 @@ def _training_dict(config: Any) -> dict[str, Any]:
     return dict(to_dict(config.training))
 
 
-def curve_groups(history: Sequence[Mapping[str, float]]) -> list[tuple[str, list[str]]]:
+def curve_groups(
+    history: Sequence[Mapping[str, float]], steps: Sequence[Mapping[str, float]] = ()
+) -> list[tuple[str, list[str]]]:
     """``[("loss", ["loss", "val_loss"]), ("accuracy", [...]), ...]``: one figure each.
 
-    A metric and its ``val_`` twin share a figure; the learning rate gets one only when a
-    schedule changed it.
+    A metric and its ``val_`` twin share a figure; the learning rate gets one only when it
+    changed during the run (per step or per epoch).
     """
     keys: list[str] = []
     for row in history:
@@ -102,7 +117,8 @@ def curve_groups(history: Sequence[Mapping[str, float]]) -> list[tuple[str, list
     groups: list[tuple[str, list[str]]] = []
     for key in keys:
         if key == "lr":
-            if len({row.get("lr") for row in history}) > 1:
+            rates = {row.get("lr") for row in history} | {row.get("lr") for row in steps}
+            if len(rates - {None}) > 1:
                 groups.append(("lr", ["lr"]))
         elif key.startswith("val_") and key[4:] in keys:
             continue  # drawn with its training twin
@@ -119,26 +135,94 @@ def plot_curve(
     path: Path,
     *,
     run_name: str,
-    best_epoch: int | None = None,
+    steps: Sequence[Mapping[str, float]] = (),
+    best: Best | None = None,
 ) -> Path:
-    """One metric per epoch, training vs validation, the best epoch marked."""
-    from matplotlib.ticker import MaxNLocator
+    """Write :func:`curve_figure` as a PNG."""
+    figure = curve_figure(history, metric, series, run_name=run_name, steps=steps, best=best)
+    return _save(figure, path)
+
+
+def curve_figure(
+    history: Sequence[Mapping[str, float]],
+    metric: str,
+    series: Sequence[str],
+    *,
+    run_name: str,
+    steps: Sequence[Mapping[str, float]] = (),
+    best: Best | None = None,
+) -> Any:
+    """One metric against epochs: per step where recorded (the training loss, the learning
+    rate), per epoch otherwise (epoch means for training, end-of-epoch values for
+    validation); the monitored metric's best epoch marked on its own figure."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     fig, ax = _figure(CURVE_SIZE)
-    for key in series:
-        points = [(row["epoch"], row[key]) for row in history if key in row and "epoch" in row]
-        label = "validation" if key.startswith("val_") else ("train" if key != "lr" else "lr")
-        ax.plot(*zip(*points, strict=True), marker="o", markersize=4, linewidth=1.8, label=label)
-    if best_epoch is not None:
-        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+    ax.spines[["top", "right"]].set_visible(False)
     title = "learning rate" if metric == "lr" else metric.replace("_", " ")
-    ax.set_title(f"{title} per epoch: {run_name}")
+    per_step = [s for s in series if steps and s in STEP_SERIES]
+    for key in per_step:
+        x, y = [r["epoch"] for r in steps], [r[STEP_SERIES[key]] for r in steps]
+        label = "learning rate (per step)" if key == "lr" else "train (per step)"
+        faint = key != "lr"  # a noisy loss: the epoch means are drawn over it
+        style = {"alpha": 0.45, "linewidth": 0.8} if faint else {"linewidth": 1.8}
+        ax.plot(x, y, color=_colour(key), label=label, **style)
+    for key in series:
+        if key == "lr" and per_step:
+            continue
+        points = [(row["epoch"], row[key]) for row in history if key in row and "epoch" in row]
+        if not points:
+            continue
+        ax.plot(
+            *zip(*points, strict=True),
+            color=_colour(key),
+            marker="o",
+            markersize=4,
+            linewidth=1.8,
+            label=_series_label(key, bool(per_step)),
+            clip_on=False,  # the last epoch's marker sits on the axis' edge
+        )
+    if best is not None and best.metric in series:
+        ax.plot(
+            [best.epoch],
+            [best.value],
+            linestyle="none",
+            marker="*",
+            markersize=14,
+            color="#d62728",
+            zorder=5,
+            clip_on=False,
+            label=f"best: epoch {best.epoch} ({best.metric} {best.value:.4f})",
+        )
+    epochs = max(int(row.get("epoch", 0)) for row in history)
+    ax.set_xlim(0, max(epochs, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=2))
+    ax.set_title(f"{title.capitalize()}: {run_name}", loc="left")
     ax.set_xlabel("epoch")
     ax.set_ylabel(title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if metric == "lr":  # 0.0025, 1e-05: each tick says its value, no shared exponent
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    ax.legend(frameon=False)
+    return fig
+
+
+STEP_SERIES = {"loss": "loss", "lr": "lr"}  # a history column and its steps.csv twin
+_COLOURS = {"loss": "#1f77b4", "val_": "#ff7f0e", "lr": "#2ca02c"}
+
+
+def _colour(key: str) -> str:
+    if key.startswith("val_"):
+        return _COLOURS["val_"]
+    return _COLOURS["lr"] if key == "lr" else _COLOURS["loss"]
+
+
+def _series_label(key: str, with_steps: bool) -> str:
+    if key.startswith("val_"):
+        return "validation"
+    if key == "lr":
+        return "learning rate (end of epoch)"
+    return "train (epoch mean)" if with_steps else "train"
 
 
 def plot_confusion(report: PerClass, path: Path, *, title: str) -> Path:
@@ -148,7 +232,13 @@ def plot_confusion(report: PerClass, path: Path, *, title: str) -> Path:
     fig, ax = _figure(CONFUSION_SIZE)
     image = ax.imshow(cm, cmap="Blues", vmin=0)
     fig.colorbar(image, ax=ax, label="samples", shrink=0.8)
-    ax.set_xticks(range(n), labels=list(report.class_names), rotation=45, ha="right")
+    long_names = max((len(name) for name in report.class_names), default=0) > 3
+    ax.set_xticks(
+        range(n),
+        labels=list(report.class_names),
+        rotation=45 if long_names else 0,
+        ha="right" if long_names else "center",
+    )
     ax.set_yticks(range(n), labels=list(report.class_names))
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -158,7 +248,7 @@ def plot_confusion(report: PerClass, path: Path, *, title: str) -> Path:
         threshold = cm.max() / 2 if total else 1
         size = max(6, 12 - n // 4)
         for (i, j), count in _cells(cm):
-            colour = "white" if count > threshold else "black"
+            colour = "white" if count > threshold else ("black" if count else "#b0b0b0")
             ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=size)
     return _save(fig, path)
 

@@ -116,20 +116,29 @@ def predict(
     from dlcli.pipeline import load_model
 
     loaded = load_model(model_dir, device)
+    check_top_k(top_k, loaded.built.output_shape[0])  # before reading any input
     inputs = read_inputs(paths, loaded.built.input_shape)
     return rank(loaded, inputs, top_k=top_k, batch_size=batch_size)
+
+
+def check_top_k(top_k: int, num_classes: int) -> None:
+    if top_k > num_classes:
+        raise UsageError(
+            f"--top-k {top_k}: the model has {num_classes} classes; expected at most {num_classes}"
+        )
 
 
 def rank(loaded: Any, inputs: Inputs, *, top_k: int = 1, batch_size: int = 1000) -> PredictResult:
     """The ``top_k`` classes of every input and their probabilities, by a loaded model
     (:class:`dlcli.pipeline.LoadedModel`)."""
     num_classes = loaded.built.output_shape[0]
+    check_top_k(top_k, num_classes)
     start = time.perf_counter()
     outputs = loaded.outputs(inputs.images, batch_size=batch_size)
     probabilities = outputs if _ends_in_softmax(loaded) else outputs.softmax(dim=1)
     # Rank by the raw outputs: the top class is the argmax `evaluate` scores, even where two
     # probabilities round to the same float.
-    order = outputs.topk(min(top_k, num_classes), dim=1).indices
+    order = outputs.topk(top_k, dim=1).indices
     ranked = probabilities.gather(1, order)
     seconds = time.perf_counter() - start
     classes, probs = order.tolist(), ranked.tolist()

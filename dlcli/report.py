@@ -18,6 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dlcli.errors import DlcliError
 
@@ -65,14 +66,24 @@ class Reporter:
         if not self.quiet:
             self.err.print(message, markup=False)
 
-    def result_line(self, message: str) -> None:
-        """A line of the command's human result (stdout, or stderr under ``--json``)."""
+    def result_line(self, message: str, *, wrap_at: str | None = None) -> None:
+        """A line of the command's human result (stdout, or stderr under ``--json``). On a
+        terminal narrower than the line, ``wrap_at`` (a separator) is where it may break, so
+        that no name or number is cut; elsewhere it stays one line."""
         if self._show_results:
+            if wrap_at and self.out.is_terminal:
+                message = wrap_fields(message.split(wrap_at), self.out.width, sep=wrap_at)
             self.out.print(message, markup=False)
 
     def table(self, table: Table) -> None:
+        """A result table: drawn by rich on a terminal, plain aligned text elsewhere."""
         if self._show_results:
-            self.out.print(table)
+            _print_table(self.out, table)
+
+    def note_table(self, table: Table) -> None:
+        """A table of human progress text on stderr (the model summary; not under --quiet)."""
+        if not self.quiet:
+            _print_table(self.err, table)
 
     def write(self, text: str) -> None:
         """Verbatim text as the command's result (YAML, CSV): no markup, wrapping or colour."""
@@ -109,6 +120,67 @@ class Reporter:
             self.emit_json(document)
 
 
+def _print_table(console: Console, table: Table) -> None:
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or a file: nothing wrapped or cut, whatever the width
+        console.file.write(plain_table(table))
+        console.file.flush()
+
+
+def plain_table(table: Table) -> str:
+    """A table as plain text for a pipe or a file: the title, a header and one line per row,
+    columns two spaces apart and padded to their widest cell, numbers right-aligned; nothing
+    is wrapped or cut (a line is as long as its row), no box, no colour, no markup."""
+    columns = table.columns
+    header = [_plain(column.header) for column in columns]
+    rows = [[_plain(cell) for cell in column.cells] for column in columns]
+    count = max((len(cells) for cells in rows), default=0)
+    widths = [max([len(header[i]), *map(len, rows[i])]) for i in range(len(columns))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if column.justify == "right" else cell.ljust(width)
+            for cell, width, column in zip(cells, widths, columns, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [_plain(table.title)] if table.title else []
+    if table.show_header:
+        lines.append(line(header))
+    lines += [
+        line([rows[c][r] if r < len(rows[c]) else "" for c in range(len(columns))])
+        for r in range(count)
+    ]
+    if table.caption:
+        lines.append(_plain(table.caption))
+    return "\n".join(lines) + "\n"
+
+
+def _plain(cell: Any) -> str:
+    """A cell's text without markup (rich Text, a markup string, or anything else)."""
+    if isinstance(cell, Text):
+        return cell.plain
+    if isinstance(cell, str):
+        return Text.from_markup(cell).plain
+    return str(cell)
+
+
+def wrap_fields(fields: Sequence[str], width: int, *, sep: str = "  ", indent: int = 2) -> str:
+    """Fields joined by ``sep``, broken into lines of at most ``width`` columns between fields
+    (never inside one; a field wider than a line gets a line of its own)."""
+    lines: list[str] = []
+    line = ""
+    for text in fields:
+        candidate = f"{line}{sep}{text}" if line else text
+        if line and len(candidate) > width:
+            lines.append(line.rstrip())
+            candidate = " " * indent + text
+        line = candidate
+    lines.append(line)
+    return "\n".join(lines)
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -126,6 +198,11 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs``, ``10,000 inputs``, ``1 class``, ``10 classes``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {plural or noun + 's'}"
 
 
 def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> Table:
@@ -162,7 +239,8 @@ def _fmt(value: Any) -> str:
 def summary_table(
     layers: Sequence[Any], input_shape: Sequence[int], total: int, trainable: int
 ) -> Table:
-    """KotlinDL/Keras-style model summary; shapes shown as (None, H, W, C) or (None, F)."""
+    """KotlinDL/Keras-style model summary; shapes shown as (None, H, W, C) or (None, F).
+    ``input_shape`` is (H, W, C), as the config writes it; layers have ``output_shape_hwc``."""
     table = Table(title="Model summary", caption=_param_caption(total, trainable))
     table.add_column("Layer (type)")
     table.add_column("Output shape")
@@ -170,7 +248,9 @@ def summary_table(
     table.add_row("input (Input)", keras_shape(input_shape), "0")
     for layer in layers:
         table.add_row(
-            f"{layer.name} ({layer.kind})", keras_shape(layer.output_shape), f"{layer.params:,}"
+            f"{layer.name} ({layer.kind})",
+            keras_shape(layer.output_shape_hwc),
+            f"{layer.params:,}",
         )
     return table
 
@@ -183,9 +263,8 @@ def _param_caption(total: int, trainable: int) -> str:
 
 
 def keras_shape(shape: Sequence[int]) -> str:
-    """(C, H, W) → "(None, H, W, C)"; (F,) → "(None, F)"."""
-    dims = [shape[1], shape[2], shape[0]] if len(shape) == 3 else list(shape)
-    return "(" + ", ".join(["None", *map(str, dims)]) + ")"
+    """(H, W, C) → "(None, H, W, C)"; (F,) → "(None, F)": the batch axis first, as Keras."""
+    return "(" + ", ".join(["None", *map(str, shape)]) + ")"
 
 
 # --- per-class metrics and the confusion matrix (dlcli evaluate --per-class) ----------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,22 @@ def read_history(path: Path) -> list[dict[str, float]]:
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
     return [{k: float(v) for k, v in row.items() if k and _is_float(v)} for row in rows]
+
+
+def read_steps(path: Path) -> list[dict[str, float]]:
+    """steps.csv (``step, epoch, lr, loss``) as one dict per row; an absent or unreadable file
+    is no steps (a run saved before they were recorded)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    columns = ("step", "epoch", "lr", "loss")
+    return [
+        {k: float(row[k]) for k in columns}
+        for row in rows
+        if all(_is_float(row.get(k)) for k in columns)
+    ]
 
 
 def list_runs(root: Path) -> Listing:
@@ -303,7 +320,8 @@ def summarize_history(
     mode: str = "auto",
     train_size: int | None = None,
 ) -> dict[str, Any]:
-    """Best epoch (by ``monitor``, default val_loss), mean seconds per epoch and samples/s.
+    """Best epoch (by ``monitor``, default val_loss), seconds per epoch and training samples
+    per second (medians over the epochs).
 
     ``mode`` auto: an accuracy is best when highest, anything else (a loss) when lowest.
     """
@@ -319,12 +337,16 @@ def summarize_history(
         best = (max if mode == "max" else min)(rows, key=lambda row: row[monitor])
         summary["best_epoch"] = int(best.get("epoch", history.index(best) + 1))
         summary["best_value"] = best[monitor]
+    # Medians over epochs: a first epoch that warms up, or one resumed after a few steps (its
+    # time and speed measured over those steps only), does not skew them.
     seconds = [row["seconds"] for row in history if _is_number(row.get("seconds"))]
     if seconds:
-        per_epoch = sum(seconds) / len(seconds)
-        summary["seconds_per_epoch"] = per_epoch
-        if train_size and per_epoch > 0:
-            summary["samples_per_second"] = train_size / per_epoch
+        summary["seconds_per_epoch"] = statistics.median(seconds)
+    speeds = [row["samples_per_second"] for row in history if row.get("samples_per_second")]
+    if speeds:
+        summary["samples_per_second"] = statistics.median(speeds)
+    elif train_size and seconds and summary["seconds_per_epoch"] > 0:  # an older history.csv
+        summary["samples_per_second"] = train_size / summary["seconds_per_epoch"]
     return summary
 
 

@@ -4,6 +4,7 @@
     RUN_DIR/model.safetensors  the weights (no pickle anywhere a user loads from)
     RUN_DIR/metrics.json       final metrics, timings, seed, device, versions, dataset checksums
     RUN_DIR/history.csv        one row per epoch
+    RUN_DIR/steps.csv          learning rate and training loss per step (dlcli/steps.py)
     RUN_DIR/manifest.json      format version and the SHA-256 of every file above; written last
 
 A run is saved into a temporary sibling directory that is renamed into place, so an
@@ -41,6 +42,7 @@ CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.json"
 HISTORY = "history.csv"
+STEPS = "steps.csv"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
@@ -84,6 +86,7 @@ def save_run(
     state_dict: Mapping[str, torch.Tensor],
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
+    steps: Sequence[Sequence[float]] = (),
 ) -> Path:
     """Write a complete run directory atomically (temp dir + rename); return its path.
 
@@ -96,7 +99,7 @@ def save_run(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
-        _write_files(staging, config, state_dict, metrics, history)
+        _write_files(staging, config, state_dict, metrics, history, steps)
         _swap_into_place(staging, run_dir)
     except (OSError, SafetensorError) as err:
         shutil.rmtree(staging, ignore_errors=True)
@@ -113,16 +116,22 @@ def _write_files(
     state_dict: Mapping[str, torch.Tensor],
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
+    steps: Sequence[Sequence[float]],
 ) -> None:
     from dlcli.config import dump_yaml
 
-    (staging / CONFIG).write_text(dump_yaml(config), encoding="utf-8")
+    header = ["The resolved config of this run: defaults filled in, overrides applied."]
+    (staging / CONFIG).write_text(dump_yaml(config, header), encoding="utf-8")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
     _honour_umask(staging / WEIGHTS)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (staging / HISTORY).write_text(history_csv(history), encoding="utf-8")
-    write_manifest(staging, [CONFIG, WEIGHTS, METRICS, HISTORY])
+    files = [CONFIG, WEIGHTS, METRICS, HISTORY]
+    if steps:
+        (staging / STEPS).write_text(steps_csv(steps), encoding="utf-8")
+        files.append(STEPS)
+    write_manifest(staging, files)
 
 
 def _honour_umask(path: Path) -> None:
@@ -198,6 +207,17 @@ def history_csv(history: Sequence[Mapping[str, float]]) -> str:
     writer.writeheader()
     for row in history:
         writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def steps_csv(rows: Sequence[Sequence[float]]) -> str:
+    """``step,epoch,lr,loss`` rows (:class:`dlcli.steps.StepRecorder`) as CSV text."""
+    from dlcli.steps import COLUMNS
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows([int(row[0]), *row[1:]] for row in rows)
     return buffer.getvalue()
 
 

@@ -58,7 +58,9 @@ def test_train_takes_a_config_object_and_resumes(tiny_config: Path, tmp_path: Pa
     first = dlcli.train(config, {"training.epochs": 1}, output=tmp_path / "run")
     assert first.metrics["epochs"] == 1
     more = dlcli.train(config, {"training.epochs": 2}, output=tmp_path / "run", resume=True)
-    assert more.metrics["epochs"] == 2 and more.metrics["resumed_from"]["epoch"] == 1
+    resumed = more.metrics["resumed_from"]
+    assert more.metrics["epochs"] == 2 and resumed["epochs_completed"] == 1
+    assert resumed["epoch"] == 2 and resumed["step_in_epoch"] == 0  # continued at epoch 2
 
 
 def test_errors_are_dlcli_errors(tiny_config: Path, tmp_path: Path) -> None:

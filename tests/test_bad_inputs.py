@@ -217,7 +217,7 @@ CASES = [
     Case("monitor-not-reported", train_set("training.early_stopping={monitor: val_f1}"), 2,
          "'val_f1' is not a reported metric"),
     Case("bad-device", lambda w: ["train", str(w.config), "--device", "tpu"], 2,
-         "expected auto, cpu, cuda or cuda:N"),
+         "expected auto, cpu, cuda, cuda:N or mps"),
     Case("bad-set-syntax", lambda w: ["train", str(w.config), "--set", "training.epochs"], 2,
          "expected key.path=value"),
     Case("validate-bad-config", lambda w: ["config", "validate", str(w.config), "--set",

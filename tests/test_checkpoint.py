@@ -152,9 +152,13 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
 
     def rows(run: Path) -> list[dict[str, str]]:
         with (run / "history.csv").open() as f:
-            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+            timings = ("seconds", "samples_per_second")
+            return [{k: v for k, v in r.items() if k not in timings} for r in csv.DictReader(f)]
 
     assert rows(resumed) == rows(reference)
+    # The per-step history too: the steps before the interruption come from the checkpoint.
+    steps = (resumed / "steps.csv").read_text()
+    assert steps == (reference / "steps.csv").read_text() and steps.count("\n") > 10
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +271,8 @@ def test_resume_may_extend_the_run(tmp_path: Path) -> None:
     train_ok(config)
     doc = train_ok(config, "--resume", "--set", "training.epochs=3")
     assert doc["epochs"] == 3
-    assert doc["resumed_from"]["epoch"] == 2
+    assert doc["resumed_from"]["epochs_completed"] == 2
+    assert doc["resumed_from"]["epoch"] == 3 and doc["resumed_from"]["step_in_epoch"] == 0
     history = list(csv.DictReader((Path(doc["run_dir"]) / "history.csv").open()))
     assert [r["epoch"] for r in history] == ["1", "2", "3"]
 

@@ -105,7 +105,7 @@ def test_show_prints_the_resolved_config_with_docs(tmp_path: Path) -> None:
     assert "  epochs: 3                     # passes over the training set" in text
     assert "    beta2: 0.999                # Adam's second-moment decay" in text
     assert "training:                       # how to fit" in text
-    assert "  - {type: conv2d, filters: 16, kernel_size: 3, strides: 1, padding: same" in text
+    assert "    - type: conv2d\n      filters: 16               # output channels\n" in text
     assert "\x1b[" not in text
 
 
@@ -187,7 +187,7 @@ def test_shipped_configs_validate(config: Path) -> None:
             ["training.optimizer.nesterov=true"],
             "training.optimizer.nesterov: only sgd supports Nesterov momentum",
         ),
-        (["training.device=tpu"], "training.device: expected auto, cpu, cuda or cuda:N"),
+        (["training.device=tpu"], "training.device: expected auto, cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_validate_catches_what_training_would_fail_on(overrides: list[str], message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 import sys
@@ -15,7 +16,16 @@ from conftest import write_tiny_config
 
 from dlcli.cli import cli
 from dlcli.metrics import per_class
-from dlcli.plot import CONFUSION_SIZE, CURVE_SIZE, DPI, curve_groups, plot_confusion, plot_curve
+from dlcli.plot import (
+    CONFUSION_SIZE,
+    CURVE_SIZE,
+    DPI,
+    Best,
+    curve_figure,
+    curve_groups,
+    plot_confusion,
+    plot_curve,
+)
 
 pytest.importorskip("matplotlib")
 
@@ -109,8 +119,70 @@ def test_one_epoch_and_learning_rate_curves_render(tmp_path: Path) -> None:
     path = plot_curve(history, "loss", ["loss", "val_loss"], tmp_path / "l.png", run_name="r")
     assert png_size(path) == CURVE_PIXELS
     history.append({"epoch": 2.0, "loss": 0.2, "val_loss": 0.3, "lr": 0.01})
-    path = plot_curve(history, "lr", ["lr"], tmp_path / "lr.png", run_name="r", best_epoch=2)
+    best = Best("val_loss", 2, 0.3)
+    path = plot_curve(history, "lr", ["lr"], tmp_path / "lr.png", run_name="r", best=best)
     assert png_size(path) == CURVE_PIXELS
+
+
+def one_cycle_steps(epochs: int, per_epoch: int) -> list[dict[str, float]]:
+    """A warm-up then a decay over ``epochs * per_epoch`` steps, and a falling loss."""
+    total = epochs * per_epoch
+    rows = []
+    for step in range(1, total + 1):
+        lr = 0.02 * step / (0.3 * total) if step < 0.3 * total else 0.02 * (total - step) / total
+        rows.append({"step": step, "epoch": step / per_epoch, "lr": lr, "loss": 2.0 / step})
+    return rows
+
+
+def test_per_step_curves_show_the_schedule_on_integer_epoch_ticks() -> None:
+    steps = one_cycle_steps(1, 40)
+    history = [{"epoch": 1.0, "loss": 0.3, "val_loss": 0.4, "lr": steps[-1]["lr"]}]
+    assert ("lr", ["lr"]) in curve_groups(history, steps)  # one epoch: the rate still moved
+    figure = curve_figure(history, "lr", ["lr"], run_name="r", steps=steps)
+    (ax,) = figure.axes
+    (line,) = ax.get_lines()
+    assert len(line.get_xdata()) == 40  # every step, not one point per epoch
+    assert list(line.get_ydata()) == [r["lr"] for r in steps]  # the warm-up included
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 1]
+    assert ticks == [0, 1]  # no 0.945 ... 1.050
+    assert "best" not in " ".join(t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_the_best_epoch_is_marked_on_its_own_metric_only() -> None:
+    steps = one_cycle_steps(3, 10)
+    history = [
+        {"epoch": float(e), "loss": 1 / e, "val_loss": v, "accuracy": 0.5, "val_accuracy": a}
+        for e, v, a in ((1, 0.5, 0.8), (2, 0.3, 0.9), (3, 0.4, 0.85))
+    ]
+    best = Best("val_loss", 2, 0.3)
+    loss = curve_figure(history, "loss", ["loss", "val_loss"], run_name="r", steps=steps, best=best)
+    labels = [t.get_text() for t in loss.axes[0].get_legend().get_texts()]
+    assert labels == [
+        "train (per step)",
+        "train (epoch mean)",
+        "validation",
+        "best: epoch 2 (val_loss 0.3000)",
+    ]
+    accuracy = curve_figure(
+        history, "accuracy", ["accuracy", "val_accuracy"], run_name="r", steps=steps, best=best
+    )
+    labels = [t.get_text() for t in accuracy.axes[0].get_legend().get_texts()]
+    assert labels == ["train", "validation"]
+    assert [int(t) for t in accuracy.axes[0].get_xticks() if 0 <= t <= 3] == [0, 1, 2, 3]
+
+
+def test_a_run_writes_its_steps_and_plot_draws_them(run_dir: Path) -> None:
+    rows = list(csv.DictReader((run_dir / "steps.csv").open()))
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert list(rows[0]) == ["step", "epoch", "lr", "loss"]
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
+    per_epoch = len(rows) // len(history)
+    assert float(rows[per_epoch - 1]["epoch"]) == 1.0  # the last step of epoch 1
+    # The mean of epoch 1's step losses is the epoch's loss in history.csv.
+    mean = sum(float(r["loss"]) for r in rows[:per_epoch]) / per_epoch
+    assert mean == pytest.approx(float(history[0]["loss"]), rel=1e-3)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "steps.csv" in manifest["files"]
 
 
 @pytest.mark.parametrize("classes", [10, 40])

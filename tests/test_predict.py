@@ -113,9 +113,16 @@ def test_top_k_ranks_the_classes(tiny_run: Path, patterns: Any) -> None:
         assert len(p["top_k"]) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert p["top_k"][0]["class"] == p["class"]
         assert len({t["class"] for t in p["top_k"]}) == 3 and sum(probabilities) <= 1 + 1e-5
-    doc = predict_json(tiny_run, path, "--top-k", "10")  # more than the 4 classes: all of them
+    doc = predict_json(tiny_run, path, "--top-k", "4")  # every class
     assert {len(p["top_k"]) for p in doc["predictions"]} == {4}
     assert sum(t["probability"] for t in doc["predictions"][0]["top_k"]) == pytest.approx(1, 1e-5)
+
+
+def test_top_k_above_the_class_count_is_an_error(tiny_run: Path, patterns: Any) -> None:
+    _, _, path = patterns
+    result = run("predict", tiny_run, path, "--top-k", "5")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "Error: --top-k 5: the model has 4 classes; expected at most 4" in result.stderr
 
 
 # --- images ---------------------------------------------------------------------------------

@@ -114,10 +114,27 @@ def cli() -> None:
     """
 
 
+def _lazy(name: str) -> Callable[[click.Context, click.Parameter, str], list[Any]]:
+    """A completion function of dlcli.completion, imported only when the shell asks."""
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from dlcli import completion
+
+        function: Callable[..., list[Any]] = getattr(completion, name)
+        return function(ctx, param, incomplete)
+
+    return complete
+
+
+complete_datasets = _lazy("complete_datasets")
+complete_run_dirs = _lazy("complete_run_dirs")
+complete_devices = _lazy("complete_devices")
+
 _set_option = click.option(
     "--set",
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
+    shell_complete=_lazy("complete_set"),
     help="Override a config key, e.g. --set training.epochs=3 (repeatable; value is YAML).",
 )

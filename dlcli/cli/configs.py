@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, dlcli_command
-from dlcli.report import Reporter
+from dlcli.cli.base import _set_option, cli, complete_datasets, dlcli_command
+from dlcli.report import Reporter, counted
 
 # --- init / config: write and check configs ---------------------------------------------------
 
@@ -24,6 +24,7 @@ from dlcli.report import Reporter
 )
 @click.option(
     "--dataset",
+    shell_complete=complete_datasets,
     default="fashion-mnist",
     show_default=True,
     help="A registry dataset (dlcli download --list).",
@@ -52,7 +53,10 @@ def init(
 
 @cli.group(name="config")
 def config_group() -> None:
-    """Show a config resolved, validate it (for pre-commit hooks and CI), or print its schema."""
+    """Show a config resolved, validate it, or print its schema.
+
+    validate is made for pre-commit hooks and the first step of a CI job.
+    """
 
 
 @config_group.command(name="show")
@@ -60,8 +64,11 @@ def config_group() -> None:
 @_set_option
 @dlcli_command
 def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Print CONFIG resolved (defaults filled in, --set applied) as YAML, with each key's doc
-    as a comment; --json prints it as a JSON document."""
+    """Print a config resolved, each key's doc as a comment.
+
+    CONFIG with its defaults filled in and --set applied, as YAML that loads back to the same
+    config; --json prints it as a JSON document.
+    """
     from dlcli.config import load_config, to_dict
     from dlcli.config_tools import commented_yaml
 
@@ -76,7 +83,9 @@ def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) ->
 @_set_option
 @dlcli_command
 def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Check CONFIG: its keys and values, and its model's shapes (exit 0: valid, 2: not).
+    """Check a config's keys, values and model shapes.
+
+    Exit 0: CONFIG is valid; 2: it is not.
 
     Builds the model (a kernel larger than its input, a missing flatten or a last layer with
     the wrong number of classes is caught) but reads no data.
@@ -85,8 +94,9 @@ def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]
 
     result = validate_config(config, overrides)
     reporter.result_line(
-        f"{config}: valid ({result['layers']} layers, {result['total_params']:,} parameters, "
-        f"{result['num_classes']} classes)"
+        f"{config}: valid ({counted(result['layers'], 'layer')}, "
+        f"{counted(result['total_params'], 'parameter')}, "
+        f"{counted(result['num_classes'], 'class', 'classes')})"
     )
     return result
 
@@ -94,7 +104,9 @@ def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]
 @config_group.command(name="schema")
 @dlcli_command
 def config_schema(reporter: Reporter) -> dict[str, Any]:
-    """Print the JSON Schema of a config file, for editors' completion and checking.
+    """Print the JSON Schema of a config file.
+
+    Editors use it for completion and checking.
 
     \b
     Save it and name it in the config's first line:

@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import cli, dlcli_command
+from dlcli.cli.base import cli, complete_datasets, dlcli_command
 from dlcli.limits import DOWNLOAD_DEADLINE_S
 from dlcli.report import Reporter
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_datasets)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -65,7 +65,9 @@ def download(
     deadline: float,
     list_only: bool,
 ) -> dict[str, Any]:
-    """Download the archives of dataset NAME into DATA_DIR/NAME, verified by SHA-256.
+    """Download and verify a registry dataset.
+
+    The archives of dataset NAME go into DATA_DIR/NAME, verified by SHA-256.
 
     Files already present and valid are kept; an interrupted download resumes.
 

@@ -7,14 +7,17 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, dlcli_command
+from dlcli.cli.base import _set_option, cli, complete_devices, complete_run_dirs, dlcli_command
+from dlcli.device import DEVICE_HELP
 from dlcli.report import Reporter, summary_table
 
 # --- plot / runs: see what happened ------------------------------------------------------------
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument(
+    "run_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -29,7 +32,13 @@ from dlcli.report import Reporter, summary_table
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help=DEVICE_HELP,
+    shell_complete=complete_devices,
+)
 @click.option(
     "--accept-changed-data",
     is_flag=True,
@@ -46,7 +55,10 @@ def plot(
     device: str,
     accept_changed_data: bool,
 ) -> dict[str, Any]:
-    """PNG training curves (one per metric) and a confusion-matrix heatmap of a saved run.
+    """Plot a run's training curves and confusion matrix.
+
+    PNG files: a curve per metric (per epoch, and per step where recorded), the learning rate,
+    and a confusion-matrix heatmap of the saved model on --split.
 
     Needs matplotlib: pip install 'dlcli[plot]'.
     """
@@ -68,14 +80,26 @@ def plot(
 
 @cli.group()
 def runs() -> None:
-    """List and compare saved runs: key config values and final metrics."""
+    """List and compare saved runs.
+
+    Key config values and final metrics, read from the run directories.
+    """
 
 
 @runs.command("list")
-@click.argument("directory", type=click.Path(path_type=Path), default="runs", required=False)
+@click.argument(
+    "directory",
+    type=click.Path(path_type=Path),
+    default="runs",
+    required=False,
+    shell_complete=complete_run_dirs,
+)
 @dlcli_command
 def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
-    """The runs in DIRECTORY (default: runs/), one row each."""
+    """List the runs in DIRECTORY, one row each.
+
+    DIRECTORY defaults to runs/.
+    """
     from dlcli.report import runs_table
     from dlcli.runs import list_runs
 
@@ -90,10 +114,19 @@ def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
 
 
 @runs.command("compare")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "run_dirs",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path),
+    shell_complete=complete_run_dirs,
+)
 @dlcli_command
 def runs_compare(reporter: Reporter, run_dirs: tuple[Path, ...]) -> dict[str, Any]:
-    """RUN_DIRS side by side: config values (what differs highlighted) and final metrics."""
+    """Put runs side by side, differences marked.
+
+    Config values of RUN_DIRS (those that differ highlighted) and their final metrics.
+    """
     from dlcli.report import compare_table
     from dlcli.runs import compare, comparison_rows
 
@@ -124,21 +157,26 @@ def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
 @_set_option
 @dlcli_command
 def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Layer table of a CONFIG file or a saved MODEL_DIR: output shapes and parameters."""
+    """Show a model's layers, output shapes and parameters.
+
+    TARGET is a CONFIG file or a saved MODEL_DIR.
+    """
     from dlcli.config import load_config
-    from dlcli.model import build_model
+    from dlcli.model import build_model, hwc
 
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
     built = build_model(cfg.model)
     reporter.table(
-        summary_table(built.layers, built.input_shape, built.total_params, built.trainable_params)
+        summary_table(
+            built.layers, hwc(built.input_shape), built.total_params, built.trainable_params
+        )
     )
     return {
         "layers": [
             {
                 "name": i.name,
                 "type": i.kind,
-                "output_shape": list(i.output_shape),
+                "output_shape_hwc": list(i.output_shape_hwc),
                 "params": i.params,
             }
             for i in built.layers

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, dlcli_command
-from dlcli.report import Reporter, fit_summary_line, metrics_table, summary_table
+from dlcli.cli.base import _set_option, cli, complete_devices, complete_run_dirs, dlcli_command
+from dlcli.device import DEVICE_HELP, DEVICE_NAMES
+from dlcli.report import Reporter, counted, fit_summary_line, metrics_table, summary_table
 
 
 def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,11 +130,16 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--device", help="auto | cpu | cuda | cuda:N (overrides training.device).")
+@click.option(
+    "--device",
+    help=f"{DEVICE_NAMES}: overrides training.device.",
+    shell_complete=complete_devices,
+)
 @click.option("--seed", type=int, help="Random seed (overrides training.seed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option(
     "--resume",
+    shell_complete=complete_run_dirs,
     is_flag=False,
     flag_value="",
     default=None,
@@ -156,7 +162,9 @@ def train(
     maxs: tuple[str, ...],
     launch: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """Train the model a YAML CONFIG describes, evaluate it and save the run directory.
+    """Train a config's model, evaluate it and save the run.
+
+    The run directory holds the weights, the resolved config, metrics and history.
 
     Ctrl-C (or SIGTERM) stops after the current step, saves a checkpoint and prints the
     --resume command that continues the run.
@@ -195,7 +203,8 @@ def train(
     metrics = result.metrics
     reporter.table(
         metrics_table(
-            f"Final metrics ({metrics['epochs']} epochs, fit {metrics['fit_seconds']:.1f}s)",
+            f"Final metrics ({counted(metrics['epochs'], 'epoch')}, "
+            f"fit {metrics['fit_seconds']:.1f}s)",
             {
                 "train": metrics["train"],
                 "validation": metrics["validation"],
@@ -204,7 +213,7 @@ def train(
         )
     )
     fit_summary = _fit_summary(result, cfg)
-    reporter.result_line(fit_summary_line(fit_summary, result.run_dir))
+    reporter.result_line(fit_summary_line(fit_summary, result.run_dir), wrap_at=" · ")
     document = {"run_dir": str(result.run_dir), **metrics, "summary": fit_summary}
     final = {split: metrics[split] for split in ("train", "validation", "test")}
     return _apply_gates(reporter, gates, final, document)  # after the model is saved
@@ -254,17 +263,19 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
         f"{len(prepared.validation)} validation, {len(data.test)} test, "
         f"{data.num_classes} classes; device: {prepared.device}"
     )
-    if not reporter.quiet:
-        built = prepared.model
-        reporter.err.print(
-            summary_table(
-                built.layers, built.input_shape, built.total_params, built.trainable_params
-            )
-        )
+    from dlcli.model import hwc
+
+    built = prepared.model
+    shape = hwc(built.input_shape)
+    reporter.note_table(
+        summary_table(built.layers, shape, built.total_params, built.trainable_params)
+    )
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument(
+    "model_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+)
 @click.option(
     "--split",
     "splits",
@@ -274,7 +285,13 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help=DEVICE_HELP,
+    shell_complete=complete_devices,
+)
 @click.option(
     "--per-class",
     is_flag=True,
@@ -300,7 +317,7 @@ def evaluate(
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Metrics of a saved model directory on its validation and/or test split.
+    """Evaluate a saved model on its validation and test splits.
 
     The data files are compared with the SHA-256 the run recorded; a changed file is refused
     (exit 3) unless --accept-changed-data.

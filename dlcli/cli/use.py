@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import cli, dlcli_command
-from dlcli.report import Reporter
+from dlcli.cli.base import cli, complete_devices, complete_run_dirs, dlcli_command
+from dlcli.device import DEVICE_HELP
+from dlcli.report import Reporter, counted
 
 # --- predict / export: use a trained model ---------------------------------------------------
 
@@ -16,7 +17,9 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument(
+    "model_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+)
 @click.argument(
     "inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path)
 )
@@ -29,7 +32,13 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
 )
 @click.option("--csv", "csv_mode", is_flag=True, help="Print the predictions as CSV on stdout.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help=DEVICE_HELP,
+    shell_complete=complete_devices,
+)
 @dlcli_command
 def predict(
     reporter: Reporter,
@@ -40,7 +49,9 @@ def predict(
     batch_size: int,
     device: str,
 ) -> dict[str, Any] | None:
-    """Classify INPUT files with a saved model: IDX archives, .npy arrays, PNG/JPEG images.
+    """Classify images with a saved model.
+
+    INPUT files: IDX archives, .npy arrays, PNG/JPEG images.
 
     Prints each input's class index, class name and probability (softmax), or the K best
     with --top-k. Images are converted to the model's channels and resized to its input.
@@ -60,7 +71,7 @@ def predict(
         model_dir, list(inputs), top_k=top_k, batch_size=batch_size, device=device
     )
     count = len(result.predictions)
-    reporter.note(f"{count:,} inputs predicted in {result.seconds:.2f}s")
+    reporter.note(f"{counted(count, 'input')} predicted in {result.seconds:.2f}s")
     if csv_mode:
         reporter.write(_csv_text(result.csv_rows(min(top_k, len(result.class_names)))))
         return None
@@ -85,7 +96,9 @@ def _csv_text(rows: list[list[Any]]) -> str:
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument(
+    "model_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+)
 @click.option(
     "--format",
     "fmt",

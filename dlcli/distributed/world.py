@@ -247,6 +247,11 @@ def _worker_device(name: str, world: World, resolved: torch.device) -> torch.dev
     """``cuda:LOCAL_RANK`` for auto/cuda on a GPU machine; the CPU stays the CPU."""
     if resolved.type == "cpu":
         return resolved
+    if resolved.type == "mps":  # one Apple GPU a machine, and no collective backend for it
+        raise ConfigError(
+            "training.device: data-parallel training runs on CUDA GPUs or CPUs, found mps; "
+            "train in one process, or use device: cpu"
+        )
     if resolved.index is not None and name not in ("auto", "cuda") and world.local_size > 1:
         raise ConfigError(
             f"training.device: {name!r} names one GPU, but each of the {world.local_size} "

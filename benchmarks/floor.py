@@ -20,7 +20,9 @@ shipped config. The two run in alternating order, round after round; each round'
 dlcli's time to the floor's is one sample, and the median of those is the figure, because a
 shared machine drifts between fast and slow phases that a ratio within one round cancels.
 Each extra ``--variant NAME:KEY=VALUE[,KEY=VALUE]`` is one more dlcli contender with those
-``training`` keys set (e.g. ``--variant eager:step_compile=off``).
+``training`` keys set (e.g. ``--variant compiled:compile=true``); ``--whole-step`` adds
+**whole_step_compiled**, a prototype of the step captured whole by ``torch.compile``
+(:func:`whole_step`), whose compile time is reported apart.
 
 The table is printed and written into benchmarks/RESULTS.md between this script's markers
 (other sections are left alone), with the machine, the threads and the load average.
@@ -142,6 +144,59 @@ def floor_ops(trainer: Trainer, train: Split) -> tuple[list[Op], list[str]]:
     return ops, described
 
 
+# --- a prototype of the captured step -----------------------------------------------------
+
+
+def whole_step(trainer: Trainer, train: Split, batch: int) -> tuple[Callable[[], float], float]:
+    """A prototype of the step captured whole (``--whole-step``): the batch gather, forward,
+    loss, backward (``torch.func.grad_and_value``), Adam's update (torch's formula, not its
+    kernel: the same maths up to rounding) and the epoch's loss/accuracy sums in one
+    ``torch.compile(fullgraph=True)`` function over the model dlcli builds. It is not dlcli's
+    loop (no callbacks, checkpoints or resume); it shows what capturing the step gives and
+    what the compile costs. Returns one epoch's runner and the first call's seconds."""
+    module = trainer.model
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+    exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+    group = trainer.optimizer.param_groups[0]
+    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+    step_count = torch.zeros(())
+    sums = torch.zeros(2)  # loss * batch, correct
+
+    def loss_of(
+        p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.func.functional_call(module, p, (x,))
+        return F.cross_entropy(logits, y), logits
+
+    def step(index: torch.Tensor) -> None:
+        x, y = train.images.index_select(0, index).div(255), train.labels.index_select(0, index)
+        grads, (loss, logits) = torch.func.grad_and_value(loss_of, has_aux=True)(params, x, y)
+        step_count.add_(1)
+        correction1, correction2 = 1 - beta1**step_count, 1 - beta2**step_count
+        for name, grad in grads.items():
+            exp_avg[name].lerp_(grad, 1 - beta1)
+            exp_avg_sq[name].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq[name].sqrt() / correction2.sqrt()).add_(eps)
+            params[name].addcdiv_(exp_avg[name], denom * (correction1 / -lr))
+        sums[0].add_(loss.detach() * len(y))
+        sums[1].add_((logits.argmax(dim=1) == y).sum())
+
+    compiled = torch.compile(step, fullgraph=True)
+    order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    compiled(order[:batch])
+    compile_seconds = time.perf_counter() - start
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        for index in order.split(batch):
+            compiled(index)
+        return time.perf_counter() - start
+
+    return epoch, compile_seconds
+
+
 # --- one round --------------------------------------------------------------------------------
 
 
@@ -153,9 +208,10 @@ class Model:
     steps: int
     layers: list[str]
     contenders: dict[str, Callable[[], float]]
+    compile_seconds: float | None = None
 
 
-def prepare(name: str, variants: dict[str, dict[str, Any]]) -> Model:
+def prepare(name: str, variants: dict[str, dict[str, Any]], *, whole: bool = False) -> Model:
     cfg = load_config(ROOT / "configs" / CONFIGS[name])
     train, _ = split_train(load_data(cfg.data, str(ROOT / "data")), cfg)
     one_epoch = dataclasses.replace(cfg.training, epochs=1)
@@ -190,7 +246,13 @@ def prepare(name: str, variants: dict[str, dict[str, Any]]) -> Model:
     floor()  # warm: first calls pick kernels and allocate
     contenders = {"floor": floor, "dlcli": dlcli({})}
     contenders |= {label: dlcli(settings) for label, settings in variants.items()}
-    return Model(name, steps, layers, contenders)
+    model = Model(name, steps, layers, contenders)
+    if whole:
+        epoch, model.compile_seconds = whole_step(
+            trainer(one_epoch), train, cfg.training.batch_size
+        )
+        contenders["whole_step_compiled"] = epoch
+    return model
 
 
 def measure(model: Model, rounds: int) -> dict[str, list[float]]:
@@ -253,6 +315,12 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
     ]
     for model, seconds in results:
         lines += table(model, seconds)[0 if model is results[0][0] else 2 :]
+    for model, _ in results:
+        if model.compile_seconds is not None:
+            lines.append(
+                f"\n{model.name}: `--whole-step` compile (its first call, not in the table): "
+                f"{model.compile_seconds:.1f} s"
+            )
     lines += ["", "What the floor holds, per step:", ""]
     for model, _ in results:
         lines += [f"- {model.name}: {layer}" for layer in model.layers]
@@ -275,18 +343,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE")
+    parser.add_argument(
+        "--whole-step", action="store_true", help="add the compiled whole-step prototype"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args()
     args.load_before = os.getloadavg()
     args.models = [m for m in args.models.split(",") if m]
     if unknown := [m for m in args.models if m not in CONFIGS]:
         parser.error(f"unknown model: {', '.join(unknown)}")
-    args.tag = f"cpu-{args.threads}t"
+    args.tag = f"cpu-{args.threads}t-{'-'.join(args.models)}"
     torch.set_num_threads(args.threads)
     variants = dict(parse_variant(v) for v in args.variant)
     results = []
     for name in args.models:
-        model = prepare(name, variants)
+        model = prepare(name, variants, whole=args.whole_step)
         results.append((model, measure(model, args.rounds)))
     text = section(args, results)
     print(text)

@@ -48,6 +48,7 @@ import yaml
 from _common import cpu_model, write_section  # run as a script: benchmarks/ is on sys.path
 from torch import nn
 
+from dlcli.accel import to_float
 from dlcli.config import load_config
 from dlcli.data.dataset import Split
 from dlcli.engine import Trainer
@@ -78,9 +79,9 @@ def recorded_layers(trainer: Trainer, train: Split) -> list[tuple[nn.Module, tor
     layers = [m for m in trainer.model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     try:
-        index = torch.arange(trainer.cfg.batch_size)
+        batch = train.images[: trainer.training.batch_size]
         trainer.model.train()
-        trainer.model(trainer.accel.inputs(train.images, index))
+        trainer.model(trainer.channels_last.batch(to_float(batch)))  # the step's step 3
     finally:
         for handle in handles:
             handle.remove()

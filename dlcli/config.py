@@ -139,8 +139,27 @@ class Activation:
     activation: ActivationName = doc("the activation function")
 
 
+@dataclass(kw_only=True)
+class Residual:
+    type: Literal["residual"] = "residual"
+    layers: list[LayerSpec] = doc(
+        "the block's layers; their output is added to the block's input (projected by a 1x1 "
+        "convolution or a dense layer when the shapes differ)"
+    )
+    activation: ActivationName = doc("activation applied after the addition", "linear")
+
+
 LayerSpec = Union[  # noqa: UP007 - a runtime-inspected union
-    Flatten, Dense, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dropout, BatchNorm, Activation
+    Flatten,
+    Dense,
+    Conv2d,
+    MaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    Dropout,
+    BatchNorm,
+    Activation,
+    Residual,
 ]
 LAYER_TYPES: dict[str, type[Any]] = {
     cls.__dataclass_fields__["type"].default: cls for cls in get_args(LayerSpec)

@@ -104,4 +104,6 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     import difflib
 
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    if not close and len(str(name)) >= 2:  # an abbreviation: acc → accuracy
+        close = sorted((c for c in choices if str(c).startswith(str(name))), key=len)[:1]
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -4,6 +4,7 @@ load the archives, split off validation, build the model, fit, evaluate, save.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -16,13 +17,26 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dlcli import __version__, checkpoint, distributed, signals, store
-from dlcli.callbacks import Checkpointer, build_callbacks, reports
+from dlcli import __version__, checkpoint, distributed, metric_names, signals, store
+from dlcli.callbacks import (
+    Checkpointer,
+    SplitMetrics,
+    build_callbacks,
+    reports,
+    watched_test_split,
+)
 from dlcli.config import Config, DataConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
 from dlcli.engine import Callback, Logs, Trainer, resolve_device
-from dlcli.errors import Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.errors import (
+    ConfigError,
+    DataError,
+    Interrupted,
+    ModelDirError,
+    TrainingError,
+)
+from dlcli.gates import Gate, default_split, resolve_gates
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
 
@@ -49,20 +63,81 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def load_data(data: DataConfig, data_dir: str | None = None) -> Dataset:
-    """The dataset a config names: a registry entry, or four explicit IDX archives."""
+DATA_FILES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def load_data(
+    data: DataConfig, data_dir: str | None = None, *, recorded: dict[str, Any] | None = None
+) -> Dataset:
+    """The dataset a config names: a registry entry, or four explicit IDX archives (absolute
+    paths: ``load_config`` resolved them against the config file's directory).
+
+    ``recorded`` is a saved run's ``metrics.json`` ``dataset`` section: the files' SHA-256 at
+    training time are checked, and a registry dataset is looked for where the run found it
+    when neither ``data_dir``, ``data.data_dir`` nor $DLCLI_DATA_DIR says otherwise.
+    """
     if data.dataset is not None:
-        root = Path(data_dir or data.data_dir or default_data_dir())
-        return load_dataset(data.dataset, root)
+        return load_dataset(data.dataset, registry_root(data, data_dir, recorded))
     assert data.num_classes is not None  # guaranteed by config validation
-    return load_archives(
-        str(data.train_images),
-        str(data.train_labels),
-        str(data.test_images),
-        str(data.test_labels),
+    paths = {key: Path(str(getattr(data, key))) for key in DATA_FILES}
+    for key, path in paths.items():
+        if not path.is_file():
+            found = "is a directory" if path.is_dir() else "does not exist"
+            raise DataError(
+                f"data.{key}: {path} {found} (relative paths in a config resolve against the "
+                "config file's directory)"
+            )
+    if recorded:  # a saved run: its data must be the data it was trained on
+        _check_recorded(paths, recorded.get("files"))
+    dataset = load_archives(
+        paths["train_images"],
+        paths["train_labels"],
+        paths["test_images"],
+        paths["test_labels"],
         data.num_classes,
         class_names=tuple(data.class_names) if data.class_names else None,
     )
+    dataset.files = _data_files(paths, dataset.checksums)
+    return dataset
+
+
+def registry_root(
+    data: DataConfig, data_dir: str | None, recorded: dict[str, Any] | None = None
+) -> Path:
+    """Where a registry dataset is read from: ``--data-dir``, ``data.data_dir``,
+    $DLCLI_DATA_DIR, the absolute folder a saved run recorded (when it still exists), data/."""
+    if data_dir or data.data_dir:
+        return Path(str(data_dir or data.data_dir))
+    saved = (recorded or {}).get("data_dir")
+    if not os.environ.get("DLCLI_DATA_DIR") and isinstance(saved, str) and Path(saved).is_dir():
+        return Path(saved)
+    return default_data_dir()
+
+
+def _data_files(paths: dict[str, Path], checksums: dict[str, str]) -> dict[str, Any]:
+    """``{key: {"path": absolute path, "sha256": ...}}`` for metrics.json."""
+    files = {}
+    for key, path in paths.items():
+        sha = checksums.get(path.name) or checksums.get(os.fspath(path))
+        files[key] = {"path": os.path.abspath(path), "sha256": sha}
+    return files
+
+
+def _check_recorded(paths: dict[str, Path], recorded: Any) -> None:
+    """Refuse data that changed since the run was trained (its SHA-256 differs)."""
+    if not isinstance(recorded, dict):
+        return
+    for key, path in paths.items():
+        then = recorded.get(key)
+        expected = then.get("sha256") if isinstance(then, dict) else None
+        if not isinstance(expected, str):
+            continue
+        found = store.sha256_file(path)
+        if found != expected:
+            raise DataError(
+                f"data.{key}: {path} changed since the run was trained: sha256 is "
+                f"{found[:12]}…, the run recorded {expected[:12]}…"
+            )
 
 
 def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
@@ -100,7 +175,7 @@ def prepare(
         lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
     )
     dataset = load_data(cfg.data)
-    _check_input_shape(cfg, dataset)
+    check_input_shape(cfg, dataset)
     train, validation = split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.model, num_classes=dataset.num_classes)
@@ -109,11 +184,12 @@ def prepare(
     return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world)
 
 
-def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
+def check_input_shape(cfg: Config, dataset: Dataset) -> None:
+    """``model.input_shape`` must be the dataset's image shape (a config error, exit 2)."""
     channels, height, width = dataset.train.images.shape[1:]
     found = [int(height), int(width), int(channels)]
     if list(cfg.model.input_shape) != found:
-        raise UsageError(
+        raise ConfigError(
             f"model.input_shape: the config says {list(cfg.model.input_shape)}, "
             f"but the dataset's images are {found} (height, width, channels)"
         )
@@ -134,12 +210,14 @@ def train(
     if not world.is_main:  # distributed: rank 0 alone writes (checkpoints, event files)
         configured = [cb for cb in configured if not isinstance(cb, Checkpointer)]
     writers = _output_callbacks(prepared) if world.is_main else []
+    # A monitor or target on the test split: evaluate it every epoch, before anyone reads logs.
+    tested = [SplitMetrics(prepared.dataset.test, "test_")] if watched_test_split(cfg) else []
     trainer = Trainer(
         prepared.model.module,
         cfg.training,
         num_classes=prepared.dataset.num_classes,
         device=prepared.device,
-        callbacks=[*callbacks, *writers, *configured, *distributed.test_hooks(world)],
+        callbacks=[*tested, *callbacks, *writers, *configured, *distributed.test_hooks(world)],
         world=world,
     )
     if prepared.resume is not None:
@@ -218,8 +296,17 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "validation_size": len(prepared.validation),
             "test_size": len(dataset.test),
             "checksums": dataset.checksums,
+            **_data_location(prepared),
         },
     }
+
+
+def _data_location(prepared: Prepared) -> dict[str, Any]:
+    """Where the data was read: each file's absolute path and SHA-256, or the registry folder."""
+    if prepared.dataset.files:
+        return {"files": prepared.dataset.files}
+    data = prepared.config.data
+    return {"data_dir": os.path.abspath(registry_root(data, None))}
 
 
 def _resumed(prepared: Prepared) -> dict[str, Any]:
@@ -322,7 +409,11 @@ class SavedRun:
 def open_run(run_dir: Path, *, data_dir: str | None = None, device: str = "auto") -> SavedRun:
     """Verify and load a run dir's model and the dataset its config names."""
     loaded = load_model(run_dir, device)
-    return SavedRun(loaded, load_data(loaded.run.config.data, data_dir))
+    recorded = loaded.run.metrics.get("dataset")
+    data = load_data(
+        loaded.run.config.data, data_dir, recorded=recorded if isinstance(recorded, dict) else None
+    )
+    return SavedRun(loaded, data)
 
 
 def evaluate(
@@ -332,10 +423,19 @@ def evaluate(
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    gates: Sequence[Gate] = (),
 ) -> dict[str, Logs]:
-    """Rebuild a saved run's data split and report its metrics on the requested splits."""
+    """Rebuild a saved run's data split and report its metrics on the requested splits.
+    ``gates`` are checked against the metrics the run reports before any evaluation."""
     saved = open_run(run_dir, data_dir=data_dir, device=device)
+    check_gate_names(gates, saved.loaded.run.config, splits)
     return {name: saved.metrics(name, batch_size) for name in splits}
+
+
+def check_gate_names(gates: Sequence[Gate], config: Config, splits: Sequence[str]) -> None:
+    """Refuse (exit 2, did-you-mean) a gate naming a metric or split that will not be reported."""
+    names = metric_names.reported(config.training.metrics)
+    resolve_gates(gates, {s: names for s in splits}, default_split(list(splits)))
 
 
 @dataclass
@@ -351,9 +451,11 @@ def evaluate_per_class(
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    gates: Sequence[Gate] = (),
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
     saved = open_run(run_dir, data_dir=data_dir, device=device)
+    check_gate_names(gates, saved.loaded.run.config, splits)
     return {
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()

@@ -35,10 +35,11 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _train_gates(mins: tuple[str, ...], maxs: tuple[str, ...], cfg: Any) -> list[Any]:
     """The gates, their names checked against what training will report, before it starts."""
-    from dlcli.gates import SPLITS, parse_gates, resolve_gates
+    from dlcli.gates import parse_gates, resolve_gates
+    from dlcli.metric_names import SPLITS, reported
 
     gates = parse_gates(mins, maxs)
-    resolve_gates(gates, {s: ["loss", *cfg.training.metrics] for s in SPLITS}, "validation")
+    resolve_gates(gates, {s: reported(cfg.training.metrics) for s in SPLITS}, "validation")
     return gates
 
 
@@ -297,6 +298,7 @@ def evaluate(
         batch_size=batch_size,
         data_dir=data_dir,
         device=device,
+        gates=gates,
     )
     results = {name: r.metrics for name, r in reports.items()} if per_class else reports
     shown = {

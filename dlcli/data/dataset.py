@@ -12,9 +12,10 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +55,8 @@ class Dataset:
     class_names: tuple[str, ...]
     name: str | None  # the registry name; None for explicit files
     checksums: dict[str, str]  # archive file name -> sha256
+    # Explicit files: config key -> {"path": absolute path, "sha256": ...} (recorded in a run).
+    files: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

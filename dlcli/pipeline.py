@@ -81,11 +81,12 @@ def load_data(
     assert data.num_classes is not None  # guaranteed by config validation
     paths = {key: Path(str(getattr(data, key))) for key in DATA_FILES}
     for key, path in paths.items():
+        if path.is_dir():
+            raise DataError(f"data.{key}: {path} is a directory, expected a data file")
         if not path.is_file():
-            found = "is a directory" if path.is_dir() else "does not exist"
             raise DataError(
-                f"data.{key}: {path} {found} (relative paths in a config resolve against the "
-                "config file's directory)"
+                f"data.{key}: file not found: {path} (relative paths in a config resolve "
+                "against the config file's directory)"
             )
     if recorded:  # a saved run: its data must be the data it was trained on
         _check_recorded(paths, recorded.get("files"))

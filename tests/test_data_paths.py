@@ -68,7 +68,7 @@ def test_a_config_run_from_another_directory_trains_and_evaluates_anywhere(
     moved = proj / "cfg" / "data" / "test-labels-idx1-ubyte.gz"
     moved.rename(moved.with_suffix(".bak"))
     error = document(dlcli("evaluate", str(run_dir), "--json", cwd=elsewhere), 3)["error"]
-    assert error["message"].startswith(f"data.test_labels: {moved} does not exist")
+    assert error["message"].startswith(f"data.test_labels: file not found: {moved}")
     moved.with_suffix(".bak").rename(moved)
     shutil.copy(proj / "cfg" / "data" / "train-labels-idx1-ubyte.gz", moved)
     error = document(dlcli("evaluate", str(run_dir), "--json", cwd=elsewhere), 3)["error"]
@@ -84,6 +84,6 @@ def test_config_validate_reads_the_data_as_train_does(tmp_path: Path) -> None:
     missing.unlink()
     proc = dlcli("config", "validate", "cfg/my.yaml", "--json", cwd=proj)
     message = document(proc, 2)["error"]["message"]
-    assert f"data.train_images: {missing} does not exist" in message
+    assert f"data.train_images: file not found: {missing}" in message
     assert "resolve against the config file's directory" in message
     assert dlcli("config", "validate", "cfg/my.yaml", "--no-data", cwd=proj).returncode == 0

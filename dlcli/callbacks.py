@@ -31,8 +31,9 @@ from dlcli.data.dataset import Split
 from dlcli.engine import Callback, Logs, Trainer
 
 
-def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
-    """The callbacks ``cfg.training`` configures, in the order they must run."""
+def build_callbacks(cfg: Config, run_dir: Path, work_dir: Path | None = None) -> list[Callback]:
+    """The callbacks ``cfg.training`` configures, in the order they must run (checkpoints are
+    written under ``work_dir``, default ``run_dir``: see dlcli.store.Output)."""
     training = cfg.training
     callbacks: list[Callback] = []
     if training.lr_schedule is not None:
@@ -41,7 +42,7 @@ def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
         callbacks.append(EarlyStopping(training.early_stopping))
     if training.target is not None:
         callbacks.append(TargetTracker(training.target, stop=training.stop_at_target))
-    callbacks.append(Checkpointer(cfg, run_dir))
+    callbacks.append(Checkpointer(cfg, run_dir, work_dir=work_dir))
     return callbacks
 
 
@@ -299,10 +300,11 @@ class Checkpointer(Reporting):
 
     report_key = "checkpoints"
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
+    def __init__(self, config: Config, run_dir: Path, *, work_dir: Path | None = None) -> None:
         self.config = config
         self.cfg = config.training.checkpoint
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir)  # where the checkpoints will be once the run is saved
+        self.work_dir = Path(work_dir or run_dir)  # where they are written while training
         self.mode = metric_mode(self.cfg.monitor, self.cfg.mode)
         self.key = history_key(self.cfg.monitor)
         self.best: float | None = None
@@ -319,7 +321,7 @@ class Checkpointer(Reporting):
         if due:
             self._save(trainer, checkpoint.LAST)
         if better and due:
-            checkpoint.copy(self.run_dir, checkpoint.LAST, checkpoint.BEST)
+            checkpoint.copy(self.work_dir, checkpoint.LAST, checkpoint.BEST)
         elif better:
             self._save(trainer, checkpoint.BEST)
 
@@ -328,7 +330,7 @@ class Checkpointer(Reporting):
             self._save(trainer, checkpoint.LAST)
 
     def _save(self, trainer: Trainer, name: str) -> None:
-        checkpoint.save(self.run_dir, name, self.config, trainer.state_dict())
+        checkpoint.save(self.work_dir, name, self.config, trainer.state_dict())
         if name == checkpoint.LAST:
             self.last_epoch = trainer.epoch
 

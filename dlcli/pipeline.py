@@ -54,6 +54,12 @@ class Prepared:
     run_dir: Path
     resume: checkpoint.Checkpoint | None = None  # --resume: where training continues from
     world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
+    output: store.Output | None = None  # the locked run dir (rank 0); None: not locked
+
+    @property
+    def work_dir(self) -> Path:
+        """Where checkpoints and event files go while training (see store.Output)."""
+        return self.output.work_dir if self.output is not None else self.run_dir
 
 
 @dataclass
@@ -169,20 +175,27 @@ def prepare(
     """
     world, device = distributed.init_from_env(cfg.training.device, dist_timeout)
     run_dir = Path(str(cfg.output.dir))
-    store.check_output_dir(run_dir, overwrite=overwrite, resume=resume)
-    if world.is_main:
-        store.check_writable(run_dir)
-    resumed = world.from_main(
-        lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
+    # Rank 0 alone writes: it locks the run dir (a second writer is refused at once).
+    output = (
+        store.open_output(run_dir, overwrite=overwrite, resume=resume)
+        if world.is_main
+        else store.Output(run_dir, run_dir)
     )
-    dataset = load_data(cfg.data)
-    check_input_shape(cfg, dataset)
-    train, validation = split_train(dataset, cfg)
-    torch.manual_seed(cfg.training.seed)
-    model = build_model(cfg.model, num_classes=dataset.num_classes)
-    if overwrite and not resume and world.is_main:
-        checkpoint.clear(run_dir)  # a fresh run: stale checkpoints must not be resumed later
-    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world)
+    try:
+        resumed = world.from_main(
+            lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
+        )
+        dataset = load_data(cfg.data)
+        check_input_shape(cfg, dataset)
+        train, validation = split_train(dataset, cfg)
+        torch.manual_seed(cfg.training.seed)
+        model = build_model(cfg.model, num_classes=dataset.num_classes)
+    except BaseException:
+        output.release()
+        raise
+    return Prepared(
+        cfg, dataset, train, validation, model, device, run_dir, resumed, world, output
+    )
 
 
 def check_input_shape(cfg: Config, dataset: Dataset) -> None:
@@ -203,11 +216,22 @@ def train(
     """Fit, evaluate on validation and test, and save the run directory.
 
     SIGINT/SIGTERM stop after the current step with a checkpoint (:class:`Interrupted`, whose
-    message says how to resume: ``config_path`` names the config in it).
+    message says how to resume: ``config_path`` names the config in it). The run dir's lock
+    is given back at the end, however it ends.
     """
+    try:
+        return _fit_and_save(prepared, callbacks, config_path)
+    finally:
+        if prepared.output is not None:
+            prepared.output.release()
+
+
+def _fit_and_save(
+    prepared: Prepared, callbacks: Sequence[Callback], config_path: Path | None
+) -> TrainResult:
     cfg = prepared.config
     world = prepared.world
-    configured = build_callbacks(cfg, prepared.run_dir)  # the checkpoint callback runs last
+    configured = build_callbacks(cfg, prepared.run_dir, prepared.work_dir)  # checkpoints last
     if not world.is_main:  # distributed: rank 0 alone writes (checkpoints, event files)
         configured = [cb for cb in configured if not isinstance(cb, Checkpointer)]
     writers = _output_callbacks(prepared) if world.is_main else []
@@ -235,7 +259,7 @@ def train(
         metrics = _metrics(prepared, trainer) | reports(configured) | world.describe()
         if world.is_main:
             store.save_run(
-                prepared.run_dir,
+                prepared.output or prepared.run_dir,
                 config=cfg,
                 state_dict=trainer.model.state_dict(),
                 metrics=metrics,
@@ -246,7 +270,7 @@ def train(
 
 
 def _resume_hint(prepared: Prepared, config_path: Path | None) -> str:
-    found = checkpoint.describe(prepared.run_dir)
+    found = checkpoint.describe(prepared.work_dir)
     if found is None:
         return "; no checkpoint was written (training.checkpoint.every is 0, or none was due yet)"
     config = config_path if config_path is not None else "CONFIG"
@@ -257,7 +281,7 @@ def _resume_hint(prepared: Prepared, config_path: Path | None) -> str:
 
 
 def _last_good(prepared: Prepared) -> str:
-    found = checkpoint.describe(prepared.run_dir)
+    found = checkpoint.describe(prepared.work_dir)
     if found is None:
         return "; no checkpoint was written before it"
     return f"; the last good checkpoint is kept ({found})"
@@ -269,7 +293,7 @@ def _output_callbacks(prepared: Prepared) -> list[Callback]:
         return []
     from dlcli.tensorboard import TensorBoardLogger
 
-    return [TensorBoardLogger(prepared.run_dir, prepared.config)]
+    return [TensorBoardLogger(prepared.work_dir, prepared.config)]
 
 
 def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:

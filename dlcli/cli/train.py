@@ -236,6 +236,12 @@ def _fit_summary(result: Any, cfg: Any) -> dict[str, Any]:
 
 
 def _announce(reporter: Reporter, prepared: Any) -> None:
+    output = prepared.output
+    if output is not None and output.replaces and output.kept:
+        reporter.note(
+            f"{prepared.run_dir}: the previous run is replaced when this one is saved; kept as "
+            f"they are (not written by training): {', '.join(output.kept)}"
+        )
     data = prepared.dataset
     reporter.note(
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "

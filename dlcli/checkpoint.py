@@ -247,6 +247,22 @@ def load(path: Path, config: Config) -> Checkpoint:
     return Checkpoint(path, state)
 
 
+def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    """The model weights of checkpoint ``name`` (best, last) of a saved run, verified."""
+    path = directory(run_dir) / name
+    if not (path / store.MANIFEST).is_file():
+        why = "keep_best found no epoch to keep" if name == BEST else "checkpoints were off"
+        raise ModelDirError(
+            f"{run_dir}: no {name} checkpoint ({path}); training.checkpoint writes them "
+            f"(here {why}, or the run predates them)"
+        )
+    store.verify_manifest(path, FILES)
+    try:
+        return load_file(str(path / MODEL))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelDirError(f"{path / MODEL}: unreadable weights: {err}") from None
+
+
 def check_same_config(path: Path, config: Config) -> None:
     """Refuse to resume a checkpoint with another model, data or optimisation."""
     try:

@@ -14,7 +14,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -336,16 +336,37 @@ def parse_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"{type(err).__name__}: {err}") from None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override and validate a YAML config; every problem is reported at once."""
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), values: Mapping[str, Any] | None = None
+) -> Config:
+    """Read, override and validate a YAML config; every problem is reported at once.
+
+    ``overrides`` are ``--set key.path=value`` strings (the value is YAML); ``values`` are typed
+    values by key path (``{"output.dir": "runs/x #1"}``: a command's typed flags), set as they
+    are, never parsed as YAML, after the overrides.
+    """
     path = Path(path)
     raw = read_yaml(path)
     resolve_paths(Config, raw, path.parent)  # paths in the file: against its directory
+    return parse_resolved(raw, overrides, values, source=str(path), default_name=path.stem)
+
+
+def parse_resolved(
+    raw: dict[str, Any],
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    *,
+    source: str,
+    default_name: str = "run",
+) -> Config:
+    """Apply command-line overrides and typed values to a raw config and validate it; paths
+    given on the command line resolve against the current directory."""
     apply_overrides(raw, overrides)
-    resolve_paths(Config, raw, Path.cwd())  # paths given with --set: against the current one
-    cfg = parse_config(raw, source=str(path))
+    apply_values(raw, values or {})
+    resolve_paths(Config, raw, Path.cwd())
+    cfg = parse_config(raw, source=source)
     if cfg.output.dir is None:
-        cfg.output.dir = str(Path("runs") / path.stem)
+        cfg.output.dir = str(Path("runs") / default_name)
     return cfg
 
 
@@ -411,6 +432,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             raise ConfigError(f"--set {item!r}: invalid YAML value{_yaml_where(err)}") from None
         parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
         _set_path(raw, parts, value, key.strip())
+
+
+def apply_values(raw: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """Set typed values by dotted key path in place (None values are skipped)."""
+    for key, value in values.items():
+        if value is not None:
+            parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key)]
+            _set_path(raw, parts, value, key)
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:

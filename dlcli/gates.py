@@ -213,3 +213,26 @@ def gate_metrics(logs: Mapping[str, Any]) -> dict[str, float]:
         for k, v in logs.items()
         if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)
     }
+
+
+def for_training(
+    mins: Sequence[str], maxs: Sequence[str], training_metrics: Sequence[str]
+) -> list[Gate]:
+    """``train``'s gates, their names checked against what training will report, before it
+    starts (an unqualified name: the validation split)."""
+    gates = parse_gates(mins, maxs)
+    names = metric_names.reported(training_metrics)
+    resolve_gates(gates, {s: names for s in SPLITS}, "validation")
+    return gates
+
+
+def apply(
+    gates: Sequence[Gate],
+    metrics: Mapping[str, Mapping[str, Any]],
+    document: dict[str, Any] | None = None,
+) -> list[GateResult]:
+    """Check ``gates`` against final metrics (split → logs): :func:`check_gates` after
+    resolving them against the splits present (``document`` gets ``gates``)."""
+    available = {split: gate_metrics(logs) for split, logs in metrics.items()}
+    resolved = resolve_gates(gates, available, default_split(list(available)))
+    return check_gates(resolved, available, document)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +67,22 @@ class TrainResult:
     run_dir: Path
     history: list[Logs]
     metrics: dict[str, Any] = field(default_factory=dict)
+    config: Config | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Best epoch (by the monitored metric, else val_loss), seconds per epoch, samples/s,
+        and which weights ``model.safetensors`` holds."""
+        from dlcli.config import to_dict
+        from dlcli.runs import monitored_metric, summarize_history
+
+        train_size = self.metrics.get("dataset", {}).get("train_size")
+        monitor, mode = monitored_metric(to_dict(self.config)) if self.config else (None, "auto")
+        found = summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
+        return found | {"weights": saved_weights(self.metrics)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``train --json`` document (without ``gates``)."""
+        return {"run_dir": str(self.run_dir), **self.metrics, "summary": self.summary()}
 
 
 DATA_FILES = ("train_images", "train_labels", "test_images", "test_labels")
@@ -193,9 +209,7 @@ def prepare(
     except BaseException:
         output.release()
         raise
-    return Prepared(
-        cfg, dataset, train, validation, model, device, run_dir, resumed, world, output
-    )
+    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world, output)
 
 
 def check_input_shape(cfg: Config, dataset: Dataset) -> None:
@@ -210,25 +224,21 @@ def check_input_shape(cfg: Config, dataset: Dataset) -> None:
 
 
 @distributed.collective_errors
-def train(
-    prepared: Prepared, callbacks: Sequence[Callback] = (), *, config_path: Path | None = None
-) -> TrainResult:
+def train(prepared: Prepared, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Fit, evaluate on validation and test, and save the run directory.
 
     SIGINT/SIGTERM stop after the current step with a checkpoint (:class:`Interrupted`, whose
-    message says how to resume: ``config_path`` names the config in it). The run dir's lock
+    message is the command that continues the run). The run dir's lock
     is given back at the end, however it ends.
     """
     try:
-        return _fit_and_save(prepared, callbacks, config_path)
+        return _fit_and_save(prepared, callbacks)
     finally:
         if prepared.output is not None:
             prepared.output.release()
 
 
-def _fit_and_save(
-    prepared: Prepared, callbacks: Sequence[Callback], config_path: Path | None
-) -> TrainResult:
+def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = prepared.config
     world = prepared.world
     configured = build_callbacks(cfg, prepared.run_dir, prepared.work_dir)  # checkpoints last
@@ -252,7 +262,7 @@ def _fit_and_save(
             history = trainer.fit(prepared.train, prepared.validation)
         except Interrupted as err:
             world.barrier()  # distributed: rank 0's checkpoint is written before the hint
-            raise Interrupted(err.message + _resume_hint(prepared, config_path)) from None
+            raise Interrupted(err.message + _resume_hint(prepared)) from None
         except TrainingError as err:
             raise TrainingError(err.message + _last_good(prepared)) from None
         guard.immediate = True  # no step left to finish: a signal now stops at once
@@ -266,18 +276,28 @@ def _fit_and_save(
                 history=history,
             )
         world.barrier()  # distributed: the other workers wait for rank 0's save
-    return TrainResult(prepared.run_dir, history, metrics)
+    return TrainResult(prepared.run_dir, history, metrics, config=cfg)
 
 
-def _resume_hint(prepared: Prepared, config_path: Path | None) -> str:
+def saved_weights(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Which weights model.safetensors holds: the last epoch's, or (early stopping with
+    restore_best) the best epoch's."""
+    early = metrics.get("early_stopping")
+    if isinstance(early, Mapping) and early.get("restored_best"):
+        return {"epoch": early.get("best_epoch"), "why": f"best by {early.get('monitor')}"}
+    return {"epoch": metrics.get("epochs"), "why": "last"}
+
+
+def _resume_hint(prepared: Prepared) -> str:
+    from dlcli.train_request import continue_command
+
     found = checkpoint.describe(prepared.work_dir)
     if found is None:
         return "; no checkpoint was written (training.checkpoint.every is 0, or none was due yet)"
-    config = config_path if config_path is not None else "CONFIG"
-    return (
-        f"; checkpoint saved ({found}). Continue with: "
-        f"dlcli train {config} --resume {prepared.run_dir}"
-    )
+    world = prepared.world
+    nodes = max(1, world.size // max(1, world.local_size))
+    line = continue_command(prepared.run_dir, workers=world.local_size, nodes=nodes)
+    return f"; checkpoint saved ({found}). Continue with: {line}"
 
 
 def _last_good(prepared: Prepared) -> str:
@@ -361,9 +381,15 @@ class LoadedModel:
     built: BuiltModel
 
 
-def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
-    """Verify a run dir and rebuild its model with the saved weights (CPU if no GPU)."""
+WEIGHTS = ("saved", "best", "last")
+
+
+def load_model(run_dir: Path, device: str = "auto", weights: str = "saved") -> LoadedModel:
+    """Verify a run dir and rebuild its model (CPU if no GPU) with the weights it saved
+    (``saved``: model.safetensors), or its ``best`` or ``last`` checkpoint's (verified too)."""
     run = store.load_run(run_dir)
+    if weights != "saved":
+        run.state_dict = checkpoint.load_weights(Path(run_dir), weights)
     cfg = run.config
     num_classes = int(run.metrics.get("dataset", {}).get("num_classes", 0)) or None
     built = build_model(cfg.model, num_classes=num_classes)
@@ -431,9 +457,12 @@ class SavedRun:
         )
 
 
-def open_run(run_dir: Path, *, data_dir: str | None = None, device: str = "auto") -> SavedRun:
-    """Verify and load a run dir's model and the dataset its config names."""
-    loaded = load_model(run_dir, device)
+def open_run(
+    run_dir: Path, *, data_dir: str | None = None, device: str = "auto", weights: str = "saved"
+) -> SavedRun:
+    """Verify and load a run dir's model (``weights``: see :func:`load_model`) and the dataset
+    its config names."""
+    loaded = load_model(run_dir, device, weights)
     recorded = loaded.run.metrics.get("dataset")
     data = load_data(
         loaded.run.config.data, data_dir, recorded=recorded if isinstance(recorded, dict) else None
@@ -449,10 +478,11 @@ def evaluate(
     data_dir: str | None = None,
     device: str = "auto",
     gates: Sequence[Gate] = (),
+    weights: str = "saved",
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits.
     ``gates`` are checked against the metrics the run reports before any evaluation."""
-    saved = open_run(run_dir, data_dir=data_dir, device=device)
+    saved = open_run(run_dir, data_dir=data_dir, device=device, weights=weights)
     check_gate_names(gates, saved.loaded.run.config, splits)
     return {name: saved.metrics(name, batch_size) for name in splits}
 
@@ -477,9 +507,10 @@ def evaluate_per_class(
     data_dir: str | None = None,
     device: str = "auto",
     gates: Sequence[Gate] = (),
+    weights: str = "saved",
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
-    saved = open_run(run_dir, data_dir=data_dir, device=device)
+    saved = open_run(run_dir, data_dir=data_dir, device=device, weights=weights)
     check_gate_names(gates, saved.loaded.run.config, splits)
     return {
         name: SplitReport(

@@ -373,9 +373,15 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
         raise ModelDirError(
             f"{run_dir}: not a complete dlcli model directory (no {MANIFEST}); "
             "was training interrupted before the model was saved?"
-            + (f" Continue it with: dlcli train CONFIG --resume {run_dir}" if resumable else "")
+            + (f" Continue it with: dlcli train --resume {_quote(run_dir)}" if resumable else "")
         )
     return verify_manifest(run_dir, (CONFIG, WEIGHTS, METRICS))
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def verify_manifest(directory: Path, required: Sequence[str]) -> dict[str, Any]:

@@ -322,7 +322,7 @@ def test_interrupted_run_dir_says_how_to_resume(tmp_path: Path) -> None:
         (run_dir / name).unlink()  # as if killed before the final save
     result = cli_run("evaluate", str(run_dir))
     assert result.exit_code == 3
-    assert f"dlcli train CONFIG --resume {run_dir}" in result.stderr
+    assert f"dlcli train --resume {run_dir}" in result.stderr
 
 
 # --- nothing a user loads is unpickled ----------------------------------------------------------

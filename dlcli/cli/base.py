@@ -121,3 +121,36 @@ _set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a config key, e.g. --set training.epochs=3 (repeatable; value is YAML).",
 )
+
+
+# --- options several commands share (declared once) ---------------------------------------
+
+
+def device_option(default: str | None = "auto", note: str = "") -> Callable[[Any], Any]:
+    """``--device``: auto | cpu | cuda | cuda:N."""
+    return click.option(
+        "--device",
+        default=default,
+        show_default=default is not None,
+        help=f"auto | cpu | cuda | cuda:N {note}".strip() + ".",
+    )
+
+
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images per forward pass.",
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives."
+)
+weights_option = click.option(
+    "--weights",
+    type=click.Choice(["saved", "best", "last"]),
+    default="saved",
+    show_default=True,
+    help="Which weights of the run: the ones it saved (model.safetensors), or its best or "
+    "last checkpoint.",
+)

@@ -6,9 +6,12 @@
     RUN_DIR/history.csv        one row per epoch
     RUN_DIR/manifest.json      format version and the SHA-256 of every file above; written last
 
-A run is saved into a temporary sibling directory that is renamed into place, so an
-interrupted save never leaves a half-written model dir; loading verifies the manifest, so a
-truncated or altered file is refused rather than half-trusted.
+A run dir has one writer at a time (:func:`open_output`: an OS lock that dies with its holder).
+Its files are written into a temporary folder inside it (one filesystem, even for ``.`` or a
+mount point) and moved into place with the manifest last (dlcli.atomic), so an interrupted
+save never leaves a half-written model dir; entries dlcli did not write are never touched.
+Loading verifies the manifest, so a truncated or altered file is refused rather than
+half-trusted.
 """
 
 from __future__ import annotations

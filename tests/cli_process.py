@@ -42,3 +42,18 @@ def document(proc: subprocess.CompletedProcess[str], code: int = 0) -> Any:
     """The --json document of a finished command that exited ``code``."""
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     return json.loads(proc.stdout)
+
+
+def dlcli_signalled(
+    at: str, sig: str, *args: str, nth: int = 1, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """``dlcli ARGS`` that sends itself ``sig`` on the ``nth`` call of ``at`` (MODULE:ATTR)."""
+    hook = Path(__file__).with_name("signal_at.py")
+    return subprocess.run(
+        [sys.executable, str(hook), at, sig, str(nth), "--", *args],
+        cwd=cwd,
+        env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

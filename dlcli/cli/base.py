@@ -14,6 +14,7 @@ import click
 from dlcli import __version__
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
+from dlcli.signals import stop_at_once_on_signals
 
 CommandFn = Callable[..., dict[str, Any] | None]
 
@@ -33,15 +34,16 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
         reporter = Reporter(json_mode=json_mode, quiet=quiet, no_color=no_color)
         code = 0
         try:
-            document = fn(reporter, **kwargs)
-            if document is not None:
-                reporter.emit_json(document)
+            with stop_at_once_on_signals():  # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130
+                document = fn(reporter, **kwargs)
+                if document is not None:
+                    reporter.emit_json(document)
         except DlcliError as err:
             code = err.exit_code
-            reporter.error(err, code=code, kind=err.kind)
+            _report(reporter, err, code, err.kind)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
-            reporter.error("interrupted", code=code, kind="interrupted")
+            _report(reporter, "interrupted", code, "interrupted")
         except Exception as err:
             code = EXIT_INTERNAL
             if os.environ.get("DLCLI_DEBUG"):
@@ -56,6 +58,15 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             click.get_current_context().exit(code)
 
     return wrapper
+
+
+def _report(reporter: Reporter, err: DlcliError | str, code: int, kind: str) -> None:
+    """Print the error; a terminal that is gone (SIGHUP) cannot be told, which is fine."""
+    try:
+        with stop_at_once_on_signals():  # a second signal while reporting: the same exit
+            reporter.error(err, code=code, kind=kind)
+    except (OSError, DlcliError):
+        pass
 
 
 class DlcliGroup(click.Group):

@@ -38,7 +38,7 @@ TEST_SIGINT_RANK = "DLCLI_TEST_SIGINT_RANK"
 TEST_AT_STEP = "DLCLI_TEST_AT_STEP"
 JSON_FILE = "DLCLI_JSON_FILE"  # set by launch(): where rank 0 writes its JSON document
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # as dlcli.signals
 _control: Any = None  # a gloo group for CPU-side agreement (the default group may be NCCL)
 
 

@@ -95,9 +95,9 @@ def load_data(
     """The dataset a config names: a registry entry, or four explicit IDX archives (absolute
     paths: ``load_config`` resolved them against the config file's directory).
 
-    ``recorded`` is a saved run's ``metrics.json`` ``dataset`` section: the files' SHA-256 at
-    training time are checked, and a registry dataset is looked for where the run found it
-    when neither ``data_dir``, ``data.data_dir`` nor $DLCLI_DATA_DIR says otherwise.
+    ``recorded`` is a saved run's ``metrics.json`` ``dataset`` section: a registry dataset is
+    looked for where the run found it when neither ``data_dir``, ``data.data_dir`` nor
+    $DLCLI_DATA_DIR says otherwise (:func:`open_run` compares the files' SHA-256).
     """
     if data.dataset is not None:
         return load_dataset(data.dataset, registry_root(data, data_dir, recorded))
@@ -111,8 +111,6 @@ def load_data(
                 f"data.{key}: file not found: {path} (relative paths in a config resolve "
                 "against the config file's directory)"
             )
-    if recorded:  # a saved run: its data must be the data it was trained on
-        _check_recorded(paths, recorded.get("files"))
     dataset = load_archives(
         paths["train_images"],
         paths["train_labels"],
@@ -145,23 +143,6 @@ def _data_files(paths: dict[str, Path], checksums: dict[str, str]) -> dict[str, 
         sha = checksums.get(path.name) or checksums.get(os.fspath(path))
         files[key] = {"path": os.path.abspath(path), "sha256": sha}
     return files
-
-
-def _check_recorded(paths: dict[str, Path], recorded: Any) -> None:
-    """Refuse data that changed since the run was trained (its SHA-256 differs)."""
-    if not isinstance(recorded, dict):
-        return
-    for key, path in paths.items():
-        then = recorded.get(key)
-        expected = then.get("sha256") if isinstance(then, dict) else None
-        if not isinstance(expected, str):
-            continue
-        found = store.sha256_file(path)
-        if found != expected:
-            raise DataError(
-                f"data.{key}: {path} changed since the run was trained: sha256 is "
-                f"{found[:12]}…, the run recorded {expected[:12]}…"
-            )
 
 
 def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
@@ -469,16 +450,50 @@ class SavedRun:
 
 
 def open_run(
-    run_dir: Path, *, data_dir: str | None = None, device: str = "auto", weights: str = "saved"
+    run_dir: Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    weights: str = "saved",
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
 ) -> SavedRun:
     """Verify and load a run dir's model (``weights``: see :func:`load_model`) and the dataset
-    its config names."""
+    its config names.
+
+    Every data file read is compared with the SHA-256 ``metrics.json`` recorded at training
+    time: a changed file is a :class:`DataError` naming it, unless ``accept_changed_data``;
+    the changed files' paths are appended to ``changed`` when given."""
     loaded = load_model(run_dir, device, weights)
     recorded = loaded.run.metrics.get("dataset")
-    data = load_data(
+    dataset = load_data(
         loaded.run.config.data, data_dir, recorded=recorded if isinstance(recorded, dict) else None
     )
-    return SavedRun(loaded, data)
+    different = changed_data(loaded.run.metrics, dataset)
+    if different and not accept_changed_data:
+        path, recorded, found = different[0]
+        more = f" (and {len(different) - 1} more)" if len(different) > 1 else ""
+        raise DataError(
+            f"{path}: changed since the model was trained{more}: its sha256 is {found[:12]}…, "
+            f"{run_dir / store.METRICS} records {recorded[:12]}…; pass --accept-changed-data "
+            "to use it anyway (evaluate's result then says so)"
+        )
+    if changed is not None:
+        changed += [path for path, _, _ in different]
+    return SavedRun(loaded, dataset)
+
+
+def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, str, str]]:
+    """(path, recorded sha256, sha256 now) of each data file that differs from what the run
+    recorded; files the run recorded nothing for are not compared."""
+    recorded = metrics.get("dataset", {}).get("checksums", {}) if isinstance(metrics, dict) else {}
+    if not isinstance(recorded, dict):
+        return []
+    return [
+        (str(dataset.sources.get(name, name)), str(recorded[name]), sha)
+        for name, sha in dataset.checksums.items()
+        if name in recorded and recorded[name] != sha
+    ]
 
 
 def evaluate(
@@ -490,10 +505,20 @@ def evaluate(
     device: str = "auto",
     gates: Sequence[Gate] = (),
     weights: str = "saved",
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
 ) -> dict[str, Logs]:
-    """Rebuild a saved run's data split and report its metrics on the requested splits.
-    ``gates`` are checked against the metrics the run reports before any evaluation."""
-    saved = open_run(run_dir, data_dir=data_dir, device=device, weights=weights)
+    """Rebuild a saved run's data split and report its metrics on the requested splits
+    (``weights``, ``accept_changed_data``, ``changed``: see :func:`open_run`). ``gates`` are
+    checked against the metrics the run reports before any evaluation."""
+    saved = open_run(
+        run_dir,
+        data_dir=data_dir,
+        device=device,
+        weights=weights,
+        accept_changed_data=accept_changed_data,
+        changed=changed,
+    )
     check_gate_names(gates, saved.loaded.run.config, splits)
     return {name: saved.metrics(name, batch_size) for name in splits}
 
@@ -519,9 +544,18 @@ def evaluate_per_class(
     device: str = "auto",
     gates: Sequence[Gate] = (),
     weights: str = "saved",
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
-    saved = open_run(run_dir, data_dir=data_dir, device=device, weights=weights)
+    saved = open_run(
+        run_dir,
+        data_dir=data_dir,
+        device=device,
+        weights=weights,
+        accept_changed_data=accept_changed_data,
+        changed=changed,
+    )
     check_gate_names(gates, saved.loaded.run.config, splits)
     return {
         name: SplitReport(

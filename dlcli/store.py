@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from dlcli import atomic, limits, untrusted
 from dlcli.config import Config, parse_config
-from dlcli.errors import ConfigError, ModelDirError, UsageError
+from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 
 FORMAT = "dlcli-run/1"
 MANIFEST = "manifest.json"
@@ -279,7 +279,7 @@ def save_run(
         if output.work_dir != run_dir:
             shutil.rmtree(output.work_dir, ignore_errors=True)
             output.work_dir = run_dir
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise ModelDirError(_os_message(run_dir, err)) from None
@@ -343,14 +343,10 @@ def check_writable(run_dir: Path) -> None:
         raise ModelDirError(_os_message(run_dir, err)) from None
 
 
-def _os_message(run_dir: Path, err: OSError) -> str:
-    if err.errno == errno.ENOSPC:
-        return f"{run_dir}: cannot save the model: no space left on the device"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+def _os_message(run_dir: Path, err: BaseException) -> str:
+    if getattr(err, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{run_dir}: cannot save the model: the output directory is not writable"
-    if err.errno == errno.ENOTDIR:
-        return f"{run_dir}: cannot save the model there: a part of the path is a file"
-    return f"{run_dir}: cannot save the model: {err.strerror or err}"
+    return f"{run_dir}: cannot save the model: {write_problem(err)}"
 
 
 def history_csv(history: Sequence[Mapping[str, float]]) -> str:

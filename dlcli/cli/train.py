@@ -256,6 +256,12 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     help="Also precision, recall, F1 and support per class, and the confusion matrix.",
 )
 @weights_option
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Evaluate even when a data file differs from the one the model was trained with "
+    "(its SHA-256 in metrics.json); the result lists the changed files under data_changed.",
+)
 @_gate_options
 @dlcli_command
 def evaluate(
@@ -267,10 +273,14 @@ def evaluate(
     device: str,
     per_class: bool,
     weights: str,
+    accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
     """Metrics of a saved model directory on its validation and/or test split.
+
+    The data files are compared with the SHA-256 the run recorded; a changed file is refused
+    (exit 3) unless --accept-changed-data.
 
     With --min/--max, exits 4 when a metric is out of bounds (an unqualified METRIC applies to
     the validation split, or to the only split evaluated).
@@ -279,6 +289,7 @@ def evaluate(
 
     checked = gates.parse_gates(mins, maxs)
     evaluate_fn = pipeline.evaluate_per_class if per_class else pipeline.evaluate
+    changed: list[str] = []
     reports: dict[str, Any] = evaluate_fn(
         model_dir,
         splits=splits or ("validation", "test"),
@@ -287,14 +298,23 @@ def evaluate(
         device=device,
         gates=checked,
         weights=weights,
+        accept_changed_data=accept_changed_data,
+        changed=changed,
     )
+    for path in changed:
+        reporter.note(f"{path}: changed since the model was trained (--accept-changed-data)")
     results = {name: r.metrics for name, r in reports.items()} if per_class else reports
     shown = {
         name: {k: v for k, v in m.items() if k not in ("seconds", "samples")}
         for name, m in results.items()
     }
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
-    document = {"model_dir": str(model_dir), "weights": weights, "metrics": results}
+    document = {
+        "model_dir": str(model_dir),
+        "weights": weights,
+        "metrics": results,
+        "data_changed": changed,
+    }
     if per_class:
         document["per_class"] = _show_per_class(reporter, reports)
     for passed in gates.apply(checked, results, document):

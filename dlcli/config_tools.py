@@ -191,7 +191,7 @@ def validate_config(
             f"{where}: training.device: expected auto, cpu, cuda or cuda:N, "
             f"found {cfg.training.device!r}"
         )
-    if check_data:
+    if check_data and cfg.data.dataset is None:  # a registry dataset's shape is known above
         _check_data(cfg, where)
     built = _build(cfg, num_classes, where)
     return {

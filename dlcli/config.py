@@ -443,14 +443,12 @@ def parse_yaml(text: str) -> Any:
 
 
 def load_config(
-    path: str | Path, overrides: Sequence[str] = (), values: Mapping[str, Any] | None = None
+    path: str | Path, overrides: Sequence[str] = (), *, values: Mapping[str, Any] | None = None
 ) -> Config:
     """Read, override and validate a YAML config; every problem is reported at once.
 
-    ``overrides`` are ``--set key.path=value`` strings (the value is YAML); ``values`` are typed
-    values by key path (``{"output.dir": "runs/x #1"}``: a command's typed flags), set as they
-    are, never parsed as YAML, after the overrides.
-    """
+    ``overrides``: ``--set key.path=value`` strings (the value read as YAML); ``values``: keys
+    set to Python values as given (the Python API, typed flags), applied after them."""
     path = Path(path)
     raw = read_yaml(path)
     resolve_paths(Config, raw, path.parent)  # paths in the file: against its directory
@@ -468,7 +466,8 @@ def parse_resolved(
     """Apply command-line overrides and typed values to a raw config and validate it; paths
     given on the command line resolve against the current directory."""
     apply_overrides(raw, overrides)
-    apply_values(raw, values or {})
+    for key, value in (values or {}).items():
+        set_value(raw, key, value)
     resolve_paths(Config, raw, Path.cwd())
     cfg = parse_config(raw, source=source)
     if cfg.output.dir is None:
@@ -552,12 +551,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
         _set_path(raw, parts, value, key.strip())
 
 
-def apply_values(raw: dict[str, Any], values: Mapping[str, Any]) -> None:
-    """Set typed values by dotted key path in place (None values are skipped)."""
-    for key, value in values.items():
-        if value is not None:
-            parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key)]
-            _set_path(raw, parts, value, key)
+def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key.path`` (``model.layers[1].units``) of a raw config to ``value``, as is."""
+    parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
+    if not parts:
+        raise ConfigError(f"{key!r}: expected a key path such as training.epochs")
+    _set_path(raw, parts, value, key.strip())
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
@@ -618,6 +617,11 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
         problem = metric_names.problem(name, known)
         if problem:
             problems.append(f"{key}: {problem}")
+    optimizer = training.optimizer
+    if optimizer.nesterov and optimizer.name != "sgd":
+        problems.append("training.optimizer.nesterov: only sgd supports Nesterov momentum")
+    elif optimizer.nesterov and not optimizer.momentum:
+        problems.append("training.optimizer.nesterov: needs a momentum > 0, found 0")
     if training.stop_at_target and training.target is None:
         problems.append("training.stop_at_target: true needs training.target {metric, value}")
     if training.label_smoothing and training.loss != "softmax_cross_entropy_with_logits":

@@ -311,7 +311,7 @@ def _write_files(
 
 
 def write_manifest(directory: Path, names: Sequence[str]) -> None:
-    from dlcli import __version__
+    from dlcli.version import __version__
 
     manifest = {
         "format": FORMAT,

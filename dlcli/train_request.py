@@ -44,13 +44,14 @@ class TrainRequest:
             raise UsageError(
                 f"--resume {self.resume} and --output {self.output} name different runs"
             )
-        values: dict[str, Any] = {
+        flags = {
             "output.dir": self.resume or self.output,
             "training.device": self.device,
             "training.seed": self.seed,
         }
+        values: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
         if self.config_path is not None:
-            return load_config(self.config_path, self.overrides, values)
+            return load_config(self.config_path, self.overrides, values=values)
         if not self.resume:
             raise UsageError(
                 "give the CONFIG to train, or --resume RUN_DIR to continue a run from its directory"

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from dlcli import __version__
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
 from dlcli.signals import stop_at_once_on_signals
+from dlcli.version import __version__
 
 CommandFn = Callable[..., dict[str, Any] | None]
 

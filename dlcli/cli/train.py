@@ -164,7 +164,7 @@ def train(
     from dlcli.progress import ProgressDisplay
     from dlcli.train_request import TrainRequest
 
-    distributed.worker_output(reporter)  # under torchrun: only rank 0 prints its progress
+    _worker_output(reporter)  # under torchrun: only rank 0 prints its progress
     launching = distributed.Launch.from_options(launch)  # None: this process trains
     request = TrainRequest(config, overrides, output, device, seed, overwrite, resume)
     cfg = request.resolve()
@@ -196,6 +196,19 @@ def _show_result(reporter: Reporter, result: Any) -> None:
     if early.get("stopped_epoch") is not None:
         reporter.note(early_stop_line(early))
     reporter.result_line(fit_summary_line(result.summary(), result.run_dir))
+
+
+def _worker_output(reporter: Reporter) -> None:
+    """How a torchrun worker reports: ranks other than 0 print errors only; rank 0 of
+    ``train --nproc-per-node`` hands its JSON document to the launcher, which prints it."""
+    import os
+
+    from dlcli.distributed import JSON_FILE, env_rank
+
+    if env_rank() != 0:
+        reporter.silence()
+    elif os.environ.get(JSON_FILE):
+        reporter.json_to_file(os.environ[JSON_FILE])
 
 
 def _launch(

@@ -602,9 +602,8 @@ def _choice_param(
     if extra:
         problems.append(f"{where}.{extra[0]}: only applies to a float or int range")
     if not isinstance(choices, list) or not choices:
-        problems.append(
-            f"{where}.choice: expected a non-empty list of values, found {_found(choices)}"
-        )
+        found = "[]" if choices == [] else _found(choices)
+        problems.append(f"{where}.choice: expected a non-empty list of values, found {found}")
         return None
     bad = [c for c in choices if not (c is None or isinstance(c, bool | int | float | str))]
     if bad:

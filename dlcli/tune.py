@@ -241,11 +241,38 @@ def counted(handle: Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def top_up(handle: Study, trials: int) -> int:
-    """Queue empty trials until ``trials`` count; return how many were queued."""
-    missing = trials - len(counted(handle))
+    """Queue empty trials until ``trials`` count; return how many were queued.
+
+    The process that created the study queues them, then records the number
+    (``dlcli.trials``); one joining it first waits for that record, and queues nothing unless
+    asked for more trials, or nobody works on the study any more (its creator may have died
+    while queueing, or a rerun continues a finished study).
+    """
+    import optuna
+
+    if not handle.created:
+        _wait_for_setup(handle)
+    live = counted(handle)
+    active = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    idle = not any(t.state in active for t in live)
+    target = int(handle.study.user_attrs.get("dlcli.trials", 0))
+    if target >= trials and not idle:
+        return 0
+    missing = max(trials - len(live), 0)
     for _ in range(missing):
         handle.study.enqueue_trial({}, user_attrs={"dlcli.slot": True})
-    return max(missing, 0)
+    if target < trials:  # after the slots: a process joining now finds them queued
+        handle.study.set_user_attr("dlcli.trials", trials)
+    return missing
+
+
+SETUP_WAIT = 30.0  # seconds a joining process waits for the creator to queue the trials
+
+
+def _wait_for_setup(handle: Study) -> None:
+    deadline = time.monotonic() + SETUP_WAIT
+    while "dlcli.trials" not in handle.study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def claim(handle: Study) -> tuple[optuna.Trial, int] | None:

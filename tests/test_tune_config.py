@@ -97,8 +97,9 @@ def test_every_problem_is_reported_at_once_with_the_metric() -> None:
         }
     )
     assert len(found) == 3
-    assert "tune.metric: 'val_acuracy' is not a reported metric (did you mean 'val_accuracy'?)" in (
-        found[0]
+    assert (
+        "tune.metric: 'val_acuracy' is not a reported metric (did you mean 'val_accuracy'?)"
+        in (found[0])
     )
 
 

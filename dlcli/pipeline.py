@@ -102,7 +102,7 @@ def prepare(
         lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
     )
     dataset = dataset if dataset is not None else load_data(cfg.data)
-    _check_input_shape(cfg, dataset)
+    check_input_shape(cfg, dataset)
     train, validation = split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.model, num_classes=dataset.num_classes)
@@ -111,7 +111,7 @@ def prepare(
     return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world)
 
 
-def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
+def check_input_shape(cfg: Config, dataset: Dataset) -> None:
     channels, height, width = dataset.train.images.shape[1:]
     found = [int(height), int(width), int(channels)]
     if list(cfg.model.input_shape) != found:

@@ -181,3 +181,75 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
             f"trial {event['trial']} {event['state']}: {shown} · {event['seconds']:.1f} s · "
             f"{tuning.describe_params(event['params'])}"
         )
+
+
+@cli.command("lr-find")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@_set_option
+@click.option(
+    "--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True
+)
+@click.option(
+    "--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=20),
+    default=200,
+    show_default=True,
+    help="Steps at most (the test stops earlier when the loss diverges).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the PNG goes (default: CONFIG-lr-find.png in the current directory).",
+)
+@click.option("--force", is_flag=True, help="Replace the PNG when it exists.")
+@dlcli_command
+def lr_find(
+    reporter: Reporter,
+    config: Path,
+    overrides: tuple[str, ...],
+    start_lr: float,
+    end_lr: float,
+    steps: int,
+    plot_path: Path | None,
+    force: bool,
+) -> dict[str, Any]:
+    """Learning-rate range test: suggest a learning rate for CONFIG.
+
+    Trains the config's model from its initial weights with the learning rate growing
+    exponentially from --start-lr to --end-lr, one step each, stops when the smoothed loss
+    diverges, and suggests the rate of steepest descent. Writes the PNG of loss against
+    learning rate and nothing else: no run directory, the config unchanged.
+    """
+    from dlcli.config import load_config
+    from dlcli.errors import UsageError
+    from dlcli.lr_find import lr_find as range_test
+
+    cfg = load_config(config, overrides)
+    path = plot_path or Path(f"{config.stem}-lr-find.png")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists; pass --force to replace it, or --plot PATH")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plotting = False
+        reporter.note("no PNG: matplotlib is not installed (pip install 'dlcli[plot]')")
+    else:
+        plotting = True
+    reporter.note(f"lr-find: {start_lr:g} → {end_lr:g} over {steps} steps at most")
+    result = range_test(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    written = None
+    if plotting:
+        from dlcli.plot import plot_lr_find
+
+        written = plot_lr_find(result, path)
+    reporter.note(f"stopped: {result.stopped}")
+    reporter.result_line(f"suggested learning rate: {result.suggested_lr:.3g}")
+    reporter.result_line(f"rule: {result.rule}")
+    reporter.result_line(f"minimum/10: {result.minimum_lr / 10:.3g}")
+    if written is not None:
+        reporter.result_line(f"plot: {written}")
+    return {"config": str(config), **result.to_dict(), "plot": str(written) if written else None}

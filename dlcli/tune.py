@@ -380,7 +380,7 @@ class Worker:
     _datasets: dict[str, Dataset] = field(default_factory=dict)
 
     def run(self) -> None:
-        self._dataset(self.settings.config)  # a data problem stops here, before any trial
+        self.dataset(self.settings.config)  # a data problem stops here, before any trial
         handle = open_study(self.settings, create=False)
         deadline = (
             None if self.settings.timeout is None else time.monotonic() + self.settings.timeout
@@ -417,7 +417,7 @@ class Worker:
         with heartbeat(handle, trial_id, settings.heartbeat):
             try:
                 cfg = trial_config(settings.config, params, run_dir)
-                prepared = pipeline.prepare(cfg, resume=resume, dataset=self._dataset(cfg))
+                prepared = pipeline.prepare(cfg, resume=resume, dataset=self.dataset(cfg))
                 result = pipeline.train(prepared, callbacks=[reporter])
                 value = final_metric(result.metrics, settings.tune.metric)
                 state = "PRUNED" if reporter.pruned_at is not None else "COMPLETE"
@@ -467,7 +467,7 @@ class Worker:
         frozen = handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(handle.study, frozen)
 
-    def _dataset(self, cfg: Config) -> Dataset:
+    def dataset(self, cfg: Config) -> Dataset:
         """The dataset ``cfg.data`` names, loaded once per process."""
         from dlcli import pipeline
 

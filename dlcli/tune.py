@@ -406,10 +406,12 @@ class Worker:
 
         settings = self.settings
         params = {p.path: suggest(trial, p) for p in settings.params}
-        resume_dir = trial.user_attrs.get("dlcli.resume")
-        run_dir = Path(resume_dir) if resume_dir else trial_dir(settings.directory, trial.number)
-        resume = bool(resume_dir) and checkpoint.describe(run_dir) is not None
-        trial.set_user_attr("run_dir", str(run_dir))
+        # A retry of an interrupted trial continues from its checkpoint, in its directory.
+        resume_dir = Path(str(trial.user_attrs.get("dlcli.resume", "")))
+        resume = resume_dir != Path() and checkpoint.describe(resume_dir) is not None
+        run_dir = resume_dir if resume else trial_dir(settings.directory, trial.number)
+        for key, initial in (("run_dir", str(run_dir)), ("interrupted", False), ("error", None)):
+            trial.set_user_attr(key, initial)  # a retry starts with its original's attributes
         started = time.perf_counter()
         self.on_event({"event": "start", "trial": trial.number, "params": params})
         reporter = ReportEpochs(trial, settings.tune.metric)
@@ -423,15 +425,15 @@ class Worker:
                 state = "PRUNED" if reporter.pruned_at is not None else "COMPLETE"
                 trial.set_user_attr("epochs", int(result.metrics["epochs"]))
             except Interrupted:
-                self._requeue(handle, trial, run_dir)
+                self._requeue(handle, trial, run_dir, interrupted=True)
                 self.on_event({"event": "interrupted", "trial": trial.number})
-                raise
-            except BaseException:  # not the trial's fault (a bug, a full disk): queue it again
-                self._requeue(handle, trial, run_dir)
                 raise
             except (TrainingError, ConfigError, ModelDirError, UsageError) as err:
                 error = err.message  # a diverged or impossible trial fails; the study goes on
                 trial.set_user_attr("error", error)
+            except BaseException:  # not the trial's fault (a bug, a full disk): queue it again
+                self._requeue(handle, trial, run_dir, interrupted=False)
+                raise
             seconds = time.perf_counter() - started
             trial.set_user_attr("seconds", round(seconds, 3))
             self._tell(handle, trial, state, value)
@@ -457,13 +459,14 @@ class Worker:
         else:
             handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def _requeue(self, handle: Study, trial: optuna.Trial, run_dir: Path) -> None:
-        """Interrupted: fail the trial and queue it again, to resume from its checkpoint
-        (when it has one)."""
+    def _requeue(
+        self, handle: Study, trial: optuna.Trial, run_dir: Path, *, interrupted: bool
+    ) -> None:
+        """Fail the trial and queue a copy, which resumes from its checkpoint (if any)."""
         import optuna
 
         trial.set_user_attr("dlcli.resume", str(run_dir))
-        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("interrupted", interrupted)
         frozen = handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(handle.study, frozen)
 

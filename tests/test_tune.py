@@ -179,3 +179,16 @@ def test_a_storage_that_cannot_be_opened_is_a_usage_error(
     )
     assert result.exit_code == 2
     assert "cannot open the study storage" in result.output and "pw" not in result.output
+
+
+def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["training"] |= {"loss": "mse", "optimizer": {"name": "sgd", "learning_rate": 1e6}}
+    tiny_config.write_text(yaml.safe_dump(raw))
+    config = tune_config(tiny_config, trials=2, space={"training.seed": {"int": [0, 9]}})
+    result = invoke(str(config), "--output", str(tmp_path / "study"), "--json")
+    assert result.exit_code == 0, result.output
+    document = doc(result)
+    assert document["counts"] == {"fail": 2} and document["best"] is None
+    assert all("the loss became" in t["error"] for t in document["trials"])
+    assert "no trial has completed yet" in result.stderr

@@ -1,13 +1,11 @@
 """Issue 18's measurements of ``dlcli tune``; appends a section to benchmarks/RESULTS.md.
 
 1. **Overhead per trial beyond its training** (SQLite, one process, in-process so that start-up
-   is not counted): a study of the seed MLP whose trials train 1 epoch on a slice of
-   Fashion-MNIST. For each trial, its cycle (from the previous trial's end to this one's:
-   claiming, sampling, the trial config, model build, training, evaluation, the run-dir save,
-   telling the study) minus its ``fit_seconds`` (the training loop, checkpoints included).
-   Alongside, the same config trained the same number of times by ``pipeline.prepare`` +
-   ``pipeline.train`` with the data preloaded: cycle minus that is what tune alone adds
-   (sampling, storage, heartbeats).
+   is not counted): a study of the seed MLP, 1 epoch a trial on Fashion-MNIST. For each trial,
+   its cycle (from the previous trial's end to this one's) less the time spent in
+   ``pipeline.prepare`` + ``pipeline.train`` (build, fit, evaluate), plus the run-dir save
+   (``store.save_run``, inside train): claiming, sampling, the trial config, heartbeats,
+   telling the study, saving.
 2. **Two workers vs one**: ``dlcli tune`` (real subprocesses) on an 8-trial sweep of the seed
    MLP, 1 epoch each, full Fashion-MNIST, a learning-rate-only space (so every trial costs the
    same) and no pruner, with ``--workers 1`` and ``--workers 2``, interleaved over rounds.
@@ -57,15 +55,34 @@ def sweep_config(folder: Path, *, trials: int, validation_split: float) -> Path:
     return path
 
 
+class Timer:
+    """Seconds spent in a module function, by wrapping it (the benchmark's own stopwatch)."""
+
+    def __init__(self, module: Any, name: str) -> None:
+        self.seconds: list[float] = []
+        original = getattr(module, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds.append(time.perf_counter() - start)
+
+        setattr(module, name, timed)
+
+
 def overhead(trials: int) -> dict[str, Any]:
-    """Part 1, in this process."""
-    from dlcli import pipeline
+    """Part 1, in this process: each trial's cycle, and how much of it was spent training
+    (``pipeline.prepare`` + ``pipeline.train``, which evaluate validation and test and save the
+    run dir) and saving (``store.save_run``)."""
+    from dlcli import pipeline, store
     from dlcli import tune as tuning
     from dlcli.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        cfg = load_config(sweep_config(folder, trials=trials, validation_split=0.8))
+        cfg = load_config(sweep_config(folder, trials=trials, validation_split=0.05))
         out = folder / "study"
         settings = tuning.Settings(
             config=cfg,
@@ -74,37 +91,31 @@ def overhead(trials: int) -> dict[str, Any]:
             study="bench",
             trials=trials,
         )
-        ends: list[float] = []
         tuning.prepare_directory(settings)
         tuning.top_up(tuning.open_study(settings, create=True), trials)
-        worker = tuning.Worker(
-            settings, lambda e: ends.append(time.perf_counter()) if e["event"] == "end" else None
-        )
+        ends: list[float] = []
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["event"] == "end":
+                ends.append(time.perf_counter())
+
+        worker = tuning.Worker(settings, on_event)
         worker.dataset(cfg)  # the data, loaded once per process, before the clock starts
+        prepare, train = Timer(pipeline, "prepare"), Timer(pipeline, "train")
+        save = Timer(store, "save_run")
         start = time.perf_counter()
         worker.run()
-        cycles = [b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)]
-        fits = []
-        for number in range(trials):
-            metrics = json.loads((tuning.trial_dir(out, number) / "metrics.json").read_text())
-            fits.append(metrics["fit_seconds"])
-        # The same training without tune: prepare + train, data preloaded.
-        dataset = worker.dataset(cfg)
-        direct = []
-        for i in range(trials):
-            cfg.output.dir = str(folder / f"direct-{i}")
-            t0 = time.perf_counter()
-            pipeline.train(pipeline.prepare(cfg, dataset=dataset))
-            direct.append(time.perf_counter() - t0)
-    beyond_fit = [c - f for c, f in zip(cycles, fits, strict=True)]
+    cycles = [b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)]
+    trained = [p + t for p, t in zip(prepare.seconds, train.seconds, strict=True)]
+    # Beyond training: the cycle less prepare + train, plus the run-dir save inside train.
+    beyond = [c - t + s for c, t, s in zip(cycles, trained, save.seconds, strict=True)]
     return {
         "trials": trials,
         "cycle": statistics.median(cycles),
-        "fit": statistics.median(fits),
-        "beyond_fit": statistics.median(beyond_fit),
-        "beyond_fit_max": max(beyond_fit),
-        "direct": statistics.median(direct),
-        "tune_only": statistics.median(cycles) - statistics.median(direct),
+        "trained": statistics.median(trained),
+        "save": statistics.median(save.seconds),
+        "beyond": statistics.median(beyond),
+        "beyond_max": max(beyond),
         "load": load(),
     }
 
@@ -152,36 +163,42 @@ def workers_race(rounds: int, trials: int) -> dict[str, Any]:
     return {"times": times, "ratio": statistics.median(ratios), "loads": loads}
 
 
-def report(part1: dict[str, Any], part2: dict[str, Any], args: argparse.Namespace) -> str:
+def report(
+    part1: dict[str, Any] | None, part2: dict[str, Any] | None, args: argparse.Namespace
+) -> str:
     import torch
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    t = part2["times"]
     lines = [
         "",
         f"## dlcli tune (issue 18), {now}",
         "",
-        f"Machine: {os.cpu_count()} cores, torch {torch.__version__}; load averages (1, 5, 15 min)",
-        "noted with each figure: the machine was shared with other work.",
-        "",
-        f"**Overhead per trial** (SQLite, {part1['trials']} trials of the seed MLP, 1 epoch on "
-        "20% of Fashion-MNIST's training set, one process; medians; load "
-        f"{part1['load']}): trial cycle {part1['cycle']:.2f} s, of which `fit_seconds` "
-        f"{part1['fit']:.2f} s. **Beyond training: {part1['beyond_fit']:.2f} s** (worst trial "
-        f"{part1['beyond_fit_max']:.2f} s) — claiming and sampling, the trial config, building "
-        "the model, evaluating validation and the 10,000 test images, saving the run dir, "
-        f"telling the study. The same config through `pipeline.prepare` + `pipeline.train` "
-        f"alone took {part1['direct']:.2f} s: what tune itself adds is "
-        f"{part1['tune_only']:.2f} s a trial.",
-        "",
-        f"**Two workers vs one** (`dlcli tune --trials {args.trials}`, seed MLP, 1 epoch each, "
-        "full Fashion-MNIST, learning-rate space, no pruner; wall seconds of the whole command, "
-        f"{args.rounds} round(s) interleaved): `--workers 1` "
-        f"{', '.join(f'{x:.1f}' for x in t[1])} s; `--workers 2` "
-        f"{', '.join(f'{x:.1f}' for x in t[2])} s; median ratio 2 workers / 1 worker "
-        f"**{part2['ratio']:.2f}x**. Loads at each start: {'; '.join(part2['loads'])}.",
+        f"Machine: {os.cpu_count()} cores, torch {torch.__version__}; load averages (1, 5, 15 "
+        "min) noted with each figure: the machine was shared with other work.",
         "",
     ]
+    if part1 is not None:
+        lines += [
+            f"**Overhead per trial** (SQLite, {part1['trials']} trials of the seed MLP, 1 epoch "
+            f"on Fashion-MNIST, one process; medians; load {part1['load']}): a trial's cycle "
+            f"took {part1['cycle']:.2f} s, of which {part1['trained']:.2f} s in "
+            "`pipeline.prepare` + `pipeline.train` (build, fit, evaluate validation and test, "
+            f"save). **Beyond training: {part1['beyond']:.3f} s** (worst trial "
+            f"{part1['beyond_max']:.3f} s): claiming and sampling, the trial config, heartbeats, "
+            f"telling the study, and the run-dir save ({part1['save']:.3f} s of it).",
+            "",
+        ]
+    if part2 is not None:
+        t = part2["times"]
+        lines += [
+            f"**Two workers vs one** (`dlcli tune --trials {args.trials}`, seed MLP, 1 epoch "
+            "each, full Fashion-MNIST, learning-rate space, no pruner; wall seconds of the whole "
+            f"command, {args.rounds} round(s) interleaved): `--workers 1` "
+            f"{', '.join(f'{x:.1f}' for x in t[1])} s; `--workers 2` "
+            f"{', '.join(f'{x:.1f}' for x in t[2])} s; median ratio 2 workers / 1 worker "
+            f"**{part2['ratio']:.2f}x**. Loads at each start: {'; '.join(part2['loads'])}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -191,10 +208,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--overhead-trials", type=int, default=6)
     parser.add_argument("--no-write", action="store_true", help="Print, do not append.")
+    parser.add_argument("--only", choices=["overhead", "workers"], help="Run one part.")
     args = parser.parse_args()
-    part1 = overhead(args.overhead_trials)
-    print(json.dumps(part1, indent=2))
-    part2 = workers_race(args.rounds, args.trials)
+    part1 = part2 = None
+    if args.only != "workers":
+        part1 = overhead(args.overhead_trials)
+        print(json.dumps(part1, indent=2))
+    if args.only != "overhead":
+        part2 = workers_race(args.rounds, args.trials)
     text = report(part1, part2, args)
     print(text)
     if not args.no_write:

@@ -82,7 +82,7 @@ def overhead(trials: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        cfg = load_config(sweep_config(folder, trials=trials, validation_split=0.05))
+        cfg = load_config(sweep_config(folder, trials=trials, validation_split=0.5))
         out = folder / "study"
         settings = tuning.Settings(
             config=cfg,
@@ -180,7 +180,8 @@ def report(
     if part1 is not None:
         lines += [
             f"**Overhead per trial** (SQLite, {part1['trials']} trials of the seed MLP, 1 epoch "
-            f"on Fashion-MNIST, one process; medians; load {part1['load']}): a trial's cycle "
+            "on half of Fashion-MNIST's training set, one process; medians; load "
+            f"{part1['load']}): a trial's cycle "
             f"took {part1['cycle']:.2f} s, of which {part1['trained']:.2f} s in "
             "`pipeline.prepare` + `pipeline.train` (build, fit, evaluate validation and test, "
             f"save). **Beyond training: {part1['beyond']:.3f} s** (worst trial "

@@ -145,13 +145,13 @@ def sweep_wall(config: Path, workers: int, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def workers_race(rounds: int, trials: int) -> dict[str, Any]:
+def workers_race(rounds: int, trials: int, validation_split: float) -> dict[str, Any]:
     """Part 2: wall seconds of --workers 1 and --workers 2, interleaved."""
     times: dict[int, list[float]] = {1: [], 2: []}
     loads = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        config = sweep_config(folder, trials=trials, validation_split=0.05)
+        config = sweep_config(folder, trials=trials, validation_split=validation_split)
         for r in range(rounds):
             order = (1, 2) if r % 2 == 0 else (2, 1)
             for workers in order:
@@ -193,7 +193,8 @@ def report(
         t = part2["times"]
         lines += [
             f"**Two workers vs one** (`dlcli tune --trials {args.trials}`, seed MLP, 1 epoch "
-            "each, full Fashion-MNIST, learning-rate space, no pruner; wall seconds of the whole "
+            f"each, validation_split {args.validation_split}, learning-rate space, no pruner; "
+            "wall seconds of the whole "
             f"command, {args.rounds} round(s) interleaved): `--workers 1` "
             f"{', '.join(f'{x:.1f}' for x in t[1])} s; `--workers 2` "
             f"{', '.join(f'{x:.1f}' for x in t[2])} s; median ratio 2 workers / 1 worker "
@@ -209,6 +210,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--overhead-trials", type=int, default=6)
     parser.add_argument("--no-write", action="store_true", help="Print, do not append.")
+    parser.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.05,
+        help="Of the workers race (0.05: the seed config's; more trains on less).",
+    )
     parser.add_argument("--only", choices=["overhead", "workers"], help="Run one part.")
     args = parser.parse_args()
     part1 = part2 = None
@@ -216,7 +223,7 @@ def main() -> None:
         part1 = overhead(args.overhead_trials)
         print(json.dumps(part1, indent=2))
     if args.only != "overhead":
-        part2 = workers_race(args.rounds, args.trials)
+        part2 = workers_race(args.rounds, args.trials, args.validation_split)
     text = report(part1, part2, args)
     print(text)
     if not args.no_write:

@@ -19,7 +19,10 @@ the top class is exactly the one ``dlcli evaluate`` counts as the prediction.
 
 from __future__ import annotations
 
+import math
+import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from dlcli import limits, untrusted
 from dlcli.errors import DataError, UsageError
 
 Shape = tuple[int, ...]  # (channels, height, width)
@@ -182,15 +186,11 @@ def read_input(path: Path, shape: Shape) -> npt.NDArray[Any]:
 
 def input_kind(path: Path) -> str:
     """``idx``, ``npy`` or ``image``, from the file's first bytes (or, failing that, its name)."""
-    try:
-        with path.open("rb") as f:
+    with untrusted.open_regular(path, DataError, "input file") as f:  # never a FIFO
+        try:
             head = f.read(8)
-    except FileNotFoundError:
-        raise DataError(f"{path}: input file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an input file") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+        except OSError as err:
+            raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     if head.startswith(_NPY_MAGIC):
         return "npy"
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
@@ -207,10 +207,34 @@ def input_kind(path: Path) -> str:
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
-    try:
-        return np.asarray(np.load(path, allow_pickle=False))
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npy array: {err}") from None
+    """A ``.npy`` array, its header checked against the file size before anything is
+    allocated (a header may claim 10^12 images), never unpickled."""
+    with untrusted.open_regular(path, DataError, "input file") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, OSError, EOFError, SyntaxError) as err:
+            raise DataError(
+                f"{path}: not a readable .npy array: {untrusted.shorten(str(err))}"
+            ) from None
+        if dtype.hasobject:
+            raise DataError(f"{path}: a .npy array of Python objects is refused (never unpickled)")
+        expected = math.prod(shape) * dtype.itemsize
+        found = os.fstat(f.fileno()).st_size - f.tell()
+        if found != expected:
+            dims = "×".join(map(str, shape))
+            raise DataError(
+                f"{path}: the .npy header declares shape {untrusted.shorten(dims)} of {dtype} "
+                f"({expected:,} bytes) but the file holds {found:,} bytes after it"
+            )
+        try:
+            array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+        except (ValueError, OSError, MemoryError) as err:
+            raise DataError(f"{path}: not a readable .npy array: {err}") from None
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _pixel_values(array: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
@@ -279,13 +303,26 @@ def read_image(path: Path, shape: Shape) -> npt.NDArray[np.uint8]:
             f"{path}: the model takes {c}-channel input; images can be fed only to 1-channel "
             "(grayscale), 3-channel (RGB) or 4-channel (RGBA) models: give a .npy array instead"
         )
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert(mode)
+        with warnings.catch_warnings():
+            # Pillow's bomb check, at dlcli's limit, while the header is read: above it Pillow
+            # warns (an error here: nothing leaks to stderr), above twice it refuses.
+            Image.MAX_IMAGE_PIXELS = limits.IMAGE_MAX_PIXELS
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:  # reads the header only
+                image = ImageOps.exif_transpose(opened).convert(mode)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(
+            f"{path}: refused: more than the {limits.IMAGE_MAX_PIXELS:,} pixels dlcli decodes "
+            f"(a decompression bomb?): {err}"
+        ) from None
     except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read the image: {err}") from None
+        raise DataError(f"{path}: cannot read the image: {untrusted.shorten(str(err))}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     if image.size != (w, h):
         image = image.resize((w, h), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)

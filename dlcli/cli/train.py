@@ -267,6 +267,12 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     is_flag=True,
     help="Also precision, recall, F1 and support per class, and the confusion matrix.",
 )
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Evaluate even when a data file differs from the one the model was trained with "
+    "(its SHA-256 in metrics.json); the result lists the changed files under data_changed.",
+)
 @_gate_options
 @dlcli_command
 def evaluate(
@@ -277,10 +283,14 @@ def evaluate(
     data_dir: str | None,
     device: str,
     per_class: bool,
+    accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
     """Metrics of a saved model directory on its validation and/or test split.
+
+    The data files are compared with the SHA-256 the run recorded; a changed file is refused
+    (exit 3) unless --accept-changed-data.
 
     With --min/--max, exits 4 when a metric is out of bounds (an unqualified METRIC applies to
     the validation split, or to the only split evaluated).
@@ -291,20 +301,25 @@ def evaluate(
     gates = parse_gates(mins, maxs)
 
     evaluate_fn = pipeline.evaluate_per_class if per_class else pipeline.evaluate
+    changed: list[str] = []
     reports: dict[str, Any] = evaluate_fn(
         model_dir,
         splits=splits or ("validation", "test"),
         batch_size=batch_size,
         data_dir=data_dir,
         device=device,
+        accept_changed_data=accept_changed_data,
+        changed=changed,
     )
+    for path in changed:
+        reporter.note(f"{path}: changed since the model was trained (--accept-changed-data)")
     results = {name: r.metrics for name, r in reports.items()} if per_class else reports
     shown = {
         name: {k: v for k, v in m.items() if k not in ("seconds", "samples")}
         for name, m in results.items()
     }
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
-    document = {"model_dir": str(model_dir), "metrics": results}
+    document = {"model_dir": str(model_dir), "metrics": results, "data_changed": changed}
     if per_class:
         document["per_class"] = _show_per_class(reporter, reports)
     return _apply_gates(reporter, gates, results, document)

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from dlcli.config import Config
-from dlcli.engine import Callback, Trainer
+from dlcli.engine import Trainer
 from dlcli.errors import TrainingError, UsageError
+from dlcli.hooks import Callback, Loop
 
 SKIP_START, SKIP_END = 10, 5  # steps left out of the steepest-slope search
 STEEPEST_RULE = (
@@ -57,17 +58,17 @@ class RangeTest(Callback):
     def rate(self, i: int) -> float:
         return float(self.start_lr * (self.end_lr / self.start_lr) ** (i / max(self.steps - 1, 1)))
 
-    def _set_rate(self, trainer: Trainer, lr: float) -> None:
+    def _set_rate(self, trainer: Loop, lr: float) -> None:
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr
 
-    def on_fit_begin(self, trainer: Trainer) -> None:
+    def on_fit_begin(self, trainer: Loop) -> None:
         self._set_rate(trainer, self.rate(0))
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, trainer: Loop, epoch: int) -> None:
         self._sum_before = 0.0
 
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
+    def on_step_end(self, trainer: Loop, step: int) -> None:
         # The engine keeps the epoch's running mean; this step's loss is the difference of the
         # running sums before and after it.
         count = min(step * self.batch_size, self.samples)
@@ -76,7 +77,7 @@ class RangeTest(Callback):
         self._sum_before = total
         self._record(trainer, loss)
 
-    def _record(self, trainer: Trainer, loss: float) -> None:
+    def _record(self, trainer: Loop, loss: float) -> None:
         i = len(self.losses)
         self.learning_rates.append(self.rate(i))
         self.losses.append(loss)
@@ -148,7 +149,7 @@ def lr_find(
     import torch
 
     from dlcli import pipeline
-    from dlcli.engine import resolve_device
+    from dlcli.device import resolve_device
     from dlcli.model import build_model
 
     if not 0 < start_lr < end_lr:

@@ -57,8 +57,8 @@ from dlcli.config import (
     short_key,
     to_dict,
 )
-from dlcli.engine import Callback, Logs, Trainer
 from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.hooks import Callback, Logs, Loop
 
 if TYPE_CHECKING:
     import optuna
@@ -360,7 +360,7 @@ class ReportEpochs(Callback):
         self.metric = metric
         self.pruned_at: int | None = None
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         value = logs.get(self.metric)
         if value is None or not math.isfinite(value):
             return

@@ -53,7 +53,7 @@ def start(config: Path, out: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 120) -> None:
+def wait_for(what: str, condition: Callable[[], bool], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

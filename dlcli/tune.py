@@ -357,7 +357,7 @@ class ReportEpochs(Callback):
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
-        self.metric = metric
+        self.metric = history_key(metric)
         self.pruned_at: int | None = None
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
@@ -486,9 +486,17 @@ def _running() -> Any:
     return optuna.trial.TrialState.RUNNING
 
 
+def history_key(metric: str) -> str:
+    """Any spelling of a metric (``validation.accuracy``) → its epoch-log key (``val_accuracy``)."""
+    from dlcli import metric_names
+
+    return metric_names.parse(metric).history_key
+
+
 def final_metric(metrics: dict[str, Any], metric: str) -> float | None:
     """The tuned metric of a finished run: ``val_x`` from its validation metrics, ``x`` from
     its training metrics (the saved model's, after early stopping restored the best)."""
+    metric = history_key(metric)
     split, name = ("validation", metric[4:]) if metric.startswith("val_") else ("train", metric)
     value = metrics.get(split, {}).get(name)
     return None if value is None else float(value)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from dlcli.cli.base import _set_option, cli, dlcli_command
-from dlcli.cli.train import _apply_gates, _gate_options, _train_gates
+from dlcli.cli.train import _gate_options
 from dlcli.report import Reporter
 
 
@@ -93,7 +93,9 @@ def tune(
             f"{config}: no tune: section; add one, e.g. tune: {{trials: 20, space: "
             "{training.optimizer.learning_rate: {float: [1e-4, 1e-1], log: true}}}"
         )
-    gates = _train_gates(mins, maxs, cfg)
+    from dlcli import gates as gating
+
+    gates = gating.for_training(mins, maxs, cfg.training.metrics)
     directory = output or Path("runs") / f"{config.stem}-tune"
     settings = tuning.Settings(
         config=cfg,
@@ -157,7 +159,10 @@ def _results(reporter: Reporter, handle: Any, directory: Path, gates: list[Any])
     if gates:
         if best is None:
             raise GateError("no trial has completed: the gates cannot pass", document=document)
-        _apply_gates(reporter, gates, tuning.best_metrics(summary), document)
+        from dlcli import gates as gating
+
+        for passed in gating.apply(gates, tuning.best_metrics(summary), document):
+            reporter.note(f"gate passed: {passed.describe()}")
     return document
 
 

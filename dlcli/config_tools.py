@@ -187,16 +187,29 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 def _num_classes(cfg: Config, where: str) -> int:
     from dlcli.data.registry import REGISTRY
 
+    if cfg.data.train is not None:
+        return _own_data(cfg)
     if cfg.data.dataset is None:
         assert cfg.data.num_classes is not None  # guaranteed by parse_config
         return cfg.data.num_classes
     entry = REGISTRY[cfg.data.dataset]
-    if tuple(cfg.model.input_shape) != entry.input_shape:
+    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != entry.input_shape:
         raise ConfigError(
             f"{where}: model.input_shape: the config says {list(cfg.model.input_shape)}, but "
             f"{entry.name}'s images are {list(entry.input_shape)} (height, width, channels)"
         )
     return entry.num_classes
+
+
+def _own_data(cfg: Config) -> int:
+    """``data.train``'s class count, from its listing; an input shape left out is inferred
+    from the train images' headers (as training will)."""
+    from dlcli.data.local import LocalData, describe
+
+    names, conversion = describe(LocalData.from_config(cfg.data, cfg.model.input_shape))
+    if cfg.model.input_shape is None:
+        cfg.model.input_shape = [conversion.height, conversion.width, conversion.channels]
+    return len(names)
 
 
 def _build(cfg: Config, num_classes: int, where: str) -> Any:

@@ -21,10 +21,13 @@ from dlcli.callbacks import Checkpointer, build_callbacks, reports
 from dlcli.config import Config, DataConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
+from dlcli.data.local import LocalData, load_local
 from dlcli.engine import Callback, Logs, Trainer, resolve_device
 from dlcli.errors import Interrupted, ModelDirError, TrainingError, UsageError
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
+
+NO_TEST = "no test split: the config gives no test data (data.test)"
 
 
 @dataclass
@@ -49,11 +52,16 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def load_data(data: DataConfig, data_dir: str | None = None) -> Dataset:
-    """The dataset a config names: a registry entry, or four explicit IDX archives."""
+def load_data(
+    data: DataConfig, data_dir: str | None = None, input_shape: Sequence[int] | None = None
+) -> Dataset:
+    """The dataset a config names: a registry entry, ``data.train`` (folders, CSV, .npz, IDX:
+    images converted to ``input_shape``, inferred when None), or four explicit IDX archives."""
     if data.dataset is not None:
         root = Path(data_dir or data.data_dir or default_data_dir())
         return load_dataset(data.dataset, root)
+    if data.train is not None:
+        return load_local(LocalData.from_config(data, input_shape))
     assert data.num_classes is not None  # guaranteed by config validation
     return load_archives(
         str(data.train_images),
@@ -66,7 +74,10 @@ def load_data(data: DataConfig, data_dir: str | None = None) -> Dataset:
 
 
 def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
-    """KotlinDL's ``train.split(1 - validation_split)``, seeded (and shuffled unless told not)."""
+    """The validation data given, else KotlinDL's ``train.split(1 - validation_split)``,
+    seeded (and shuffled unless told not)."""
+    if dataset.validation is not None:
+        return dataset.train, dataset.validation
     return split(
         dataset.train,
         1.0 - cfg.data.validation_split,
@@ -96,11 +107,11 @@ def prepare(
     store.check_output_dir(run_dir, overwrite=overwrite, resume=resume)
     if world.is_main:
         store.check_writable(run_dir)
+    dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
+    _check_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
     resumed = world.from_main(
         lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
     )
-    dataset = load_data(cfg.data)
-    _check_input_shape(cfg, dataset)
     train, validation = split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.model, num_classes=dataset.num_classes)
@@ -112,6 +123,8 @@ def prepare(
 def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
     channels, height, width = dataset.train.images.shape[1:]
     found = [int(height), int(width), int(channels)]
+    if cfg.model.input_shape is None:  # inferred from the data: the saved config records it
+        cfg.model.input_shape = found
     if list(cfg.model.input_shape) != found:
         raise UsageError(
             f"model.input_shape: the config says {list(cfg.model.input_shape)}, "
@@ -208,7 +221,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         **_resumed(prepared),
         "train": final_train,
         "validation": trainer.evaluate(prepared.validation),
-        "test": trainer.evaluate(dataset.test),
+        "test": trainer.evaluate(dataset.test) if dataset.test is not None else None,
         "params": prepared.model.total_params,
         "dataset": {
             "name": dataset.name,
@@ -216,9 +229,11 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "class_names": list(dataset.class_names),
             "train_size": len(prepared.train),
             "validation_size": len(prepared.validation),
-            "test_size": len(dataset.test),
+            "test_size": len(dataset.test) if dataset.test is not None else 0,
             "checksums": dataset.checksums,
+            **({"sources": dataset.sources} if dataset.sources else {}),
         },
+        **({"skipped_files": dataset.skipped} if dataset.skipped else {}),
     }
 
 
@@ -295,6 +310,8 @@ class SavedRun:
     def split(self, name: str) -> Split:
         """``validation``, ``test`` or ``train``: the same split the run was trained with."""
         if name == "test":
+            if self.dataset.test is None:
+                raise UsageError(NO_TEST)
             return self.dataset.test
         train, validation = split_train(self.dataset, self.loaded.run.config)
         return validation if name == "validation" else train
@@ -322,20 +339,28 @@ class SavedRun:
 def open_run(run_dir: Path, *, data_dir: str | None = None, device: str = "auto") -> SavedRun:
     """Verify and load a run dir's model and the dataset its config names."""
     loaded = load_model(run_dir, device)
-    return SavedRun(loaded, load_data(loaded.run.config.data, data_dir))
+    cfg = loaded.run.config
+    return SavedRun(loaded, load_data(cfg.data, data_dir, cfg.model.input_shape))
+
+
+def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:
+    """The splits asked for; by default validation, and test when the run has test data."""
+    if splits:
+        return list(splits)
+    return ["validation"] + (["test"] if saved.dataset.test is not None else [])
 
 
 def evaluate(
     run_dir: Path,
     *,
-    splits: Sequence[str] = ("validation",),
+    splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits."""
     saved = open_run(run_dir, data_dir=data_dir, device=device)
-    return {name: saved.metrics(name, batch_size) for name in splits}
+    return {name: saved.metrics(name, batch_size) for name in default_splits(saved, splits)}
 
 
 @dataclass
@@ -347,7 +372,7 @@ class SplitReport:
 def evaluate_per_class(
     run_dir: Path,
     *,
-    splits: Sequence[str] = ("validation",),
+    splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
@@ -358,5 +383,5 @@ def evaluate_per_class(
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()
         )
-        for name in splits
+        for name in default_splits(saved, splits)
     }

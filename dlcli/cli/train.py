@@ -193,20 +193,24 @@ def train(
         reporter.note(f"resuming from {prepared.resume.path}, {prepared.resume.where}")
     result = pipeline.train(prepared, callbacks=[ProgressDisplay(reporter)], config_path=config)
     metrics = result.metrics
+    final = {
+        split: metrics[split]
+        for split in ("train", "validation", "test")
+        if metrics[split] is not None
+    }
     reporter.table(
         metrics_table(
             f"Final metrics ({metrics['epochs']} epochs, fit {metrics['fit_seconds']:.1f}s)",
-            {
-                "train": metrics["train"],
-                "validation": metrics["validation"],
-                "test": metrics["test"],
-            },
+            final,
         )
     )
+    if metrics["test"] is None:
+        reporter.note(pipeline.NO_TEST)
+    for skipped in metrics.get("skipped_files", []):
+        reporter.note(f"skipped {skipped['path']}: {skipped['reason']}")
     fit_summary = _fit_summary(result, cfg)
     reporter.result_line(fit_summary_line(fit_summary, result.run_dir))
     document = {"run_dir": str(result.run_dir), **metrics, "summary": fit_summary}
-    final = {split: metrics[split] for split in ("train", "validation", "test")}
     return _apply_gates(reporter, gates, final, document)  # after the model is saved
 
 
@@ -236,9 +240,10 @@ def _fit_summary(result: Any, cfg: Any) -> dict[str, Any]:
 
 def _announce(reporter: Reporter, prepared: Any) -> None:
     data = prepared.dataset
+    test = f"{len(data.test)} test" if data.test is not None else "no test split"
     reporter.note(
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "
-        f"{len(prepared.validation)} validation, {len(data.test)} test, "
+        f"{len(prepared.validation)} validation, {test}, "
         f"{data.num_classes} classes; device: {prepared.device}"
     )
     if not reporter.quiet:
@@ -293,7 +298,7 @@ def evaluate(
     evaluate_fn = pipeline.evaluate_per_class if per_class else pipeline.evaluate
     reports: dict[str, Any] = evaluate_fn(
         model_dir,
-        splits=splits or ("validation", "test"),
+        splits=splits or None,
         batch_size=batch_size,
         data_dir=data_dir,
         device=device,
@@ -304,6 +309,8 @@ def evaluate(
         for name, m in results.items()
     }
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
+    if not splits and "test" not in results:
+        reporter.note(pipeline.NO_TEST)
     document = {"model_dir": str(model_dir), "metrics": results}
     if per_class:
         document["per_class"] = _show_per_class(reporter, reports)

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,14 +46,18 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A train and a test split with what is needed to build and describe a classifier."""
+    """A train and (unless the data has none) a test split, with what is needed to build and
+    describe a classifier."""
 
     train: Split
-    test: Split
+    test: Split | None  # None: no test data given (every report says so)
     num_classes: int
     class_names: tuple[str, ...]
     name: str | None  # the registry name; None for explicit files
     checksums: dict[str, str]  # archive file name -> sha256
+    sources: dict[str, str] = field(default_factory=dict)  # split -> the path it came from
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out
+    validation: Split | None = None  # given validation data (else split off train)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

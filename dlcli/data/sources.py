@@ -98,6 +98,23 @@ def open_source(path: Path, part: str) -> Source:
     return read_idx_pair(path)
 
 
+SPLIT_NAMES = ("train", "test", "validation")
+
+
+def split_folders(path: Path) -> dict[str, Path] | None:
+    """``{"train": path/train, "test": path/test, ...}`` when ``path`` is a folder whose only
+    (non-hidden) entries are split folders including ``train``; else None."""
+    if not path.is_dir():
+        return None
+    try:
+        names = [e.name for e in os.scandir(path) if not e.name.startswith(".")]
+    except OSError:
+        return None
+    if "train" not in names or not set(names) <= set(SPLIT_NAMES):
+        return None
+    return {name: path / name for name in SPLIT_NAMES if (path / name).is_dir()}
+
+
 # --- folders and CSV files -------------------------------------------------------------------
 
 

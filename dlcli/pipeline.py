@@ -4,6 +4,7 @@ load the archives, split off validation, build the model, fit, evaluate, save.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Sequence
@@ -306,9 +307,13 @@ class SavedRun:
 
     loaded: LoadedModel
     dataset: Dataset
+    data_split: Split | None = None  # evaluate --data: the labelled data given
 
     def split(self, name: str) -> Split:
-        """``validation``, ``test`` or ``train``: the same split the run was trained with."""
+        """``validation``, ``test`` or ``train``: the same split the run was trained with
+        (``data``: the data given to ``evaluate --data``)."""
+        if name == "data" and self.data_split is not None:
+            return self.data_split
         if name == "test":
             if self.dataset.test is None:
                 raise UsageError(NO_TEST)
@@ -361,6 +366,47 @@ def evaluate(
     """Rebuild a saved run's data split and report its metrics on the requested splits."""
     saved = open_run(run_dir, data_dir=data_dir, device=device)
     return {name: saved.metrics(name, batch_size) for name in default_splits(saved, splits)}
+
+
+def open_data(
+    run_dir: Path, data: Path, *, device: str = "auto", skip_bad_files: bool | None = None
+) -> SavedRun:
+    """A saved run's model and labelled data at ``data`` (class folders, CSV, .npz, IDX),
+    converted as the run's training data was and labelled by the run's class names; the data
+    is the ``data`` split of the result."""
+    loaded = load_model(run_dir, device)
+    cfg = loaded.run.config
+    names = tuple(loaded.run.metrics.get("dataset", {}).get("class_names") or ())
+    spec = LocalData.from_config(cfg.data, cfg.model.input_shape)
+    spec = dataclasses.replace(
+        spec,
+        train=data,
+        test=None,
+        validation=None,
+        class_names=names or None,
+        num_classes=loaded.built.output_shape[0],
+        skip_bad_files=cfg.data.skip_bad_files if skip_bad_files is None else skip_bad_files,
+    )
+    dataset = load_local(spec)
+    if dataset.test is not None:  # a Keras-style .npz: its test arrays are what is scored
+        dataset = dataclasses.replace(dataset, train=dataset.test, test=None)
+    return SavedRun(loaded, dataset, data_split=dataset.train)
+
+
+def evaluate_data(
+    run_dir: Path,
+    data: Path,
+    *,
+    batch_size: int = 1000,
+    device: str = "auto",
+    per_class: bool = False,
+) -> dict[str, Any]:
+    """``evaluate RUN_DIR --data PATH``: metrics (and per-class figures) on labelled data."""
+    saved = open_data(run_dir, data, device=device)
+    report: dict[str, Any] = {"data": saved.metrics("data", batch_size)}
+    if per_class:
+        report = {"data": SplitReport(report["data"], saved.predictions("data").per_class())}
+    return report
 
 
 @dataclass

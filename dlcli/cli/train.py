@@ -272,6 +272,14 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     is_flag=True,
     help="Also precision, recall, F1 and support per class, and the confusion matrix.",
 )
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Score labelled data instead of the run's splits: class folders, a path,label CSV, "
+    "an .npz or an IDX archive, converted as the run's training images were.",
+)
 @_gate_options
 @dlcli_command
 def evaluate(
@@ -282,36 +290,52 @@ def evaluate(
     data_dir: str | None,
     device: str,
     per_class: bool,
+    data_path: Path | None,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Metrics of a saved model directory on its validation and/or test split.
+    """Metrics of a saved model directory on its validation and/or test split, or on the
+    labelled data at --data PATH (its split is called "data").
 
     With --min/--max, exits 4 when a metric is out of bounds (an unqualified METRIC applies to
     the validation split, or to the only split evaluated).
     """
     from dlcli import pipeline
+    from dlcli.errors import UsageError
     from dlcli.gates import parse_gates
 
     gates = parse_gates(mins, maxs)
-
-    evaluate_fn = pipeline.evaluate_per_class if per_class else pipeline.evaluate
-    reports: dict[str, Any] = evaluate_fn(
-        model_dir,
-        splits=splits or None,
-        batch_size=batch_size,
-        data_dir=data_dir,
-        device=device,
+    reports: dict[str, Any]
+    if data_path is not None:
+        if splits:
+            raise UsageError("--data scores the data given: --split does not apply to it")
+        reports = pipeline.evaluate_data(
+            model_dir, data_path, batch_size=batch_size, device=device, per_class=per_class
+        )
+    else:
+        evaluate_fn: Callable[..., dict[str, Any]] = (
+            pipeline.evaluate_per_class if per_class else pipeline.evaluate
+        )
+        reports = evaluate_fn(
+            model_dir,
+            splits=splits or None,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            device=device,
+        )
+    results: dict[str, Any] = (
+        {name: r.metrics for name, r in reports.items()} if per_class else reports
     )
-    results = {name: r.metrics for name, r in reports.items()} if per_class else reports
     shown = {
         name: {k: v for k, v in m.items() if k not in ("seconds", "samples")}
         for name, m in results.items()
     }
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
-    if not splits and "test" not in results:
+    if not splits and data_path is None and "test" not in results:
         reporter.note(pipeline.NO_TEST)
     document = {"model_dir": str(model_dir), "metrics": results}
+    if data_path is not None:
+        document["data"] = str(data_path)
     if per_class:
         document["per_class"] = _show_per_class(reporter, reports)
     return _apply_gates(reporter, gates, results, document)

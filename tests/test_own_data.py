@@ -360,3 +360,32 @@ def test_png_tree_pixels_equal_the_idx_arrays(tmp_path: Path) -> None:
     assert data.class_names == tuple(str(i) for i in range(10))
     assert bool((data.train.images[:, 0].numpy() == images[order]).all())
     assert bool((data.train.labels.numpy() == labels[order]).all())
+
+
+def test_a_broken_worker_pool_falls_back_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadPool:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __enter__(self) -> DeadPool:
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            pass
+
+        def submit(self, *args: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_exception(BrokenProcessPool("a worker died"))
+            return future
+
+    write_learnable_tree(tmp_path / "t", 40)
+    files = sorted((tmp_path / "t").rglob("*.png"))
+    monkeypatch.setattr(decode, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(decode, "ProcessPoolExecutor", DeadPool)
+    decoded = decode.decode_files(files, Conversion(8, 8, 1), workers=2)
+    assert len(decoded.images) == 40 and not decoded.bad

@@ -63,13 +63,8 @@ def init(
         path, template=template, dataset=dataset, force=force, data=data, template_given=given
     )
     reporter.result_line(f"wrote {path}; train it with: dlcli train {path}")
-    return {
-        "path": str(path),
-        "template": template,
-        "dataset": dataset if data is None else None,
-        "data": str(data) if data is not None else None,
-        "command": f"dlcli train {path}",
-    }
+    source = {"dataset": dataset} if data is None else {"data": str(data)}
+    return {"path": str(path), "template": template, **source, "command": f"dlcli train {path}"}
 
 
 @cli.group(name="config")

@@ -46,7 +46,11 @@ def cache_dir(configured: str | None = None) -> Path:
 
 
 def entry_path(
-    root: Path, source: Path, paths: Sequence[Path], conversion: Conversion | None
+    root: Path,
+    source: Path,
+    paths: Sequence[str | Path],
+    conversion: Conversion | None,
+    stats: Sequence[tuple[int, int]] | None = None,
 ) -> Path:
     """The entry for these files and settings: ``images/<settings>-<files>.safetensors``."""
     settings = {
@@ -55,19 +59,28 @@ def entry_path(
         "conversion": conversion.to_dict() if conversion else "inferred",
     }
     prefix = _hash(json.dumps(settings, sort_keys=True).encode())[:16]
-    return root / "images" / f"{prefix}-{_fingerprint(paths)[:32]}.safetensors"
+    files = _fingerprint(paths, stats if stats is not None else _stats(paths))
+    return root / "images" / f"{prefix}-{files[:32]}.safetensors"
 
 
-def _fingerprint(paths: Sequence[Path]) -> str:
-    """A hash of every file's path, size and modification time (a missing one marked)."""
-    digest = hashlib.sha256()
+def _stats(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
+    """(size, mtime_ns) of every file; (-1, -1) for one that cannot be stat'ed."""
+    stats = []
     for path in paths:
         try:
             info = os.stat(path)
-            digest.update(f"{os.fspath(path)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+            stats.append((info.st_size, info.st_mtime_ns))
         except OSError:
-            digest.update(f"{os.fspath(path)}\0missing\n".encode())
-    return digest.hexdigest()
+            stats.append((-1, -1))
+    return stats
+
+
+def _fingerprint(paths: Sequence[str | Path], stats: Sequence[tuple[int, int]]) -> str:
+    """A hash of every file's path, size and modification time."""
+    text = "\n".join(
+        f"{path}\0{size}\0{mtime}" for path, (size, mtime) in zip(paths, stats, strict=True)
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _hash(data: bytes) -> str:

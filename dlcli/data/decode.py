@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def worker_count(requested: int | None = None) -> int:
 
 
 def decode_files(
-    paths: Sequence[Path], conversion: Conversion, *, workers: int | None = None
+    paths: Sequence[str | Path], conversion: Conversion, *, workers: int | None = None
 ) -> Decoded:
     """Decode and convert every file (see :mod:`dlcli.data.images`); bad files are left out."""
     c, h, w = conversion.chw
@@ -83,7 +84,7 @@ def decode_files(
 
 
 def inspect_files(
-    paths: Sequence[Path], *, workers: int | None = None
+    paths: Sequence[str | Path], *, workers: int | None = None
 ) -> tuple[list[ImageInfo | None], list[tuple[str, str]]]:
     """Decode every file without converting it: what it holds, or why it cannot be read."""
     infos: list[ImageInfo | None] = [None] * len(paths)
@@ -94,7 +95,9 @@ def inspect_files(
     return infos, bad
 
 
-def peek_files(paths: Sequence[Path], *, workers: int | None = None) -> list[ImageInfo | None]:
+def peek_files(
+    paths: Sequence[str | Path], *, workers: int | None = None
+) -> list[ImageInfo | None]:
     """Every file's mode and size from its header (None where it cannot be read)."""
     infos: list[ImageInfo | None] = [None] * len(paths)
     for start, chunk_infos in _run(_peek_chunk, paths, None, workers):
@@ -129,7 +132,9 @@ def bad_files_message(bad: Sequence[tuple[str, str]], remedy: str) -> str:
 # --- the pool ------------------------------------------------------------------------------
 
 
-def _run(fn: Any, paths: Sequence[Path], conversion: Conversion | None, workers: int | None) -> Any:
+def _run(
+    fn: Any, paths: Sequence[str | Path], conversion: Conversion | None, workers: int | None
+) -> Any:
     """Yield (start, fn(chunk)) over chunks of ``paths``, in order, in worker processes."""
     names = [os.fspath(p) for p in paths]
     count = worker_count(workers)
@@ -138,10 +143,17 @@ def _run(fn: Any, paths: Sequence[Path], conversion: Conversion | None, workers:
         return
     size = max(32, min(CHUNK_MAX, -(-len(names) // (count * 4))))
     starts = range(0, len(names), size)
-    with ProcessPoolExecutor(max_workers=count, mp_context=_context()) as pool:
-        futures = [pool.submit(fn, names[s : s + size], conversion) for s in starts]
-        for start, future in zip(starts, futures, strict=True):
-            yield start, future.result()
+    done = 0
+    try:
+        with ProcessPoolExecutor(max_workers=count, mp_context=_context()) as pool:
+            futures = [pool.submit(fn, names[s : s + size], conversion) for s in starts]
+            for start, future in zip(starts, futures, strict=True):
+                result = future.result()
+                done = start + size
+                yield start, result
+    except BrokenProcessPool:  # a worker could not start or was killed: finish here
+        for start in range(done, len(names), size):
+            yield start, fn(names[start : start + size], conversion)
 
 
 def _context() -> multiprocessing.context.BaseContext:

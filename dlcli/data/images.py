@@ -255,6 +255,10 @@ def _resize(image: Image, conversion: Conversion) -> Image:
     return image.resize(size, bilinear)
 
 
+_SUFFIXES = frozenset(suffix[1:] for suffix in IMAGE_SUFFIXES)
+
+
 def is_image_name(name: str) -> bool:
     """Whether a file name has one of :data:`IMAGE_SUFFIXES` (any case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    stem, dot, suffix = name.rpartition(".")
+    return bool(dot and stem) and suffix.lower() in _SUFFIXES

@@ -233,7 +233,7 @@ def decode_cached(
     entry = None
     if spec.cache:
         root = cache.cache_dir(spec.cache_dir)
-        entry = cache.entry_path(root, files.source, files.paths, conversion)
+        entry = cache.entry_path(root, files.source, files.paths, conversion, files.stats)
         hit = cache.load(entry, len(files.paths), conversion)
         if hit is not None:
             return hit

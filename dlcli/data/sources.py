@@ -41,9 +41,12 @@ class FileList:
 
     source: Path  # the folder or the CSV file
     kind: str  # folder | csv
-    paths: list[Path]
+    paths: list[str]  # strings, not Path objects: 70,000 of those cost a second to build
     labels: list[str]
     ignored: list[str] = field(default_factory=list)  # files that are not images (by name)
+    # (size, mtime_ns) of each file, as listed (folders: one pass over the tree); None: not
+    # taken (the cache stats the files itself)
+    stats: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -120,7 +123,7 @@ def split_folders(path: Path) -> dict[str, Path] | None:
 
 def list_folder(root: Path) -> FileList:
     """Every image under ``root/<class>/``, sorted by class, then by path."""
-    paths: list[Path] = []
+    found: list[tuple[list[str], str, int, int]] = []  # (parts below the class, path, size, mtime)
     labels: list[str] = []
     ignored: list[str] = []
     try:
@@ -133,30 +136,45 @@ def list_folder(root: Path) -> FileList:
         if not entry.is_dir():
             ignored.append(entry.path)
             continue
-        for path in _walk(Path(entry.path), ignored):
-            paths.append(path)
-            labels.append(entry.name)
-    if not paths:
+        files: list[tuple[list[str], str, int, int]] = []
+        _walk(entry.path, [], files, ignored)
+        found += sorted(files, key=lambda f: f[0])
+        labels += [entry.name] * len(files)
+    if not found:
         raise DataError(
             f"{root}: no images found: expected class folders holding image files "
             f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(ignored)}"
         )
-    return FileList(root, "folder", paths, labels, ignored)
+    paths = [path for _, path, _, _ in found]
+    stats = [(size, mtime) for _, _, size, mtime in found]
+    return FileList(root, "folder", paths, labels, ignored, stats)
 
 
-def _walk(folder: Path, ignored: list[str]) -> list[Path]:
-    """Image files below ``folder``, sorted by their path; other files go to ``ignored``."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            if is_image_name(name):
-                found.append(Path(dirpath, name))
-            else:
-                ignored.append(os.path.join(dirpath, name))
-    return sorted(found, key=lambda p: p.parts)
+def _walk(
+    folder: str,
+    parts: list[str],
+    found: list[tuple[list[str], str, int, int]],
+    ignored: list[str],
+) -> None:
+    """Image files below ``folder`` with their size and modification time (one ``scandir``
+    and one ``stat`` each); other files go to ``ignored``, hidden ones are skipped."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as err:
+        raise DataError(f"{folder}: cannot list the folder: {err.strerror or err}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            _walk(entry.path, [*parts, entry.name], found, ignored)
+        elif is_image_name(entry.name):
+            try:
+                info = entry.stat()
+                found.append(([*parts, entry.name], entry.path, info.st_size, info.st_mtime_ns))
+            except OSError:  # vanished, or a dangling link: decoding reports it
+                found.append(([*parts, entry.name], entry.path, -1, -1))
+        else:
+            ignored.append(entry.path)
 
 
 def _ignored_note(ignored: list[str]) -> str:
@@ -179,8 +197,9 @@ def list_csv(path: Path) -> FileList:
             f"{path}: expected a CSV header with the columns path,label; found {header or 'none'}"
         )
     at_path, at_label = header.index("path"), header.index("label")
-    paths: list[Path] = []
+    paths: list[str] = []
     labels: list[str] = []
+    folder = os.fspath(path.parent)
     for line, row in enumerate(reader, start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -189,7 +208,7 @@ def list_csv(path: Path) -> FileList:
         name, label = row[at_path].strip(), row[at_label].strip()
         if not name or not label:
             raise DataError(f"{path}: line {line}: empty path or label")
-        paths.append(path.parent / name)
+        paths.append(os.path.join(folder, name))
         labels.append(label)
     if not paths:
         raise DataError(f"{path}: the CSV file lists no images")

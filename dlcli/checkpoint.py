@@ -21,22 +21,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dlcli import store
+from dlcli import limits, store, untrusted
 from dlcli.config import Config, dump_yaml, to_dict
-from dlcli.errors import ModelDirError
+from dlcli.errors import ConfigError, ModelDirError, UsageError
 from dlcli.signals import uninterruptible
 
 FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (accel.FlatParameters)
@@ -252,7 +252,11 @@ def latest(run_dir: Path) -> Path:
 
 
 def load(path: Path, config: Config) -> Checkpoint:
-    """Verify and read a checkpoint made with ``config`` (up to RESUMABLE_CHANGES)."""
+    """Verify and read a checkpoint made with ``config`` (up to RESUMABLE_CHANGES).
+
+    What is read is checked for form here (JSON depth, counters in range, every tensor
+    referenced exactly once); :func:`check_fits` checks it against the model and optimizer
+    before anything is loaded into them."""
     store.verify_manifest(path, FILES)
     check_same_config(path, config)
     try:
@@ -260,27 +264,319 @@ def load(path: Path, config: Config) -> Checkpoint:
         tensors = load_file(str(path / TENSORS))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelDirError(f"{path}: unreadable checkpoint tensors: {err}") from None
-    try:
-        document = json.loads((path / STATE).read_text(encoding="utf-8"))
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise ValueError(f"expected format {FORMAT}")
-        state = join_tensors(document["state"], tensors)
-        state["model"] = model
-        for key in ("epoch", "step_in_epoch", "global_step"):
-            state[key] = int(state[key])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ModelDirError(f"{path / STATE}: unreadable checkpoint state ({err})") from None
+    document = untrusted.load_json(path / STATE, ModelDirError, "checkpoint state")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ModelDirError(
+            f"{path / STATE}: unreadable checkpoint state (expected format {FORMAT})"
+        )
+    raw = document.get("state")
+    if not isinstance(raw, dict):
+        raise ModelDirError(f"{path / STATE}: unreadable checkpoint state (no 'state' object)")
+    state = _join_checked(raw, tensors, path)
+    state["model"] = model
+    _check_counters(state, path / STATE)
     return Checkpoint(path, state)
+
+
+def _join_checked(raw: dict[str, Any], tensors: Mapping[str, torch.Tensor], path: Path) -> Any:
+    """:func:`join_tensors`, refusing a reference to a missing tensor and a tensor nothing
+    refers to (a checkpoint holds exactly what its state names)."""
+    used: set[str] = set()
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            if set(obj) == {_TENSOR}:
+                key = obj[_TENSOR]
+                if not isinstance(key, str) or key not in tensors or key in used:
+                    raise ModelDirError(
+                        f"{path / STATE}: refers to tensor {untrusted.echo(key)}, which "
+                        f"{TENSORS} does not hold (or which is referred to twice)"
+                    )
+                used.add(key)
+                return tensors[key]
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    joined = walk(raw)
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise ModelDirError(
+            f"{path / TENSORS}: holds tensor {untrusted.echo(unused[0])} that {STATE} does not "
+            f"refer to ({len(unused)} such)"
+        )
+    return joined
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_counters(state: dict[str, Any], shown: Path) -> None:
+    """Counters are integers in range, ``fit_seconds`` a finite number, ``history`` one row of
+    numbers per completed epoch."""
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        value = state.get(key)
+        top = limits.CHECKPOINT_MAX_EPOCHS if key == "epoch" else limits.INT_MAX
+        if not _is_int(value) or not 0 <= value <= top:
+            raise ModelDirError(
+                f"{shown}: corrupt checkpoint: {key} is {untrusted.echo(value)}, expected an "
+                f"integer from 0 to {top}"
+            )
+    seconds = state.get("fit_seconds")
+    if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+        raise ModelDirError(
+            f"{shown}: corrupt checkpoint: fit_seconds is {untrusted.echo(seconds)}, expected a "
+            "finite number >= 0"
+        )
+    history = state.get("history")
+    if not isinstance(history, list) or len(history) != state["epoch"]:
+        found = f"{len(history)} rows" if isinstance(history, list) else untrusted.echo(history)
+        raise ModelDirError(
+            f"{shown}: corrupt checkpoint: history is {found}, expected one row per completed "
+            f"epoch ({state['epoch']})"
+        )
+    for i, row in enumerate(history):
+        if not isinstance(row, dict) or not all(_is_number(v) for v in row.values()):
+            raise ModelDirError(
+                f"{shown}: corrupt checkpoint: history row {i} is {untrusted.echo(row)}, "
+                "expected a mapping of metric names to numbers"
+            )
+
+
+def check_fits(
+    checkpoint: Checkpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    train_size: int,
+) -> None:
+    """Check a checkpoint against the model and optimizer it is about to be loaded into: every
+    tensor's name, dtype and shape (weights, optimizer state, RNG state, running metrics, the
+    early-stopping copy of the weights), the optimizer's groups, and where it stopped against
+    this run's epochs and steps. A crafted checkpoint is a :class:`ModelDirError` naming the
+    file and the tensor; nothing unchecked reaches a torch kernel."""
+    path, state = checkpoint.path, checkpoint.state
+    expected = {k: v for k, v in model.state_dict().items()}
+    _check_tensors(state["model"], expected, path / MODEL, "weights")
+    _check_optimizer(state.get("optimizer"), optimizer, path / TENSORS)
+    _check_rng(state.get("rng"), path / TENSORS)
+    _check_running(state, path / TENSORS, train_size)
+    early = state.get("callbacks", {})
+    if not isinstance(early, dict):
+        raise ModelDirError(f"{path / STATE}: corrupt checkpoint: callbacks is not a mapping")
+    for key, callback_state in early.items():
+        best = callback_state.get("best_weights") if isinstance(callback_state, dict) else None
+        if best is not None:
+            _check_tensors(best, expected, path / TENSORS, f"{key} best_weights")
+    epoch, step = checkpoint.epoch, checkpoint.step_in_epoch
+    if step >= max(steps_per_epoch, 1):
+        raise ModelDirError(
+            f"{path / STATE}: corrupt checkpoint: step_in_epoch is {step}, but an epoch of this "
+            f"run has {steps_per_epoch} steps"
+        )
+    needed = epoch + (1 if step else 0)
+    if epochs < needed:
+        raise UsageError(
+            f"training.epochs: {epochs}, but the checkpoint {path} has trained "
+            f"{_where(epoch, step)}; resume with --set training.epochs={needed} or more, or "
+            "train into a new --output"
+        )
+    if state["global_step"] > (epoch + 1) * steps_per_epoch:
+        raise ModelDirError(
+            f"{path / STATE}: corrupt checkpoint: global_step {state['global_step']} is more "
+            f"than {epoch + 1} epochs of {steps_per_epoch} steps"
+        )
+
+
+def _describe_tensor(tensor: torch.Tensor) -> str:
+    return f"{tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"
+
+
+def _check_tensors(
+    saved: Any, expected: Mapping[str, torch.Tensor], shown: Path, what: str
+) -> None:
+    if not isinstance(saved, dict):
+        raise ModelDirError(f"{shown}: corrupt checkpoint: {what} are not a mapping of tensors")
+    missing = [name for name in expected if name not in saved]
+    extra = [name for name in saved if name not in expected]
+    if missing or extra:
+        name = (missing or extra)[0]
+        problem = "is missing" if missing else "is not a tensor of this model"
+        raise ModelDirError(
+            f"{shown}: {what}: tensor {untrusted.echo(name)} {problem} "
+            f"({len(missing)} missing, {len(extra)} unexpected)"
+        )
+    for name, like in expected.items():
+        _check_like(saved[name], like, shown, f"{what}: tensor {name!r}")
+
+
+def _check_like(tensor: Any, like: torch.Tensor, shown: Path, what: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ModelDirError(
+            f"{shown}: {what} is {untrusted.echo(tensor)}, expected a tensor "
+            f"{_describe_tensor(like)}"
+        )
+    if tensor.shape != like.shape or tensor.dtype != like.dtype:
+        raise ModelDirError(
+            f"{shown}: {what} is {_describe_tensor(tensor)}, the model and optimizer expect "
+            f"{_describe_tensor(like)}"
+        )
+
+
+def _reference_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+    """The state ``optimizer`` has after one step: the same class and settings stepped once
+    over zero tensors shaped like its parameters (what a checkpoint's state must look like)."""
+    groups = []
+    for group in optimizer.param_groups:
+        probes = []
+        for p in group["params"]:
+            probe = torch.zeros_like(p, requires_grad=True)
+            probe.grad = torch.zeros_like(p)
+            probes.append(probe)
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": probes})
+    reference = type(optimizer)(groups)  # type: ignore[call-arg]
+    reference.step()
+    return dict(reference.state_dict()["state"])
+
+
+def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, shown: Path) -> None:
+    current = optimizer.state_dict()
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise ModelDirError(f"{shown}: corrupt checkpoint: no optimizer state")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(current["param_groups"]):
+        raise ModelDirError(
+            f"{shown}: corrupt checkpoint: the optimizer has {len(current['param_groups'])} "
+            f"parameter group(s), the checkpoint {untrusted.echo(groups)}"
+        )
+    for i, (group, like) in enumerate(zip(groups, current["param_groups"], strict=True)):
+        _check_group(group, like, shown, i)
+    reference = _reference_optimizer_state(optimizer)
+    ids = {str(k) for k in range(sum(len(g["params"]) for g in current["param_groups"]))}
+    for key, entry in saved["state"].items():
+        if key not in ids:
+            raise ModelDirError(
+                f"{shown}: optimizer state for parameter {untrusted.echo(key)}, which this "
+                f"optimizer does not have (it has {len(ids)})"
+            )
+        like_entry = reference.get(int(key), {})
+        if not isinstance(entry, dict) or set(entry) != set(like_entry):
+            found = sorted(entry) if isinstance(entry, dict) else untrusted.echo(entry)
+            raise ModelDirError(
+                f"{shown}: optimizer state of parameter {key} holds {found}, expected "
+                f"{sorted(like_entry)}"
+            )
+        for name, like in like_entry.items():
+            what = f"optimizer state tensor 'optimizer/state/{key}/{name}'"
+            if isinstance(like, torch.Tensor):
+                _check_like(entry[name], like, shown, what)
+            elif type(entry[name]) is not type(like):
+                raise ModelDirError(
+                    f"{shown}: {what} is {untrusted.echo(entry[name])}, expected "
+                    f"{untrusted.echo(like)}"
+                )
+
+
+def _check_group(group: Any, like: Mapping[str, Any], shown: Path, index: int) -> None:
+    """A saved parameter group has this optimizer's keys (plus the numbers a learning-rate
+    schedule adds, e.g. ``initial_lr``), the same parameter ids, the same flags, and finite
+    numbers where this optimizer has numbers."""
+    missing = sorted(set(like) - set(group)) if isinstance(group, dict) else sorted(like)
+    if missing:
+        raise ModelDirError(
+            f"{shown}: optimizer parameter group {index} lacks {', '.join(missing)}"
+        )
+    if group["params"] != like["params"]:
+        raise ModelDirError(
+            f"{shown}: optimizer parameter group {index} lists parameters "
+            f"{untrusted.echo(group['params'])}, expected {like['params']}"
+        )
+    for key, saved in group.items():
+        if key == "params":
+            continue
+        value = like.get(key, 0.0)  # a key a schedule added: a number
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            ok = saved == value and type(saved) is type(value)
+        elif isinstance(value, tuple | list):
+            ok = isinstance(saved, list | tuple) and len(saved) == len(value)
+            ok = ok and all(_is_number(v) and math.isfinite(v) for v in saved)
+        else:
+            ok = _is_number(saved) and math.isfinite(saved)
+        if not ok:
+            raise ModelDirError(
+                f"{shown}: optimizer parameter group {index}: {key} is {untrusted.echo(saved)}, "
+                f"expected {untrusted.echo(value) if key in like else 'a number'}"
+            )
+
+
+def _check_rng(rng: Any, shown: Path) -> None:
+    if not isinstance(rng, dict):
+        raise ModelDirError(f"{shown}: corrupt checkpoint: no RNG state")
+    _check_like(rng.get("torch"), torch.get_rng_state(), shown, "RNG state tensor 'rng/torch'")
+    cuda = rng.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        like = torch.cuda.get_rng_state()
+        if not isinstance(cuda, list):
+            raise ModelDirError(f"{shown}: corrupt checkpoint: rng/cuda is not a list")
+        for i, tensor in enumerate(cuda):
+            _check_like(tensor, like, shown, f"RNG state tensor 'rng/cuda/{i}'")
+
+
+def _check_running(state: Mapping[str, Any], shown: Path, train_size: int) -> None:
+    """The metrics of an interrupted epoch: one loss term per step, integer counts."""
+    running = state.get("running")
+    if running is None:
+        return
+    what = "corrupt checkpoint: running metrics"
+    if not isinstance(running, dict) or set(running) != {"loss_terms", "correct", "top_k", "count"}:
+        raise ModelDirError(f"{shown}: {what} are not the four expected entries")
+    terms = running["loss_terms"]
+    if (
+        not isinstance(terms, torch.Tensor)
+        or terms.ndim != 1
+        or not terms.dtype.is_floating_point
+        or len(terms) > max(state["step_in_epoch"], 1)
+    ):
+        found = _describe_tensor(terms) if isinstance(terms, torch.Tensor) else "not a tensor"
+        raise ModelDirError(
+            f"{shown}: {what}: tensor 'running/loss_terms' is {found}, expected a float vector "
+            f"of at most {state['step_in_epoch']} terms"
+        )
+    for name in ("correct", "top_k"):
+        tensor = running[name]
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or tensor.numel() != 1
+            or tensor.dtype.is_floating_point
+            or tensor.dtype == torch.bool
+        ):
+            found = _describe_tensor(tensor) if isinstance(tensor, torch.Tensor) else "missing"
+            raise ModelDirError(
+                f"{shown}: {what}: tensor 'running/{name}' is {found}, expected one integer"
+            )
+    count = running["count"]
+    if not _is_int(count) or not 0 <= count <= train_size:
+        raise ModelDirError(
+            f"{shown}: {what}: count is {untrusted.echo(count)}, expected 0 to {train_size}"
+        )
 
 
 def check_same_config(path: Path, config: Config) -> None:
     """Refuse to resume a checkpoint with another model, data or optimisation."""
+    from dlcli.config import read_yaml
+
     try:
-        saved = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        saved = read_yaml(path / CONFIG)
+    except ConfigError as err:
         raise ModelDirError(f"{path / CONFIG}: unreadable config ({err})") from None
-    if not isinstance(saved, dict):
-        raise ModelDirError(f"{path / CONFIG}: not a dlcli config")
     differences = _differences(saved, to_dict(config), "")
     if differences:
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
@@ -312,8 +608,8 @@ def describe(run_dir: Path) -> str | None:
     """``"RUN/checkpoints/last, epoch 3"`` (``, step 7`` inside an epoch), or None if none."""
     path = directory(run_dir) / LAST
     try:
-        state = json.loads((path / STATE).read_text(encoding="utf-8"))["state"]
+        state = untrusted.load_json(path / STATE, ModelDirError)["state"]
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ModelDirError, OSError, ValueError, KeyError, TypeError):
         return None
     return f"{path}, {_where(epoch, step)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,7 +21,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from dlcli import limits
 from dlcli.errors import ConfigError, did_you_mean
+from dlcli.untrusted import echo, read_bytes, shorten
 
 Check = tuple[Callable[[Any], bool], str]
 POSITIVE: Check = (lambda v: v > 0, "> 0")
@@ -28,6 +31,7 @@ NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 FRACTION: Check = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 PROBABILITY: Check = (lambda v: 0 <= v < 1, ">= 0 and < 1")
 BYTE: Check = (lambda v: 0 <= v <= 255, "from 0 to 255")
+SEED: Check = (lambda v: 0 <= v <= limits.INT_MAX, f"from 0 to 2^63-1 ({limits.INT_MAX})")
 
 ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
 Padding = Literal["valid", "same"]
@@ -286,7 +290,7 @@ class TrainingConfig:
     top_k: int = doc("k of top_k_accuracy", 5, POSITIVE)
     epochs: int = doc("passes over the training set", 10, POSITIVE)
     batch_size: int = doc("samples per step (the global batch)", 100, POSITIVE)
-    seed: int = doc("seeds the split, the initial weights and the shuffling", 0, NON_NEGATIVE)
+    seed: int = doc("seeds the split, the initial weights and the shuffling", 0, SEED)
     device: str = doc("auto | cpu | cuda | cuda:N", "auto")
     shuffle: bool = doc("reshuffle the training set every epoch", True)
     label_smoothing: float = doc("cross-entropy label smoothing (0: none)", 0.0, PROBABILITY)
@@ -328,7 +332,110 @@ class Config:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), and reads
+    untrusted text within :mod:`dlcli.limits`: nesting at most ``YAML_MAX_DEPTH`` levels while
+    composing (before anything recurses deeper), at most ``YAML_MAX_NODES`` values once every
+    alias is expanded (counted on the node graph, without expanding it: a "billion laughs"
+    document is refused in microseconds), no recursive aliases, and no duplicate keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > limits.YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {limits.YAML_MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it beyond the limits (or into itself)."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)
+    active: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        known = measured.get(id(node))
+        if known is None:
+            if id(node) in active:
+                raise yaml.composer.ComposerError(
+                    None, None, "an alias refers to the value that contains it", node.start_mark
+                )
+            if depth > limits.YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases nest it more than {limits.YAML_MAX_DEPTH} levels deep",
+                    node.start_mark,
+                )
+            active.add(id(node))
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            size, height = 1, 0
+            for child in children:
+                child_size, child_height = measure(child, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > limits.YAML_MAX_NODES:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"aliases expand it to more than {limits.YAML_MAX_NODES:,} values",
+                        node.start_mark,
+                    )
+            active.discard(id(node))
+            known = measured[id(node)] = (size, height)
+        if depth + known[1] > limits.YAML_MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"aliases nest it more than {limits.YAML_MAX_DEPTH} levels deep",
+                node.start_mark,
+            )
+        return known
+
+    measure(root, 1)
+
+
+def _check_duplicate_keys(node: yaml.MappingNode) -> None:
+    """A key given twice in one mapping is an error (YAML says keys are unique; PyYAML would
+    silently keep the later one). Keys merged in with ``<<`` may be overridden, as YAML says."""
+    seen: dict[tuple[str, str], yaml.Node] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            first = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {echo(key_node.value)} (first given at line {first})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
 
 
 _Loader.add_implicit_resolver(
@@ -369,11 +476,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping: a regular file of at most ``CONFIG_MAX_BYTES``,
+    parsed within the YAML limits (see :class:`_Loader`)."""
+    data = read_bytes(path, limits.CONFIG_MAX_BYTES, ConfigError, "config file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
     try:
         raw = parse_yaml(text)
@@ -389,12 +497,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def _yaml_where(err: yaml.YAMLError) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    if context and getattr(err, "problem", None):
+        problem = f"{context} ({problem})"
+    problem = shorten(problem)
     if mark is None:
         return f": {problem}"
     return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 _KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+# A key path as --set takes it: names joined by dots, [N] for a list item.
+_KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\[\d+\])*")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
@@ -402,11 +516,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key.path=value")
+            raise ConfigError(f"--set {echo(item)}: expected key.path=value")
+        if not _KEY_PATH.fullmatch(key.strip()):
+            raise ConfigError(
+                f"--set {echo(item)}: malformed key path {echo(key.strip())}: expected names "
+                "joined by dots, with [N] for a list item (e.g. model.layers[1].units=128)"
+            )
         try:
             value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: invalid YAML value{_yaml_where(err)}") from None
+            raise ConfigError(f"--set {echo(item)}: invalid YAML value{_yaml_where(err)}") from None
         parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
         _set_path(raw, parts, value, key.strip())
 
@@ -538,22 +657,24 @@ def _parse_dataclass(cls: type[Any], raw: Any, path: str, problems: list[str]) -
         if key not in fields:
             hint = did_you_mean(str(key), list(fields))
             problems.append(
-                f"{_join(path, str(key))}: unknown key{hint}; known: {', '.join(fields)}"
+                f"{_join(path, shorten(str(key)))}: unknown key{hint}; known: {', '.join(fields)}"
             )
     values: dict[str, Any] = {}
     for name, f in fields.items():
         sub = _join(path, name)
         if name in raw:
+            before = len(problems)
             values[name] = _parse_value(hints[name], raw[name], sub, problems)
             check = f.metadata.get("check")
             if (
                 check
+                and len(problems) == before  # one problem per key
                 and isinstance(values[name], int | float)
                 and not isinstance(values[name], bool)
             ):
                 ok, expected = check
                 if not ok(values[name]):
-                    problems.append(f"{sub}: expected a number {expected}, found {raw[name]!r}")
+                    problems.append(f"{sub}: expected a number {expected}, found {echo(raw[name])}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"{sub}: required key missing ({f.metadata.get('doc', name)})")
     try:
@@ -581,9 +702,9 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
     if origin is Literal:
         choices = [str(c) for c in get_args(hint)]
         if value not in get_args(hint):
-            hint_text = did_you_mean(str(value), choices)
+            hint_text = did_you_mean(str(value), choices) if isinstance(value, str) else ""
             problems.append(
-                f"{path}: expected one of {', '.join(choices)}, found {value!r}{hint_text}"
+                f"{path}: expected one of {', '.join(choices)}, found {echo(value)}{hint_text}"
             )
         return value
     if origin is list:
@@ -597,6 +718,13 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
     if not _fits(hint, value):
         problems.append(f"{path}: expected {_describe(hint)}, found {_found(value)}")
         return value
+    if hint is int and not -limits.INT_MAX - 1 <= value <= limits.INT_MAX:
+        problems.append(
+            f"{path}: expected an integer that fits 64 bits (at most {limits.INT_MAX}), "
+            f"found {echo(value)}"
+        )
+    if hint is float and not math.isfinite(value):
+        problems.append(f"{path}: expected a finite number, found {value!r}")
     return float(value) if hint is float else value
 
 
@@ -609,7 +737,8 @@ def _parse_layer(value: Any, path: str, problems: list[str]) -> Any:
     kind = value["type"]
     if not isinstance(kind, str) or kind not in LAYER_TYPES:
         problems.append(
-            f"{path}.type: unknown layer type {kind!r}{did_you_mean(str(kind), list(LAYER_TYPES))}"
+            f"{path}.type: unknown layer type {echo(kind)}"
+            f"{did_you_mean(kind, list(LAYER_TYPES)) if isinstance(kind, str) else ''}"
             f"; known: {', '.join(LAYER_TYPES)}"
         )
         return None
@@ -630,7 +759,8 @@ def _parse_schedule(value: Any, path: str, problems: list[str]) -> Any:
     name = value["name"]
     if not isinstance(name, str) or name not in SCHEDULE_TYPES:
         problems.append(
-            f"{path}.name: unknown schedule {name!r}{did_you_mean(str(name), list(SCHEDULE_TYPES))}"
+            f"{path}.name: unknown schedule {echo(name)}"
+            f"{did_you_mean(name, list(SCHEDULE_TYPES)) if isinstance(name, str) else ''}"
             f"; known: {known}"
         )
         return None
@@ -665,7 +795,7 @@ def _describe(hint: Any) -> str:
 
 
 def _found(value: Any) -> str:
-    return f"{_kind(value)} {value!r}" if not isinstance(value, dict | list) else _kind(value)
+    return f"{_kind(value)} {echo(value)}" if not isinstance(value, dict | list) else _kind(value)
 
 
 def _kind(value: Any) -> str:

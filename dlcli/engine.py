@@ -23,8 +23,9 @@ from dlcli.accel import Accel
 from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
 from dlcli.distributed import SINGLE, SignalVote, World
-from dlcli.errors import ConfigError, Interrupted, TrainingError
+from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError
 from dlcli.optim import make_optimizer
+from dlcli.untrusted import conforms, shorten
 
 Logs = dict[str, float]
 
@@ -190,6 +191,7 @@ class Trainer:
         self._fit_start: float | None = None
         self._running: _Running | None = None
         self._resume: Mapping[str, Any] | None = None
+        self._resume_source = "checkpoint"
 
     @property
     def interrupted(self) -> str | None:
@@ -233,7 +235,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(labels) / self.cfg.batch_size)
         self._call("on_fit_begin")
         if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
-            self._apply_state(self._resume)
+            self._apply_checked_state(self._resume)
             self._resume = None
         self.world.seed(self.cfg.seed, self.global_step)  # distributed: a dropout stream each
         self._fit_start = time.perf_counter()
@@ -329,7 +331,8 @@ class Trainer:
         """Index tensors for one epoch: a permutation seeded by (seed, epoch), so a resumed
         run shuffles exactly as an uninterrupted one would."""
         if self.cfg.shuffle:
-            generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            # Modulo 2^64, what a torch seed can hold (training.seed goes up to 2^63-1).
+            generator = torch.Generator().manual_seed((self.cfg.seed * 100_003 + epoch) % 2**64)
             order = torch.randperm(n, generator=generator).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
@@ -373,11 +376,34 @@ class Trainer:
             "callbacks": {key: state for key, state in callbacks.items() if state},
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
         """Continue from :meth:`state_dict` (also as read back from JSON). The weights load now;
-        the rest when :meth:`fit` begins, once the callbacks have built their schedulers."""
+        the rest when :meth:`fit` begins, once the callbacks have built their schedulers.
+        ``source`` names the file in error messages."""
         self.model.load_state_dict(state["model"], strict=True)
         self._resume = state
+        self._resume_source = source
+
+    def _apply_checked_state(self, state: Mapping[str, Any]) -> None:
+        """:meth:`_apply_state`, the callbacks' states checked against the form they have
+        now (dlcli.checkpoint has checked every tensor, counter and optimizer setting); a
+        state that still does not fit is a :class:`ModelDirError`, never a crash."""
+        saved = state.get("callbacks", {})
+        for key, callback in self._keyed_callbacks().items():
+            if isinstance(saved, Mapping) and key in saved:
+                problem = conforms(saved[key], callback.state_dict(), key)
+                if problem:
+                    raise ModelDirError(
+                        f"{self._resume_source}: the state of {key} does not fit this run "
+                        f"({problem})"
+                    )
+        try:
+            self._apply_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+            raise ModelDirError(
+                f"{self._resume_source}: the checkpoint's state does not fit this run "
+                f"({type(err).__name__}: {shorten(str(err))})"
+            ) from None
 
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         self.epoch = int(state["epoch"])

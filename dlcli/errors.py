@@ -103,5 +103,8 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    name = str(name)
+    if len(name) > 2 * max((len(c) for c in choices), default=0) + 8:
+        return ""  # nothing can be close, and difflib is quadratic in the length
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -5,6 +5,7 @@ load the archives, split off validation, build the model, fit, evaluate, save.
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -157,7 +158,17 @@ def train(
         world=world,
     )
     if prepared.resume is not None:
-        trainer.load_state_dict(prepared.resume.state)
+        checkpoint.check_fits(
+            prepared.resume,
+            trainer.model,
+            trainer.optimizer,
+            epochs=cfg.training.epochs,
+            steps_per_epoch=math.ceil(len(prepared.train) / cfg.training.batch_size),
+            train_size=len(prepared.train),
+        )
+        trainer.load_state_dict(
+            prepared.resume.state, source=str(prepared.resume.path / checkpoint.STATE)
+        )
     with signals.stop_on_signals(trainer) as guard, distributed.stop_watchdog(world):
         try:
             history = trainer.fit(prepared.train, prepared.validation)

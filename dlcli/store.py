@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dlcli import limits, untrusted
 from dlcli.config import Config, parse_config
 from dlcli.errors import ConfigError, ModelDirError, UsageError
 from dlcli.signals import uninterruptible
@@ -56,8 +56,9 @@ class Run:
 
 
 def sha256_file(path: Path) -> str:
+    """The SHA-256 of a regular file (a FIFO or a device is a :class:`ModelDirError`)."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with untrusted.open_regular(path, ModelDirError) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -226,19 +227,18 @@ def verify_manifest(directory: Path, required: Sequence[str]) -> dict[str, Any]:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise ModelDirError(f"{directory}: incomplete: no {MANIFEST}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        if manifest.get("format") != FORMAT or not isinstance(files, dict):
-            raise ValueError(f"format {manifest.get('format')!r}")
-    except (ValueError, KeyError, TypeError) as err:
-        raise ModelDirError(f"{manifest_path}: unreadable manifest ({err})") from None
+    manifest = untrusted.load_json(manifest_path, ModelDirError, "manifest")
+    files = check_manifest(manifest, manifest_path)
     for name in required:
         if name not in files:
             raise ModelDirError(f"{manifest_path}: lists no {name}")
     for name, expected in files.items():
         path = directory / name
-        if not path.is_file():
+        try:
+            untrusted.inside(directory, name)
+        except ValueError:
+            raise ModelDirError(f"{path}: refused: a link that leads outside {directory}") from None
+        if not path.exists():
             raise ModelDirError(f"{path}: missing (listed in {MANIFEST})")
         found = sha256_file(path)
         if found != expected:
@@ -249,18 +249,57 @@ def verify_manifest(directory: Path, required: Sequence[str]) -> dict[str, Any]:
     return dict(manifest)
 
 
+def check_manifest(manifest: Any, shown: Path) -> dict[str, str]:
+    """The ``files`` of a parsed manifest, after checking its form: the format, at most
+    ``MANIFEST_MAX_FILES`` entries, each a plain file name (no path: nothing outside the
+    directory is ever read) with a SHA-256 of 64 hex digits."""
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{shown}: unreadable manifest (expected a JSON object)")
+    if manifest.get("format") != FORMAT:
+        found = untrusted.echo(manifest.get("format"))
+        raise ModelDirError(f"{shown}: unreadable manifest (format {found}, expected {FORMAT!r})")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ModelDirError(f"{shown}: unreadable manifest (no 'files' object)")
+    if len(files) > limits.MANIFEST_MAX_FILES:
+        raise ModelDirError(
+            f"{shown}: unreadable manifest ({len(files)} files listed, more than the "
+            f"{limits.MANIFEST_MAX_FILES} allowed)"
+        )
+    for name, digest in files.items():
+        if not untrusted.is_plain_name(name):
+            raise ModelDirError(
+                f"{shown}: refused: lists {untrusted.echo(name)}, which is not a plain file "
+                "name in the directory"
+            )
+        if not untrusted.is_sha256(digest):
+            raise ModelDirError(
+                f"{shown}: unreadable manifest: the hash of {name} is {untrusted.echo(digest)}, "
+                "expected 64 lower-case hex digits (a SHA-256)"
+            )
+    return files
+
+
 def load_run(run_dir: Path) -> Run:
     """Verify and load a run directory (config, weights, metrics); never unpickles."""
     run_dir = Path(run_dir)
     verify_run(run_dir)
-    try:
-        raw = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-        config = parse_config(raw if isinstance(raw, dict) else {}, source=str(run_dir / CONFIG))
-    except (yaml.YAMLError, ConfigError) as err:
-        raise ModelDirError(f"{run_dir / CONFIG}: not a valid dlcli config: {err}") from None
+    config = read_saved_config(run_dir / CONFIG)
     try:
         state_dict = load_file(str(run_dir / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelDirError(f"{run_dir / WEIGHTS}: unreadable weights: {err}") from None
-    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    metrics = untrusted.load_json(run_dir / METRICS, ModelDirError, "metrics file")
+    if not isinstance(metrics, dict):
+        raise ModelDirError(f"{run_dir / METRICS}: unreadable metrics file (not a JSON object)")
     return Run(run_dir, config, state_dict, metrics)
+
+
+def read_saved_config(path: Path) -> Config:
+    """A run dir's or checkpoint's ``config.yaml``, read within the config limits."""
+    from dlcli.config import read_yaml
+
+    try:
+        return parse_config(read_yaml(path), source=str(path))
+    except ConfigError as err:
+        raise ModelDirError(f"{path}: not a valid dlcli config: {err}") from None

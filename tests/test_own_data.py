@@ -389,3 +389,18 @@ def test_a_broken_worker_pool_falls_back_to_this_process(
     monkeypatch.setattr(decode, "ProcessPoolExecutor", DeadPool)
     decoded = decode.decode_files(files, Conversion(8, 8, 1), workers=2)
     assert len(decoded.images) == 40 and not decoded.bad
+
+
+def test_an_image_too_large_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlcli import limits
+
+    Image.new("L", (40, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(limits, "IMAGE_MAX_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"big.png: the image is 40×30 pixels, more than the 1,000"):
+        read_image(tmp_path / "big.png", Conversion(8, 8, 1))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"pipe\.png: is a FIFO"):
+        read_image(fifo, Conversion(8, 8, 1))

@@ -27,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from dlcli import limits, untrusted
 from dlcli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -99,19 +99,10 @@ class ImageInfo:
 
 
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of an image file (a regular file, not empty); a :class:`DataError` otherwise."""
+    """The bytes of an image file: a regular file (:func:`dlcli.untrusted.open_regular`),
+    not empty, at most :data:`~dlcli.limits.DATA_MAX_BYTES`; a :class:`DataError` otherwise."""
     shown = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise DataError(f"{shown}: not a regular file, expected an image")
-            data = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{shown}: image file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{shown}: is a directory, expected an image file") from None
-    except OSError as err:
-        raise DataError(f"{shown}: cannot read the image: {err.strerror or err}") from None
+    data = untrusted.read_bytes(path, limits.DATA_MAX_BYTES, DataError, "image file")
     if not data:
         raise DataError(f"{shown}: empty file (0 bytes), expected an image")
     return data
@@ -126,7 +117,10 @@ def decode_image(data: bytes, source: str) -> Image:
 
     try:
         image = PIL.Image.open(io.BytesIO(data))
+        _check_pixels(image.width, image.height, source)
         image.load()
+    except DataError:
+        raise
     except PIL.UnidentifiedImageError:
         raise DataError(f"{source}: not an image Pillow can read (PNG, JPEG, ...)") from None
     except Exception as err:  # a malformed file makes decoders raise almost anything
@@ -169,6 +163,15 @@ def peek_image(path: str | os.PathLike[str]) -> ImageInfo:
             return ImageInfo(str(image.mode), int(image.width), int(image.height), "")
     except Exception as err:
         raise DataError(f"{os.fspath(path)}: cannot read the image: {_reason(err)}") from None
+
+
+def _check_pixels(width: int, height: int, source: str) -> None:
+    """Refuse, before decoding, an image larger than :data:`~dlcli.limits.IMAGE_MAX_PIXELS`."""
+    if width * height > limits.IMAGE_MAX_PIXELS:
+        raise DataError(
+            f"{source}: the image is {width}×{height} pixels, more than the "
+            f"{limits.IMAGE_MAX_PIXELS:,} allowed"
+        )
 
 
 def _digest(data: bytes) -> str:

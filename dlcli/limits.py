@@ -1,0 +1,28 @@
+"""Input limits: how much dlcli reads, allocates and echoes from a file it did not just write.
+
+Named constants only, in one place (the README's "Limits and untrusted input" section lists
+them). Each bounds what a hostile or broken input can cost: memory, time, recursion or the
+length of a message. A real config, run directory or dataset is far inside every one.
+"""
+
+from __future__ import annotations
+
+# --- config files (YAML) and --set overrides -------------------------------------------------
+CONFIG_MAX_BYTES = 1 << 20  # a config file larger than 1 MiB is refused before parsing
+YAML_MAX_DEPTH = 64  # nesting levels of mappings and lists (after alias expansion)
+YAML_MAX_NODES = 100_000  # values in the document once every alias is expanded
+ECHO_MAX_CHARS = 200  # characters of a value repeated in an error message
+
+# --- JSON read back from a run directory or checkpoint ---------------------------------------
+JSON_MAX_BYTES = 64 << 20  # manifest.json, metrics.json, a checkpoint's state.json
+JSON_MAX_DEPTH = 64  # nesting levels of objects and arrays
+MANIFEST_MAX_FILES = 64  # entries of a manifest.json
+
+# --- integers a config may hold: what torch takes (int64) -------------------------------------
+INT_MAX = 2**63 - 1  # every integer key; training.seed is 0 .. INT_MAX
+
+CHECKPOINT_MAX_EPOCHS = 10**9  # a checkpoint counter beyond this is refused as corrupt
+
+# --- data files ---------------------------------------------------------------------------------
+DATA_MAX_BYTES = 8 << 30  # one dataset archive or input file, decompressed (8 GiB)
+IMAGE_MAX_PIXELS = 50_000_000  # width × height of one image file (Pillow's bomb check)

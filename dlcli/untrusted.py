@@ -1,0 +1,230 @@
+"""Reading files dlcli did not just write: regular files only, bounded sizes, bounded JSON.
+
+Every reader of a config, a run directory, a checkpoint or a data file goes through these, so
+a FIFO never blocks a command (it is refused before it is opened, and opened non-blocking in
+case it appeared in between), a device or a 10 GB file is never read whole, and a 100,000-deep
+JSON document is refused before the parser recurses into it. The limits are
+:mod:`dlcli.limits`. No torch here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dlcli import limits
+from dlcli.errors import DlcliError
+
+ErrorType = type[DlcliError]
+
+
+def shorten(text: str, limit: int = limits.ECHO_MAX_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def echo(value: Any) -> str:
+    """``repr(value)`` for a message, never longer than :data:`~dlcli.limits.ECHO_MAX_CHARS`
+    (plus a note); a huge list or string is not rendered whole first."""
+    if isinstance(value, str):
+        return shorten(repr(value[: limits.ECHO_MAX_CHARS + 1]))
+    if isinstance(value, list | dict) and len(value) > limits.ECHO_MAX_CHARS:
+        return f"a {type(value).__name__} of {len(value)} items"
+    try:
+        return shorten(repr(value))
+    except RecursionError:
+        return f"a deeply nested {type(value).__name__}"
+
+
+def _kind_of(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "file") -> int:
+    """The size of ``path``, after checking it is a regular file (following symlinks); a
+    missing file, a directory, a FIFO, a device or a socket raises ``error`` naming it."""
+    shown = os.fspath(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{shown}: {what} not found") from None
+    except OSError as err:
+        raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
+    kind = _kind_of(info.st_mode)
+    if kind is not None:
+        raise error(f"{shown}: is {kind}, expected a regular {what}")
+    return info.st_size
+
+
+def open_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "file") -> BinaryIO:
+    """Open a regular file for reading. Never blocks: a FIFO is refused before ``open`` and,
+    should one replace the file in between, the non-blocking open returns at once and
+    ``fstat`` refuses it."""
+    check_regular(path, error, what)
+    shown = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{shown}: {what} not found") from None
+    except OSError as err:
+        raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
+    try:
+        kind = _kind_of(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise error(f"{shown}: is {kind}, expected a regular {what}")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(
+    path: str | os.PathLike[str], max_bytes: int, error: ErrorType, what: str = "file"
+) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (a larger one is refused unread)."""
+    shown = os.fspath(path)
+    with open_regular(path, error, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise error(
+                f"{shown}: the {what} is {size:,} bytes, more than the {max_bytes:,} allowed"
+            )
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as err:
+            raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
+    if len(data) > max_bytes:  # grew while we read it
+        raise error(f"{shown}: the {what} is more than the {max_bytes:,} bytes allowed")
+    return data
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest (strings skipped), in linear
+    time and without recursion."""
+    import numpy as np  # not at the top: config.py imports this module, and --help stays fast
+
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8)
+    steps = np.zeros(len(skeleton), dtype=np.int64)
+    steps[(skeleton == ord("[")) | (skeleton == ord("{"))] = 1
+    steps[(skeleton == ord("]")) | (skeleton == ord("}"))] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def parse_json(data: bytes, shown: str, error: ErrorType, what: str = "JSON file") -> Any:
+    """Parse JSON ``data`` (UTF-8), refusing more than :data:`~dlcli.limits.JSON_MAX_DEPTH`
+    levels before the parser sees it."""
+    depth = json_depth(data)
+    if depth > limits.JSON_MAX_DEPTH:
+        raise error(
+            f"{shown}: unreadable {what}: nested {depth} levels deep, more than the "
+            f"{limits.JSON_MAX_DEPTH} allowed"
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise error(f"{shown}: unreadable {what}: not valid JSON ({shorten(str(err))})") from None
+
+
+def load_json(path: str | os.PathLike[str], error: ErrorType, what: str = "JSON file") -> Any:
+    """Read and parse a JSON file within :mod:`dlcli.limits` (size, depth)."""
+    data = read_bytes(path, limits.JSON_MAX_BYTES, error, what)
+    return parse_json(data, os.fspath(path), error, what)
+
+
+def is_plain_name(name: object) -> bool:
+    """True for a file name that stays in its directory: no separator, not ``.`` or ``..``,
+    no NUL, not hidden, at most 255 characters."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and name not in (".", "..")
+        and not name.startswith(".")
+        and not any(c in name for c in ("/", "\\", "\0"))
+    )
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """True for a SHA-256 as dlcli writes it: 64 lower-case hex digits."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def inside(directory: Path, name: str) -> Path:
+    """``directory / name``, checked to resolve inside ``directory`` (a symlink out is not)."""
+    path = directory / name
+    root = directory.resolve()
+    if root not in path.resolve().parents:
+        raise ValueError(f"{name!r} leads outside {directory}")
+    return path
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_tensor(value: object) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, str)
+
+
+def conforms(saved: Any, fresh: Any, where: str = "") -> str | None:
+    """Why ``saved`` (read back from a checkpoint) cannot stand in for ``fresh`` (what the
+    object gives now), or None when it can: the same keys, list lengths, kinds of value and
+    tensor shapes and dtypes. Where ``fresh`` is None (not set yet), ``saved`` may be None, a
+    number or a mapping of tensors."""
+    at = where or "/"
+    if fresh is None:
+        if saved is None or _is_number(saved):
+            return None
+        if isinstance(saved, dict) and all(_is_tensor(v) for v in saved.values()):
+            return None
+        return f"{at}: {echo(saved)}, expected null or a number"
+    if _is_tensor(fresh):
+        if not _is_tensor(saved) or saved.shape != fresh.shape or saved.dtype != fresh.dtype:
+            return f"{at}: a tensor {tuple(fresh.shape)} {fresh.dtype} was expected"
+        return None
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict) or set(saved) != set(fresh):
+            keys = sorted(map(str, saved)) if isinstance(saved, dict) else echo(saved)
+            return f"{at}: keys {echo(keys)}, expected {sorted(map(str, fresh))}"
+        for key, value in fresh.items():
+            problem = conforms(saved[key], value, f"{where}/{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(fresh, list | tuple):
+        if not isinstance(saved, list | tuple) or len(saved) != len(fresh):
+            return f"{at}: {echo(saved)}, expected a list of {len(fresh)}"
+        for i, (a, b) in enumerate(zip(saved, fresh, strict=True)):
+            problem = conforms(a, b, f"{where}/{i}")
+            if problem:
+                return problem
+        return None
+    if _is_number(fresh):
+        return None if _is_number(saved) else f"{at}: {echo(saved)}, expected a number"
+    if type(saved) is not type(fresh):
+        return f"{at}: {echo(saved)}, expected {type(fresh).__name__}"
+    return None

@@ -106,6 +106,25 @@ def measure(mode: str, tree: Path, cache: Path, data_dir: Path, workers: int) ->
     return result
 
 
+def check_parity(tree: Path, data_dir: Path) -> bool:
+    """The tree's tensors equal the IDX arrays sorted by (class, index in the archive)."""
+    import numpy as np
+
+    from dlcli.data.dataset import load_dataset
+    from dlcli.data.local import LocalData, load_local
+
+    own = load_local(LocalData(tree / "train", tree / "test", input_shape=(28, 28, 1)))
+    idx = load_dataset("fashion-mnist", data_dir)
+    same = True
+    for mine, theirs in ((own.train, idx.train), (own.test, idx.test)):
+        assert mine is not None and theirs is not None
+        labels = theirs.labels.numpy()
+        order = np.lexsort((np.arange(len(labels)), labels))
+        same &= bool((mine.images.numpy() == theirs.images.numpy()[order]).all())
+        same &= bool((mine.labels.numpy() == labels[order]).all())
+    return same
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tree", type=Path)
@@ -113,7 +132,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="0: every core")
     parser.add_argument("--threads", action="store_true", help="also time a thread pool")
+    parser.add_argument("--parity", action="store_true", help="only check the pixels")
     args = parser.parse_args()
+    if args.parity:
+        same = check_parity(args.tree, args.data_dir)
+        print(f"tree tensors identical to the IDX arrays (sorted by class, index): {same}")
+        return 0 if same else 1
     modes = ["first", "cached", "idx"] + (["threads"] if args.threads else [])
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.repeat):

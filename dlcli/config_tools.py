@@ -282,7 +282,7 @@ def _num_classes(cfg: Config, where: str) -> int:
     from dlcli.data.registry import REGISTRY
 
     if cfg.data.train is not None:
-        return _own_data(cfg)
+        return infer_from_data(cfg)
     if cfg.data.dataset is None:
         assert cfg.data.num_classes is not None  # guaranteed by parse_config
         return cfg.data.num_classes
@@ -295,7 +295,7 @@ def _num_classes(cfg: Config, where: str) -> int:
     return entry.num_classes
 
 
-def _own_data(cfg: Config) -> int:
+def infer_from_data(cfg: Config) -> int:
     """``data.train``'s class count, from its listing; an input shape left out is inferred
     from the train images' headers (as training will)."""
     from dlcli.data.local import LocalData, describe

@@ -171,3 +171,21 @@ def test_folder_to_trained_model_through_the_real_cli(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(predicted.stdout)))
     right = sum(Path(r["input"]).parent.name == r["class_name"] for r in rows)
     assert len(rows) == 60 and right / 60 == doc["test"]["accuracy"]
+
+
+def test_summary_and_validate_infer_the_input_shape(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "t", 12)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": str(tmp_path / "t")},
+                "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4}]},
+            }
+        )
+    )
+    summary = run("summary", config, "--json")
+    assert summary.exit_code == 0, summary.output
+    assert json.loads(summary.stdout)["layers"][0]["output_shape"] == [64]
+    validated = run("config", "validate", config, "--json")
+    assert validated.exit_code == 0 and json.loads(validated.stdout)["num_classes"] == 4

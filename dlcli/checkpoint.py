@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from dlcli import limits, store, untrusted
 from dlcli.config import Config, dump_yaml, to_dict
-from dlcli.errors import ConfigError, ModelDirError, UsageError
+from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 from dlcli.signals import uninterruptible
 
 FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (accel.FlatParameters)
@@ -104,7 +104,7 @@ def save(run_dir: Path, name: str, config: Config, state: Mapping[str, Any]) -> 
         for folder in created:  # innermost first; only the empty folders this call made
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        if isinstance(err, OSError):
+        if isinstance(err, OSError | SafetensorError):
             raise ModelDirError(_os_message(root, err)) from None
         raise
     return root / name
@@ -188,13 +188,11 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", copy=True).contiguous()
 
 
-def _os_message(root: Path, err: OSError) -> str:
-    if err.errno == errno.ENOSPC:
-        reason = "no space left on the device"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+def _os_message(root: Path, err: BaseException) -> str:
+    if getattr(err, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason = "the directory is not writable"
     else:
-        reason = err.strerror or str(err)
+        reason = write_problem(err)
     return (
         f"{root}: cannot write a checkpoint: {reason} (the previous checkpoint, if any, is "
         "intact; training.checkpoint.every: 0 turns checkpoints off)"

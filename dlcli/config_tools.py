@@ -7,7 +7,9 @@ Only :func:`validate_config` imports torch (to build the model).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import yaml
 
 from dlcli.config import Config, load_config, parse_config, parse_yaml, to_dict
-from dlcli.errors import ConfigError, UsageError
+from dlcli.errors import ConfigError, OutputError, UsageError, write_problem
 
 TEMPLATES = ("mlp", "cnn")
 _COMMENT_COLUMN = 32
@@ -199,12 +201,26 @@ def write_starter(
     else:
         text = starter_config(str(path), template=template, dataset=dataset)
     parse_config(parse_yaml(text), source=str(path))  # what init writes must load
+    write_atomically(path, text.encode("utf-8"), "the config")
+    return text
+
+
+def write_atomically(path: Path, data: bytes, what: str) -> None:
+    """Write ``data`` to a temporary sibling and rename it to ``path``: a full disk or a
+    read-only directory is an :class:`OutputError` naming ``path``, and leaves nothing."""
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
     except OSError as err:
-        raise UsageError(f"{path}: cannot write the config: {err.strerror or err}") from None
-    return text
+        tmp.unlink(missing_ok=True)
+        for folder in created:  # innermost first; only the folders this call made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise OutputError(f"{path}: cannot write {what}: {write_problem(err)}") from None
 
 
 # --- config show ------------------------------------------------------------------------------

@@ -78,6 +78,14 @@ class ModelDirError(DlcliError):
     kind = "model_dir"
 
 
+class OutputError(DlcliError):
+    """A file a command writes (a starter config, a figure, an ONNX file) could not be
+    written: a full disk, a read-only or vanished directory. Nothing half-written is left."""
+
+    exit_code = EXIT_DATA
+    kind = "output"
+
+
 class TrainingError(DlcliError):
     """Training could not go on (e.g. a non-finite loss)."""
 
@@ -97,6 +105,31 @@ class Interrupted(DlcliError):
 
     exit_code = EXIT_INTERRUPTED
     kind = "interrupted"
+
+
+def write_problem(err: BaseException) -> str:
+    """Why a write failed, in words, for an ``OSError`` or a library error wrapping one
+    (safetensors reports ``... (os error 28)``): "no space left on the device", ...."""
+    import errno
+    import re
+
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = re.search(r"os error (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device"
+    if code == errno.EFBIG:
+        return "the file size limit was reached (no space for the file)"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the directory is not writable (read-only or no permission)"
+    if code == errno.ENOENT:
+        return "the directory vanished while writing"
+    if code is not None:
+        import os
+
+        return os.strerror(code)
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:

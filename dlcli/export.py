@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlcli.errors import DlcliError, ModelDirError, UsageError
+from dlcli.errors import DlcliError, OutputError, UsageError, write_problem
 
 FORMATS = ("onnx",)
 INPUT_NAME = "images"
@@ -88,10 +88,15 @@ def export_onnx(model_dir: Path, out: Path | None = None) -> ExportResult:
         "dlcli.model_dir": str(model_dir),
     }
     with _staging(target) as staging:
-        _torch_export(module, example, staging)
-        opset = _finish(staging, metadata)
-        diff = _compare(staging, module, probe)
-        os.replace(staging, target)
+        try:
+            _torch_export(module, example, staging)
+            opset = _finish(staging, metadata)
+            diff = _compare(staging, module, probe)
+            os.replace(staging, target)
+        except OSError as err:  # a full disk, a directory made read-only or removed
+            raise OutputError(
+                f"{target}: cannot write the ONNX file: {write_problem(err)}"
+            ) from None
     return ExportResult(
         target,
         "onnx",
@@ -116,9 +121,7 @@ def _staging(target: Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
     except OSError as err:
-        raise ModelDirError(
-            f"{target}: cannot write the ONNX file: {err.strerror or err}"
-        ) from None
+        raise OutputError(f"{target}: cannot write the ONNX file: {write_problem(err)}") from None
     staging = Path(name)
     try:
         yield staging

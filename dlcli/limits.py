@@ -24,5 +24,9 @@ INT_MAX = 2**63 - 1  # every integer key; training.seed is 0 .. INT_MAX
 CHECKPOINT_MAX_EPOCHS = 10**9  # a checkpoint counter beyond this is refused as corrupt
 
 # --- data files ---------------------------------------------------------------------------------
-DATA_MAX_BYTES = 8 << 30  # one dataset archive or input file, decompressed (8 GiB)
-IMAGE_MAX_PIXELS = 50_000_000  # width × height of one image file (Pillow's bomb check)
+DATA_MAX_BYTES = 8 << 30  # one dataset archive or input file, as read or inflated (8 GiB)
+IDX_MAX_DIMS = 8  # dimensions of an IDX array (MNIST uses 1 or 3)
+IMAGE_MAX_PIXELS = 50_000_000  # width × height of one image file (above: a decompression bomb)
+
+# --- downloads ----------------------------------------------------------------------------------
+DOWNLOAD_DEADLINE_S = 600.0  # total seconds one file may take from one mirror (--deadline)

@@ -25,7 +25,7 @@ from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, spli
 from dlcli.data.download import default_data_dir
 from dlcli.data.local import LocalData, load_local
 from dlcli.engine import Callback, Logs, Trainer, resolve_device
-from dlcli.errors import Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.errors import DataError, Interrupted, ModelDirError, TrainingError, UsageError
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
 
@@ -243,7 +243,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "validation_size": len(prepared.validation),
             "test_size": len(dataset.test) if dataset.test is not None else 0,
             "checksums": dataset.checksums,
-            **({"sources": dataset.sources} if dataset.sources else {}),
+            **({"sources": dataset.split_sources} if dataset.split_sources else {}),
         },
         **({"skipped_files": dataset.skipped} if dataset.skipped else {}),
     }
@@ -352,11 +352,47 @@ class SavedRun:
         )
 
 
-def open_run(run_dir: Path, *, data_dir: str | None = None, device: str = "auto") -> SavedRun:
-    """Verify and load a run dir's model and the dataset its config names."""
+def open_run(
+    run_dir: Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
+) -> SavedRun:
+    """Verify and load a run dir's model and the dataset its config names.
+
+    Every data file read is compared with the SHA-256 ``metrics.json`` recorded at training
+    time: a changed file is a :class:`DataError` naming it, unless ``accept_changed_data``;
+    the changed files' paths are appended to ``changed`` when given."""
     loaded = load_model(run_dir, device)
     cfg = loaded.run.config
-    return SavedRun(loaded, load_data(cfg.data, data_dir, cfg.model.input_shape))
+    dataset = load_data(cfg.data, data_dir, cfg.model.input_shape)
+    different = changed_data(loaded.run.metrics, dataset)
+    if different and not accept_changed_data:
+        path, recorded, found = different[0]
+        more = f" (and {len(different) - 1} more)" if len(different) > 1 else ""
+        raise DataError(
+            f"{path}: changed since the model was trained{more}: its sha256 is {found[:12]}…, "
+            f"{run_dir / store.METRICS} records {recorded[:12]}…; pass --accept-changed-data "
+            "to use it anyway (evaluate's result then says so)"
+        )
+    if changed is not None:
+        changed += [path for path, _, _ in different]
+    return SavedRun(loaded, dataset)
+
+
+def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, str, str]]:
+    """(path, recorded sha256, sha256 now) of each data file that differs from what the run
+    recorded; files the run recorded nothing for are not compared."""
+    recorded = metrics.get("dataset", {}).get("checksums", {}) if isinstance(metrics, dict) else {}
+    if not isinstance(recorded, dict):
+        return []
+    return [
+        (str(dataset.sources.get(name, name)), str(recorded[name]), sha)
+        for name, sha in dataset.checksums.items()
+        if name in recorded and recorded[name] != sha
+    ]
 
 
 def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:
@@ -373,9 +409,18 @@ def evaluate(
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
 ) -> dict[str, Logs]:
-    """Rebuild a saved run's data split and report its metrics on the requested splits."""
-    saved = open_run(run_dir, data_dir=data_dir, device=device)
+    """Rebuild a saved run's data split and report its metrics on the requested splits
+    (``accept_changed_data``, ``changed``: see :func:`open_run`)."""
+    saved = open_run(
+        run_dir,
+        data_dir=data_dir,
+        device=device,
+        accept_changed_data=accept_changed_data,
+        changed=changed,
+    )
     return {name: saved.metrics(name, batch_size) for name in default_splits(saved, splits)}
 
 
@@ -433,9 +478,17 @@ def evaluate_per_class(
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
-    saved = open_run(run_dir, data_dir=data_dir, device=device)
+    saved = open_run(
+        run_dir,
+        data_dir=data_dir,
+        device=device,
+        accept_changed_data=accept_changed_data,
+        changed=changed,
+    )
     return {
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()

@@ -8,12 +8,13 @@ always ``FIGSIZE × DPI`` pixels.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlcli.errors import ModelDirError, UsageError
+from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, summarize_history
 
@@ -51,12 +52,15 @@ def plot_run(
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    accept_changed_data: bool = False,
 ) -> PlotResult:
     """Write every figure of a run into ``out_dir`` (default ``RUN_DIR/plots``)."""
     from dlcli import pipeline
 
     require_matplotlib()
-    saved = pipeline.open_run(run_dir, data_dir=data_dir, device=device)  # verifies the run
+    saved = pipeline.open_run(  # verifies the run and the data
+        run_dir, data_dir=data_dir, device=device, accept_changed_data=accept_changed_data
+    )
     history = read_history(run_dir / "history.csv")
     if not history:
         raise ModelDirError(f"{run_dir / 'history.csv'}: no epochs recorded, nothing to plot")
@@ -64,7 +68,9 @@ def plot_run(
     try:
         result.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"{result.out_dir}: cannot create the output directory: {err}") from None
+        raise OutputError(
+            f"{result.out_dir}: cannot create the output directory: {write_problem(err)}"
+        ) from None
     monitor, mode = monitored_metric({"training": _training_dict(saved.loaded.run.config)})
     best = summarize_history(history, monitor=monitor, mode=mode).get("best_epoch")
     for metric, series in curve_groups(history):
@@ -171,8 +177,12 @@ def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Render into a temporary sibling, then rename: a failed write leaves no partial PNG."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(path, dpi=DPI, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png")
+        os.replace(tmp, path)
     except OSError as err:
-        raise UsageError(f"{path}: cannot write the figure: {err}") from None
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the figure: {write_problem(err)}") from None
     return path

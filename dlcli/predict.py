@@ -22,6 +22,7 @@ the top class is exactly the one ``dlcli evaluate`` counts as the prediction.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from dlcli import untrusted
 from dlcli.data.decode import bad_files_message, decode_files
 from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, Conversion, is_image_name, pillow
 from dlcli.errors import DataError, UsageError
@@ -255,15 +257,11 @@ def read_input(path: Path, shape: Shape, kind: str | None = None) -> npt.NDArray
 
 def input_kind(path: Path) -> str:
     """``idx``, ``npy`` or ``image``, from the file's first bytes (or, failing that, its name)."""
-    try:
-        with path.open("rb") as f:
+    with untrusted.open_regular(path, DataError, "input file") as f:  # never a FIFO
+        try:
             head = f.read(8)
-    except FileNotFoundError:
-        raise DataError(f"{path}: input file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an input file") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+        except OSError as err:
+            raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     if head.startswith(_NPY_MAGIC):
         return "npy"
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
@@ -280,10 +278,34 @@ def input_kind(path: Path) -> str:
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
-    try:
-        return np.asarray(np.load(path, allow_pickle=False))
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npy array: {err}") from None
+    """A ``.npy`` array, its header checked against the file size before anything is
+    allocated (a header may claim 10^12 images), never unpickled."""
+    with untrusted.open_regular(path, DataError, "input file") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, OSError, EOFError, SyntaxError) as err:
+            raise DataError(
+                f"{path}: not a readable .npy array: {untrusted.shorten(str(err))}"
+            ) from None
+        if dtype.hasobject:
+            raise DataError(f"{path}: a .npy array of Python objects is refused (never unpickled)")
+        expected = math.prod(shape) * dtype.itemsize
+        found = os.fstat(f.fileno()).st_size - f.tell()
+        if found != expected:
+            dims = "×".join(map(str, shape))
+            raise DataError(
+                f"{path}: the .npy header declares shape {untrusted.shorten(dims)} of {dtype} "
+                f"({expected:,} bytes) but the file holds {found:,} bytes after it"
+            )
+        try:
+            array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+        except (ValueError, OSError, MemoryError) as err:
+            raise DataError(f"{path}: not a readable .npy array: {err}") from None
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _pixel_values(array: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from dlcli import limits, untrusted
 from dlcli.config import Config, parse_config
-from dlcli.errors import ConfigError, ModelDirError, UsageError
+from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 from dlcli.signals import uninterruptible
 
 FORMAT = "dlcli-run/1"
@@ -98,7 +98,7 @@ def save_run(
         staging.mkdir()
         _write_files(staging, config, state_dict, metrics, history)
         _swap_into_place(staging, run_dir)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise ModelDirError(_os_message(run_dir, err)) from None
     except BaseException:
@@ -183,12 +183,10 @@ def check_writable(run_dir: Path) -> None:
         raise ModelDirError(_os_message(run_dir, err)) from None
 
 
-def _os_message(run_dir: Path, err: OSError) -> str:
-    if err.errno == errno.ENOSPC:
-        return f"{run_dir}: cannot save the model: no space left on the device"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+def _os_message(run_dir: Path, err: BaseException) -> str:
+    if getattr(err, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{run_dir}: cannot save the model: the output directory is not writable"
-    return f"{run_dir}: cannot save the model: {err.strerror or err}"
+    return f"{run_dir}: cannot save the model: {write_problem(err)}"
 
 
 def history_csv(history: Sequence[Mapping[str, float]]) -> str:

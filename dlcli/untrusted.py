@@ -10,12 +10,13 @@ JSON document is refused before the parser recurses into it. The limits are
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from dlcli import limits
 from dlcli.errors import DlcliError
@@ -73,7 +74,9 @@ def check_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "f
     return info.st_size
 
 
-def open_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "file") -> BinaryIO:
+def open_regular(
+    path: str | os.PathLike[str], error: ErrorType, what: str = "file"
+) -> io.BufferedReader:
     """Open a regular file for reading. Never blocks: a FIFO is refused before ``open`` and,
     should one replace the file in between, the non-blocking open returns at once and
     ``fstat`` refuses it."""

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from dlcli.cli.base import _set_option, cli, dlcli_command
+from dlcli.limits import DOWNLOAD_DEADLINE_S
 from dlcli.report import Reporter
 
 
@@ -42,6 +43,15 @@ from dlcli.report import Reporter
     show_default=True,
     help="Retries per URL after a timeout, a connection error or an HTTP 5xx.",
 )
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DOWNLOAD_DEADLINE_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Total time one file may take from one mirror (retries included); then the next "
+    "mirror is tried.",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the known datasets and exit.")
 @dlcli_command
 def download(
@@ -52,6 +62,7 @@ def download(
     force: bool,
     timeout: float,
     retries: int,
+    deadline: float,
     list_only: bool,
 ) -> dict[str, Any]:
     """Download the archives of dataset NAME into DATA_DIR/NAME, verified by SHA-256.
@@ -83,6 +94,7 @@ def download(
             force=force,
             timeout=timeout,
             retries=retries,
+            deadline=deadline,
             on_event=display,
         )
     fetched = sum(f.status == "downloaded" for f in files)

@@ -30,6 +30,11 @@ from dlcli.report import Reporter, summary_table
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Plot even when a data file differs from the one the model was trained with.",
+)
 @dlcli_command
 def plot(
     reporter: Reporter,
@@ -39,6 +44,7 @@ def plot(
     batch_size: int,
     data_dir: str | None,
     device: str,
+    accept_changed_data: bool,
 ) -> dict[str, Any]:
     """PNG training curves (one per metric) and a confusion-matrix heatmap of a saved run.
 
@@ -47,7 +53,13 @@ def plot(
     from dlcli.plot import plot_run
 
     result = plot_run(
-        run_dir, out, split=split, batch_size=batch_size, data_dir=data_dir, device=device
+        run_dir,
+        out,
+        split=split,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        device=device,
+        accept_changed_data=accept_changed_data,
     )
     for path in result.files:
         reporter.result_line(f"wrote {path}")

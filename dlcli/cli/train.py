@@ -280,6 +280,12 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     help="Score labelled data instead of the run's splits: class folders, a path,label CSV, "
     "an .npz or an IDX archive, converted as the run's training images were.",
 )
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Evaluate even when a data file differs from the one the model was trained with "
+    "(its SHA-256 in metrics.json); the result lists the changed files under data_changed.",
+)
 @_gate_options
 @dlcli_command
 def evaluate(
@@ -291,11 +297,15 @@ def evaluate(
     device: str,
     per_class: bool,
     data_path: Path | None,
+    accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
     """Metrics of a saved model directory on its validation and/or test split, or on the
     labelled data at --data PATH (its split is called "data").
+
+    The data files are compared with the SHA-256 the run recorded; a changed file is refused
+    (exit 3) unless --accept-changed-data.
 
     With --min/--max, exits 4 when a metric is out of bounds (an unqualified METRIC applies to
     the validation split, or to the only split evaluated).
@@ -306,6 +316,7 @@ def evaluate(
 
     gates = parse_gates(mins, maxs)
     reports: dict[str, Any]
+    changed: list[str] = []
     if data_path is not None:
         if splits:
             raise UsageError("--data scores the data given: --split does not apply to it")
@@ -322,7 +333,11 @@ def evaluate(
             batch_size=batch_size,
             data_dir=data_dir,
             device=device,
+            accept_changed_data=accept_changed_data,
+            changed=changed,
         )
+    for path in changed:
+        reporter.note(f"{path}: changed since the model was trained (--accept-changed-data)")
     results: dict[str, Any] = (
         {name: r.metrics for name, r in reports.items()} if per_class else reports
     )
@@ -333,7 +348,7 @@ def evaluate(
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
     if not splits and data_path is None and "test" not in results:
         reporter.note(pipeline.NO_TEST)
-    document = {"model_dir": str(model_dir), "metrics": results}
+    document = {"model_dir": str(model_dir), "metrics": results, "data_changed": changed}
     if data_path is not None:
         document["data"] = str(data_path)
     if per_class:

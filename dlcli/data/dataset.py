@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from dlcli.data.registry import ROLES, get_entry
 from dlcli.errors import DataError, UsageError
 
 StrPath = str | os.PathLike[str]
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,8 +56,9 @@ class Dataset:
     num_classes: int
     class_names: tuple[str, ...]
     name: str | None  # the registry name; None for explicit files
-    checksums: dict[str, str]  # archive file name -> sha256
-    sources: dict[str, str] = field(default_factory=dict)  # split -> the path it came from
+    checksums: dict[str, str]  # archive file name -> sha256 of the bytes read
+    sources: dict[str, Path] = field(default_factory=dict)  # checksums' keys -> the file read
+    split_sources: dict[str, str] = field(default_factory=dict)  # split -> the path it came from
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out
     validation: Split | None = None  # given validation data (else split off train)
 
@@ -74,8 +77,8 @@ def load_dataset(name: str, data_dir: StrPath | None = None) -> Dataset:
     """
     entry = get_entry(name)
     paths = verify_dataset(entry, Path(data_dir) if data_dir is not None else default_data_dir())
-    checksums = {archive.filename: archive.sha256 for archive in entry.files.values()}
-    dataset = _load(paths, entry.num_classes, entry.class_names, entry.name, checksums)
+    published = {role: archive.sha256 for role, archive in entry.files.items()}
+    dataset = _load(paths, entry.num_classes, entry.class_names, entry.name, published)
     h, w, c = entry.input_shape
     if dataset.image_shape != (c, h, w):
         raise DataError(
@@ -96,8 +99,8 @@ def load_archives(
     ``createTrainAndTestDatasets``.
 
     Images of shape (N, H, W) become N×1×H×W, (N, H, W, C) become N×C×H×W. ``class_names``
-    defaults to ``"0"``, ``"1"``, … The files' SHA-256 are computed (in the reading threads) for
-    :attr:`Dataset.checksums`.
+    defaults to ``"0"``, ``"1"``, … The files' SHA-256 are computed (in the reading threads, from
+    the bytes read) for :attr:`Dataset.checksums`.
     """
     if num_classes < 1:
         raise UsageError(f"num_classes must be at least 1, got {num_classes}")
@@ -116,15 +119,21 @@ def _load(
     num_classes: int,
     class_names: tuple[str, ...],
     name: str | None,
-    checksums: dict[str, str] | None,
+    published: dict[str, str] | None,
 ) -> Dataset:
-    """Read the four archives in parallel, check them against each other, wrap them."""
-    hash_them = checksums is None
+    """Read the four archives in parallel, check them against each other, wrap them.
+
+    Each file's SHA-256 is computed from the very bytes decoded (so what ``metrics.json``
+    records is what was read); with ``published`` (role -> SHA-256, a registry dataset) a file
+    that differs is refused."""
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
-        futures = {role: pool.submit(_read, path, hash_them) for role, path in paths.items()}
+        futures = {role: pool.submit(_read, path) for role, path in paths.items()}
         arrays = {role: future.result() for role, future in futures.items()}
-    if checksums is None:
-        checksums = _by_file_name(paths, {role: sha for role, (_, sha) in arrays.items()})
+    shas = {role: sha for role, (_, sha) in arrays.items()}
+    if published is not None:
+        _check_published(paths, shas, published, str(name))
+    checksums = _by_file_name(paths, shas)
+    sources = _by_file_name(paths, paths)
     train, test = (
         _split_from(
             arrays[f"{part}_images"][0], arrays[f"{part}_labels"][0], paths, part, num_classes
@@ -136,17 +145,32 @@ def _load(
             f"train images ({paths['train_images']}) are {_chw(train)} but test images "
             f"({paths['test_images']}) are {_chw(test)} (C×H×W)"
         )
-    return Dataset(train, test, num_classes, class_names, name, checksums)
+    return Dataset(train, test, num_classes, class_names, name, checksums, sources)
 
 
-def _read(path: Path, want_sha256: bool) -> tuple[np.ndarray, str]:
+def _read(path: Path) -> tuple[np.ndarray, str]:
+    """An archive's array and the SHA-256 of the bytes it was decoded from."""
     raw = read_file(path)
-    sha = hashlib.sha256(raw).hexdigest() if want_sha256 else ""
+    sha = hashlib.sha256(raw).hexdigest()
     return decode_idx(raw, source=os.fspath(path)), sha
 
 
-def _by_file_name(paths: dict[str, Path], shas: dict[str, str]) -> dict[str, str]:
-    """File name -> sha256; the full path instead where two files share a name."""
+def _check_published(
+    paths: dict[str, Path], shas: dict[str, str], published: dict[str, str], name: str
+) -> None:
+    """Refuse a registry archive whose SHA-256 is not the published one (same size or not)."""
+    for role, path in paths.items():
+        if shas[role] != published[role]:
+            raise DataError(
+                f"{path}: checksum mismatch: its sha256 is {shas[role][:12]}…, the {name} "
+                f"registry publishes {published[role][:12]}…; the file was altered or damaged. "
+                f"Run `dlcli download {name} --force` to fetch it again"
+            )
+
+
+def _by_file_name(paths: dict[str, Path], shas: dict[str, T]) -> dict[str, T]:
+    """File name -> sha256 (or another value by role); the full path instead where two files
+    share a name."""
     names = [path.name for path in paths.values()]
     return {
         (path.name if names.count(path.name) == 1 else os.fspath(path)): shas[role]
@@ -160,6 +184,12 @@ def _split_from(
     image_path, label_path = paths[f"{part}_images"], paths[f"{part}_labels"]
     _check_images(images, image_path)
     _check_labels(labels, label_path, num_classes)
+    for path, array, what in ((image_path, images, "images"), (label_path, labels, "labels")):
+        if len(array) == 0:
+            raise DataError(
+                f"{path}: holds 0 {what}; the {part} split needs at least one (metrics of an "
+                "empty split are not 0, they do not exist)"
+            )
     if len(images) != len(labels):
         raise DataError(
             f"{part} images and labels differ in count: {image_path} has {len(images)} images, "

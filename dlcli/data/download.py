@@ -10,7 +10,10 @@ For each archive of a :class:`~dlcli.data.registry.DatasetEntry`:
    a resumed file that fails its checksum, deletes the ``.part`` and restarts once from zero).
 3. Timeouts, connection errors and 5xx answers are retried ``retries`` times with a short
    backoff, resuming where the transfer stopped; 403, 404 and other 4xx move on to the next mirror
-   at once.
+   at once. Besides the per-read ``timeout``, each file has a total ``deadline`` per mirror
+   (default :data:`~dlcli.limits.DOWNLOAD_DEADLINE_S`): a mirror that trickles bytes just fast
+   enough never to time out is abandoned for the next one (the ``.part`` is kept, so the next
+   mirror resumes it).
 4. Size, SHA-256 and MD5 are checked *before* ``os.replace`` moves the ``.part`` to its final
    name, so a file under the final name is always a verified one. A ``.part`` that fails its
    checks is deleted; one whose transfer was merely interrupted (timeout, dropped connection,
@@ -38,9 +41,9 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.error import HTTPError, URLError
 
-from dlcli import __version__
+from dlcli import __version__, limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
-from dlcli.errors import DataError, DownloadError
+from dlcli.errors import DataError, DownloadError, write_problem
 
 EventKind = Literal[
     "checking", "present", "invalid", "start", "progress", "retry", "failed", "done"
@@ -111,12 +114,15 @@ def download_dataset(
     force: bool = False,
     timeout: float = 30.0,
     retries: int = 2,
+    deadline: float = limits.DOWNLOAD_DEADLINE_S,
     on_event: Callable[[DownloadEvent], None] | None = None,
 ) -> list[FileStatus]:
     """Make sure the archives of ``entry`` are in ``data_dir/<entry.name>/``, verified.
 
     ``timeout`` is in seconds per network operation (connect, each read); ``retries`` is how many
-    more times a URL is tried after a timeout, connection error or 5xx. Raises
+    more times a URL is tried after a timeout, connection error or 5xx; ``deadline`` is the
+    total seconds one file may take from one mirror, retries included (then the next mirror is
+    tried; a read under way may add up to ``timeout``). Raises
     :class:`DownloadError` when an archive cannot be had from any mirror and :class:`DataError`
     when the folder cannot be written.
     """
@@ -125,15 +131,16 @@ def download_dataset(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"cannot create {folder}: {err.strerror or err}") from None
+        raise DataError(f"{folder}: cannot create the folder: {write_problem(err)}") from None
     sources = resolve_mirrors(entry, mirrors)
     statuses = []
     for role, archive in entry.files.items():
-        job = _Job(archive, folder / archive.filename, float(timeout), retries, emit)
+        job = _Job(archive, folder / archive.filename, float(timeout), retries, emit, deadline)
         try:
             statuses.append(_ensure(job, role, entry, sources, force))
         except OSError as err:  # the disk, not the network: those are handled per attempt
-            raise DataError(f"cannot write {job.part}: {err.strerror or err}") from None
+            job.part.unlink(missing_ok=True)  # what was written cannot be trusted
+            raise DataError(f"{job.part}: cannot write: {write_problem(err)}") from None
     return statuses
 
 
@@ -193,7 +200,18 @@ class _Job:
     timeout: float
     retries: int
     emit: Callable[[DownloadEvent], None]
+    deadline: float = limits.DOWNLOAD_DEADLINE_S  # total seconds per file per mirror
     tried: list[str] = field(default_factory=list)
+    started: float = 0.0  # time.monotonic() when this mirror was first tried for the file
+
+    def check_deadline(self, done: int) -> None:
+        """Abandon this mirror once the file has taken ``deadline`` seconds from it."""
+        spent = time.monotonic() - self.started
+        if spent > self.deadline:
+            raise _NextMirror(
+                f"gave up after {spent:.0f} s, the download deadline per file (--deadline "
+                f"{self.deadline:g}), with {done} of {self.archive.size} bytes received"
+            )
 
     @property
     def part(self) -> Path:
@@ -257,6 +275,7 @@ def _from_source(job: _Job, url: str) -> None:
     """Fetch ``url`` into the ``.part``, verify it and move it into place; retry or restart as
     the failure calls for. Raises :class:`_NextMirror` when this URL will not do."""
     attempt, restarted = 0, False
+    job.started = time.monotonic()
     while True:
         try:
             resumed = _fetch(job, url)
@@ -278,6 +297,11 @@ def _from_source(job: _Job, url: str) -> None:
             delay = min(_BACKOFF_S * 2 ** (attempt - 1), _MAX_BACKOFF_S)
             job.event("retry", url, reason=str(err), delay=delay)
             time.sleep(delay)
+            try:
+                job.check_deadline(0)
+            except _NextMirror as late:
+                job.tried.append(f"{url}: {late}")
+                raise
         except _NextMirror as err:
             job.tried.append(f"{url}: {err}")
             job.event("failed", url, reason=str(err))
@@ -339,7 +363,7 @@ def _fetch_http(job: _Job, url: str) -> bool:
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length and length.isdigit() else None
         job.event("start", url, done=offset, total=job.archive.size)
-        done = _copy(_read_http(response, job.timeout), job, offset)
+        done = _copy(_read_http(response, job), job, offset)
     if expected is not None and done < expected and done <= job.archive.size:
         raise _Retry(f"connection closed after {done} of {expected} bytes")
     return offset > 0
@@ -389,14 +413,18 @@ def _range_start(response: http.client.HTTPResponse) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _read_http(response: http.client.HTTPResponse, timeout: float) -> Iterator[bytes]:
+def _read_http(response: http.client.HTTPResponse, job: _Job) -> Iterator[bytes]:
     """The body in chunks as they arrive (``read1``: a timeout loses nothing already received);
-    a timeout or dropped connection becomes :class:`_Retry`."""
+    a timeout or dropped connection becomes :class:`_Retry`, the file's deadline passed
+    :class:`_NextMirror`."""
+    done = 0
     while True:
+        job.check_deadline(done)
         try:
             chunk = response.read1(_CHUNK)
         except (OSError, http.client.HTTPException) as err:
-            raise _Retry(_describe(err, timeout)) from None
+            raise _Retry(_describe(err, job.timeout)) from None
+        done += len(chunk)
         if not chunk:
             return
         yield chunk

@@ -5,10 +5,16 @@ dimension, then the values in C order, big-endian. numpy only: no torch here, so
 ``dlcli download`` stays fast.
 
 Reading is one pass over the file with no per-element Python: gzip data (recognised by its
-``1f 8b`` magic, whatever the file is called) is inflated chunk by chunk straight into one
+``1f 8b`` magic, whatever the file is called) is inflated chunk by chunk into one
 preallocated ``bytearray``, and ``np.frombuffer`` views it, so ``uint8`` arrays come back
 writable and without a copy. zlib releases the GIL, so files read in threads decompress in
 parallel.
+
+The header is read first and nothing is allocated beyond what it declares: the payload size
+it declares must be possible for the file (deflate expands at most 1032-fold) and within
+:data:`~dlcli.limits.DATA_MAX_BYTES`, and inflating stops one byte past it, so a "zip bomb"
+costs neither the memory nor the time of inflating it. Only regular files are read (a FIFO is
+refused, never opened).
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from dlcli import limits, untrusted
 from dlcli.errors import DataError
 
 # IDX type code -> big-endian numpy dtype.
@@ -37,6 +45,7 @@ _CODE_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in TYPE_CODES.items()
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 16  # compressed bytes fed to zlib per call
 _MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this
+_OUT_CHUNK = 1 << 20  # inflated bytes produced per call
 
 
 def valid_type_codes() -> str:
@@ -56,10 +65,27 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def read_file(path: str | os.PathLike[str]) -> bytearray:
-    """The bytes of ``path`` in a writable buffer; a :class:`DataError` when it cannot be read."""
+    """The bytes of ``path`` in a writable buffer; a :class:`DataError` when it cannot be read,
+    is not a regular file (a FIFO, a device, a directory) or is larger than
+    :data:`~dlcli.limits.DATA_MAX_BYTES`."""
+    shown = os.fspath(path)
     try:
-        with open(path, "rb", buffering=0) as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"file not found: {shown}") from None
+    except OSError as err:
+        raise DataError(f"cannot read {shown}: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{shown} is a directory, expected an IDX file")
+    with untrusted.open_regular(path, DataError, "data file") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limits.DATA_MAX_BYTES:
+            raise DataError(
+                f"{shown}: {size:,} bytes, more than the {limits.DATA_MAX_BYTES:,} a data file "
+                "may have"
+            )
+        try:
+            buf = bytearray(size)
             view, done = memoryview(buf), 0
             while done < len(buf):
                 n = f.readinto(view[done:])
@@ -67,14 +93,12 @@ def read_file(path: str | os.PathLike[str]) -> bytearray:
                     break
                 done += n
             view.release()
-            del buf[done:]
-            return buf
-    except FileNotFoundError:
-        raise DataError(f"file not found: {os.fspath(path)}") from None
-    except IsADirectoryError:
-        raise DataError(f"{os.fspath(path)} is a directory, expected an IDX file") from None
-    except OSError as err:
-        raise DataError(f"cannot read {os.fspath(path)}: {err.strerror or err}") from None
+        except OSError as err:
+            raise DataError(f"cannot read {shown}: {err.strerror or err}") from None
+        except MemoryError:
+            raise DataError(f"{shown}: not enough memory to read its {size:,} bytes") from None
+        del buf[done:]
+        return buf
 
 
 def decode_idx(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
@@ -89,49 +113,104 @@ def decode_idx(data: bytes | bytearray | memoryview, source: str = "<bytes>") ->
     return _parse(data, source)
 
 
+class _GzipStream:
+    """The inflated bytes of gzip ``data`` (every member), read a bounded amount at a time."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, source: str) -> None:
+        self.src = memoryview(data)
+        self.source = source
+        self.pos = 0  # the next compressed byte not yet given to the inflater
+        self.inflater = zlib.decompressobj(wbits=31)
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` inflated bytes (fewer only at the end of the data)."""
+        out = bytearray()
+        while len(out) < n:
+            if self.inflater.eof and not self._next_member():
+                break
+            chunk: bytes | memoryview = self.inflater.unconsumed_tail
+            if not chunk:
+                if self.pos >= len(self.src):
+                    raise DataError(
+                        f"{self.source} is a truncated gzip file: its {len(self.src)} bytes end "
+                        "before the end of the compressed stream (an interrupted download?)"
+                    )
+                chunk = self.src[self.pos : self.pos + _CHUNK]
+                self.pos += len(chunk)
+            try:
+                out += self.inflater.decompress(chunk, n - len(out))
+            except zlib.error as err:
+                raise DataError(
+                    f"{self.source} starts like a gzip file (1f 8b) but is not valid gzip "
+                    f"data: {err}"
+                ) from None
+        return bytes(out)
+
+    def _next_member(self) -> bool:
+        """After the end of one gzip member: start the next one, if any."""
+        start = self.pos - len(self.inflater.unused_data)
+        if start >= len(self.src):
+            return False
+        if bytes(self.src[start : start + 2]) != _GZIP_MAGIC:
+            raise DataError(
+                f"{self.source}: {len(self.src) - start} unexpected bytes after the end of the "
+                "gzip stream"
+            )
+        self.pos = start
+        self.inflater = zlib.decompressobj(wbits=31)
+        return True
+
+
 def _gunzip(data: bytes | bytearray | memoryview, source: str) -> bytearray:
-    """Inflate every gzip member of ``data`` into one buffer sized from the gzip trailer."""
-    src = memoryview(data)
-    out = bytearray(_size_hint(src))
-    written = start = 0
-    while start < len(src):
-        inflater = zlib.decompressobj(wbits=31)
-        pos = start
-        try:
-            while not inflater.eof and pos < len(src):
-                chunk = inflater.decompress(src[pos : pos + _CHUNK])
-                out[written : written + len(chunk)] = chunk  # grows `out` only if the hint was low
-                written += len(chunk)
-                pos += _CHUNK
-        except zlib.error as err:
-            raise DataError(
-                f"{source} starts like a gzip file (1f 8b) but is not valid gzip data: {err}"
-            ) from None
-        if not inflater.eof:
-            raise DataError(
-                f"{source} is a truncated gzip file: its {len(src)} bytes end before the end of "
-                "the compressed stream (an interrupted download?)"
-            )
-        start = min(pos, len(src)) - len(inflater.unused_data)
-        if start < len(src) and bytes(src[start : start + 2]) != _GZIP_MAGIC:
-            raise DataError(
-                f"{source}: {len(src) - start} unexpected bytes after the end of the gzip stream"
-            )
-    del out[written:]
+    """Inflate gzip IDX ``data``: the header first, then exactly the payload it declares (one
+    byte more is an error), into one buffer of the declared size."""
+    stream = _GzipStream(data, source)
+    head = stream.read(4)
+    _check_head(head, source)
+    header = head + stream.read(4 * head[3])
+    dtype, shape, header_len = _header(header, source)
+    expected = header_len + math.prod(shape) * dtype.itemsize
+    possible = min(limits.DATA_MAX_BYTES, _MAX_DEFLATE_RATIO * len(data))
+    if expected > possible:
+        dims = "×".join(map(str, shape))
+        raise DataError(
+            f"{source}: its IDX header declares shape {dims} of "
+            f"{dtype.newbyteorder('=').name} ({expected:,} bytes), more than a gzip file of "
+            f"{len(data):,} bytes can hold or than the {limits.DATA_MAX_BYTES:,} bytes a data "
+            "file may have"
+        )
+    try:
+        out = bytearray(expected)
+    except MemoryError:
+        raise DataError(
+            f"{source}: not enough memory for the {expected:,} bytes it declares"
+        ) from None
+    out[:header_len] = header
+    done = header_len
+    while done < expected:
+        part = stream.read(min(_OUT_CHUNK, expected - done))
+        if not part:
+            _check_payload(done - header_len, shape, dtype, source)
+        out[done : done + len(part)] = part
+        done += len(part)
+    if stream.read(1):
+        _check_payload(-1, shape, dtype, source)
     return out
-
-
-def _size_hint(src: memoryview) -> int:
-    """The uncompressed size stored in the gzip trailer (mod 2**32), bounded by what is possible."""
-    if len(src) < 18:
-        return 0
-    isize = int.from_bytes(src[-4:], "little")
-    return min(isize, _MAX_DEFLATE_RATIO * len(src))
 
 
 def _parse(data: bytes | bytearray | memoryview, source: str) -> np.ndarray:
     """Check the IDX header against the payload size and view the payload as an array."""
-    head = bytes(data[:4])
+    _check_head(bytes(data[:4]), source)
+    dtype, shape, header_len = _header(data, source)
+    _check_payload(len(data) - header_len, shape, dtype, source)
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header_len)
+    if dtype.itemsize > 1:
+        array = array.astype(dtype.newbyteorder("="))
+    return array.reshape(shape)
+
+
+def _check_head(head: bytes, source: str) -> None:
+    """The first four bytes: two zeros, a known type code, 1 to ``IDX_MAX_DIMS`` dimensions."""
     if head[:2] != b"\0\0"[: len(head)]:
         found = " ".join(f"{b:02x}" for b in head)
         raise DataError(
@@ -142,13 +221,24 @@ def _parse(data: bytes | bytearray | memoryview, source: str) -> np.ndarray:
             f"{source}: IDX header is truncated: expected at least 4 bytes, found {len(head)}"
         )
     code, ndim = head[2], head[3]
-    dtype = TYPE_CODES.get(code)
-    if dtype is None:
+    if code not in TYPE_CODES:
         raise DataError(
             f"{source}: unknown IDX type code 0x{code:02X}; expected one of {valid_type_codes()}"
         )
     if ndim == 0:
         raise DataError(f"{source}: IDX header has 0 dimensions, expected at least 1")
+    if ndim > limits.IDX_MAX_DIMS:
+        raise DataError(
+            f"{source}: IDX header has {ndim} dimensions, more than the {limits.IDX_MAX_DIMS} "
+            "dlcli reads"
+        )
+
+
+def _header(
+    data: bytes | bytearray | memoryview, source: str
+) -> tuple[np.dtype[np.generic], tuple[int, ...], int]:
+    """(dtype, shape, header length) of IDX ``data`` whose first 4 bytes were checked."""
+    dtype, ndim = TYPE_CODES[data[2]], data[3]
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise DataError(
@@ -156,23 +246,22 @@ def _parse(data: bytes | bytearray | memoryview, source: str) -> np.ndarray:
             f"header, found {len(data)} bytes"
         )
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    _check_payload(len(data) - header_len, shape, dtype, source)
-    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header_len)
-    if dtype.itemsize > 1:
-        array = array.astype(dtype.newbyteorder("="))
-    return array.reshape(shape)
+    return dtype, shape, header_len
 
 
 def _check_payload(
     found: int, shape: tuple[int, ...], dtype: np.dtype[np.generic], source: str
 ) -> None:
+    """``found`` payload bytes (-1: more than expected, how many more not counted) against
+    what the header declares."""
     expected = math.prod(shape) * dtype.itemsize
     if found != expected:
-        relation = "shorter" if found < expected else "longer"
+        relation = "shorter" if 0 <= found < expected else "longer"
         dims = "×".join(map(str, shape))
         raise DataError(
             f"{source}: IDX payload is {relation} than its header says: shape {dims} of "
-            f"{dtype.newbyteorder('=').name} needs {expected} bytes, found {found}"
+            f"{dtype.newbyteorder('=').name} needs {expected} bytes, found "
+            f"{found if found >= 0 else 'more'}"
         )
 
 

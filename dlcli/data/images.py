@@ -24,9 +24,12 @@ start fast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -110,22 +113,47 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
 
 def decode_image(data: bytes, source: str) -> Image:
     """Decode an image file's bytes fully; a :class:`DataError` naming ``source`` on anything
-    wrong with them (not an image, truncated, corrupt, too large)."""
+    wrong with them (not an image, truncated, corrupt, more pixels than
+    :data:`~dlcli.limits.IMAGE_MAX_PIXELS`: refused from the header, before decoding)."""
     pillow()
     import PIL.Image
-    import PIL.ImageOps
 
     try:
-        image = PIL.Image.open(io.BytesIO(data))
-        _check_pixels(image.width, image.height, source)
+        with _bomb_guard():
+            image = PIL.Image.open(io.BytesIO(data))
         image.load()
     except DataError:
         raise
     except PIL.UnidentifiedImageError:
         raise DataError(f"{source}: not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+        raise DataError(_too_large(source, err)) from None
     except Exception as err:  # a malformed file makes decoders raise almost anything
         raise DataError(f"{source}: cannot read the image: {_reason(err)}") from None
     return image
+
+
+@contextlib.contextmanager
+def _bomb_guard() -> Iterator[None]:
+    """Pillow's decompression-bomb check at dlcli's limit while a header is read: above it
+    Pillow warns (made an error, so nothing leaks to stderr), above twice it refuses."""
+    import PIL.Image
+
+    saved = PIL.Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            PIL.Image.MAX_IMAGE_PIXELS = limits.IMAGE_MAX_PIXELS
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(source: str, err: Exception) -> str:
+    return (
+        f"{source}: refused: more than the {limits.IMAGE_MAX_PIXELS:,} pixels dlcli decodes "
+        f"(a decompression bomb?): {err}"
+    )
 
 
 def read_image(
@@ -159,19 +187,12 @@ def peek_image(path: str | os.PathLike[str]) -> ImageInfo:
     import PIL.ImageOps
 
     try:
-        with PIL.Image.open(path) as image:
+        with _bomb_guard(), PIL.Image.open(path) as image:
             return ImageInfo(str(image.mode), int(image.width), int(image.height), "")
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+        raise DataError(_too_large(os.fspath(path), err)) from None
     except Exception as err:
         raise DataError(f"{os.fspath(path)}: cannot read the image: {_reason(err)}") from None
-
-
-def _check_pixels(width: int, height: int, source: str) -> None:
-    """Refuse, before decoding, an image larger than :data:`~dlcli.limits.IMAGE_MAX_PIXELS`."""
-    if width * height > limits.IMAGE_MAX_PIXELS:
-        raise DataError(
-            f"{source}: the image is {width}×{height} pixels, more than the "
-            f"{limits.IMAGE_MAX_PIXELS:,} allowed"
-        )
 
 
 def _digest(data: bytes) -> str:

@@ -98,7 +98,7 @@ def load_local(spec: LocalData) -> Dataset:
         class_names=names,
         name=None,
         checksums={},
-        sources={part: str(source.source) for part, source in parts.items()},
+        split_sources={part: str(source.source) for part, source in parts.items()},
         skipped=[{"path": p, "reason": r} for p, r in bad],
         validation=splits.get("validation"),
     )

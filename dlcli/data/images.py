@@ -105,7 +105,17 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an image file: a regular file (:func:`dlcli.untrusted.open_regular`),
     not empty, at most :data:`~dlcli.limits.DATA_MAX_BYTES`; a :class:`DataError` otherwise."""
     shown = os.fspath(path)
-    data = untrusted.read_bytes(path, limits.DATA_MAX_BYTES, DataError, "image file")
+    with untrusted.open_regular(path, DataError, "image file") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limits.DATA_MAX_BYTES:
+            raise DataError(
+                f"{shown}: the image file is {size:,} bytes, more than the "
+                f"{limits.DATA_MAX_BYTES:,} allowed"
+            )
+        try:
+            data = f.read(size)  # the size it has, not the limit: read(n) allocates n first
+        except OSError as err:
+            raise DataError(f"{shown}: cannot read the image: {err.strerror or err}") from None
     if not data:
         raise DataError(f"{shown}: empty file (0 bytes), expected an image")
     return data

@@ -1,5 +1,5 @@
 """The callbacks a config asks for: learning-rate schedules, early stopping, a target to reach,
-checkpoints. Each is a :class:`~dlcli.engine.Callback`; :func:`build_callbacks` makes the list
+checkpoints. Each is a :class:`~dlcli.hooks.Callback`; :func:`build_callbacks` makes the list
 for a config, with the checkpoint callback last so that what it saves includes what the others
 decided at the end of the epoch.
 """
@@ -26,7 +26,7 @@ from dlcli.config import (
     TargetConfig,
     metric_mode,
 )
-from dlcli.engine import Callback, Logs, Trainer
+from dlcli.hooks import Callback, Logs, Loop
 
 
 def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
@@ -123,19 +123,19 @@ class LRSchedule(Callback):
         self.per_step = isinstance(spec, OneCycleSchedule | CosineSchedule)
         self.scheduler: lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None = None
 
-    def on_fit_begin(self, trainer: Trainer) -> None:
+    def on_fit_begin(self, trainer: Loop) -> None:
         self.scheduler = make_scheduler(
             self.spec,
             trainer.optimizer,
-            epochs=trainer.cfg.epochs,
+            epochs=trainer.epochs,
             steps_per_epoch=trainer.steps_per_epoch,
         )
 
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
+    def on_step_end(self, trainer: Loop, step: int) -> None:
         if self.per_step and isinstance(self.scheduler, lr_scheduler.LRScheduler):
             self.scheduler.step()
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
             assert isinstance(self.spec, ReduceOnPlateauSchedule)
             self.scheduler.step(logs[self.spec.monitor])
@@ -147,14 +147,15 @@ class LRSchedule(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self.scheduler is not None  # built in on_fit_begin, before the state loads
-        fresh = self.scheduler.state_dict()
-        saved = dict(state["scheduler"])
-        # The run's length may change on --resume (training.epochs): keep the new length and
-        # take only the position from the checkpoint.
-        for key in ("total_steps", "_schedule_phases"):
-            if key in fresh:
-                saved[key] = fresh[key]
-        self.scheduler.load_state_dict(saved)
+        saved = state["scheduler"]
+        if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.load_state_dict(saved)  # no length: its whole state carries over
+            return
+        # The run's length may change on --resume (training.epochs): the schedule built for
+        # this fit keeps its length and takes its position from the checkpoint: last_epoch,
+        # the step count a torch scheduler computes the rate from (the rate in force until
+        # the next step is the optimizer's, restored with it).
+        self.scheduler.last_epoch = int(saved["last_epoch"])
 
 
 # --- early stopping, target ---------------------------------------------------------------------
@@ -176,7 +177,7 @@ class EarlyStopping(Reporting):
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.restored = False
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         value = logs.get(self.cfg.monitor)
         if improved(value, self.best, self.mode, self.cfg.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -189,7 +190,7 @@ class EarlyStopping(Reporting):
             self.stopped_epoch = epoch
             trainer.stop_training = True
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         stopped = self.stopped_epoch is not None and not trainer.interrupted
         if stopped and self.best_weights is not None and self.best_epoch != self.stopped_epoch:
             trainer.model.load_state_dict(self.best_weights)
@@ -239,7 +240,7 @@ class TargetTracker(Reporting):
             return False
         return value >= self.cfg.value if self.mode == "max" else value <= self.cfg.value
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if self.epoch is None and self.reached(logs.get(self.cfg.metric)):
             self.epoch = epoch
             self.seconds = round(trainer.elapsed_fit_seconds(), 4)
@@ -280,13 +281,13 @@ class Checkpointer(Reporting):
         self.best_epoch: int | None = None
         self.last_epoch: int | None = None
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if not self.cfg.every:
             return
         better = self.cfg.keep_best and improved(logs.get(self.cfg.monitor), self.best, self.mode)
         if better:
             self.best, self.best_epoch = logs[self.cfg.monitor], epoch
-        due = epoch % self.cfg.every == 0 or epoch >= trainer.cfg.epochs or trainer.stop_training
+        due = epoch % self.cfg.every == 0 or epoch >= trainer.epochs or trainer.stop_training
         if due:
             self._save(trainer, checkpoint.LAST)
         if better and due:
@@ -294,11 +295,11 @@ class Checkpointer(Reporting):
         elif better:
             self._save(trainer, checkpoint.BEST)
 
-    def on_interrupt(self, trainer: Trainer) -> None:
+    def on_interrupt(self, trainer: Loop) -> None:
         if self.cfg.every:
             self._save(trainer, checkpoint.LAST)
 
-    def _save(self, trainer: Trainer, name: str) -> None:
+    def _save(self, trainer: Loop, name: str) -> None:
         checkpoint.save(self.run_dir, name, self.config, trainer.state_dict())
         if name == checkpoint.LAST:
             self.last_epoch = trainer.epoch

@@ -14,7 +14,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -464,11 +464,18 @@ def parse_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"{type(err).__name__}: {err}") from None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override and validate a YAML config; every problem is reported at once."""
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, values: Mapping[str, Any] | None = None
+) -> Config:
+    """Read, override and validate a YAML config; every problem is reported at once.
+
+    ``overrides``: ``--set key.path=value`` strings (the value read as YAML); ``values``: keys
+    set to Python values as given (the Python API, typed flags), applied after them."""
     path = Path(path)
     raw = read_yaml(path)
     apply_overrides(raw, overrides)
+    for key, value in (values or {}).items():
+        set_value(raw, key, value)
     cfg = parse_config(raw, source=str(path))
     if cfg.output.dir is None:
         cfg.output.dir = str(Path("runs") / path.stem)
@@ -528,6 +535,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             raise ConfigError(f"--set {echo(item)}: invalid YAML value{_yaml_where(err)}") from None
         parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
         _set_path(raw, parts, value, key.strip())
+
+
+def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key.path`` (``model.layers[1].units``) of a raw config to ``value``, as is."""
+    parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
+    if not parts:
+        raise ConfigError(f"{key!r}: expected a key path such as training.epochs")
+    _set_path(raw, parts, value, key.strip())
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
@@ -593,6 +608,11 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
                 f"{key}: {name!r} is not a reported metric{did_you_mean(name, known)}; "
                 f"expected one of {', '.join(known)} (training.metrics lists the others)"
             )
+    optimizer = training.optimizer
+    if optimizer.nesterov and optimizer.name != "sgd":
+        problems.append("training.optimizer.nesterov: only sgd supports Nesterov momentum")
+    elif optimizer.nesterov and not optimizer.momentum:
+        problems.append("training.optimizer.nesterov: needs a momentum > 0, found 0")
     if training.stop_at_target and training.target is None:
         problems.append("training.stop_at_target: true needs training.target {metric, value}")
     if training.label_smoothing and training.loss != "softmax_cross_entropy_with_logits":

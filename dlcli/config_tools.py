@@ -267,7 +267,8 @@ def _flow(value: Any) -> str:
 
 
 def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Load ``path`` and build its model and optimizer; any problem is a :class:`ConfigError`.
+    """Load ``path`` and build its model (no optimizer, no Trainer); any problem is a
+    :class:`ConfigError`.
 
     Checks the schema and values, the device name, the input shape against a registry
     dataset's images, and every layer's shape (a kernel larger than its input, a missing
@@ -323,19 +324,9 @@ def infer_from_data(cfg: Config) -> int:
 
 
 def _build(cfg: Config, num_classes: int, where: str) -> Any:
-    import torch
-
-    from dlcli.engine import Trainer
     from dlcli.model import build_model
 
-    training = cfg.training
-    if training.precision == "fp16":
-        # fp16 needs CUDA: that is checked where the job trains, not where the config is linted.
-        training = dataclasses.replace(training, precision="fp32")
     try:
-        built = build_model(cfg.model, num_classes=num_classes)
-        # The trainer checks what only makes sense together (e.g. nesterov without sgd).
-        Trainer(built.module, training, num_classes=num_classes, device=torch.device("cpu"))
+        return build_model(cfg.model, num_classes=num_classes)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err.message}", details=err.details) from None
-    return built

@@ -18,16 +18,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dlcli import __version__, checkpoint, distributed, signals, store
+from dlcli import checkpoint, distributed, evaluation, signals, store
 from dlcli.callbacks import Checkpointer, build_callbacks, reports
 from dlcli.config import Config, DataConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
 from dlcli.data.local import LocalData, load_local
-from dlcli.engine import Callback, Logs, Trainer, resolve_device
+from dlcli.device import resolve_device
+from dlcli.engine import Trainer
 from dlcli.errors import DataError, Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.evaluation import Objective, Scorer
+from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
+from dlcli.version import __version__
 
 NO_TEST = "no test split: the config gives no test data (data.test)"
 
@@ -154,7 +158,7 @@ def train(
         cfg.training,
         num_classes=prepared.dataset.num_classes,
         device=prepared.device,
-        callbacks=[*callbacks, *writers, *configured, *distributed.test_hooks(world)],
+        callbacks=[*callbacks, *writers, *configured],
         world=world,
     )
     if prepared.resume is not None:
@@ -271,17 +275,32 @@ def _metric_keys() -> tuple[str, ...]:
 
 @dataclass
 class LoadedModel:
+    """A saved run's model, rebuilt with its weights, ready to score: no Trainer, no optimizer."""
+
     run: store.Run
-    trainer: Trainer
     built: BuiltModel
+    scorer: Scorer
+
+    @property
+    def objective(self) -> Objective:
+        """The loss and metrics the run was trained with."""
+        return Objective.of(self.run.config.training, self.built.output_shape[0])
+
+    def evaluate(self, split: Split, batch_size: int = 1000) -> Logs:
+        """Loss and metrics on ``split``."""
+        return evaluation.evaluate(self.scorer, split, self.objective, batch_size=batch_size)
+
+    def outputs(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The model's outputs (logits) for N×C×H×W images of 0-255 pixel values."""
+        return evaluation.outputs(self.scorer, images, batch_size=batch_size)
 
 
 def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
     """Verify a run dir and rebuild its model with the saved weights (CPU if no GPU)."""
     run = store.load_run(run_dir)
-    cfg = run.config
+    training = run.config.training
     num_classes = int(run.metrics.get("dataset", {}).get("num_classes", 0)) or None
-    built = build_model(cfg.model, num_classes=num_classes)
+    built = build_model(run.config.model, num_classes=num_classes)
     try:
         built.module.load_state_dict(run.state_dict, strict=True)
     except RuntimeError as err:
@@ -289,13 +308,13 @@ def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
         raise ModelDirError(
             f"{run_dir}: the weights do not fit the model its config.yaml describes ({first})"
         ) from None
-    trainer = Trainer(
+    scorer = Scorer.of(
         built.module,
-        cfg.training,
-        num_classes=built.output_shape[0],
-        device=resolve_device("auto" if device == "auto" else device),
+        device=resolve_device(device),
+        precision=training.precision,
+        channels_last=training.channels_last,
     )
-    return LoadedModel(run, trainer, built)
+    return LoadedModel(run, built, scorer)
 
 
 @dataclass
@@ -336,14 +355,14 @@ class SavedRun:
         """Loss and metrics on a split, with its ``seconds`` and ``samples``."""
         start = time.perf_counter()
         part = self.split(name)
-        logs = self.loaded.trainer.evaluate(part, batch_size=batch_size)
+        logs = self.loaded.evaluate(part, batch_size=batch_size)
         logs["seconds"] = time.perf_counter() - start
         logs["samples"] = float(len(part))
         return logs
 
     def predictions(self, name: str, batch_size: int = 1000) -> Predictions:
         part = self.split(name)
-        logits = self.loaded.trainer.predict_logits(part.images, batch_size=batch_size)
+        logits = self.loaded.outputs(part.images, batch_size=batch_size)
         return Predictions(
             name,
             part.labels.cpu().numpy().astype(np.int64),

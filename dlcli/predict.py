@@ -125,9 +125,15 @@ def predict(
         resize=data.resize,
         background=data.background,
     )
+    return rank(loaded, inputs, top_k=top_k, batch_size=batch_size)
+
+
+def rank(loaded: Any, inputs: Inputs, *, top_k: int = 1, batch_size: int = 1000) -> PredictResult:
+    """The ``top_k`` classes of every input and their probabilities, by a loaded model
+    (:class:`dlcli.pipeline.LoadedModel`)."""
     num_classes = loaded.built.output_shape[0]
     start = time.perf_counter()
-    outputs = loaded.trainer.predict_logits(inputs.images, batch_size=batch_size)
+    outputs = loaded.outputs(inputs.images, batch_size=batch_size)
     probabilities = outputs if _ends_in_softmax(loaded) else outputs.softmax(dim=1)
     # Rank by the raw outputs: the top class is the argmax `evaluate` scores, even where two
     # probabilities round to the same float.
@@ -140,8 +146,20 @@ def predict(
         for source, item, cs, ps in zip(inputs.sources, inputs.items, classes, probs, strict=True)
     ]
     return PredictResult(
-        model_dir, class_names(loaded.run.metrics, num_classes), predictions, seconds
+        loaded.run.path, class_names(loaded.run.metrics, num_classes), predictions, seconds
     )
+
+
+def array_inputs(array: npt.NDArray[Any] | torch.Tensor, shape: Shape) -> Inputs:
+    """Images given as an array (numpy or torch), in any shape and value range a ``.npy``
+    input may have (see the module doc), as :class:`Inputs` named ``array``."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    images = to_nchw(_pixel_values(np.asarray(array), "array"), shape, "array")
+    if images.dtype != np.uint8:
+        images = images.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    return Inputs(tensor, ["array"] * len(images), list(range(len(images))))
 
 
 def class_names(metrics: dict[str, Any], num_classes: int) -> list[str]:

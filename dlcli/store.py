@@ -134,7 +134,7 @@ def _honour_umask(path: Path) -> None:
 
 
 def write_manifest(directory: Path, names: Sequence[str]) -> None:
-    from dlcli import __version__
+    from dlcli.version import __version__
 
     manifest = {
         "format": FORMAT,

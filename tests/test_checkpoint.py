@@ -28,8 +28,9 @@ from dlcli import checkpoint, pipeline, store
 from dlcli.cli import cli
 from dlcli.config import load_config
 from dlcli.data.idx import write_idx
-from dlcli.engine import Callback, Trainer
+from dlcli.engine import Trainer
 from dlcli.errors import ModelDirError, TrainingError
+from dlcli.hooks import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 6

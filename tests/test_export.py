@@ -41,7 +41,7 @@ def export_json(model_dir: Path, *args: str | Path) -> dict[str, Any]:
 def dlcli_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """dlcli's own logits for uint8 N×C×H×W images."""
     loaded = load_model(model_dir, "cpu")
-    return loaded.trainer.predict_logits(torch.from_numpy(images)).numpy()
+    return loaded.outputs(torch.from_numpy(images)).numpy()
 
 
 def onnx_logits(path: Path, images: np.ndarray, batch: int) -> np.ndarray:

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from dlcli import __version__
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
+from dlcli.version import __version__
 
 CommandFn = Callable[..., dict[str, Any] | None]
 

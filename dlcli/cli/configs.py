@@ -69,7 +69,7 @@ def init(
 
 @cli.group(name="config")
 def config_group() -> None:
-    """Show a config resolved, or validate it (for pre-commit hooks and CI)."""
+    """Show a config resolved, validate it (for pre-commit hooks and CI), or print its schema."""
 
 
 @config_group.command(name="show")
@@ -106,3 +106,23 @@ def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]
         f"{result['num_classes']} classes)"
     )
     return result
+
+
+@config_group.command(name="schema")
+@dlcli_command
+def config_schema(reporter: Reporter) -> dict[str, Any]:
+    """Print the JSON Schema of a config file, for editors' completion and checking.
+
+    \b
+    Save it and name it in the config's first line:
+      dlcli config schema > dlcli.schema.json
+      # yaml-language-server: $schema=dlcli.schema.json
+    """
+    import json
+
+    from dlcli.schema import config_schema as make_schema
+
+    schema = make_schema()
+    if not reporter.json_mode:
+        reporter.write(json.dumps(schema, indent=2) + "\n")
+    return schema

@@ -169,7 +169,7 @@ def train(
     from dlcli.errors import UsageError
     from dlcli.progress import ProgressDisplay
 
-    distributed.worker_output(reporter)  # under torchrun: only rank 0 prints its progress
+    _worker_output(reporter)  # under torchrun: only rank 0 prints its progress
     launching = distributed.Launch.from_options(launch)  # None: this process trains
     if resume is not None and overwrite:
         raise UsageError("--resume continues a run and --overwrite replaces it: give one")
@@ -212,6 +212,19 @@ def train(
     reporter.result_line(fit_summary_line(fit_summary, result.run_dir))
     document = {"run_dir": str(result.run_dir), **metrics, "summary": fit_summary}
     return _apply_gates(reporter, gates, final, document)  # after the model is saved
+
+
+def _worker_output(reporter: Reporter) -> None:
+    """How a torchrun worker reports: ranks other than 0 print errors only; rank 0 of
+    ``train --nproc-per-node`` hands its JSON document to the launcher, which prints it."""
+    import os
+
+    from dlcli.distributed import JSON_FILE, env_rank
+
+    if env_rank() != 0:
+        reporter.silence()
+    elif os.environ.get(JSON_FILE):
+        reporter.json_to_file(os.environ[JSON_FILE])
 
 
 def _launch(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -21,7 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from dlcli import limits
+from dlcli import limits, metric_names
 from dlcli.errors import ConfigError, did_you_mean
 from dlcli.untrusted import echo, read_bytes, shorten
 
@@ -37,9 +38,12 @@ ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
 Padding = Literal["valid", "same"]
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, check: Check | None = None) -> Any:
-    """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check."""
-    meta = {"doc": text, "check": check}
+def doc(
+    text: str, default: Any = dataclasses.MISSING, check: Check | None = None, *, path: bool = False
+) -> Any:
+    """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check.
+    ``path``: a file or folder of data, resolved against the config file's directory."""
+    meta = {"doc": text, "check": check, "path": path}
     if dataclasses.is_dataclass(default):
         instance = default
         return field(default_factory=lambda: copy.deepcopy(instance), metadata=meta)
@@ -61,21 +65,28 @@ class DataConfig:
         "training data: a folder of class folders, a path,label CSV, an .npz or an IDX "
         "images archive",
         None,
+        path=True,
     )
-    test: str | None = doc("test data, in any form train takes (none: no test split)", None)
+    test: str | None = doc(
+        "test data, in any form train takes (none: no test split)", None, path=True
+    )
     validation: str | None = doc(
-        "validation data, in any form train takes (none: validation_split of train)", None
+        "validation data, in any form train takes (none: validation_split of train)",
+        None,
+        path=True,
     )
-    train_images: str | None = doc("IDX archive of training images (instead of dataset)", None)
-    train_labels: str | None = doc("IDX archive of training labels", None)
-    test_images: str | None = doc("IDX archive of test images", None)
-    test_labels: str | None = doc("IDX archive of test labels", None)
+    train_images: str | None = doc(
+        "IDX archive of training images (instead of dataset)", None, path=True
+    )
+    train_labels: str | None = doc("IDX archive of training labels", None, path=True)
+    test_images: str | None = doc("IDX archive of test images", None, path=True)
+    test_labels: str | None = doc("IDX archive of test labels", None, path=True)
     num_classes: int | None = doc(
         "number of classes (required with explicit files)", None, POSITIVE
     )
     class_names: list[str] | None = doc("class names, index order (explicit files)", None)
     data_dir: str | None = doc(
-        "where registry datasets live (default $DLCLI_DATA_DIR or data/)", None
+        "where registry datasets live (default $DLCLI_DATA_DIR or data/)", None, path=True
     )
     validation_split: float = doc("fraction of train held out for validation", 0.05, FRACTION)
     shuffle_split: bool = doc("shuffle before splitting; false = KotlinDL's tail split", True)
@@ -473,13 +484,49 @@ def load_config(
     set to Python values as given (the Python API, typed flags), applied after them."""
     path = Path(path)
     raw = read_yaml(path)
+    resolve_paths(Config, raw, path.parent)  # paths in the file: against its directory
+    return parse_resolved(raw, overrides, values, source=str(path), default_name=path.stem)
+
+
+def parse_resolved(
+    raw: dict[str, Any],
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    *,
+    source: str,
+    default_name: str = "run",
+) -> Config:
+    """Apply command-line overrides and typed values to a raw config and validate it; paths
+    given on the command line resolve against the current directory."""
     apply_overrides(raw, overrides)
     for key, value in (values or {}).items():
         set_value(raw, key, value)
-    cfg = parse_config(raw, source=str(path))
+    resolve_paths(Config, raw, Path.cwd())
+    cfg = parse_config(raw, source=source)
     if cfg.output.dir is None:
-        cfg.output.dir = str(Path("runs") / path.stem)
+        cfg.output.dir = str(Path("runs") / default_name)
     return cfg
+
+
+def resolve_paths(cls: type[Any], raw: Any, base: Path) -> None:
+    """Make every relative data path (a field declared with ``path=True``) in the raw mapping
+    absolute against ``base``, in place; ``~`` is expanded. Values of the wrong type are left
+    for validation to report."""
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(cls):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = raw.get(f.name)
+        if f.metadata.get("path") and isinstance(value, str) and value:
+            raw[f.name] = absolute_path(value, base)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            resolve_paths(hints[f.name], value, base)
+
+
+def absolute_path(value: str, base: Path) -> str:
+    """``value`` (``~`` expanded) made absolute against ``base``, normalised, no symlinks
+    resolved."""
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -579,21 +626,14 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     return typing.cast(Config, cfg)
 
 
-def logged_metrics(training: TrainingConfig) -> list[str]:
-    """The names an epoch reports, which monitors and targets may watch."""
-    names = ["loss", *dict.fromkeys(training.metrics)]
-    return [*names, *(f"val_{n}" for n in names)]
-
-
 def metric_mode(metric: str, mode: str) -> str:
-    """``auto`` → max for accuracies, min for losses."""
-    if mode != "auto":
-        return mode
-    return "max" if "accuracy" in metric else "min"
+    """``auto`` → the registry's direction (dlcli.metric_names): max for accuracies, min for
+    losses."""
+    return metric_names.mode_of(metric, mode)
 
 
-def _check_training(training: TrainingConfig, problems: list[str]) -> None:
-    known = logged_metrics(training)
+def watched_metrics(training: TrainingConfig) -> dict[str, str]:
+    """Every metric a monitor or target names, by its key path."""
     monitors = {
         "training.checkpoint.monitor": training.checkpoint.monitor,
         "training.early_stopping.monitor": training.early_stopping
@@ -602,12 +642,15 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
         and training.lr_schedule.monitor,
         "training.target.metric": training.target and training.target.metric,
     }
-    for key, name in monitors.items():
-        if isinstance(name, str) and name not in known:
-            problems.append(
-                f"{key}: {name!r} is not a reported metric{did_you_mean(name, known)}; "
-                f"expected one of {', '.join(known)} (training.metrics lists the others)"
-            )
+    return {key: name for key, name in monitors.items() if isinstance(name, str)}
+
+
+def _check_training(training: TrainingConfig, problems: list[str]) -> None:
+    known = metric_names.reported(training.metrics)
+    for key, name in watched_metrics(training).items():
+        problem = metric_names.problem(name, known)
+        if problem:
+            problems.append(f"{key}: {problem}")
     optimizer = training.optimizer
     if optimizer.nesterov and optimizer.name != "sgd":
         problems.append("training.optimizer.nesterov: only sgd supports Nesterov momentum")

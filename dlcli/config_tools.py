@@ -266,13 +266,17 @@ def _flow(value: Any) -> str:
 # --- config validate --------------------------------------------------------------------------
 
 
-def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def validate_config(
+    path: Path, overrides: list[str] | tuple[str, ...] = (), *, check_data: bool = True
+) -> dict[str, Any]:
     """Load ``path`` and build its model (no optimizer, no Trainer); any problem is a
     :class:`ConfigError`.
 
     Checks the schema and values, the device name, the input shape against a registry
     dataset's images, and every layer's shape (a kernel larger than its input, a missing
-    flatten, a last layer with the wrong number of classes). Reads no data.
+    flatten, a last layer with the wrong number of classes). With ``check_data``, also what
+    ``train`` checks before its first step: the data files exist and are readable archives of
+    consistent shapes and labels, and ``model.input_shape`` matches their images.
     """
     cfg = load_config(path, overrides)
     where = str(path)
@@ -282,6 +286,8 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             f"{where}: training.device: expected auto, cpu, cuda or cuda:N, "
             f"found {cfg.training.device!r}"
         )
+    if check_data and cfg.data.dataset is None:  # a registry dataset's shape is known above
+        _check_data(cfg, where)
     built = _build(cfg, num_classes, where)
     return {
         "config": where,
@@ -293,6 +299,17 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         "total_params": built.total_params,
         "output_dir": cfg.output.dir,
     }
+
+
+def _check_data(cfg: Config, where: str) -> None:
+    """Read the data as ``train`` will (a problem is a config error here: exit 2)."""
+    from dlcli.errors import DataError
+    from dlcli.pipeline import check_input_shape, load_data
+
+    try:
+        check_input_shape(cfg, load_data(cfg.data))
+    except (DataError, ConfigError) as err:
+        raise ConfigError(f"{where}: {err.message}", details=err.details) from None
 
 
 def _num_classes(cfg: Config, where: str) -> int:

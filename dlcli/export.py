@@ -66,19 +66,21 @@ def require_onnx() -> None:
         )
 
 
-def export_onnx(model_dir: Path, out: Path | None = None) -> ExportResult:
-    """Export ``model_dir``'s model to ``out`` (default ``MODEL_DIR/model.onnx``), verified."""
+def export_onnx(model_dir: Path, out: Path | None = None, weights: str = "saved") -> ExportResult:
+    """Export ``model_dir``'s model (``weights``: saved, best or last) to ``out`` (default
+    ``MODEL_DIR/model.onnx``, ``model-best.onnx``, ``model-last.onnx``), verified."""
     require_onnx()
     import torch
 
     from dlcli.pipeline import load_model
     from dlcli.predict import class_names
 
-    loaded = load_model(model_dir, "cpu")
+    loaded = load_model(model_dir, "cpu", weights)
     module = loaded.built.module.eval()
     channels, height, width = loaded.built.input_shape
     num_classes = loaded.built.output_shape[0]
-    target = Path(out) if out is not None else Path(model_dir) / "model.onnx"
+    default = "model.onnx" if weights == "saved" else f"model-{weights}.onnx"
+    target = Path(out) if out is not None else Path(model_dir) / default
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(2, channels, height, width, generator=generator)
     probe = torch.rand(5, channels, height, width, generator=generator)
@@ -86,6 +88,7 @@ def export_onnx(model_dir: Path, out: Path | None = None) -> ExportResult:
         "dlcli.input": "float32 N×C×H×W, pixel values / 255",
         "dlcli.class_names": json.dumps(class_names(loaded.run.metrics, num_classes)),
         "dlcli.model_dir": str(model_dir),
+        "dlcli.weights": weights,
     }
     with _staging(target) as staging:
         try:

@@ -113,11 +113,13 @@ def predict(
     top_k: int = 1,
     batch_size: int = 1000,
     device: str = "auto",
+    weights: str = "saved",
 ) -> PredictResult:
-    """Verify and load ``model_dir``, read ``paths`` and rank the classes of every image."""
+    """Verify and load ``model_dir`` (``weights``: saved, best or last), read ``paths`` and
+    rank the classes of every image."""
     from dlcli.pipeline import load_model
 
-    loaded = load_model(model_dir, device)
+    loaded = load_model(model_dir, device, weights)
     data = loaded.run.config.data
     inputs = read_inputs(
         expand_inputs(paths),

@@ -317,8 +317,31 @@ def fit_summary_line(summary: Mapping[str, Any], run_dir: Any) -> str:
         parts.append(f"{summary['seconds_per_epoch']:.2f} s/epoch")
     if summary.get("samples_per_second") is not None:
         parts.append(f"{summary['samples_per_second']:,.0f} samples/s")
-    parts.append(f"saved {run_dir}")
+    weights = summary.get("weights") or {}
+    held = ""
+    if weights.get("why") == "last":
+        held = f" (model.safetensors: the last epoch, {weights.get('epoch')})"
+    elif weights:
+        held = (
+            f" (model.safetensors: epoch {weights.get('epoch')}, the {weights.get('why')}, "
+            "restored by early stopping)"
+        )
+    parts.append(f"saved {run_dir}{held}")
     return " · ".join(parts)
+
+
+def early_stop_line(early: Mapping[str, Any]) -> str:
+    """``early stopping after epoch 8: val_loss has not improved for 3 epochs (best 0.3121
+    at epoch 5)``."""
+    stopped, best = early.get("stopped_epoch"), early.get("best_epoch")
+    waited = ""
+    if isinstance(best, int) and isinstance(stopped, int):
+        waited = f" for {stopped - best} epoch{'s' if stopped - best != 1 else ''}"
+    best_text = f" (best {_fmt(early.get('best'))} at epoch {best})" if best is not None else ""
+    return (
+        f"early stopping after epoch {stopped}: {early.get('monitor')} has not improved"
+        f"{waited}{best_text}"
+    )
 
 
 # --- predictions (dlcli predict) ---------------------------------------------------------------

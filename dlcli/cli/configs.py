@@ -91,16 +91,25 @@ def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) ->
 @config_group.command(name="validate")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
+@click.option(
+    "--no-data",
+    is_flag=True,
+    help="Check the config and the model only, without reading the data files.",
+)
 @dlcli_command
-def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Check CONFIG: its keys and values, and its model's shapes (exit 0: valid, 2: not).
+def config_validate(
+    reporter: Reporter, config: Path, overrides: tuple[str, ...], no_data: bool
+) -> dict[str, Any]:
+    """Check CONFIG as train does before its first step (exit 0: valid, 2: not).
 
-    Builds the model (a kernel larger than its input, a missing flatten or a last layer with
-    the wrong number of classes is caught) but reads no data.
+    Checks the keys and values, builds the model (a kernel larger than its input, a missing
+    flatten or a last layer with the wrong number of classes is caught), and reads the data
+    files: they must exist, be readable archives, and match model.input_shape (--no-data
+    skips the data).
     """
     from dlcli.config_tools import validate_config
 
-    result = validate_config(config, overrides)
+    result = validate_config(config, overrides, check_data=not no_data)
     reporter.result_line(
         f"{config}: valid ({result['layers']} layers, {result['total_params']:,} parameters, "
         f"{result['num_classes']} classes)"

@@ -307,7 +307,7 @@ def _check_data(cfg: Config, where: str) -> None:
     from dlcli.pipeline import check_input_shape, load_data
 
     try:
-        check_input_shape(cfg, load_data(cfg.data))
+        check_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
     except (DataError, ConfigError) as err:
         raise ConfigError(f"{where}: {err.message}", details=err.details) from None
 

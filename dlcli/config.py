@@ -177,8 +177,27 @@ class Activation:
     activation: ActivationName = doc("the activation function")
 
 
+@dataclass(kw_only=True)
+class Residual:
+    type: Literal["residual"] = "residual"
+    layers: list[LayerSpec] = doc(
+        "the block's layers; their output is added to the block's input (projected by a 1x1 "
+        "convolution or a dense layer when the shapes differ)"
+    )
+    activation: ActivationName = doc("activation applied after the addition", "linear")
+
+
 LayerSpec = Union[  # noqa: UP007 - a runtime-inspected union
-    Flatten, Dense, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dropout, BatchNorm, Activation
+    Flatten,
+    Dense,
+    Conv2d,
+    MaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    Dropout,
+    BatchNorm,
+    Activation,
+    Residual,
 ]
 LAYER_TYPES: dict[str, type[Any]] = {
     cls.__dataclass_fields__["type"].default: cls for cls in get_args(LayerSpec)
@@ -331,12 +350,57 @@ class OutputConfig:
     )
 
 
+# --- tune ----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TuneConfig:
+    metric: str = doc(
+        "metric the study optimises (val_accuracy, val_loss, ...); its direction is the metric's",
+        "val_accuracy",
+    )
+    trials: int = doc("trials in the study, in all (every worker and rerun together)", 20, POSITIVE)
+    sampler: Literal["tpe", "random"] = doc("how parameters are drawn: tpe or random", "tpe")
+    pruner: Literal["median", "hyperband", "none"] = doc(
+        "stops unpromising trials from their per-epoch metric: median, hyperband or none", "median"
+    )
+    startup_trials: int = doc(
+        "trials drawn at random, and finished before the pruner prunes any", 5, NON_NEGATIVE
+    )
+    warmup_epochs: int = doc("epochs every trial runs before it can be pruned", 1, NON_NEGATIVE)
+    space: dict[str, Any] = doc(
+        "config key path → {float: [low, high], log: true} | {int: [low, high]} | {choice: [...]}",
+        {},
+    )
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One dimension of ``tune.space``: a config key path and the values it may take."""
+
+    path: str
+    kind: Literal["float", "int", "choice"]
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def candidates(self) -> list[Any]:
+        """The values validation tries: both ends of a range, every choice."""
+        if self.kind == "choice":
+            return list(self.choices)
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
 @dataclass(kw_only=True)
 class Config:
     data: DataConfig = doc("the dataset and its validation split")
     model: ModelConfig = doc("the network")
     training: TrainingConfig = doc("how to fit", TrainingConfig())
     output: OutputConfig = doc("where the run is saved", OutputConfig())
+    tune: TuneConfig | None = doc("dlcli tune's search space and study (train ignores it)", None)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -580,8 +644,26 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {echo(item)}: invalid YAML value{_yaml_where(err)}") from None
-        parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
-        _set_path(raw, parts, value, key.strip())
+        _set_path(raw, key_parts(key), value, key.strip())
+
+
+def key_parts(path: str) -> list[str | int]:
+    """``model.layers[1].units`` → ``["model", "layers", 1, "units"]``."""
+    return [n if n else int(i) for n, i in _KEY.findall(path.strip())]
+
+
+def short_key(path: str) -> str:
+    """A key path shortened for a column: ``training.optimizer.learning_rate`` →
+    ``learning_rate``, ``model.layers[1].units`` → ``layers[1].units``."""
+    parts = path.split(".")
+    if len(parts) > 1 and "[" in parts[-2]:
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
+def set_key(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Set the key ``path`` (``model.layers[1].units``) of a raw config to ``value``."""
+    _set_path(raw, key_parts(path), value, path.strip())
 
 
 def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -619,6 +701,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     if not problems:
         _check_data(cfg.data, problems)
         _check_training(cfg.training, problems)
+    if not problems and cfg.tune is not None:
+        _check_tune(cfg, problems)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{source}: {len(problems)} {noun} in the config", details=problems)
@@ -666,6 +750,166 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
     schedule = training.lr_schedule
     if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs and schedule.warmup_steps:
         problems.append("training.lr_schedule: give warmup_epochs or warmup_steps, not both")
+
+
+# Sections a sweep may not sample: the study itself, and where runs are written.
+_UNTUNABLE = ("tune", "output")
+
+
+def _check_tune(cfg: Config, problems: list[str]) -> None:
+    """``tune.metric`` is reported, and every ``tune.space`` entry names a key of this config
+    and only values that key accepts (both ends of a range, every choice, checked by parsing
+    the config with each), so a bad space fails before any trial."""
+    assert cfg.tune is not None
+    known = metric_names.reported(cfg.training.metrics)
+    problem = metric_names.problem(cfg.tune.metric, known)
+    if problem is not None:
+        problems.append(f"tune.metric: {cfg.tune.metric!r}: {problem}")
+    elif metric_names.parse(cfg.tune.metric, known=known).split == "test":
+        problems.append(
+            f"tune.metric: {cfg.tune.metric!r} is a test metric; tune on validation "
+            "(val_accuracy, val_loss) and keep the test split for the end"
+        )
+    params, space_problems = search_params(cfg.tune.space)
+    problems += space_problems
+    base = to_dict(cfg)
+    del base["tune"]
+    for param in params:
+        where = f"tune.space.{param.path}"
+        problem = _path_problem(base, param.path)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
+            continue
+        for value in param.candidates():
+            trial = copy.deepcopy(base)
+            set_key(trial, param.path, value)
+            try:
+                parse_config(trial)
+            except ConfigError as err:
+                found = err.details or [err.message]
+                problems.append(f"{where}: the value {value!r} is refused: {found[0]}")
+                break
+
+
+def search_params(space: dict[str, Any]) -> tuple[list[SearchParam], list[str]]:
+    """``tune.space`` → its dimensions, and the problems of its entries' syntax."""
+    params: list[SearchParam] = []
+    problems: list[str] = []
+    for path, spec in space.items():
+        where = f"tune.space.{path}"
+        param = _search_param(str(path), spec, where, problems)
+        if param is not None:
+            params.append(param)
+    return params, problems
+
+
+_SPEC_KEYS = ("float", "int", "choice", "log", "step")
+
+
+def _search_param(path: str, spec: Any, where: str, problems: list[str]) -> SearchParam | None:
+    expected = "{float: [low, high]}, {int: [low, high]} or {choice: [a, b, ...]}"
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: expected {expected}, found {_found(spec)}")
+        return None
+    for key in spec:
+        if key not in _SPEC_KEYS:
+            hint = did_you_mean(str(key), list(_SPEC_KEYS))
+            problems.append(f"{where}.{key}: unknown key{hint}; known: {', '.join(_SPEC_KEYS)}")
+    kinds = [k for k in ("float", "int", "choice") if k in spec]
+    if len(kinds) != 1:
+        found = "none" if not kinds else " and ".join(kinds)
+        problems.append(f"{where}: expected exactly one of float, int, choice, found {found}")
+        return None
+    kind = kinds[0]
+    if kind == "choice":
+        return _choice_param(path, spec, where, problems)
+    return _range_param(path, kind, spec, where, problems)
+
+
+def _choice_param(
+    path: str, spec: dict[str, Any], where: str, problems: list[str]
+) -> SearchParam | None:
+    choices = spec["choice"]
+    extra = [k for k in ("log", "step") if k in spec]
+    if extra:
+        problems.append(f"{where}.{extra[0]}: only applies to a float or int range")
+    if not isinstance(choices, list) or not choices:
+        found = "[]" if choices == [] else _found(choices)
+        problems.append(f"{where}.choice: expected a non-empty list of values, found {found}")
+        return None
+    bad = [c for c in choices if not (c is None or isinstance(c, bool | int | float | str))]
+    if bad:
+        problems.append(
+            f"{where}.choice: expected numbers, strings, booleans or null, found {_found(bad[0])}"
+        )
+        return None
+    if len(set(map(repr, choices))) != len(choices):
+        problems.append(f"{where}.choice: a value is listed twice in {choices!r}")
+        return None
+    return SearchParam(path, "choice", choices=tuple(choices))
+
+
+def _range_param(
+    path: str, kind: str, spec: dict[str, Any], where: str, problems: list[str]
+) -> SearchParam | None:
+    bounds, log, step = spec[kind], spec.get("log", False), spec.get("step")
+    number = int if kind == "int" else float
+    noun = "integers" if kind == "int" else "numbers"
+    ok = isinstance(bounds, list) and len(bounds) == 2
+    if ok:
+        ok = all(_fits(number, b) for b in bounds)
+    if not ok:
+        problems.append(f"{where}.{kind}: expected [low, high], two {noun}, found {_found(bounds)}")
+        return None
+    low, high = bounds
+    count = len(problems)
+    if not low < high:
+        problems.append(f"{where}.{kind}: expected low < high, found [{low}, {high}]")
+    if not isinstance(log, bool):
+        problems.append(f"{where}.log: expected a boolean, found {_found(log)}")
+    elif log and low <= 0:
+        problems.append(f"{where}.log: a log range needs low > 0, found {low}")
+    if step is not None:
+        if not _fits(number, step) or step <= 0:
+            problems.append(f"{where}.step: expected {noun[:-1]} > 0, found {_found(step)}")
+        elif log:
+            problems.append(f"{where}: give log or step, not both")
+    if len(problems) > count:
+        return None
+    return SearchParam(path, "int" if kind == "int" else "float", low, high, bool(log), step)
+
+
+def _path_problem(node: Any, path: str) -> str | None:
+    """Why ``path`` names no key of the resolved config ``node`` (None when it does)."""
+    parts = key_parts(path)
+    if not _KEY_PATH.fullmatch(path.strip()):
+        return (
+            "expected a key path such as training.optimizer.learning_rate or model.layers[1].units"
+        )
+    if parts[0] in _UNTUNABLE:
+        return f"{parts[0]}.* cannot be tuned (the study decides it)"
+    walked = ""
+    for part in parts:
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                return f"{walked or '<top>'} is {_kind(node)}, not a list"
+            if part >= len(node):
+                return f"no item [{part}]: {walked} has {len(node)}"
+            node = node[part]
+            walked += f"[{part}]"
+            continue
+        if node is None:
+            return f"{walked} is null in this config: give it a value to tune a key inside it"
+        if not isinstance(node, dict):
+            return f"{walked} is {_kind(node)}, it has no key '{part}'"
+        if part not in node:
+            keys = [str(k) for k in node]
+            where = walked or "the config"
+            hint = did_you_mean(part, keys)
+            return f"unknown key '{part}' in {where}{hint}; known: {', '.join(keys)}"
+        node = node[part]
+        walked = _join(walked, part)
+    return None
 
 
 def _check_data(data: DataConfig, problems: list[str]) -> None:
@@ -769,6 +1013,10 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(
                 f"{path}: expected one of {', '.join(choices)}, found {echo(value)}{hint_text}"
             )
+        return value
+    if origin is dict:  # a free mapping (tune.space): its entries are checked by its owner
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, found {_found(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):

@@ -181,13 +181,15 @@ def prepare(
     overwrite: bool = False,
     resume: bool = False,
     dist_timeout: float | None = None,
+    dataset: Dataset | None = None,
 ) -> Prepared:
     """Load and split the data and build the model, seeded, before any training.
 
     With ``resume``, the newest checkpoint of the run dir is verified and read first (it must
     come from the same config, up to ``checkpoint.RESUMABLE_CHANGES``). Started by torchrun,
     this process first joins the other workers (``dist_timeout``: see dlcli.distributed); only
-    rank 0 writes, and reads the checkpoint for all of them.
+    rank 0 writes, and reads the checkpoint for all of them. ``dataset``: the one
+    ``cfg.data`` names, already loaded (``dlcli tune`` loads it once for all its trials).
     """
     world, device = distributed.init_from_env(cfg.training.device, dist_timeout)
     run_dir = Path(str(cfg.output.dir))
@@ -198,7 +200,8 @@ def prepare(
         else store.Output(run_dir, run_dir)
     )
     try:
-        dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
+        if dataset is None:
+            dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
         check_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None

@@ -172,6 +172,12 @@ def summary_table(
         table.add_row(
             f"{layer.name} ({layer.kind})", keras_shape(layer.output_shape), f"{layer.params:,}"
         )
+        for inner in getattr(layer, "inner", ()):  # a residual block's layers, indented
+            table.add_row(
+                f"  └ {inner.name} ({inner.kind})",
+                keras_shape(inner.output_shape),
+                f"{inner.params:,}",
+            )
     return table
 
 
@@ -373,5 +379,45 @@ def predictions_table(
             escape(str(p["class_name"])),
             f"{p['probability']:.4f}",
             *(escape(o) for o in others[: ranks - 1]),
+        )
+    return table
+
+
+def trials_table(summary: Mapping[str, Any]) -> Table:
+    """A study's trials, best first: number, state, the metric, epochs, seconds, parameters."""
+    from dlcli.config import short_key
+
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
+    table = Table(
+        title=f"Study {summary['study']} ({summary['direction']} {summary['metric']})",
+        caption=counts or "no trials",
+        box=box.SIMPLE_HEAD,
+    )
+    params: list[str] = []
+    for trial in summary["trials"]:
+        params += [p for p in trial["params"] if p not in params]
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    table.add_column(summary["metric"], justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("seconds", justify="right")
+    for name in params:
+        table.add_column(escape(short_key(name)), justify="right", overflow="fold")
+    best = summary["best"]
+    for trial in summary["trials"]:
+        seconds = trial["seconds"]
+        state = trial["state"] + (" (retry)" if trial["retry_of"] is not None else "")
+        values = [trial["params"].get(name) for name in params]
+        table.add_row(
+            str(trial["number"]),
+            state,
+            _fmt(trial["value"]),
+            _fmt(trial["epochs"]),
+            "-" if seconds is None else f"{seconds:.1f}",
+            *(
+                escape("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+                for v in values
+            ),
+            style="bold green" if best is not None and trial["number"] == best["number"] else "",
         )
     return table

@@ -149,6 +149,10 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
     from dlcli.model import build_model
 
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
+    if cfg.model.input_shape is None and cfg.data.train is not None:
+        from dlcli.config_tools import infer_from_data
+
+        infer_from_data(cfg)  # what training will infer, from the images' headers
     built = build_model(cfg.model)
     reporter.table(
         summary_table(built.layers, built.input_shape, built.total_params, built.trainable_params)

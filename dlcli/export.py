@@ -116,6 +116,7 @@ def _staging(target: Path) -> Iterator[Path]:
     """A temporary file next to ``target`` (removed unless it was moved into place)."""
     if target.is_dir():
         raise UsageError(f"--out {target}: is a directory, expected a file name")
+    _refuse_foreign(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -130,6 +131,27 @@ def _staging(target: Path) -> Iterator[Path]:
         yield staging
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _refuse_foreign(target: Path) -> None:
+    """dlcli replaces only an ONNX file it exported (its ``dlcli.weights`` metadata says so):
+    any other file at ``target`` is the user's, and is refused (exit 2), never overwritten."""
+    if not target.exists() and not target.is_symlink():
+        return
+    ours = False
+    if target.is_file() and not target.is_symlink():
+        import onnx
+
+        try:
+            props = onnx.load(str(target), load_external_data=False).metadata_props
+            ours = any(prop.key == "dlcli.weights" for prop in props)
+        except Exception:  # not an ONNX file at all: certainly not one dlcli wrote
+            ours = False
+    if not ours:
+        raise UsageError(
+            f"--out {target}: a file dlcli did not write is there; it is never overwritten "
+            "(choose another --out, or move that file away)"
+        )
 
 
 def _torch_export(module: Any, example: Any, path: Path) -> None:

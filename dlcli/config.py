@@ -31,6 +31,7 @@ POSITIVE: Check = (lambda v: v > 0, "> 0")
 NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 FRACTION: Check = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 PROBABILITY: Check = (lambda v: 0 <= v < 1, ">= 0 and < 1")
+BYTE: Check = (lambda v: 0 <= v <= 255, "from 0 to 255")
 SEED: Check = (lambda v: 0 <= v <= limits.INT_MAX, f"from 0 to 2^63-1 ({limits.INT_MAX})")
 
 ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
@@ -57,7 +58,23 @@ def doc(
 
 @dataclass(kw_only=True)
 class DataConfig:
-    dataset: str | None = doc("registry name (mnist, fashion-mnist); or give the four files", None)
+    dataset: str | None = doc(
+        "registry name (dlcli download --list); or give train (or the four IDX files)", None
+    )
+    train: str | None = doc(
+        "training data: a folder of class folders, a path,label CSV, an .npz or an IDX "
+        "images archive",
+        None,
+        path=True,
+    )
+    test: str | None = doc(
+        "test data, in any form train takes (none: no test split)", None, path=True
+    )
+    validation: str | None = doc(
+        "validation data, in any form train takes (none: validation_split of train)",
+        None,
+        path=True,
+    )
     train_images: str | None = doc(
         "IDX archive of training images (instead of dataset)", None, path=True
     )
@@ -74,6 +91,21 @@ class DataConfig:
     validation_split: float = doc("fraction of train held out for validation", 0.05, FRACTION)
     shuffle_split: bool = doc("shuffle before splitting; false = KotlinDL's tail split", True)
     stratify: bool = doc("keep class proportions equal in train and validation", False)
+    resize: Literal["stretch", "pad", "crop"] = doc(
+        "images to the input size: stretch (ignore aspect), pad (fit, fill), crop (fill, cut)",
+        "stretch",
+    )
+    background: int = doc(
+        "grey level (0-255) under transparent pixels and around padded images", 0, BYTE
+    )
+    skip_bad_files: bool = doc(
+        "skip unreadable images (listed in metrics.json) instead of stopping", False
+    )
+    cache: bool = doc("cache decoded images (see cache_dir)", True)
+    cache_dir: str | None = doc(
+        "decoded-image cache (default $DLCLI_CACHE_DIR, else ~/.cache/dlcli)", None
+    )
+    workers: int | None = doc("processes decoding images (default: every core)", None, POSITIVE)
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -145,8 +177,27 @@ class Activation:
     activation: ActivationName = doc("the activation function")
 
 
+@dataclass(kw_only=True)
+class Residual:
+    type: Literal["residual"] = "residual"
+    layers: list[LayerSpec] = doc(
+        "the block's layers; their output is added to the block's input (projected by a 1x1 "
+        "convolution or a dense layer when the shapes differ)"
+    )
+    activation: ActivationName = doc("activation applied after the addition", "linear")
+
+
 LayerSpec = Union[  # noqa: UP007 - a runtime-inspected union
-    Flatten, Dense, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Dropout, BatchNorm, Activation
+    Flatten,
+    Dense,
+    Conv2d,
+    MaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    Dropout,
+    BatchNorm,
+    Activation,
+    Residual,
 ]
 LAYER_TYPES: dict[str, type[Any]] = {
     cls.__dataclass_fields__["type"].default: cls for cls in get_args(LayerSpec)
@@ -155,8 +206,9 @@ LAYER_TYPES: dict[str, type[Any]] = {
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    input_shape: list[int] = doc(
-        "height, width, channels (as Keras/KotlinDL write it)", [28, 28, 1]
+    input_shape: list[int] | None = doc(
+        "height, width, channels (as Keras/KotlinDL write it); null: inferred from the data",
+        None,
     )
     layers: list[LayerSpec] = doc("the layers, in order; shapes are inferred")
 
@@ -654,6 +706,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{source}: {len(problems)} {noun} in the config", details=problems)
+    fill_input_shape(cfg)
     return typing.cast(Config, cfg)
 
 
@@ -863,19 +916,42 @@ def _check_data(data: DataConfig, problems: list[str]) -> None:
     from dlcli.data.registry import REGISTRY
 
     files = [data.train_images, data.train_labels, data.test_images, data.test_labels]
-    if data.dataset is not None:
-        if data.dataset not in REGISTRY:
-            problems.append(
-                f"data.dataset: unknown dataset '{data.dataset}'"
-                f"{did_you_mean(data.dataset, list(REGISTRY))}; known: {', '.join(REGISTRY)}"
-            )
-        if any(f is not None for f in files):
-            problems.append("data: give either dataset or the four archive files, not both")
-    elif any(f is None for f in files) or data.num_classes is None:
-        problems.append(
-            "data: expected dataset (a registry name) or all of train_images, train_labels, "
-            "test_images, test_labels and num_classes"
+    given = [
+        name
+        for name, present in (
+            ("dataset", data.dataset is not None),
+            ("train", data.train is not None),
+            ("the four IDX files", any(f is not None for f in files)),
         )
+        if present
+    ]
+    if len(given) > 1:
+        problems.append(f"data: give one of dataset, train or the four IDX files; found {given}")
+    if data.dataset is not None and data.dataset not in REGISTRY:
+        problems.append(
+            f"data.dataset: unknown dataset '{data.dataset}'"
+            f"{did_you_mean(data.dataset, list(REGISTRY))}; known: {', '.join(REGISTRY)}"
+        )
+    if data.train is None and (data.test is not None or data.validation is not None):
+        problems.append("data.test / data.validation: need data.train (the training data)")
+    if not given or (
+        given == ["the four IDX files"]
+        and (any(f is None for f in files) or data.num_classes is None)
+    ):
+        problems.append(
+            "data: expected train (a folder, CSV, .npz or IDX archive), dataset (a registry "
+            "name), or all of train_images, train_labels, test_images, test_labels and "
+            "num_classes"
+        )
+
+
+def fill_input_shape(cfg: Config) -> None:
+    """A registry dataset's input shape where the config leaves it out (no data read); for
+    other data, :func:`dlcli.pipeline.prepare` infers it from the data and records it."""
+    from dlcli.data.registry import REGISTRY
+
+    if cfg.model.input_shape is None and cfg.data.dataset in REGISTRY:
+        cfg.model.input_shape = list(REGISTRY[str(cfg.data.dataset)].input_shape)
 
 
 def _parse_dataclass(cls: type[Any], raw: Any, path: str, problems: list[str]) -> Any:

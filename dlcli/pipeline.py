@@ -4,6 +4,7 @@ load the archives, split off validation, build the model, fit, evaluate, save.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -29,6 +30,7 @@ from dlcli.callbacks import (
 from dlcli.config import Config, DataConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
+from dlcli.data.local import LocalData, load_local
 from dlcli.device import resolve_device
 from dlcli.engine import Trainer
 from dlcli.errors import (
@@ -37,6 +39,7 @@ from dlcli.errors import (
     Interrupted,
     ModelDirError,
     TrainingError,
+    UsageError,
 )
 from dlcli.evaluation import Objective, Scorer
 from dlcli.gates import Gate, default_split, resolve_gates
@@ -44,6 +47,8 @@ from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
 from dlcli.version import __version__
+
+NO_TEST = "no test split: the config gives no test data (data.test)"
 
 
 @dataclass
@@ -94,7 +99,11 @@ DATA_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 def load_data(
-    data: DataConfig, data_dir: str | None = None, *, recorded: dict[str, Any] | None = None
+    data: DataConfig,
+    data_dir: str | None = None,
+    *,
+    recorded: dict[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Dataset:
     """The dataset a config names: a registry entry, or four explicit IDX archives (absolute
     paths: ``load_config`` resolved them against the config file's directory).
@@ -105,6 +114,8 @@ def load_data(
     """
     if data.dataset is not None:
         return load_dataset(data.dataset, registry_root(data, data_dir, recorded))
+    if data.train is not None:  # own data: images converted to input_shape (None: inferred)
+        return load_local(LocalData.from_config(data, input_shape))
     assert data.num_classes is not None  # guaranteed by config validation
     paths = {key: Path(str(getattr(data, key))) for key in DATA_FILES}
     for key, path in paths.items():
@@ -150,7 +161,10 @@ def _data_files(paths: dict[str, Path], checksums: dict[str, str]) -> dict[str, 
 
 
 def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
-    """KotlinDL's ``train.split(1 - validation_split)``, seeded (and shuffled unless told not)."""
+    """The validation data given, else KotlinDL's ``train.split(1 - validation_split)``,
+    seeded (and shuffled unless told not)."""
+    if dataset.validation is not None:
+        return dataset.train, dataset.validation
     return split(
         dataset.train,
         1.0 - cfg.data.validation_split,
@@ -186,11 +200,12 @@ def prepare(
         else store.Output(run_dir, run_dir)
     )
     try:
+        if dataset is None:
+            dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
+        check_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
         )
-        dataset = dataset if dataset is not None else load_data(cfg.data)
-        check_input_shape(cfg, dataset)
         train, validation = split_train(dataset, cfg)
         torch.manual_seed(cfg.training.seed)
         model = build_model(cfg.model, num_classes=dataset.num_classes)
@@ -204,6 +219,8 @@ def check_input_shape(cfg: Config, dataset: Dataset) -> None:
     """``model.input_shape`` must be the dataset's image shape (a config error, exit 2)."""
     channels, height, width = dataset.train.images.shape[1:]
     found = [int(height), int(width), int(channels)]
+    if cfg.model.input_shape is None:  # inferred from the data: the saved config records it
+        cfg.model.input_shape = found
     if list(cfg.model.input_shape) != found:
         raise ConfigError(
             f"model.input_shape: the config says {list(cfg.model.input_shape)}, "
@@ -234,7 +251,8 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
         configured = [cb for cb in configured if not isinstance(cb, Checkpointer)]
     writers = _output_callbacks(prepared) if world.is_main else []
     # A monitor or target on the test split: evaluate it every epoch, before anyone reads logs.
-    tested = [SplitMetrics(prepared.dataset.test, "test_")] if watched_test_split(cfg) else []
+    test = prepared.dataset.test
+    tested = [SplitMetrics(test, "test_")] if test is not None and watched_test_split(cfg) else []
     trainer = Trainer(
         prepared.model.module,
         cfg.training,
@@ -329,7 +347,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         **_resumed(prepared),
         "train": final_train,
         "validation": trainer.evaluate(prepared.validation),
-        "test": trainer.evaluate(dataset.test),
+        "test": trainer.evaluate(dataset.test) if dataset.test is not None else None,
         "params": prepared.model.total_params,
         "dataset": {
             "name": dataset.name,
@@ -337,10 +355,12 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "class_names": list(dataset.class_names),
             "train_size": len(prepared.train),
             "validation_size": len(prepared.validation),
-            "test_size": len(dataset.test),
+            "test_size": len(dataset.test) if dataset.test is not None else 0,
             "checksums": dataset.checksums,
             **_data_location(prepared),
+            **({"sources": dataset.split_sources} if dataset.split_sources else {}),
         },
+        **({"skipped_files": dataset.skipped} if dataset.skipped else {}),
     }
 
 
@@ -442,10 +462,16 @@ class SavedRun:
 
     loaded: LoadedModel
     dataset: Dataset
+    data_split: Split | None = None  # evaluate --data: the labelled data given
 
     def split(self, name: str) -> Split:
-        """``validation``, ``test`` or ``train``: the same split the run was trained with."""
+        """``validation``, ``test`` or ``train``: the same split the run was trained with
+        (``data``: the data given to ``evaluate --data``)."""
+        if name == "data" and self.data_split is not None:
+            return self.data_split
         if name == "test":
+            if self.dataset.test is None:
+                raise UsageError(NO_TEST)
             return self.dataset.test
         train, validation = split_train(self.dataset, self.loaded.run.config)
         return validation if name == "validation" else train
@@ -487,8 +513,12 @@ def open_run(
     the changed files' paths are appended to ``changed`` when given."""
     loaded = load_model(run_dir, device, weights)
     recorded = loaded.run.metrics.get("dataset")
+    cfg = loaded.run.config
     dataset = load_data(
-        loaded.run.config.data, data_dir, recorded=recorded if isinstance(recorded, dict) else None
+        cfg.data,
+        data_dir,
+        recorded=recorded if isinstance(recorded, dict) else None,
+        input_shape=cfg.model.input_shape,
     )
     different = changed_data(loaded.run.metrics, dataset)
     if different and not accept_changed_data:
@@ -517,10 +547,17 @@ def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, s
     ]
 
 
+def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:
+    """The splits asked for; by default validation, and test when the run has test data."""
+    if splits:
+        return list(splits)
+    return ["validation"] + (["test"] if saved.dataset.test is not None else [])
+
+
 def evaluate(
     run_dir: Path,
     *,
-    splits: Sequence[str] = ("validation",),
+    splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
@@ -540,8 +577,50 @@ def evaluate(
         accept_changed_data=accept_changed_data,
         changed=changed,
     )
-    check_gate_names(gates, saved.loaded.run.config, splits)
-    return {name: saved.metrics(name, batch_size) for name in splits}
+    chosen = default_splits(saved, splits)
+    check_gate_names(gates, saved.loaded.run.config, chosen)
+    return {name: saved.metrics(name, batch_size) for name in chosen}
+
+
+def open_data(
+    run_dir: Path, data: Path, *, device: str = "auto", skip_bad_files: bool | None = None
+) -> SavedRun:
+    """A saved run's model and labelled data at ``data`` (class folders, CSV, .npz, IDX),
+    converted as the run's training data was and labelled by the run's class names; the data
+    is the ``data`` split of the result."""
+    loaded = load_model(run_dir, device)
+    cfg = loaded.run.config
+    names = tuple(loaded.run.metrics.get("dataset", {}).get("class_names") or ())
+    spec = LocalData.from_config(cfg.data, cfg.model.input_shape)
+    spec = dataclasses.replace(
+        spec,
+        train=data,
+        test=None,
+        validation=None,
+        class_names=names or None,
+        num_classes=loaded.built.output_shape[0],
+        skip_bad_files=cfg.data.skip_bad_files if skip_bad_files is None else skip_bad_files,
+    )
+    dataset = load_local(spec)
+    if dataset.test is not None:  # a Keras-style .npz: its test arrays are what is scored
+        dataset = dataclasses.replace(dataset, train=dataset.test, test=None)
+    return SavedRun(loaded, dataset, data_split=dataset.train)
+
+
+def evaluate_data(
+    run_dir: Path,
+    data: Path,
+    *,
+    batch_size: int = 1000,
+    device: str = "auto",
+    per_class: bool = False,
+) -> dict[str, Any]:
+    """``evaluate RUN_DIR --data PATH``: metrics (and per-class figures) on labelled data."""
+    saved = open_data(run_dir, data, device=device)
+    report: dict[str, Any] = {"data": saved.metrics("data", batch_size)}
+    if per_class:
+        report = {"data": SplitReport(report["data"], saved.predictions("data").per_class())}
+    return report
 
 
 def check_gate_names(gates: Sequence[Gate], config: Config, splits: Sequence[str]) -> None:
@@ -559,7 +638,7 @@ class SplitReport:
 def evaluate_per_class(
     run_dir: Path,
     *,
-    splits: Sequence[str] = ("validation",),
+    splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
@@ -577,10 +656,11 @@ def evaluate_per_class(
         accept_changed_data=accept_changed_data,
         changed=changed,
     )
-    check_gate_names(gates, saved.loaded.run.config, splits)
+    chosen = default_splits(saved, splits)
+    check_gate_names(gates, saved.loaded.run.config, chosen)
     return {
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()
         )
-        for name in splits
+        for name in chosen
     }

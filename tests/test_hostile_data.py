@@ -157,7 +157,7 @@ CASES = [
     Case("predict-a-device", lambda w: ["predict", str(w.run_dir), "/dev/zero"], 3,
          "/dev/zero: is a device, expected a regular input file", bomb=True),
     Case("predict-a-directory", lambda w: ["predict", str(w.run_dir), str(w.root)], 3,
-         "is a directory"),
+         "no image files in the folder"),  # a folder is read for its images (issue 15)
     Case("train-images-a-device",
          lambda w: ["train", str(w.config), "--set", "data.train_images=/dev/zero"], 3,
          "/dev/zero: is a device", bomb=True),

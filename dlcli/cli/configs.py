@@ -29,25 +29,42 @@ from dlcli.report import Reporter
     help="A registry dataset (dlcli download --list).",
 )
 @click.option("--force", is_flag=True, help="Overwrite PATH when it exists.")
+@click.option(
+    "--from",
+    "data",
+    type=click.Path(exists=True, path_type=Path),
+    metavar="DATA",
+    help="Your own data: a folder of class folders (or one holding train/ and test/), a "
+    "path,label CSV, an .npz or an IDX archive; classes, input shape and model are filled in.",
+)
 @dlcli_command
 def init(
-    reporter: Reporter, path: Path | None, template: str, dataset: str, force: bool
+    reporter: Reporter,
+    path: Path | None,
+    template: str,
+    dataset: str,
+    force: bool,
+    data: Path | None,
 ) -> dict[str, Any]:
     """Write a commented starter config to PATH that trains as is.
 
-    PATH defaults to DATASET-TEMPLATE.yaml in the current directory.
+    PATH defaults to DATASET-TEMPLATE.yaml in the current directory (with --from DATA:
+    DATA's name.yaml). With --from, the template defaults to mlp for small greyscale images
+    and cnn for colour or larger ones.
     """
     from dlcli.config_tools import write_starter
 
-    path = path if path is not None else Path(f"{dataset}-{template}.yaml")
-    write_starter(path, template=template, dataset=dataset, force=force)
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("template") is not click.core.ParameterSource.DEFAULT
+    if path is None:
+        name = data.resolve().name if data is not None else f"{dataset}-{template}"
+        path = Path(f"{name}.yaml")
+    write_starter(
+        path, template=template, dataset=dataset, force=force, data=data, template_given=given
+    )
     reporter.result_line(f"wrote {path}; train it with: dlcli train {path}")
-    return {
-        "path": str(path),
-        "template": template,
-        "dataset": dataset,
-        "command": f"dlcli train {path}",
-    }
+    source = {"dataset": dataset} if data is None else {"data": str(data)}
+    return {"path": str(path), "template": template, **source, "command": f"dlcli train {path}"}
 
 
 @cli.group(name="config")

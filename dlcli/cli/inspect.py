@@ -126,6 +126,19 @@ def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
     return [item.to_dict() for item in skipped]
 
 
+def _layer_row(info: Any) -> dict[str, Any]:
+    """One summary row as JSON; a residual block lists its own layers under ``layers``."""
+    row = {
+        "name": info.name,
+        "type": info.kind,
+        "output_shape": list(info.output_shape),
+        "params": info.params,
+    }
+    if info.inner:
+        row["layers"] = [_layer_row(i) for i in info.inner]
+    return row
+
+
 @cli.command()
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @_set_option
@@ -136,20 +149,16 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
     from dlcli.model import build_model
 
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
+    if cfg.model.input_shape is None and cfg.data.train is not None:
+        from dlcli.config_tools import infer_from_data
+
+        infer_from_data(cfg)  # what training will infer, from the images' headers
     built = build_model(cfg.model)
     reporter.table(
         summary_table(built.layers, built.input_shape, built.total_params, built.trainable_params)
     )
     return {
-        "layers": [
-            {
-                "name": i.name,
-                "type": i.kind,
-                "output_shape": list(i.output_shape),
-                "params": i.params,
-            }
-            for i in built.layers
-        ],
+        "layers": [_layer_row(i) for i in built.layers],
         "total_params": built.total_params,
         "trainable_params": built.trainable_params,
     }

@@ -178,7 +178,11 @@ def train(
     result = pipeline.train(prepared, callbacks=[ProgressDisplay(reporter)])
     _show_result(reporter, result)
     document = result.to_dict()
-    final = {split: result.metrics[split] for split in ("train", "validation", "test")}
+    final = {
+        split: result.metrics[split]
+        for split in ("train", "validation", "test")
+        if result.metrics[split] is not None
+    }
     for passed in gates.apply(checked, final, document):  # after the model is saved
         reporter.note(f"gate passed: {passed.describe()}")
     return document
@@ -186,12 +190,23 @@ def train(
 
 def _show_result(reporter: Reporter, result: Any) -> None:
     metrics = result.metrics
+    final = {
+        split: metrics[split]
+        for split in ("train", "validation", "test")
+        if metrics[split] is not None
+    }
     reporter.table(
         metrics_table(
             f"Final metrics ({metrics['epochs']} epochs, fit {metrics['fit_seconds']:.1f}s)",
-            {split: metrics[split] for split in ("train", "validation", "test")},
+            final,
         )
     )
+    if metrics["test"] is None:
+        from dlcli import pipeline
+
+        reporter.note(pipeline.NO_TEST)
+    for skipped in metrics.get("skipped_files", []):
+        reporter.note(f"skipped {skipped['path']}: {skipped['reason']}")
     early = metrics.get("early_stopping") or {}
     if early.get("stopped_epoch") is not None:
         reporter.note(early_stop_line(early))
@@ -237,9 +252,10 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     if prepared.resume is not None:
         reporter.note(f"resuming from {prepared.resume.path}, {prepared.resume.where}")
     data = prepared.dataset
+    test = f"{len(data.test)} test" if data.test is not None else "no test split"
     reporter.note(
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "
-        f"{len(prepared.validation)} validation, {len(data.test)} test, "
+        f"{len(prepared.validation)} validation, {test}, "
         f"{data.num_classes} classes; device: {prepared.device}"
     )
     if not reporter.quiet:
@@ -270,6 +286,14 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
 )
 @weights_option
 @click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Score labelled data instead of the run's splits: class folders, a path,label CSV, "
+    "an .npz or an IDX archive, converted as the run's training images were.",
+)
+@click.option(
     "--accept-changed-data",
     is_flag=True,
     help="Evaluate even when a data file differs from the one the model was trained with "
@@ -285,12 +309,14 @@ def evaluate(
     data_dir: str | None,
     device: str,
     per_class: bool,
+    data_path: Path | None,
     weights: str,
     accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Metrics of a saved model directory on its validation and/or test split.
+    """Metrics of a saved model directory on its validation and/or test split, or on the
+    labelled data at --data PATH (its split is called "data").
 
     The data files are compared with the SHA-256 the run recorded; a changed file is refused
     (exit 3) unless --accept-changed-data.
@@ -299,35 +325,52 @@ def evaluate(
     the validation split, or to the only split evaluated).
     """
     from dlcli import gates, pipeline
+    from dlcli.errors import UsageError
 
     checked = gates.parse_gates(mins, maxs)
-    evaluate_fn = pipeline.evaluate_per_class if per_class else pipeline.evaluate
+    reports: dict[str, Any]
     changed: list[str] = []
-    reports: dict[str, Any] = evaluate_fn(
-        model_dir,
-        splits=splits or ("validation", "test"),
-        batch_size=batch_size,
-        data_dir=data_dir,
-        device=device,
-        gates=checked,
-        weights=weights,
-        accept_changed_data=accept_changed_data,
-        changed=changed,
-    )
+    if data_path is not None:
+        if splits:
+            raise UsageError("--data scores the data given: --split does not apply to it")
+        reports = pipeline.evaluate_data(
+            model_dir, data_path, batch_size=batch_size, device=device, per_class=per_class
+        )
+    else:
+        evaluate_fn: Callable[..., dict[str, Any]] = (
+            pipeline.evaluate_per_class if per_class else pipeline.evaluate
+        )
+        reports = evaluate_fn(
+            model_dir,
+            splits=splits or None,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            device=device,
+            gates=checked,
+            weights=weights,
+            accept_changed_data=accept_changed_data,
+            changed=changed,
+        )
     for path in changed:
         reporter.note(f"{path}: changed since the model was trained (--accept-changed-data)")
-    results = {name: r.metrics for name, r in reports.items()} if per_class else reports
+    results: dict[str, Any] = (
+        {name: r.metrics for name, r in reports.items()} if per_class else reports
+    )
     shown = {
         name: {k: v for k, v in m.items() if k not in ("seconds", "samples")}
         for name, m in results.items()
     }
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
+    if not splits and data_path is None and "test" not in results:
+        reporter.note(pipeline.NO_TEST)
     document = {
         "model_dir": str(model_dir),
         "weights": weights,
         "metrics": results,
         "data_changed": changed,
     }
+    if data_path is not None:
+        document["data"] = str(data_path)
     if per_class:
         document["per_class"] = _show_per_class(reporter, reports)
     for passed in gates.apply(checked, results, document):

@@ -82,7 +82,8 @@ def check_killed_worker_study(tiny_config: Path, tmp_path: Path, storage: str) -
     """Two processes share a study; one is SIGKILLed mid-trial. The study still ends with N
     counted trials, exactly one failed, and its retry (same parameters) completed."""
     trials = 4
-    config = tune_config(tiny_config, trials=trials, epochs=40)
+    # Trials of several seconds: the kill must land inside one, not between two.
+    config = tune_config(tiny_config, trials=trials, epochs=150)
     args = ("--storage", storage, "--study", "shared", "--heartbeat", "1", "--quiet")
     first = start(config, tmp_path / "a", *args)
     second = start(config, tmp_path / "b", *args, "--json")
@@ -103,7 +104,7 @@ def check_killed_worker_study(tiny_config: Path, tmp_path: Path, storage: str) -
         if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed.number
     ]
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
-    assert retries[0].params == failed.params
+    assert failed.params.items() <= retries[0].params.items()  # killed mid-sampling: fewer
     document = json.loads(stdout)
     assert document["counts"] == {"complete": trials, "fail": 1}
     assert [t["retry_of"] for t in document["trials"]].count(failed.number) == 1

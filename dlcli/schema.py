@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from dlcli import limits
 from dlcli.config import (
+    BYTE,
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
@@ -42,6 +43,7 @@ BOUNDS: dict[str, dict[str, float]] = {
     FRACTION[1]: {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     PROBABILITY[1]: {"minimum": 0, "exclusiveMaximum": 1},
     SEED[1]: {"minimum": 0, "maximum": limits.INT_MAX},
+    BYTE[1]: {"minimum": 0, "maximum": 255},
 }
 
 

@@ -108,7 +108,9 @@ def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path: Path) -> None:
     proc.kill()
     proc.wait()
     assert (run_dir / store.LOCK).exists()  # left behind, but its lock died with the process
-    resumed = _train(str(config), "--resume", "--set", "training.epochs=1")
+    state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())["state"]
+    needed = state["epoch"] + (1 if state["step_in_epoch"] else 0)  # finish where it stopped
+    resumed = _train(str(config), "--resume", "--set", f"training.epochs={needed}")
     assert resumed["resumed_from"]["epoch"] >= 1  # resumed where the killed run was
     store.verify_run(run_dir)
 

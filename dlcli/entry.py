@@ -21,7 +21,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _starting(signum: int, frame: FrameType | None) -> None:
     message = f"interrupted ({signal.Signals(signum).name}) during start-up: nothing was written"
     try:
-        if "--json" in sys.argv:
+        # A torchrun worker's stdout is not the job's: the launcher prints the one document.
+        if "--json" in sys.argv and "WORLD_SIZE" not in os.environ:
             error = {"code": EXIT_INTERRUPTED, "kind": "interrupted", "message": message}
             os.write(1, (json.dumps({"error": error}) + "\n").encode())
         os.write(2, f"Error: {message}\n".encode())

@@ -121,7 +121,7 @@ def load_data(
     for key, path in paths.items():
         if path.is_dir():
             raise DataError(f"data.{key}: {path} is a directory, expected a data file")
-        if not path.is_file():
+        if not path.exists():  # a FIFO or a device is refused by the reader, by its kind
             raise DataError(
                 f"data.{key}: file not found: {path} (relative paths in a config resolve "
                 "against the config file's directory)"

@@ -62,8 +62,7 @@ def train(
         values["output.dir"] = str(output)
     cfg = _config(config, values)
     prepared = pipeline.prepare(cfg, overwrite=overwrite, resume=resume)
-    config_path = None if isinstance(config, Config) else Path(config)
-    return pipeline.train(prepared, callbacks, config_path=config_path)
+    return pipeline.train(prepared, callbacks)
 
 
 def load(run_dir: str | Path, *, device: str = "auto") -> Model:

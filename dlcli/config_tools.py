@@ -91,15 +91,100 @@ def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-
     return aligned(lines)
 
 
+MAX_SIDE = 64  # init --from shrinks larger images to this on their long side
+
+
+def starter_from_data(path: str, data: Path, *, template: str | None = None) -> str:
+    """A starter config for the data at ``data`` (a folder of class folders, a folder holding
+    train/ and test/, a CSV, an .npz or an IDX archive): its classes, an input shape from
+    its images (long side at most :data:`MAX_SIDE`) and a model for that shape (``cnn`` for
+    colour or larger than 32×32 images unless ``template`` says otherwise)."""
+    from dlcli.data.local import LocalData, describe
+    from dlcli.data.sources import split_folders
+
+    splits = split_folders(data) or {"train": data}
+    paths = {name: split.resolve() for name, split in splits.items()}
+    spec = LocalData(paths["train"], paths.get("test"), paths.get("validation"))
+    names, conversion = describe(spec)
+    (height, width), channels = _fitted(conversion.height, conversion.width), conversion.channels
+    if template is None:
+        template = "cnn" if channels > 1 or max(height, width) > 32 else "mlp"
+    if template not in TEMPLATES:
+        raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
+    output = f"runs/{Path(path).stem}"
+    comments = {"train": "class folders, a path,label CSV, an .npz or an IDX archive"}
+    found = f"{conversion.height}×{conversion.width} {'greyscale' if channels == 1 else 'colour'}"
+    shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+    lines: list[tuple[str, str]] = [
+        (f"# dlcli train {path}", ""),
+        ("#", ""),
+        (f"# A starter config for your own data ({data}), written by `dlcli init --from`:", ""),
+        (f"# {len(names)} classes ({shown}); the images are mostly {found}.", ""),
+        (f"# It trains as is:  dlcli train {path}", ""),
+        (
+            f"# `dlcli data check {data}` lists the images per class, sizes, modes and "
+            "unreadable files;",
+            "",
+        ),
+        (f"# `dlcli config show {path}` prints every key with its default and meaning.", ""),
+        ("data:", ""),
+        *(
+            (f"  {name}: {_quoted(p)}", comments.get(name, f"the {name} data"))
+            for name, p in paths.items()
+        ),
+        ("  validation_split: 0.1", "fraction of train held out for validation"),
+        ("  resize: stretch", "images to input_shape: stretch | pad | crop"),
+        ("model:", ""),
+        (
+            f"  input_shape: {flow_yaml([height, width, channels])}",
+            "height, width, channels every image is converted to",
+        ),
+        ("  layers:", "in order; every layer's input size is inferred"),
+        *((f"    - {layer}", "") for layer in _LAYERS[template]),
+        (f"    - {{type: dense, units: {len(names)}}}", "one output (logit) per class"),
+        ("training:", ""),
+        ("  optimizer: {name: adam, learning_rate: 0.001}", "adam, adamw, sgd or rmsprop"),
+        ("  loss: softmax_cross_entropy_with_logits", ""),
+        ("  metrics: [accuracy]", "and/or top_k_accuracy"),
+        ("  epochs: 10", "passes over the training set"),
+        (f"  batch_size: {32 if template == 'cnn' else 100}", "samples per step"),
+        ("  seed: 0", "the same seed gives the same split, weights and run"),
+        ("  device: auto", "auto | cpu | cuda | cuda:N | mps"),
+        ("output:", ""),
+        (f"  dir: {flow_yaml(output)}", "where the trained model is saved"),
+    ]
+    return aligned(lines)
+
+
+def _fitted(height: int, width: int) -> tuple[int, int]:
+    """(height, width) scaled so the long side is at most :data:`MAX_SIDE`."""
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _quoted(path: Path) -> str:
+    return flow_yaml(str(path))
+
+
 def write_starter(
-    path: Path, *, template: str = "mlp", dataset: str = "fashion-mnist", force: bool = False
+    path: Path,
+    *,
+    template: str = "mlp",
+    dataset: str = "fashion-mnist",
+    force: bool = False,
+    data: Path | None = None,
+    template_given: bool = True,
 ) -> str:
-    """Write :func:`starter_config` to ``path`` (refusing to replace a file unless ``force``)."""
+    """Write :func:`starter_config` (or, with ``data``, :func:`starter_from_data`) to ``path``
+    (refusing to replace a file unless ``force``)."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give a file name, e.g. {path / 'config.yaml'}")
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to overwrite it")
-    text = starter_config(str(path), template=template, dataset=dataset)
+    if data is not None:
+        text = starter_from_data(str(path), data, template=template if template_given else None)
+    else:
+        text = starter_config(str(path), template=template, dataset=dataset)
     parse_config(parse_yaml(text), source=str(path))  # what init writes must load
     write_atomically(path, text.encode("utf-8"), "the config")
     return text
@@ -138,17 +223,23 @@ def commented_yaml(cfg: Config, source: str | None = None) -> str:
 # --- config validate --------------------------------------------------------------------------
 
 
-def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def validate_config(
+    path: Path, overrides: list[str] | tuple[str, ...] = (), *, check_data: bool = True
+) -> dict[str, Any]:
     """Load ``path`` and build its model (no optimizer, no Trainer); any problem is a
     :class:`ConfigError`.
 
     Checks the schema and values, the device name, the input shape against a registry
     dataset's images, and every layer's shape (a kernel larger than its input, a missing
-    flatten, a last layer with the wrong number of classes). Reads no data.
+    flatten, a last layer with the wrong number of classes). With ``check_data``, also what
+    ``train`` checks before its first step: the data files exist and are readable archives of
+    consistent shapes and labels, and ``model.input_shape`` matches their images.
     """
     cfg = load_config(path, overrides)
     where = str(path)
     num_classes = _num_classes(cfg, where)
+    if check_data and cfg.data.dataset is None:  # a registry dataset's shape is known above
+        _check_data(cfg, where)
     built = _build(cfg, num_classes, where)
     from dlcli.model import hwc  # torch: imported by _build already
 
@@ -164,19 +255,43 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     }
 
 
+def _check_data(cfg: Config, where: str) -> None:
+    """Read the data as ``train`` will (a problem is a config error here: exit 2)."""
+    from dlcli.errors import DataError
+    from dlcli.pipeline import check_input_shape, load_data
+
+    try:
+        check_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
+    except (DataError, ConfigError) as err:
+        raise ConfigError(f"{where}: {err.message}", details=err.details) from None
+
+
 def _num_classes(cfg: Config, where: str) -> int:
     from dlcli.data.registry import REGISTRY
 
+    if cfg.data.train is not None:
+        return infer_from_data(cfg)
     if cfg.data.dataset is None:
         assert cfg.data.num_classes is not None  # guaranteed by parse_config
         return cfg.data.num_classes
     entry = REGISTRY[cfg.data.dataset]
-    if tuple(cfg.model.input_shape) != entry.input_shape:
+    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != entry.input_shape:
         raise ConfigError(
             f"{where}: model.input_shape: the config says {list(cfg.model.input_shape)}, but "
             f"{entry.name}'s images are {list(entry.input_shape)} (height, width, channels)"
         )
     return entry.num_classes
+
+
+def infer_from_data(cfg: Config) -> int:
+    """``data.train``'s class count, from its listing; an input shape left out is inferred
+    from the train images' headers (as training will)."""
+    from dlcli.data.local import LocalData, describe
+
+    names, conversion = describe(LocalData.from_config(cfg.data, cfg.model.input_shape))
+    if cfg.model.input_shape is None:
+        cfg.model.input_shape = [conversion.height, conversion.width, conversion.channels]
+    return len(names)
 
 
 def _build(cfg: Config, num_classes: int, where: str) -> Any:

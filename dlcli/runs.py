@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from dlcli import metric_names
 from dlcli.errors import ModelDirError, UsageError
 
 # What a person tells runs apart by: the short label (a table column) and its config key path.
@@ -241,7 +242,7 @@ def _best_index(name: str, values: Sequence[Any]) -> int | None:
     numbers = [(v, i) for i, v in enumerate(values) if _is_number(v)]
     if len(numbers) < 2 or len({v for v, _ in numbers}) == 1:
         return None
-    return (max if "accuracy" in name else min)(numbers)[1]
+    return (max if metric_names.mode_of(name) == "max" else min)(numbers)[1]
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -309,7 +310,7 @@ def monitored_metric(config: Mapping[str, Any]) -> tuple[str | None, str]:
         value = training.get(section) if isinstance(training, dict) else None
         if isinstance(value, dict) and isinstance(value.get("monitor"), str):
             mode = value.get("mode")
-            return str(value["monitor"]), mode if mode in ("min", "max") else "auto"
+            return _history_key(value["monitor"]), mode if mode in ("min", "max") else "auto"
     return None, "auto"
 
 
@@ -323,7 +324,7 @@ def summarize_history(
     """Best epoch (by ``monitor``, default val_loss), seconds per epoch and training samples
     per second (medians over the epochs).
 
-    ``mode`` auto: an accuracy is best when highest, anything else (a loss) when lowest.
+    ``mode`` auto: the registry's direction (dlcli.metric_names).
     """
     if not history:
         return {}
@@ -332,8 +333,7 @@ def summarize_history(
     summary: dict[str, Any] = {"monitor": monitor}
     rows = [row for row in history if monitor is not None and _is_number(row.get(monitor))]
     if rows and monitor is not None:
-        if mode == "auto":
-            mode = "max" if "accuracy" in monitor else "min"
+        mode = metric_names.mode_of(monitor, mode)
         best = (max if mode == "max" else min)(rows, key=lambda row: row[monitor])
         summary["best_epoch"] = int(best.get("epoch", history.index(best) + 1))
         summary["best_value"] = best[monitor]
@@ -348,6 +348,13 @@ def summarize_history(
     elif train_size and seconds and summary["seconds_per_epoch"] > 0:  # an older history.csv
         summary["samples_per_second"] = train_size / summary["seconds_per_epoch"]
     return summary
+
+
+def _history_key(name: str) -> str:
+    """``validation.accuracy`` → ``val_accuracy`` (a name the registry does not know: as is)."""
+    if metric_names.problem(name) is None:
+        return metric_names.parse(name).history_key
+    return name
 
 
 def _is_number(value: Any) -> bool:

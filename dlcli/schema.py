@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from dlcli import limits
 from dlcli.config import (
+    BYTE,
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
@@ -42,6 +43,7 @@ BOUNDS: dict[str, dict[str, float]] = {
     FRACTION[1]: {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     PROBABILITY[1]: {"minimum": 0, "exclusiveMaximum": 1},
     SEED[1]: {"minimum": 0, "maximum": limits.INT_MAX},
+    BYTE[1]: {"minimum": 0, "maximum": 255},
 }
 
 
@@ -101,6 +103,8 @@ def _type(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
         return {"enum": list(get_args(hint))}
     if origin is list:
         return {"type": "array", "items": _type(get_args(hint)[0], definitions)}
+    if origin is dict:  # tune.space: key path → one search dimension (see dlcli.config)
+        return {"type": "object", "additionalProperties": _SEARCH_PARAM}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         name = hint.__name__
         if name not in definitions:
@@ -143,3 +147,37 @@ def _default(f: dataclasses.Field[Any]) -> Any:
             return dataclasses.asdict(value)
         return value
     return dataclasses.MISSING
+
+
+_PAIR = {"type": "array", "minItems": 2, "maxItems": 2}
+# One entry of tune.space (dlcli.config.search_params checks the rest: low < high, the key).
+_SEARCH_PARAM: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": [kind],
+            "properties": {
+                kind: {**_PAIR, "items": {"type": "integer" if kind == "int" else "number"}},
+                "log": {"type": "boolean"},
+                "step": {"type": "number", "exclusiveMinimum": 0},
+            },
+            "additionalProperties": False,
+        }
+        for kind in ("float", "int")
+    ]
+    + [
+        {
+            "type": "object",
+            "required": ["choice"],
+            "properties": {
+                "choice": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": ["number", "string", "boolean", "null"]},
+                }
+            },
+            "additionalProperties": False,
+        }
+    ],
+    "description": "{float: [low, high], log: true} | {int: [low, high]} | {choice: [...]}",
+}

@@ -3,6 +3,7 @@ archives read data/ (REPO_DATA)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,6 +15,15 @@ from dlcli.data.idx import write_idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = REPO_ROOT / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes to the user's ~/.cache: the decoded-image cache goes to a temp folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DLCLI_CACHE_DIR", str(tmp_path_factory.mktemp("dlcli-cache")))
+    yield
+    patch.undo()
 
 
 # --- data: a tiny IDX dataset -----------------------------------------------------------------

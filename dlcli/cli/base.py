@@ -13,6 +13,7 @@ import click
 
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
+from dlcli.signals import stop_at_once_on_signals
 from dlcli.version import __version__
 
 CommandFn = Callable[..., dict[str, Any] | None]
@@ -33,15 +34,16 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
         reporter = Reporter(json_mode=json_mode, quiet=quiet, no_color=no_color)
         code = 0
         try:
-            document = fn(reporter, **kwargs)
-            if document is not None:
-                reporter.emit_json(document)
+            with stop_at_once_on_signals():  # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130
+                document = fn(reporter, **kwargs)
+                if document is not None:
+                    reporter.emit_json(document)
         except DlcliError as err:
             code = err.exit_code
-            reporter.error(err, code=code, kind=err.kind)
+            _report(reporter, err, code, err.kind)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
-            reporter.error("interrupted", code=code, kind="interrupted")
+            _report(reporter, "interrupted", code, "interrupted")
         except Exception as err:
             code = EXIT_INTERNAL
             if os.environ.get("DLCLI_DEBUG"):
@@ -56,6 +58,15 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             click.get_current_context().exit(code)
 
     return wrapper
+
+
+def _report(reporter: Reporter, err: DlcliError | str, code: int, kind: str) -> None:
+    """Print the error; a terminal that is gone (SIGHUP) cannot be told, which is fine."""
+    try:
+        with stop_at_once_on_signals():  # a second signal while reporting: the same exit
+            reporter.error(err, code=code, kind=kind)
+    except (OSError, DlcliError):
+        pass
 
 
 class DlcliGroup(click.Group):
@@ -137,4 +148,40 @@ _set_option = click.option(
     metavar="KEY=VALUE",
     shell_complete=_lazy("complete_set"),
     help="Override a config key, e.g. --set training.epochs=3 (repeatable; value is YAML).",
+)
+
+
+# --- options several commands share (declared once) ---------------------------------------
+
+
+def device_option(default: str | None = "auto", note: str = "") -> Callable[[Any], Any]:
+    """``--device``: auto | cpu | cuda | cuda:N | mps, completed from the devices present."""
+    from dlcli.device import DEVICE_HELP, DEVICE_NAMES
+
+    return click.option(
+        "--device",
+        default=default,
+        show_default=default is not None,
+        help=f"{DEVICE_NAMES} {note}".strip() + "." if note else DEVICE_HELP,
+        shell_complete=complete_devices,
+    )
+
+
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images per forward pass.",
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives."
+)
+weights_option = click.option(
+    "--weights",
+    type=click.Choice(["saved", "best", "last"]),
+    default="saved",
+    show_default=True,
+    help="Which weights of the run: the ones it saved (model.safetensors), or its best or "
+    "last checkpoint.",
 )

@@ -7,8 +7,15 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, complete_devices, complete_run_dirs, dlcli_command
-from dlcli.device import DEVICE_HELP
+from dlcli.cli.base import (
+    _set_option,
+    batch_size_option,
+    cli,
+    complete_run_dirs,
+    data_dir_option,
+    device_option,
+    dlcli_command,
+)
 from dlcli.report import Reporter, summary_table
 
 # --- plot / runs: see what happened ------------------------------------------------------------
@@ -30,15 +37,9 @@ from dlcli.report import Reporter, summary_table
     show_default=True,
     help="The split the confusion matrix is computed on.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help=DEVICE_HELP,
-    shell_complete=complete_devices,
-)
+@batch_size_option
+@data_dir_option
+@device_option()
 @click.option(
     "--accept-changed-data",
     is_flag=True,
@@ -152,6 +153,19 @@ def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
     return [item.to_dict() for item in skipped]
 
 
+def _layer_row(info: Any) -> dict[str, Any]:
+    """One summary row as JSON; a residual block lists its own layers under ``layers``."""
+    row = {
+        "name": info.name,
+        "type": info.kind,
+        "output_shape_hwc": list(info.output_shape_hwc),
+        "params": info.params,
+    }
+    if info.inner:
+        row["layers"] = [_layer_row(i) for i in info.inner]
+    return row
+
+
 @cli.command()
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @_set_option
@@ -165,6 +179,10 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
     from dlcli.model import build_model, hwc
 
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
+    if cfg.model.input_shape is None and cfg.data.train is not None:
+        from dlcli.config_tools import infer_from_data
+
+        infer_from_data(cfg)  # what training will infer, from the images' headers
     built = build_model(cfg.model)
     reporter.table(
         summary_table(
@@ -172,15 +190,7 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
         )
     )
     return {
-        "layers": [
-            {
-                "name": i.name,
-                "type": i.kind,
-                "output_shape_hwc": list(i.output_shape_hwc),
-                "params": i.params,
-            }
-            for i in built.layers
-        ],
+        "layers": [_layer_row(i) for i in built.layers],
         "total_params": built.total_params,
         "trainable_params": built.trainable_params,
     }

@@ -29,7 +29,7 @@ STOP_GRACE = 15  # seconds a worker has to stop after the launcher's SIGINT/SIGT
 
 JSON_FILE = "DLCLI_JSON_FILE"  # set by launch(): where rank 0 writes its JSON document
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # as dlcli.signals
 _control: Any = None  # a gloo group for CPU-side agreement (the default group may be NCCL)
 
 

@@ -186,6 +186,6 @@ def test_summary_and_validate_infer_the_input_shape(tmp_path: Path) -> None:
     )
     summary = run("summary", config, "--json")
     assert summary.exit_code == 0, summary.output
-    assert json.loads(summary.stdout)["layers"][0]["output_shape"] == [64]
+    assert json.loads(summary.stdout)["layers"][0]["output_shape_hwc"] == [64]
     validated = run("config", "validate", config, "--json")
     assert validated.exit_code == 0 and json.loads(validated.stdout)["num_classes"] == 4

@@ -120,7 +120,7 @@ def test_flat_blocks_project_with_a_dense_layer_and_nest() -> None:
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
-        ([{"type": "flatten"}], "turn its input shape (1, 28, 28) into (784,)"),
+        ([{"type": "flatten"}], "turn its input shape (28, 28, 1) into (784,)"),
         ([{**CONV, "filters": 4, "padding": "valid", "kernel_size": 4}], "no projection"),
         ([], "model.layers[0].layers: a residual block needs at least one layer"),
         (
@@ -150,7 +150,7 @@ def test_summary_lists_the_block_and_its_layers(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     row = doc["layers"][1]
-    assert row["name"] == "residual_1" and row["output_shape"] == [16, 14, 14]
+    assert row["name"] == "residual_1" and row["output_shape_hwc"] == [14, 14, 16]
     assert [r["name"] for r in row["layers"]] == ["conv2d_1", "shortcut"]
     result = CliRunner().invoke(cli, ["summary", str(config)])
     assert "residual_1 (Residual)" in result.stdout and "└ shortcut (Projection)" in result.stdout

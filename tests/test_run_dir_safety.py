@@ -132,6 +132,7 @@ def test_output_dot_overwrite_trains_in_place(tmp_path: Path) -> None:
             "manifest.json",
             "metrics.json",
             "model.safetensors",
+            "steps.csv",
         ]
     )
 

@@ -46,7 +46,7 @@ def test_a_runs_config_yaml_is_block_style_with_the_docs(tiny_run: Path) -> None
     assert re.search(layers, text)
     assert re.search(r"\n  epochs: 3 +# passes over the training set\n", text)
     loaded = yaml.safe_load(text)
-    assert list(loaded) == ["data", "model", "training", "output"]
+    assert list(loaded) == ["data", "model", "training", "output", "tune"]
     assert list(loaded["training"])[:3] == ["optimizer", "loss", "metrics"]  # the schema's order
     config = parse_config(loaded)
     assert commented_yaml(config).splitlines() == text.splitlines()[1:]  # as config show prints

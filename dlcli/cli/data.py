@@ -158,7 +158,10 @@ _IGNORED_SHOWN = 20  # ignored files named in the human output; --json lists all
 
 @cli.group(name="data")
 def data_group() -> None:
-    """Check your own images (class folders, CSV, .npz, IDX) before training on them."""
+    """Check your own images before training on them.
+
+    Class folders, a path,label CSV, an .npz or IDX archives.
+    """
 
 
 @data_group.command(name="check")
@@ -173,8 +176,10 @@ def data_group() -> None:
 def data_check(
     reporter: Reporter, target: Path, overrides: tuple[str, ...], workers: int | None
 ) -> dict[str, Any]:
-    """Check the data at PATH (a folder of class folders, a path,label CSV, an .npz, an IDX
-    archive; a folder holding train/ and test/ is both) or the data a CONFIG names.
+    """Check a dataset's files as train would read them.
+
+    PATH is a folder of class folders, a path,label CSV, an .npz or an IDX archive (a folder
+    holding train/ and test/ is both), or a CONFIG whose data is checked.
 
     Reports images per class and split, image sizes and modes, every file that cannot be read,
     duplicate files, files in both train and test, and class imbalance. Exit 3 when a file

@@ -70,7 +70,9 @@ def tune(
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Search the config's tune.space: each trial a run in DIR/trial-NNNN/, on Optuna.
+    """Search the config's tune.space with Optuna.
+
+    Each trial is a run in DIR/trial-NNNN/.
 
     Results: the trials sorted by tune.metric, the best trial, DIR/best.yaml (its config, which
     `dlcli train` retrains) and plots in DIR/plots/. Ctrl-C stops after the current trial's

@@ -18,6 +18,10 @@ JSON_MAX_BYTES = 64 << 20  # manifest.json, metrics.json, a checkpoint's state.j
 JSON_MAX_DEPTH = 64  # nesting levels of objects and arrays
 MANIFEST_MAX_FILES = 64  # entries of a manifest.json
 
+# --- CSV read back from a run directory (history.csv) -----------------------------------------
+CSV_MAX_BYTES = 16 << 20  # history.csv: one row per epoch, a few columns
+CSV_MAX_VALUES = 1_000_000  # cells of that file (header included)
+
 # --- integers a config may hold: what torch takes (int64) -------------------------------------
 INT_MAX = 2**63 - 1  # every integer key; training.seed is 0 .. INT_MAX
 

@@ -8,7 +8,7 @@ kernel larger than its input, a dense layer on an image) are config errors namin
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -355,3 +355,22 @@ def check_forward(built: BuiltModel) -> None:
         out = built.module.eval()(torch.zeros(2, *built.input_shape))
     if tuple(out.shape[1:]) != built.output_shape:
         raise AssertionError(f"inferred {built.output_shape}, got {tuple(out.shape[1:])}")
+
+
+def weights_mismatch(
+    found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], shown: int = 3
+) -> str | None:
+    """Why the tensors ``found`` in a weights file cannot be loaded into a model whose
+    ``state_dict()`` is ``expected`` (or None when they can): the first ``shown`` tensors that
+    differ in shape, are missing or are unexpected, each named, on one line."""
+    problems = [
+        f"{name} is {tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}"
+        for name, tensor in found.items()
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape)
+    ]
+    problems += [f"{name} is missing" for name in expected if name not in found]
+    problems += [f"{name} is not a tensor of this model" for name in found if name not in expected]
+    if not problems:
+        return None
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else "")

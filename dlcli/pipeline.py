@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dlcli import checkpoint, distributed, evaluation, metric_names, signals, store
+from dlcli import checkpoint, distributed, evaluation, metric_names, signals, store, untrusted
 from dlcli.callbacks import (
     Checkpointer,
     SplitMetrics,
@@ -45,7 +45,7 @@ from dlcli.evaluation import Objective, Scorer
 from dlcli.gates import Gate, default_split, resolve_gates
 from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
-from dlcli.model import BuiltModel, build_model
+from dlcli.model import BuiltModel, build_model, weights_mismatch
 from dlcli.steps import StepRecorder
 from dlcli.version import __version__
 
@@ -430,13 +430,20 @@ def load_model(run_dir: Path, device: str = "auto", weights: str = "saved") -> L
     training = run.config.training
     num_classes = int(run.metrics.get("dataset", {}).get("num_classes", 0)) or None
     built = build_model(run.config.model, num_classes=num_classes)
+    source = run_dir / store.WEIGHTS
+    if weights != "saved":
+        source = checkpoint.directory(Path(run_dir)) / weights / checkpoint.MODEL
+    problem = weights_mismatch(run.state_dict, built.module.state_dict())
     try:
-        built.module.load_state_dict(run.state_dict, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        if problem is None:
+            built.module.load_state_dict(run.state_dict, strict=True)
+    except RuntimeError as err:  # not a name or a shape: the first line of torch's reason
+        problem = untrusted.shorten(" ".join(str(err).split()))
+    if problem is not None:
         raise ModelDirError(
-            f"{run_dir}: the weights do not fit the model its config.yaml describes ({first})"
-        ) from None
+            f"{source}: the weights do not fit the model {run_dir / store.CONFIG} describes: "
+            f"{problem}"
+        )
     scorer = Scorer.of(
         built.module,
         device=resolve_device(device, "--device"),

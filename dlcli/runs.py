@@ -8,18 +8,17 @@ was interrupted before the save) and is skipped with a reason.
 
 from __future__ import annotations
 
-import csv
 import json
+import math
+import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dlcli import metric_names
-from dlcli.errors import ModelDirError, UsageError
+from dlcli import metric_names, untrusted
+from dlcli.errors import ConfigError, ModelDirError, UsageError
 
 # What a person tells runs apart by: the short label (a table column) and its config key path.
 KEY_FIELDS: tuple[tuple[str, str], ...] = (
@@ -66,7 +65,10 @@ class RunInfo:
         return out
 
     def summary(self) -> dict[str, Any]:
-        train_size = self.metrics.get("dataset", {}).get("train_size")
+        dataset = self.metrics.get("dataset")
+        train_size = dataset.get("train_size") if isinstance(dataset, dict) else None
+        if not isinstance(train_size, int) or isinstance(train_size, bool):
+            train_size = None
         monitor, mode = monitored_metric(self.config)
         return summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
 
@@ -109,45 +111,39 @@ class Difference:
 
 
 def read_run(path: Path) -> RunInfo:
-    """Read a complete run directory; :class:`ModelDirError` says why one is not."""
+    """Read a complete run directory; :class:`ModelDirError` says why one is not. Every file
+    is read within :mod:`dlcli.limits` (regular files only, bounded size and depth)."""
+    from dlcli.config import read_yaml
+
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
     if not (path / "manifest.json").is_file():
         raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
-        raise ModelDirError(f"{path}: unreadable run: {err}") from None
-    if not isinstance(config, dict) or not isinstance(metrics, dict):
-        raise ModelDirError(f"{path}: unreadable run: config.yaml or metrics.json is no mapping")
+        config = read_yaml(path / "config.yaml")
+    except ConfigError as err:
+        raise ModelDirError(err.message) from None
+    metrics = untrusted.load_json(path / "metrics.json", ModelDirError, "metrics file")
+    if not isinstance(metrics, dict):
+        raise ModelDirError(f"{path / 'metrics.json'}: unreadable metrics file (not a JSON object)")
     return RunInfo(path, config, metrics, read_history(path / "history.csv"))
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """history.csv as one dict per epoch (an absent or unreadable file is no history)."""
-    try:
-        with path.open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-    return [{k: float(v) for k, v in row.items() if k and _is_float(v)} for row in rows]
+    """history.csv as one dict per epoch (an empty cell is left out of its row), read within
+    :data:`~dlcli.limits.CSV_MAX_BYTES` and :data:`~dlcli.limits.CSV_MAX_VALUES`; a missing,
+    oversized or malformed file is a :class:`ModelDirError` naming it."""
+    return untrusted.load_csv_numbers(path, ModelDirError, "history file")
 
 
 def read_steps(path: Path) -> list[dict[str, float]]:
-    """steps.csv (``step, epoch, lr, loss``) as one dict per row; an absent or unreadable file
-    is no steps (a run saved before they were recorded)."""
-    try:
-        with path.open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
+    """steps.csv (``step, epoch, lr, loss``) as one dict per row, read within the same limits
+    as history.csv; an absent file is no steps (a run saved before they were recorded)."""
+    if not os.path.lexists(path):
         return []
+    rows = untrusted.load_csv_numbers(path, ModelDirError, "steps file")
     columns = ("step", "epoch", "lr", "loss")
-    return [
-        {k: float(row[k]) for k in columns}
-        for row in rows
-        if all(_is_float(row.get(k)) for k in columns)
-    ]
+    return [{k: row[k] for k in columns} for row in rows if all(k in row for k in columns)]
 
 
 def list_runs(root: Path) -> Listing:
@@ -176,7 +172,8 @@ def _read_into(listing: Listing, path: Path) -> None:
     try:
         listing.runs.append(read_run(path))
     except ModelDirError as err:
-        listing.skipped.append(Skipped(path, err.message.removeprefix(f"{path}: ")))
+        reason = err.message.removeprefix(f"{path}: ").removeprefix(f"{path}{os.sep}")
+        listing.skipped.append(Skipped(path, reason))
 
 
 # --- comparing -------------------------------------------------------------------------------
@@ -358,12 +355,5 @@ def _history_key(name: str) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_float(text: Any) -> bool:
-    try:
-        float(text)
-    except (TypeError, ValueError):
-        return False
-    return True
+    """A finite int or float (JSON's NaN and Infinity from a crafted metrics.json are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

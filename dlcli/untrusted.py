@@ -9,9 +9,11 @@ JSON document is refused before the parser recurses into it. The limits are
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -154,6 +156,80 @@ def load_json(path: str | os.PathLike[str], error: ErrorType, what: str = "JSON 
     """Read and parse a JSON file within :mod:`dlcli.limits` (size, depth)."""
     data = read_bytes(path, limits.JSON_MAX_BYTES, error, what)
     return parse_json(data, os.fspath(path), error, what)
+
+
+def load_csv_numbers(
+    path: str | os.PathLike[str], error: ErrorType, what: str = "CSV file"
+) -> list[dict[str, float]]:
+    """A CSV file of numbers under a header row of names (``history.csv``), one dict per row;
+    an empty cell is left out of its row. Within :data:`~dlcli.limits.CSV_MAX_BYTES` and
+    :data:`~dlcli.limits.CSV_MAX_VALUES`; a cell that is not a finite number, a row longer or
+    shorter than the header, or a header without unique names raises ``error`` naming the file
+    and the line."""
+    shown = os.fspath(path)
+    data = read_bytes(path, limits.CSV_MAX_BYTES, error, what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{shown}: unreadable {what}: not UTF-8 text ({err.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[dict[str, float]] = []
+    header: list[str] | None = None
+    values = 0
+    try:
+        for cells in reader:
+            values += len(cells)
+            if values > limits.CSV_MAX_VALUES:
+                raise error(
+                    f"{shown}: unreadable {what}: more than the {limits.CSV_MAX_VALUES:,} "
+                    "values allowed"
+                )
+            if not cells:
+                continue  # a blank line
+            if header is None:
+                header = _csv_header(cells, shown, error, what)
+            else:
+                rows.append(_csv_row(cells, header, reader.line_num, shown, error, what))
+    except csv.Error as err:
+        raise error(
+            f"{shown}: unreadable {what}: line {reader.line_num}: {shorten(str(err))}"
+        ) from None
+    return rows
+
+
+def _csv_header(cells: list[str], shown: str, error: ErrorType, what: str) -> list[str]:
+    names = [cell.strip() for cell in cells]
+    if not all(names) or len(set(names)) < len(names):
+        raise error(
+            f"{shown}: unreadable {what}: the header {echo(cells)} is not a row of unique "
+            "column names"
+        )
+    return names
+
+
+def _csv_row(
+    cells: list[str], header: list[str], line: int, shown: str, error: ErrorType, what: str
+) -> dict[str, float]:
+    if len(cells) != len(header):
+        raise error(
+            f"{shown}: unreadable {what}: line {line} has {len(cells)} values, the header "
+            f"names {len(header)} columns"
+        )
+    row: dict[str, float] = {}
+    for name, cell in zip(header, cells, strict=True):
+        if not cell.strip():
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise error(
+                f"{shown}: unreadable {what}: line {line}, column {echo(name)}: "
+                f"{echo(cell)}, expected a finite number"
+            )
+        row[name] = value
+    return row
 
 
 def is_plain_name(name: object) -> bool:

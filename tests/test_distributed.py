@@ -126,8 +126,10 @@ def test_env_world(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class _Failure:
-    def __init__(self, exitcode: int, pid: int = 1) -> None:
-        self.exitcode, self.pid = exitcode, pid
+    """torch's ProcessFailure as far as dlcli reads it (timestamp: whole seconds)."""
+
+    def __init__(self, exitcode: int, pid: int = 1, timestamp: int | None = None) -> None:
+        self.exitcode, self.pid, self.timestamp = exitcode, pid, timestamp
 
 
 def test_the_failure_message_names_the_worker_that_caused_it() -> None:
@@ -154,6 +156,30 @@ def test_the_failure_message_names_the_worker_that_caused_it() -> None:
     # that waits for rank 0's checkpoint): still an interruption.
     err = failure_error({0: _Failure(-15), 1: _Failure(130)})
     assert (err.exit_code, err.kind) == (130, "interrupted")
+
+
+def test_a_stopped_worker_is_blamed_for_the_hang_not_for_being_out_of_memory() -> None:
+    """The failures torch.distributed.run reported (captured from a real run with
+    DLCLI_TEST_STOP_RANK=1 and --dist-timeout 3): rank 1 froze (SIGSTOP), rank 0 waited 3 s and
+    exited 3; the launcher's SIGTERM could not reach the frozen rank 1, so 30 s later it sent
+    SIGKILL. That SIGKILL is the launcher's cleanup, not an out-of-memory kill. (The real run
+    takes ~50 s for the launcher's 30 s grace period, too long for the suite.)"""
+    captured = {0: _Failure(3, timestamp=1796170153), 1: _Failure(-9, timestamp=1796170183)}
+    err = failure_error(captured)
+    assert err.message == (
+        "distributed training failed: worker rank 0 exited with code 3 (its error is printed "
+        "above); then rank 1 did not stop within the launcher's grace period and was killed by "
+        "it (SIGKILL): it hung or was stopped (e.g. SIGSTOP); the launcher stopped every worker"
+    )
+    assert "out of memory" not in err.message
+    assert (err.exit_code, err.kind) == (3, "training")
+    # Killed from outside first (out of memory), rank 0 lost contact a second later: the kill
+    # is still the cause; recorded in the same second, too.
+    for later in (1, 0):
+        oom = {0: _Failure(3, timestamp=1000 + later), 1: _Failure(-9, timestamp=1000)}
+        err = failure_error(oom)
+        assert err.message.startswith("distributed training failed: worker rank 1 was killed by")
+        assert "e.g. out of memory" in err.message
 
 
 def test_the_signal_vote_is_read_one_step_late(tmp_path: Path) -> None:

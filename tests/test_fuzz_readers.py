@@ -163,3 +163,36 @@ def test_any_tampered_checkpoint_resumes_or_is_refused(
         _check_outcome(["train", str(config), "--resume", str(run_dir), "--quiet"])
     finally:
         shutil.rmtree(run_dir.parent)
+
+
+CSV_TEXT = st.lists(
+    st.lists(
+        st.sampled_from(["1", "0.5", "", "-3e2", "nan", "inf", "abc", '"', "epoch", "1e999"])
+        | st.text(max_size=6),
+        max_size=4,
+    ),
+    max_size=5,
+).map(lambda rows: "\n".join(",".join(row) for row in rows))
+
+
+@fuzz(300)
+@given(text=CSV_TEXT | st.binary(max_size=64).map(lambda b: b.decode("latin-1")))
+def test_any_history_csv_is_read_as_finite_numbers_or_refused(text: str) -> None:
+    """The history reader returns rows of finite numbers (each row's names from the header)
+    or raises a one-line ModelDirError naming the file; nothing else."""
+    import math
+
+    from dlcli.runs import read_history
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.csv"
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        try:
+            rows = read_history(path)
+        except ModelDirError as err:
+            assert err.message.startswith(f"{path}: ") and "\n" not in err.message
+            return
+    header = text.splitlines()[0].split(",") if text.strip() else []
+    for row in rows:
+        assert all(math.isfinite(v) for v in row.values())
+        assert set(row) <= {name.strip() for name in header}

@@ -158,6 +158,22 @@ def rehash_anyway(run_dir: Path) -> None:
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
+def history_replaced(text: str) -> Callable[[Path], None]:
+    def alter(run_dir: Path) -> None:
+        (run_dir / "history.csv").write_text(text)
+        rehash(run_dir)
+
+    return alter
+
+
+def narrower_config(run_dir: Path) -> None:
+    """config.yaml describes a hidden layer of 8 units; model.safetensors holds 16."""
+    text = (run_dir / "config.yaml").read_text()
+    assert "units: 16" in text
+    (run_dir / "config.yaml").write_text(text.replace("units: 16", "units: 8"))
+    rehash(run_dir)
+
+
 def fifo_in_run(run_dir: Path) -> None:
     (run_dir / "metrics.json").unlink()
     os.mkfifo(run_dir / "metrics.json")
@@ -306,6 +322,14 @@ CASES = [
          "a link that leads outside"),
     Case("run-file-is-a-fifo", altered_run("fifo", fifo_in_run), 3,
          "metrics.json: is a FIFO (named pipe), expected a regular file", real=True),
+    Case("history-junk-plot",
+         altered_run("hjunk", history_replaced("epoch,loss\n1,abc\n"), "plot"), 3,
+         "history.csv: unreadable history file: line 2, column 'loss': 'abc', expected a finite"),
+    Case("history-binary-plot",
+         altered_run("hbin", history_replaced("\x00\x01,\x02\n\x03"), "plot"), 3,
+         "history.csv: unreadable history file: line 2 has 1 values, the header names 2"),
+    Case("weights-do-not-fit-config", altered_run("narrow", narrower_config), 3,
+         "model.safetensors: the weights do not fit the model"),
     # --- checkpoints -------------------------------------------------------------------------
     Case("ckpt-optimizer-wrong-shape", resume_tampered("c1", wrong_exp_avg_shape), 3,
          "optimizer state tensor 'optimizer/state/0/exp_avg' is (7,) float32", real=True),
@@ -404,6 +428,24 @@ def test_a_valid_checkpoint_still_resumes(world: World) -> None:
     result = CliRunner().invoke(cli, [*args, "--set", "training.epochs=4"])
     assert result.exit_code == 0, result.output
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
+
+
+def test_the_weight_mismatch_names_the_tensors(world: World) -> None:
+    """Not torch's "Error(s) in loading state_dict for Sequential:": one line with the file,
+    the config and the first tensors that differ, each with the shape found and expected."""
+    run_dir = world.run_copy("narrow-message")
+    narrower_config(run_dir)
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--weights", "best"])
+    assert result.exit_code == 3
+    message = result.stderr.strip()
+    assert "\n" not in message and "Error(s) in loading" not in message
+    assert message.startswith(
+        f"Error: {run_dir / 'checkpoints' / 'best' / 'model.safetensors'}: the weights do not "
+        f"fit the model {run_dir / 'config.yaml'} describes: "
+    )
+    assert "is (16,), the model expects (8,)" in message
+    assert "is (16, 64), the model expects (8, 64)" in message
+    assert "is (4, 16), the model expects (4, 8)" in message
 
 
 def test_every_limit_is_in_the_readme() -> None:

@@ -4,6 +4,7 @@ runs of the tiny learnable dataset."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,90 @@ def test_layers_summary() -> None:
         "conv2d(32, 3x3, relu) > conv2d(8, 5x3, stride 2x2, same) > max_pool2d(2x2) > "
         "batch_norm > dropout(0.25) > activation(gelu) > flatten > dense(10)"
     )
+
+
+# --- junk in a run directory: skipped with a reason, or refused -------------------------------
+
+
+JUNK = [
+    ("history.csv", b"epoch,loss\n1,abc\n", "history.csv: unreadable history file: line 2"),
+    ("history.csv", b"epoch,loss\n1,inf\n", "'inf', expected a finite number"),
+    ("history.csv", b"epoch,loss\n1,2,3\n", "line 2 has 3 values, the header names 2 columns"),
+    ("history.csv", b"epoch,,loss\n", "is not a row of unique column names"),
+    ("history.csv", b"\xff\xfe\n", "history.csv: unreadable history file: not UTF-8 text"),
+    ("history.csv", b'epoch\n"1\n', "history.csv: unreadable history file: line 2"),
+    ("metrics.json", b"[" * 100_000, "metrics.json: unreadable metrics file: nested 100000"),
+    ("metrics.json", b"{not json", "metrics.json: unreadable metrics file: not valid JSON"),
+    ("metrics.json", b"NaN", "metrics.json: unreadable metrics file (not a JSON object)"),
+    ("config.yaml", b"a: [1\n", "config.yaml: invalid YAML at line"),
+    ("config.yaml", b"- 1\n", "config.yaml: expected a mapping at the top level"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"), JUNK, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(JUNK)]
+)
+def test_a_run_with_a_junk_file_is_skipped_with_its_reason(
+    runs_root: Path, tmp_path: Path, name: str, data: bytes, reason: str
+) -> None:
+    """runs list and runs compare read every file within the limits: a bad run is one note
+    (and an entry of "skipped"), never a crash and never silently listed without curves."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "a", root / "a")
+    shutil.copytree(runs_root / "a", root / "bad")
+    (root / "bad" / name).write_bytes(data)
+    for args in (
+        ["runs", "list", str(root)],
+        ["runs", "compare", *map(str, [root / "a", root / "bad", runs_root / "b"])],
+    ):
+        result = run(*args, "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert "bad" not in [r["name"] for r in doc["runs"]]
+        assert [s["path"] for s in doc["skipped"]] == [str(root / "bad")]
+        assert doc["skipped"][0]["reason"].startswith(f"{name}: ")
+        assert reason in doc["skipped"][0]["reason"]
+        assert f"skipped {root / 'bad'}: {name}: " in result.stderr
+        notes = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+        assert len(notes) == 1 and len(notes[0]) < 300, notes
+        assert "Traceback" not in result.stderr
+
+
+def test_a_fifo_in_a_run_is_skipped_at_once(runs_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "a", root / "fifo")
+    (root / "fifo" / "history.csv").unlink()
+    os.mkfifo(root / "fifo" / "history.csv")
+    result = run("runs", "list", str(root), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["skipped"] == [
+        {
+            "path": str(root / "fifo"),
+            "reason": "history.csv: is a FIFO (named pipe), expected a regular history file",
+        }
+    ]
+
+
+def test_the_history_reader_keeps_to_its_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlcli import limits
+    from dlcli.errors import ModelDirError
+    from dlcli.runs import read_history
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\n1,0.5,\n2,0.25,0.3\n")
+    assert read_history(path) == [
+        {"epoch": 1.0, "loss": 0.5},
+        {"epoch": 2.0, "loss": 0.25, "val_loss": 0.3},
+    ]
+    monkeypatch.setattr(limits, "CSV_MAX_VALUES", 8)
+    with pytest.raises(
+        ModelDirError, match=r"history.csv: unreadable history file: more than the 8 values"
+    ):
+        read_history(path)
+    monkeypatch.setattr(limits, "CSV_MAX_BYTES", 10)
+    with pytest.raises(ModelDirError, match=r"history file is 38 bytes, more than the 10 allowed"):
+        read_history(path)
+    with pytest.raises(ModelDirError, match=r"history.csv: history file not found"):
+        read_history(tmp_path / "history.csv.gone" / "history.csv")

@@ -209,6 +209,11 @@ class Failure:
     rank: int
     exitcode: int
     pid: int
+    # When the launcher saw it end (whole seconds; None when unknown), and whether it was the
+    # launcher's own SIGKILL: a worker that outlived the grace period after another had failed
+    # (a hung or SIGSTOPped one), not one killed from outside.
+    timestamp: int | None = None
+    cleanup: bool = False
 
     @property
     def printed_error(self) -> bool:
@@ -221,6 +226,11 @@ class Failure:
         if self.exitcode == -getattr(signal, "SIGALRM", 14):
             return f"rank {self.rank} did not stop within its grace period and was ended"
         name = _signal_name(-self.exitcode)
+        if self.cleanup:
+            return (
+                f"rank {self.rank} did not stop within the launcher's grace period and was "
+                f"killed by it ({name}): it hung or was stopped (e.g. SIGSTOP)"
+            )
         if self.exitcode in _STOPPED:
             return f"rank {self.rank} was stopped ({name})"
         return f"rank {self.rank} was killed by {name}"
@@ -229,7 +239,7 @@ class Failure:
         """Which failure caused the others: a crash or an unexpected code first, then a
         dlcli error (exit 3 is also what a worker that lost its peers exits with), then the
         workers the launcher stopped."""
-        if self.exitcode in _STOPPED or self.exitcode == EXIT_INTERRUPTED:
+        if self.cleanup or self.exitcode in _STOPPED or self.exitcode == EXIT_INTERRUPTED:
             return 2
         return 1 if self.exitcode == EXIT_DATA else 0
 
@@ -263,10 +273,13 @@ def failure_error(
     failures: Mapping[int, Any], rank0: Mapping[str, Any] | None = None
 ) -> WorkersFailed:
     """The error a failed job ends with: which worker failed first, how, and what followed."""
-    seen = sorted(
-        (Failure(int(rank), int(f.exitcode), int(f.pid)) for rank, f in failures.items()),
-        key=lambda f: (f.priority(), f.rank),
+    seen = _mark_cleanup(
+        [
+            Failure(int(rank), int(f.exitcode), int(f.pid), _timestamp(f))
+            for rank, f in failures.items()
+        ]
     )
+    seen.sort(key=lambda f: (f.priority(), f.rank))
     cause, others = seen[0], seen[1:]
     # An interrupt: the workers exit 130 once rank 0's checkpoint is saved (a barrier); the
     # launcher may stop the slower ones (SIGTERM) while they are already on their way out.
@@ -286,6 +299,26 @@ def failure_error(
         message += " (a worker killed from outside, e.g. out of memory, prints nothing)"
     code = cause.exitcode if cause.exitcode in _OWN_CODES else EXIT_DATA
     return WorkersFailed(message, exit_code=code, rank0=rank0)
+
+
+def _timestamp(failure: Any) -> int | None:
+    value = getattr(failure, "timestamp", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _mark_cleanup(seen: list[Failure]) -> list[Failure]:
+    """Mark the SIGKILLs the launcher sent itself. When a worker fails, torch.distributed.run
+    sends the others SIGTERM and, to one still alive after its grace period (30 s; a worker
+    frozen by SIGSTOP or hung where no signal handler runs), SIGKILL. Such a kill is recorded
+    later than the failure that began the shutdown; an out-of-memory kill is recorded first
+    (the workers that lost it fail after it), so it stays the cause."""
+    kill = -getattr(signal, "SIGKILL", 9)
+    times = [f.timestamp for f in seen if f.timestamp is not None and f.exitcode != kill]
+    first = min(times, default=None)
+    for failure in seen:
+        later = failure.timestamp is not None and first is not None and failure.timestamp > first
+        failure.cleanup = failure.exitcode == kill and later
+    return seen
 
 
 def _signal_name(number: int) -> str:

@@ -8,6 +8,7 @@ With one of the variables below set, the worker of that rank, after global step
 
     DLCLI_TEST_FAIL_RANK    dies (SIGKILL, as the OOM killer would)
     DLCLI_TEST_HANG_RANK    hangs forever
+    DLCLI_TEST_STOP_RANK    stops itself (SIGSTOP: frozen, as a debugger or ^Z would leave it)
     DLCLI_TEST_SIGINT_RANK  gets a SIGINT (Ctrl-C)
 
 dlcli itself knows nothing of them: the hook is a callback added to every Trainer's fit.
@@ -24,6 +25,7 @@ PYTHONPATH = str(Path(__file__).resolve().parent)
 
 FAIL = os.environ.get("DLCLI_TEST_FAIL_RANK")
 HANG = os.environ.get("DLCLI_TEST_HANG_RANK")
+STOP = os.environ.get("DLCLI_TEST_STOP_RANK")
 SIGINT = os.environ.get("DLCLI_TEST_SIGINT_RANK")
 AT_STEP = int(os.environ.get("DLCLI_TEST_AT_STEP", "2"))
 
@@ -40,6 +42,8 @@ def _install() -> None:
                 return
             if FAIL is not None and int(FAIL) == rank:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if STOP is not None and int(STOP) == rank:
+                os.kill(os.getpid(), signal.SIGSTOP)
             if SIGINT is not None and int(SIGINT) == rank:
                 os.kill(os.getpid(), signal.SIGINT)
             while HANG is not None and int(HANG) == rank:
@@ -54,5 +58,5 @@ def _install() -> None:
     engine.Trainer.fit = fit_with_hook  # type: ignore[method-assign]
 
 
-if FAIL is not None or HANG is not None or SIGINT is not None:
+if any(v is not None for v in (FAIL, HANG, STOP, SIGINT)):
     _install()

@@ -201,7 +201,7 @@ KMNIST = DatasetEntry(
         "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
         "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",  # the address the checksums name
     ),
-    license="CC BY-SA 4.0 (ROIS-DS CODH, from the Kuzushiji Dataset by NIJL and others)",
+    license="CC BY-SA 4.0 (ROIS-DS CODH, NIJL)",
     homepage="https://github.com/rois-codh/kmnist",
 )
 
@@ -233,8 +233,7 @@ CIFAR10 = DatasetEntry(
         "truck",
     ),
     mirrors=("https://www.cs.toronto.edu/~kriz/",),
-    license="no licence stated; cite Krizhevsky, Learning Multiple Layers of Features from Tiny "
-    "Images (2009)",
+    license="none stated (cite Krizhevsky 2009)",
     homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
     input_shape=(32, 32, 3),
     format="cifar-binary",

@@ -4,6 +4,7 @@ the CLI; and hostile CIFAR-10 tar archives, each refused with exit 3 and one lin
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -19,12 +20,14 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from conftest import TINY_TEST, TINY_TRAIN, write_tiny_archives
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_download import Handler, ServerState, StateServer
 
 from dlcli import limits
 from dlcli.cli import cli
 from dlcli.data import registry
-from dlcli.data.cifar import RECORD_BYTES, TEST_MEMBERS, TRAIN_MEMBERS
+from dlcli.data.cifar import RECORD_BYTES, TEST_MEMBERS, TRAIN_MEMBERS, read_cifar_binary
 from dlcli.data.dataset import load_dataset
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError
@@ -207,7 +210,12 @@ def test_cifar_downloads_and_trains_on_three_channels(
     fetched = download("cifar-10", tmp_path)
     assert fetched.exit_code == 0, fetched.output
     assert "(1 downloaded, 0 already present)" in fetched.stdout
-    trained = run("train", write_config(tmp_path, "cifar-10", [32, 32, 3]), "--quiet", "--json")
+    config = write_config(tmp_path, "cifar-10", [32, 32, 3])
+    checked = run("data", "check", config, "--json")
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.stdout)["splits"]
+    assert report["train"]["modes"] == {"RGB": 40} and report["test"]["sizes"] == {"32x32": 8}
+    trained = run("train", config, "--quiet", "--json")
     assert trained.exit_code == 0, trained.output
     metrics = json.loads((tmp_path / "runs" / "cifar-10" / "metrics.json").read_text())
     assert metrics["dataset"]["class_names"][0] == "airplane"
@@ -364,3 +372,49 @@ def test_too_many_members_are_refused(
     assert download("cifar-10", tmp_path).exit_code == 0
     with pytest.raises(DataError, match=r"more than 64 members \(TAR_MAX_MEMBERS\)"):
         load_dataset("cifar-10", tmp_path / "data")
+
+
+def plain_tar(members: list[Member]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+TAR = plain_tar(cifar_members())
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(TAR) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+    cut=st.none() | st.integers(0, len(TAR)),
+    compress=st.booleans(),
+)
+def test_a_damaged_tar_is_read_or_refused_never_a_crash(
+    tmp_path: Path, edits: list[tuple[int, int]], cut: int | None, compress: bool
+) -> None:
+    """Bytes of the tar (headers and records) changed, the tar cut, the gzip stream changed:
+    the reader returns arrays of the promised shapes or raises DataError naming the file."""
+    data = bytearray(TAR[:cut] if cut is not None else TAR)
+    if compress:
+        data = bytearray(gzip.compress(bytes(data), mtime=0))
+    for at, value in edits:
+        if data:
+            data[at % len(data)] = value
+    if not compress:
+        data = bytearray(gzip.compress(bytes(data), mtime=0))
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    path.write_bytes(bytes(data))
+    try:
+        arrays = read_cifar_binary(path)
+    except DataError as err:
+        assert str(err).startswith(f"{path}: ") and "\n" not in str(err)
+        return
+    assert arrays.train_images.shape[1:] == (3, 32, 32) and arrays.train_images.dtype == np.uint8
+    assert len(arrays.train_labels) == len(arrays.train_images)
+    assert int(arrays.train_labels.max()) < 10 and int(arrays.test_labels.max()) < 10

@@ -31,6 +31,8 @@ CHECKPOINT_MAX_EPOCHS = 10**9  # a checkpoint counter beyond this is refused as 
 DATA_MAX_BYTES = 8 << 30  # one dataset archive or input file, as read or inflated (8 GiB)
 IDX_MAX_DIMS = 8  # dimensions of an IDX array (MNIST uses 1 or 3)
 IMAGE_MAX_PIXELS = 50_000_000  # width × height of one image file (above: a decompression bomb)
+TAR_MAX_MEMBERS = 64  # entries of a dataset tar archive (CIFAR-10's binary version has 9)
+TAR_MEMBER_MAX_BYTES = 64 << 20  # one member of it, as inflated (CIFAR-10's batches: 29.3 MiB)
 
 # --- downloads ----------------------------------------------------------------------------------
 DOWNLOAD_DEADLINE_S = 600.0  # total seconds one file may take from one mirror (--deadline)

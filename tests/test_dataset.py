@@ -127,7 +127,7 @@ def test_unknown_registry_dataset() -> None:
         load_dataset("fashon-mnist")
     assert str(err.value) == (
         "unknown dataset 'fashon-mnist' (did you mean 'fashion-mnist'?); known: mnist, "
-        "fashion-mnist"
+        "fashion-mnist, kmnist, cifar-10"
     )
 
 

@@ -534,7 +534,7 @@ def test_verify_dataset(entry: DatasetEntry, data_dir: Path, source: Path) -> No
 
 
 def test_registry_datasets_are_verified_in_the_repository() -> None:
-    for name in registry.REGISTRY:
+    for name in ("mnist", "fashion-mnist"):  # committed in data/ (KMNIST and CIFAR-10 are not)
         verify_dataset(registry.get_entry(name), REPO_DATA, check_sha256=True)
 
 
@@ -678,7 +678,7 @@ def test_cli_list() -> None:
     result = CliRunner().invoke(cli, ["download", "--list", "--json"])
     assert result.exit_code == 0
     names = [d["name"] for d in json.loads(result.stdout)["datasets"]]
-    assert names == ["mnist", "fashion-mnist"]
+    assert names == ["mnist", "fashion-mnist", "kmnist", "cifar-10"]
     assert json.loads(result.stdout)["datasets"][1]["class_names"][0] == "T-shirt/top"
 
 

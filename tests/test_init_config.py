@@ -38,7 +38,7 @@ def test_init_writes_a_commented_config_named_after_dataset_and_template(
     }
     text = (tmp_path / "fashion-mnist-mlp.yaml").read_text()
     assert text.startswith("# dlcli train fashion-mnist-mlp.yaml\n")
-    assert "# registry name (mnist, fashion-mnist)" in text
+    assert "# registry name (mnist, fashion-mnist, kmnist, cifar-10)" in text
     cfg = load_config(tmp_path / "fashion-mnist-mlp.yaml")
     assert cfg.data.dataset == "fashion-mnist" and cfg.output.dir == "runs/fashion-mnist-mlp"
     assert [layer.type for layer in cfg.model.layers] == ["flatten", "dense", "dense", "dense"]

@@ -128,11 +128,12 @@ def _list_datasets(reporter: Reporter) -> dict[str, Any]:
     from dlcli.data.registry import REGISTRY
 
     table = Table(title="Datasets")
-    for column in ("name", "classes", "size", "license"):
+    for column in ("name", "classes", "shape (H×W×C)", "size", "license"):
         table.add_column(column)
     for entry in REGISTRY.values():
         size = f"{entry.total_size / 2**20:.1f} MiB"
-        table.add_row(entry.name, str(entry.num_classes), size, entry.license)
+        shape = "×".join(map(str, entry.input_shape))
+        table.add_row(entry.name, str(entry.num_classes), shape, size, entry.license)
     reporter.table(table)
     return {
         "datasets": [
@@ -141,6 +142,8 @@ def _list_datasets(reporter: Reporter) -> dict[str, Any]:
                 "description": e.description,
                 "num_classes": e.num_classes,
                 "class_names": list(e.class_names),
+                "input_shape": list(e.input_shape),
+                "format": e.format,
                 "size": e.total_size,
                 "license": e.license,
                 "homepage": e.homepage,

@@ -1,4 +1,5 @@
-"""IDX archives → uint8 image and int64 label tensors, and a seeded train/validation split.
+"""IDX archives (or CIFAR-10's binary records) → uint8 image and int64 label tensors, and a
+seeded train/validation split.
 
 Loading is gunzip bound, so the four archives are read in parallel threads (zlib and hashlib
 release the GIL) and handed to torch without copies: images stay ``uint8`` (N×C×H×W) here;
@@ -20,9 +21,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from dlcli.data.download import default_data_dir, verify_dataset
+from dlcli.data.download import default_data_dir, file_digests, verify_dataset
 from dlcli.data.idx import decode_idx, read_file
-from dlcli.data.registry import ROLES, get_entry
+from dlcli.data.registry import ROLES, DatasetEntry, get_entry
 from dlcli.errors import DataError, UsageError
 
 StrPath = str | os.PathLike[str]
@@ -79,8 +80,11 @@ def load_dataset(name: str, data_dir: StrPath | None = None) -> Dataset:
     """
     entry = get_entry(name)
     paths = verify_dataset(entry, Path(data_dir) if data_dir is not None else default_data_dir())
-    published = {role: archive.sha256 for role, archive in entry.files.items()}
-    dataset = _load(paths, entry.num_classes, entry.class_names, entry.name, published)
+    if entry.format == "cifar-binary":
+        dataset = _load_cifar(paths["archive"], entry)
+    else:
+        published = {role: archive.sha256 for role, archive in entry.files.items()}
+        dataset = _load(paths, entry.num_classes, entry.class_names, entry.name, published)
     h, w, c = entry.input_shape
     if dataset.image_shape != (c, h, w):
         raise DataError(
@@ -150,6 +154,22 @@ def _load(
     return Dataset(train, test, num_classes, class_names, name, checksums, sources)
 
 
+def _load_cifar(path: Path, entry: DatasetEntry) -> Dataset:
+    """CIFAR-10's binary archive: its SHA-256 checked against the published one *before* its
+    tar stream is parsed (a registry archive is parsed only when it is the published file)."""
+    from dlcli.data.cifar import read_cifar_binary
+
+    _, sha, _ = file_digests(path, md5=False)
+    _refuse_unpublished(path, sha, entry.files["archive"].sha256, entry.name)
+    arrays = read_cifar_binary(path, entry.num_classes)
+    train = Split(torch.from_numpy(arrays.train_images), torch.from_numpy(arrays.train_labels))
+    test = Split(torch.from_numpy(arrays.test_images), torch.from_numpy(arrays.test_labels))
+    checksums, sources = {path.name: sha}, {path.name: path}
+    return Dataset(
+        train, test, entry.num_classes, entry.class_names, entry.name, checksums, sources
+    )
+
+
 def _read(path: Path) -> tuple[np.ndarray, str]:
     """An archive's array and the SHA-256 of the bytes it was decoded from."""
     raw = read_file(path)
@@ -162,12 +182,16 @@ def _check_published(
 ) -> None:
     """Refuse a registry archive whose SHA-256 is not the published one (same size or not)."""
     for role, path in paths.items():
-        if shas[role] != published[role]:
-            raise DataError(
-                f"{path}: checksum mismatch: its sha256 is {shas[role][:12]}…, the {name} "
-                f"registry publishes {published[role][:12]}…; the file was altered or damaged. "
-                f"Run `dlcli download {name} --force` to fetch it again"
-            )
+        _refuse_unpublished(path, shas[role], published[role], name)
+
+
+def _refuse_unpublished(path: Path, sha: str, published: str, name: str) -> None:
+    if sha != published:
+        raise DataError(
+            f"{path}: checksum mismatch: its sha256 is {sha[:12]}…, the {name} "
+            f"registry publishes {published[:12]}…; the file was altered or damaged. "
+            f"Run `dlcli download {name} --force` to fetch it again"
+        )
 
 
 def _by_file_name(paths: dict[str, Path], shas: dict[str, T]) -> dict[str, T]:

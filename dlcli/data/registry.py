@@ -1,7 +1,12 @@
 """The datasets ``dlcli download`` knows: their archives, checksums, mirrors and class names.
 
-Adding a dataset in the same four-archive IDX layout (e.g. KMNIST) is one more
+Two layouts (:data:`FORMATS`): ``idx``, four gzip IDX archives (MNIST, Fashion-MNIST, KMNIST),
+and ``cifar-binary``, one tar.gz of fixed-size binary records (CIFAR-10's "binary version",
+read by :mod:`dlcli.data.cifar`, never unpickled). Adding a dataset in either layout is one more
 :class:`DatasetEntry` in :data:`REGISTRY`. No torch here.
+
+Every size and checksum below is the one published by the dataset's authors, torchvision or
+TensorFlow Datasets (each entry names its sources); they cannot be re-checked offline.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from dataclasses import dataclass
 
 from dlcli.errors import UsageError, did_you_mean
 
-# The four archives every dataset has, in download order.
+# The four archives every IDX dataset has, in download order.
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+# Layout -> the roles of its archives (DatasetEntry.files' keys).
+FORMATS: dict[str, tuple[str, ...]] = {"idx": ROLES, "cifar-binary": ("archive",)}
 
 
 @dataclass(frozen=True)
@@ -27,22 +34,26 @@ class ArchiveFile:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A dataset of IDX archives (images and labels for a train and a test split)."""
+    """A dataset: its archives (a train and a test split of images and labels) and classes."""
 
     name: str
     description: str
-    files: Mapping[str, ArchiveFile]  # role (see ROLES) -> archive
+    files: Mapping[str, ArchiveFile]  # role (see FORMATS) -> archive
     num_classes: int
     class_names: tuple[str, ...]
     mirrors: tuple[str, ...]  # base URLs, tried in order; the file name is appended
     license: str
     homepage: str
     input_shape: tuple[int, int, int] = (28, 28, 1)  # (height, width, channels)
+    format: str = "idx"  # a key of FORMATS: how the archives are laid out
 
     def __post_init__(self) -> None:
-        if sorted(self.files) != sorted(ROLES):
+        if self.format not in FORMATS:
+            raise ValueError(f"{self.name}: format must be one of {tuple(FORMATS)}")
+        roles = FORMATS[self.format]
+        if sorted(self.files) != sorted(roles):
             raise ValueError(
-                f"{self.name}: files must have the roles {ROLES}, got {tuple(self.files)}"
+                f"{self.name}: files must have the roles {roles}, got {tuple(self.files)}"
             )
         if len(self.class_names) != self.num_classes:
             raise ValueError(
@@ -51,7 +62,7 @@ class DatasetEntry:
 
     @property
     def total_size(self) -> int:
-        """Bytes of all four archives."""
+        """Bytes of all its archives."""
         return sum(f.size for f in self.files.values())
 
 
@@ -151,8 +162,87 @@ FASHION_MNIST = DatasetEntry(
     homepage="https://github.com/zalandoresearch/fashion-mnist",
 )
 
+# Sizes and SHA-256: TensorFlow Datasets' url_checksums/kmnist.txt; MD5: torchvision's
+# datasets/mnist.py (KMNIST.resources).
+KMNIST = DatasetEntry(
+    name="kmnist",
+    description="Kuzushiji-MNIST: cursive Japanese hiragana in 10 classes, 28×28 grey: 60,000 "
+    "train and 10,000 test images",
+    files=_archives(
+        (
+            "train-images-idx3-ubyte.gz",
+            18165135,
+            "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+            "bdb82020997e1d708af4cf47b453dcf7",
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            29497,
+            "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+            "e144d726b3acfaa3e44228e80efcd344",
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            3041136,
+            "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+            "5c965bf0a639b31b8f53240b1b52f4d7",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            5120,
+            "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+            "7320c461ea6c1c855c0b718fb2a4b134",
+        ),
+    ),
+    num_classes=10,
+    # Romanised, in label order (the dataset's kmnist_classmap.csv; torchvision's classes).
+    class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    mirrors=(
+        "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+        "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",  # the address the checksums name
+    ),
+    license="CC BY-SA 4.0 (ROIS-DS CODH, NIJL)",
+    homepage="https://github.com/rois-codh/kmnist",
+)
+
+# Size and SHA-256: TensorFlow Datasets' url_checksums/cifar10.txt; MD5: the CIFAR page's table.
+CIFAR10 = DatasetEntry(
+    name="cifar-10",
+    description="Small colour photos in 10 classes, 32×32 RGB: 50,000 train and 10,000 test "
+    "images (the binary version, read as records, never unpickled)",
+    files={
+        "archive": ArchiveFile(
+            "cifar-10-binary.tar.gz",
+            170052171,
+            "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+            "c32a1d4ab5d03f1284b67883e8d87530",
+        )
+    },
+    num_classes=10,
+    # batches.meta.txt, in label order.
+    class_names=(
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    license="none stated (cite Krizhevsky 2009)",
+    homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+    input_shape=(32, 32, 3),
+    format="cifar-binary",
+)
+
 # Name -> entry; ``dlcli download NAME`` and the ``data.name`` config key look names up here.
-REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in (MNIST, FASHION_MNIST)}
+REGISTRY: dict[str, DatasetEntry] = {
+    entry.name: entry for entry in (MNIST, FASHION_MNIST, KMNIST, CIFAR10)
+}
 
 
 def get_entry(name: str) -> DatasetEntry:

@@ -88,7 +88,10 @@ class Accel:
 
     def inputs(self, images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
         """One batch as the model takes it: float32 in [0, 1], NHWC in memory if asked."""
-        x = scaled(images, index)
+        return self.layout(scaled(images, index))
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A float batch in the memory layout the model runs fastest on (channels_last)."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

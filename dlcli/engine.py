@@ -8,6 +8,7 @@ same seed gives the same run, and metrics accumulate on the device and are read 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.accel import Accel
+from dlcli.augment import Mixed, make_augmenter, mixed_loss
+from dlcli.averaging import WeightAverage, tta_forward
 from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
 from dlcli.distributed import SINGLE, SignalVote, World
@@ -179,6 +182,11 @@ class Trainer:
         # One tensor holds every parameter (dlcli/accel.py, FlatParameters): the optimizer
         # updates it in one kernel; the module's parameters are views into it.
         self.optimizer = make_optimizer([self.accel.flat.params], training.optimizer)
+        # Accuracy tools (dlcli/augment.py, dlcli/averaging.py): a batch transform before the
+        # forward, a weight average after the update; class weights in the training loss.
+        self.augment = make_augmenter(training.augment, device, training.seed)
+        self.ema = WeightAverage(self.model, training.ema) if training.ema else None
+        self.class_weights: torch.Tensor | None = None  # set by fit from the training labels
         self.callbacks = list(callbacks)
         self.history: list[Logs] = []
         self.epoch = 0  # epochs completed
@@ -232,6 +240,7 @@ class Trainer:
         the callbacks' ``on_interrupt``), :class:`TrainingError` on a non-finite loss.
         """
         images, labels = self._to_device(train)
+        self.class_weights = class_weights(self.cfg.class_weights, labels, self.num_classes)
         self.steps_per_epoch = math.ceil(len(labels) / self.cfg.batch_size)
         self._call("on_fit_begin")
         if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
@@ -248,7 +257,8 @@ class Trainer:
                 if self.interrupted:
                     break
                 if validation is not None:
-                    logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
+                    with self.averaged():  # EMA: score the average, the model a run saves
+                        logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
                 logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
                 logs["seconds"] = time.perf_counter() - epoch_start
                 self.epoch = epoch
@@ -262,6 +272,8 @@ class Trainer:
                     f"training interrupted ({self.interrupted}) in epoch {self.epoch + 1}, "
                     f"after step {self.step_in_epoch} of {self.steps_per_epoch}"
                 )
+            if self.ema is not None:  # the run's model is the average (before early stopping
+                self.ema.copy_to_model()  # restores its best, which is an average too)
         finally:
             self.fit_seconds = self.elapsed_fit_seconds()
             self._fit_start = None
@@ -276,17 +288,24 @@ class Trainer:
         batches = itertools.islice(self._batches(len(labels), epoch), done, None)
         for step, batch in enumerate(batches, start=done + 1):
             index = self.world.shard(batch)  # distributed: this worker's part of the batch
-            x = self.accel.inputs(images, index)  # uint8 → float32 / 255 in one kernel
             y = labels[index]
+            # 0. the batch: uint8 → float32 / 255, augmented on the device if asked.
+            x, mixed = self._train_inputs(images, index, y)
             # 1. forward and loss, 2. backward, 3. update; metrics stay on the device.
             with self.accel.autocast():
                 logits = self._train_forward(x)
                 # An empty shard (a last batch smaller than the world) still joins DDP's
                 # all-reduce, with a zero loss that reaches every parameter.
-                loss = self._loss(logits, y) if len(y) else logits.sum() * 0.0
+                loss = (
+                    mixed_loss(self._train_loss, logits, y, mixed)
+                    if len(y)
+                    else (logits.sum() * 0.0)
+                )
             self.accel.zero_grad()
             scaled = self.world.scale_loss(loss, len(y), len(batch))
             self.accel.backward_and_step(scaled, self.optimizer)  # grad-scaled for fp16
+            if self.ema is not None:  # 4. the weight average follows the update
+                self.ema.update()
             self._accumulate(self._running, logits.detach(), y, loss.detach())
             self.global_step += 1
             self.step_in_epoch = step
@@ -310,6 +329,29 @@ class Trainer:
                 "lower training.optimizer.learning_rate or check the data"
             )
         return logs
+
+    def _train_inputs(
+        self, images: torch.Tensor, index: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Mixed | None]:
+        """A training batch as the model takes it; with ``training.augment``, augmented."""
+        if self.augment is None:
+            return self.accel.inputs(images, index), None  # one kernel
+        x, mixed = self.augment(images.index_select(0, index), y)
+        return self.accel.layout(x), mixed
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """With ``training.ema``, the weight average in the model for the duration."""
+        if self.ema is None:
+            yield
+            return
+        with self.ema.swapped_in():
+            yield
+
+    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights validation scores (the average with EMA), as a copy."""
+        with self.averaged():
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _gather_running(self) -> None:
         """Distributed and stopped inside an epoch: make rank 0's running sums every worker's
@@ -374,6 +416,14 @@ class Trainer:
             "running": running,
             "rng": rng,
             "callbacks": {key: state for key, state in callbacks.items() if state},
+            **self.tool_state(),
+        }
+
+    def tool_state(self) -> dict[str, Any]:
+        """The augmentation generators' and the weight average's state (when they are on)."""
+        return {
+            **({"augment": self.augment.state_dict()} if self.augment else {}),
+            **({"ema": self.ema.state_dict()} if self.ema else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
@@ -423,6 +473,10 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.augment is not None and "augment" in state:
+            self.augment.load_state_dict(state["augment"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         saved = state.get("callbacks", {})
         for key, callback in self._keyed_callbacks().items():
             if key in saved:
@@ -443,29 +497,35 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def evaluate(self, split: Split, batch_size: int = 1000) -> Logs:
-        """Loss and metrics of the model on a split (eval mode, no gradients)."""
+    def evaluate(self, split: Split, batch_size: int = 1000, tta: str = "none") -> Logs:
+        """Loss and metrics of the model on a split (eval mode, no gradients, never augmented
+        but for the test-time augmentation ``tta``: none or flip)."""
         self.model.eval()
         self.world.broadcast_buffers(self.model)  # distributed: score the model rank 0 saves
         images, labels = self._to_device(split)
         running = self._new_running()
+        forward = tta_forward(self._forward, tta)
         block = self.world.block(len(labels))  # distributed: this worker's block; all-reduced
         for start in range(block.start, block.stop, batch_size):
             index = slice(start, min(start + batch_size, block.stop))  # in order: views
             y = labels[index]
             with self.accel.autocast():
-                logits = self._forward(self.accel.inputs(images, index))
+                logits = forward(self.accel.inputs(images, index))
                 loss = self._loss(logits, y)
             self._accumulate(running, logits, y, loss)
         return self._read(running)
 
     @torch.inference_mode()
-    def predict_logits(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    def predict_logits(
+        self, images: torch.Tensor, batch_size: int = 1000, tta: str = "none"
+    ) -> torch.Tensor:
+        """Logits of uint8 images (eval mode; ``tta``: none or flip)."""
         self.model.eval()
+        forward = tta_forward(self._forward, tta)
         out = []
         for batch in images.split(batch_size):
             with self.accel.autocast():
-                logits = self._forward(self.accel.inputs(batch.to(self.device), slice(None)))
+                logits = forward(self.accel.inputs(batch.to(self.device), slice(None)))
             out.append(logits.float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
@@ -481,6 +541,14 @@ class Trainer:
             target = F.one_hot(y, self.num_classes).to(logits.dtype)
             return F.mse_loss(logits, target)
         return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+
+    def _train_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss: ``_loss`` with ``training.class_weights``, if any."""
+        if self.class_weights is None:
+            return self._loss(logits, y)
+        return F.cross_entropy(
+            logits, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing
+        )
 
     def _new_running(self) -> _Running:
         zero = torch.zeros((), device=self.device, dtype=torch.long)
@@ -520,6 +588,26 @@ class Trainer:
     def _call(self, hook: str, *args: object) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+
+def class_weights(
+    setting: str | list[float] | None, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor | None:
+    """``training.class_weights`` as a tensor on the labels' device: ``balanced`` gives class
+    c the weight n / (classes * n_c) of the training labels (absent classes: 0); a list is
+    taken as is."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = torch.bincount(labels, minlength=num_classes).double()
+        weights = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), 0.0)
+        return weights.float()
+    if len(setting) != num_classes:
+        raise ConfigError(
+            f"training.class_weights: expected {num_classes} weights (one per class), "
+            f"found {len(setting)}"
+        )
+    return torch.tensor(setting, dtype=torch.float32, device=labels.device)
 
 
 def _optimizer_state(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

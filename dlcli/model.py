@@ -38,6 +38,7 @@ class LayerInfo:
     output_shape: Shape
     params: int
     trainable: int
+    inner: tuple[LayerInfo, ...] = ()  # a residual block's layers (and its projection)
 
 
 @dataclass
@@ -69,16 +70,34 @@ def input_chw(cfg: C.ModelConfig) -> Shape:
 
 def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltModel:
     """Build the network; with ``num_classes``, check the output has one logit per class."""
-    shape = input_chw(cfg)
+    modules, infos, shape = _build_layers(cfg.layers, input_chw(cfg), "model.layers")
+    if num_classes is not None and shape != (num_classes,):
+        raise ConfigError(
+            f"model.layers: the last layer outputs shape {shape}, but the dataset has "
+            f"{num_classes} classes: expected ({num_classes},) "
+            f"(end with {{type: dense, units: {num_classes}}})"
+        )
+    return BuiltModel(nn.Sequential(modules), infos, input_chw(cfg), shape)
+
+
+def _build_layers(
+    specs: list[Any], shape: Shape, prefix: str
+) -> tuple[OrderedDict[str, nn.Module], list[LayerInfo], Shape]:
+    """A list of layer specs as named modules (conv2d_1, dense_2, ...), their summary rows and
+    the output shape; ``prefix`` is the key path of the list in the config."""
     modules: OrderedDict[str, nn.Module] = OrderedDict()
     infos: list[LayerInfo] = []
     counts: dict[str, int] = {}
-    for index, spec in enumerate(cfg.layers):
-        where = f"model.layers[{index}]"
+    for index, spec in enumerate(specs):
+        where = f"{prefix}[{index}]"
         counts[spec.type] = counts.get(spec.type, 0) + 1
         name = f"{spec.type}_{counts[spec.type]}"
+        inner: tuple[LayerInfo, ...] = ()
         try:
-            layer, shape = _build_layer(spec, shape, where)
+            if isinstance(spec, C.Residual):
+                layer, shape, inner = _residual(spec, shape, where)
+            else:
+                layer, shape = _build_layer(spec, shape, where)
         except (RuntimeError, MemoryError) as err:  # e.g. units: 100000000000
             raise ConfigError(
                 f"{where}: cannot allocate this {spec.type} layer's weights for input shape "
@@ -87,14 +106,8 @@ def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltMode
         modules[name] = layer
         params = sum(p.numel() for p in layer.parameters())
         trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
-        infos.append(LayerInfo(name, type(spec).__name__, shape, params, trainable))
-    if num_classes is not None and shape != (num_classes,):
-        raise ConfigError(
-            f"model.layers: the last layer outputs shape {shape}, but the dataset has "
-            f"{num_classes} classes: expected ({num_classes},) "
-            f"(end with {{type: dense, units: {num_classes}}})"
-        )
-    return BuiltModel(nn.Sequential(modules), infos, input_chw(cfg), shape)
+        infos.append(LayerInfo(name, type(spec).__name__, shape, params, trainable, inner))
+    return modules, infos, shape
 
 
 def _build_layer(spec: Any, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
@@ -250,6 +263,60 @@ def _activation(spec: C.Activation, shape: Shape, where: str) -> tuple[nn.Module
     if spec.activation == "linear":
         return nn.Identity(), shape
     return ACTIVATIONS[spec.activation](), shape
+
+
+class ResidualBlock(nn.Module):
+    """``activation(body(x) + shortcut(x))``: the shortcut is the identity, or a projection
+    when the body changes the shape."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Module, activation: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.activation(self.body(x) + self.shortcut(x))
+        return out
+
+
+def _residual(
+    spec: C.Residual, shape: Shape, where: str
+) -> tuple[nn.Module, Shape, tuple[LayerInfo, ...]]:
+    """The block, its output shape, and summary rows for its layers and projection."""
+    if not spec.layers:
+        raise ConfigError(f"{where}.layers: a residual block needs at least one layer")
+    body, infos, out = _build_layers(spec.layers, shape, f"{where}.layers")
+    shortcut = _projection(shape, out, where)
+    params = sum(p.numel() for p in shortcut.parameters())
+    if not isinstance(shortcut, nn.Identity):
+        infos.append(LayerInfo("shortcut", "Projection", out, params, params))
+    activation = nn.Identity() if spec.activation == "linear" else ACTIVATIONS[spec.activation]()
+    return ResidualBlock(nn.Sequential(body), shortcut, activation), out, tuple(infos)
+
+
+def _projection(shape: Shape, out: Shape, where: str) -> nn.Module:
+    """What carries the block's input to its output shape: nothing when they match, a dense
+    layer for flat shapes, a strided 1x1 convolution for images (ResNet's projection)."""
+    if shape == out:
+        return nn.Identity()
+    if len(shape) == 1 and len(out) == 1:
+        layer = nn.Linear(shape[0], out[0])
+        _glorot(layer)
+        return layer
+    if len(shape) == 3 and len(out) == 3:
+        strides = [-(-size // max(o, 1)) for size, o in zip(shape[1:], out[1:], strict=True)]
+        reached = tuple(-(-size // s) for size, s in zip(shape[1:], strides, strict=True))
+        if reached == out[1:]:
+            conv = nn.Conv2d(shape[0], out[0], 1, (strides[0], strides[1]))
+            _glorot(conv)
+            return conv
+    raise ConfigError(
+        f"{where}: a residual block's layers turn its input shape {shape} into {out}, which "
+        "no projection (a strided 1x1 convolution for images, a dense layer for flat inputs) "
+        "can match; keep the block's output an image of the same or a divided size, or flat "
+        "if its input is"
+    )
 
 
 _BUILDERS: dict[type[Any], Callable[[Any, Shape, str], tuple[nn.Module, Shape]]] = {

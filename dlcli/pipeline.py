@@ -19,13 +19,14 @@ import torch
 
 from dlcli import __version__, checkpoint, distributed, signals, store
 from dlcli.callbacks import Checkpointer, build_callbacks, reports
-from dlcli.config import Config, DataConfig
+from dlcli.config import Config, DataConfig, TrainingConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
 from dlcli.engine import Callback, Logs, Trainer, resolve_device
 from dlcli.errors import DataError, Interrupted, ModelDirError, TrainingError, UsageError
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
+from dlcli.threads import ThreadChoice, apply_threads
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Prepared:
     run_dir: Path
     resume: checkpoint.Checkpoint | None = None  # --resume: where training continues from
     world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
+    threads: ThreadChoice | None = None  # training.threads, resolved
 
 
 @dataclass
@@ -93,6 +95,7 @@ def prepare(
     rank 0 writes, and reads the checkpoint for all of them.
     """
     world, device = distributed.init_from_env(cfg.training.device, dist_timeout)
+    chosen = apply_threads(cfg.training.threads)  # auto: the free cores (dlcli/threads.py)
     run_dir = Path(str(cfg.output.dir))
     store.check_output_dir(run_dir, overwrite=overwrite, resume=resume)
     if world.is_main:
@@ -107,7 +110,7 @@ def prepare(
     model = build_model(cfg.model, num_classes=dataset.num_classes)
     if overwrite and not resume and world.is_main:
         checkpoint.clear(run_dir)  # a fresh run: stale checkpoints must not be resumed later
-    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world)
+    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world, chosen)
 
 
 def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
@@ -151,6 +154,7 @@ def train(
             epochs=cfg.training.epochs,
             steps_per_epoch=math.ceil(len(prepared.train) / cfg.training.batch_size),
             train_size=len(prepared.train),
+            tools=trainer.tool_state(),
         )
         trainer.load_state_dict(
             prepared.resume.state, source=str(prepared.resume.path / checkpoint.STATE)
@@ -213,13 +217,15 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": str(prepared.device),
+        **({"threads": prepared.threads.describe()} if prepared.threads else {}),
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
         "fit_seconds": round(trainer.fit_seconds, 4),
         **_resumed(prepared),
         "train": final_train,
-        "validation": trainer.evaluate(prepared.validation),
-        "test": trainer.evaluate(dataset.test),
+        "validation": trainer.evaluate(prepared.validation, tta=prepared.config.training.tta),
+        "test": trainer.evaluate(dataset.test, tta=prepared.config.training.tta),
+        **_accuracy_tools(prepared, trainer),
         "params": prepared.model.total_params,
         "dataset": {
             "name": dataset.name,
@@ -231,6 +237,42 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "checksums": dataset.checksums,
         },
     }
+
+
+def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
+    """What metrics.json says about EMA and TTA when they are on: the saved model is the
+    weight average; validation and test were scored with test-time augmentation."""
+    found: dict[str, Any] = {}
+    if trainer.ema is not None:
+        found["ema"] = {**trainer.ema.describe(), "saved_model": "average"}
+    if prepared.config.training.tta != "none":
+        found["tta"] = prepared.config.training.tta
+    return found
+
+
+def describe_recipe(training: TrainingConfig) -> str:
+    """The accuracy tools a run uses, in words ("" when none): what ``train`` announces."""
+    parts = []
+    augment = training.augment
+    if augment is not None:
+        names = {
+            "translate": f"translate ±{augment.translate}px" if augment.translate else "",
+            "flip": "flip" if augment.flip else "",
+            "erase": f"random erasing {augment.erase:g}" if augment.erase else "",
+            "mixup": f"mixup {augment.mixup:g}" if augment.mixup else "",
+            "cutmix": f"cutmix {augment.cutmix:g}" if augment.cutmix else "",
+        }
+        chosen = [text for text in names.values() if text]
+        if chosen:
+            parts.append("augmentation (" + ", ".join(chosen) + ")")
+    if training.ema is not None:
+        parts.append(f"EMA of the weights (decay {training.ema.decay:g}: the saved model)")
+    if training.class_weights is not None:
+        weights = training.class_weights
+        parts.append(f"class weights {weights if isinstance(weights, str) else 'as listed'}")
+    if training.tta != "none":
+        parts.append(f"test-time augmentation {training.tta}")
+    return "; ".join(parts)
 
 
 def _resumed(prepared: Prepared) -> dict[str, Any]:
@@ -302,6 +344,11 @@ class SavedRun:
 
     loaded: LoadedModel
     dataset: Dataset
+    tta: str | None = None  # test-time augmentation; None: the run's training.tta
+
+    @property
+    def augmentation(self) -> str:
+        return self.tta or self.loaded.run.config.training.tta
 
     def split(self, name: str) -> Split:
         """``validation``, ``test`` or ``train``: the same split the run was trained with."""
@@ -314,14 +361,16 @@ class SavedRun:
         """Loss and metrics on a split, with its ``seconds`` and ``samples``."""
         start = time.perf_counter()
         part = self.split(name)
-        logs = self.loaded.trainer.evaluate(part, batch_size=batch_size)
+        logs = self.loaded.trainer.evaluate(part, batch_size=batch_size, tta=self.augmentation)
         logs["seconds"] = time.perf_counter() - start
         logs["samples"] = float(len(part))
         return logs
 
     def predictions(self, name: str, batch_size: int = 1000) -> Predictions:
         part = self.split(name)
-        logits = self.loaded.trainer.predict_logits(part.images, batch_size=batch_size)
+        logits = self.loaded.trainer.predict_logits(
+            part.images, batch_size=batch_size, tta=self.augmentation
+        )
         return Predictions(
             name,
             part.labels.cpu().numpy().astype(np.int64),
@@ -337,12 +386,14 @@ def open_run(
     device: str = "auto",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
+    tta: str | None = None,
 ) -> SavedRun:
     """Verify and load a run dir's model and the dataset its config names.
 
     Every data file read is compared with the SHA-256 ``metrics.json`` recorded at training
     time: a changed file is a :class:`DataError` naming it, unless ``accept_changed_data``;
-    the changed files' paths are appended to ``changed`` when given."""
+    the changed files' paths are appended to ``changed`` when given. ``tta``: the
+    test-time augmentation of its evaluations (None: the run's ``training.tta``)."""
     loaded = load_model(run_dir, device)
     dataset = load_data(loaded.run.config.data, data_dir)
     different = changed_data(loaded.run.metrics, dataset)
@@ -356,7 +407,7 @@ def open_run(
         )
     if changed is not None:
         changed += [path for path, _, _ in different]
-    return SavedRun(loaded, dataset)
+    return SavedRun(loaded, dataset, tta)
 
 
 def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, str, str]]:
@@ -381,15 +432,17 @@ def evaluate(
     device: str = "auto",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
+    tta: str | None = None,
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits
-    (``accept_changed_data``, ``changed``: see :func:`open_run`)."""
+    (``accept_changed_data``, ``changed``, ``tta``: see :func:`open_run`)."""
     saved = open_run(
         run_dir,
         data_dir=data_dir,
         device=device,
         accept_changed_data=accept_changed_data,
         changed=changed,
+        tta=tta,
     )
     return {name: saved.metrics(name, batch_size) for name in splits}
 
@@ -409,6 +462,7 @@ def evaluate_per_class(
     device: str = "auto",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
+    tta: str | None = None,
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
     saved = open_run(
@@ -417,6 +471,7 @@ def evaluate_per_class(
         device=device,
         accept_changed_data=accept_changed_data,
         changed=changed,
+        tta=tta,
     )
     return {
         name: SplitReport(

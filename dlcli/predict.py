@@ -111,15 +111,18 @@ def predict(
     top_k: int = 1,
     batch_size: int = 1000,
     device: str = "auto",
+    tta: str | None = None,
 ) -> PredictResult:
-    """Verify and load ``model_dir``, read ``paths`` and rank the classes of every image."""
+    """Verify and load ``model_dir``, read ``paths`` and rank the classes of every image
+    (``tta``: none or flip test-time augmentation; None: the run's ``training.tta``)."""
     from dlcli.pipeline import load_model
 
     loaded = load_model(model_dir, device)
     inputs = read_inputs(paths, loaded.built.input_shape)
     num_classes = loaded.built.output_shape[0]
     start = time.perf_counter()
-    outputs = loaded.trainer.predict_logits(inputs.images, batch_size=batch_size)
+    augmentation = tta or loaded.run.config.training.tta
+    outputs = loaded.trainer.predict_logits(inputs.images, batch_size=batch_size, tta=augmentation)
     probabilities = outputs if _ends_in_softmax(loaded) else outputs.softmax(dim=1)
     # Rank by the raw outputs: the top class is the argmax `evaluate` scores, even where two
     # probabilities round to the same float.

@@ -172,6 +172,12 @@ def summary_table(
         table.add_row(
             f"{layer.name} ({layer.kind})", keras_shape(layer.output_shape), f"{layer.params:,}"
         )
+        for inner in getattr(layer, "inner", ()):  # a residual block's layers, indented
+            table.add_row(
+                f"  └ {inner.name} ({inner.kind})",
+                keras_shape(inner.output_shape),
+                f"{inner.params:,}",
+            )
     return table
 
 

@@ -18,5 +18,8 @@ __all__ = ["cli", "configs", "data", "dlcli_command", "inspect", "main", "train"
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m dlcli``)."""
+    from dlcli.threads import set_wait_policy
+
+    set_wait_policy()  # before any command imports torch: see dlcli/threads.py
     cli(prog_name="dlcli")

@@ -119,6 +119,19 @@ def _skipped(skipped: list[Any]) -> list[dict[str, str]]:
     return [item.to_dict() for item in skipped]
 
 
+def _layer_row(info: Any) -> dict[str, Any]:
+    """One summary row as JSON; a residual block lists its own layers under ``layers``."""
+    row = {
+        "name": info.name,
+        "type": info.kind,
+        "output_shape": list(info.output_shape),
+        "params": info.params,
+    }
+    if info.inner:
+        row["layers"] = [_layer_row(i) for i in info.inner]
+    return row
+
+
 @cli.command()
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @_set_option
@@ -134,15 +147,7 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
         summary_table(built.layers, built.input_shape, built.total_params, built.trainable_params)
     )
     return {
-        "layers": [
-            {
-                "name": i.name,
-                "type": i.kind,
-                "output_shape": list(i.output_shape),
-                "params": i.params,
-            }
-            for i in built.layers
-        ],
+        "layers": [_layer_row(i) for i in built.layers],
         "total_params": built.total_params,
         "trainable_params": built.trainable_params,
     }

@@ -131,6 +131,11 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N (overrides training.device).")
 @click.option("--seed", type=int, help="Random seed (overrides training.seed).")
+@click.option(
+    "--threads",
+    metavar="auto|N",
+    help="CPU threads (overrides training.threads; auto: the free cores).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option(
     "--resume",
@@ -150,6 +155,7 @@ def train(
     output: str | None,
     device: str | None,
     seed: int | None,
+    threads: str | None,
     overwrite: bool,
     resume: str | None,
     mins: tuple[str, ...],
@@ -177,7 +183,12 @@ def train(
         if output is not None and Path(output) != Path(resume):
             raise UsageError(f"--resume {resume} and --output {output} name different runs")
         output = resume
-    flags = {"output.dir": output, "training.device": device, "training.seed": seed}
+    flags = {
+        "output.dir": output,
+        "training.device": device,
+        "training.seed": seed,
+        "training.threads": threads,
+    }
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(config, [*overrides, *extra])
     gates = _train_gates(mins, maxs, cfg)
@@ -203,6 +214,11 @@ def train(
             },
         )
     )
+    if "ema" in metrics:
+        reporter.note(
+            f"saved model: the weight average (EMA, decay {metrics['ema']['decay']}, "
+            f"{metrics['ema']['updates']} updates), as validated"
+        )
     fit_summary = _fit_summary(result, cfg)
     reporter.result_line(fit_summary_line(fit_summary, result.run_dir))
     document = {"run_dir": str(result.run_dir), **metrics, "summary": fit_summary}
@@ -235,12 +251,18 @@ def _fit_summary(result: Any, cfg: Any) -> dict[str, Any]:
 
 
 def _announce(reporter: Reporter, prepared: Any) -> None:
+    from dlcli.pipeline import describe_recipe
+
     data = prepared.dataset
     reporter.note(
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "
         f"{len(prepared.validation)} validation, {len(data.test)} test, "
         f"{data.num_classes} classes; device: {prepared.device}"
+        + (f", {prepared.threads.count} threads" if prepared.threads is not None else "")
     )
+    tools = describe_recipe(prepared.config.training)
+    if tools:
+        reporter.note(f"training with {tools}")
     if not reporter.quiet:
         built = prepared.model
         reporter.err.print(
@@ -268,6 +290,12 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     help="Also precision, recall, F1 and support per class, and the confusion matrix.",
 )
 @click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    help="Test-time augmentation: flip averages each image's and its mirror's logits "
+    "(default: the run's training.tta).",
+)
+@click.option(
     "--accept-changed-data",
     is_flag=True,
     help="Evaluate even when a data file differs from the one the model was trained with "
@@ -283,6 +311,7 @@ def evaluate(
     data_dir: str | None,
     device: str,
     per_class: bool,
+    tta: str | None,
     accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
@@ -308,6 +337,7 @@ def evaluate(
         batch_size=batch_size,
         data_dir=data_dir,
         device=device,
+        tta=tta,
         accept_changed_data=accept_changed_data,
         changed=changed,
     )

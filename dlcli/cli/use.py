@@ -30,6 +30,12 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
 @click.option("--csv", "csv_mode", is_flag=True, help="Print the predictions as CSV on stdout.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    help="Test-time augmentation: flip averages each image's and its mirror's logits "
+    "(default: the run's training.tta).",
+)
 @dlcli_command
 def predict(
     reporter: Reporter,
@@ -39,6 +45,7 @@ def predict(
     csv_mode: bool,
     batch_size: int,
     device: str,
+    tta: str | None,
 ) -> dict[str, Any] | None:
     """Classify INPUT files with a saved model: IDX archives, .npy arrays, PNG/JPEG images.
 
@@ -57,7 +64,7 @@ def predict(
     if csv_mode and reporter.json_mode:
         raise UsageError("--csv and --json both print the predictions: give one of them")
     result = predict_inputs(
-        model_dir, list(inputs), top_k=top_k, batch_size=batch_size, device=device
+        model_dir, list(inputs), top_k=top_k, batch_size=batch_size, device=device, tta=tta
     )
     count = len(result.predictions)
     reporter.note(f"{count:,} inputs predicted in {result.seconds:.2f}s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
 
@@ -15,3 +16,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_section(results: Path, text: str, begin: str, end: str) -> None:
+    """Replace the section of ``results`` between the markers ``begin`` and ``end`` with
+    ``text`` (which carries the markers), or append it; the rest of the file is left alone."""
+    old = results.read_text() if results.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
+    results.write_text(new)

@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_model  # run as a script: benchmarks/ is on sys.path
+from _common import cpu_model, write_section  # run as a script: benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -672,11 +672,8 @@ def section(tally: Tally, extras: dict[str, Any], args: argparse.Namespace) -> s
 
 def write_results(text: str, tag: str) -> None:
     """Replace this run's section of RESULTS.md (between its markers), or append it."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     begin, end = (MARKER.format(tag=tag, edge=edge) for edge in ("begin", "end"))
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    RESULTS.write_text(new)
+    write_section(RESULTS, text, begin, end)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

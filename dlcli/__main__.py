@@ -1,6 +1,6 @@
 """``python -m dlcli`` (also what ``torchrun -m dlcli`` runs)."""
 
-from dlcli.cli import main
+from dlcli.entry import main
 
 if __name__ == "__main__":
     main()

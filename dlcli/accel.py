@@ -1,12 +1,17 @@
-"""What makes the loop fast without changing it: mixed precision, torch.compile, channels_last,
-the dataset kept on the device, the one-kernel uint8 → float batch conversion, and every
-parameter (and gradient) in one flat buffer, dense weights stored input-major.
+"""The step's options: small objects the training step calls at named points, each resolved once
+against the device and the model (see the numbered step in ``dlcli.engine.Trainer.train_step``).
 
-:class:`~dlcli.engine.Trainer` builds one :class:`Accel` from ``training.precision``,
-``training.compile`` and ``training.channels_last``. By default only what keeps the maths
-is on (channels_last for convolutional models, on any device: the same convolutions, faster);
-mixed precision and compilation are asked for. What the CPU cannot do (fp16 autocast) is a
-:class:`ConfigError` before the first step, never a crash in the middle of one.
+    Precision       ``training.precision``: autocast around forward and loss; fp16 also scales
+                    the loss (backward) and unscales the gradients (update)
+    ChannelsLast    ``training.channels_last``: NHWC memory for the model and for each batch
+    compiled()      ``training.compile``: what runs the model, itself or torch.compile'd
+    FlatParameters  every parameter in one buffer and every gradient in another, so zeroing
+                    the gradients is one memset and Adam updates one tensor in one kernel
+    DeviceData      each split copied to the device once, not at every epoch
+
+By default only what keeps the maths is on (channels_last for convolutional models); mixed
+precision and compilation are asked for. What the device cannot do (fp16 autocast off CUDA) is
+a :class:`ConfigError` before the first step, never a crash in the middle of one.
 """
 
 from __future__ import annotations
@@ -18,111 +23,103 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlcli import optim
-from dlcli.config import TrainingConfig
 from dlcli.errors import ConfigError, TrainingError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def scaled(images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
-    """``images[index] / 255`` as float32, in two passes instead of three.
+class Precision:
+    """``training.precision``: ``fp32`` (nothing), ``bf16`` (autocast) or ``fp16`` (autocast and
+    loss scaling, CUDA only). For inference (``training=False``) fp16 off CUDA is fp32: a model
+    trained on a GPU evaluates on a CPU."""
 
-    ``index_select`` gathers rows without advanced indexing's generic machinery, and dividing
-    the uint8 tensor by 255 promotes it to float32 inside the division kernel: the same values,
-    bit for bit, as ``images[index].float().div_(255)``.
-    """
-    rows = images[index] if isinstance(index, slice) else images.index_select(0, index)
-    return torch.div(rows, 255)
-
-
-class Accel:
-    """The device-side options of one Trainer, resolved against the device it runs on."""
-
-    def __init__(self, training: TrainingConfig, device: torch.device) -> None:
-        self.device = device
-        self.dtype = _DTYPES.get(training.precision)
-        if training.precision == "fp16" and device.type != "cuda":
-            raise ConfigError(
-                f"training.precision: fp16 needs a CUDA device, found {device.type}; "
-                "use bf16 (CPU autocast) or fp32"
-            )
+    def __init__(self, name: str, device: torch.device, *, training: bool = True) -> None:
+        if name == "fp16" and device.type != "cuda":
+            if training:
+                raise ConfigError(
+                    f"training.precision: fp16 needs a CUDA device, found {device.type}; "
+                    "use bf16 (CPU autocast) or fp32"
+                )
+            name = "fp32"
+        self.name = name
+        self.device_type = device.type
+        self.dtype = _DTYPES.get(name)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-        self.scaler = torch.amp.GradScaler("cuda") if training.precision == "fp16" else None
-        self.compile = training.compile
-        self.channels_last_setting = training.channels_last
-        self.channels_last = False
-        # Batches of one shape every step: let cuDNN pick its fastest convolution once.
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self._on_device: dict[int, tuple[torch.Tensor, ...]] = {}
-
-    def prepare(self, model: nn.Module) -> tuple[nn.Module, Callable[..., Any]]:
-        """Move the model to the device (channels_last where wanted); return it and the
-        callable that runs it (the compiled one with ``training.compile``). The optimizer and
-        the saved weights use the first, which keeps its parameter names."""
-        model = model.to(self.device)
-        # oneDNN (CPU) and cuDNN (CUDA) both convolve NHWC fastest: ~15-20% off a step of the
-        # reference CNN on the 2-core CPU of benchmarks/RESULTS.md. Models without a
-        # convolution gain nothing from it.
-        convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        setting = self.channels_last_setting
-        self.channels_last = convolutional if setting is None else setting
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.flat = FlatParameters(model)
-        return model, self.runner(model)
-
-    def runner(self, module: nn.Module) -> Callable[..., Any]:
-        """What runs ``module``: itself, or with ``training.compile`` its torch.compile'd
-        version (for a distributed run the Trainer compiles the DDP-wrapped model too)."""
-        if not self.compile:
-            return module
-        return _reporting_compile_errors(torch.compile(module))
-
-    def zero_grad(self) -> None:
-        """Zero every gradient (one memset); backward then adds into the flat buffer. The
-        buffer is re-attached too: ``optimizer.zero_grad()`` (set_to_none) would detach it."""
-        self.flat.grads.zero_()
-        self.flat.params.grad = self.flat.grads
-
-    def inputs(self, images: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
-        """One batch as the model takes it: float32 in [0, 1], NHWC in memory if asked."""
-        return self.layout(scaled(images, index))
-
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        """A float batch in the memory layout the model runs fastest on (channels_last)."""
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        self.scaler = torch.amp.GradScaler("cuda") if name == "fp16" and training else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision around forward and loss (``training.precision``); else nothing."""
+        """Mixed precision around forward and loss; for fp32, nothing."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """``loss.backward(); optimizer.step()``, through the grad scaler for fp16."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``; fp16: of the loss scaled against underflow."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def update(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; fp16: of the unscaled gradients, skipped if one is inf/NaN."""
         if self.scaler is None:
-            loss.backward()
-            optim.step(optimizer)  # Adam/AdamW: the fused kernel, called directly
+            optimizer.step()
             return
-        self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
         self.scaler.update()
 
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """A split's tensors on the device, copied once per Trainer (then reused every epoch:
-        the validation split is evaluated after each one). On the CPU, the tensors themselves."""
+
+class ChannelsLast:
+    """``training.channels_last``: NHWC memory layout for convolutions (the same maths).
+
+    ``None`` turns it on for models with a ``conv2d``: oneDNN (CPU) and cuDNN (CUDA) both
+    convolve NHWC fastest (~15-20% off a step of the reference CNN on the 2-core CPU of
+    benchmarks/RESULTS.md); models without a convolution gain nothing from it.
+    """
+
+    def __init__(self, setting: bool | None, model: nn.Module) -> None:
+        convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        self.on = convolutional if setting is None else setting
+
+    def model(self, module: nn.Module) -> nn.Module:
+        if not self.on:
+            return module
+        return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → float32 in [0, 1]: dividing the uint8 tensor by 255 promotes it inside
+    the division kernel, one pass instead of ``.float().div_(255)``'s two (the same values)."""
+    return torch.div(images, 255)
+
+
+def compiled(module: nn.Module, on: bool) -> Callable[..., Any]:
+    """``training.compile``: what runs ``module``, itself or its torch.compile'd version (the
+    module keeps its parameter names for the optimizer and the saved weights)."""
+    if not on:
+        return module
+    return _reporting_compile_errors(torch.compile(module))
+
+
+class DeviceData:
+    """A split's tensors on the device, copied once (then reused every epoch: the validation
+    split is evaluated after each one). On the CPU, the tensors themselves."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._copies: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.device.type == "cpu":
             return images, labels
         key = id(images)
-        cached = self._on_device.get(key)
+        cached = self._copies.get(key)
         if cached is None or cached[0] is not images or cached[1] is not labels:
             # The source tensors are kept with their copies, so their ids cannot be reused.
-            self._on_device[key] = (images, labels, images.to(self.device), labels.to(self.device))
-            cached = self._on_device[key]
+            self._copies[key] = (images, labels, images.to(self.device), labels.to(self.device))
+            cached = self._copies[key]
         return cached[2], cached[3]
 
 
@@ -144,8 +141,8 @@ class FlatParameters:
 
     The module keeps its ``Parameter`` objects (names, ``state_dict``, saving and loading
     are unchanged; only their storage moves), so a saved model is the same file. Backward
-    adds into the preassigned gradient views, so :meth:`Accel.zero_grad` must run before
-    each backward. Parameters that do not require gradients are left alone.
+    adds into the preassigned gradient views, so :meth:`zero_grad` must run before each
+    backward. Parameters that do not require gradients are left alone.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -168,6 +165,12 @@ class FlatParameters:
             p.data = value  # the same Parameter object, its storage now in the buffer
             p.grad = grad
             offset += n
+
+    def zero_grad(self) -> None:
+        """Zero every gradient (one memset); backward then adds into the flat buffer. The
+        buffer is re-attached too: ``optimizer.zero_grad()`` (set_to_none) would detach it."""
+        self.grads.zero_()
+        self.params.grad = self.grads
 
 
 def _dense_strides(tensor: torch.Tensor) -> tuple[int, ...]:
@@ -197,8 +200,6 @@ def _reporting_compile_errors(compiled: Callable[..., Any]) -> Callable[..., Any
 
 
 def _is_compile_error(err: Exception) -> bool:
-    from torch._dynamo.exc import TorchDynamoException
-
-    return isinstance(err, TorchDynamoException) or type(err).__module__.startswith(
-        "torch._inductor"
-    )
+    """Raised by torch.compile's parts (TorchDynamo, Inductor), told by the module of the
+    exception's class: no private name is imported to tell."""
+    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor"))

@@ -12,8 +12,12 @@ transform is a few tensor operations over the whole batch — no per-sample Pyth
 5. ``mixup: a`` / ``cutmix: a``  blend each image with its partner in the reversed batch
    (``x.flip(0)``: the batch order is already a random permutation), with a weight
    λ ~ Beta(a, a) drawn once per batch: mixup blends whole images, cutmix pastes a box of area
-   1 - λ. The loss becomes λ·loss(y) + (1 - λ)·loss(y reversed). With both on, each batch
+   1 - λ. The targets become class probabilities, λ·onehot(y) + (1 - λ)·onehot(y reversed),
+   so the cross-entropy is λ·loss(y) + (1 - λ)·loss(y reversed). With both on, each batch
    takes one of the two at random; ``mix_prob`` is the chance a batch is mixed at all.
+
+An :class:`Augmenter` is the Trainer's ``augment`` (dlcli.engine, step 2 of ``train_step``):
+``(uint8 images, labels) → (float images in [0, 1], labels or class probabilities)``.
 
 Randomness comes from two generators owned by :class:`Augmenter`, never from torch's global
 one: a device generator for the per-image draws and a CPU one for the per-batch scalars (λ,
@@ -25,7 +29,7 @@ as an uninterrupted one. Evaluation and prediction never call this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +51,11 @@ class Mixed:
     partner: torch.Tensor
     lam: float
 
+    def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``lam * onehot(labels) + (1 - lam) * onehot(partner)``: class probabilities."""
+        first = F.one_hot(labels, num_classes).float()
+        return torch.lerp(F.one_hot(self.partner, num_classes).float(), first, self.lam)
+
 
 def is_on(cfg: AugmentConfig | None) -> bool:
     """Does the config ask for any augmentation?"""
@@ -55,17 +64,24 @@ def is_on(cfg: AugmentConfig | None) -> bool:
     return bool(cfg.translate or cfg.flip or cfg.erase or cfg.mixup or cfg.cutmix)
 
 
-def make_augmenter(cfg: AugmentConfig | None, device: torch.device, seed: int) -> Augmenter | None:
+def make_augmenter(
+    cfg: AugmentConfig | None, device: torch.device, seed: int, num_classes: int
+) -> Augmenter | None:
     """The Augmenter ``training.augment`` asks for, or None when it asks for nothing."""
-    return Augmenter(cfg, device, seed) if cfg is not None and is_on(cfg) else None
+    if cfg is None or not is_on(cfg):
+        return None
+    return Augmenter(cfg, device, seed, num_classes=num_classes)
 
 
 class Augmenter:
     """The batch transform of ``training.augment``, with its own seeded generators."""
 
-    def __init__(self, cfg: AugmentConfig, device: torch.device, seed: int) -> None:
+    def __init__(
+        self, cfg: AugmentConfig, device: torch.device, seed: int, *, num_classes: int
+    ) -> None:
         self.cfg = cfg
         self.device = device
+        self.num_classes = num_classes  # the width of a mixed batch's target probabilities
         self.images = torch.Generator(device=device)
         self.batches = torch.Generator()  # CPU: per-batch scalars without a device sync
         self.seed(seed)
@@ -78,6 +94,14 @@ class Augmenter:
     # --- the transform --------------------------------------------------------------------
 
     def __call__(
+        self, rows: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Trainer's ``augment``: uint8 N×C×H×W and labels → (float32 in [0, 1], the
+        labels, or class probabilities N×classes for a mixed batch)."""
+        x, mixed = self.transform(rows, labels)
+        return x, labels if mixed is None else mixed.targets(labels, self.num_classes)
+
+    def transform(
         self, rows: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, Mixed | None]:
         """uint8 N×C×H×W → (float32 N×C×H×W in [0, 1], how the batch was mixed or None)."""
@@ -215,15 +239,3 @@ class Augmenter:
         fork = torch.Generator().manual_seed(0)
         fork.set_state(self.batches.get_state())
         self.images.manual_seed(int(torch.randint(0, 2**62, (), generator=fork)))
-
-
-def mixed_loss(
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    mixed: Mixed | None,
-) -> torch.Tensor:
-    """``loss(logits, y)``, or for a mixed batch λ·loss(y) + (1 - λ)·loss(partner)."""
-    if mixed is None:
-        return loss(logits, y)
-    return loss(logits, y) * mixed.lam + loss(logits, mixed.partner) * (1.0 - mixed.lam)

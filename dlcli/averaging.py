@@ -29,10 +29,17 @@ class WeightAverage:
     """The exponential moving average of a module's parameters and buffers."""
 
     def __init__(self, module: nn.Module, cfg: EmaConfig) -> None:
+        """Build it from the module on its training device (the average lives beside it)."""
         self.cfg = cfg
-        self.live = [t for t in (*module.parameters(), *module.buffers())]
+        named = [*module.named_parameters(), *module.named_buffers()]
+        self.names = [name for name, _ in named]  # as in the module's state_dict
+        self.live = [t for _, t in named]
         self.average = [t.detach().clone() for t in self.live]
         self.updates = 0
+
+    def __call__(self) -> None:
+        """The Trainer's ``after_update`` hook: one step of the average."""
+        self.update()
 
     def decay(self, update: int) -> float:
         """d_t of update number ``update`` (1-based)."""
@@ -71,18 +78,32 @@ class WeightAverage:
                     live.copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "average": list(self.average)}
+        """The number of updates and the average by state_dict name (a checkpoint's
+        ``ema``; ``dlcli evaluate --weights best|last`` scores this average)."""
+        return {
+            "updates": self.updates,
+            "average": dict(zip(self.names, self.average, strict=True)),
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        saved = list(state["average"])
-        if len(saved) != len(self.average) or any(
-            tuple(s.shape) != tuple(a.shape) for s, a in zip(saved, self.average, strict=False)
+        saved = state["average"]
+        if (
+            not isinstance(saved, Mapping)
+            or list(saved) != self.names
+            or any(
+                tuple(saved[name].shape) != tuple(a.shape)
+                for name, a in zip(self.names, self.average, strict=True)
+            )
         ):
             raise ValueError("the checkpoint's weight average does not fit this model")
-        for average, value in zip(self.average, saved, strict=True):
-            average.copy_(value)
+        for name, average in zip(self.names, self.average, strict=True):
+            average.copy_(saved[name])
         self.updates = int(state["updates"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The average as a state dict (copies)."""
+        return {n: a.detach().clone() for n, a in zip(self.names, self.average, strict=True)}
 
     def describe(self) -> dict[str, Any]:
         """What metrics.json says about it."""

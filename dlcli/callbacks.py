@@ -1,5 +1,5 @@
 """The callbacks a config asks for: learning-rate schedules, early stopping, a target to reach,
-checkpoints. Each is a :class:`~dlcli.engine.Callback`; :func:`build_callbacks` makes the list
+checkpoints. Each is a :class:`~dlcli.hooks.Callback`; :func:`build_callbacks` makes the list
 for a config, with the checkpoint callback last so that what it saves includes what the others
 decided at the end of the epoch.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from dlcli import checkpoint
+from dlcli import checkpoint, metric_names
 from dlcli.config import (
     Config,
     CosineSchedule,
@@ -25,12 +25,15 @@ from dlcli.config import (
     StepSchedule,
     TargetConfig,
     metric_mode,
+    watched_metrics,
 )
-from dlcli.engine import Callback, Logs, Trainer
+from dlcli.data.dataset import Split
+from dlcli.hooks import Callback, Logs, Loop
 
 
-def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
-    """The callbacks ``cfg.training`` configures, in the order they must run."""
+def build_callbacks(cfg: Config, run_dir: Path, work_dir: Path | None = None) -> list[Callback]:
+    """The callbacks ``cfg.training`` configures, in the order they must run (checkpoints are
+    written under ``work_dir``, default ``run_dir``: see dlcli.store.Output)."""
     training = cfg.training
     callbacks: list[Callback] = []
     if training.lr_schedule is not None:
@@ -39,8 +42,14 @@ def build_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
         callbacks.append(EarlyStopping(training.early_stopping))
     if training.target is not None:
         callbacks.append(TargetTracker(training.target, stop=training.stop_at_target))
-    callbacks.append(Checkpointer(cfg, run_dir))
+    callbacks.append(Checkpointer(cfg, run_dir, work_dir=work_dir))
     return callbacks
+
+
+def history_key(name: str) -> str:
+    """The epoch-log column a monitor or target name stands for (``validation.accuracy`` →
+    ``val_accuracy``); the config was validated, so the name parses."""
+    return metric_names.parse(name).history_key
 
 
 def reports(callbacks: list[Callback]) -> dict[str, Any]:
@@ -64,6 +73,24 @@ def improved(value: float | None, best: float | None, mode: str, min_delta: floa
     if best is None:
         return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class SplitMetrics(Callback):
+    """Adds a split's loss and metrics to every epoch's logs (``test_accuracy``, ...): what a
+    monitor or target that watches the test split reads. Runs before the other callbacks."""
+
+    def __init__(self, split: Split, prefix: str) -> None:
+        self.split = split
+        self.prefix = prefix
+
+    def on_epoch_end(self, trainer: Any, epoch: int, logs: Logs) -> None:
+        logs.update({self.prefix + k: v for k, v in trainer.evaluate(self.split).items()})
+
+
+def watched_test_split(cfg: Config) -> bool:
+    """Does a monitor or target of ``cfg`` watch the test split (evaluated every epoch then)?"""
+    names = watched_metrics(cfg.training).values()
+    return any(metric_names.parse(name).split == "test" for name in names)
 
 
 # --- learning-rate schedules ------------------------------------------------------------------
@@ -123,22 +150,22 @@ class LRSchedule(Callback):
         self.per_step = isinstance(spec, OneCycleSchedule | CosineSchedule)
         self.scheduler: lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None = None
 
-    def on_fit_begin(self, trainer: Trainer) -> None:
+    def on_fit_begin(self, trainer: Loop) -> None:
         self.scheduler = make_scheduler(
             self.spec,
             trainer.optimizer,
-            epochs=trainer.cfg.epochs,
+            epochs=trainer.epochs,
             steps_per_epoch=trainer.steps_per_epoch,
         )
 
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
+    def on_step_end(self, trainer: Loop, step: int) -> None:
         if self.per_step and isinstance(self.scheduler, lr_scheduler.LRScheduler):
             self.scheduler.step()
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
             assert isinstance(self.spec, ReduceOnPlateauSchedule)
-            self.scheduler.step(logs[self.spec.monitor])
+            self.scheduler.step(logs[history_key(self.spec.monitor)])
         elif not self.per_step and self.scheduler is not None:
             self.scheduler.step()
 
@@ -147,14 +174,15 @@ class LRSchedule(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         assert self.scheduler is not None  # built in on_fit_begin, before the state loads
-        fresh = self.scheduler.state_dict()
-        saved = dict(state["scheduler"])
-        # The run's length may change on --resume (training.epochs): keep the new length and
-        # take only the position from the checkpoint.
-        for key in ("total_steps", "_schedule_phases"):
-            if key in fresh:
-                saved[key] = fresh[key]
-        self.scheduler.load_state_dict(saved)
+        saved = state["scheduler"]
+        if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.load_state_dict(saved)  # no length: its whole state carries over
+            return
+        # The run's length may change on --resume (training.epochs): the schedule built for
+        # this fit keeps its length and takes its position from the checkpoint: last_epoch,
+        # the step count a torch scheduler computes the rate from (the rate in force until
+        # the next step is the optimizer's, restored with it).
+        self.scheduler.last_epoch = int(saved["last_epoch"])
 
 
 # --- early stopping, target ---------------------------------------------------------------------
@@ -169,6 +197,7 @@ class EarlyStopping(Reporting):
     def __init__(self, cfg: EarlyStoppingConfig) -> None:
         self.cfg = cfg
         self.mode = metric_mode(cfg.monitor, cfg.mode)
+        self.key = history_key(cfg.monitor)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
@@ -176,8 +205,8 @@ class EarlyStopping(Reporting):
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.restored = False
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
-        value = logs.get(self.cfg.monitor)
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
+        value = logs.get(self.key)
         if improved(value, self.best, self.mode, self.cfg.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.cfg.restore_best:  # the weights scored: with training.ema, the average
@@ -188,7 +217,7 @@ class EarlyStopping(Reporting):
             self.stopped_epoch = epoch
             trainer.stop_training = True
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         stopped = self.stopped_epoch is not None and not trainer.interrupted
         if stopped and self.best_weights is not None and self.best_epoch != self.stopped_epoch:
             trainer.model.load_state_dict(self.best_weights)
@@ -229,6 +258,7 @@ class TargetTracker(Reporting):
     def __init__(self, cfg: TargetConfig, *, stop: bool = False) -> None:
         self.cfg = cfg
         self.mode = metric_mode(cfg.metric, cfg.mode)
+        self.key = history_key(cfg.metric)
         self.stop = stop
         self.epoch: int | None = None
         self.seconds: float | None = None
@@ -238,8 +268,8 @@ class TargetTracker(Reporting):
             return False
         return value >= self.cfg.value if self.mode == "max" else value <= self.cfg.value
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
-        if self.epoch is None and self.reached(logs.get(self.cfg.metric)):
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
+        if self.epoch is None and self.reached(logs.get(self.key)):
             self.epoch = epoch
             self.seconds = round(trainer.elapsed_fit_seconds(), 4)
         if self.stop and self.epoch is not None:
@@ -270,35 +300,37 @@ class Checkpointer(Reporting):
 
     report_key = "checkpoints"
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
+    def __init__(self, config: Config, run_dir: Path, *, work_dir: Path | None = None) -> None:
         self.config = config
         self.cfg = config.training.checkpoint
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir)  # where the checkpoints will be once the run is saved
+        self.work_dir = Path(work_dir or run_dir)  # where they are written while training
         self.mode = metric_mode(self.cfg.monitor, self.cfg.mode)
+        self.key = history_key(self.cfg.monitor)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_epoch: int | None = None
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if not self.cfg.every:
             return
-        better = self.cfg.keep_best and improved(logs.get(self.cfg.monitor), self.best, self.mode)
+        better = self.cfg.keep_best and improved(logs.get(self.key), self.best, self.mode)
         if better:
-            self.best, self.best_epoch = logs[self.cfg.monitor], epoch
-        due = epoch % self.cfg.every == 0 or epoch >= trainer.cfg.epochs or trainer.stop_training
+            self.best, self.best_epoch = logs[self.key], epoch
+        due = epoch % self.cfg.every == 0 or epoch >= trainer.epochs or trainer.stop_training
         if due:
             self._save(trainer, checkpoint.LAST)
         if better and due:
-            checkpoint.copy(self.run_dir, checkpoint.LAST, checkpoint.BEST)
+            checkpoint.copy(self.work_dir, checkpoint.LAST, checkpoint.BEST)
         elif better:
             self._save(trainer, checkpoint.BEST)
 
-    def on_interrupt(self, trainer: Trainer) -> None:
+    def on_interrupt(self, trainer: Loop) -> None:
         if self.cfg.every:
             self._save(trainer, checkpoint.LAST)
 
-    def _save(self, trainer: Trainer, name: str) -> None:
-        checkpoint.save(self.run_dir, name, self.config, trainer.state_dict())
+    def _save(self, trainer: Loop, name: str) -> None:
+        checkpoint.save(self.work_dir, name, self.config, trainer.state_dict())
         if name == checkpoint.LAST:
             self.last_epoch = trainer.epoch
 

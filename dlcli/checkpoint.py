@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +33,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dlcli import limits, store, untrusted
+from dlcli import atomic, limits, store, untrusted
 from dlcli.config import Config, dump_yaml, to_dict
 from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
-from dlcli.signals import uninterruptible
 
 FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (accel.FlatParameters)
 LAST, BEST = "last", "best"
 CONFIG = "config.yaml"
 MODEL = "model.safetensors"
+EMA_AVERAGE = "ema/average"  # where a checkpoint's tensors hold training.ema's average
 TENSORS = "state.safetensors"
 STATE = "state.json"
 FILES = (CONFIG, MODEL, TENSORS, STATE)
@@ -92,16 +91,17 @@ def directory(run_dir: Path) -> Path:
 def save(run_dir: Path, name: str, config: Config, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (a Trainer state dict) as checkpoint ``name`` of ``run_dir``, atomically."""
     root = directory(run_dir)
-    staging = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging: Path | None = None
     created = [p for p in (root, *root.parents) if not p.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(root)
-        staging.mkdir()
+        staging = atomic.staging_dir(root, f".{name}.tmp")
         _write(staging, config, state)
-        _swap(staging, root / name)
+        atomic.swap_dir(staging, root / name)
     except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # innermost first; only the empty folders this call made
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -114,10 +114,10 @@ def save(run_dir: Path, name: str, config: Config, state: Mapping[str, Any]) -> 
 def copy(run_dir: Path, source: str, name: str) -> Path:
     """Make checkpoint ``name`` a copy of ``source`` (hard links: files are never rewritten)."""
     root = directory(run_dir)
-    staging = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging = root / atomic.temp_name(f".{name}.tmp")
     try:
         shutil.copytree(root / source, staging, copy_function=_link_or_copy)
-        _swap(staging, root / name)
+        atomic.swap_dir(staging, root / name)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise ModelDirError(_os_message(root, err)) from None
@@ -125,11 +125,6 @@ def copy(run_dir: Path, source: str, name: str) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root / name
-
-
-def clear(run_dir: Path) -> None:
-    """Remove a run's checkpoints (a fresh run with --overwrite must not resume stale ones)."""
-    shutil.rmtree(directory(run_dir), ignore_errors=True)
 
 
 def _write(folder: Path, config: Config, state: Mapping[str, Any]) -> None:
@@ -140,24 +135,11 @@ def _write(folder: Path, config: Config, state: Mapping[str, Any]) -> None:
     save_file(model, str(folder / MODEL), metadata={"format": FORMAT})
     save_file(tensors, str(folder / TENSORS), metadata={"format": FORMAT})
     for name in (MODEL, TENSORS):
-        store._honour_umask(folder / name)  # safetensors writes 0600 whatever the umask
+        atomic.honour_umask(folder / name)  # safetensors writes 0600 whatever the umask
     document = {"format": FORMAT, "state": plain}
     (folder / STATE).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    for name in FILES:
-        _fsync(folder / name)
     store.write_manifest(folder, FILES)
-
-
-def _swap(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; the old ``target`` is moved aside first and removed
-    last, so a crash in between leaves it complete under ``.NAME.old-*`` (see latest())."""
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    with uninterruptible():
-        if target.exists():
-            os.rename(target, old)
-        os.rename(staging, target)
-        _fsync(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.fsync_tree(folder)
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -175,14 +157,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
@@ -236,7 +210,8 @@ def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
 def latest(run_dir: Path) -> Path:
     """The newest checkpoint of ``run_dir``: ``last``, or what a crash mid-swap left."""
-    root = directory(run_dir)
+    pending = Path(run_dir) / store.PENDING  # an --overwrite run not saved yet comes first
+    root = directory(pending if (directory(pending) / LAST).is_dir() else run_dir)
     if (root / LAST).is_dir():
         return root / LAST
     moved_aside = [p for p in root.glob(f".{LAST}.old-*") if (p / store.MANIFEST).is_file()]
@@ -275,6 +250,45 @@ def load(path: Path, config: Config) -> Checkpoint:
     state["model"] = model
     _check_counters(state, path / STATE)
     return Checkpoint(path, state)
+
+
+def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    """The model weights of checkpoint ``name`` (best, last) of a saved run, verified."""
+    path = directory(run_dir) / name
+    if not (path / store.MANIFEST).is_file():
+        why = "keep_best found no epoch to keep" if name == BEST else "checkpoints were off"
+        raise ModelDirError(
+            f"{run_dir}: no {name} checkpoint ({path}); training.checkpoint writes them "
+            f"(here {why}, or the run predates them)"
+        )
+    store.verify_manifest(path, FILES)
+    try:
+        weights = load_file(str(path / MODEL))
+        tensors = load_file(str(path / TENSORS))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelDirError(f"{path}: unreadable weights: {err}") from None
+    return _averaged(weights, tensors, path)
+
+
+def _averaged(
+    weights: dict[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    """With ``training.ema``, the weights a checkpoint's validation scored are its weight
+    average (``ema/average/NAME`` in its tensors), not the live weights: those, each checked
+    against the live tensor it stands for."""
+    prefix = f"/{EMA_AVERAGE}/"
+    for key, tensor in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        like = weights.get(name)
+        if like is None or like.shape != tensor.shape or like.dtype != tensor.dtype:
+            raise ModelDirError(
+                f"{path / TENSORS}: corrupt checkpoint: the weight average's "
+                f"{untrusted.echo(name)} fits no weight of {MODEL}"
+            )
+        weights[name] = tensor
+    return weights
 
 
 def _join_checked(raw: dict[str, Any], tensors: Mapping[str, torch.Tensor], path: Path) -> Any:

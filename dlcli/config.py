@@ -11,17 +11,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from dlcli import limits
+from dlcli import limits, metric_names
 from dlcli.errors import ConfigError, did_you_mean
 from dlcli.untrusted import echo, read_bytes, shorten
 
@@ -31,15 +32,23 @@ NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 FRACTION: Check = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 PROBABILITY: Check = (lambda v: 0 <= v < 1, ">= 0 and < 1")
 UNIT_INTERVAL: Check = (lambda v: 0 <= v <= 1, "between 0 and 1")
+BYTE: Check = (lambda v: 0 <= v <= 255, "from 0 to 255")
+THREADS: Check = (
+    lambda v: 1 <= v <= limits.THREADS_MAX,
+    f"from 1 to {limits.THREADS_MAX}",
+)
 SEED: Check = (lambda v: 0 <= v <= limits.INT_MAX, f"from 0 to 2^63-1 ({limits.INT_MAX})")
 
 ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
 Padding = Literal["valid", "same"]
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, check: Check | None = None) -> Any:
-    """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check."""
-    meta = {"doc": text, "check": check}
+def doc(
+    text: str, default: Any = dataclasses.MISSING, check: Check | None = None, *, path: bool = False
+) -> Any:
+    """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check.
+    ``path``: a file or folder of data, resolved against the config file's directory."""
+    meta = {"doc": text, "check": check, "path": path}
     if dataclasses.is_dataclass(default):
         instance = default
         return field(default_factory=lambda: copy.deepcopy(instance), metadata=meta)
@@ -54,21 +63,54 @@ def doc(text: str, default: Any = dataclasses.MISSING, check: Check | None = Non
 
 @dataclass(kw_only=True)
 class DataConfig:
-    dataset: str | None = doc("registry name (mnist, fashion-mnist); or give the four files", None)
-    train_images: str | None = doc("IDX archive of training images (instead of dataset)", None)
-    train_labels: str | None = doc("IDX archive of training labels", None)
-    test_images: str | None = doc("IDX archive of test images", None)
-    test_labels: str | None = doc("IDX archive of test labels", None)
+    dataset: str | None = doc(
+        "registry name (dlcli download --list); or give train (or the four IDX files)", None
+    )
+    train: str | None = doc(
+        "training data: a folder of class folders, a path,label CSV, an .npz or an IDX "
+        "images archive",
+        None,
+        path=True,
+    )
+    test: str | None = doc(
+        "test data, in any form train takes (none: no test split)", None, path=True
+    )
+    validation: str | None = doc(
+        "validation data, in any form train takes (none: validation_split of train)",
+        None,
+        path=True,
+    )
+    train_images: str | None = doc(
+        "IDX archive of training images (instead of dataset)", None, path=True
+    )
+    train_labels: str | None = doc("IDX archive of training labels", None, path=True)
+    test_images: str | None = doc("IDX archive of test images", None, path=True)
+    test_labels: str | None = doc("IDX archive of test labels", None, path=True)
     num_classes: int | None = doc(
         "number of classes (required with explicit files)", None, POSITIVE
     )
     class_names: list[str] | None = doc("class names, index order (explicit files)", None)
     data_dir: str | None = doc(
-        "where registry datasets live (default $DLCLI_DATA_DIR or data/)", None
+        "where registry datasets live (default $DLCLI_DATA_DIR or data/)", None, path=True
     )
     validation_split: float = doc("fraction of train held out for validation", 0.05, FRACTION)
     shuffle_split: bool = doc("shuffle before splitting; false = KotlinDL's tail split", True)
     stratify: bool = doc("keep class proportions equal in train and validation", False)
+    resize: Literal["stretch", "pad", "crop"] = doc(
+        "images to the input size: stretch (ignore aspect), pad (fit, fill), crop (fill, cut)",
+        "stretch",
+    )
+    background: int = doc(
+        "grey level (0-255) under transparent pixels and around padded images", 0, BYTE
+    )
+    skip_bad_files: bool = doc(
+        "skip unreadable images (listed in metrics.json) instead of stopping", False
+    )
+    cache: bool = doc("cache decoded images (see cache_dir)", True)
+    cache_dir: str | None = doc(
+        "decoded-image cache (default $DLCLI_CACHE_DIR, else ~/.cache/dlcli)", None
+    )
+    workers: int | None = doc("processes decoding images (default: every core)", None, POSITIVE)
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -169,8 +211,9 @@ LAYER_TYPES: dict[str, type[Any]] = {
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    input_shape: list[int] = doc(
-        "height, width, channels (as Keras/KotlinDL write it)", [28, 28, 1]
+    input_shape: list[int] | None = doc(
+        "height, width, channels (as Keras/KotlinDL write it); null: inferred from the data",
+        None,
     )
     layers: list[LayerSpec] = doc("the layers, in order; shapes are inferred")
 
@@ -351,7 +394,7 @@ class TrainingConfig:
         "test-time augmentation of the run's evaluations: flip averages x and mirrored x", "none"
     )
     threads: Literal["auto"] | int = doc(
-        "CPU threads: auto (the free cores) or a number; results depend on it", "auto"
+        "CPU threads: auto (the free cores) or a number; results depend on it", "auto", THREADS
     )
 
 
@@ -363,12 +406,57 @@ class OutputConfig:
     )
 
 
+# --- tune ----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TuneConfig:
+    metric: str = doc(
+        "metric the study optimises (val_accuracy, val_loss, ...); its direction is the metric's",
+        "val_accuracy",
+    )
+    trials: int = doc("trials in the study, in all (every worker and rerun together)", 20, POSITIVE)
+    sampler: Literal["tpe", "random"] = doc("how parameters are drawn: tpe or random", "tpe")
+    pruner: Literal["median", "hyperband", "none"] = doc(
+        "stops unpromising trials from their per-epoch metric: median, hyperband or none", "median"
+    )
+    startup_trials: int = doc(
+        "trials drawn at random, and finished before the pruner prunes any", 5, NON_NEGATIVE
+    )
+    warmup_epochs: int = doc("epochs every trial runs before it can be pruned", 1, NON_NEGATIVE)
+    space: dict[str, Any] = doc(
+        "config key path → {float: [low, high], log: true} | {int: [low, high]} | {choice: [...]}",
+        {},
+    )
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One dimension of ``tune.space``: a config key path and the values it may take."""
+
+    path: str
+    kind: Literal["float", "int", "choice"]
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def candidates(self) -> list[Any]:
+        """The values validation tries: both ends of a range, every choice."""
+        if self.kind == "choice":
+            return list(self.choices)
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
 @dataclass(kw_only=True)
 class Config:
     data: DataConfig = doc("the dataset and its validation split")
     model: ModelConfig = doc("the network")
     training: TrainingConfig = doc("how to fit", TrainingConfig())
     output: OutputConfig = doc("where the run is saved", OutputConfig())
+    tune: TuneConfig | None = doc("dlcli tune's search space and study (train ignores it)", None)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -507,15 +595,58 @@ def parse_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"{type(err).__name__}: {err}") from None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override and validate a YAML config; every problem is reported at once."""
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, values: Mapping[str, Any] | None = None
+) -> Config:
+    """Read, override and validate a YAML config; every problem is reported at once.
+
+    ``overrides``: ``--set key.path=value`` strings (the value read as YAML); ``values``: keys
+    set to Python values as given (the Python API, typed flags), applied after them."""
     path = Path(path)
     raw = read_yaml(path)
+    resolve_paths(Config, raw, path.parent)  # paths in the file: against its directory
+    return parse_resolved(raw, overrides, values, source=str(path), default_name=path.stem)
+
+
+def parse_resolved(
+    raw: dict[str, Any],
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    *,
+    source: str,
+    default_name: str = "run",
+) -> Config:
+    """Apply command-line overrides and typed values to a raw config and validate it; paths
+    given on the command line resolve against the current directory."""
     apply_overrides(raw, overrides)
-    cfg = parse_config(raw, source=str(path))
+    for key, value in (values or {}).items():
+        set_value(raw, key, value)
+    resolve_paths(Config, raw, Path.cwd())
+    cfg = parse_config(raw, source=source)
     if cfg.output.dir is None:
-        cfg.output.dir = str(Path("runs") / path.stem)
+        cfg.output.dir = str(Path("runs") / default_name)
     return cfg
+
+
+def resolve_paths(cls: type[Any], raw: Any, base: Path) -> None:
+    """Make every relative data path (a field declared with ``path=True``) in the raw mapping
+    absolute against ``base``, in place; ``~`` is expanded. Values of the wrong type are left
+    for validation to report."""
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(cls):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = raw.get(f.name)
+        if f.metadata.get("path") and isinstance(value, str) and value:
+            raw[f.name] = absolute_path(value, base)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            resolve_paths(hints[f.name], value, base)
+
+
+def absolute_path(value: str, base: Path) -> str:
+    """``value`` (``~`` expanded) made absolute against ``base``, normalised, no symlinks
+    resolved."""
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -569,8 +700,34 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {echo(item)}: invalid YAML value{_yaml_where(err)}") from None
-        parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
-        _set_path(raw, parts, value, key.strip())
+        _set_path(raw, key_parts(key), value, key.strip())
+
+
+def key_parts(path: str) -> list[str | int]:
+    """``model.layers[1].units`` → ``["model", "layers", 1, "units"]``."""
+    return [n if n else int(i) for n, i in _KEY.findall(path.strip())]
+
+
+def short_key(path: str) -> str:
+    """A key path shortened for a column: ``training.optimizer.learning_rate`` →
+    ``learning_rate``, ``model.layers[1].units`` → ``layers[1].units``."""
+    parts = path.split(".")
+    if len(parts) > 1 and "[" in parts[-2]:
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
+def set_key(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Set the key ``path`` (``model.layers[1].units``) of a raw config to ``value``."""
+    _set_path(raw, key_parts(path), value, path.strip())
+
+
+def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key.path`` (``model.layers[1].units``) of a raw config to ``value``, as is."""
+    parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
+    if not parts:
+        raise ConfigError(f"{key!r}: expected a key path such as training.epochs")
+    _set_path(raw, parts, value, key.strip())
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
@@ -600,27 +757,23 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
     if not problems:
         _check_data(cfg.data, problems)
         _check_training(cfg.training, problems)
+    if not problems and cfg.tune is not None:
+        _check_tune(cfg, problems)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{source}: {len(problems)} {noun} in the config", details=problems)
+    fill_input_shape(cfg)
     return typing.cast(Config, cfg)
 
 
-def logged_metrics(training: TrainingConfig) -> list[str]:
-    """The names an epoch reports, which monitors and targets may watch."""
-    names = ["loss", *dict.fromkeys(training.metrics)]
-    return [*names, *(f"val_{n}" for n in names)]
-
-
 def metric_mode(metric: str, mode: str) -> str:
-    """``auto`` → max for accuracies, min for losses."""
-    if mode != "auto":
-        return mode
-    return "max" if "accuracy" in metric else "min"
+    """``auto`` → the registry's direction (dlcli.metric_names): max for accuracies, min for
+    losses."""
+    return metric_names.mode_of(metric, mode)
 
 
-def _check_training(training: TrainingConfig, problems: list[str]) -> None:
-    known = logged_metrics(training)
+def watched_metrics(training: TrainingConfig) -> dict[str, str]:
+    """Every metric a monitor or target names, by its key path."""
     monitors = {
         "training.checkpoint.monitor": training.checkpoint.monitor,
         "training.early_stopping.monitor": training.early_stopping
@@ -629,12 +782,20 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
         and training.lr_schedule.monitor,
         "training.target.metric": training.target and training.target.metric,
     }
-    for key, name in monitors.items():
-        if isinstance(name, str) and name not in known:
-            problems.append(
-                f"{key}: {name!r} is not a reported metric{did_you_mean(name, known)}; "
-                f"expected one of {', '.join(known)} (training.metrics lists the others)"
-            )
+    return {key: name for key, name in monitors.items() if isinstance(name, str)}
+
+
+def _check_training(training: TrainingConfig, problems: list[str]) -> None:
+    known = metric_names.reported(training.metrics)
+    for key, name in watched_metrics(training).items():
+        problem = metric_names.problem(name, known)
+        if problem:
+            problems.append(f"{key}: {problem}")
+    optimizer = training.optimizer
+    if optimizer.nesterov and optimizer.name != "sgd":
+        problems.append("training.optimizer.nesterov: only sgd supports Nesterov momentum")
+    elif optimizer.nesterov and not optimizer.momentum:
+        problems.append("training.optimizer.nesterov: needs a momentum > 0, found 0")
     if training.stop_at_target and training.target is None:
         problems.append("training.stop_at_target: true needs training.target {metric, value}")
     if training.label_smoothing and training.loss != "softmax_cross_entropy_with_logits":
@@ -649,7 +810,7 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
 
 
 def _check_accuracy_tools(training: TrainingConfig, problems: list[str]) -> None:
-    """class_weights, threads: what the field types alone cannot say."""
+    """class_weights: what the field types alone cannot say."""
     weights = training.class_weights
     if isinstance(weights, list) and (any(w < 0 for w in weights) or not any(weights)):
         problems.append(
@@ -661,29 +822,208 @@ def _check_accuracy_tools(training: TrainingConfig, problems: list[str]) -> None
             f"training.class_weights: only applies to softmax_cross_entropy_with_logits, "
             f"found loss {training.loss!r}"
         )
-    if isinstance(training.threads, int) and training.threads <= 0:
+
+
+# Sections a sweep may not sample: the study itself, and where runs are written.
+_UNTUNABLE = ("tune", "output")
+
+
+def _check_tune(cfg: Config, problems: list[str]) -> None:
+    """``tune.metric`` is reported, and every ``tune.space`` entry names a key of this config
+    and only values that key accepts (both ends of a range, every choice, checked by parsing
+    the config with each), so a bad space fails before any trial."""
+    assert cfg.tune is not None
+    known = metric_names.reported(cfg.training.metrics)
+    problem = metric_names.problem(cfg.tune.metric, known)
+    if problem is not None:
+        problems.append(f"tune.metric: {cfg.tune.metric!r}: {problem}")
+    elif metric_names.parse(cfg.tune.metric, known=known).split == "test":
         problems.append(
-            f"training.threads: expected auto or a number > 0, found {training.threads}"
+            f"tune.metric: {cfg.tune.metric!r} is a test metric; tune on validation "
+            "(val_accuracy, val_loss) and keep the test split for the end"
         )
+    params, space_problems = search_params(cfg.tune.space)
+    problems += space_problems
+    base = to_dict(cfg)
+    del base["tune"]
+    for param in params:
+        where = f"tune.space.{param.path}"
+        problem = _path_problem(base, param.path)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
+            continue
+        for value in param.candidates():
+            trial = copy.deepcopy(base)
+            set_key(trial, param.path, value)
+            try:
+                parse_config(trial)
+            except ConfigError as err:
+                found = err.details or [err.message]
+                problems.append(f"{where}: the value {value!r} is refused: {found[0]}")
+                break
+
+
+def search_params(space: dict[str, Any]) -> tuple[list[SearchParam], list[str]]:
+    """``tune.space`` → its dimensions, and the problems of its entries' syntax."""
+    params: list[SearchParam] = []
+    problems: list[str] = []
+    for path, spec in space.items():
+        where = f"tune.space.{path}"
+        param = _search_param(str(path), spec, where, problems)
+        if param is not None:
+            params.append(param)
+    return params, problems
+
+
+_SPEC_KEYS = ("float", "int", "choice", "log", "step")
+
+
+def _search_param(path: str, spec: Any, where: str, problems: list[str]) -> SearchParam | None:
+    expected = "{float: [low, high]}, {int: [low, high]} or {choice: [a, b, ...]}"
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: expected {expected}, found {_found(spec)}")
+        return None
+    for key in spec:
+        if key not in _SPEC_KEYS:
+            hint = did_you_mean(str(key), list(_SPEC_KEYS))
+            problems.append(f"{where}.{key}: unknown key{hint}; known: {', '.join(_SPEC_KEYS)}")
+    kinds = [k for k in ("float", "int", "choice") if k in spec]
+    if len(kinds) != 1:
+        found = "none" if not kinds else " and ".join(kinds)
+        problems.append(f"{where}: expected exactly one of float, int, choice, found {found}")
+        return None
+    kind = kinds[0]
+    if kind == "choice":
+        return _choice_param(path, spec, where, problems)
+    return _range_param(path, kind, spec, where, problems)
+
+
+def _choice_param(
+    path: str, spec: dict[str, Any], where: str, problems: list[str]
+) -> SearchParam | None:
+    choices = spec["choice"]
+    extra = [k for k in ("log", "step") if k in spec]
+    if extra:
+        problems.append(f"{where}.{extra[0]}: only applies to a float or int range")
+    if not isinstance(choices, list) or not choices:
+        found = "[]" if choices == [] else _found(choices)
+        problems.append(f"{where}.choice: expected a non-empty list of values, found {found}")
+        return None
+    bad = [c for c in choices if not (c is None or isinstance(c, bool | int | float | str))]
+    if bad:
+        problems.append(
+            f"{where}.choice: expected numbers, strings, booleans or null, found {_found(bad[0])}"
+        )
+        return None
+    if len(set(map(repr, choices))) != len(choices):
+        problems.append(f"{where}.choice: a value is listed twice in {choices!r}")
+        return None
+    return SearchParam(path, "choice", choices=tuple(choices))
+
+
+def _range_param(
+    path: str, kind: str, spec: dict[str, Any], where: str, problems: list[str]
+) -> SearchParam | None:
+    bounds, log, step = spec[kind], spec.get("log", False), spec.get("step")
+    number = int if kind == "int" else float
+    noun = "integers" if kind == "int" else "numbers"
+    ok = isinstance(bounds, list) and len(bounds) == 2
+    if ok:
+        ok = all(_fits(number, b) for b in bounds)
+    if not ok:
+        problems.append(f"{where}.{kind}: expected [low, high], two {noun}, found {_found(bounds)}")
+        return None
+    low, high = bounds
+    count = len(problems)
+    if not low < high:
+        problems.append(f"{where}.{kind}: expected low < high, found [{low}, {high}]")
+    if not isinstance(log, bool):
+        problems.append(f"{where}.log: expected a boolean, found {_found(log)}")
+    elif log and low <= 0:
+        problems.append(f"{where}.log: a log range needs low > 0, found {low}")
+    if step is not None:
+        if not _fits(number, step) or step <= 0:
+            problems.append(f"{where}.step: expected {noun[:-1]} > 0, found {_found(step)}")
+        elif log:
+            problems.append(f"{where}: give log or step, not both")
+    if len(problems) > count:
+        return None
+    return SearchParam(path, "int" if kind == "int" else "float", low, high, bool(log), step)
+
+
+def _path_problem(node: Any, path: str) -> str | None:
+    """Why ``path`` names no key of the resolved config ``node`` (None when it does)."""
+    parts = key_parts(path)
+    if not _KEY_PATH.fullmatch(path.strip()):
+        return (
+            "expected a key path such as training.optimizer.learning_rate or model.layers[1].units"
+        )
+    if parts[0] in _UNTUNABLE:
+        return f"{parts[0]}.* cannot be tuned (the study decides it)"
+    walked = ""
+    for part in parts:
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                return f"{walked or '<top>'} is {_kind(node)}, not a list"
+            if part >= len(node):
+                return f"no item [{part}]: {walked} has {len(node)}"
+            node = node[part]
+            walked += f"[{part}]"
+            continue
+        if node is None:
+            return f"{walked} is null in this config: give it a value to tune a key inside it"
+        if not isinstance(node, dict):
+            return f"{walked} is {_kind(node)}, it has no key '{part}'"
+        if part not in node:
+            keys = [str(k) for k in node]
+            where = walked or "the config"
+            hint = did_you_mean(part, keys)
+            return f"unknown key '{part}' in {where}{hint}; known: {', '.join(keys)}"
+        node = node[part]
+        walked = _join(walked, part)
+    return None
 
 
 def _check_data(data: DataConfig, problems: list[str]) -> None:
     from dlcli.data.registry import REGISTRY
 
     files = [data.train_images, data.train_labels, data.test_images, data.test_labels]
-    if data.dataset is not None:
-        if data.dataset not in REGISTRY:
-            problems.append(
-                f"data.dataset: unknown dataset '{data.dataset}'"
-                f"{did_you_mean(data.dataset, list(REGISTRY))}; known: {', '.join(REGISTRY)}"
-            )
-        if any(f is not None for f in files):
-            problems.append("data: give either dataset or the four archive files, not both")
-    elif any(f is None for f in files) or data.num_classes is None:
-        problems.append(
-            "data: expected dataset (a registry name) or all of train_images, train_labels, "
-            "test_images, test_labels and num_classes"
+    given = [
+        name
+        for name, present in (
+            ("dataset", data.dataset is not None),
+            ("train", data.train is not None),
+            ("the four IDX files", any(f is not None for f in files)),
         )
+        if present
+    ]
+    if len(given) > 1:
+        problems.append(f"data: give one of dataset, train or the four IDX files; found {given}")
+    if data.dataset is not None and data.dataset not in REGISTRY:
+        problems.append(
+            f"data.dataset: unknown dataset '{data.dataset}'"
+            f"{did_you_mean(data.dataset, list(REGISTRY))}; known: {', '.join(REGISTRY)}"
+        )
+    if data.train is None and (data.test is not None or data.validation is not None):
+        problems.append("data.test / data.validation: need data.train (the training data)")
+    if not given or (
+        given == ["the four IDX files"]
+        and (any(f is None for f in files) or data.num_classes is None)
+    ):
+        problems.append(
+            "data: expected train (a folder, CSV, .npz or IDX archive), dataset (a registry "
+            "name), or all of train_images, train_labels, test_images, test_labels and "
+            "num_classes"
+        )
+
+
+def fill_input_shape(cfg: Config) -> None:
+    """A registry dataset's input shape where the config leaves it out (no data read); for
+    other data, :func:`dlcli.pipeline.prepare` infers it from the data and records it."""
+    from dlcli.data.registry import REGISTRY
+
+    if cfg.model.input_shape is None and cfg.data.dataset in REGISTRY:
+        cfg.model.input_shape = list(REGISTRY[str(cfg.data.dataset)].input_shape)
 
 
 def _parse_dataclass(cls: type[Any], raw: Any, path: str, problems: list[str]) -> Any:
@@ -745,6 +1085,10 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(
                 f"{path}: expected one of {', '.join(choices)}, found {echo(value)}{hint_text}"
             )
+        return value
+    if origin is dict:  # a free mapping (tune.space): its entries are checked by its owner
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, found {_found(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):

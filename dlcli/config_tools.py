@@ -97,15 +97,109 @@ def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-
     )
 
 
+_FROM_DATA = """\
+# dlcli train {path}
+#
+# A starter config for your own data ({source}), written by `dlcli init --from`:
+# {count} classes ({names}); the images are {found}.
+# It trains as is:  dlcli train {path}
+# `dlcli data check {data}` lists the images per class, sizes, modes and unreadable files;
+# `dlcli config show {path}` prints every key with its default and meaning.
+data:
+{splits}  validation_split: {validation_split}{split_pad}# fraction of train held out for validation
+  resize: stretch               # images to input_shape: stretch | pad | crop
+model:
+  input_shape: {input_shape}{shape_pad}# height, width, channels every image is converted to
+  layers:                       # in order; every layer's input size is inferred
+{layers}training:
+  optimizer: {{name: adam, learning_rate: 0.001}}   # adam, adamw, sgd or rmsprop
+  loss: softmax_cross_entropy_with_logits
+  metrics: [accuracy]           # and/or top_k_accuracy
+  epochs: 10
+  batch_size: {batch_size}
+  seed: 0                       # the same seed gives the same split, weights and run
+  device: auto                  # auto | cpu | cuda | cuda:N
+output:
+  dir: {output}{output_pad}# where the trained model is saved
+"""
+MAX_SIDE = 64  # init --from shrinks larger images to this on their long side
+
+
+def starter_from_data(path: str, data: Path, *, template: str | None = None) -> str:
+    """A starter config for the data at ``data`` (a folder of class folders, a folder holding
+    train/ and test/, a CSV, an .npz or an IDX archive): its classes, an input shape from
+    its images (long side at most :data:`MAX_SIDE`) and a model for that shape (``cnn`` for
+    colour or larger than 32×32 images unless ``template`` says otherwise)."""
+    from dlcli.data.local import LocalData, describe
+    from dlcli.data.sources import split_folders
+
+    splits = split_folders(data) or {"train": data}
+    paths = {name: split.resolve() for name, split in splits.items()}
+    spec = LocalData(paths["train"], paths.get("test"), paths.get("validation"))
+    names, conversion = describe(spec)
+    (height, width), channels = _fitted(conversion.height, conversion.width), conversion.channels
+    if template is None:
+        template = "cnn" if channels > 1 or max(height, width) > 32 else "mlp"
+    if template not in TEMPLATES:
+        raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
+    shape = f"[{height}, {width}, {channels}]"
+    output = f"runs/{Path(path).stem}"
+    comments = {"train": "class folders, a path,label CSV, an .npz or an IDX archive"}
+    lines = "".join(
+        f"  {name}: {_quoted(p)}{_pad(f'  {name}: {_quoted(p)}', _COMMENT_COLUMN)}"
+        f"# {comments.get(name, f'the {name} data')}\n"
+        for name, p in paths.items()
+    )
+    found = f"{conversion.height}×{conversion.width} {'greyscale' if channels == 1 else 'colour'}"
+    split = "0.1"
+    return _FROM_DATA.format(
+        path=path,
+        source=data,
+        data=data,
+        count=len(names),
+        names=", ".join(names[:8]) + (", …" if len(names) > 8 else ""),
+        found=f"mostly {found}",
+        splits=lines,
+        validation_split=split,
+        split_pad=_pad(f"  validation_split: {split}", _COMMENT_COLUMN),
+        input_shape=shape,
+        shape_pad=_pad(shape, 18),
+        layers=_LAYERS[template].format(classes=len(names)),
+        batch_size=32 if template == "cnn" else 100,
+        output=output,
+        output_pad=_pad(output, 25),
+    )
+
+
+def _fitted(height: int, width: int) -> tuple[int, int]:
+    """(height, width) scaled so the long side is at most :data:`MAX_SIDE`."""
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _quoted(path: Path) -> str:
+    return yaml.safe_dump(str(path), default_style=None).strip().removesuffix("\n...").strip()
+
+
 def write_starter(
-    path: Path, *, template: str = "mlp", dataset: str = "fashion-mnist", force: bool = False
+    path: Path,
+    *,
+    template: str = "mlp",
+    dataset: str = "fashion-mnist",
+    force: bool = False,
+    data: Path | None = None,
+    template_given: bool = True,
 ) -> str:
-    """Write :func:`starter_config` to ``path`` (refusing to replace a file unless ``force``)."""
+    """Write :func:`starter_config` (or, with ``data``, :func:`starter_from_data`) to ``path``
+    (refusing to replace a file unless ``force``)."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give a file name, e.g. {path / 'config.yaml'}")
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to overwrite it")
-    text = starter_config(str(path), template=template, dataset=dataset)
+    if data is not None:
+        text = starter_from_data(str(path), data, template=template if template_given else None)
+    else:
+        text = starter_config(str(path), template=template, dataset=dataset)
     parse_config(parse_yaml(text), source=str(path))  # what init writes must load
     write_atomically(path, text.encode("utf-8"), "the config")
     return text
@@ -172,12 +266,17 @@ def _flow(value: Any) -> str:
 # --- config validate --------------------------------------------------------------------------
 
 
-def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Load ``path`` and build its model and optimizer; any problem is a :class:`ConfigError`.
+def validate_config(
+    path: Path, overrides: list[str] | tuple[str, ...] = (), *, check_data: bool = True
+) -> dict[str, Any]:
+    """Load ``path`` and build its model (no optimizer, no Trainer); any problem is a
+    :class:`ConfigError`.
 
     Checks the schema and values, the device name, the input shape against a registry
     dataset's images, and every layer's shape (a kernel larger than its input, a missing
-    flatten, a last layer with the wrong number of classes). Reads no data.
+    flatten, a last layer with the wrong number of classes). With ``check_data``, also what
+    ``train`` checks before its first step: the data files exist and are readable archives of
+    consistent shapes and labels, and ``model.input_shape`` matches their images.
     """
     cfg = load_config(path, overrides)
     where = str(path)
@@ -187,6 +286,8 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             f"{where}: training.device: expected auto, cpu, cuda or cuda:N, "
             f"found {cfg.training.device!r}"
         )
+    if check_data and cfg.data.dataset is None:  # a registry dataset's shape is known above
+        _check_data(cfg, where)
     built = _build(cfg, num_classes, where)
     return {
         "config": where,
@@ -200,14 +301,27 @@ def validate_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     }
 
 
+def _check_data(cfg: Config, where: str) -> None:
+    """Read the data as ``train`` will (a problem is a config error here: exit 2)."""
+    from dlcli.errors import DataError
+    from dlcli.pipeline import check_input_shape, load_data
+
+    try:
+        check_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
+    except (DataError, ConfigError) as err:
+        raise ConfigError(f"{where}: {err.message}", details=err.details) from None
+
+
 def _num_classes(cfg: Config, where: str) -> int:
     from dlcli.data.registry import REGISTRY
 
+    if cfg.data.train is not None:
+        return infer_from_data(cfg)
     if cfg.data.dataset is None:
         assert cfg.data.num_classes is not None  # guaranteed by parse_config
         return cfg.data.num_classes
     entry = REGISTRY[cfg.data.dataset]
-    if tuple(cfg.model.input_shape) != entry.input_shape:
+    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != entry.input_shape:
         raise ConfigError(
             f"{where}: model.input_shape: the config says {list(cfg.model.input_shape)}, but "
             f"{entry.name}'s images are {list(entry.input_shape)} (height, width, channels)"
@@ -215,20 +329,21 @@ def _num_classes(cfg: Config, where: str) -> int:
     return entry.num_classes
 
 
-def _build(cfg: Config, num_classes: int, where: str) -> Any:
-    import torch
+def infer_from_data(cfg: Config) -> int:
+    """``data.train``'s class count, from its listing; an input shape left out is inferred
+    from the train images' headers (as training will)."""
+    from dlcli.data.local import LocalData, describe
 
-    from dlcli.engine import Trainer
+    names, conversion = describe(LocalData.from_config(cfg.data, cfg.model.input_shape))
+    if cfg.model.input_shape is None:
+        cfg.model.input_shape = [conversion.height, conversion.width, conversion.channels]
+    return len(names)
+
+
+def _build(cfg: Config, num_classes: int, where: str) -> Any:
     from dlcli.model import build_model
 
-    training = cfg.training
-    if training.precision == "fp16":
-        # fp16 needs CUDA: that is checked where the job trains, not where the config is linted.
-        training = dataclasses.replace(training, precision="fp32")
     try:
-        built = build_model(cfg.model, num_classes=num_classes)
-        # The trainer checks what only makes sense together (e.g. nesterov without sgd).
-        Trainer(built.module, training, num_classes=num_classes, device=torch.device("cpu"))
+        return build_model(cfg.model, num_classes=num_classes)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err.message}", details=err.details) from None
-    return built

@@ -1,9 +1,20 @@
-"""fit / evaluate: the training loop, its metrics and its callbacks. Never prints.
+"""fit: the training loop and its one step. Never prints.
 
-Progress, checkpoints, early stopping and the like are callbacks (:class:`Callback`); the
-command line hands in one that draws rich progress bars. The loop keeps the whole dataset as one
-uint8 tensor on the device and slices batches out of a seeded per-epoch permutation, so the
-same seed gives the same run, and metrics accumulate on the device and are read once an epoch.
+:meth:`Trainer.train_step` is the whole step, top to bottom: the batch, forward, loss,
+backward, update, metrics. The options that change how a step runs (mixed precision,
+torch.compile, channels_last, the flat parameter buffer: ``dlcli/accel.py``; data parallelism:
+``dlcli/distributed``) are small objects it calls at named points; a single process has no
+data-parallel object and runs no distributed code. Two points are left for what plugs into the
+step: ``augment`` (an on-device transform of each uint8 batch, before forward:
+``training.augment``, dlcli/augment.py) and ``after_update`` (hooks after each optimizer
+update: ``training.ema``'s weight average, dlcli/averaging.py). With a weight average,
+validation scores the average and the fit ends with the average in the model (the run's
+model); ``training.class_weights`` weighs the training loss.
+
+Around the step, :meth:`Trainer.fit` runs epochs: the whole dataset is one uint8 tensor on the
+device, batches are slices of a seeded per-epoch permutation (the same seed gives the same
+run), metrics accumulate on the device and are read once an epoch, and progress, checkpoints,
+early stopping and the like are callbacks (:class:`~dlcli.hooks.Callback`).
 """
 
 from __future__ import annotations
@@ -12,143 +23,44 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dlcli.accel import Accel
-from dlcli.augment import Mixed, make_augmenter, mixed_loss
-from dlcli.averaging import WeightAverage, tta_forward
+from dlcli.accel import (
+    ChannelsLast,
+    DeviceData,
+    FlatParameters,
+    Precision,
+    compiled,
+    to_float,
+)
+from dlcli.augment import Augmenter
+from dlcli.averaging import WeightAverage
 from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
-from dlcli.distributed import SINGLE, SignalVote, World
 from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError
+from dlcli.evaluation import Objective, Running, Scorer, score
+from dlcli.hooks import Callback, Logs
 from dlcli.optim import make_optimizer
 from dlcli.untrusted import conforms, shorten
 
-Logs = dict[str, float]
+if TYPE_CHECKING:
+    from dlcli.distributed import World
 
-
-class Callback:
-    """Hooks called by :class:`Trainer`; override the ones you need.
-
-    ``on_fit_end`` is called however the fit ends (finished, stopped, interrupted, failed);
-    ``on_interrupt`` just before :class:`Interrupted` is raised, after the current step. A
-    callback with state that a resumed run needs returns it from ``state_dict`` (plain data
-    and tensors) and takes it back in ``load_state_dict``.
-    """
-
-    def on_fit_begin(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None: ...
-
-    def on_step_end(self, trainer: Trainer, step: int) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None: ...
-
-    def on_fit_end(self, trainer: Trainer) -> None: ...
-
-    def on_interrupt(self, trainer: Trainer) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` on a machine without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"training.device: expected auto, cpu, cuda or cuda:N, found {name!r}"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"training.device: {name!r} requested, but CUDA is not available "
-                f"(torch {torch.__version__}); use device: cpu or auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"training.device: {name!r} requested, but only "
-                f"{torch.cuda.device_count()} CUDA device(s) are visible"
-            )
-    elif device.type != "cpu":
-        raise ConfigError(f"training.device: expected auto, cpu, cuda or cuda:N, found {name!r}")
-    return device
-
-
-# Steps filed before they are folded: small tensors kept alive across many steps fragment the
-# CPU allocator's heap (never folding, an epoch of Fashion-MNIST grew peak RSS by ~300 MB).
-_FOLD_EVERY = 32
-
-
-@dataclass
-class _Running:
-    """An epoch's metrics so far, kept on the device and read with one sync.
-
-    A step only files its tensors (the loss, the predicted classes and the labels: one argmax
-    kernel, no arithmetic); :meth:`fold` takes them in every ``_FOLD_EVERY`` steps and when
-    somebody reads (a progress bar, the end of the epoch, a checkpoint). The loss is kept as
-    one term per step and summed whole at each read, so the epoch's mean is the same float
-    however often it was read or wherever a run was interrupted and resumed; the counts are
-    integers.
-    """
-
-    loss_terms: torch.Tensor  # loss * batch size, one per step so far
-    correct: torch.Tensor
-    top_k: torch.Tensor
-    count: int = 0
-    pending: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = (
-        field(default_factory=list)
-    )
-
-    def add(
-        self,
-        loss: torch.Tensor,
-        predicted: torch.Tensor | None,
-        top_k: torch.Tensor | None,
-        labels: torch.Tensor,
-    ) -> None:
-        self.pending.append((loss, predicted, top_k, labels))
-        self.count += len(labels)
-        if len(self.pending) == _FOLD_EVERY:
-            self.fold()
-
-    def fold(self) -> None:
-        if not self.pending:
-            return
-        losses, predicted, top_k, labels = zip(*self.pending, strict=True)
-        sizes = [len(y) for y in labels]
-        terms = torch.stack(losses).float()
-        if min(sizes) == max(sizes):  # a Python number: no host-to-device copy, no CUDA sync
-            terms *= sizes[0]
-        else:  # the epoch's last, smaller batch: a copy (and sync) once an epoch
-            terms *= torch.tensor(sizes, dtype=terms.dtype, device=terms.device)
-        self.loss_terms = torch.cat([self.loss_terms, terms])
-        y = torch.cat(labels)
-        if predicted[0] is not None:
-            self.correct += (torch.cat(predicted) == y).sum()
-        if top_k[0] is not None:
-            self.top_k += (torch.cat(top_k) == y[:, None]).any(dim=1).sum()
-        self.pending.clear()
-
-    def sums(self) -> torch.Tensor:
-        """[loss sum, correct, top-k correct] as one float tensor."""
-        self.fold()
-        return torch.stack([self.loss_terms.sum(), self.correct.float(), self.top_k.float()])
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(images, labels) → (images, targets)`` on the device: uint8 N×C×H×W images in, uint8
+images or float images in [0, 1] out; targets the labels, or class probabilities (N×classes)
+for mixing (:class:`dlcli.augment.Augmenter`)."""
 
 
 class Trainer:
-    """Fits a model to a :class:`Split` and evaluates it; see :class:`Callback` for hooks."""
+    """Fits a model to a :class:`Split` and evaluates it; see :class:`~dlcli.hooks.Callback`
+    for the hooks. ``world`` is this worker's place in a data-parallel run (``None``: a single
+    process)."""
 
     def __init__(
         self,
@@ -158,98 +70,119 @@ class Trainer:
         num_classes: int,
         device: torch.device,
         callbacks: Sequence[Callback] = (),
-        world: World = SINGLE,
+        world: World | None = None,
+        augment: BatchTransform | None = None,
+        after_update: Sequence[Callable[[], None]] = (),
     ) -> None:
-        if training.optimizer.nesterov and training.optimizer.name != "sgd":
-            raise ConfigError("training.optimizer.nesterov: only sgd supports Nesterov momentum")
-        self.cfg = training
+        self.training = training
         self.device = device
-        # precision, compile, channels_last (dlcli/accel.py): self.model is the module (its
-        # parameters and names), self._forward what runs it (torch.compile'd if asked).
-        self.accel = Accel(training, device)
-        self.model, self._forward = self.accel.prepare(model)
-        # Data-parallel (dlcli/distributed.py): training runs through DistributedDataParallel
-        # (compiled too with training.compile), evaluation through self._forward on this
-        # worker's block; one process: both the same.
-        self.world = world
-        self._train_forward = self._forward
-        if world.distributed:
-            self._train_forward = self.accel.runner(world.wrap(self.model, device))
-        self._interrupted: str | None = None  # what every worker agreed on (see interrupted)
-        self._stop_request: str | None = None  # this worker's signal, not yet agreed on
-        self._signal_vote = SignalVote(world)
         self.num_classes = num_classes
-        # One tensor holds every parameter (dlcli/accel.py, FlatParameters): the optimizer
-        # updates it in one kernel; the module's parameters are views into it.
-        self.optimizer = make_optimizer([self.accel.flat.params], training.optimizer)
-        # Accuracy tools (dlcli/augment.py, dlcli/averaging.py): a batch transform before the
-        # forward, a weight average after the update; class weights in the training loss.
-        self.augment = make_augmenter(training.augment, device, training.seed)
-        self.ema = WeightAverage(self.model, training.ema) if training.ema else None
+        self.objective = Objective.of(training, num_classes)
+        # The step's options (dlcli/accel.py), resolved once for this device and model.
+        self.precision = Precision(training.precision, device)
+        self.channels_last = ChannelsLast(training.channels_last, model)
+        self.model = self.channels_last.model(model.to(device))  # its parameters and names
+        self.flat = FlatParameters(self.model)  # every parameter in one buffer
+        self.forward = compiled(self.model, training.compile)  # what runs the model
+        # Data parallel: training runs through DistributedDataParallel (compiled too with
+        # training.compile); evaluation through self.forward on this worker's block.
+        self.world = world if world is not None and world.distributed else None
+        self.train_forward = self.forward
+        if self.world is not None:
+            self.train_forward = compiled(self.world.wrap(self.model, device), training.compile)
+        self.optimizer = make_optimizer([self.flat.params], training.optimizer)
+        self.augment = augment
+        self.after_update = list(after_update)
+        # training.ema: the weight average among the hooks, which validation scores.
+        self.average = next((h for h in self.after_update if isinstance(h, WeightAverage)), None)
+        self._average_in_model = False  # set when the fit ends: the model is the average now
         self.class_weights: torch.Tensor | None = None  # set by fit from the training labels
+        self.scorer = Scorer(self.model, device, self.precision, self.channels_last, self.forward)
+        self.on_device = DeviceData(device)  # each split copied to the device once
+        if device.type == "cuda":  # batches of one shape: let cuDNN pick its fastest kernels
+            torch.backends.cudnn.benchmark = True
         self.callbacks = list(callbacks)
         self.history: list[Logs] = []
         self.epoch = 0  # epochs completed
         self.global_step = 0
         self.steps_per_epoch = 0
         self.stop_training = False  # set by callbacks: end after this epoch (or step)
-        self.interrupted = None  # set by a signal handler: checkpoint and stop
+        self._interrupted: str | None = None  # what every worker agreed on (see interrupted)
+        self._stop_request: str | None = None  # this worker's signal, not yet agreed on
+        self._signal_vote = self.world.signal_vote() if self.world is not None else None
         self.step_in_epoch = 0  # steps done in the epoch under way
         self.fit_seconds = 0.0
         self._fit_start: float | None = None
-        self._running: _Running | None = None
+        self._running: Running | None = None
         self._resume: Mapping[str, Any] | None = None
         self._resume_source = "checkpoint"
 
     @property
-    def interrupted(self) -> str | None:
-        """Set (to the signal's name) by a signal handler: checkpoint and stop after the current
-        step. In a distributed run it reads what the workers agreed on, so all of them stop at
-        the same step (a worker leaving alone would leave the others waiting); see _agree."""
-        return self._interrupted
+    def epochs(self) -> int:
+        """The number of epochs the fit runs to (``training.epochs``)."""
+        return self.training.epochs
 
-    @interrupted.setter
-    def interrupted(self, value: str | None) -> None:
-        self._stop_request = value
-        if not self.world.distributed:
-            self._interrupted = value
+    # --- the step ---------------------------------------------------------------------------
 
-    def _agree(self, *, each_step: bool = False) -> None:
-        """Distributed: stop everywhere if a signal reached any worker, or (at the end of an
-        epoch) a callback on any worker says so. After each step the signal vote runs while the
-        next step computes and is read one step later, so it costs no wait; callbacks see the
-        same global logs on every worker and decide alike in between."""
-        if not self.world.distributed:
-            return
-        if each_step:
-            if self._signal_vote.step(self._stop_request is not None):
-                self._interrupted = self._stop_request or "a signal to another worker"
-            return
-        self._signal_vote.settle()
-        self.stop_training, self._interrupted = self.world.agree(
-            self.stop_training, self._stop_request
-        )
+    def train_step(
+        self, images: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor:
+        """One step on the samples ``batch`` (indices into the uint8 ``images`` and the
+        ``labels``, all on the device); returns the batch's mean loss (detached)."""
+        # 1. The batch: this worker's share of it (data parallel only), then its rows.
+        index = batch if self.world is None else self.world.shard(batch)
+        x, y = images.index_select(0, index), labels.index_select(0, index)
+        targets = y
+        # 2. Augmentation, on the device, of the uint8 batch (``augment``; none by default).
+        if self.augment is not None:
+            x, targets = self.augment(x, y)
+        # 3. Pixels → float32 in [0, 1] (augmented ones already are), NHWC for convolutions.
+        x = self.channels_last.batch(x if x.is_floating_point() else to_float(x))
+        # 4. Forward and loss (weighted by training.class_weights), in mixed precision if asked.
+        with self.precision.autocast():
+            logits = self.train_forward(x)
+            loss = self.objective.loss_of(logits, targets, self.class_weights)
+        # 5. Backward: zero the one flat gradient buffer (one memset), then back-propagate
+        #    (fp16: the loss scaled against underflow; data parallel: weighted by this
+        #    worker's share of the global batch, DDP averaging the gradients).
+        self.flat.zero_grad()
+        if self.world is None:
+            self.precision.backward(loss)
+        else:
+            self.precision.backward(self.world.scale_loss(loss, len(y), len(batch)))
+        # 6. Update: one optimizer step (Adam: one fused kernel over the flat buffer).
+        self.precision.update(self.optimizer)
+        # 7. After the update: weight averaging and the like (``after_update``; none by default).
+        for hook in self.after_update:
+            hook()
+        # 8. Metrics: file the loss and the predictions on the device; read once an epoch.
+        loss = loss.detach()
+        assert self._running is not None
+        self._running.add(loss, logits.detach(), y)
+        return loss
 
     # --- the loop ---------------------------------------------------------------------------
 
     def fit(self, train: Split, validation: Split | None = None) -> list[Logs]:
-        """Train until ``cfg.epochs`` epochs are done (continuing from ``self.epoch``, or from
-        :meth:`load_state_dict`); return the history.
+        """Train until ``training.epochs`` epochs are done (continuing from ``self.epoch``, or
+        from :meth:`load_state_dict`); return the history.
 
         Raises :class:`Interrupted` when :attr:`interrupted` is set (after the current step and
         the callbacks' ``on_interrupt``), :class:`TrainingError` on a non-finite loss.
         """
-        images, labels = self._to_device(train)
-        self.class_weights = class_weights(self.cfg.class_weights, labels, self.num_classes)
-        self.steps_per_epoch = math.ceil(len(labels) / self.cfg.batch_size)
+        images, labels = self.on_device(train.images, train.labels)
+        self.class_weights = class_weights(self.training.class_weights, labels, self.num_classes)
+        self._average_in_model = False
+        self.steps_per_epoch = math.ceil(len(labels) / self.training.batch_size)
         self._call("on_fit_begin")
         if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
             self._apply_checked_state(self._resume)
             self._resume = None
-        self.world.seed(self.cfg.seed, self.global_step)  # distributed: a dropout stream each
+        if self.world is not None:  # each worker its own dropout stream from here on
+            self.world.seed(self.training.seed, self.global_step)
         self._fit_start = time.perf_counter()
         try:
-            while self.epoch < self.cfg.epochs and not (self.stop_training or self.interrupted):
+            while self.epoch < self.epochs and not (self.stop_training or self.interrupted):
                 epoch = self.epoch + 1
                 self._call("on_epoch_begin", epoch)
                 epoch_start = time.perf_counter()
@@ -257,8 +190,7 @@ class Trainer:
                 if self.interrupted:
                     break
                 if validation is not None:
-                    with self.averaged():  # EMA: score the average, the model a run saves
-                        logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
+                    logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
                 logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
                 logs["seconds"] = time.perf_counter() - epoch_start
                 self.epoch = epoch
@@ -272,8 +204,9 @@ class Trainer:
                     f"training interrupted ({self.interrupted}) in epoch {self.epoch + 1}, "
                     f"after step {self.step_in_epoch} of {self.steps_per_epoch}"
                 )
-            if self.ema is not None:  # the run's model is the average (before early stopping
-                self.ema.copy_to_model()  # restores its best, which is an average too)
+            if self.average is not None:  # the run's model is the average (before early
+                self.average.copy_to_model()  # stopping restores its best, an average too)
+                self._average_in_model = True
         finally:
             self.fit_seconds = self.elapsed_fit_seconds()
             self._fit_start = None
@@ -284,29 +217,10 @@ class Trainer:
         self.model.train()
         done = self.step_in_epoch  # > 0 only when resuming inside this epoch
         if self._running is None:
-            self._running = self._new_running()
+            self._running = self.objective.running(self.device)
         batches = itertools.islice(self._batches(len(labels), epoch), done, None)
         for step, batch in enumerate(batches, start=done + 1):
-            index = self.world.shard(batch)  # distributed: this worker's part of the batch
-            y = labels[index]
-            # 0. the batch: uint8 → float32 / 255, augmented on the device if asked.
-            x, mixed = self._train_inputs(images, index, y)
-            # 1. forward and loss, 2. backward, 3. update; metrics stay on the device.
-            with self.accel.autocast():
-                logits = self._train_forward(x)
-                # An empty shard (a last batch smaller than the world) still joins DDP's
-                # all-reduce, with a zero loss that reaches every parameter.
-                loss = (
-                    mixed_loss(self._train_loss, logits, y, mixed)
-                    if len(y)
-                    else (logits.sum() * 0.0)
-                )
-            self.accel.zero_grad()
-            scaled = self.world.scale_loss(loss, len(y), len(batch))
-            self.accel.backward_and_step(scaled, self.optimizer)  # grad-scaled for fp16
-            if self.ema is not None:  # 4. the weight average follows the update
-                self.ema.update()
-            self._accumulate(self._running, logits.detach(), y, loss.detach())
+            loss = self.train_step(images, labels, batch)
             self.global_step += 1
             self.step_in_epoch = step
             if self.device.type == "cpu" and not math.isfinite(loss.item()):
@@ -330,61 +244,71 @@ class Trainer:
             )
         return logs
 
-    def _train_inputs(
-        self, images: torch.Tensor, index: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, Mixed | None]:
-        """A training batch as the model takes it; with ``training.augment``, augmented."""
-        if self.augment is None:
-            return self.accel.inputs(images, index), None  # one kernel
-        x, mixed = self.augment(images.index_select(0, index), y)
-        return self.accel.layout(x), mixed
-
-    @contextlib.contextmanager
-    def averaged(self) -> Iterator[None]:
-        """With ``training.ema``, the weight average in the model for the duration."""
-        if self.ema is None:
-            yield
-            return
-        with self.ema.swapped_in():
-            yield
-
-    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights validation scores (the average with EMA), as a copy."""
-        with self.averaged():
-            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def _gather_running(self) -> None:
-        """Distributed and stopped inside an epoch: make rank 0's running sums every worker's
-        (all of them stop at the same step), so the checkpoint rank 0 writes holds the whole
-        epoch so far and a resumed run reports the epoch's metrics over every sample."""
-        running = self._running
-        if not self.world.distributed or running is None or not self.step_in_epoch:
-            return
-        values, total = self.world.sum_metrics(running.sums(), running.count)
-        if self.world.is_main:
-            self._running = _Running(
-                torch.tensor([values[0]], device=self.device),
-                torch.tensor(round(values[1]), device=self.device),
-                torch.tensor(round(values[2]), device=self.device),
-                total,
-            )
-
     def _batches(self, n: int, epoch: int) -> Iterator[torch.Tensor]:
         """Index tensors for one epoch: a permutation seeded by (seed, epoch), so a resumed
         run shuffles exactly as an uninterrupted one would."""
-        if self.cfg.shuffle:
+        if self.training.shuffle:
             # Modulo 2^64, what a torch seed can hold (training.seed goes up to 2^63-1).
-            generator = torch.Generator().manual_seed((self.cfg.seed * 100_003 + epoch) % 2**64)
+            seed = (self.training.seed * 100_003 + epoch) % 2**64
+            generator = torch.Generator().manual_seed(seed)
             order = torch.randperm(n, generator=generator).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
-        yield from order.split(self.cfg.batch_size)
+        yield from order.split(self.training.batch_size)
 
     def elapsed_fit_seconds(self) -> float:
         """Seconds spent in :meth:`fit` so far, over every run of a resumed fit."""
         if self._fit_start is None:
             return self.fit_seconds
         return self.fit_seconds + time.perf_counter() - self._fit_start
+
+    # --- stopping: signals and callbacks, agreed between workers ----------------------------
+
+    @property
+    def interrupted(self) -> str | None:
+        """Set (to the signal's name) by a signal handler: checkpoint and stop after the current
+        step. In a distributed run it reads what the workers agreed on, so all of them stop at
+        the same step (a worker leaving alone would leave the others waiting); see _agree."""
+        return self._interrupted
+
+    @interrupted.setter
+    def interrupted(self, value: str | None) -> None:
+        self._stop_request = value
+        if self.world is None:
+            self._interrupted = value
+
+    def _agree(self, *, each_step: bool = False) -> None:
+        """Distributed: stop everywhere if a signal reached any worker, or (at the end of an
+        epoch) a callback on any worker says so. After each step the signal vote runs while the
+        next step computes and is read one step later, so it costs no wait; callbacks see the
+        same global logs on every worker and decide alike in between."""
+        if self.world is None or self._signal_vote is None:
+            return
+        if each_step:
+            if self._signal_vote.step(self._stop_request is not None):
+                self._interrupted = self._stop_request or "a signal to another worker"
+            return
+        self._signal_vote.settle()
+        self.stop_training, self._interrupted = self.world.agree(
+            self.stop_training, self._stop_request
+        )
+
+    def _gather_running(self) -> None:
+        """Distributed and stopped inside an epoch: make rank 0's running sums every worker's
+        (all of them stop at the same step), so the checkpoint rank 0 writes holds the whole
+        epoch so far and a resumed run reports the epoch's metrics over every sample."""
+        running = self._running
+        if self.world is None or running is None or not self.step_in_epoch:
+            return
+        values, total = self.world.sum_metrics(running.sums(), running.count)
+        if self.world.is_main:
+            self._running = Running(
+                self.objective,
+                torch.tensor([values[0]], device=self.device),
+                torch.tensor(round(values[1]), device=self.device),
+                torch.tensor(round(values[2]), device=self.device),
+                total,
+            )
 
     # --- state: what a checkpoint holds -------------------------------------------------------
 
@@ -406,6 +330,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         callbacks = {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()}
         return {
+            **self.tool_state(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -416,15 +341,16 @@ class Trainer:
             "running": running,
             "rng": rng,
             "callbacks": {key: state for key, state in callbacks.items() if state},
-            **self.tool_state(),
         }
 
     def tool_state(self) -> dict[str, Any]:
-        """The augmentation generators' and the weight average's state (when they are on)."""
-        return {
-            **({"augment": self.augment.state_dict()} if self.augment else {}),
-            **({"ema": self.ema.state_dict()} if self.ema else {}),
-        }
+        """The augmentation generators' and the weight average's state, when they are on."""
+        state: dict[str, Any] = {}
+        if isinstance(self.augment, Augmenter):
+            state["augment"] = self.augment.state_dict()
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
         """Continue from :meth:`state_dict` (also as read back from JSON). The weights load now;
@@ -463,8 +389,9 @@ class Trainer:
         self.history = [{k: float(v) for k, v in row.items()} for row in state["history"]]
         self.optimizer.load_state_dict(_optimizer_state(state["optimizer"], self.optimizer))
         running = state.get("running")
-        if running and self.world.is_main:  # every worker's sums so far (_gather_running)
-            self._running = _Running(
+        if running and (self.world is None or self.world.is_main):  # see _gather_running
+            self._running = Running(
+                self.objective,
                 running["loss_terms"].to(self.device),
                 running["correct"].to(self.device),
                 running["top_k"].to(self.device),
@@ -473,10 +400,10 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        if self.augment is not None and "augment" in state:
+        if isinstance(self.augment, Augmenter) and "augment" in state:
             self.augment.load_state_dict(state["augment"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        if self.average is not None and "ema" in state:
+            self.average.load_state_dict(state["ema"])
         saved = state.get("callbacks", {})
         for key, callback in self._keyed_callbacks().items():
             if key in saved:
@@ -494,96 +421,52 @@ class Trainer:
             keyed[key] = callback
         return keyed
 
-    # --- evaluation -------------------------------------------------------------------------
+    # --- evaluation and metrics ---------------------------------------------------------------
 
-    @torch.inference_mode()
     def evaluate(self, split: Split, batch_size: int = 1000, tta: str = "none") -> Logs:
-        """Loss and metrics of the model on a split (eval mode, no gradients, never augmented
-        but for the test-time augmentation ``tta``: none or flip)."""
-        self.model.eval()
-        self.world.broadcast_buffers(self.model)  # distributed: score the model rank 0 saves
-        images, labels = self._to_device(split)
-        running = self._new_running()
-        forward = tta_forward(self._forward, tta)
-        block = self.world.block(len(labels))  # distributed: this worker's block; all-reduced
-        for start in range(block.start, block.stop, batch_size):
-            index = slice(start, min(start + batch_size, block.stop))  # in order: views
-            y = labels[index]
-            with self.accel.autocast():
-                logits = forward(self.accel.inputs(images, index))
-                loss = self._loss(logits, y)
-            self._accumulate(running, logits, y, loss)
+        """Loss and metrics of the model on a split (dlcli.evaluation; distributed: each
+        worker scores its block of the split, and the sums are added up). With
+        ``training.ema`` the average is scored; never augmented, but for the test-time
+        augmentation ``tta`` (none or flip)."""
+        images, labels = self.on_device(split.images, split.labels)
+        scorer = self.scorer if tta == self.scorer.tta else replace(self.scorer, tta=tta)
+        rows = None
+        with self.averaged():
+            if self.world is not None:
+                self.world.broadcast_buffers(self.model)  # score the model rank 0 saves
+                rows = self.world.block(len(labels))
+            running = score(
+                scorer, images, labels, self.objective, batch_size=batch_size, rows=rows
+            )
         return self._read(running)
 
-    @torch.inference_mode()
-    def predict_logits(
-        self, images: torch.Tensor, batch_size: int = 1000, tta: str = "none"
-    ) -> torch.Tensor:
-        """Logits of uint8 images (eval mode; ``tta``: none or flip)."""
-        self.model.eval()
-        forward = tta_forward(self._forward, tta)
-        out = []
-        for batch in images.split(batch_size):
-            with self.accel.autocast():
-                logits = forward(self.accel.inputs(batch.to(self.device), slice(None)))
-            out.append(logits.float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.num_classes)
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """With ``training.ema``, the weight average in the model for the duration (once the
+        fit has ended the model already holds it)."""
+        if self.average is None or self._average_in_model:
+            yield
+            return
+        with self.average.swapped_in():
+            yield
+
+    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights validation scores (with ``training.ema``, the average), copied."""
+        with self.averaged():
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def running_logs(self) -> Logs:
         """Mean loss and metrics of the epoch so far (one device sync; for progress bars)."""
         running = self._running
         return self._read(running, local=True) if running and running.count else {}
 
-    # --- metrics ----------------------------------------------------------------------------
-
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cfg.loss == "mse":
-            target = F.one_hot(y, self.num_classes).to(logits.dtype)
-            return F.mse_loss(logits, target)
-        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-
-    def _train_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss: ``_loss`` with ``training.class_weights``, if any."""
-        if self.class_weights is None:
-            return self._loss(logits, y)
-        return F.cross_entropy(
-            logits, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing
-        )
-
-    def _new_running(self) -> _Running:
-        zero = torch.zeros((), device=self.device, dtype=torch.long)
-        return _Running(torch.zeros(0, device=self.device), zero.clone(), zero.clone())
-
-    def _accumulate(
-        self, running: _Running, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor
-    ) -> None:
-        predicted = logits.argmax(dim=1) if "accuracy" in self.cfg.metrics else None
-        top_k = None
-        if "top_k_accuracy" in self.cfg.metrics:
-            top_k = logits.topk(min(self.cfg.top_k, logits.shape[1]), dim=1).indices
-        running.add(loss, predicted, top_k, y)
-
-    def _read(self, running: _Running, *, local: bool = False) -> Logs:
+    def _read(self, running: Running, *, local: bool = False) -> Logs:
         """Means of the sums (one sync); distributed, summed over every worker unless
         ``local`` (progress bars: rank 0 alone must not wait for the others)."""
-        sums = running.sums()
-        if local:
-            values, total = sums.tolist(), running.count
-        else:
-            values, total = self.world.sum_metrics(sums, running.count)
-        count = max(total, 1)
-        logs: Logs = {"loss": values[0] / count}
-        if "accuracy" in self.cfg.metrics:
-            logs["accuracy"] = values[1] / count
-        if "top_k_accuracy" in self.cfg.metrics:
-            logs["top_k_accuracy"] = values[2] / count
-        return logs
-
-    # --- plumbing ---------------------------------------------------------------------------
-
-    def _to_device(self, split: Split) -> tuple[torch.Tensor, ...]:
-        # Copied to the device once per split and Trainer, not at every evaluate() call.
-        return self.accel.to_device(split.images, split.labels)
+        if local or self.world is None:
+            return running.logs()
+        values, total = self.world.sum_metrics(running.sums(), running.count)
+        return self.objective.logs(values, total)
 
     def _call(self, hook: str, *args: object) -> None:
         for callback in self.callbacks:

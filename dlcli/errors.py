@@ -140,4 +140,6 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     if len(name) > 2 * max((len(c) for c in choices), default=0) + 8:
         return ""  # nothing can be close, and difflib is quadratic in the length
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    if not close and len(name) >= 2:  # an abbreviation: acc → accuracy
+        close = sorted((c for c in choices if str(c).startswith(name)), key=len)[:1]
     return f" (did you mean '{close[0]}'?)" if close else ""

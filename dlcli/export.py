@@ -66,19 +66,21 @@ def require_onnx() -> None:
         )
 
 
-def export_onnx(model_dir: Path, out: Path | None = None) -> ExportResult:
-    """Export ``model_dir``'s model to ``out`` (default ``MODEL_DIR/model.onnx``), verified."""
+def export_onnx(model_dir: Path, out: Path | None = None, weights: str = "saved") -> ExportResult:
+    """Export ``model_dir``'s model (``weights``: saved, best or last) to ``out`` (default
+    ``MODEL_DIR/model.onnx``, ``model-best.onnx``, ``model-last.onnx``), verified."""
     require_onnx()
     import torch
 
     from dlcli.pipeline import load_model
     from dlcli.predict import class_names
 
-    loaded = load_model(model_dir, "cpu")
+    loaded = load_model(model_dir, "cpu", weights)
     module = loaded.built.module.eval()
     channels, height, width = loaded.built.input_shape
     num_classes = loaded.built.output_shape[0]
-    target = Path(out) if out is not None else Path(model_dir) / "model.onnx"
+    default = "model.onnx" if weights == "saved" else f"model-{weights}.onnx"
+    target = Path(out) if out is not None else Path(model_dir) / default
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(2, channels, height, width, generator=generator)
     probe = torch.rand(5, channels, height, width, generator=generator)
@@ -86,6 +88,7 @@ def export_onnx(model_dir: Path, out: Path | None = None) -> ExportResult:
         "dlcli.input": "float32 N×C×H×W, pixel values / 255",
         "dlcli.class_names": json.dumps(class_names(loaded.run.metrics, num_classes)),
         "dlcli.model_dir": str(model_dir),
+        "dlcli.weights": weights,
     }
     with _staging(target) as staging:
         try:
@@ -113,6 +116,7 @@ def _staging(target: Path) -> Iterator[Path]:
     """A temporary file next to ``target`` (removed unless it was moved into place)."""
     if target.is_dir():
         raise UsageError(f"--out {target}: is a directory, expected a file name")
+    _refuse_foreign(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -127,6 +131,27 @@ def _staging(target: Path) -> Iterator[Path]:
         yield staging
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _refuse_foreign(target: Path) -> None:
+    """dlcli replaces only an ONNX file it exported (its ``dlcli.weights`` metadata says so):
+    any other file at ``target`` is the user's, and is refused (exit 2), never overwritten."""
+    if not target.exists() and not target.is_symlink():
+        return
+    ours = False
+    if target.is_file() and not target.is_symlink():
+        import onnx
+
+        try:
+            props = onnx.load(str(target), load_external_data=False).metadata_props
+            ours = any(prop.key == "dlcli.weights" for prop in props)
+        except Exception:  # not an ONNX file at all: certainly not one dlcli wrote
+            ours = False
+    if not ours:
+        raise UsageError(
+            f"--out {target}: a file dlcli did not write is there; it is never overwritten "
+            "(choose another --out, or move that file away)"
+        )
 
 
 def _torch_export(module: Any, example: Any, path: Path) -> None:

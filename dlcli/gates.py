@@ -1,9 +1,10 @@
 """Quality gates: ``--min METRIC=VALUE`` / ``--max METRIC=VALUE`` on ``train`` and ``evaluate``.
 
-A gate names a metric, optionally qualified by its split (``accuracy``, ``test.accuracy``). An
-unqualified name applies to the *default split*: ``validation`` for ``train``, and for
-``evaluate`` the validation split, or the only split evaluated when there is just one. The
-bounds are inclusive: ``--min accuracy=0.88`` passes at exactly 0.88.
+A gate names a metric, optionally qualified by its split, in the one vocabulary of
+:mod:`dlcli.metric_names` (``accuracy``, ``test.accuracy``, ``val_accuracy``,
+``validation.loss``). An unqualified name applies to the *default split*: ``validation`` for
+``train``, and for ``evaluate`` the validation split, or the only split evaluated when there is
+just one. The bounds are inclusive: ``--min accuracy=0.88`` passes at exactly 0.88.
 
 Three steps, so that a typo fails before an hour of training rather than after it:
 
@@ -24,10 +25,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dlcli import metric_names
 from dlcli.errors import GateError, UsageError, did_you_mean
+from dlcli.metric_names import SPLITS
 
 Kind = Literal["min", "max"]
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,21 @@ def parse_gate(kind: Kind, text: str) -> Gate:
         ) from None
     if math.isnan(bound):
         raise UsageError(f"--{kind} {text!r}: the bound is not a number (nan)")
-    split, dot, metric = name.rpartition(".")
-    return Gate(kind, metric, bound, split if dot else None)
+    metric, split = _name(name)
+    return Gate(kind, metric, bound, split)
+
+
+def _name(text: str) -> tuple[str, str | None]:
+    """(metric, split) in the one vocabulary (dlcli.metric_names): ``val_accuracy`` and
+    ``validation.accuracy`` are both ("accuracy", "validation"); a name that does not parse is
+    kept as written, for :func:`resolve_gates` to report with a did-you-mean."""
+    if metric_names.problem(text) is None:
+        parsed = metric_names.parse(text)
+        return parsed.metric, parsed.split
+    split, dot, metric = text.rpartition(".")
+    if not dot:
+        return metric, None
+    return metric, metric_names.split_of(split) or split
 
 
 def resolve_gates(
@@ -153,9 +168,11 @@ def _problem(gate: Gate, split: str | None, available: Mapping[str, Collection[s
         )
     metrics = sorted(available[split])
     if gate.metric not in metrics:
+        every = [*metrics, *(f"{s}.{m}" for s in available for m in available[s])]
+        hint = did_you_mean(gate.metric, metrics) or did_you_mean(gate.metric, every)
         return (
-            f"{gate.option}: unknown metric {gate.metric!r}"
-            f"{did_you_mean(gate.metric, metrics)}; {split} reports: {', '.join(metrics)}"
+            f"{gate.option}: unknown metric {gate.metric!r}{hint}; "
+            f"{split} reports: {', '.join(metrics)}"
         )
     return ""
 
@@ -196,3 +213,26 @@ def gate_metrics(logs: Mapping[str, Any]) -> dict[str, float]:
         for k, v in logs.items()
         if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)
     }
+
+
+def for_training(
+    mins: Sequence[str], maxs: Sequence[str], training_metrics: Sequence[str]
+) -> list[Gate]:
+    """``train``'s gates, their names checked against what training will report, before it
+    starts (an unqualified name: the validation split)."""
+    gates = parse_gates(mins, maxs)
+    names = metric_names.reported(training_metrics)
+    resolve_gates(gates, {s: names for s in SPLITS}, "validation")
+    return gates
+
+
+def apply(
+    gates: Sequence[Gate],
+    metrics: Mapping[str, Mapping[str, Any]],
+    document: dict[str, Any] | None = None,
+) -> list[GateResult]:
+    """Check ``gates`` against final metrics (split → logs): :func:`check_gates` after
+    resolving them against the splits present (``document`` gets ``gates``)."""
+    available = {split: gate_metrics(logs) for split, logs in metrics.items()}
+    resolved = resolve_gates(gates, available, default_split(list(available)))
+    return check_gates(resolved, available, document)

@@ -59,6 +59,11 @@ class BuiltModel:
 
 def input_chw(cfg: C.ModelConfig) -> Shape:
     """The model config's (H, W, C) input shape as (C, H, W)."""
+    if cfg.input_shape is None:
+        raise ConfigError(
+            "model.input_shape: not known yet: it is inferred from the data when training "
+            "(`dlcli data check` shows the sizes found); give [height, width, channels]"
+        )
     if len(cfg.input_shape) != 3 or any(d <= 0 for d in cfg.input_shape):
         raise ConfigError(
             f"model.input_shape: expected [height, width, channels] of positive integers, "

@@ -1,99 +1,59 @@
-"""The optimizers: built from ``training.optimizer``, over the one flat parameter tensor that
-:class:`~dlcli.accel.FlatParameters` makes.
+"""The optimizers, built from ``training.optimizer`` over the one flat parameter tensor that
+:class:`~dlcli.accel.FlatParameters` makes: torch's own classes, used through their public API
+(``step()``, ``state_dict()``), so learning-rate schedulers, grad scaling and optimizer hooks
+work as documented.
 
-Adam and AdamW are torch's own classes (their state dicts, learning-rate schedulers and grad
-scaling work as ever) with one addition: :meth:`FlatFused.update`, the step the training loop
-takes. It runs the same fused kernel as ``Adam(fused=True).step()``, with the same state,
-and skips what ``step()`` does around the kernel for the general case (optimizer hooks, a
-profiler record, grouping tensors by device and dtype): 40-80 µs of a ~1.3 ms step of the
-seed MLP on the 2-core benchmark CPU (alone / in the loop), for one tensor it has nothing
-to group.
+Adam and AdamW take ``fused=True`` where this torch has the fused kernel for the parameters'
+device (CPU since torch 2.4, CUDA, ...): the whole update is then one kernel over the one flat
+tensor. Where it does not, they fall back to torch's default implementation (the same update,
+computed in several kernels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import inspect
+from collections.abc import Sequence
 
 import torch
 
 from dlcli.config import OptimizerConfig
 
+# Whether this torch's Adam takes ``fused`` at all (a public keyword since torch 2.0).
+FUSED = "fused" in inspect.signature(torch.optim.Adam).parameters
 
-def make_optimizer(params: Sequence[torch.Tensor], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Build the optimizer; Adam/AdamW use the fused kernel (same maths, fewer passes)."""
-    lr = cfg.learning_rate
-    if cfg.name in ("adam", "adamw"):
-        cls = FlatAdam if cfg.name == "adam" else FlatAdamW
-        return cls(
-            params,
-            lr=lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.epsilon,
-            weight_decay=cfg.weight_decay,
-            fused=True,
-        )
-    if cfg.name == "sgd":
+
+def make_optimizer(
+    params: Sequence[torch.Tensor], optimizer: OptimizerConfig
+) -> torch.optim.Optimizer:
+    """Build the optimizer ``training.optimizer`` names (Adam/AdamW fused where available)."""
+    lr = optimizer.learning_rate
+    if optimizer.name in ("adam", "adamw"):
+        adam = torch.optim.Adam if optimizer.name == "adam" else torch.optim.AdamW
+        betas = (optimizer.beta1, optimizer.beta2)
+        eps, decay = optimizer.epsilon, optimizer.weight_decay
+        if FUSED:
+            try:
+                return adam(params, lr=lr, betas=betas, eps=eps, weight_decay=decay, fused=True)
+            except RuntimeError:  # a device (or dtype) without the fused kernel
+                pass
+        return adam(params, lr=lr, betas=betas, eps=eps, weight_decay=decay)
+    if optimizer.name == "sgd":
         return torch.optim.SGD(
             params,
             lr=lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
+            momentum=optimizer.momentum,
+            nesterov=optimizer.nesterov,
+            weight_decay=optimizer.weight_decay,
         )
     return torch.optim.RMSprop(
-        params, lr=lr, momentum=cfg.momentum, eps=cfg.epsilon, weight_decay=cfg.weight_decay
+        params,
+        lr=lr,
+        momentum=optimizer.momentum,
+        eps=optimizer.epsilon,
+        weight_decay=optimizer.weight_decay,
     )
 
 
-def step(optimizer: torch.optim.Optimizer) -> None:
-    """One update: :meth:`FlatFused.update` where the optimizer has it, else ``step()``."""
-    if isinstance(optimizer, FlatFused):
-        optimizer.update()
-    else:
-        optimizer.step()
-
-
-class FlatFused(torch.optim.Optimizer):
-    """Adam/AdamW's fused step, called directly (mixed into torch's classes below)."""
-
-    _kernel: Callable[..., Any]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """``step()`` without a closure, grad scaling or hooks: the training loop's update."""
-        self._opt_called = True  # what torch's LR schedulers check: the optimizer has stepped
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:  # what Adam's first fused step creates, so state dicts match
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                type(self)._kernel(
-                    [p],
-                    [p.grad],
-                    [state["exp_avg"]],
-                    [state["exp_avg_sq"]],
-                    [],
-                    [state["step"]],
-                    amsgrad=False,
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    weight_decay=group["weight_decay"],
-                    eps=group["eps"],
-                    maximize=False,
-                )
-
-
-class FlatAdam(FlatFused, torch.optim.Adam):
-    _kernel = torch._fused_adam_
-
-
-class FlatAdamW(FlatFused, torch.optim.AdamW):
-    _kernel = torch._fused_adamw_
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer runs torch's fused kernel."""
+    return bool(optimizer.defaults.get("fused"))

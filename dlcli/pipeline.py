@@ -4,10 +4,12 @@ load the archives, split off validation, build the model, fit, evaluate, save.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,16 +19,39 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dlcli import __version__, checkpoint, distributed, signals, store
-from dlcli.callbacks import Checkpointer, build_callbacks, reports
+from dlcli import checkpoint, distributed, evaluation, metric_names, signals, store
+from dlcli.augment import make_augmenter
+from dlcli.averaging import WeightAverage
+from dlcli.callbacks import (
+    Checkpointer,
+    SplitMetrics,
+    build_callbacks,
+    reports,
+    watched_test_split,
+)
 from dlcli.config import Config, DataConfig, TrainingConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
-from dlcli.engine import Callback, Logs, Trainer, resolve_device
-from dlcli.errors import DataError, Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.data.local import LocalData, load_local
+from dlcli.device import resolve_device
+from dlcli.engine import Trainer
+from dlcli.errors import (
+    ConfigError,
+    DataError,
+    Interrupted,
+    ModelDirError,
+    TrainingError,
+    UsageError,
+)
+from dlcli.evaluation import Objective, Scorer
+from dlcli.gates import Gate, default_split, resolve_gates
+from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model
 from dlcli.threads import ThreadChoice, apply_threads
+from dlcli.version import __version__
+
+NO_TEST = "no test split: the config gives no test data (data.test)"
 
 
 @dataclass
@@ -42,7 +67,13 @@ class Prepared:
     run_dir: Path
     resume: checkpoint.Checkpoint | None = None  # --resume: where training continues from
     world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
+    output: store.Output | None = None  # the locked run dir (rank 0); None: not locked
     threads: ThreadChoice | None = None  # training.threads, resolved
+
+    @property
+    def work_dir(self) -> Path:
+        """Where checkpoints and event files go while training (see store.Output)."""
+        return self.output.work_dir if self.output is not None else self.run_dir
 
 
 @dataclass
@@ -50,26 +81,94 @@ class TrainResult:
     run_dir: Path
     history: list[Logs]
     metrics: dict[str, Any] = field(default_factory=dict)
+    config: Config | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Best epoch (by the monitored metric, else val_loss), seconds per epoch, samples/s,
+        and which weights ``model.safetensors`` holds."""
+        from dlcli.config import to_dict
+        from dlcli.runs import monitored_metric, summarize_history
+
+        train_size = self.metrics.get("dataset", {}).get("train_size")
+        monitor, mode = monitored_metric(to_dict(self.config)) if self.config else (None, "auto")
+        found = summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
+        return found | {"weights": saved_weights(self.metrics)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``train --json`` document (without ``gates``)."""
+        return {"run_dir": str(self.run_dir), **self.metrics, "summary": self.summary()}
 
 
-def load_data(data: DataConfig, data_dir: str | None = None) -> Dataset:
-    """The dataset a config names: a registry entry, or four explicit IDX archives."""
+DATA_FILES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def load_data(
+    data: DataConfig,
+    data_dir: str | None = None,
+    *,
+    recorded: dict[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> Dataset:
+    """The dataset a config names: a registry entry, or four explicit IDX archives (absolute
+    paths: ``load_config`` resolved them against the config file's directory).
+
+    ``recorded`` is a saved run's ``metrics.json`` ``dataset`` section: a registry dataset is
+    looked for where the run found it when neither ``data_dir``, ``data.data_dir`` nor
+    $DLCLI_DATA_DIR says otherwise (:func:`open_run` compares the files' SHA-256).
+    """
     if data.dataset is not None:
-        root = Path(data_dir or data.data_dir or default_data_dir())
-        return load_dataset(data.dataset, root)
+        return load_dataset(data.dataset, registry_root(data, data_dir, recorded))
+    if data.train is not None:  # own data: images converted to input_shape (None: inferred)
+        return load_local(LocalData.from_config(data, input_shape))
     assert data.num_classes is not None  # guaranteed by config validation
-    return load_archives(
-        str(data.train_images),
-        str(data.train_labels),
-        str(data.test_images),
-        str(data.test_labels),
+    paths = {key: Path(str(getattr(data, key))) for key in DATA_FILES}
+    for key, path in paths.items():
+        if path.is_dir():
+            raise DataError(f"data.{key}: {path} is a directory, expected a data file")
+        if not path.exists():  # a FIFO or a device is refused by the reader, by its kind
+            raise DataError(
+                f"data.{key}: file not found: {path} (relative paths in a config resolve "
+                "against the config file's directory)"
+            )
+    dataset = load_archives(
+        paths["train_images"],
+        paths["train_labels"],
+        paths["test_images"],
+        paths["test_labels"],
         data.num_classes,
         class_names=tuple(data.class_names) if data.class_names else None,
     )
+    dataset.files = _data_files(paths, dataset.checksums)
+    return dataset
+
+
+def registry_root(
+    data: DataConfig, data_dir: str | None, recorded: dict[str, Any] | None = None
+) -> Path:
+    """Where a registry dataset is read from: ``--data-dir``, ``data.data_dir``,
+    $DLCLI_DATA_DIR, the absolute folder a saved run recorded (when it still exists), data/."""
+    if data_dir or data.data_dir:
+        return Path(str(data_dir or data.data_dir))
+    saved = (recorded or {}).get("data_dir")
+    if not os.environ.get("DLCLI_DATA_DIR") and isinstance(saved, str) and Path(saved).is_dir():
+        return Path(saved)
+    return default_data_dir()
+
+
+def _data_files(paths: dict[str, Path], checksums: dict[str, str]) -> dict[str, Any]:
+    """``{key: {"path": absolute path, "sha256": ...}}`` for metrics.json."""
+    files = {}
+    for key, path in paths.items():
+        sha = checksums.get(path.name) or checksums.get(os.fspath(path))
+        files[key] = {"path": os.path.abspath(path), "sha256": sha}
+    return files
 
 
 def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
-    """KotlinDL's ``train.split(1 - validation_split)``, seeded (and shuffled unless told not)."""
+    """The validation data given, else KotlinDL's ``train.split(1 - validation_split)``,
+    seeded (and shuffled unless told not)."""
+    if dataset.validation is not None:
+        return dataset.train, dataset.validation
     return split(
         dataset.train,
         1.0 - cfg.data.validation_split,
@@ -86,65 +185,94 @@ def prepare(
     overwrite: bool = False,
     resume: bool = False,
     dist_timeout: float | None = None,
+    dataset: Dataset | None = None,
 ) -> Prepared:
     """Load and split the data and build the model, seeded, before any training.
 
     With ``resume``, the newest checkpoint of the run dir is verified and read first (it must
     come from the same config, up to ``checkpoint.RESUMABLE_CHANGES``). Started by torchrun,
     this process first joins the other workers (``dist_timeout``: see dlcli.distributed); only
-    rank 0 writes, and reads the checkpoint for all of them.
+    rank 0 writes, and reads the checkpoint for all of them. ``dataset``: the one
+    ``cfg.data`` names, already loaded (``dlcli tune`` loads it once for all its trials).
     """
     world, device = distributed.init_from_env(cfg.training.device, dist_timeout)
-    chosen = apply_threads(cfg.training.threads)  # auto: the free cores (dlcli/threads.py)
+    threads = apply_threads(cfg.training.threads)  # auto: the free cores (dlcli/threads.py)
     run_dir = Path(str(cfg.output.dir))
-    store.check_output_dir(run_dir, overwrite=overwrite, resume=resume)
-    if world.is_main:
-        store.check_writable(run_dir)
-    resumed = world.from_main(
-        lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
+    # Rank 0 alone writes: it locks the run dir (a second writer is refused at once).
+    output = (
+        store.open_output(run_dir, overwrite=overwrite, resume=resume)
+        if world.is_main
+        else store.Output(run_dir, run_dir)
     )
-    dataset = load_data(cfg.data)
-    _check_input_shape(cfg, dataset)
-    train, validation = split_train(dataset, cfg)
-    torch.manual_seed(cfg.training.seed)
-    model = build_model(cfg.model, num_classes=dataset.num_classes)
-    if overwrite and not resume and world.is_main:
-        checkpoint.clear(run_dir)  # a fresh run: stale checkpoints must not be resumed later
-    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world, chosen)
+    try:
+        if dataset is None:
+            dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
+        check_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
+        resumed = world.from_main(
+            lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
+        )
+        train, validation = split_train(dataset, cfg)
+        torch.manual_seed(cfg.training.seed)
+        model = build_model(cfg.model, num_classes=dataset.num_classes)
+    except BaseException:
+        output.release()
+        raise
+    return Prepared(
+        cfg, dataset, train, validation, model, device, run_dir, resumed, world, output, threads
+    )
 
 
-def _check_input_shape(cfg: Config, dataset: Dataset) -> None:
+def check_input_shape(cfg: Config, dataset: Dataset) -> None:
+    """``model.input_shape`` must be the dataset's image shape (a config error, exit 2)."""
     channels, height, width = dataset.train.images.shape[1:]
     found = [int(height), int(width), int(channels)]
+    if cfg.model.input_shape is None:  # inferred from the data: the saved config records it
+        cfg.model.input_shape = found
     if list(cfg.model.input_shape) != found:
-        raise UsageError(
+        raise ConfigError(
             f"model.input_shape: the config says {list(cfg.model.input_shape)}, "
             f"but the dataset's images are {found} (height, width, channels)"
         )
 
 
 @distributed.collective_errors
-def train(
-    prepared: Prepared, callbacks: Sequence[Callback] = (), *, config_path: Path | None = None
-) -> TrainResult:
+def train(prepared: Prepared, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Fit, evaluate on validation and test, and save the run directory.
 
     SIGINT/SIGTERM stop after the current step with a checkpoint (:class:`Interrupted`, whose
-    message says how to resume: ``config_path`` names the config in it).
+    message is the command that continues the run). The run dir's lock
+    is given back at the end, however it ends.
     """
+    try:
+        return _fit_and_save(prepared, callbacks)
+    finally:
+        if prepared.output is not None:
+            prepared.output.release()
+
+
+def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = prepared.config
     world = prepared.world
-    configured = build_callbacks(cfg, prepared.run_dir)  # the checkpoint callback runs last
+    configured = build_callbacks(cfg, prepared.run_dir, prepared.work_dir)  # checkpoints last
     if not world.is_main:  # distributed: rank 0 alone writes (checkpoints, event files)
         configured = [cb for cb in configured if not isinstance(cb, Checkpointer)]
     writers = _output_callbacks(prepared) if world.is_main else []
+    # A monitor or target on the test split: evaluate it every epoch, before anyone reads logs.
+    test = prepared.dataset.test
+    tested = [SplitMetrics(test, "test_")] if test is not None and watched_test_split(cfg) else []
+    num_classes = prepared.dataset.num_classes
+    module = prepared.model.module.to(prepared.device)  # where the weight average lives too
     trainer = Trainer(
-        prepared.model.module,
+        module,
         cfg.training,
-        num_classes=prepared.dataset.num_classes,
+        num_classes=num_classes,
         device=prepared.device,
-        callbacks=[*callbacks, *writers, *configured, *distributed.test_hooks(world)],
+        callbacks=[*tested, *callbacks, *writers, *configured],
         world=world,
+        augment=make_augmenter(
+            cfg.training.augment, prepared.device, cfg.training.seed, num_classes
+        ),
+        after_update=[WeightAverage(module, cfg.training.ema)] if cfg.training.ema else [],
     )
     if prepared.resume is not None:
         checkpoint.check_fits(
@@ -164,36 +292,46 @@ def train(
             history = trainer.fit(prepared.train, prepared.validation)
         except Interrupted as err:
             world.barrier()  # distributed: rank 0's checkpoint is written before the hint
-            raise Interrupted(err.message + _resume_hint(prepared, config_path)) from None
+            raise Interrupted(err.message + _resume_hint(prepared)) from None
         except TrainingError as err:
             raise TrainingError(err.message + _last_good(prepared)) from None
         guard.immediate = True  # no step left to finish: a signal now stops at once
         metrics = _metrics(prepared, trainer) | reports(configured) | world.describe()
         if world.is_main:
             store.save_run(
-                prepared.run_dir,
+                prepared.output or prepared.run_dir,
                 config=cfg,
                 state_dict=trainer.model.state_dict(),
                 metrics=metrics,
                 history=history,
             )
         world.barrier()  # distributed: the other workers wait for rank 0's save
-    return TrainResult(prepared.run_dir, history, metrics)
+    return TrainResult(prepared.run_dir, history, metrics, config=cfg)
 
 
-def _resume_hint(prepared: Prepared, config_path: Path | None) -> str:
-    found = checkpoint.describe(prepared.run_dir)
+def saved_weights(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Which weights model.safetensors holds: the last epoch's, or (early stopping with
+    restore_best) the best epoch's."""
+    early = metrics.get("early_stopping")
+    if isinstance(early, Mapping) and early.get("restored_best"):
+        return {"epoch": early.get("best_epoch"), "why": f"best by {early.get('monitor')}"}
+    return {"epoch": metrics.get("epochs"), "why": "last"}
+
+
+def _resume_hint(prepared: Prepared) -> str:
+    from dlcli.train_request import continue_command
+
+    found = checkpoint.describe(prepared.work_dir)
     if found is None:
         return "; no checkpoint was written (training.checkpoint.every is 0, or none was due yet)"
-    config = config_path if config_path is not None else "CONFIG"
-    return (
-        f"; checkpoint saved ({found}). Continue with: "
-        f"dlcli train {config} --resume {prepared.run_dir}"
-    )
+    world = prepared.world
+    nodes = max(1, world.size // max(1, world.local_size))
+    line = continue_command(prepared.run_dir, workers=world.local_size, nodes=nodes)
+    return f"; checkpoint saved ({found}). Continue with: {line}"
 
 
 def _last_good(prepared: Prepared) -> str:
-    found = checkpoint.describe(prepared.run_dir)
+    found = checkpoint.describe(prepared.work_dir)
     if found is None:
         return "; no checkpoint was written before it"
     return f"; the last good checkpoint is kept ({found})"
@@ -205,12 +343,13 @@ def _output_callbacks(prepared: Prepared) -> list[Callback]:
         return []
     from dlcli.tensorboard import TensorBoardLogger
 
-    return [TensorBoardLogger(prepared.run_dir, prepared.config)]
+    return [TensorBoardLogger(prepared.work_dir, prepared.config)]
 
 
 def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     final_train = {k: v for k, v in trainer.history[-1].items() if k in ("loss", *_metric_keys())}
     dataset = prepared.dataset
+    tta = prepared.config.training.tta
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dlcli_version": __version__,
@@ -223,8 +362,8 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "fit_seconds": round(trainer.fit_seconds, 4),
         **_resumed(prepared),
         "train": final_train,
-        "validation": trainer.evaluate(prepared.validation, tta=prepared.config.training.tta),
-        "test": trainer.evaluate(dataset.test, tta=prepared.config.training.tta),
+        "validation": trainer.evaluate(prepared.validation, tta=tta),
+        "test": trainer.evaluate(dataset.test, tta=tta) if dataset.test is not None else None,
         **_accuracy_tools(prepared, trainer),
         "params": prepared.model.total_params,
         "dataset": {
@@ -233,9 +372,12 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "class_names": list(dataset.class_names),
             "train_size": len(prepared.train),
             "validation_size": len(prepared.validation),
-            "test_size": len(dataset.test),
+            "test_size": len(dataset.test) if dataset.test is not None else 0,
             "checksums": dataset.checksums,
+            **_data_location(prepared),
+            **({"sources": dataset.split_sources} if dataset.split_sources else {}),
         },
+        **({"skipped_files": dataset.skipped} if dataset.skipped else {}),
     }
 
 
@@ -243,8 +385,8 @@ def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     """What metrics.json says about EMA and TTA when they are on: the saved model is the
     weight average; validation and test were scored with test-time augmentation."""
     found: dict[str, Any] = {}
-    if trainer.ema is not None:
-        found["ema"] = {**trainer.ema.describe(), "saved_model": "average"}
+    if trainer.average is not None:
+        found["ema"] = {**trainer.average.describe(), "saved_model": "average"}
     if prepared.config.training.tta != "none":
         found["tta"] = prepared.config.training.tta
     return found
@@ -275,6 +417,14 @@ def describe_recipe(training: TrainingConfig) -> str:
     return "; ".join(parts)
 
 
+def _data_location(prepared: Prepared) -> dict[str, Any]:
+    """Where the data was read: each file's absolute path and SHA-256, or the registry folder."""
+    if prepared.dataset.files:
+        return {"files": prepared.dataset.files}
+    data = prepared.config.data
+    return {"data_dir": os.path.abspath(registry_root(data, None))}
+
+
 def _resumed(prepared: Prepared) -> dict[str, Any]:
     if prepared.resume is None:
         return {}
@@ -297,17 +447,42 @@ def _metric_keys() -> tuple[str, ...]:
 
 @dataclass
 class LoadedModel:
+    """A saved run's model, rebuilt with its weights, ready to score: no Trainer, no optimizer."""
+
     run: store.Run
-    trainer: Trainer
     built: BuiltModel
+    scorer: Scorer
+
+    @property
+    def objective(self) -> Objective:
+        """The loss and metrics the run was trained with."""
+        return Objective.of(self.run.config.training, self.built.output_shape[0])
+
+    def evaluate(self, split: Split, batch_size: int = 1000) -> Logs:
+        """Loss and metrics on ``split``."""
+        return evaluation.evaluate(self.scorer, split, self.objective, batch_size=batch_size)
+
+    def outputs(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The model's outputs (logits) for N×C×H×W images of 0-255 pixel values."""
+        return evaluation.outputs(self.scorer, images, batch_size=batch_size)
 
 
-def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
-    """Verify a run dir and rebuild its model with the saved weights (CPU if no GPU)."""
+WEIGHTS = ("saved", "best", "last")
+
+
+def load_model(
+    run_dir: Path, device: str = "auto", weights: str = "saved", tta: str | None = None
+) -> LoadedModel:
+    """Verify a run dir and rebuild its model (CPU if no GPU) with the weights it saved
+    (``saved``: model.safetensors), or its ``best`` or ``last`` checkpoint's (verified too;
+    with ``training.ema``, the checkpoint's weight average). ``tta``: the test-time
+    augmentation of its scores (none or flip; None: the run's ``training.tta``)."""
     run = store.load_run(run_dir)
-    cfg = run.config
+    if weights != "saved":
+        run.state_dict = checkpoint.load_weights(Path(run_dir), weights)
+    training = run.config.training
     num_classes = int(run.metrics.get("dataset", {}).get("num_classes", 0)) or None
-    built = build_model(cfg.model, num_classes=num_classes)
+    built = build_model(run.config.model, num_classes=num_classes)
     try:
         built.module.load_state_dict(run.state_dict, strict=True)
     except RuntimeError as err:
@@ -315,13 +490,14 @@ def load_model(run_dir: Path, device: str = "auto") -> LoadedModel:
         raise ModelDirError(
             f"{run_dir}: the weights do not fit the model its config.yaml describes ({first})"
         ) from None
-    trainer = Trainer(
+    scorer = Scorer.of(
         built.module,
-        cfg.training,
-        num_classes=built.output_shape[0],
-        device=resolve_device("auto" if device == "auto" else device),
+        device=resolve_device(device),
+        precision=training.precision,
+        channels_last=training.channels_last,
+        tta=tta or training.tta,
     )
-    return LoadedModel(run, trainer, built)
+    return LoadedModel(run, built, scorer)
 
 
 @dataclass
@@ -344,15 +520,16 @@ class SavedRun:
 
     loaded: LoadedModel
     dataset: Dataset
-    tta: str | None = None  # test-time augmentation; None: the run's training.tta
-
-    @property
-    def augmentation(self) -> str:
-        return self.tta or self.loaded.run.config.training.tta
+    data_split: Split | None = None  # evaluate --data: the labelled data given
 
     def split(self, name: str) -> Split:
-        """``validation``, ``test`` or ``train``: the same split the run was trained with."""
+        """``validation``, ``test`` or ``train``: the same split the run was trained with
+        (``data``: the data given to ``evaluate --data``)."""
+        if name == "data" and self.data_split is not None:
+            return self.data_split
         if name == "test":
+            if self.dataset.test is None:
+                raise UsageError(NO_TEST)
             return self.dataset.test
         train, validation = split_train(self.dataset, self.loaded.run.config)
         return validation if name == "validation" else train
@@ -361,16 +538,14 @@ class SavedRun:
         """Loss and metrics on a split, with its ``seconds`` and ``samples``."""
         start = time.perf_counter()
         part = self.split(name)
-        logs = self.loaded.trainer.evaluate(part, batch_size=batch_size, tta=self.augmentation)
+        logs = self.loaded.evaluate(part, batch_size=batch_size)
         logs["seconds"] = time.perf_counter() - start
         logs["samples"] = float(len(part))
         return logs
 
     def predictions(self, name: str, batch_size: int = 1000) -> Predictions:
         part = self.split(name)
-        logits = self.loaded.trainer.predict_logits(
-            part.images, batch_size=batch_size, tta=self.augmentation
-        )
+        logits = self.loaded.outputs(part.images, batch_size=batch_size)
         return Predictions(
             name,
             part.labels.cpu().numpy().astype(np.int64),
@@ -384,18 +559,26 @@ def open_run(
     *,
     data_dir: str | None = None,
     device: str = "auto",
+    weights: str = "saved",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
     tta: str | None = None,
 ) -> SavedRun:
-    """Verify and load a run dir's model and the dataset its config names.
+    """Verify and load a run dir's model (``weights``, ``tta``: see :func:`load_model`) and
+    the dataset its config names.
 
     Every data file read is compared with the SHA-256 ``metrics.json`` recorded at training
     time: a changed file is a :class:`DataError` naming it, unless ``accept_changed_data``;
-    the changed files' paths are appended to ``changed`` when given. ``tta``: the
-    test-time augmentation of its evaluations (None: the run's ``training.tta``)."""
-    loaded = load_model(run_dir, device)
-    dataset = load_data(loaded.run.config.data, data_dir)
+    the changed files' paths are appended to ``changed`` when given."""
+    loaded = load_model(run_dir, device, weights, tta)
+    recorded = loaded.run.metrics.get("dataset")
+    cfg = loaded.run.config
+    dataset = load_data(
+        cfg.data,
+        data_dir,
+        recorded=recorded if isinstance(recorded, dict) else None,
+        input_shape=cfg.model.input_shape,
+    )
     different = changed_data(loaded.run.metrics, dataset)
     if different and not accept_changed_data:
         path, recorded, found = different[0]
@@ -407,7 +590,7 @@ def open_run(
         )
     if changed is not None:
         changed += [path for path, _, _ in different]
-    return SavedRun(loaded, dataset, tta)
+    return SavedRun(loaded, dataset)
 
 
 def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, str, str]]:
@@ -423,28 +606,94 @@ def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, s
     ]
 
 
+def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:
+    """The splits asked for; by default validation, and test when the run has test data."""
+    if splits:
+        return list(splits)
+    return ["validation"] + (["test"] if saved.dataset.test is not None else [])
+
+
 def evaluate(
     run_dir: Path,
     *,
-    splits: Sequence[str] = ("validation",),
+    splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    gates: Sequence[Gate] = (),
+    weights: str = "saved",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
     tta: str | None = None,
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits
-    (``accept_changed_data``, ``changed``, ``tta``: see :func:`open_run`)."""
+    (``weights``, ``accept_changed_data``, ``changed``, ``tta``: see :func:`open_run`).
+    ``gates`` are checked against the metrics the run reports before any evaluation."""
     saved = open_run(
         run_dir,
         data_dir=data_dir,
         device=device,
+        weights=weights,
         accept_changed_data=accept_changed_data,
         changed=changed,
         tta=tta,
     )
-    return {name: saved.metrics(name, batch_size) for name in splits}
+    chosen = default_splits(saved, splits)
+    check_gate_names(gates, saved.loaded.run.config, chosen)
+    return {name: saved.metrics(name, batch_size) for name in chosen}
+
+
+def open_data(
+    run_dir: Path,
+    data: Path,
+    *,
+    device: str = "auto",
+    skip_bad_files: bool | None = None,
+    tta: str | None = None,
+) -> SavedRun:
+    """A saved run's model and labelled data at ``data`` (class folders, CSV, .npz, IDX),
+    converted as the run's training data was and labelled by the run's class names; the data
+    is the ``data`` split of the result."""
+    loaded = load_model(run_dir, device, tta=tta)
+    cfg = loaded.run.config
+    names = tuple(loaded.run.metrics.get("dataset", {}).get("class_names") or ())
+    spec = LocalData.from_config(cfg.data, cfg.model.input_shape)
+    spec = dataclasses.replace(
+        spec,
+        train=data,
+        test=None,
+        validation=None,
+        class_names=names or None,
+        num_classes=loaded.built.output_shape[0],
+        skip_bad_files=cfg.data.skip_bad_files if skip_bad_files is None else skip_bad_files,
+    )
+    dataset = load_local(spec)
+    if dataset.test is not None:  # a Keras-style .npz: its test arrays are what is scored
+        dataset = dataclasses.replace(dataset, train=dataset.test, test=None)
+    return SavedRun(loaded, dataset, data_split=dataset.train)
+
+
+def evaluate_data(
+    run_dir: Path,
+    data: Path,
+    *,
+    batch_size: int = 1000,
+    device: str = "auto",
+    per_class: bool = False,
+    tta: str | None = None,
+) -> dict[str, Any]:
+    """``evaluate RUN_DIR --data PATH``: metrics (and per-class figures) on labelled data."""
+    saved = open_data(run_dir, data, device=device, tta=tta)
+    report: dict[str, Any] = {"data": saved.metrics("data", batch_size)}
+    if per_class:
+        report = {"data": SplitReport(report["data"], saved.predictions("data").per_class())}
+    return report
+
+
+def check_gate_names(gates: Sequence[Gate], config: Config, splits: Sequence[str]) -> None:
+    """Refuse (exit 2, did-you-mean) a gate naming a metric or split that will not be reported."""
+    names = metric_names.reported(config.training.metrics)
+    resolve_gates(gates, {s: names for s in splits}, default_split(list(splits)))
 
 
 @dataclass
@@ -456,10 +705,12 @@ class SplitReport:
 def evaluate_per_class(
     run_dir: Path,
     *,
-    splits: Sequence[str] = ("validation",),
+    splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
     data_dir: str | None = None,
     device: str = "auto",
+    gates: Sequence[Gate] = (),
+    weights: str = "saved",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
     tta: str | None = None,
@@ -469,13 +720,16 @@ def evaluate_per_class(
         run_dir,
         data_dir=data_dir,
         device=device,
+        weights=weights,
         accept_changed_data=accept_changed_data,
         changed=changed,
         tta=tta,
     )
+    chosen = default_splits(saved, splits)
+    check_gate_names(gates, saved.loaded.run.config, chosen)
     return {
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()
         )
-        for name in splits
+        for name in chosen
     }

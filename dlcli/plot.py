@@ -8,6 +8,7 @@ always ``FIGSIZE × DPI`` pixels.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -186,3 +187,33 @@ def _save(fig: Any, path: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write the figure: {write_problem(err)}") from None
     return path
+
+
+def plot_lr_find(result: Any, path: Path) -> Path:
+    """``dlcli lr-find``'s figure: loss against learning rate (log axis), raw and smoothed,
+    the suggested rate marked (``result``: :class:`dlcli.lr_find.LRFindResult`)."""
+    fig, ax = _figure(CURVE_SIZE)
+    ax.plot(result.learning_rates, result.losses, color="0.75", linewidth=1, label="loss")
+    ax.plot(result.learning_rates, result.smoothed, color="C0", linewidth=2, label="smoothed")
+    ax.axvline(result.suggested_lr, color="C3", linestyle="--", label="suggested")
+    ax.annotate(
+        f"suggested {result.suggested_lr:.2g}",
+        (result.suggested_lr, 0.95),
+        xycoords=("data", "axes fraction"),
+        color="C3",
+        ha="left",
+        xytext=(4, 0),
+        textcoords="offset points",
+    )
+    ax.set_xscale("log")
+    finite = [s for s in result.smoothed if math.isfinite(s)]
+    raw = [s for s in result.losses if math.isfinite(s)]
+    if finite:  # the diverging tail would squash the curve
+        low = min(finite + raw)
+        ax.set_ylim(low * 0.95, min(max(finite), 4 * min(finite)) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("Learning-rate range test")
+    ax.legend(loc="lower left")
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)

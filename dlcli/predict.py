@@ -7,9 +7,11 @@ Inputs, recognised by their first bytes (then by their suffix):
   holding 0-255, or floats scaled to 0-1 (what the model sees after dividing by 255). Shapes
   H×W (one image), N×H×W (single-channel models), H×W×C, N×H×W×C or N×C×H×W, with exactly the
   model's height and width.
-* **Images** (PNG, JPEG, and the other formats Pillow reads; the ``images`` extra): converted to
-  the model's channels (grayscale ``L`` for 1, ``RGB`` for 3, ``RGBA`` for 4), turned upright by
-  their EXIF orientation and resized (stretched, bilinear) to the model's height and width.
+* **Images** (PNG, JPEG, and the other formats Pillow reads; the ``images`` extra): converted
+  exactly as training converted them (:mod:`dlcli.data.images`, with the run's ``data.resize``
+  and ``data.background``), decoded in parallel (:mod:`dlcli.data.decode`).
+* **Folders** (every image file below, sorted by path) and **glob patterns** (``'pics/*.png'``,
+  ``'pics/**/*.jpg'``, expanded by dlcli when the shell did not).
 
 Every input is stacked into one uint8 (or float) tensor and run through the model in batches, so
 10,000 images take one pass. Probabilities are the softmax of the model's outputs (the outputs
@@ -19,10 +21,10 @@ the top class is exactly the one ``dlcli evaluate`` counts as the prediction.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +34,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dlcli import limits, untrusted
+from dlcli import untrusted
+from dlcli.data.decode import bad_files_message, decode_files
+from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, Conversion, is_image_name, pillow
 from dlcli.errors import DataError, UsageError
 
 Shape = tuple[int, ...]  # (channels, height, width)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _NPY_MAGIC = b"\x93NUMPY"
 _GZIP_MAGIC = b"\x1f\x8b"
-_IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 @dataclass
@@ -111,18 +113,31 @@ def predict(
     top_k: int = 1,
     batch_size: int = 1000,
     device: str = "auto",
+    weights: str = "saved",
     tta: str | None = None,
 ) -> PredictResult:
-    """Verify and load ``model_dir``, read ``paths`` and rank the classes of every image
-    (``tta``: none or flip test-time augmentation; None: the run's ``training.tta``)."""
+    """Verify and load ``model_dir`` (``weights``: saved, best or last), read ``paths`` and
+    rank the classes of every image (``tta``: none or flip test-time augmentation; None: the
+    run's ``training.tta``)."""
     from dlcli.pipeline import load_model
 
-    loaded = load_model(model_dir, device)
-    inputs = read_inputs(paths, loaded.built.input_shape)
+    loaded = load_model(model_dir, device, weights, tta)
+    data = loaded.run.config.data
+    inputs = read_inputs(
+        expand_inputs(paths),
+        loaded.built.input_shape,
+        resize=data.resize,
+        background=data.background,
+    )
+    return rank(loaded, inputs, top_k=top_k, batch_size=batch_size)
+
+
+def rank(loaded: Any, inputs: Inputs, *, top_k: int = 1, batch_size: int = 1000) -> PredictResult:
+    """The ``top_k`` classes of every input and their probabilities, by a loaded model
+    (:class:`dlcli.pipeline.LoadedModel`)."""
     num_classes = loaded.built.output_shape[0]
     start = time.perf_counter()
-    augmentation = tta or loaded.run.config.training.tta
-    outputs = loaded.trainer.predict_logits(inputs.images, batch_size=batch_size, tta=augmentation)
+    outputs = loaded.outputs(inputs.images, batch_size=batch_size)
     probabilities = outputs if _ends_in_softmax(loaded) else outputs.softmax(dim=1)
     # Rank by the raw outputs: the top class is the argmax `evaluate` scores, even where two
     # probabilities round to the same float.
@@ -135,8 +150,20 @@ def predict(
         for source, item, cs, ps in zip(inputs.sources, inputs.items, classes, probs, strict=True)
     ]
     return PredictResult(
-        model_dir, class_names(loaded.run.metrics, num_classes), predictions, seconds
+        loaded.run.path, class_names(loaded.run.metrics, num_classes), predictions, seconds
     )
+
+
+def array_inputs(array: npt.NDArray[Any] | torch.Tensor, shape: Shape) -> Inputs:
+    """Images given as an array (numpy or torch), in any shape and value range a ``.npy``
+    input may have (see the module doc), as :class:`Inputs` named ``array``."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    images = to_nchw(_pixel_values(np.asarray(array), "array"), shape, "array")
+    if images.dtype != np.uint8:
+        images = images.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    return Inputs(tensor, ["array"] * len(images), list(range(len(images))))
 
 
 def class_names(metrics: dict[str, Any], num_classes: int) -> list[str]:
@@ -155,29 +182,92 @@ def _ends_in_softmax(loaded: Any) -> bool:
 # --- reading inputs ---------------------------------------------------------------------------
 
 
-def read_inputs(paths: Sequence[Path], shape: Shape) -> Inputs:
-    """Read every input file as N×C×H×W pixel values 0-255 for a model taking ``shape``."""
+def expand_inputs(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a folder → every image file below it (sorted); a glob pattern that is
+    not a file → its matches (sorted; ``**`` recurses)."""
+    expanded: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                raise DataError(f"{path}: no image files in the folder ({_suffixes()})")
+            expanded += found
+        elif not path.exists() and glob.has_magic(str(path)):
+            matches = sorted(glob.glob(str(path), recursive=True))
+            files = [Path(m) for m in matches if not Path(m).is_dir()]
+            if not files:
+                raise DataError(f"{path}: no file matches the pattern")
+            expanded += files
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file below ``folder`` (hidden ones skipped), sorted by path."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, n) for n in filenames if is_image_name(n) and not n.startswith(".")]
+    return sorted(found, key=lambda p: p.parts)
+
+
+def _suffixes() -> str:
+    return ", ".join(IMAGE_SUFFIXES)
+
+
+def read_inputs(
+    paths: Sequence[Path], shape: Shape, *, resize: str = "stretch", background: int = 0
+) -> Inputs:
+    """Read every input file as N×C×H×W pixel values 0-255 for a model taking ``shape``;
+    image files are converted with ``resize`` and ``background`` (see dlcli.data.images)."""
     if not paths:
         raise UsageError("no INPUT given: name IDX archives, .npy arrays or image files")
+    kinds = [input_kind(Path(path)) for path in paths]
+    images = [Path(p) for p, kind in zip(paths, kinds, strict=True) if kind == "image"]
+    decoded = iter(_read_images(images, shape, resize, background)) if images else iter([])
     arrays: list[npt.NDArray[Any]] = []
     sources: list[str] = []
     items: list[int] = []
-    for path in paths:
-        array = read_input(Path(path), shape)
+    for path, kind in zip(paths, kinds, strict=True):
+        array = next(decoded) if kind == "image" else read_input(Path(path), shape, kind)
         arrays.append(array)
         sources += [str(path)] * len(array)
         items += range(len(array))
     if any(a.dtype != np.uint8 for a in arrays):
         arrays = [a.astype(np.float32) for a in arrays]
-    images = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
-    return Inputs(images, sources, items)
+    stacked = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
+    return Inputs(stacked, sources, items)
 
 
-def read_input(path: Path, shape: Shape) -> npt.NDArray[Any]:
-    """One input file as an N×C×H×W array: uint8, or float32 on the 0-255 scale."""
-    kind = input_kind(path)
+def _read_images(
+    paths: list[Path], shape: Shape, resize: str, background: int
+) -> list[npt.NDArray[np.uint8]]:
+    """Image files decoded in parallel, each as a 1×C×H×W array; any bad file stops it."""
+    c, h, w = shape
+    if c not in CHANNEL_MODES:
+        raise DataError(
+            f"{paths[0]}: the model takes {c}-channel input; images can be fed only to 1-channel "
+            "(grayscale), 3-channel (RGB) or 4-channel (RGBA) models: give a .npy array instead"
+        )
+    try:
+        pillow()
+    except UsageError as err:
+        raise UsageError(f"{paths[0]}: {err.message}") from None
+    decoded = decode_files(paths, Conversion(h, w, c, resize, background))
+    if len(decoded.bad) == 1:
+        path, reason = decoded.bad[0]
+        raise DataError(f"{path}: {reason}")
+    if decoded.bad:
+        raise DataError(bad_files_message(decoded.bad, ""))
+    return [decoded.images[i : i + 1] for i in range(len(decoded.images))]
+
+
+def read_input(path: Path, shape: Shape, kind: str | None = None) -> npt.NDArray[Any]:
+    """One IDX or .npy input file as an N×C×H×W array: uint8, or float32 on the 0-255 scale."""
+    kind = kind or input_kind(path)
     if kind == "image":
-        return read_image(path, shape)
+        return _read_images([path], shape, "stretch", 0)[0]
     if kind == "npy":
         array = _load_npy(path)
     else:
@@ -289,44 +379,3 @@ def to_nchw(array: npt.NDArray[Any], shape: Shape, source: str) -> npt.NDArray[A
         f"{source}: an array of shape {tuple(array.shape)} does not fit the model's input "
         f"{h}×{w}×{c} (height×width×channels); expected one of {', '.join(layouts)}"
     )
-
-
-def read_image(path: Path, shape: Shape) -> npt.NDArray[np.uint8]:
-    """An image file as a 1×C×H×W uint8 array: channels converted, EXIF-rotated, resized."""
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise UsageError(
-            f"{path}: reading images needs Pillow, the images extra: pip install 'dlcli[images]'"
-        ) from None
-    c, h, w = shape
-    mode = _IMAGE_MODES.get(c)
-    if mode is None:
-        raise DataError(
-            f"{path}: the model takes {c}-channel input; images can be fed only to 1-channel "
-            "(grayscale), 3-channel (RGB) or 4-channel (RGBA) models: give a .npy array instead"
-        )
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            # Pillow's bomb check, at dlcli's limit, while the header is read: above it Pillow
-            # warns (an error here: nothing leaks to stderr), above twice it refuses.
-            Image.MAX_IMAGE_PIXELS = limits.IMAGE_MAX_PIXELS
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:  # reads the header only
-                image = ImageOps.exif_transpose(opened).convert(mode)
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(
-            f"{path}: refused: more than the {limits.IMAGE_MAX_PIXELS:,} pixels dlcli decodes "
-            f"(a decompression bomb?): {err}"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read the image: {untrusted.shorten(str(err))}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pillow_limit
-    if image.size != (w, h):
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8)
-    return to_nchw(pixels.reshape(h, w, c), shape, str(path))

@@ -1,6 +1,6 @@
 """The training display: a callback that draws rich progress bars on a terminal and prints one
 plain line per epoch elsewhere (CI logs). The loop itself never prints; this is just another
-:class:`~dlcli.engine.Callback`, handed a :class:`~dlcli.report.Reporter`.
+:class:`~dlcli.hooks.Callback`, handed a :class:`~dlcli.report.Reporter`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from dlcli.engine import Callback, Logs, Trainer
+from dlcli.hooks import Callback, Logs, Loop
 from dlcli.report import Reporter
 
 _REFRESH_SECONDS = 0.1
@@ -40,8 +40,8 @@ class ProgressDisplay(Callback):
         self._last_refresh = 0.0
         self._epochs = 0
 
-    def on_fit_begin(self, trainer: Trainer) -> None:
-        self._epochs = trainer.cfg.epochs
+    def on_fit_begin(self, trainer: Loop) -> None:
+        self._epochs = trainer.epochs
         if self.reporter.live:
             self.progress = Progress(
                 TextColumn("{task.description}"),
@@ -54,13 +54,13 @@ class ProgressDisplay(Callback):
             )
             self.progress.start()
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, trainer: Loop, epoch: int) -> None:
         if self.progress is not None:
             self.task = self.progress.add_task(
                 f"epoch {epoch}/{self._epochs}", total=trainer.steps_per_epoch, logs=""
             )
 
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
+    def on_step_end(self, trainer: Loop, step: int) -> None:
         if self.progress is None or self.task is None:
             return
         now = time.monotonic()
@@ -69,7 +69,7 @@ class ProgressDisplay(Callback):
             logs = format_logs(trainer.running_logs())
             self.progress.update(self.task, completed=step, logs=logs)
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
@@ -78,7 +78,7 @@ class ProgressDisplay(Callback):
             f"epoch {epoch:>{width}}/{self._epochs}  {format_logs(logs)}  {logs['seconds']:.1f}s"
         )
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

@@ -323,8 +323,31 @@ def fit_summary_line(summary: Mapping[str, Any], run_dir: Any) -> str:
         parts.append(f"{summary['seconds_per_epoch']:.2f} s/epoch")
     if summary.get("samples_per_second") is not None:
         parts.append(f"{summary['samples_per_second']:,.0f} samples/s")
-    parts.append(f"saved {run_dir}")
+    weights = summary.get("weights") or {}
+    held = ""
+    if weights.get("why") == "last":
+        held = f" (model.safetensors: the last epoch, {weights.get('epoch')})"
+    elif weights:
+        held = (
+            f" (model.safetensors: epoch {weights.get('epoch')}, the {weights.get('why')}, "
+            "restored by early stopping)"
+        )
+    parts.append(f"saved {run_dir}{held}")
     return " · ".join(parts)
+
+
+def early_stop_line(early: Mapping[str, Any]) -> str:
+    """``early stopping after epoch 8: val_loss has not improved for 3 epochs (best 0.3121
+    at epoch 5)``."""
+    stopped, best = early.get("stopped_epoch"), early.get("best_epoch")
+    waited = ""
+    if isinstance(best, int) and isinstance(stopped, int):
+        waited = f" for {stopped - best} epoch{'s' if stopped - best != 1 else ''}"
+    best_text = f" (best {_fmt(early.get('best'))} at epoch {best})" if best is not None else ""
+    return (
+        f"early stopping after epoch {stopped}: {early.get('monitor')} has not improved"
+        f"{waited}{best_text}"
+    )
 
 
 # --- predictions (dlcli predict) ---------------------------------------------------------------
@@ -356,5 +379,45 @@ def predictions_table(
             escape(str(p["class_name"])),
             f"{p['probability']:.4f}",
             *(escape(o) for o in others[: ranks - 1]),
+        )
+    return table
+
+
+def trials_table(summary: Mapping[str, Any]) -> Table:
+    """A study's trials, best first: number, state, the metric, epochs, seconds, parameters."""
+    from dlcli.config import short_key
+
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
+    table = Table(
+        title=f"Study {summary['study']} ({summary['direction']} {summary['metric']})",
+        caption=counts or "no trials",
+        box=box.SIMPLE_HEAD,
+    )
+    params: list[str] = []
+    for trial in summary["trials"]:
+        params += [p for p in trial["params"] if p not in params]
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    table.add_column(summary["metric"], justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("seconds", justify="right")
+    for name in params:
+        table.add_column(escape(short_key(name)), justify="right", overflow="fold")
+    best = summary["best"]
+    for trial in summary["trials"]:
+        seconds = trial["seconds"]
+        state = trial["state"] + (" (retry)" if trial["retry_of"] is not None else "")
+        values = [trial["params"].get(name) for name in params]
+        table.add_row(
+            str(trial["number"]),
+            state,
+            _fmt(trial["value"]),
+            _fmt(trial["epochs"]),
+            "-" if seconds is None else f"{seconds:.1f}",
+            *(
+                escape("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+                for v in values
+            ),
+            style="bold green" if best is not None and trial["number"] == best["number"] else "",
         )
     return table

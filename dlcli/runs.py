@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dlcli import metric_names
 from dlcli.errors import ModelDirError, UsageError
 
 # What a person tells runs apart by: the short label (a table column) and its config key path.
@@ -224,7 +225,7 @@ def _best_index(name: str, values: Sequence[Any]) -> int | None:
     numbers = [(v, i) for i, v in enumerate(values) if _is_number(v)]
     if len(numbers) < 2 or len({v for v, _ in numbers}) == 1:
         return None
-    return (max if "accuracy" in name else min)(numbers)[1]
+    return (max if metric_names.mode_of(name) == "max" else min)(numbers)[1]
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -292,7 +293,7 @@ def monitored_metric(config: Mapping[str, Any]) -> tuple[str | None, str]:
         value = training.get(section) if isinstance(training, dict) else None
         if isinstance(value, dict) and isinstance(value.get("monitor"), str):
             mode = value.get("mode")
-            return str(value["monitor"]), mode if mode in ("min", "max") else "auto"
+            return _history_key(value["monitor"]), mode if mode in ("min", "max") else "auto"
     return None, "auto"
 
 
@@ -305,7 +306,7 @@ def summarize_history(
 ) -> dict[str, Any]:
     """Best epoch (by ``monitor``, default val_loss), mean seconds per epoch and samples/s.
 
-    ``mode`` auto: an accuracy is best when highest, anything else (a loss) when lowest.
+    ``mode`` auto: the registry's direction (dlcli.metric_names).
     """
     if not history:
         return {}
@@ -314,8 +315,7 @@ def summarize_history(
     summary: dict[str, Any] = {"monitor": monitor}
     rows = [row for row in history if monitor is not None and _is_number(row.get(monitor))]
     if rows and monitor is not None:
-        if mode == "auto":
-            mode = "max" if "accuracy" in monitor else "min"
+        mode = metric_names.mode_of(monitor, mode)
         best = (max if mode == "max" else min)(rows, key=lambda row: row[monitor])
         summary["best_epoch"] = int(best.get("epoch", history.index(best) + 1))
         summary["best_value"] = best[monitor]
@@ -326,6 +326,13 @@ def summarize_history(
         if train_size and per_epoch > 0:
             summary["samples_per_second"] = train_size / per_epoch
     return summary
+
+
+def _history_key(name: str) -> str:
+    """``validation.accuracy`` → ``val_accuracy`` (a name the registry does not know: as is)."""
+    if metric_names.problem(name) is None:
+        return metric_names.parse(name).history_key
+    return name
 
 
 def _is_number(value: Any) -> bool:

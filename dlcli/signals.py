@@ -1,6 +1,11 @@
-"""Ctrl-C and SIGTERM during training: stop cleanly once, at once the second time.
+"""Signals mean the same in every command: SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal
+closed) stop cleanly with one line and exit 130.
 
-The first SIGINT/SIGTERM only sets ``trainer.interrupted``: the loop finishes the step under
+Every command runs inside :func:`stop_at_once_on_signals`: a signal raises
+:class:`~dlcli.errors.Interrupted` where the program is (start-up, loading, evaluation, a
+download, the save), which the command layer reports. During training
+:func:`stop_on_signals` takes over: the first SIGINT/SIGTERM/SIGHUP only sets
+``trainer.interrupted``: the loop finishes the step under
 way, the checkpoint callback saves, and the loop raises :class:`~dlcli.errors.Interrupted`
 (exit 130). A second signal raises ``Interrupted`` wherever the program is: every file dlcli
 writes goes to a temporary name first, so stopping anywhere leaves the last checkpoint and the
@@ -10,6 +15,7 @@ finished directory into place, which the signal waits for.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -20,7 +26,7 @@ from typing import Any, Protocol
 
 from dlcli.errors import Interrupted
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stoppable(Protocol):
@@ -41,7 +47,7 @@ _pending: Interrupted | None = None
 
 @contextmanager
 def stop_on_signals(target: Stoppable) -> Iterator[Guard]:
-    """Install the two-stage SIGINT/SIGTERM handler for the ``with`` block (main thread only:
+    """Install the two-stage SIGINT/SIGTERM/SIGHUP handler for the ``with`` block (main thread only:
     elsewhere Python cannot install handlers, and nothing is changed)."""
     guard = Guard(target)
     if threading.current_thread() is not threading.main_thread():
@@ -50,14 +56,12 @@ def stop_on_signals(target: Stoppable) -> Iterator[Guard]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        _hung_up(signum)
         if target.interrupted is None and not guard.immediate:
             target.interrupted = name
             return
         _stop_now(
-            Interrupted(
-                f"{name}: stopped at once (files are written atomically: "
-                "nothing was left half-written)"
-            )
+            Interrupted(f"interrupted ({name}): stopped at once; nothing was left half-written")
         )
 
     previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in SIGNALS}
@@ -66,6 +70,42 @@ def stop_on_signals(target: Stoppable) -> Iterator[Guard]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def stop_at_once_on_signals() -> Iterator[None]:
+    """For the ``with`` block (a whole command), SIGINT/SIGTERM/SIGHUP raise
+    :class:`Interrupted` at once (held back inside :func:`uninterruptible`). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        _hung_up(signum)
+        _stop_now(Interrupted(f"interrupted ({name}): stopped; nothing was left half-written"))
+
+    previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _hung_up(signum: int) -> None:
+    """SIGHUP with a terminal on stdout/stderr: the terminal is gone, and writing to it would
+    fail (EIO) before a checkpoint is saved; send what is left to /dev/null."""
+    if signum != signal.SIGHUP:
+        return
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            pass
 
 
 def _stop_now(err: Interrupted) -> None:

@@ -6,13 +6,17 @@
     RUN_DIR/history.csv        one row per epoch
     RUN_DIR/manifest.json      format version and the SHA-256 of every file above; written last
 
-A run is saved into a temporary sibling directory that is renamed into place, so an
-interrupted save never leaves a half-written model dir; loading verifies the manifest, so a
-truncated or altered file is refused rather than half-trusted.
+A run dir has one writer at a time (:func:`open_output`: an OS lock that dies with its holder).
+Its files are written into a temporary folder inside it (one filesystem, even for ``.`` or a
+mount point) and moved into place with the manifest last (dlcli.atomic), so an interrupted
+save never leaves a half-written model dir; entries dlcli did not write are never touched.
+Loading verifies the manifest, so a truncated or altered file is refused rather than
+half-trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -22,7 +26,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +34,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dlcli import limits, untrusted
+from dlcli import atomic, limits, untrusted
 from dlcli.config import Config, parse_config
 from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
-from dlcli.signals import uninterruptible
 
 FORMAT = "dlcli-run/1"
 MANIFEST = "manifest.json"
@@ -64,46 +67,227 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_output_dir(run_dir: Path, *, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to train into a directory that already holds something, unless told to."""
-    if overwrite or resume or not run_dir.exists():
-        return
-    if not run_dir.is_dir():
+# --- the output directory: one writer, nothing a user owns touched ---------------------------
+
+LOCK = ".dlcli-lock"  # flock()ed by the one process writing the run dir; holds its PID
+PENDING = ".dlcli-pending"  # an --overwrite run's checkpoints, until its save replaces the old run
+_OURS = (LOCK, PENDING)  # hidden entries dlcli keeps in a run dir
+# What training writes into a run dir; anything else there is the user's (or another command's).
+RUN_ENTRIES = (MANIFEST, CONFIG, WEIGHTS, METRICS, HISTORY, CHECKPOINTS, TENSORBOARD)
+
+
+@dataclass
+class Output:
+    """A run directory opened for writing: locked, checked, with ``work_dir`` the place its
+    checkpoints and event files go while training (``run_dir`` itself, or ``run_dir/.dlcli-
+    pending`` when an --overwrite run must leave the previous run untouched until its save)."""
+
+    run_dir: Path
+    work_dir: Path
+    replaces: bool = False  # the save replaces a previous run's files
+    kept: list[str] = field(default_factory=list)  # entries dlcli did not write, left alone
+    _fd: int | None = None
+    _created: list[Path] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Give up the lock (the lock file is removed; so is the run dir when this process
+        created it and nothing was saved in it)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            (self.run_dir / LOCK).unlink()
+        os.close(self._fd)
+        self._fd = None
+        for folder in self._created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def open_output(run_dir: Path, *, overwrite: bool, resume: bool) -> Output:
+    """Create and lock ``run_dir`` for one training process, before any data is read.
+
+    Refused (exit 2): a run dir another process is writing (named by its PID), a non-empty
+    directory without --overwrite or --resume, and with --overwrite anything that is not a
+    dlcli run (its manifest or checkpoints) or empty. A path that cannot be created or written
+    is exit 3. The lock is an OS lock (flock): it dies with its holder, so a killed run never
+    blocks the next one.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: output path exists and is not a directory")
-    if any(run_dir.iterdir()):
+    check_writable(run_dir)
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = _lock(run_dir)
+    except OSError as err:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise ModelDirError(_os_message(run_dir, err)) from None
+    output = Output(run_dir, run_dir, _fd=fd, _created=created)
+    try:
+        _check_contents(output, overwrite=overwrite, resume=resume)
+    except BaseException:
+        output.release()
+        raise
+    return output
+
+
+def check_output_dir(run_dir: Path, *, overwrite: bool, resume: bool = False) -> None:
+    """:func:`open_output`'s checks alone, the lock given back at once (the launcher of a
+    distributed run checks once; its rank 0 locks)."""
+    open_output(run_dir, overwrite=overwrite, resume=resume).release()
+
+
+def _lock(run_dir: Path) -> int:
+    import fcntl
+
+    path = run_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"PID {holder}" if holder.isdigit() else "another process"
+            raise UsageError(
+                f"{run_dir}: in use by another dlcli process ({who}); one process writes a "
+                "run directory at a time: wait for it, or train into another --output"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder before us may have removed the file after we opened it: lock the file
+        # that is there now.
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _check_contents(output: Output, *, overwrite: bool, resume: bool) -> None:
+    run_dir = output.run_dir
+    _remove_leftovers(run_dir)
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK,))
+    output.kept = [name for name in entries if name not in (*RUN_ENTRIES, PENDING)]
+    if resume:
+        if (run_dir / PENDING / CHECKPOINTS).is_dir():
+            output.work_dir, output.replaces = run_dir / PENDING, True
+        return
+    if not entries:
+        return
+    if not overwrite:
         raise UsageError(
-            f"{run_dir}: output directory is not empty; pass --overwrite to replace it, "
-            "--resume to continue it, or --output DIR for a new run"
+            f"{run_dir}: output directory is not empty; pass --overwrite to replace the run "
+            "in it, --resume to continue it, or --output DIR for a new run"
         )
+    if not is_run_dir(run_dir):
+        shown = ", ".join(_entry(run_dir, n) for n in entries[:6])
+        more = f" and {len(entries) - 6} more" if len(entries) > 6 else ""
+        raise UsageError(
+            f"{run_dir}: --overwrite replaces only a dlcli run (a directory with its "
+            f"{MANIFEST} or checkpoints) or an empty directory; this one holds {shown}{more}, "
+            "which dlcli did not write. Nothing was changed: choose another --output"
+        )
+    # The previous run stays whole until the new one is saved: train into a side folder.
+    shutil.rmtree(run_dir / PENDING, ignore_errors=True)  # an earlier --overwrite's, abandoned
+    (run_dir / PENDING).mkdir()
+    output.work_dir, output.replaces = run_dir / PENDING, True
+
+
+def is_run_dir(path: Path) -> bool:
+    """Is ``path`` recognisably a dlcli run: its manifest, or (an interrupted run) checkpoints
+    with theirs?"""
+    if _manifest_format(path / MANIFEST) == FORMAT:
+        return True
+    checkpoints = [path / CHECKPOINTS, path / PENDING / CHECKPOINTS]
+    return any(
+        _manifest_format(folder / MANIFEST).startswith("dlcli-checkpoint/")
+        for root in checkpoints
+        if root.is_dir()
+        for folder in root.iterdir()
+    )
+
+
+def _manifest_format(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    try:
+        manifest = untrusted.load_json(path, ModelDirError, "manifest")
+    except ModelDirError:
+        return ""
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    return found if isinstance(found, str) else ""
+
+
+def _entry(run_dir: Path, name: str) -> str:
+    return f"{name}/" if (run_dir / name).is_dir() else name
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Staging folders of a save that was killed (we hold the lock: nobody else's)."""
+    for pattern in (".dlcli-save-*", ".dlcli-old-*"):
+        for path in run_dir.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- saving ----------------------------------------------------------------------------------
 
 
 def save_run(
-    run_dir: Path,
+    output: Output | Path,
     *,
     config: Config,
     state_dict: Mapping[str, torch.Tensor],
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
 ) -> Path:
-    """Write a complete run directory atomically (temp dir + rename); return its path.
+    """Write a complete run directory atomically; return its path.
 
-    The ``checkpoints/`` and ``tensorboard/`` folders already in ``run_dir`` (written during
-    training) are kept.
+    The files are written into ``RUN_DIR/.dlcli-save-*`` (inside the run dir, so on its
+    filesystem even when it is ``.`` or a mount point), fsynced and moved into place with the
+    manifest last (:func:`dlcli.atomic.swap_entries`). Nothing the previous run left is moved
+    before that: its files are replaced in that one step. The ``checkpoints/`` and
+    ``tensorboard/`` written during training are kept (an --overwrite run's replace the old
+    ones then); entries dlcli did not write are never touched.
     """
-    run_dir = Path(run_dir)
-    parent = run_dir.parent
-    staging = parent / f".{run_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    if not isinstance(output, Output):  # a library caller with a plain path
+        output = open_output(Path(output), overwrite=True, resume=True)
+        try:
+            return save_run(
+                output, config=config, state_dict=state_dict, metrics=metrics, history=history
+            )
+        finally:
+            output.release()
+    run_dir = output.run_dir
+    staging: Path | None = None
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        staging = atomic.staging_dir(run_dir, ".dlcli-save")
         _write_files(staging, config, state_dict, metrics, history)
-        _swap_into_place(staging, run_dir)
+        names = [CONFIG, WEIGHTS, METRICS, HISTORY]
+        if output.work_dir != run_dir:  # --overwrite: this run's folders replace the old run's
+            for kept in (CHECKPOINTS, TENSORBOARD):
+                if (output.work_dir / kept).exists():
+                    os.rename(output.work_dir / kept, staging / kept)
+            names += [CHECKPOINTS, TENSORBOARD]
+        atomic.swap_entries(staging, run_dir, names, last=MANIFEST)
+        if output.work_dir != run_dir:
+            shutil.rmtree(output.work_dir, ignore_errors=True)
+            output.work_dir = run_dir
     except (OSError, SafetensorError) as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise ModelDirError(_os_message(run_dir, err)) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    output._created = []  # it holds a run now: keep it
     return run_dir
 
 
@@ -119,22 +303,15 @@ def _write_files(
     (staging / CONFIG).write_text(dump_yaml(config), encoding="utf-8")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
-    _honour_umask(staging / WEIGHTS)
+    atomic.honour_umask(staging / WEIGHTS)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (staging / HISTORY).write_text(history_csv(history), encoding="utf-8")
     write_manifest(staging, [CONFIG, WEIGHTS, METRICS, HISTORY])
-
-
-def _honour_umask(path: Path) -> None:
-    """safetensors creates files 0600 whatever the umask; give them the usual mode so a
-    model dir archived by CI is readable like every other file in it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    atomic.fsync_tree(staging)
 
 
 def write_manifest(directory: Path, names: Sequence[str]) -> None:
-    from dlcli import __version__
+    from dlcli.version import __version__
 
     manifest = {
         "format": FORMAT,
@@ -143,25 +320,8 @@ def write_manifest(directory: Path, names: Sequence[str]) -> None:
     }
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
+    atomic.fsync_path(tmp)
     os.replace(tmp, directory / MANIFEST)
-
-
-def _swap_into_place(staging: Path, run_dir: Path) -> None:
-    # A second Ctrl-C waits for these renames (dlcli.signals): stopping between them would
-    # lose the checkpoints moved into staging.
-    with uninterruptible():
-        if not run_dir.exists():
-            os.rename(staging, run_dir)
-            return
-        for kept in (CHECKPOINTS, TENSORBOARD):  # written during training, outside the manifest
-            if (run_dir / kept).is_dir():
-                os.rename(run_dir / kept, staging / kept)
-        old = run_dir.parent / f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(run_dir, old)
-        os.rename(staging, run_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -214,9 +374,15 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
         raise ModelDirError(
             f"{run_dir}: not a complete dlcli model directory (no {MANIFEST}); "
             "was training interrupted before the model was saved?"
-            + (f" Continue it with: dlcli train CONFIG --resume {run_dir}" if resumable else "")
+            + (f" Continue it with: dlcli train --resume {_quote(run_dir)}" if resumable else "")
         )
     return verify_manifest(run_dir, (CONFIG, WEIGHTS, METRICS))
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def verify_manifest(directory: Path, required: Sequence[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``output.tensorboard: true``: TensorBoard event files in ``RUN_DIR/tensorboard/``.
 
-A :class:`~dlcli.engine.Callback` that writes every per-epoch history value as a scalar (step =
+A :class:`~dlcli.hooks.Callback` that writes every per-epoch history value as a scalar (step =
 epoch) and the run's hyper-parameters (the flattened config) for TensorBoard's HParams tab.
 Needs the ``tensorboard`` package (the optional extra ``dlcli[tensorboard]``); view with
 ``tensorboard --logdir runs/``.
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dlcli.config import Config, to_dict
-from dlcli.engine import Callback, Logs, Trainer
 from dlcli.errors import ConfigError
+from dlcli.hooks import Callback, Logs, Loop
 from dlcli.runs import IGNORED_KEYS, flatten_config
 
 LOG_DIR = "tensorboard"
@@ -47,7 +47,7 @@ class TensorBoardLogger(Callback):
         self.cfg = cfg
         self.writer: Any = None
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, trainer: Loop, epoch: int) -> None:
         # Opened at the first epoch, not at fit begin: only then has a resumed run's epoch
         # been restored from its checkpoint.
         if self.writer is None:
@@ -73,7 +73,7 @@ class TensorBoardLogger(Callback):
         names = ["loss", *self.cfg.training.metrics]
         return [*names, *(f"val_{name}" for name in names)]
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if self.writer is None:
             return
         for key, value in logs.items():
@@ -81,12 +81,12 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         if self.writer is None:
             return
-        finished = trainer.stop_training or trainer.epoch >= trainer.cfg.epochs
+        finished = trainer.stop_training or trainer.epoch >= trainer.epochs
         if finished and not getattr(trainer, "interrupted", False):  # the HParams "success"
             _, _, end = hparams(self.hparams(), dict.fromkeys(self._metric_tags(), 0.0))
             self.writer.file_writer.add_summary(end)

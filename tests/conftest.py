@@ -4,6 +4,7 @@ archives read data/ (REPO_DATA)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +22,15 @@ REPO_DATA = REPO_ROOT / "data"
 # count. OMP_NUM_THREADS is what auto honours (in this process and in every CLI subprocess);
 # tests/test_threads.py checks auto itself with it unset.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes to the user's ~/.cache: the decoded-image cache goes to a temp folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DLCLI_CACHE_DIR", str(tmp_path_factory.mktemp("dlcli-cache")))
+    yield
+    patch.undo()
 
 
 # --- data: a tiny IDX dataset -----------------------------------------------------------------

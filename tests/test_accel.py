@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcli.accel import Accel, FlatParameters, scaled
+from dlcli import evaluation
+from dlcli.accel import DeviceData, FlatParameters, to_float
 from dlcli.config import TrainingConfig, parse_config
 from dlcli.data.dataset import Split
 from dlcli.engine import Trainer
@@ -166,7 +167,7 @@ def test_a_run_saved_from_flat_parameters_loads_into_a_plain_model(tmp_path: Any
 def test_an_optimizer_zero_grad_from_a_callback_does_not_stop_training() -> None:
     """torch's optimizer.zero_grad() sets the flat tensor's gradient to None; the next step
     must still update the weights."""
-    from dlcli.engine import Callback
+    from dlcli.hooks import Callback
 
     class ZeroGrad(Callback):
         def on_step_end(self, trainer: Trainer, step: int) -> None:
@@ -182,13 +183,13 @@ def test_an_optimizer_zero_grad_from_a_callback_does_not_stop_training() -> None
         assert torch.equal(a, b), name
 
 
-def test_scaled_batches_are_bit_identical_to_float_then_divide() -> None:
+def test_float_batches_are_bit_identical_to_float_then_divide() -> None:
     images = torch.arange(256, dtype=torch.uint8).repeat(8).reshape(8, 1, 16, 16)
     index = torch.tensor([5, 0, 7, 7])
     expected = images[index].float().div_(255)
-    assert scaled(images, index).dtype == torch.float32
-    assert torch.equal(scaled(images, index), expected)
-    assert torch.equal(scaled(images, slice(2, 6)), images[2:6].float() / 255)
+    assert to_float(images.index_select(0, index)).dtype == torch.float32
+    assert torch.equal(to_float(images.index_select(0, index)), expected)
+    assert torch.equal(to_float(images[2:6]), images[2:6].float() / 255)
 
 
 def test_fp16_on_a_cpu_is_a_config_error() -> None:
@@ -201,7 +202,7 @@ def test_bf16_autocast_trains_on_a_cpu() -> None:
     assert len(trainer.history) == 2
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in trainer.history)
     assert trainer.model[1].weight.dtype == torch.float32  # autocast, not a cast of weights
-    logits = trainer.predict_logits(tiny_split().images)
+    logits = evaluation.outputs(trainer.scorer, tiny_split().images)
     assert logits.dtype == torch.float32 and logits.shape == (96, 4)
 
 
@@ -215,16 +216,16 @@ def test_channels_last_on_a_cpu_gives_the_same_losses() -> None:
     data = tiny_split()
     plain = fit(cnn(), training(channels_last=False), data)
     nhwc = fit(cnn(), training(channels_last=True), data)
-    assert nhwc.accel.channels_last and not plain.accel.channels_last
+    assert nhwc.channels_last.on and not plain.channels_last.on
     assert nhwc.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     losses = [row["loss"] for row in nhwc.history]
     assert losses == pytest.approx([row["loss"] for row in plain.history], rel=1e-4)
 
 
 def test_channels_last_is_automatic_for_convolutional_models_only() -> None:
-    assert fit(cnn(), training(epochs=1), tiny_split()).accel.channels_last
-    assert not fit(mlp(), training(epochs=1), tiny_split()).accel.channels_last
-    assert not fit(cnn(), training(epochs=1, channels_last=False), tiny_split()).accel.channels_last
+    assert fit(cnn(), training(epochs=1), tiny_split()).channels_last.on
+    assert not fit(mlp(), training(epochs=1), tiny_split()).channels_last.on
+    assert not fit(cnn(), training(epochs=1, channels_last=False), tiny_split()).channels_last.on
 
 
 def test_compile_runs_the_model_through_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,20 +278,20 @@ def test_a_failing_compile_is_a_training_error(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_off_the_cpu_a_split_is_copied_to_the_device_once() -> None:
-    accel = Accel(training(), torch.device("meta"))
+    on_device = DeviceData(torch.device("meta"))
     data = tiny_split()
-    first = accel.to_device(data.images, data.labels)
-    again = accel.to_device(data.images, data.labels)
+    first = on_device(data.images, data.labels)
+    again = on_device(data.images, data.labels)
     assert first[0].device.type == "meta"
     assert first[0] is again[0] and first[1] is again[1]
-    on_cpu = Accel(training(), CPU).to_device(data.images, data.labels)
+    on_cpu = DeviceData(CPU)(data.images, data.labels)
     assert on_cpu[0] is data.images  # nothing copied on the CPU
 
 
 def test_reading_the_running_metrics_does_not_change_them() -> None:
     """A progress bar reads the epoch's metrics whenever it redraws; the epoch's mean loss
     must be the same float however often (resume relies on it too)."""
-    from dlcli.engine import Callback
+    from dlcli.hooks import Callback
 
     class ReadEveryStep(Callback):
         def on_step_end(self, trainer: Trainer, step: int) -> None:

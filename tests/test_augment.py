@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlcli.augment import Augmenter, Mixed, is_on, mixed_loss
+from dlcli.augment import Augmenter, Mixed, is_on
 from dlcli.config import AugmentConfig
+from dlcli.evaluation import Objective
 
 CPU = torch.device("cpu")
 
@@ -26,12 +27,12 @@ def labels(n: int = 8) -> torch.Tensor:
 
 
 def augmenter(seed: int = 0, **settings: float | int | bool) -> Augmenter:
-    return Augmenter(AugmentConfig(**settings), CPU, seed)  # type: ignore[arg-type]
+    return Augmenter(AugmentConfig(**settings), CPU, seed, num_classes=4)  # type: ignore[arg-type]
 
 
 def test_off_is_the_plain_scaling() -> None:
     rows = batch()
-    x, mixed = augmenter()(rows, labels())
+    x, mixed = augmenter().transform(rows, labels())
     assert mixed is None
     assert torch.equal(x, rows.float() / 255)
     assert not is_on(None) and not is_on(AugmentConfig())
@@ -98,9 +99,9 @@ def test_erase_never_touches_a_batch_at_zero_probability() -> None:
 def test_same_seed_same_batch_other_seed_other_batch() -> None:
     settings = {"translate": 2, "flip": True, "erase": 0.5, "mixup": 0.4, "cutmix": 1.0}
     rows, y = batch(n=16), labels(16)
-    a, mixed_a = augmenter(0, **settings)(rows, y)
-    b, mixed_b = augmenter(0, **settings)(rows, y)
-    c, _ = augmenter(1, **settings)(rows, y)
+    a, mixed_a = augmenter(0, **settings).transform(rows, y)
+    b, mixed_b = augmenter(0, **settings).transform(rows, y)
+    c, _ = augmenter(1, **settings).transform(rows, y)
     assert torch.equal(a, b)
     assert mixed_a is not None and mixed_b is not None  # mix_prob 1: always mixed
     assert torch.equal(mixed_a.partner, mixed_b.partner) and mixed_a.lam == mixed_b.lam
@@ -112,12 +113,12 @@ def test_state_round_trip_continues_the_stream() -> None:
     settings = {"translate": 2, "flip": True, "erase": 0.3, "cutmix": 1.0}
     rows, y = batch(n=16), labels(16)
     first = augmenter(3, **settings)
-    first(rows, y)
+    first.transform(rows, y)
     state = first.state_dict()
-    expected, expected_mix = first(rows, y)
+    expected, expected_mix = first.transform(rows, y)
     second = augmenter(99, **settings)
     second.load_state_dict(state)
-    got, got_mix = second(rows, y)
+    got, got_mix = second.transform(rows, y)
     assert torch.equal(expected, got)
     assert (expected_mix is None) == (got_mix is None)
     if expected_mix is not None and got_mix is not None:
@@ -161,27 +162,38 @@ def test_beta_draws_have_the_right_mean_and_spread() -> None:
         assert abs(float(draws.var()) - variance) < 0.2 * variance
 
 
-def test_mixed_loss_is_the_weighted_sum() -> None:
+def test_mixed_targets_make_the_loss_the_weighted_sum() -> None:
     logits = torch.randn(5, 3)
     y = torch.tensor([0, 1, 2, 0, 1])
-    mixed = Mixed(y.flip(0), 0.3)
-    got = mixed_loss(F.cross_entropy, logits, y, mixed)
+    targets = Mixed(y.flip(0), 0.3).targets(y, 3)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(5))
+    got = Objective(3).loss_of(logits, targets)
     want = 0.3 * F.cross_entropy(logits, y) + 0.7 * F.cross_entropy(logits, y.flip(0))
     assert torch.allclose(got, want)
-    assert torch.equal(mixed_loss(F.cross_entropy, logits, y, None), F.cross_entropy(logits, y))
+    assert torch.equal(Objective(3).loss_of(logits, y), F.cross_entropy(logits, y))
+
+
+def test_the_batch_transform_gives_labels_or_probabilities() -> None:
+    rows, y = batch(n=6), labels(6)
+    x, targets = augmenter(flip=True)(rows, y)
+    assert x.dtype == torch.float32 and torch.equal(targets, y)
+    x, targets = augmenter(mixup=0.5)(rows, y)
+    assert targets.shape == (6, 4) and torch.allclose(targets.sum(dim=1), torch.ones(6))
 
 
 def test_flat_inputs_skip_the_image_transforms() -> None:
     rows = torch.arange(24, dtype=torch.uint8).reshape(4, 6)
-    x, mixed = augmenter(translate=2, flip=True, erase=0.5)(rows, labels(4))
+    x, mixed = augmenter(translate=2, flip=True, erase=0.5).transform(rows, labels(4))
     assert mixed is None and torch.equal(x, rows.float() / 255)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_images_stay_there() -> None:
     device = torch.device("cuda")
-    aug = Augmenter(AugmentConfig(translate=2, flip=True, erase=0.5, cutmix=1.0), device, 0)
-    x, _ = aug(batch(16).to(device), labels(16).to(device))
+    aug = Augmenter(
+        AugmentConfig(translate=2, flip=True, erase=0.5, cutmix=1.0), device, 0, num_classes=4
+    )
+    x, _ = aug.transform(batch(16).to(device), labels(16).to(device))
     assert x.device.type == "cuda"
     state = aug.state_dict()
     aug.load_state_dict(state)

@@ -33,8 +33,9 @@ from dlcli.config import (
     TargetConfig,
     parse_config,
 )
-from dlcli.engine import Callback, Trainer
+from dlcli.engine import Trainer
 from dlcli.errors import ConfigError
+from dlcli.hooks import Callback
 
 
 @pytest.fixture(autouse=True)
@@ -158,9 +159,7 @@ def test_step_schedule_decays_every_step_size_epochs(tmp_path: Path) -> None:
 def test_reduce_on_plateau_reduces_after_patience() -> None:
     spec = ReduceOnPlateauSchedule(factor=0.5, patience=1, min_delta=0.0, min_lr=0.02)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    fake: Any = SimpleNamespace(
-        optimizer=optimizer, cfg=SimpleNamespace(epochs=9), steps_per_epoch=1
-    )
+    fake: Any = SimpleNamespace(optimizer=optimizer, epochs=9, steps_per_epoch=1)
     schedule = LRSchedule(spec)
     schedule.on_fit_begin(fake)
     seen = []

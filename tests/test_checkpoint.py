@@ -28,8 +28,9 @@ from dlcli import checkpoint, pipeline, store
 from dlcli.cli import cli
 from dlcli.config import load_config
 from dlcli.data.idx import write_idx
-from dlcli.engine import Callback, Trainer
+from dlcli.engine import Trainer
 from dlcli.errors import ModelDirError, TrainingError
+from dlcli.hooks import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 6
@@ -236,7 +237,7 @@ def test_signal_checkpoints_then_resume_is_identical(
     code, _, err = finish(proc)
     assert code == 130, err
     assert f"training interrupted ({sig.name})" in err
-    assert f"Continue with: dlcli train {config} --resume {run_dir}" in err
+    assert f"Continue with: dlcli train --resume {run_dir}" in err
     assert "Traceback" not in err
     assert not (run_dir / "model.safetensors").exists()
     store.verify_manifest(run_dir / "checkpoints" / "last", checkpoint.FILES)
@@ -322,7 +323,7 @@ def test_interrupted_run_dir_says_how_to_resume(tmp_path: Path) -> None:
         (run_dir / name).unlink()  # as if killed before the final save
     result = cli_run("evaluate", str(run_dir))
     assert result.exit_code == 3
-    assert f"dlcli train CONFIG --resume {run_dir}" in result.stderr
+    assert f"dlcli train --resume {run_dir}" in result.stderr
 
 
 # --- nothing a user loads is unpickled ----------------------------------------------------------

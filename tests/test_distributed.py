@@ -2,7 +2,7 @@
 launcher's plumbing in-process; then real 2-worker gloo jobs on 127.0.0.1 (`dlcli train
 --nproc-per-node 2` and `torchrun -m dlcli train`) that must match a single process, stop
 together and resume, and end cleanly when a worker dies or hangs (the DLCLI_TEST_*_RANK
-hooks)."""
+hooks in worker_hooks/sitecustomize.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from dlcli.errors import UsageError
 from dlcli.report import Reporter
 
 ROOT = Path(__file__).resolve().parent.parent
+HOOKS = str(Path(__file__).resolve().parent / "worker_hooks")  # DLCLI_TEST_*: sitecustomize.py
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
 
 # Two workers and one process see the same samples per step; only the order of float sums
@@ -190,6 +191,8 @@ def test_workers_other_than_rank_0_print_only_their_own_errors(
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    if any(key.startswith("DLCLI_TEST_") for key in extra):  # the hooks: worker_hooks/
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [HOOKS, env.get("PYTHONPATH")]))
     return {**env, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", **extra}
 
 

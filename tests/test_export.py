@@ -41,7 +41,7 @@ def export_json(model_dir: Path, *args: str | Path) -> dict[str, Any]:
 def dlcli_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """dlcli's own logits for uint8 N×C×H×W images."""
     loaded = load_model(model_dir, "cpu")
-    return loaded.trainer.predict_logits(torch.from_numpy(images)).numpy()
+    return loaded.outputs(torch.from_numpy(images)).numpy()
 
 
 def onnx_logits(path: Path, images: np.ndarray, batch: int) -> np.ndarray:
@@ -123,6 +123,17 @@ def test_missing_extra_names_the_install_command(
         "pip install 'dlcli[onnx]'",
     }
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_never_overwrites_a_file_it_did_not_write(tiny_run: Path, tmp_path: Path) -> None:
+    user_file = tmp_path / "notes.onnx"
+    user_file.write_text("my notes")
+    result = run("export", tiny_run, "--out", user_file)
+    assert result.exit_code == 2 and "a file dlcli did not write" in result.stderr
+    assert user_file.read_text() == "my notes"
+    ours = tmp_path / "model.onnx"
+    assert run("export", tiny_run, "--out", ours).exit_code == 0
+    assert run("export", tiny_run, "--out", ours).exit_code == 0  # its own export: replaced
 
 
 def test_export_errors(tiny_run: Path, tmp_path: Path) -> None:

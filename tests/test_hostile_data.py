@@ -105,6 +105,13 @@ def train_with(key: str, name: str, data: Callable[[], bytes]) -> Args:
     return lambda w: ["train", str(w.config), "--set", f"data.{key}={w.file(name, data())}"]
 
 
+def empty_folder(w: World) -> str:
+    """A folder of its own: the shared root gains other cases' files (one may be an image)."""
+    path = w.root / "empty-folder"
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
 def fifo(w: World, name: str) -> str:
     path = w.root / "files" / name
     path.parent.mkdir(exist_ok=True)
@@ -156,8 +163,8 @@ CASES = [
          3, "is a FIFO (named pipe), expected a regular data file", bomb=True),
     Case("predict-a-device", lambda w: ["predict", str(w.run_dir), "/dev/zero"], 3,
          "/dev/zero: is a device, expected a regular input file", bomb=True),
-    Case("predict-a-directory", lambda w: ["predict", str(w.run_dir), str(w.root)], 3,
-         "is a directory"),
+    Case("predict-a-directory", lambda w: ["predict", str(w.run_dir), empty_folder(w)], 3,
+         "no image files in the folder"),  # a folder is read for its images (issue 15)
     Case("train-images-a-device",
          lambda w: ["train", str(w.config), "--set", "data.train_images=/dev/zero"], 3,
          "/dev/zero: is a device", bomb=True),

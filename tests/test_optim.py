@@ -1,9 +1,10 @@
-"""dlcli's Adam/AdamW step (the fused kernel called directly) is torch's Adam/AdamW(fused=True)
-step bit for bit, with the same state dict, and follows the learning rate a scheduler sets."""
+"""The optimizers are torch's own, through their public API: Adam/AdamW with ``fused=True``
+where this torch has the kernel, else torch's default implementation (the fallback, run here
+too), the same update either way."""
 
 from __future__ import annotations
 
-import copy
+from typing import Any
 
 import pytest
 import torch
@@ -30,56 +31,99 @@ def gradients(n: int, steps: int) -> list[torch.Tensor]:
     return [torch.randn(n, generator=generator) for _ in range(steps)]
 
 
+def run(optimizer: torch.optim.Optimizer, param: torch.Tensor, steps: int = 20) -> None:
+    for i, grad in enumerate(gradients(param.numel(), steps)):
+        if i == steps // 2:  # a scheduler's change of the learning rate
+            for group in optimizer.param_groups:
+                group["lr"] = 0.003
+        param.grad = grad.clone()
+        optimizer.step()
+
+
+def start() -> torch.Tensor:
+    return torch.randn(1000, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.mark.parametrize(
     ("name", "torch_class"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
 )
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_update_is_the_fused_step_bit_for_bit(
-    name: str, torch_class: type, weight_decay: float
-) -> None:
-    start = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    ours_param, theirs_param = start.clone(), start.clone()
+def test_adam_is_torchs_fused_adam(name: str, torch_class: type, weight_decay: float) -> None:
+    assert optim.FUSED  # torch >= 2.4 on the CPU (pyproject.toml)
+    ours_param, theirs_param = start(), start()
     ours = optim.make_optimizer([ours_param], optimizer_config(name, weight_decay))
-    assert isinstance(ours, optim.FlatFused)
+    assert type(ours) is torch_class and optim.is_fused(ours)
     theirs = torch_class([theirs_param], lr=0.01, weight_decay=weight_decay, fused=True)
-    for i, grad in enumerate(gradients(1000, 20)):
-        if i == 10:  # a scheduler's change of the learning rate
-            for group in (*ours.param_groups, *theirs.param_groups):
-                group["lr"] = 0.003
-        ours_param.grad, theirs_param.grad = grad.clone(), grad.clone()
-        optim.step(ours)
-        theirs.step()
+    run(ours, ours_param)
+    run(theirs, theirs_param)
     assert torch.equal(ours_param, theirs_param)
-    assert not torch.equal(ours_param, start)
-    mine, other = ours.state_dict(), theirs.state_dict()
-    assert mine["param_groups"] == other["param_groups"]
-    for key, value in other["state"][0].items():
-        assert torch.equal(mine["state"][0][key], value), key
+    assert not torch.equal(ours_param, start())
 
 
-def test_a_state_dict_moves_between_update_and_step() -> None:
-    """A checkpoint written by update() resumes under torch's step() and vice versa."""
-    start = torch.randn(50, generator=torch.Generator().manual_seed(0))
-    grads = gradients(50, 10)
-    ours_param = start.clone()
-    ours = optim.make_optimizer([ours_param], optimizer_config("adam", 0.0))
-    for grad in grads[:5]:
-        ours_param.grad = grad.clone()
-        optim.step(ours)
-    theirs_param = ours_param.clone()
-    theirs = torch.optim.Adam([theirs_param], lr=0.01, fused=True)
-    theirs.load_state_dict(copy.deepcopy(ours.state_dict()))  # as read from a checkpoint
-    for grad in grads[5:]:
-        ours_param.grad, theirs_param.grad = grad.clone(), grad.clone()
-        optim.step(ours)
-        theirs.step()
-    assert torch.equal(ours_param, theirs_param)
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_without_the_fused_kernel_adam_falls_back_to_the_default(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fused_param, plain_param = start(), start()
+    fused = optim.make_optimizer([fused_param], optimizer_config(name, 0.1))
+    monkeypatch.setattr(optim, "FUSED", False)  # a torch whose Adam has no `fused`
+    plain = optim.make_optimizer([plain_param], optimizer_config(name, 0.1))
+    assert not optim.is_fused(plain)
+    run(fused, fused_param)
+    run(plain, plain_param)
+    # The same update, computed in other kernels: equal up to float rounding.
+    torch.testing.assert_close(plain_param, fused_param, rtol=1e-5, atol=1e-6)
+    assert plain.state_dict()["state"][0].keys() == fused.state_dict()["state"][0].keys()
 
 
-def test_other_optimizers_take_their_own_step() -> None:
+def test_a_device_without_the_fused_kernel_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    adam = torch.optim.Adam
+
+    def no_fused_kernel(*args: Any, fused: bool | None = None, **kwargs: Any) -> Any:
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be ... supported devices")
+        return adam(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused_kernel)
+    optimizer = optim.make_optimizer([start()], optimizer_config("adam", 0.0))
+    assert isinstance(optimizer, adam) and not optim.is_fused(optimizer)
+
+
+def test_training_through_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole fit through the fallback optimizer ends where the fused one does."""
+    from dlcli.data.dataset import Split
+    from dlcli.engine import Trainer
+
+    cfg = parse_config(
+        {
+            "data": {"dataset": "fashion-mnist"},
+            "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4}]},
+            "training": {"epochs": 2, "batch_size": 8},
+        }
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=generator)
+    data = Split(images, torch.arange(40) % 4)
+
+    def fit() -> Trainer:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+        trainer = Trainer(model, cfg.training, num_classes=4, device=torch.device("cpu"))
+        trainer.fit(data)
+        return trainer
+
+    fused = fit()
+    monkeypatch.setattr(optim, "FUSED", False)
+    plain = fit()
+    assert optim.is_fused(fused.optimizer) and not optim.is_fused(plain.optimizer)
+    for a, b in zip(fused.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_other_optimizers_are_torchs() -> None:
     param = torch.ones(3)
     sgd = optim.make_optimizer([param], optimizer_config("sgd", 0.0))
-    assert not isinstance(sgd, optim.FlatFused)
+    assert type(sgd) is torch.optim.SGD
     param.grad = torch.ones(3)
-    optim.step(sgd)
+    sgd.step()
     assert torch.allclose(param, torch.full((3,), 0.99))

@@ -208,7 +208,7 @@ def test_subprocess_without_a_terminal_prints_no_ansi(tmp_path: Path) -> None:
 def test_internal_errors_exit_1_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     import dlcli.config_tools
 
-    def boom(*args: Any) -> None:
+    def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(dlcli.config_tools, "validate_config", boom)

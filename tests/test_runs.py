@@ -206,7 +206,9 @@ def test_train_summary_in_json_and_human_output(tmp_path: Path) -> None:
     line = result.stdout.strip().splitlines()[-1]
     assert line.startswith("best epoch ") and "(val_loss " in line
     assert " s/epoch · " in line and " samples/s · saved " in line
-    assert line.endswith(f"saved {tmp_path / 'runs' / 'tiny'}")
+    assert line.endswith(
+        f"saved {tmp_path / 'runs' / 'tiny'} (model.safetensors: the last epoch, 2)"
+    )
     doc = run_json("train", str(config), "--overwrite", "--quiet", "--set", "training.epochs=2")
     summary = doc["summary"]
     assert summary["monitor"] == "val_loss" and summary["best_epoch"] in (1, 2)

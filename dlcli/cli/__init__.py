@@ -11,15 +11,12 @@ The package holds one module per group of commands; importing it registers them 
 
 from __future__ import annotations
 
-from dlcli.cli import configs, data, inspect, train, use
+from dlcli.cli import configs, data, inspect, train, tune, use
 from dlcli.cli.base import cli, dlcli_command
 
-__all__ = ["cli", "configs", "data", "dlcli_command", "inspect", "main", "train", "use"]
+__all__ = ["cli", "configs", "data", "dlcli_command", "inspect", "main", "train", "tune", "use"]
 
 
 def main() -> None:
-    """Console-script entry point (also ``python -m dlcli``)."""
-    from dlcli.threads import set_wait_policy
-
-    set_wait_policy()  # before any command imports torch: see dlcli/threads.py
+    """Console-script entry point."""
     cli(prog_name="dlcli")

@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 
-from dlcli import __version__
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
+from dlcli.signals import stop_at_once_on_signals
+from dlcli.version import __version__
 
 CommandFn = Callable[..., dict[str, Any] | None]
 
@@ -33,15 +34,16 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
         reporter = Reporter(json_mode=json_mode, quiet=quiet, no_color=no_color)
         code = 0
         try:
-            document = fn(reporter, **kwargs)
-            if document is not None:
-                reporter.emit_json(document)
+            with stop_at_once_on_signals():  # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130
+                document = fn(reporter, **kwargs)
+                if document is not None:
+                    reporter.emit_json(document)
         except DlcliError as err:
             code = err.exit_code
-            reporter.error(err, code=code, kind=err.kind)
+            _report(reporter, err, code, err.kind)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
-            reporter.error("interrupted", code=code, kind="interrupted")
+            _report(reporter, "interrupted", code, "interrupted")
         except Exception as err:
             code = EXIT_INTERNAL
             if os.environ.get("DLCLI_DEBUG"):
@@ -56,6 +58,15 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             click.get_current_context().exit(code)
 
     return wrapper
+
+
+def _report(reporter: Reporter, err: DlcliError | str, code: int, kind: str) -> None:
+    """Print the error; a terminal that is gone (SIGHUP) cannot be told, which is fine."""
+    try:
+        with stop_at_once_on_signals():  # a second signal while reporting: the same exit
+            reporter.error(err, code=code, kind=kind)
+    except (OSError, DlcliError):
+        pass
 
 
 class DlcliGroup(click.Group):
@@ -120,4 +131,59 @@ _set_option = click.option(
     multiple=True,
     metavar="KEY=VALUE",
     help="Override a config key, e.g. --set training.epochs=3 (repeatable; value is YAML).",
+)
+
+
+# --- options several commands share (declared once) ---------------------------------------
+
+
+def device_option(default: str | None = "auto", note: str = "") -> Callable[[Any], Any]:
+    """``--device``: auto | cpu | cuda | cuda:N."""
+    return click.option(
+        "--device",
+        default=default,
+        show_default=default is not None,
+        help=f"auto | cpu | cuda | cuda:N {note}".strip() + ".",
+    )
+
+
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    help="Test-time augmentation: flip averages each image's and its mirror's outputs "
+    "(default: the run's training.tta).",
+)
+
+
+def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) -> str | int | None:
+    """``--threads``: ``auto`` or a number of CPU threads, 1 .. limits.THREADS_MAX."""
+    from dlcli import limits
+
+    if value is None or value == "auto":
+        return value
+    text = value.strip()
+    if text.isdigit() and 1 <= int(text) <= limits.THREADS_MAX:
+        return int(text)
+    raise click.BadParameter(
+        f"expected auto or a number from 1 to {limits.THREADS_MAX}, found {value!r}"
+    )
+
+
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images per forward pass.",
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives."
+)
+weights_option = click.option(
+    "--weights",
+    type=click.Choice(["saved", "best", "last"]),
+    default="saved",
+    show_default=True,
+    help="Which weights of the run: the ones it saved (model.safetensors), or its best or "
+    "last checkpoint.",
 )

@@ -29,30 +29,47 @@ from dlcli.report import Reporter
     help="A registry dataset (dlcli download --list).",
 )
 @click.option("--force", is_flag=True, help="Overwrite PATH when it exists.")
+@click.option(
+    "--from",
+    "data",
+    type=click.Path(exists=True, path_type=Path),
+    metavar="DATA",
+    help="Your own data: a folder of class folders (or one holding train/ and test/), a "
+    "path,label CSV, an .npz or an IDX archive; classes, input shape and model are filled in.",
+)
 @dlcli_command
 def init(
-    reporter: Reporter, path: Path | None, template: str, dataset: str, force: bool
+    reporter: Reporter,
+    path: Path | None,
+    template: str,
+    dataset: str,
+    force: bool,
+    data: Path | None,
 ) -> dict[str, Any]:
     """Write a commented starter config to PATH that trains as is.
 
-    PATH defaults to DATASET-TEMPLATE.yaml in the current directory.
+    PATH defaults to DATASET-TEMPLATE.yaml in the current directory (with --from DATA:
+    DATA's name.yaml). With --from, the template defaults to mlp for small greyscale images
+    and cnn for colour or larger ones.
     """
     from dlcli.config_tools import write_starter
 
-    path = path if path is not None else Path(f"{dataset}-{template}.yaml")
-    write_starter(path, template=template, dataset=dataset, force=force)
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("template") is not click.core.ParameterSource.DEFAULT
+    if path is None:
+        name = data.resolve().name if data is not None else f"{dataset}-{template}"
+        path = Path(f"{name}.yaml")
+    write_starter(
+        path, template=template, dataset=dataset, force=force, data=data, template_given=given
+    )
     reporter.result_line(f"wrote {path}; train it with: dlcli train {path}")
-    return {
-        "path": str(path),
-        "template": template,
-        "dataset": dataset,
-        "command": f"dlcli train {path}",
-    }
+    source = {"dataset": dataset} if data is None else {"data": str(data)}
+    return {"path": str(path), "template": template, **source, "command": f"dlcli train {path}"}
 
 
 @cli.group(name="config")
 def config_group() -> None:
-    """Show a config resolved, or validate it (for pre-commit hooks and CI)."""
+    """Show a config resolved, validate it (for pre-commit hooks and CI), or print its schema."""
 
 
 @config_group.command(name="show")
@@ -74,18 +91,47 @@ def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) ->
 @config_group.command(name="validate")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
+@click.option(
+    "--no-data",
+    is_flag=True,
+    help="Check the config and the model only, without reading the data files.",
+)
 @dlcli_command
-def config_validate(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
-    """Check CONFIG: its keys and values, and its model's shapes (exit 0: valid, 2: not).
+def config_validate(
+    reporter: Reporter, config: Path, overrides: tuple[str, ...], no_data: bool
+) -> dict[str, Any]:
+    """Check CONFIG as train does before its first step (exit 0: valid, 2: not).
 
-    Builds the model (a kernel larger than its input, a missing flatten or a last layer with
-    the wrong number of classes is caught) but reads no data.
+    Checks the keys and values, builds the model (a kernel larger than its input, a missing
+    flatten or a last layer with the wrong number of classes is caught), and reads the data
+    files: they must exist, be readable archives, and match model.input_shape (--no-data
+    skips the data).
     """
     from dlcli.config_tools import validate_config
 
-    result = validate_config(config, overrides)
+    result = validate_config(config, overrides, check_data=not no_data)
     reporter.result_line(
         f"{config}: valid ({result['layers']} layers, {result['total_params']:,} parameters, "
         f"{result['num_classes']} classes)"
     )
     return result
+
+
+@config_group.command(name="schema")
+@dlcli_command
+def config_schema(reporter: Reporter) -> dict[str, Any]:
+    """Print the JSON Schema of a config file, for editors' completion and checking.
+
+    \b
+    Save it and name it in the config's first line:
+      dlcli config schema > dlcli.schema.json
+      # yaml-language-server: $schema=dlcli.schema.json
+    """
+    import json
+
+    from dlcli.schema import config_schema as make_schema
+
+    schema = make_schema()
+    if not reporter.json_mode:
+        reporter.write(json.dumps(schema, indent=2) + "\n")
+    return schema

@@ -1,4 +1,4 @@
-"""``dlcli download``: fetch and verify a registry dataset."""
+"""``dlcli download``: fetch and verify a registry dataset; ``dlcli data check``: check your own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import cli, dlcli_command
+from dlcli.cli.base import _set_option, cli, dlcli_command
 from dlcli.limits import DOWNLOAD_DEADLINE_S
 from dlcli.report import Reporter
 
@@ -146,3 +146,102 @@ def _list_datasets(reporter: Reporter) -> dict[str, Any]:
             for e in REGISTRY.values()
         ]
     }
+
+
+# --- data check: your own data, before training -----------------------------------------------
+
+
+_IGNORED_SHOWN = 20  # ignored files named in the human output; --json lists all
+
+
+@cli.group(name="data")
+def data_group() -> None:
+    """Check your own images (class folders, CSV, .npz, IDX) before training on them."""
+
+
+@data_group.command(name="check")
+@click.argument("target", metavar="PATH|CONFIG", type=click.Path(path_type=Path))
+@_set_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes decoding images.  [default: every core]",
+)
+@dlcli_command
+def data_check(
+    reporter: Reporter, target: Path, overrides: tuple[str, ...], workers: int | None
+) -> dict[str, Any]:
+    """Check the data at PATH (a folder of class folders, a path,label CSV, an .npz, an IDX
+    archive; a folder holding train/ and test/ is both) or the data a CONFIG names.
+
+    Reports images per class and split, image sizes and modes, every file that cannot be read,
+    duplicate files, files in both train and test, and class imbalance. Exit 3 when a file
+    cannot be read (what `dlcli train` would stop on), else 0.
+
+    \b
+    Examples:
+      dlcli data check pets/
+      dlcli data check pets.yaml --json
+    """
+    from dlcli.data.check import check_target
+    from dlcli.errors import DataError
+
+    report = check_target(target, overrides, workers=workers)
+    document = report.to_dict()
+    _show_check(reporter, document)
+    count = report.unreadable
+    if count:
+        raise DataError(
+            f"{count} file{'s' if count != 1 else ''} cannot be read (listed above); "
+            "fix or remove them, or train with data.skip_bad_files: true",
+            document=document,
+        )
+    return document
+
+
+def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    splits = document["splits"]
+    classes = list(dict.fromkeys(c for s in splits.values() for c in s["per_class"]))
+    table = Table(title="Images per class")
+    table.add_column("class")
+    for name in splits:
+        table.add_column(name, justify="right")
+    for cls in classes:
+        table.add_row(cls, *(f"{s['per_class'].get(cls, 0):,}" for s in splits.values()))
+    table.add_row("total", *(f"{s['images']:,}" for s in splits.values()), style="bold")
+    reporter.table(table)
+    summary = Table(title="Files")
+    for column in ("split", "source", "sizes (HxW)", "modes", "unreadable", "ignored", "dupes"):
+        summary.add_column(column)
+    for name, s in splits.items():
+        summary.add_row(
+            name,
+            f"{s['source']} ({s['kind']})",
+            _counts(s["sizes"]),
+            _counts(s["modes"]),
+            str(len(s["unreadable"])),
+            str(len(s["ignored"])),
+            str(sum(len(g) - 1 for g in s["duplicates"])),
+        )
+    reporter.table(summary)
+    for name, s in splits.items():
+        for bad in s["unreadable"]:
+            reporter.note(f"unreadable ({name}): {bad['path']}: {bad['reason']}")
+        for group in s["duplicates"]:
+            reporter.note(f"duplicates ({name}): {' = '.join(group)}")
+        for path in s["ignored"][:_IGNORED_SHOWN]:
+            reporter.note(f"ignored, not an image ({name}): {path}")
+        if len(s["ignored"]) > _IGNORED_SHOWN:
+            reporter.note(f"... and {len(s['ignored']) - _IGNORED_SHOWN} more ignored (--json)")
+    for group in document["in_train_and_test"]:
+        reporter.note(f"in train and test: {' = '.join(group)}")
+    for note in document["notes"]:
+        reporter.note(f"note: {note}")
+
+
+def _counts(counts: dict[str, int], shown: int = 4) -> str:
+    items = [f"{key} ×{value:,}" for key, value in list(counts.items())[:shown]]
+    more = f", +{len(counts) - shown} more" if len(counts) > shown else ""
+    return ", ".join(items) + more

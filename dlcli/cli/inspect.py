@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, dlcli_command
+from dlcli.cli.base import (
+    _set_option,
+    batch_size_option,
+    cli,
+    data_dir_option,
+    device_option,
+    dlcli_command,
+)
 from dlcli.report import Reporter, summary_table
 
 # --- plot / runs: see what happened ------------------------------------------------------------
@@ -27,9 +34,9 @@ from dlcli.report import Reporter, summary_table
     show_default=True,
     help="The split the confusion matrix is computed on.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@batch_size_option
+@data_dir_option
+@device_option()
 @click.option(
     "--accept-changed-data",
     is_flag=True,
@@ -142,6 +149,10 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
     from dlcli.model import build_model
 
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
+    if cfg.model.input_shape is None and cfg.data.train is not None:
+        from dlcli.config_tools import infer_from_data
+
+        infer_from_data(cfg)  # what training will infer, from the images' headers
     built = build_model(cfg.model)
     reporter.table(
         summary_table(built.layers, built.input_shape, built.total_params, built.trainable_params)

@@ -10,8 +10,24 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, dlcli_command
-from dlcli.report import Reporter, fit_summary_line, metrics_table, summary_table
+from dlcli.cli.base import (
+    _set_option,
+    batch_size_option,
+    cli,
+    data_dir_option,
+    device_option,
+    dlcli_command,
+    thread_count,
+    tta_option,
+    weights_option,
+)
+from dlcli.report import (
+    Reporter,
+    early_stop_line,
+    fit_summary_line,
+    metrics_table,
+    summary_table,
+)
 
 
 def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,29 +47,6 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Fail (exit 4) when METRIC is below VALUE, e.g. --min accuracy=0.88 or "
         "--min test.accuracy=0.85 (repeatable; unqualified: the validation split).",
     )(fn)
-
-
-def _train_gates(mins: tuple[str, ...], maxs: tuple[str, ...], cfg: Any) -> list[Any]:
-    """The gates, their names checked against what training will report, before it starts."""
-    from dlcli.gates import SPLITS, parse_gates, resolve_gates
-
-    gates = parse_gates(mins, maxs)
-    resolve_gates(gates, {s: ["loss", *cfg.training.metrics] for s in SPLITS}, "validation")
-    return gates
-
-
-def _apply_gates(
-    reporter: Reporter, gates: list[Any], metrics: dict[str, Any], document: dict[str, Any]
-) -> dict[str, Any]:
-    """Check the gates against the final metrics (split → logs); add them to ``document``.
-    A violated bound raises GateError (exit 4), which carries ``document`` for --json."""
-    from dlcli.gates import check_gates, default_split, gate_metrics, resolve_gates
-
-    available = {split: gate_metrics(logs) for split, logs in metrics.items()}
-    resolved = resolve_gates(gates, available, default_split(list(available)))
-    for result in check_gates(resolved, available, document):
-        reporter.note(f"gate passed: {result.describe()}")
-    return document
 
 
 _LAUNCH_OPTIONS = (
@@ -126,36 +119,42 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @_set_option
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--device", help="auto | cpu | cuda | cuda:N (overrides training.device).")
-@click.option("--seed", type=int, help="Random seed (overrides training.seed).")
+@device_option(None, "(overrides training.device)")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed (overrides training.seed).")
 @click.option(
     "--threads",
     metavar="auto|N",
-    help="CPU threads (overrides training.threads; auto: the free cores).",
+    callback=thread_count,
+    help="CPU threads: auto (the free cores) or a number (overrides training.threads).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the dlcli run in the output directory (files dlcli did not write are kept).",
+)
 @click.option(
     "--resume",
     is_flag=False,
     flag_value="",
     default=None,
     metavar="[RUN_DIR]",
-    help="Continue from the newest checkpoint of RUN_DIR (default: the config's run directory).",
+    help="Continue from the newest checkpoint of RUN_DIR, with the config the run started with "
+    "(CONFIG may be left out; without RUN_DIR: the config's run directory).",
 )
 @_gate_options
 @dlcli_command
 @_launch_options
 def train(
     reporter: Reporter,
-    config: Path,
+    config: Path | None,
     overrides: tuple[str, ...],
     output: str | None,
     device: str | None,
     seed: int | None,
-    threads: str | None,
+    threads: str | int | None,
     overwrite: bool,
     resume: str | None,
     mins: tuple[str, ...],
@@ -164,66 +163,83 @@ def train(
 ) -> dict[str, Any] | None:
     """Train the model a YAML CONFIG describes, evaluate it and save the run directory.
 
-    Ctrl-C (or SIGTERM) stops after the current step, saves a checkpoint and prints the
-    --resume command that continues the run.
+    Ctrl-C, SIGTERM or SIGHUP stops after the current step, saves a checkpoint and prints the
+    command that continues the run: dlcli train --resume RUN_DIR.
 
     With --nproc-per-node N, N workers train data-parallel (also: torchrun
     --nproc-per-node N -m dlcli train CONFIG); only rank 0 prints and saves.
     """
-    from dlcli import distributed, pipeline
-    from dlcli.config import load_config
-    from dlcli.errors import UsageError
+    from dlcli import distributed, gates, pipeline
     from dlcli.progress import ProgressDisplay
+    from dlcli.train_request import TrainRequest
 
-    distributed.worker_output(reporter)  # under torchrun: only rank 0 prints its progress
+    _worker_output(reporter)  # under torchrun: only rank 0 prints its progress
     launching = distributed.Launch.from_options(launch)  # None: this process trains
-    if resume is not None and overwrite:
-        raise UsageError("--resume continues a run and --overwrite replaces it: give one")
-    if resume:
-        if output is not None and Path(output) != Path(resume):
-            raise UsageError(f"--resume {resume} and --output {output} name different runs")
-        output = resume
-    flags = {
-        "output.dir": output,
-        "training.device": device,
-        "training.seed": seed,
-        "training.threads": threads,
-    }
-    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    cfg = load_config(config, [*overrides, *extra])
-    gates = _train_gates(mins, maxs, cfg)
+    request = TrainRequest(
+        config, overrides, output, device, seed, overwrite, resume, threads=threads
+    )
+    cfg = request.resolve()
+    checked = gates.for_training(mins, maxs, cfg.training.metrics)
     if launching is not None:
-        return _launch(reporter, cfg, launching, overwrite=overwrite, resume=resume is not None)
+        return _launch(reporter, cfg, launching, overwrite=overwrite, resume=request.resuming)
     prepared = pipeline.prepare(
-        cfg, overwrite=overwrite, resume=resume is not None, dist_timeout=launch["dist_timeout"]
+        cfg, overwrite=overwrite, resume=request.resuming, dist_timeout=launch["dist_timeout"]
     )
     _announce(reporter, prepared)
-    if prepared.world.distributed:
-        reporter.note(prepared.world.summary(cfg.training.batch_size))
-    if prepared.resume is not None:
-        reporter.note(f"resuming from {prepared.resume.path}, {prepared.resume.where}")
-    result = pipeline.train(prepared, callbacks=[ProgressDisplay(reporter)], config_path=config)
+    result = pipeline.train(prepared, callbacks=[ProgressDisplay(reporter)])
+    _show_result(reporter, result)
+    document = result.to_dict()
+    final = {
+        split: result.metrics[split]
+        for split in ("train", "validation", "test")
+        if result.metrics[split] is not None
+    }
+    for passed in gates.apply(checked, final, document):  # after the model is saved
+        reporter.note(f"gate passed: {passed.describe()}")
+    return document
+
+
+def _show_result(reporter: Reporter, result: Any) -> None:
     metrics = result.metrics
+    final = {
+        split: metrics[split]
+        for split in ("train", "validation", "test")
+        if metrics[split] is not None
+    }
     reporter.table(
         metrics_table(
             f"Final metrics ({metrics['epochs']} epochs, fit {metrics['fit_seconds']:.1f}s)",
-            {
-                "train": metrics["train"],
-                "validation": metrics["validation"],
-                "test": metrics["test"],
-            },
+            final,
         )
     )
+    if metrics["test"] is None:
+        from dlcli import pipeline
+
+        reporter.note(pipeline.NO_TEST)
+    for skipped in metrics.get("skipped_files", []):
+        reporter.note(f"skipped {skipped['path']}: {skipped['reason']}")
+    early = metrics.get("early_stopping") or {}
+    if early.get("stopped_epoch") is not None:
+        reporter.note(early_stop_line(early))
     if "ema" in metrics:
         reporter.note(
             f"saved model: the weight average (EMA, decay {metrics['ema']['decay']}, "
             f"{metrics['ema']['updates']} updates), as validated"
         )
-    fit_summary = _fit_summary(result, cfg)
-    reporter.result_line(fit_summary_line(fit_summary, result.run_dir))
-    document = {"run_dir": str(result.run_dir), **metrics, "summary": fit_summary}
-    final = {split: metrics[split] for split in ("train", "validation", "test")}
-    return _apply_gates(reporter, gates, final, document)  # after the model is saved
+    reporter.result_line(fit_summary_line(result.summary(), result.run_dir))
+
+
+def _worker_output(reporter: Reporter) -> None:
+    """How a torchrun worker reports: ranks other than 0 print errors only; rank 0 of
+    ``train --nproc-per-node`` hands its JSON document to the launcher, which prints it."""
+    import os
+
+    from dlcli.distributed import JSON_FILE, env_rank
+
+    if env_rank() != 0:
+        reporter.silence()
+    elif os.environ.get(JSON_FILE):
+        reporter.json_to_file(os.environ[JSON_FILE])
 
 
 def _launch(
@@ -240,27 +256,28 @@ def _launch(
     return distributed.launch(launching, argv)
 
 
-def _fit_summary(result: Any, cfg: Any) -> dict[str, Any]:
-    """Best epoch (by the monitored metric, else val_loss), seconds per epoch, samples/s."""
-    from dlcli.config import to_dict
-    from dlcli.runs import monitored_metric, summarize_history
-
-    train_size = result.metrics.get("dataset", {}).get("train_size")
-    monitor, mode = monitored_metric(to_dict(cfg))
-    return summarize_history(result.history, monitor=monitor, mode=mode, train_size=train_size)
-
-
 def _announce(reporter: Reporter, prepared: Any) -> None:
-    from dlcli.pipeline import describe_recipe
+    from dlcli import pipeline
 
+    output = prepared.output
+    if output is not None and output.replaces and output.kept:
+        reporter.note(
+            f"{prepared.run_dir}: the previous run is replaced when this one is saved; kept as "
+            f"they are (not written by training): {', '.join(output.kept)}"
+        )
+    if prepared.world.distributed:
+        reporter.note(prepared.world.summary(prepared.config.training.batch_size))
+    if prepared.resume is not None:
+        reporter.note(f"resuming from {prepared.resume.path}, {prepared.resume.where}")
     data = prepared.dataset
+    test = f"{len(data.test)} test" if data.test is not None else "no test split"
     reporter.note(
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "
-        f"{len(prepared.validation)} validation, {len(data.test)} test, "
+        f"{len(prepared.validation)} validation, {test}, "
         f"{data.num_classes} classes; device: {prepared.device}"
         + (f", {prepared.threads.count} threads" if prepared.threads is not None else "")
     )
-    tools = describe_recipe(prepared.config.training)
+    tools = pipeline.describe_recipe(prepared.config.training)
     if tools:
         reporter.note(f"training with {tools}")
     if not reporter.quiet:
@@ -281,19 +298,23 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     multiple=True,
     help="Which split(s) to evaluate (repeatable; default: validation and test).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@batch_size_option
+@data_dir_option
+@device_option()
 @click.option(
     "--per-class",
     is_flag=True,
     help="Also precision, recall, F1 and support per class, and the confusion matrix.",
 )
+@weights_option
+@tta_option
 @click.option(
-    "--tta",
-    type=click.Choice(["none", "flip"]),
-    help="Test-time augmentation: flip averages each image's and its mirror's logits "
-    "(default: the run's training.tta).",
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Score labelled data instead of the run's splits: class folders, a path,label CSV, "
+    "an .npz or an IDX archive, converted as the run's training images were.",
 )
 @click.option(
     "--accept-changed-data",
@@ -311,12 +332,15 @@ def evaluate(
     data_dir: str | None,
     device: str,
     per_class: bool,
+    data_path: Path | None,
+    weights: str,
     tta: str | None,
     accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Metrics of a saved model directory on its validation and/or test split.
+    """Metrics of a saved model directory on its validation and/or test split, or on the
+    labelled data at --data PATH (its split is called "data").
 
     The data files are compared with the SHA-256 the run recorded; a changed file is refused
     (exit 3) unless --accept-changed-data.
@@ -324,35 +348,64 @@ def evaluate(
     With --min/--max, exits 4 when a metric is out of bounds (an unqualified METRIC applies to
     the validation split, or to the only split evaluated).
     """
-    from dlcli import pipeline
-    from dlcli.gates import parse_gates
+    from dlcli import gates, pipeline
+    from dlcli.errors import UsageError
 
-    gates = parse_gates(mins, maxs)
-
-    evaluate_fn = pipeline.evaluate_per_class if per_class else pipeline.evaluate
+    checked = gates.parse_gates(mins, maxs)
+    reports: dict[str, Any]
     changed: list[str] = []
-    reports: dict[str, Any] = evaluate_fn(
-        model_dir,
-        splits=splits or ("validation", "test"),
-        batch_size=batch_size,
-        data_dir=data_dir,
-        device=device,
-        tta=tta,
-        accept_changed_data=accept_changed_data,
-        changed=changed,
-    )
+    if data_path is not None:
+        if splits:
+            raise UsageError("--data scores the data given: --split does not apply to it")
+        reports = pipeline.evaluate_data(
+            model_dir,
+            data_path,
+            batch_size=batch_size,
+            device=device,
+            per_class=per_class,
+            tta=tta,
+        )
+    else:
+        evaluate_fn: Callable[..., dict[str, Any]] = (
+            pipeline.evaluate_per_class if per_class else pipeline.evaluate
+        )
+        reports = evaluate_fn(
+            model_dir,
+            splits=splits or None,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            device=device,
+            gates=checked,
+            weights=weights,
+            accept_changed_data=accept_changed_data,
+            changed=changed,
+            tta=tta,
+        )
     for path in changed:
         reporter.note(f"{path}: changed since the model was trained (--accept-changed-data)")
-    results = {name: r.metrics for name, r in reports.items()} if per_class else reports
+    results: dict[str, Any] = (
+        {name: r.metrics for name, r in reports.items()} if per_class else reports
+    )
     shown = {
         name: {k: v for k, v in m.items() if k not in ("seconds", "samples")}
         for name, m in results.items()
     }
     reporter.table(metrics_table(f"Metrics of {model_dir}", shown))
-    document = {"model_dir": str(model_dir), "metrics": results, "data_changed": changed}
+    if not splits and data_path is None and "test" not in results:
+        reporter.note(pipeline.NO_TEST)
+    document = {
+        "model_dir": str(model_dir),
+        "weights": weights,
+        "metrics": results,
+        "data_changed": changed,
+    }
+    if data_path is not None:
+        document["data"] = str(data_path)
     if per_class:
         document["per_class"] = _show_per_class(reporter, reports)
-    return _apply_gates(reporter, gates, results, document)
+    for passed in gates.apply(checked, results, document):
+        reporter.note(f"gate passed: {passed.describe()}")
+    return document
 
 
 def _show_per_class(reporter: Reporter, reports: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import cli, dlcli_command
+from dlcli.cli.base import (
+    batch_size_option,
+    cli,
+    device_option,
+    dlcli_command,
+    tta_option,
+    weights_option,
+)
 from dlcli.report import Reporter
 
 # --- predict / export: use a trained model ---------------------------------------------------
@@ -28,14 +35,10 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
     help="List the K most probable classes of each input.",
 )
 @click.option("--csv", "csv_mode", is_flag=True, help="Print the predictions as CSV on stdout.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flip"]),
-    help="Test-time augmentation: flip averages each image's and its mirror's logits "
-    "(default: the run's training.tta).",
-)
+@batch_size_option
+@device_option()
+@weights_option
+@tta_option
 @dlcli_command
 def predict(
     reporter: Reporter,
@@ -45,6 +48,7 @@ def predict(
     csv_mode: bool,
     batch_size: int,
     device: str,
+    weights: str,
     tta: str | None,
 ) -> dict[str, Any] | None:
     """Classify INPUT files with a saved model: IDX archives, .npy arrays, PNG/JPEG images.
@@ -64,7 +68,13 @@ def predict(
     if csv_mode and reporter.json_mode:
         raise UsageError("--csv and --json both print the predictions: give one of them")
     result = predict_inputs(
-        model_dir, list(inputs), top_k=top_k, batch_size=batch_size, device=device, tta=tta
+        model_dir,
+        list(inputs),
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        weights=weights,
+        tta=tta,
     )
     count = len(result.predictions)
     reporter.note(f"{count:,} inputs predicted in {result.seconds:.2f}s")
@@ -105,10 +115,14 @@ def _csv_text(rows: list[list[Any]]) -> str:
     "--out",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The file to write.  [default: MODEL_DIR/model.onnx]",
+    help="The file to write.  [default: MODEL_DIR/model.onnx; with --weights best|last: "
+    "model-best.onnx, model-last.onnx]",
 )
+@weights_option
 @dlcli_command
-def export(reporter: Reporter, model_dir: Path, fmt: str, out: Path | None) -> dict[str, Any]:
+def export(
+    reporter: Reporter, model_dir: Path, fmt: str, out: Path | None, weights: str
+) -> dict[str, Any]:
     """Export a saved model as an ONNX file with a dynamic batch axis.
 
     The file takes "images", float32 N×C×H×W pixel values divided by 255, and returns
@@ -118,7 +132,7 @@ def export(reporter: Reporter, model_dir: Path, fmt: str, out: Path | None) -> d
     from dlcli.export import export_onnx
 
     reporter.note(f"exporting {model_dir} to {fmt}...")
-    result = export_onnx(model_dir, out)
+    result = export_onnx(model_dir, out, weights)
     reporter.result_line(
         f"wrote {result.path} ({result.size / 1024:.0f} KiB, opset {result.opset}); "
         f"onnxruntime matches PyTorch within {result.max_abs_diff:.1e}"

@@ -1,3 +1,6 @@
 """Datasets: the IDX format (``idx``), known datasets (``registry``), verified downloads
-(``download``) and archives turned into tensors (``dataset``, the only module that imports torch).
+(``download``), archives turned into tensors (``dataset``); your own data: what a path holds
+(``sources``), the image conversion (``images``), parallel decoding (``decode``), the decoded
+cache (``cache``), the assembly into a dataset (``local``) and ``dlcli data check``
+(``check``). Only ``dataset`` and ``local`` import torch.
 """

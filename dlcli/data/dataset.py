@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,15 +48,21 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A train and a test split with what is needed to build and describe a classifier."""
+    """A train and (unless the data has none) a test split, with what is needed to build and
+    describe a classifier."""
 
     train: Split
-    test: Split
+    test: Split | None  # None: no test data given (every report says so)
     num_classes: int
     class_names: tuple[str, ...]
     name: str | None  # the registry name; None for explicit files
     checksums: dict[str, str]  # archive file name -> sha256 of the bytes read
     sources: dict[str, Path] = field(default_factory=dict)  # checksums' keys -> the file read
+    # Explicit files: config key -> {"path": absolute path, "sha256": ...} (recorded in a run).
+    files: dict[str, Any] = field(default_factory=dict)
+    split_sources: dict[str, str] = field(default_factory=dict)  # split -> the path it came from
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out
+    validation: Split | None = None  # given validation data (else split off train)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

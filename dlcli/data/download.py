@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.error import HTTPError, URLError
 
-from dlcli import __version__, limits
+from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, write_problem
+from dlcli.version import __version__
 
 EventKind = Literal[
     "checking", "present", "invalid", "start", "progress", "retry", "failed", "done"

@@ -50,8 +50,6 @@ from dlcli.distributed.world import (
     init_from_env,
     shutdown,
     stop_watchdog,
-    test_hooks,
-    worker_output,
 )
 
 __all__ = [
@@ -72,7 +70,5 @@ __all__ = [
     "launch",
     "shutdown",
     "stop_watchdog",
-    "test_hooks",
     "worker_args",
-    "worker_output",
 ]

@@ -13,32 +13,23 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from dlcli.device import resolve_device
 from dlcli.errors import ConfigError, TrainingError, UsageError
-
-if TYPE_CHECKING:
-    from dlcli.engine import Callback
-    from dlcli.report import Reporter
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the other workers (--dist-timeout)
 STOP_GRACE = 15  # seconds a worker has to stop after the launcher's SIGINT/SIGTERM (at most)
 
-# Test hooks (tests/test_distributed.py): the worker of this rank dies (SIGKILL, as the OOM
-# killer would), hangs forever, or gets a SIGINT after global step DLCLI_TEST_AT_STEP (2).
-TEST_FAIL_RANK = "DLCLI_TEST_FAIL_RANK"
-TEST_HANG_RANK = "DLCLI_TEST_HANG_RANK"
-TEST_SIGINT_RANK = "DLCLI_TEST_SIGINT_RANK"
-TEST_AT_STEP = "DLCLI_TEST_AT_STEP"
 JSON_FILE = "DLCLI_JSON_FILE"  # set by launch(): where rank 0 writes its JSON document
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # as dlcli.signals
 _control: Any = None  # a gloo group for CPU-side agreement (the default group may be NCCL)
 
 
@@ -154,6 +145,10 @@ class World:
         if self.distributed:
             dist.barrier(group=_control)
 
+    def signal_vote(self) -> SignalVote:
+        """The per-step vote on stopping (see :class:`SignalVote`)."""
+        return SignalVote(self)
+
 
 SINGLE = World()
 
@@ -224,8 +219,6 @@ def env_rank() -> int:
 def init_from_env(device: str, timeout: float | None = None) -> tuple[World, torch.device]:
     """Join the process group torchrun's variables describe and pick this worker's device
     (``cuda:LOCAL_RANK`` on GPUs); a single process just resolves ``device``."""
-    from dlcli.engine import resolve_device  # the engine imports this module
-
     world = env_world()
     if not world.distributed:
         return world, resolve_device(device)
@@ -350,36 +343,3 @@ def stop_watchdog(world: World) -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         signal.alarm(0)
-
-
-def test_hooks(world: World) -> list[Callback]:
-    """The DLCLI_TEST_*_RANK hooks as a callback (tests only)."""
-    fail, hang = os.environ.get(TEST_FAIL_RANK), os.environ.get(TEST_HANG_RANK)
-    sigint = os.environ.get(TEST_SIGINT_RANK)
-    if fail is None and hang is None and sigint is None:
-        return []
-    from dlcli.engine import Callback
-
-    at_step = int(os.environ.get(TEST_AT_STEP, "2"))
-
-    class _TestHook(Callback):
-        def on_step_end(self, trainer: Any, step: int) -> None:
-            if trainer.global_step != at_step:
-                return
-            if fail is not None and int(fail) == world.rank:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if sigint is not None and int(sigint) == world.rank:
-                os.kill(os.getpid(), signal.SIGINT)
-            while hang is not None and int(hang) == world.rank:
-                signal.pause()
-
-    return [_TestHook()]
-
-
-def worker_output(reporter: Reporter) -> None:
-    """How a torchrun worker reports: ranks other than 0 print errors only; rank 0 of
-    ``train --nproc-per-node`` hands its JSON document to the launcher, which prints it."""
-    if env_rank() != 0:
-        reporter.silence()
-    elif os.environ.get(JSON_FILE):
-        reporter.json_to_file(os.environ[JSON_FILE])

@@ -1,0 +1,187 @@
+"""dlcli as a Python library: what the commands call, for notebooks and scripts.
+
+    import dlcli
+
+    run = dlcli.train("configs/fashion-mnist-mlp.yaml", overrides={"training.epochs": 3})
+    run.metrics["test"]["accuracy"]          # what metrics.json holds
+    model = dlcli.load(run.run_dir)          # verified, rebuilt with its weights
+    model.evaluate("test")                   # {"loss": ..., "accuracy": ...}
+    model.predict(images).classes            # uint8 N×H×W / N×C×H×W arrays, or files
+
+``train`` is ``dlcli train`` without the terminal: the same checks, checkpoints, Ctrl-C
+handling and run directory, raising :class:`~dlcli.errors.DlcliError` subclasses (each with
+the command line's exit code) instead of exiting. Nothing here prints unless asked
+(``callbacks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from dlcli import pipeline
+from dlcli.config import Config, load_config, parse_config, set_value, to_dict
+from dlcli.data.dataset import Dataset, Split
+from dlcli.errors import UsageError
+from dlcli.hooks import Callback, Logs
+from dlcli.predict import PredictResult, array_inputs, rank, read_inputs
+
+SPLITS = ("train", "validation", "test")
+
+
+def train(
+    config: str | Path | Config,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> pipeline.TrainResult:
+    """Train the model a config describes, evaluate it and save its run directory.
+
+    ``config``: a YAML file, or a :class:`~dlcli.config.Config`. ``overrides``: config keys
+    set to Python values (``{"training.epochs": 3, "model.layers[1].units": 128}``), applied
+    before validation exactly as given (never re-read as YAML). ``output``: the run directory
+    (default: the config's ``output.dir``); ``overwrite`` replaces an existing one, ``resume``
+    continues it from its newest checkpoint. ``callbacks`` see every epoch and step (e.g.
+    :class:`dlcli.progress.ProgressDisplay` for progress bars).
+
+    Returns the run directory, the per-epoch history and the final metrics (metrics.json).
+    """
+    values = dict(overrides or {})
+    if output is not None:
+        values["output.dir"] = str(output)
+    cfg = _config(config, values)
+    prepared = pipeline.prepare(cfg, overwrite=overwrite, resume=resume)
+    return pipeline.train(prepared, callbacks)
+
+
+def load(run_dir: str | Path, *, device: str = "auto") -> Model:
+    """A saved run's model, its files verified against the run's manifest, on ``device``
+    (``auto``: CUDA when available, else the CPU)."""
+    return Model(pipeline.load_model(Path(run_dir), device))
+
+
+class Model:
+    """A trained model, loaded from its run directory by :func:`load`."""
+
+    def __init__(self, loaded: pipeline.LoadedModel) -> None:
+        self._loaded = loaded
+
+    @property
+    def run_dir(self) -> Path:
+        return self._loaded.run.path
+
+    @property
+    def config(self) -> Config:
+        """The resolved config the run was trained with."""
+        return self._loaded.run.config
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The run's metrics.json."""
+        return self._loaded.run.metrics
+
+    @property
+    def module(self) -> nn.Module:
+        """The ``torch.nn.Module`` itself (in eval mode on its device)."""
+        return self._loaded.scorer.model
+
+    @property
+    def class_names(self) -> list[str]:
+        from dlcli.predict import class_names
+
+        return class_names(self.metrics, self._loaded.built.output_shape[0])
+
+    def evaluate(
+        self, split: str | Split = "test", *, batch_size: int = 1000, data_dir: str | None = None
+    ) -> Logs:
+        """Loss and metrics on ``split``: ``"train"``, ``"validation"`` or ``"test"`` of the
+        run's dataset (split as the run split it; ``data_dir``: where the dataset lives), or
+        any :class:`~dlcli.data.dataset.Split` of uint8 images and labels."""
+        if isinstance(split, str):
+            split = self._split(split, data_dir)
+        return self._loaded.evaluate(split, batch_size=batch_size)
+
+    def predict(
+        self,
+        images: npt.NDArray[Any] | torch.Tensor | str | Path | Sequence[str | Path],
+        *,
+        top_k: int = 1,
+        batch_size: int = 1000,
+    ) -> Predictions:
+        """Classify images: an array or tensor (uint8 0-255 or floats 0-1; N×H×W, N×H×W×C,
+        N×C×H×W, or one image), or input files as ``dlcli predict`` reads them (IDX, .npy,
+        PNG/JPEG...)."""
+        shape = self._loaded.built.input_shape
+        if isinstance(images, str | Path):
+            inputs = read_inputs([Path(images)], shape)
+        elif isinstance(images, np.ndarray | torch.Tensor):
+            inputs = array_inputs(images, shape)
+        else:
+            inputs = read_inputs([Path(p) for p in images], shape)
+        return Predictions(rank(self._loaded, inputs, top_k=top_k, batch_size=batch_size))
+
+    def _split(self, name: str, data_dir: str | None) -> Split:
+        if name not in SPLITS:
+            raise UsageError(f"split: expected one of {', '.join(SPLITS)}, found {name!r}")
+        if data_dir is not None and data_dir != self._data_dir:
+            self.__dict__.pop("_dataset", None)
+            self._data_dir = data_dir
+        saved = pipeline.SavedRun(self._loaded, self._dataset)
+        return saved.split(name)
+
+    _data_dir: str | None = None
+
+    @cached_property
+    def _dataset(self) -> Dataset:
+        return pipeline.load_data(self.config.data, self._data_dir)
+
+
+@dataclass
+class Predictions:
+    """What :meth:`Model.predict` found: per image, its classes best first."""
+
+    result: PredictResult
+
+    @property
+    def classes(self) -> list[int]:
+        """The top class of each image."""
+        return [p.top[0][0] for p in self.result.predictions]
+
+    @property
+    def names(self) -> list[str]:
+        """The top class's name for each image."""
+        return [self.result.class_names[c] for c in self.classes]
+
+    @property
+    def probabilities(self) -> list[float]:
+        """The top class's probability for each image."""
+        return [p.top[0][1] for p in self.result.predictions]
+
+    def __len__(self) -> int:
+        return len(self.result.predictions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``dlcli predict --json`` prints it."""
+        return self.result.to_dict()
+
+
+def _config(config: str | Path | Config, values: Mapping[str, Any]) -> Config:
+    if not isinstance(config, Config):
+        return load_config(Path(config), values=values)
+    if not values:
+        return config
+    raw = to_dict(config)
+    for key, value in values.items():
+        set_value(raw, key, value)
+    return parse_config(raw, source="config")

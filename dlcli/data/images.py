@@ -1,0 +1,298 @@
+"""Image files → the model's input: the one conversion training, ``evaluate --data`` and
+``predict`` share, so a picture gives the same pixels wherever it goes in.
+
+:func:`read_image` opens a file (the only place dlcli opens an image file), and
+:func:`convert` turns it into an H×W×C ``uint8`` array for a :class:`Conversion`, in order:
+
+1. **EXIF orientation** applied (a phone photo taken sideways stands up).
+2. **Mode normalised**: 16-bit greyscale (``I;16``, ``I``) is scaled to 8 bits (value / 257,
+   rounded); palette images become RGB (RGBA when the palette has transparency); 1-bit,
+   CMYK, YCbCr and the other modes become RGB.
+3. **Transparency composited** on a solid background, the grey level ``background``
+   (``data.background``, default 0: black, like MNIST's background).
+4. **Channels**: 1 → greyscale ``L`` (ITU-R 601-2 luma: L = R·299/1000 + G·587/1000 +
+   B·114/1000), 3 → ``RGB``, 4 → ``RGBA`` (kept, not composited).
+5. **Size** (``data.resize``): ``stretch`` (default) resizes to the model's height × width,
+   ignoring the aspect ratio; ``pad`` fits the image inside and fills the rest with
+   ``background``, centred; ``crop`` fills the size and cuts the overflow, centred. The filter
+   is bilinear, with Pillow's antialiasing when shrinking. An image already at the size is not
+   resampled.
+
+Pillow (the ``images`` extra) is imported on first use; no torch here, so decoding workers
+start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from dlcli import limits, untrusted
+from dlcli.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+ResizeMode = Literal["stretch", "pad", "crop"]
+RESIZE_MODES: tuple[str, ...] = ("stretch", "pad", "crop")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# Modes Pillow gives greyscale files; anything else is colour (inferring input_shape).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How an image becomes the model's input (height, width, channels as the model takes
+    them; ``resize`` and ``background`` as documented above)."""
+
+    height: int
+    width: int
+    channels: int
+    resize: str = "stretch"
+    background: int = 0
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNEL_MODES:
+            raise UsageError(
+                f"model.input_shape: images can be fed to 1-channel (greyscale), 3-channel "
+                f"(RGB) or 4-channel (RGBA) models, found {self.channels} channels"
+            )
+        if self.resize not in RESIZE_MODES:
+            raise UsageError(
+                f"data.resize: expected one of {', '.join(RESIZE_MODES)}, found {self.resize!r}"
+            )
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pillow() -> None:
+    """Check Pillow is installed; a :class:`UsageError` saying how to install it otherwise."""
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "reading images needs Pillow, the images extra: pip install 'dlcli[images]'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file held before conversion (what ``dlcli data check`` reports)."""
+
+    mode: str
+    width: int
+    height: int
+    digest: str  # BLAKE2b of the file's bytes: duplicates, files in both train and test
+
+
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file: a regular file (:func:`dlcli.untrusted.open_regular`),
+    not empty, at most :data:`~dlcli.limits.DATA_MAX_BYTES`; a :class:`DataError` otherwise."""
+    shown = os.fspath(path)
+    with untrusted.open_regular(path, DataError, "image file") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limits.DATA_MAX_BYTES:
+            raise DataError(
+                f"{shown}: the image file is {size:,} bytes, more than the "
+                f"{limits.DATA_MAX_BYTES:,} allowed"
+            )
+        try:
+            data = f.read(size)  # the size it has, not the limit: read(n) allocates n first
+        except OSError as err:
+            raise DataError(f"{shown}: cannot read the image: {err.strerror or err}") from None
+    if not data:
+        raise DataError(f"{shown}: empty file (0 bytes), expected an image")
+    return data
+
+
+def decode_image(data: bytes, source: str) -> Image:
+    """Decode an image file's bytes fully; a :class:`DataError` naming ``source`` on anything
+    wrong with them (not an image, truncated, corrupt, more pixels than
+    :data:`~dlcli.limits.IMAGE_MAX_PIXELS`: refused from the header, before decoding)."""
+    pillow()
+    import PIL.Image
+
+    try:
+        with _bomb_guard():
+            image = PIL.Image.open(io.BytesIO(data))
+        image.load()
+    except DataError:
+        raise
+    except PIL.UnidentifiedImageError:
+        raise DataError(f"{source}: not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+        raise DataError(_too_large(source, err)) from None
+    except Exception as err:  # a malformed file makes decoders raise almost anything
+        raise DataError(f"{source}: cannot read the image: {_reason(err)}") from None
+    return image
+
+
+@contextlib.contextmanager
+def _bomb_guard() -> Iterator[None]:
+    """Pillow's decompression-bomb check at dlcli's limit while a header is read: above it
+    Pillow warns (made an error, so nothing leaks to stderr), above twice it refuses."""
+    import PIL.Image
+
+    saved = PIL.Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            PIL.Image.MAX_IMAGE_PIXELS = limits.IMAGE_MAX_PIXELS
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(source: str, err: Exception) -> str:
+    return (
+        f"{source}: refused: more than the {limits.IMAGE_MAX_PIXELS:,} pixels dlcli decodes "
+        f"(a decompression bomb?): {err}"
+    )
+
+
+def read_image(
+    path: str | os.PathLike[str], conversion: Conversion
+) -> tuple[npt.NDArray[np.uint8], ImageInfo]:
+    """An image file as an H×W×C ``uint8`` array for ``conversion``, and what it was."""
+    shown = os.fspath(path)
+    data = read_image_bytes(path)
+    image = decode_image(data, shown)
+    info = ImageInfo(image.mode, image.width, image.height, _digest(data))
+    try:
+        return convert(image, conversion), info
+    except Exception as err:  # e.g. a broken EXIF block found while rotating
+        raise DataError(f"{shown}: cannot convert the image: {_reason(err)}") from None
+    finally:
+        image.close()
+
+
+def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
+    """Decode an image file fully (so a truncated one is found) and say what it holds."""
+    shown = os.fspath(path)
+    data = read_image_bytes(path)
+    with decode_image(data, shown) as image:
+        return ImageInfo(image.mode, image.width, image.height, _digest(data))
+
+
+def peek_image(path: str | os.PathLike[str]) -> ImageInfo:
+    """Mode and size from an image file's header, without decoding its pixels (no digest)."""
+    pillow()
+    import PIL.Image
+    import PIL.ImageOps
+
+    try:
+        with _bomb_guard(), PIL.Image.open(path) as image:
+            return ImageInfo(str(image.mode), int(image.width), int(image.height), "")
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
+        raise DataError(_too_large(os.fspath(path), err)) from None
+    except Exception as err:
+        raise DataError(f"{os.fspath(path)}: cannot read the image: {_reason(err)}") from None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _reason(err: Exception) -> str:
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, OSError | ValueError) else f"{type(err).__name__}: {text}"
+
+
+def convert(image: Image, conversion: Conversion) -> npt.NDArray[np.uint8]:
+    """A decoded Pillow image as an H×W×C ``uint8`` array (see the module doc for the steps)."""
+    pillow()
+    import PIL.Image
+    import PIL.ImageOps
+
+    image = PIL.ImageOps.exif_transpose(image)
+    image = _eight_bit(image)
+    target = CHANNEL_MODES[conversion.channels]
+    if target != "RGBA" and _has_alpha(image):
+        image = _composite(image, conversion.background)
+    if image.mode != target:
+        image = image.convert(target)
+    image = _resize(image, conversion)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels.reshape(conversion.height, conversion.width, conversion.channels)
+
+
+def _eight_bit(image: Image) -> Image:
+    """16-bit greyscale scaled to 8 bits; palette, 1-bit and other modes to RGB(A)/L."""
+    pillow()
+    import PIL.Image
+    import PIL.ImageOps
+
+    if image.mode in _SIXTEEN_BIT:
+        wide = np.asarray(image, dtype=np.int64)
+        narrow = ((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8)
+        return PIL.Image.fromarray(narrow, mode="L")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        return PIL.Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if _has_alpha(image) else "RGB")
+    if image.mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if image.mode == "La":
+        return image.convert("LA")
+    if image.mode == "RGBa":
+        return image.convert("RGBA")
+    return image.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+def _has_alpha(image: Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def _composite(image: Image, background: int) -> Image:
+    pillow()
+    import PIL.Image
+    import PIL.ImageOps
+
+    rgba = image.convert("RGBA")
+    base = PIL.Image.new("RGBA", rgba.size, (background, background, background, 255))
+    return PIL.Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def _resize(image: Image, conversion: Conversion) -> Image:
+    pillow()
+    import PIL.Image
+    import PIL.ImageOps
+
+    size = (conversion.width, conversion.height)
+    if image.size == size:
+        return image
+    bilinear = PIL.Image.Resampling.BILINEAR
+    if conversion.resize == "crop":
+        return PIL.ImageOps.fit(image, size, method=bilinear)
+    if conversion.resize == "pad":
+        fill: int | tuple[int, ...] = conversion.background
+        if image.mode != "L":
+            fill = (conversion.background,) * 3 + ((255,) if image.mode == "RGBA" else ())
+        return PIL.ImageOps.pad(image, size, method=bilinear, color=fill)
+    return image.resize(size, bilinear)
+
+
+_SUFFIXES = frozenset(suffix[1:] for suffix in IMAGE_SUFFIXES)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of :data:`IMAGE_SUFFIXES` (any case)."""
+    stem, dot, suffix = name.rpartition(".")
+    return bool(dot and stem) and suffix.lower() in _SUFFIXES

@@ -1,0 +1,292 @@
+"""What a data path is, and what it lists: ``data.train``, ``data.test`` and
+``data.validation`` each name one of
+
+* a **folder of class folders**: ``<class>/<anything>.png|jpg|jpeg|bmp|gif|webp`` (nested
+  folders allowed below the class folder; class names are the folder names, sorted). Hidden
+  files and files of other types are ignored and listed;
+* a **CSV file** with a header and the columns ``path,label`` (other columns ignored): paths
+  relative to the CSV's folder, the label a class name or an index;
+* an **.npz file** with arrays ``x`` and ``y``, or Keras' ``x_train``/``y_train``/``x_test``/
+  ``y_test`` in one file (train takes the first pair, test the second);
+* an **IDX images archive** (gzip or raw), its labels archive beside it
+  (``train-images-idx3-ubyte.gz`` → ``train-labels-idx1-ubyte.gz``).
+
+Listing is cheap (no image is opened); decoding is :mod:`dlcli.data.decode`'s. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dlcli.data.images import is_image_name
+from dlcli.errors import DataError
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
+KINDS = ("folder", "csv", "npz", "idx")
+
+
+@dataclass
+class FileList:
+    """Image files and their labels as written (a class folder's name, a CSV's label text)."""
+
+    source: Path  # the folder or the CSV file
+    kind: str  # folder | csv
+    paths: list[str]  # strings, not Path objects: 70,000 of those cost a second to build
+    labels: list[str]
+    ignored: list[str] = field(default_factory=list)  # files that are not images (by name)
+    # (size, mtime_ns) of each file, as listed (folders: one pass over the tree); None: not
+    # taken (the cache stats the files itself)
+    stats: list[tuple[int, int]] | None = None
+
+
+@dataclass
+class ArrayData:
+    """Images already decoded: (N, H, W) or (N, H, W, C) ``uint8``, integer labels."""
+
+    source: Path
+    kind: str  # npz | idx
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
+
+
+Source = FileList | ArrayData
+
+
+def kind_of(path: Path) -> str:
+    """``folder``, ``csv``, ``npz`` or ``idx``: from what ``path`` is and its first bytes."""
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise DataError(
+            f"{path}: not found (expected a folder of class folders, a CSV file, "
+            "an .npz file or an IDX images archive)"
+        )
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if head.startswith(_ZIP_MAGIC) or path.suffix.lower() == ".npz":
+        return "npz"
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    if head.startswith(_GZIP_MAGIC) or head.startswith(b"\0\0"):
+        return "idx"
+    raise DataError(
+        f"{path}: not a data source dlcli reads: expected a folder of class folders, a CSV "
+        f"file (path,label), an .npz file or an IDX images archive; found first bytes "
+        f"{head.hex(' ') or '(empty file)'}"
+    )
+
+
+def open_source(path: Path, part: str) -> Source:
+    """The files or arrays ``path`` holds for split ``part`` (train, test or validation)."""
+    kind = kind_of(path)
+    if kind == "folder":
+        return list_folder(path)
+    if kind == "csv":
+        return list_csv(path)
+    if kind == "npz":
+        return read_npz(path, part)
+    return read_idx_pair(path)
+
+
+SPLIT_NAMES = ("train", "test", "validation")
+
+
+def split_folders(path: Path) -> dict[str, Path] | None:
+    """``{"train": path/train, "test": path/test, ...}`` when ``path`` is a folder whose only
+    (non-hidden) entries are split folders including ``train``; else None."""
+    if not path.is_dir():
+        return None
+    try:
+        names = [e.name for e in os.scandir(path) if not e.name.startswith(".")]
+    except OSError:
+        return None
+    if "train" not in names or not set(names) <= set(SPLIT_NAMES):
+        return None
+    return {name: path / name for name in SPLIT_NAMES if (path / name).is_dir()}
+
+
+# --- folders and CSV files -------------------------------------------------------------------
+
+
+def list_folder(root: Path) -> FileList:
+    """Every image under ``root/<class>/``, sorted by class, then by path."""
+    found: list[tuple[list[str], str, int, int]] = []  # (parts below the class, path, size, mtime)
+    labels: list[str] = []
+    ignored: list[str] = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as err:
+        raise DataError(f"{root}: cannot list the folder: {err.strerror or err}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            ignored.append(entry.path)
+            continue
+        files: list[tuple[list[str], str, int, int]] = []
+        _walk(entry.path, [], files, ignored)
+        found += sorted(files, key=lambda f: f[0])
+        labels += [entry.name] * len(files)
+    if not found:
+        raise DataError(
+            f"{root}: no images found: expected class folders holding image files "
+            f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(ignored)}"
+        )
+    paths = [path for _, path, _, _ in found]
+    stats = [(size, mtime) for _, _, size, mtime in found]
+    return FileList(root, "folder", paths, labels, ignored, stats)
+
+
+def _walk(
+    folder: str,
+    parts: list[str],
+    found: list[tuple[list[str], str, int, int]],
+    ignored: list[str],
+) -> None:
+    """Image files below ``folder`` with their size and modification time (one ``scandir``
+    and one ``stat`` each); other files go to ``ignored``, hidden ones are skipped."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as err:
+        raise DataError(f"{folder}: cannot list the folder: {err.strerror or err}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            _walk(entry.path, [*parts, entry.name], found, ignored)
+        elif is_image_name(entry.name):
+            try:
+                info = entry.stat()
+                found.append(([*parts, entry.name], entry.path, info.st_size, info.st_mtime_ns))
+            except OSError:  # vanished, or a dangling link: decoding reports it
+                found.append(([*parts, entry.name], entry.path, -1, -1))
+        else:
+            ignored.append(entry.path)
+
+
+def _ignored_note(ignored: list[str]) -> str:
+    if not ignored:
+        return ""
+    shown = ", ".join(ignored[:3]) + (", …" if len(ignored) > 3 else "")
+    return f"; {len(ignored)} other files ignored ({shown})"
+
+
+def list_csv(path: Path) -> FileList:
+    """The rows of a ``path,label`` CSV file; paths are relative to the CSV's folder."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the CSV file: {err}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "path" not in header or "label" not in header:
+        raise DataError(
+            f"{path}: expected a CSV header with the columns path,label; found {header or 'none'}"
+        )
+    at_path, at_label = header.index("path"), header.index("label")
+    paths: list[str] = []
+    labels: list[str] = []
+    folder = os.fspath(path.parent)
+    for line, row in enumerate(reader, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) <= max(at_path, at_label):
+            raise DataError(f"{path}: line {line}: expected {len(header)} columns, found {row}")
+        name, label = row[at_path].strip(), row[at_label].strip()
+        if not name or not label:
+            raise DataError(f"{path}: line {line}: empty path or label")
+        paths.append(os.path.join(folder, name))
+        labels.append(label)
+    if not paths:
+        raise DataError(f"{path}: the CSV file lists no images")
+    return FileList(path, "csv", paths, labels)
+
+
+# --- arrays: .npz and IDX --------------------------------------------------------------------
+
+
+def read_npz(path: Path, part: str) -> ArrayData:
+    """``x``/``y``, or ``x_train``/``y_train`` (train, validation) / ``x_test``/``y_test``."""
+    suffix = "_test" if part == "test" else "_train"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = set(archive.files)
+            for x_key, y_key in (("x", "y"), (f"x{suffix}", f"y{suffix}")):
+                if x_key in names and y_key in names:
+                    images, labels = archive[x_key], archive[y_key]
+                    break
+            else:
+                raise DataError(
+                    f"{path}: expected arrays x and y, or x_train, y_train, x_test, y_test "
+                    f"(Keras' layout); found {', '.join(sorted(names)) or 'no arrays'}"
+                )
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file: {err}") from None
+    return ArrayData(path, "npz", _image_array(images, path), _label_array(labels, path))
+
+
+def has_test_arrays(path: Path) -> bool:
+    """Whether ``path`` is a Keras-style .npz holding a test split too."""
+    if kind_of(path) != "npz":
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {"x_test", "y_test"} <= set(archive.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+def labels_beside(images: Path) -> Path:
+    """The labels archive that goes with an IDX images archive (MNIST's naming)."""
+    name = images.name.replace("images", "labels").replace("idx3", "idx1")
+    return images.with_name(name)
+
+
+def read_idx_pair(path: Path) -> ArrayData:
+    from dlcli.data.idx import read_idx
+
+    labels_path = labels_beside(path)
+    if labels_path == path or not labels_path.exists():
+        raise DataError(
+            f"{path}: an IDX images archive needs its labels archive beside it, "
+            f"expected {labels_path}"
+        )
+    images, labels = read_idx(path), read_idx(labels_path)
+    return ArrayData(path, "idx", _image_array(images, path), _label_array(labels, labels_path))
+
+
+def _image_array(array: Any, path: Path) -> npt.NDArray[np.uint8]:
+    if array.ndim not in (3, 4) or array.dtype != np.uint8:
+        raise DataError(
+            f"{path}: expected images of shape (N, H, W) or (N, H, W, C) with uint8 values, "
+            f"found shape {array.shape} of {array.dtype}"
+        )
+    return np.ascontiguousarray(array)
+
+
+def _label_array(array: Any, path: Path) -> npt.NDArray[np.int64]:
+    array = np.asarray(array)
+    if array.ndim == 2 and array.shape[1] == 1:  # Keras' CIFAR labels are (N, 1)
+        array = array[:, 0]
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise DataError(
+            f"{path}: expected labels of shape (N,) with integer values, "
+            f"found shape {array.shape} of {array.dtype}"
+        )
+    labels: npt.NDArray[np.int64] = array.astype(np.int64)
+    return labels

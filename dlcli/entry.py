@@ -1,0 +1,47 @@
+"""The ``dlcli`` program's entry point: signals are handled from its first line.
+
+Before the command layer is imported (click, rich, the commands), a SIGINT, SIGTERM or SIGHUP
+can only arrive during start-up, when nothing has been written: it prints the same one line as
+everywhere else and exits 130 at once. :func:`dlcli.cli.base.dlcli_command` then installs the
+handlers every command runs under (dlcli.signals).
+
+OpenMP's wait policy is set here too, before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE``
+(unless the environment sets it) keeps waiting threads from spinning on a busy machine
+(dlcli/threads.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from types import FrameType
+
+EXIT_INTERRUPTED = 130  # as dlcli.errors; not imported, to keep start-up minimal
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _starting(signum: int, frame: FrameType | None) -> None:
+    message = f"interrupted ({signal.Signals(signum).name}) during start-up: nothing was written"
+    try:
+        # A torchrun worker's stdout is not the job's: the launcher prints the one document.
+        if "--json" in sys.argv and "WORLD_SIZE" not in os.environ:
+            error = {"code": EXIT_INTERRUPTED, "kind": "interrupted", "message": message}
+            os.write(1, (json.dumps({"error": error}) + "\n").encode())
+        os.write(2, f"Error: {message}\n".encode())
+    except OSError:
+        pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def main() -> None:
+    """Console-script entry point (also ``python -m dlcli``)."""
+    for sig in _SIGNALS:
+        signal.signal(sig, _starting)
+    from dlcli.threads import set_wait_policy  # imports nothing heavy
+
+    set_wait_policy()  # before torch loads: only then does OpenMP read it
+    from dlcli.cli import main as run
+
+    run()

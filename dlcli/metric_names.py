@@ -1,0 +1,129 @@
+"""One metric vocabulary for gates, monitors, targets, ``runs`` and reports.
+
+A metric name is a *base metric* (``loss``, ``accuracy``, ``top_k_accuracy``) on a *split*
+(``train``, ``validation``, ``test``). Every spelling a user meets anywhere is accepted:
+
+    val_accuracy  validation.accuracy  val.accuracy     the validation split
+    test_loss     test.loss                             the test split
+    accuracy      train.accuracy  train_accuracy        the training split in a monitor (as in
+                                                        history.csv), the default split in a gate
+
+:func:`parse` turns any of them into a :class:`MetricName`, which knows its direction
+(``mode``: max for accuracies, min for losses), its column in ``history.csv``
+(``history_key``: ``val_accuracy``), and how to say it (``display``: ``validation accuracy``).
+An unknown metric or split is one error with a did-you-mean. No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from dlcli.errors import UsageError, did_you_mean
+
+Mode = Literal["min", "max"]
+SPLITS = ("train", "validation", "test")
+# The base metrics dlcli reports, and which way is better.
+METRICS: dict[str, Mode] = {"loss": "min", "accuracy": "max", "top_k_accuracy": "max"}
+# How a split is written: "val_accuracy" (history.csv), "validation.accuracy" (gates).
+_SPLIT_SPELLINGS = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "test": "test",
+}
+_PREFIX = {"train": "", "validation": "val_", "test": "test_"}
+
+
+@dataclass(frozen=True)
+class MetricName:
+    """A base metric on a split (``split`` None: unqualified, the caller's default split)."""
+
+    metric: str
+    split: str | None = None
+
+    @property
+    def mode(self) -> Mode:
+        """``max`` for accuracies, ``min`` for losses."""
+        return METRICS[self.metric]
+
+    def on(self, split: str) -> MetricName:
+        """This metric on ``split`` unless a split was named."""
+        return self if self.split is not None else MetricName(self.metric, split)
+
+    @property
+    def history_key(self) -> str:
+        """The column of history.csv / the epoch logs: ``val_accuracy``, ``loss``, ``test_loss``
+        (unqualified: the training split, as history.csv names it)."""
+        return _PREFIX[self.split or "train"] + self.metric
+
+    @property
+    def display(self) -> str:
+        """``validation accuracy`` (unqualified: the metric alone)."""
+        name = self.metric.replace("top_k_accuracy", "top-k accuracy")
+        return f"{self.split} {name}" if self.split else name
+
+
+def split_of(text: str) -> str | None:
+    """``val`` / ``validation`` → ``validation``, ...; None for an unknown split."""
+    return _SPLIT_SPELLINGS.get(text)
+
+
+def mode_of(name: str, mode: str = "auto") -> Mode:
+    """The direction of ``name`` (``auto``: from the registry; an unknown name is a loss)."""
+    if mode in ("min", "max"):
+        return mode  # type: ignore[return-value]
+    try:
+        return parse(name).mode
+    except UsageError:
+        return "max" if "accuracy" in name else "min"
+
+
+def parse(name: str, *, known: Sequence[str] = tuple(METRICS), what: str = "metric") -> MetricName:
+    """Any accepted spelling → :class:`MetricName`; ``known`` limits the base metrics (the ones a
+    run reports). An unknown split or metric raises :class:`UsageError` with a did-you-mean."""
+    found = _problem(name.strip(), known)
+    if isinstance(found, str):
+        raise UsageError(f"{what} {found}")
+    return found
+
+
+def problem(name: str, known: Sequence[str] = tuple(METRICS)) -> str | None:
+    """Why ``name`` is not a metric (None when it is) — for callers that collect problems."""
+    found = _problem(name.strip(), known)
+    return found if isinstance(found, str) else None
+
+
+def _problem(name: str, known: Sequence[str]) -> MetricName | str:
+    split_text, dot, metric = name.rpartition(".")
+    split: str | None = None
+    if dot:
+        split = _SPLIT_SPELLINGS.get(split_text)
+        if split is None:
+            choices = [*SPLITS, "val"]
+            return (
+                f"{name!r}: unknown split {split_text!r}{did_you_mean(split_text, choices)}; "
+                f"known splits: {', '.join(SPLITS)} (or val)"
+            )
+    elif metric not in METRICS:
+        for prefix, spelt in (("val_", "validation"), ("test_", "test"), ("train_", "train")):
+            if metric.startswith(prefix) and metric[len(prefix) :] in METRICS:
+                split, metric = spelt, metric[len(prefix) :]
+                break
+    if metric not in known:
+        every = [*known, *(_PREFIX[s] + m for s in SPLITS for m in known if _PREFIX[s])]
+        hint = did_you_mean(metric, list(known)) if dot else did_you_mean(name, every)
+        extra = " (add it to training.metrics)" if metric in METRICS else ""
+        return (
+            f"{name!r} is not a reported metric{hint}{extra}; known: {', '.join(every)} "
+            "(or SPLIT.METRIC: validation.accuracy, test.loss, ...)"
+        )
+    return MetricName(metric, split)
+
+
+def reported(training_metrics: Sequence[str]) -> list[str]:
+    """The base metrics a run reports: loss and the configured ones."""
+    return ["loss", *dict.fromkeys(m for m in training_metrics if m != "loss")]

@@ -1,0 +1,785 @@
+"""``dlcli tune``: a hyper-parameter study over a config's ``tune.space``, on Optuna.
+
+The study lives in a storage Optuna shares between processes and machines (``DIR/study.db``,
+SQLite, unless ``--storage`` names another: any SQLAlchemy URL, or an Optuna journal file).
+How a study is run, step by step:
+
+1. **Slots.** The study holds exactly ``tune.trials`` trials that count: when it is created,
+   that many empty *waiting* trials are queued (a rerun with a larger number queues the rest).
+   A worker *claims* a waiting trial atomically (its state goes from WAITING to RUNNING in one
+   database update), so no trial runs twice and no worker overshoots the number, however many
+   processes share the study.
+2. **A trial** draws its parameters from the sampler (TPE by default), becomes an ordinary run
+   directory ``DIR/trial-0007/`` trained by :func:`dlcli.pipeline.train` (the data loaded once
+   per process), and reports its metric every epoch, so the pruner can stop it early (it is
+   then saved as it is and recorded as pruned, with its last epoch).
+3. **Heartbeats.** While a trial runs, its worker records a heartbeat every ``heartbeat``
+   seconds (RDB storages). A trial whose worker stopped beating for twice that (killed,
+   machine lost) is marked failed by whichever worker looks next, and a copy with the same
+   parameters is queued (Optuna's ``RetryHeartbeatStaleTrialCallback``): the study still ends
+   with its number of trials. Idle workers wait for such trials before they leave.
+4. **Ctrl-C** stops the trial under way after its checkpoint; the trial is recorded as failed
+   and queued again, and the retry resumes from that checkpoint, so running the same command
+   again continues the study to its number of trials.
+
+Results (:func:`summarize`): the trials sorted by the metric, the best one, ``DIR/best.yaml``
+(its full config without ``tune:``, which ``dlcli train`` retrains as is) and Optuna's
+matplotlib plots in ``DIR/plots/``. Nothing here prints: progress goes to an ``on_event``
+callable as plain dicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlcli import signals
+from dlcli.config import (
+    Config,
+    SearchParam,
+    TuneConfig,
+    load_config,
+    metric_mode,
+    parse_config,
+    search_params,
+    set_key,
+    short_key,
+    to_dict,
+)
+from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.hooks import Callback, Logs, Loop
+
+if TYPE_CHECKING:
+    import optuna
+
+    from dlcli.data.dataset import Dataset
+
+STUDY_FILE = "study.db"
+MARKER = "tune.json"  # what a tune directory holds: the study's storage and name
+BEST_CONFIG = "best.yaml"
+PLOTS = "plots"
+Event = dict[str, Any]
+
+
+def require_optuna() -> Any:
+    """Optuna, or a usage error (exit 2) saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError(
+            "dlcli tune needs the tune extra (missing: optuna): pip install 'dlcli[tune]'"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def metric_direction(metric: str) -> str:
+    """``maximize`` or ``minimize``: the one place a study's direction comes from."""
+    return "maximize" if metric_mode(metric, "auto") == "max" else "minimize"
+
+
+def trial_dir(directory: Path, number: int) -> Path:
+    return directory / f"trial-{number:04d}"
+
+
+# --- the study -------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """What one ``dlcli tune`` process was asked to do (picklable: workers get a copy)."""
+
+    config: Config  # with its tune section
+    directory: Path
+    storage: str  # an SQLAlchemy URL or journal:PATH
+    study: str
+    trials: int
+    timeout: float | None = None
+    workers: int = 1
+    heartbeat: int = 10  # seconds between heartbeats; a trial is stale after twice that
+
+    @property
+    def tune(self) -> TuneConfig:
+        assert self.config.tune is not None
+        return self.config.tune
+
+    @property
+    def params(self) -> list[SearchParam]:
+        return search_params(self.tune.space)[0]
+
+
+@dataclass
+class Study:
+    """An Optuna study and the raw storage under it (for claiming trials and heartbeats)."""
+
+    study: optuna.Study
+    storage: Any
+    study_id: int
+    heartbeats: bool  # the storage records heartbeats (RDB storages do, journal files not)
+    created: bool = False  # this process created the study
+
+    def trials(self, *states: Any) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states or None)
+
+
+def default_storage(directory: Path) -> str:
+    return f"sqlite:///{(directory / STUDY_FILE).resolve()}"
+
+
+def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
+    """The storage a URL names: ``journal:PATH`` (a journal file) or an SQLAlchemy URL."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url.removeprefix("journal:")
+        return optuna.storages.JournalStorage(JournalFileBackend(path)), False
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine["connect_args"] = {"timeout": 60}  # several processes wait for the file's lock
+    else:
+        engine["pool_pre_ping"] = True
+    try:
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        )
+    except ImportError as err:
+        raise UsageError(f"--storage {masked(url)}: a database driver is missing ({err})") from None
+    except Exception as err:  # SQLAlchemy's errors: a bad URL, a server that does not answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"--storage {masked(url)}: cannot open the study storage: {first}"
+        ) from None
+    return storage, True
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden (it goes into messages and tune.json)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return str(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return url
+
+
+def open_study(settings: Settings, *, create: bool) -> Study:
+    """Load the study (``create``: or create it, queueing its slots)."""
+    optuna = require_optuna()
+    storage, heartbeats = _storage(optuna, settings.storage, settings.heartbeat)
+    tune = settings.tune
+    direction = metric_direction(tune.metric)
+    kwargs = {"study_name": settings.study, "storage": storage}
+    kwargs |= {"sampler": _sampler(optuna, tune), "pruner": _pruner(optuna, settings)}
+    created = False
+    if create:
+        try:
+            study = optuna.create_study(direction=direction, **kwargs)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(**kwargs)
+    else:
+        try:
+            study = optuna.load_study(**kwargs)
+        except KeyError:
+            raise UsageError(f"no study {settings.study!r} in {masked(settings.storage)}") from None
+    if created:
+        study.set_user_attr("dlcli.metric", tune.metric)
+    found = study.user_attrs.get("dlcli.metric")
+    if found != tune.metric:
+        raise UsageError(
+            f"study {settings.study!r} optimises {found!r}, but the config's tune.metric is "
+            f"{tune.metric!r}; name another study with --study"
+        )
+    study_id = storage.get_study_id_from_name(settings.study)
+    return Study(study, storage, study_id, heartbeats, created)
+
+
+def _sampler(optuna: Any, tune: TuneConfig) -> Any:
+    # Unseeded: workers seeded alike would draw the same "random" startup trials.
+    if tune.sampler == "random":
+        return optuna.samplers.RandomSampler()
+    return optuna.samplers.TPESampler(n_startup_trials=tune.startup_trials)
+
+
+def _pruner(optuna: Any, settings: Settings) -> Any:
+    tune = settings.tune
+    if tune.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if tune.pruner == "hyperband":
+        epochs = settings.config.training.epochs
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, tune.warmup_epochs), max_resource=epochs
+        )
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs
+    )
+
+
+def counted(handle: Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards the number: all but the failed ones queued again."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    trials = handle.trials()
+    retried = {Retry.retried_trial_number(t) for t in trials}
+    return [t for t in trials if not (t.state.name == "FAIL" and t.number in retried)]
+
+
+def top_up(handle: Study, trials: int) -> int:
+    """Queue empty trials until ``trials`` count; return how many were queued.
+
+    The process that created the study queues them, then records the number
+    (``dlcli.trials``); one joining it first waits for that record, and queues nothing unless
+    asked for more trials, or nobody works on the study any more (its creator may have died
+    while queueing, or a rerun continues a finished study).
+    """
+    import optuna
+
+    if not handle.created:
+        _wait_for_setup(handle)
+    live = counted(handle)
+    active = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    idle = not any(t.state in active for t in live)
+    target = int(handle.study.user_attrs.get("dlcli.trials", 0))
+    if target >= trials and not idle:
+        return 0
+    missing = max(trials - len(live), 0)
+    for _ in range(missing):
+        handle.study.enqueue_trial({}, user_attrs={"dlcli.slot": True})
+    if target < trials:  # after the slots: a process joining now finds them queued
+        handle.study.set_user_attr("dlcli.trials", trials)
+    return missing
+
+
+SETUP_WAIT = 30.0  # seconds a joining process waits for the creator to queue the trials
+
+
+def _wait_for_setup(handle: Study) -> None:
+    deadline = time.monotonic() + SETUP_WAIT
+    while "dlcli.trials" not in handle.study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def claim(handle: Study) -> tuple[optuna.Trial, int] | None:
+    """Take a waiting trial for this process: the trial and its storage id (None when none is
+    left). The WAITING → RUNNING update succeeds in one process only, so two workers never get
+    the same trial."""
+    import optuna
+
+    storage = handle.storage
+    for frozen in storage.get_all_trials(
+        handle.study_id, states=(optuna.trial.TrialState.WAITING,)
+    ):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(handle.study_id, frozen.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if handle.heartbeats:
+            storage.record_heartbeat(trial_id)
+        return optuna.Trial(handle.study, trial_id), trial_id
+    return None
+
+
+def fail_stale(handle: Study) -> None:
+    """Mark failed the running trials whose worker stopped beating, and queue them again."""
+    if handle.heartbeats:
+        import optuna
+
+        optuna.storages.fail_stale_trials(handle.study)
+
+
+@contextlib.contextmanager
+def heartbeat(handle: Study, trial_id: int, interval: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` seconds while the block runs."""
+    if not handle.heartbeats:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            with contextlib.suppress(Exception):  # a missed beat is retried at the next one
+                handle.storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name="dlcli-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- trials ----------------------------------------------------------------------------------
+
+
+def suggest(trial: optuna.Trial, param: SearchParam) -> Any:
+    if param.kind == "choice":
+        return trial.suggest_categorical(param.path, list(param.choices))
+    if param.kind == "int":
+        step = int(param.step or 1)
+        return trial.suggest_int(
+            param.path, int(param.low), int(param.high), step=step, log=param.log
+        )
+    return trial.suggest_float(param.path, param.low, param.high, step=param.step, log=param.log)
+
+
+def trial_config(config: Config, params: dict[str, Any], run_dir: Path) -> Config:
+    """The config of one trial: ``config`` with ``params`` set, no tune section, its run dir."""
+    raw = to_dict(config)
+    raw["tune"] = None
+    raw["output"]["dir"] = str(run_dir)
+    for path, value in params.items():
+        set_key(raw, path, value)
+    return parse_config(raw, source=f"the trial config ({run_dir})")
+
+
+class ReportEpochs(Callback):
+    """Reports the metric to the trial every epoch and stops training (after that epoch) when
+    the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = history_key(metric)
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
+        value = logs.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            trainer.stop_training = True
+
+
+@dataclass
+class Worker:
+    """One process's share of a study: claim a trial, train it, tell the study, again."""
+
+    settings: Settings
+    on_event: Callable[[Event], None]
+    interrupted: str | None = None  # set by a signal between trials (see signals)
+    _datasets: dict[str, Dataset] = field(default_factory=dict)
+
+    def run(self) -> None:
+        self.dataset(self.settings.config)  # a data problem stops here, before any trial
+        handle = open_study(self.settings, create=False)
+        deadline = (
+            None if self.settings.timeout is None else time.monotonic() + self.settings.timeout
+        )
+        with signals.stop_on_signals(self) as guard:
+            guard.immediate = True  # between trials there is no step to finish
+            while deadline is None or time.monotonic() < deadline:
+                fail_stale(handle)
+                claimed = claim(handle)
+                if claimed is None:
+                    if not (handle.heartbeats and handle.trials(_running())):
+                        return
+                    time.sleep(self.settings.heartbeat)  # a running trial may fail and return
+                    continue
+                guard.immediate = False
+                self.run_trial(handle, *claimed)
+                guard.immediate = True
+                if self.interrupted:
+                    raise Interrupted(f"{self.interrupted}: stopped between trials")
+
+    def run_trial(self, handle: Study, trial: optuna.Trial, trial_id: int) -> None:
+        from dlcli import checkpoint, pipeline
+
+        settings = self.settings
+        params = {p.path: suggest(trial, p) for p in settings.params}
+        # A retry of an interrupted trial continues from its checkpoint, in its directory.
+        resume_dir = Path(str(trial.user_attrs.get("dlcli.resume", "")))
+        resume = resume_dir != Path() and checkpoint.describe(resume_dir) is not None
+        run_dir = resume_dir if resume else trial_dir(settings.directory, trial.number)
+        for key, initial in (("run_dir", str(run_dir)), ("interrupted", False), ("error", None)):
+            trial.set_user_attr(key, initial)  # a retry starts with its original's attributes
+        started = time.perf_counter()
+        self.on_event({"event": "start", "trial": trial.number, "params": params})
+        reporter = ReportEpochs(trial, settings.tune.metric)
+        state, value, error = "FAIL", None, None
+        with heartbeat(handle, trial_id, settings.heartbeat):
+            try:
+                cfg = trial_config(settings.config, params, run_dir)
+                prepared = pipeline.prepare(cfg, resume=resume, dataset=self.dataset(cfg))
+                result = pipeline.train(prepared, callbacks=[reporter])
+                value = final_metric(result.metrics, settings.tune.metric)
+                state = "PRUNED" if reporter.pruned_at is not None else "COMPLETE"
+                trial.set_user_attr("epochs", int(result.metrics["epochs"]))
+            except Interrupted:
+                self._requeue(handle, trial, run_dir, interrupted=True)
+                self.on_event({"event": "interrupted", "trial": trial.number})
+                raise
+            except (TrainingError, ConfigError, ModelDirError, UsageError) as err:
+                error = err.message  # a diverged or impossible trial fails; the study goes on
+                trial.set_user_attr("error", error)
+            except BaseException:  # not the trial's fault (a bug, a full disk): queue it again
+                self._requeue(handle, trial, run_dir, interrupted=False)
+                raise
+            seconds = time.perf_counter() - started
+            trial.set_user_attr("seconds", round(seconds, 3))
+            self._tell(handle, trial, state, value)
+        self.on_event(
+            {
+                "event": "end",
+                "trial": trial.number,
+                "state": state.lower(),
+                "value": value,
+                "params": params,
+                "seconds": seconds,
+                "error": error,
+            }
+        )
+
+    def _tell(self, handle: Study, trial: optuna.Trial, state: str, value: float | None) -> None:
+        import optuna
+
+        if state == "COMPLETE" and value is not None and math.isfinite(value):
+            handle.study.tell(trial, value)
+        elif state == "PRUNED":
+            handle.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _requeue(
+        self, handle: Study, trial: optuna.Trial, run_dir: Path, *, interrupted: bool
+    ) -> None:
+        """Fail the trial and queue a copy, which resumes from its checkpoint (if any)."""
+        import optuna
+
+        trial.set_user_attr("dlcli.resume", str(run_dir))
+        trial.set_user_attr("interrupted", interrupted)
+        frozen = handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(handle.study, frozen)
+
+    def dataset(self, cfg: Config) -> Dataset:
+        """The dataset ``cfg.data`` names, loaded once per process."""
+        from dlcli import pipeline
+
+        key = json.dumps(to_dict(cfg.data), sort_keys=True)
+        if key not in self._datasets:
+            self._datasets[key] = pipeline.load_data(cfg.data)
+        return self._datasets[key]
+
+
+def _running() -> Any:
+    import optuna
+
+    return optuna.trial.TrialState.RUNNING
+
+
+def history_key(metric: str) -> str:
+    """Any spelling of a metric (``validation.accuracy``) → its epoch-log key (``val_accuracy``)."""
+    from dlcli import metric_names
+
+    return metric_names.parse(metric).history_key
+
+
+def final_metric(metrics: dict[str, Any], metric: str) -> float | None:
+    """The tuned metric of a finished run: ``val_x`` from its validation metrics, ``x`` from
+    its training metrics (the saved model's, after early stopping restored the best)."""
+    metric = history_key(metric)
+    split, name = ("validation", metric[4:]) if metric.startswith("val_") else ("train", metric)
+    value = metrics.get(split, {}).get(name)
+    return None if value is None else float(value)
+
+
+# --- running a study -------------------------------------------------------------------------
+
+
+def prepare_directory(settings: Settings) -> None:
+    """Create DIR (or check it is a tune directory) and record the study in DIR/tune.json."""
+    directory = settings.directory
+    marker = directory / MARKER
+    if directory.exists() and not directory.is_dir():
+        raise ModelDirError(f"{directory}: exists and is not a directory")
+    if directory.is_dir() and any(directory.iterdir()) and not marker.exists():
+        raise ModelDirError(
+            f"{directory}: exists and is not a dlcli tune directory (no {MARKER}); "
+            "give another --output"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"study": settings.study, "storage": masked(settings.storage)}
+    if marker.exists():
+        found = read_marker(directory)
+        if found != record:
+            raise UsageError(
+                f"{directory}: belongs to study {found['study']!r} in {found['storage']}, not "
+                f"{settings.study!r} in {record['storage']}; give the same --storage and --study, "
+                "or another --output"
+            )
+        return
+    _write_atomic(marker, json.dumps(record, indent=2) + "\n")
+
+
+def run_study(settings: Settings, on_event: Callable[[Event], None]) -> None:
+    """Run the study to its number of trials in ``settings.workers`` processes (1: this one).
+    Raises :class:`Interrupted` after Ctrl-C, once every worker has stopped."""
+    prepare_directory(settings)
+    handle = open_study(settings, create=True)
+    if handle.created and any(settings.directory.glob("trial-*")):
+        raise ModelDirError(
+            f"{settings.directory}: holds trial directories of an earlier study, but study "
+            f"{settings.study!r} is new (was {STUDY_FILE} removed?); give another --output"
+        )
+    on_event({"event": "study", "queued": top_up(handle, settings.trials)})
+    if settings.workers == 1:
+        Worker(settings, on_event).run()
+        return
+    _run_workers(settings, on_event)
+
+
+def _run_workers(settings: Settings, on_event: Callable[[Event], None]) -> None:
+    threads = max(1, (os.cpu_count() or 1) // settings.workers)
+    with contextlib.suppress(AttributeError):
+        threads = max(1, len(os.sched_getaffinity(0)) // settings.workers)
+    context = multiprocessing.get_context("spawn")
+    events: Any = context.Queue()
+    processes = [
+        context.Process(target=_worker_main, args=(settings, threads, events), daemon=False)
+        for _ in range(settings.workers)
+    ]
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the workers' OpenMP pools, from the start
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        if previous is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+    interrupted = False
+    while True:
+        try:
+            event = events.get(timeout=0.2)
+            on_event(event)
+            continue
+        except queue.Empty:
+            pass
+        except KeyboardInterrupt:  # the workers got the signal too: let them checkpoint
+            interrupted = True
+            continue
+        if not any(p.is_alive() for p in processes):
+            break
+    codes = [p.exitcode for p in processes]
+    if interrupted or 130 in codes:
+        raise Interrupted("interrupted: every worker stopped after its trial's checkpoint")
+    if any(codes):
+        raise TrainingError(f"a tune worker failed (exit codes {codes}); see the messages above")
+
+
+def _worker_main(settings: Settings, threads: int, events: Any) -> None:
+    """A worker process of ``--workers N``: its share of the cores, events to the parent."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        Worker(settings, events.put).run()
+    except (Interrupted, KeyboardInterrupt):
+        raise SystemExit(130) from None
+    except Exception as err:
+        events.put({"event": "error", "message": str(err)})
+        raise SystemExit(1) from None
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def summarize(handle: Study, directory: Path) -> dict[str, Any]:
+    """The trials sorted by the metric (best first; unfinished ones last) and the best."""
+    metric = str(handle.study.user_attrs.get("dlcli.metric"))
+    direction = handle.study.direction.name.lower()
+    rows = [_row(t) for t in handle.trials()]
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(row: dict[str, Any]) -> tuple[int, float, int]:
+        value = row["value"]
+        ranked = value is not None and row["state"] in ("complete", "pruned")
+        order = 0 if row["state"] == "complete" else 1
+        return (order if ranked else 2, sign * value if ranked else 0.0, row["number"])
+
+    rows.sort(key=key)
+    complete = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return {
+        "study": handle.study.study_name,
+        "directory": str(directory),
+        "metric": metric,
+        "direction": direction,
+        "counts": counts,
+        "trials": rows,
+        "best": complete[0] if complete else None,
+    }
+
+
+def _row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    attrs = trial.user_attrs
+    epochs = attrs.get("epochs")
+    if epochs is None and trial.intermediate_values:
+        epochs = max(trial.intermediate_values)
+    value = trial.value
+    if value is None and trial.intermediate_values:  # pruned: its last reported epoch
+        value = trial.intermediate_values[max(trial.intermediate_values)]
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": value,
+        "params": dict(trial.params),
+        "epochs": epochs,
+        "seconds": attrs.get("seconds"),
+        "run_dir": attrs.get("run_dir"),
+        "retry_of": Retry.retried_trial_number(trial),
+        "interrupted": bool(attrs.get("interrupted", False)),
+        "error": attrs.get("error"),
+    }
+
+
+def write_best_config(summary: dict[str, Any], directory: Path) -> Path | None:
+    """``DIR/best.yaml``: the best trial's config without ``tune:``, its run dir ``DIR/best``."""
+    best = summary["best"]
+    if best is None or not best.get("run_dir"):
+        return None
+    cfg = load_config(Path(best["run_dir"]) / "config.yaml")
+    cfg.tune = None
+    cfg.output.dir = str(directory / "best")
+    raw = to_dict(cfg)
+    del raw["tune"]
+    header = (
+        f"# dlcli train {directory / BEST_CONFIG}\n"
+        f"# The best trial ({best['number']}) of study {summary['study']!r}: "
+        f"{summary['metric']} {best['value']:.6g}; its run: {best['run_dir']}\n"
+    )
+    import yaml
+
+    text = header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+    path = directory / BEST_CONFIG
+    _write_atomic(path, text)
+    return path
+
+
+def best_metrics(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The best trial's final train/validation/test metrics (what --min/--max gate)."""
+    best = summary["best"]
+    if best is None:
+        return {}
+    metrics = json.loads((Path(best["run_dir"]) / "metrics.json").read_text(encoding="utf-8"))
+    return {split: metrics[split] for split in ("train", "validation", "test") if split in metrics}
+
+
+def write_plots(handle: Study, directory: Path) -> tuple[list[Path], list[str]]:
+    """Optuna's matplotlib figures in ``DIR/plots/``; returns the files and what was skipped
+    (and why: too few trials, no matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], ["plots: matplotlib is not installed (pip install 'dlcli[tune]')"]
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as vis
+
+    complete = handle.trials(_complete())
+    figures: dict[str, Callable[[], Any]] = {
+        "history.png": lambda: vis.plot_optimization_history(handle.study),
+        "importances.png": lambda: vis.plot_param_importances(
+            handle.study, evaluator=PedAnovaImportanceEvaluator()
+        ),
+        "slice.png": lambda: vis.plot_slice(handle.study),
+    }
+    written, skipped = [], []
+    if not complete:
+        return [], ["plots: no complete trial yet"]
+    (directory / PLOTS).mkdir(exist_ok=True)
+    for name, draw in figures.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = draw()
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            skipped.append(f"plots/{name}: {err}")
+            continue
+        first = axes.flatten()[0] if hasattr(axes, "flatten") else axes
+        figure = first.figure
+        figure.set_size_inches(10, 6)
+        path = directory / PLOTS / name
+        tmp = path.with_name(f".{name}.tmp.png")
+        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        tmp.replace(path)
+        written.append(path)
+    return written, skipped
+
+
+def _complete() -> Any:
+    import optuna
+
+    return optuna.trial.TrialState.COMPLETE
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def open_existing(directory: Path, storage: str | None, study: str | None) -> Study:
+    """The study of a tune directory (``--show``), or the one ``storage``/``study`` name."""
+    optuna = require_optuna()
+    record = read_marker(directory) if storage is None or study is None else {}
+    url = storage or str(record["storage"])
+    if storage is None and "***" in url:
+        raise UsageError(f"{directory}: its storage URL has a password; give it with --storage")
+    raw, heartbeats = _storage(optuna, url, heartbeat=10)
+    name = study or str(record["study"])
+    try:
+        loaded = optuna.load_study(study_name=name, storage=raw)
+    except KeyError:
+        raise UsageError(f"no study {name!r} in {masked(url)}") from None
+    return Study(loaded, raw, raw.get_study_id_from_name(name), heartbeats)
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """``learning_rate=0.00123, layers[1].units=212`` (the last two parts of each path)."""
+    parts = []
+    for path, value in params.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        parts.append(f"{short_key(path)}={shown}")
+    return ", ".join(parts) or "no parameters"
+
+
+def read_marker(directory: Path) -> dict[str, Any]:
+    """DIR/tune.json: the study's name and (password-less) storage."""
+    marker = directory / MARKER
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelDirError(f"{directory}: not a dlcli tune directory (no {MARKER})") from None
+    except (OSError, ValueError) as err:
+        raise ModelDirError(f"{marker}: unreadable ({err})") from None
+    if not isinstance(record, dict) or not {"study", "storage"} <= set(record):
+        raise ModelDirError(f"{marker}: expected {{study, storage}}, found {record!r}")
+    return record

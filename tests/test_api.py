@@ -1,0 +1,69 @@
+"""The Python API (dlcli/api.py): dlcli.train, dlcli.load, Model.evaluate and Model.predict,
+used directly as a notebook or a script would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dlcli
+from dlcli.config import load_config
+from dlcli.data.idx import read_idx
+from dlcli.errors import ConfigError, UsageError
+
+
+def test_import_dlcli_does_not_import_torch() -> None:
+    code = "import sys, dlcli; assert callable(dlcli.__getattr__); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_train_load_evaluate_predict(tiny_config: Path, tmp_path: Path) -> None:
+    output = tmp_path / "runs" / "x #1"  # a value, never read as YAML: '#' is no comment
+    run = dlcli.train(tiny_config, overrides={"training.epochs": 2}, output=output)
+    assert run.run_dir == output and (output / "manifest.json").exists()
+    assert run.metrics["epochs"] == 2 and len(run.history) == 2
+    model = dlcli.load(output)
+    assert isinstance(model, dlcli.Model)
+    assert model.config.training.epochs == 2
+    test = model.evaluate("test")
+    assert test["accuracy"] == run.metrics["test"]["accuracy"]
+    assert test["loss"] == pytest.approx(run.metrics["test"]["loss"], rel=1e-6)
+    validation = model.evaluate("validation")
+    assert validation["accuracy"] == run.metrics["validation"]["accuracy"]
+    # predict: an array, and the archive it came from, agree with evaluate's argmax
+    archive = tiny_config.parent / "test-images-idx3-ubyte.gz"
+    images = read_idx(archive)
+    from_array = model.predict(images)
+    from_file = model.predict(archive, top_k=2)
+    assert len(from_array) == len(images) == len(from_file)
+    assert from_array.classes == from_file.classes
+    labels = torch.from_numpy(read_idx(tiny_config.parent / "test-labels-idx1-ubyte.gz"))
+    accuracy = float((torch.tensor(from_array.classes) == labels).float().mean())
+    assert accuracy == pytest.approx(test["accuracy"])
+    assert all(0 < p <= 1 for p in from_array.probabilities)
+    assert from_file.to_dict()["predictions"][0]["top_k"][1]["class"] != from_file.classes[0]
+    floats = model.predict(torch.from_numpy(images.astype(np.float32) / 255))
+    assert floats.classes == from_array.classes
+    assert model.class_names == ["0", "1", "2", "3"]
+
+
+def test_train_takes_a_config_object_and_resumes(tiny_config: Path, tmp_path: Path) -> None:
+    config = load_config(tiny_config)
+    first = dlcli.train(config, {"training.epochs": 1}, output=tmp_path / "run")
+    assert first.metrics["epochs"] == 1
+    more = dlcli.train(config, {"training.epochs": 2}, output=tmp_path / "run", resume=True)
+    assert more.metrics["epochs"] == 2 and more.metrics["resumed_from"]["epoch"] == 1
+
+
+def test_errors_are_dlcli_errors(tiny_config: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"training\.epochs"):
+        dlcli.train(tiny_config, {"training.epochs": "three"}, output=tmp_path / "bad")
+    run = dlcli.train(tiny_config, {"training.epochs": 1}, output=tmp_path / "ok")
+    with pytest.raises(UsageError, match="split: expected one of train, validation, test"):
+        dlcli.load(run.run_dir).evaluate("tests")

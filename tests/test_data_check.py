@@ -1,0 +1,127 @@
+"""``dlcli data check``: per-class counts, sizes, modes, unreadable files, duplicates,
+train/test overlap and imbalance, as tables and --json; exit 3 on unreadable files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from click.testing import CliRunner
+from image_trees import CLASSES, write_learnable_tree, write_odd_tree
+from PIL import Image
+
+from dlcli.cli import cli
+
+
+def check(*args: Any) -> Any:
+    return CliRunner().invoke(cli, ["data", "check", *map(str, args)])
+
+
+def test_a_clean_tree_with_train_and_test_folders(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "pets" / "train", 40)
+    write_learnable_tree(tmp_path / "pets" / "test", 12, seed=1)
+    result = check(tmp_path / "pets", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert list(doc["splits"]) == ["train", "test"] and doc["ok"] is True
+    train = doc["splits"]["train"]
+    assert list(train["per_class"]) == list(CLASSES) and sum(train["per_class"].values()) == 40
+    assert train["sizes"] == {"8x8": 40} and train["modes"] == {"L": 40}
+    assert doc["splits"]["test"]["images"] == 12
+    human = check(tmp_path / "pets")
+    assert human.exit_code == 0 and "Images per class" in human.stdout and "row6" in human.stdout
+
+
+def test_bad_files_duplicates_overlap_and_notes(tmp_path: Path) -> None:
+    paths = write_odd_tree(tmp_path / "odd" / "train")
+    (tmp_path / "odd" / "test" / "grey").mkdir(parents=True)
+    shutil.copy(paths["grey"], tmp_path / "odd" / "test" / "grey" / "copy.png")
+    result = check(tmp_path / "odd", "--json")
+    assert result.exit_code == 3
+    doc = json.loads(result.stdout)
+    train = doc["splits"]["train"]
+    assert {b["path"] for b in train["unreadable"]} == {str(paths["corrupt"]), str(paths["empty"])}
+    assert doc["error"]["message"].startswith("2 files cannot be read")
+    assert train["ignored"] == [str(paths["notes"])]
+    assert sorted(train["duplicates"][0]) == sorted(
+        map(str, (paths["grey"], paths["nested"], paths["unicode"]))
+    )
+    assert [str(tmp_path / "odd" / "test" / "grey" / "copy.png")] == [
+        p for p in doc["in_train_and_test"][0] if "test" in Path(p).parts
+    ]
+    assert set(train["modes"]) == {"L", "RGB", "RGBA", "I;16", "P"}
+    assert "train: no readable image in class broken" in doc["notes"]
+    human = check(tmp_path / "odd")
+    assert human.exit_code == 3
+    assert f"unreadable (train): {paths['empty']}: empty file (0 bytes)" in human.stderr
+    assert "in train and test:" in human.stderr
+
+
+def test_imbalance_and_sizes_are_noted(tmp_path: Path) -> None:
+    for cls, count in (("big", 9), ("small", 3)):
+        (tmp_path / cls).mkdir()
+        for i in range(count):
+            Image.new("L", (8 + i, 8), i * 20).save(tmp_path / cls / f"{i}.png")
+    doc = json.loads(check(tmp_path, "--json").stdout)
+    notes = " ".join(doc["notes"])
+    assert "classes are imbalanced: 'big' has 9 images, 'small' 3 (3.0x)" in notes
+    assert "different image sizes" in notes
+
+
+def test_csv_npz_and_a_config(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "t", 20)
+    rows = [
+        f"{p.relative_to(tmp_path).as_posix()},{p.parent.name}"
+        for p in sorted((tmp_path / "t").rglob("*.png"))
+    ]
+    (tmp_path / "d.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    doc = json.loads(check(tmp_path / "d.csv", "--json").stdout)
+    assert doc["splits"]["train"]["kind"] == "csv" and doc["splits"]["train"]["images"] == 20
+    x = np.zeros((6, 5, 4), np.uint8)
+    x[1] = 1
+    np.savez(
+        tmp_path / "k.npz",
+        x_train=x,
+        y_train=np.array([0, 1, 0, 1, 0, 1]),
+        x_test=x[:2],
+        y_test=np.array([0, 1]),
+    )
+    doc = json.loads(check(tmp_path / "k.npz", "--json").stdout)
+    assert doc["splits"]["train"]["sizes"] == {"5x4": 6}
+    assert doc["splits"]["train"]["per_class"] == {"0": 3, "1": 3}
+    (zeros,) = doc["splits"]["train"]["duplicates"]  # x[1] differs from the five blank images
+    assert len(zeros) == 5 and zeros[0].endswith("k.npz[0]")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": str(tmp_path / "d.csv")},
+                "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4}]},
+            }
+        )
+    )
+    doc = json.loads(check(config, "--json").stdout)
+    assert doc["splits"]["train"]["source"] == str(tmp_path / "d.csv")
+
+
+def test_a_registry_config(tmp_path: Path) -> None:
+    from conftest import REPO_DATA
+
+    config = tmp_path / "m.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"dataset": "mnist", "data_dir": str(REPO_DATA)},
+                "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]},
+            }
+        )
+    )
+    result = check(config, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["splits"]["train"]["images"] == 60_000 and doc["splits"]["test"]["images"] == 10_000
+    assert doc["splits"]["train"]["per_class"]["1"] == 6742  # MNIST's published count of ones

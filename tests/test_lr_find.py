@@ -1,0 +1,77 @@
+"""dlcli lr-find: the range test on a tiny dataset, its suggestion rule, and what it never
+writes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dlcli.cli import cli
+from dlcli.lr_find import MINIMUM_RULE, STEEPEST_RULE, suggest
+
+
+def test_the_suggestion_is_the_steepest_descent_of_the_smoothed_loss() -> None:
+    lrs = [10 ** (-6 + 6 * i / 99) for i in range(100)]
+    # A loss that falls fastest at lr = 1e-3 (a logistic step in log10(lr)).
+    losses = [2.0 - 1.5 / (1 + math.exp(-4 * (math.log10(lr) + 3))) for lr in lrs]
+    suggested, rule, minimum = suggest(lrs, losses)
+    assert rule == STEEPEST_RULE
+    assert suggested == pytest.approx(1e-3, rel=0.15)
+    assert minimum == lrs[-1]
+
+
+def test_too_few_steps_fall_back_to_a_tenth_of_the_minimum() -> None:
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    suggested, rule, minimum = suggest(lrs, [2.0, 1.0, 0.5, 3.0])
+    assert rule.startswith(MINIMUM_RULE) and minimum == 1e-2
+    assert suggested == pytest.approx(1e-3)
+
+
+def test_lr_find_suggests_a_rate_writes_its_png_and_nothing_else(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    text = tiny_config.read_text()
+    png = tmp_path / "lr.png"
+    result = CliRunner().invoke(
+        cli, ["lr-find", str(tiny_config), "--steps", "80", "--plot", str(png), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert 1e-7 <= document["suggested_lr"] <= 10
+    assert document["rule"] == STEEPEST_RULE
+    assert document["minimum_over_10"] == pytest.approx(document["minimum_lr"] / 10)
+    points = document["points"]
+    assert len(points) == document["steps"] <= 80
+    rates = [p["lr"] for p in points]
+    assert rates == sorted(rates) and rates[0] == pytest.approx(1e-7)
+    assert document["stopped"]
+    assert png.stat().st_size > 1000 and document["plot"] == str(png)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "lr.png"])
+    assert tiny_config.read_text() == text  # no run dir, the config unchanged
+
+    again = CliRunner().invoke(cli, ["lr-find", str(tiny_config), "--plot", str(png)])
+    assert again.exit_code == 2 and "already exists; pass --force" in again.output
+
+
+def test_lr_find_stops_when_the_loss_diverges(tiny_config: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "lr-find",
+            str(tiny_config),
+            # SGD on a squared error explodes at large rates (cross-entropy on this separable
+            # data only saturates).
+            *("--set", "training.optimizer.name=sgd", "--set", "training.loss=mse"),
+            *("--start-lr", "1e-3", "--end-lr", "1e6", "--steps", "200"),
+            *("--plot", str(tmp_path / "lr.png"), "--json", "--quiet"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["steps"] < 200
+    assert "diverged" in document["stopped"] or "loss became" in document["stopped"]

@@ -1,0 +1,408 @@
+"""Your own data: class folders, CSV, .npz and IDX paths in data.train/test/validation, the
+image conversion, bad files, the decoded-image cache, parity with IDX."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import REPO_ROOT, learnable_patterns
+from image_trees import CLASSES, write_learnable_tree, write_odd_tree
+from PIL import Image
+
+from dlcli.cli import cli
+from dlcli.data import decode
+from dlcli.data.idx import write_idx
+from dlcli.data.images import Conversion, convert, read_image
+from dlcli.data.local import LocalData, load_local
+from dlcli.errors import DataError
+
+MLP = [
+    {"type": "flatten"},
+    {"type": "dense", "units": 16, "activation": "relu"},
+    {"type": "dense", "units": 4},
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DLCLI_CACHE_DIR", str(cache))
+    return cache
+
+
+def write_config(folder: Path, data: dict[str, Any], **model: Any) -> Path:
+    cfg = {
+        "data": {"validation_split": 0.25, **data},
+        "model": {"layers": MLP, **model},
+        "training": {"epochs": 3, "batch_size": 20, "optimizer": {"learning_rate": 0.01}},
+        "output": {"dir": str(folder / "runs" / "own")},
+    }
+    path = folder / "own.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return path
+
+
+def train(config: Path, *args: str) -> Any:
+    return CliRunner().invoke(cli, ["train", str(config), "--json", "--quiet", *args])
+
+
+def metrics(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((folder / "runs" / "own" / "metrics.json").read_text()))
+
+
+# --- one way to point at data ----------------------------------------------------------------
+
+
+def test_class_folders_train_and_record_class_names_and_input_shape(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "train", 200)
+    write_learnable_tree(tmp_path / "test", 60, seed=1)
+    config = write_config(
+        tmp_path, {"train": str(tmp_path / "train"), "test": str(tmp_path / "test")}
+    )
+    result = train(config)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["test"]["accuracy"] > 0.9
+    assert doc["dataset"]["class_names"] == list(CLASSES)
+    assert doc["dataset"]["test_size"] == 60
+    saved = yaml.safe_load((tmp_path / "runs" / "own" / "config.yaml").read_text())
+    assert saved["model"]["input_shape"] == [8, 8, 1]  # inferred, recorded
+
+
+def test_without_test_data_every_report_says_so(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "train", 80)
+    config = write_config(tmp_path, {"train": str(tmp_path / "train")})
+    result = CliRunner().invoke(cli, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "no test split" in result.stderr
+    assert "│ test" not in result.stdout
+    assert metrics(tmp_path)["test"] is None
+    run_dir = tmp_path / "runs" / "own"
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert list(json.loads(evaluated.stdout)["metrics"]) == ["validation"]
+    asked = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--split", "test"])
+    assert asked.exit_code == 2
+    assert "no test split: the config gives no test data (data.test)" in asked.stderr
+    listed = CliRunner().invoke(cli, ["runs", "list", str(tmp_path / "runs"), "--json"])
+    assert "test_accuracy" not in json.loads(listed.stdout)["runs"][0]["metrics"]
+
+
+def test_csv_with_names_and_with_indices(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "pics", 120)
+    files = sorted((tmp_path / "pics").rglob("*.png"))
+    rows = [(f.relative_to(tmp_path).as_posix(), f.parent.name) for f in files]
+    (tmp_path / "named.csv").write_text(
+        "path,label\n" + "".join(f"{p},{label}\n" for p, label in rows)
+    )
+    index = {name: str(i) for i, name in enumerate(CLASSES)}
+    (tmp_path / "indexed.csv").write_text(
+        "label,path,note\n" + "".join(f"{index[lab]},{p},x\n" for p, lab in rows)
+    )
+    named = load_local(LocalData(tmp_path / "named.csv"))
+    indexed = load_local(LocalData(tmp_path / "indexed.csv"))
+    assert named.class_names == CLASSES
+    assert indexed.class_names == ("0", "1", "2", "3")
+    assert bool((named.train.images == indexed.train.images).all())
+    assert bool((named.train.labels == indexed.train.labels).all())
+    assert named.test is None
+
+
+def test_csv_problems_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("file,class\nx.png,a\n")
+    with pytest.raises(DataError, match=r"a.csv: expected a CSV header with the columns path"):
+        load_local(LocalData(tmp_path / "a.csv"))
+    (tmp_path / "b.csv").write_text("path,label\nx.png\n")
+    with pytest.raises(DataError, match=r"b.csv: line 2: expected 2 columns"):
+        load_local(LocalData(tmp_path / "b.csv"))
+
+
+def test_npz_xy_and_keras_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x, y = learnable_patterns(50, rng)
+    xt, yt = learnable_patterns(20, rng)
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    np.savez(tmp_path / "keras.npz", x_train=x, y_train=y, x_test=xt, y_test=yt.reshape(-1, 1))
+    plain = load_local(LocalData(tmp_path / "xy.npz"))
+    assert plain.test is None and plain.class_names == ("0", "1", "2", "3")
+    assert bool((plain.train.images[:, 0].numpy() == x).all())
+    keras = load_local(LocalData(tmp_path / "keras.npz"))
+    assert keras.test is not None and bool((keras.test.labels.numpy() == yt).all())
+    np.savez(tmp_path / "other.npz", images=x)
+    with pytest.raises(DataError, match="expected arrays x and y, or x_train"):
+        load_local(LocalData(tmp_path / "other.npz"))
+
+
+def test_idx_archive_with_its_labels_beside(tmp_path: Path) -> None:
+    x, y = learnable_patterns(30, np.random.default_rng(0))
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", x)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y)
+    data = load_local(LocalData(tmp_path / "train-images-idx3-ubyte.gz", num_classes=4))
+    assert data.num_classes == 4 and bool((data.train.labels.numpy() == y).all())
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", x)
+    with pytest.raises(DataError, match="needs its labels archive beside it"):
+        load_local(LocalData(tmp_path / "t10k-images-idx3-ubyte.gz"))
+
+
+def test_validation_data_replaces_the_split_and_classes_must_match(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "train", 80)
+    write_learnable_tree(tmp_path / "val", 20, seed=2)
+    config = write_config(
+        tmp_path, {"train": str(tmp_path / "train"), "validation": str(tmp_path / "val")}
+    )
+    result = train(config)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dataset"]["validation_size"] == 20
+    (tmp_path / "val" / "cats").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "val" / "cats" / "x.png")
+    result = train(config, "--overwrite")
+    assert result.exit_code == 3
+    assert "class 'cats' of the validation data is not one of the 4 classes" in result.output
+
+
+def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    config = write_config(tmp_path, {"train": str(tmp_path / "notes.txt")})
+    result = train(config)
+    assert result.exit_code == 3
+    assert "not a data source dlcli reads" in result.output
+    config = write_config(tmp_path, {"train": str(tmp_path / "missing")})
+    assert "missing: not found" in train(config).output
+
+
+def test_config_rules_for_data_keys(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"dataset": "mnist", "train": "x"})
+    result = train(config)
+    assert result.exit_code == 2
+    assert "data: give one of dataset, train or the four IDX files" in result.output
+    config = write_config(tmp_path, {"test": "x"})
+    assert "data.test / data.validation: need data.train" in train(config).output
+
+
+# --- images become the model's input ------------------------------------------------------
+
+
+def test_every_kind_of_image_converts_predictably(tmp_path: Path) -> None:
+    paths = write_odd_tree(tmp_path)
+    grey = Conversion(12, 10, 1)
+    rgb = Conversion(12, 10, 3)
+    original = np.asarray(Image.open(paths["grey"]))
+    assert bool((read_image(paths["grey"], grey)[0][..., 0] == original).all())
+    assert bool((read_image(paths["grey"], rgb)[0] == original[..., None]).all())
+    # RGBA: the transparent half shows the background, the opaque half its colour.
+    rgba = np.asarray(Image.open(paths["rgba"]))
+    black = read_image(paths["rgba"], rgb)[0]
+    white = read_image(paths["rgba"], Conversion(12, 10, 3, background=255))[0]
+    assert int(black[:, :5].max()) == 0 and int(white[:, :5].min()) == 255
+    assert bool((black[:, 5:] == rgba[:, 5:, :3]).all())
+    # 16-bit: value / 257, rounded.
+    deep = np.asarray(Image.open(paths["deep"])).astype(np.int64)
+    assert bool((read_image(paths["deep"], grey)[0][..., 0] == (deep + 128) // 257).all())
+    # Palette with a transparent index: that index becomes the background.
+    palette = read_image(paths["palette"], grey)[0][..., 0]
+    assert bool((palette[original == 0] == 0).all())
+    assert bool((palette[original != 0] == original[original != 0]).all())
+    jpeg = read_image(paths["jpeg"], rgb)[0]
+    assert jpeg.shape == (12, 10, 3)
+
+
+def test_exif_rotation_is_applied(tmp_path: Path) -> None:
+    pixels = np.zeros((4, 6), np.uint8)
+    pixels[0, :] = 255  # top row white
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored rotated: display turns it 90° clockwise
+    image.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    array = read_image(tmp_path / "r.jpg", Conversion(6, 4, 1))[0][..., 0]
+    assert array.shape == (6, 4)
+    assert int(array[:, -1].min()) > 200 and int(array[:, 0].max()) < 60  # right column white
+
+
+@pytest.mark.parametrize(
+    ("resize", "corner", "centre"),
+    [("stretch", 255, 255), ("pad", 0, 255), ("crop", 255, 255)],
+)
+def test_resize_modes(resize: str, corner: int, centre: int) -> None:
+    wide = Image.new("L", (40, 10), 255)  # a white 4:1 strip into a 20×20 input
+    array = convert(wide, Conversion(20, 20, 1, resize=resize))[..., 0]
+    assert array.shape == (20, 20)
+    assert int(array[0, 0]) == corner and int(array[10, 10]) == centre
+
+
+def test_input_shape_inferred_from_colour_and_size() -> None:
+    infos = [
+        decode.ImageInfo("L", 10, 12, ""),
+        decode.ImageInfo("RGB", 10, 12, ""),
+        decode.ImageInfo("L", 30, 30, ""),
+    ]
+    assert decode.infer_conversion(infos).chw == (3, 12, 10)
+    assert decode.infer_conversion(infos[::2]).chw[0] == 1
+
+
+# --- bad files ---------------------------------------------------------------------------
+
+
+def test_bad_files_stop_training_or_are_skipped_and_recorded(tmp_path: Path) -> None:
+    paths = write_odd_tree(tmp_path / "odd")
+    config = write_config(
+        tmp_path,
+        {"train": str(tmp_path / "odd"), "validation_split": 0.5},
+        input_shape=[8, 8, 3],
+        layers=[{"type": "flatten"}, {"type": "dense", "units": 8}],
+    )
+    result = CliRunner().invoke(cli, ["train", str(config), "--quiet"])
+    assert result.exit_code == 3
+    assert "2 image files could not be read:" in result.stderr
+    assert f"{paths['corrupt']}: cannot read the image: image file is truncated" in result.stderr
+    assert f"{paths['empty']}: empty file (0 bytes), expected an image" in result.stderr
+    assert "data.skip_bad_files: true" in result.stderr
+    result = train(config, "--set", "data.skip_bad_files=true")
+    assert result.exit_code == 0, result.output
+    skipped = metrics(tmp_path)["skipped_files"]
+    assert [s["path"] for s in skipped] == [str(paths["corrupt"]), str(paths["empty"])]
+    assert "ünïcødé" in metrics(tmp_path)["dataset"]["class_names"]
+
+
+def test_only_the_first_twenty_bad_files_are_named(tmp_path: Path) -> None:
+    for i in range(25):
+        (tmp_path / "tree" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tree" / "a" / f"{i:02d}.png").write_bytes(b"junk")
+    Image.new("L", (8, 8)).save(tmp_path / "tree" / "a" / "ok.png")
+    with pytest.raises(DataError) as info:
+        load_local(LocalData(tmp_path / "tree"))
+    message = info.value.message
+    assert message.startswith("25 image files could not be read:")
+    assert "19.png" in message and "20.png" not in message and "… and 5 more" in message
+
+
+# --- parallel decoding, the cache ------------------------------------------------------------
+
+
+def test_parallel_decoding_gives_the_same_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_learnable_tree(tmp_path / "t", 70)
+    files = sorted((tmp_path / "t").rglob("*.png"))
+    files.insert(5, tmp_path / "missing.png")
+    conversion = Conversion(8, 8, 1)
+    alone = decode.decode_files(files, conversion, workers=1)
+    monkeypatch.setattr(decode, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(decode, "CHUNK_MAX", 8)
+    pooled = decode.decode_files(files, conversion, workers=2)
+    assert bool((alone.images == pooled.images).all()) and len(pooled.images) == 70
+    assert pooled.bad == alone.bad == [(str(files[5]), "image file not found")]
+    assert 5 not in pooled.kept.tolist()
+
+
+def test_the_cache_is_used_then_invalidated(
+    tmp_path: Path, _cache_in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_learnable_tree(tmp_path / "t", 40)
+    first = load_local(LocalData(tmp_path / "t"))
+    (entry,) = (_cache_in_tmp / "images").glob("*.safetensors")
+    assert entry.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+
+    def no_decoding(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr("dlcli.data.local.decode_files", no_decoding)
+    again = load_local(LocalData(tmp_path / "t"))
+    assert bool((again.train.images == first.train.images).all())
+    assert bool((again.train.labels == first.train.labels).all())
+    changed = next((tmp_path / "t" / CLASSES[0]).glob("*.png"))
+    Image.new("L", (8, 8), 9).save(changed)
+    os.utime(changed, ns=(1, 1))
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_local(LocalData(tmp_path / "t"))
+    with pytest.raises(AssertionError, match="decoded again"):  # other settings, other key
+        load_local(LocalData(tmp_path / "t", input_shape=(8, 8, 3)))
+
+
+def test_cache_dir_key_and_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_learnable_tree(tmp_path / "t", 20)
+    load_local(LocalData(tmp_path / "t", cache_dir=str(tmp_path / "mine")))
+    assert len(list((tmp_path / "mine" / "images").glob("*.safetensors"))) == 1
+    load_local(LocalData(tmp_path / "t", cache=False, cache_dir=str(tmp_path / "off")))
+    assert not (tmp_path / "off").exists()
+    entry = next((tmp_path / "mine" / "images").glob("*.safetensors"))
+    entry.write_bytes(b"garbage")  # a damaged entry is a miss, then rewritten
+    data = load_local(LocalData(tmp_path / "t", cache_dir=str(tmp_path / "mine")))
+    assert len(data.train) == 20 and entry.read_bytes() != b"garbage"
+
+
+# --- parity with the IDX arrays --------------------------------------------------------------
+
+
+def test_png_tree_pixels_equal_the_idx_arrays(tmp_path: Path) -> None:
+    """The benchmark's tree maker on a slice of the committed Fashion-MNIST archives: the
+    tree's tensors, sorted by class then file, equal the IDX arrays sorted the same way."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_png_tree", REPO_ROOT / "benchmarks" / "make_png_tree.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    write_tree = module.write_tree
+    images = np.random.default_rng(3).integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    labels = np.arange(60) % 10
+    write_tree(tmp_path / "tree" / "train", images, labels)
+    data = load_local(LocalData(tmp_path / "tree" / "train"))
+    order = np.lexsort((np.arange(60), labels))  # by class, then by index
+    assert data.class_names == tuple(str(i) for i in range(10))
+    assert bool((data.train.images[:, 0].numpy() == images[order]).all())
+    assert bool((data.train.labels.numpy() == labels[order]).all())
+
+
+def test_a_broken_worker_pool_falls_back_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadPool:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __enter__(self) -> DeadPool:
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            pass
+
+        def submit(self, *args: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_exception(BrokenProcessPool("a worker died"))
+            return future
+
+    write_learnable_tree(tmp_path / "t", 40)
+    files = sorted((tmp_path / "t").rglob("*.png"))
+    monkeypatch.setattr(decode, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(decode, "ProcessPoolExecutor", DeadPool)
+    decoded = decode.decode_files(files, Conversion(8, 8, 1), workers=2)
+    assert len(decoded.images) == 40 and not decoded.bad
+
+
+def test_an_image_too_large_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlcli import limits
+
+    Image.new("L", (40, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(limits, "IMAGE_MAX_PIXELS", 1000)
+    with pytest.raises(
+        DataError, match=r"big.png: refused: more than the 1,000 pixels dlcli decodes"
+    ):
+        read_image(tmp_path / "big.png", Conversion(8, 8, 1))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"pipe\.png: is a FIFO"):
+        read_image(fifo, Conversion(8, 8, 1))

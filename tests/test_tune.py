@@ -1,0 +1,194 @@
+"""dlcli tune in one process (CliRunner): trials as run dirs, results, best.yaml, plots, gates,
+pruning, reruns, and the messages for what cannot work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from dlcli.cli import cli
+
+optuna = pytest.importorskip("optuna")  # the tune extra; make setup installs it
+
+SPACE = {
+    "training.optimizer.learning_rate": {"float": [1e-3, 5e-2], "log": True},
+    "model.layers[1].units": {"int": [4, 32]},
+    "training.optimizer.name": {"choice": ["adam", "sgd"]},
+}
+
+
+def tune_config(tiny_config: Path, **tune: Any) -> Path:
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["training"]["epochs"] = 2
+    raw["tune"] = {"trials": 3, "startup_trials": 1, "space": SPACE, **tune}
+    tiny_config.write_text(yaml.safe_dump(raw))
+    return tiny_config
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["tune", *args])
+
+
+def doc(result: Result) -> dict[str, Any]:
+    assert result.stdout, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_a_study_runs_its_trials_as_run_dirs_and_reports_the_best(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    config = tune_config(tiny_config)
+    out = tmp_path / "study"
+    result = invoke(str(config), "--output", str(out), "--json", "--heartbeat", "1")
+    assert result.exit_code == 0, result.output
+    document = doc(result)
+    assert document["metric"] == "val_accuracy" and document["direction"] == "maximize"
+    trials = document["trials"]
+    assert sorted(t["number"] for t in trials) == [0, 1, 2]
+    assert {t["state"] for t in trials} <= {"complete", "pruned"}
+    values = [t["value"] for t in trials if t["state"] == "complete"]
+    assert values == sorted(values, reverse=True)  # best first
+    best = document["best"]
+    assert best == trials[0] and best["run_dir"] == str(out / f"trial-{best['number']:04d}")
+    for trial in trials:  # each an ordinary, verified run dir
+        run_dir = Path(trial["run_dir"])
+        assert (run_dir / "manifest.json").is_file()
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert saved["tune"] is None
+        assert saved["model"]["layers"][1]["units"] == trial["params"]["model.layers[1].units"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert trial["epochs"] == metrics["epochs"]
+    assert {Path(p).name for p in document["plots"]} >= {"history.png", "slice.png"}
+    assert all(Path(p).stat().st_size > 1000 for p in document["plots"])
+    evaluated = CliRunner().invoke(cli, ["evaluate", best["run_dir"], "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+
+    # best.yaml: the best trial's config, no tune section, and it retrains as is.
+    best_yaml = Path(document["best_config"])
+    assert best_yaml == out / "best.yaml"
+    raw = yaml.safe_load(best_yaml.read_text())
+    assert "tune" not in raw and raw["output"]["dir"] == str(out / "best")
+    lr = best["params"]["training.optimizer.learning_rate"]
+    assert raw["training"]["optimizer"]["learning_rate"] == lr
+    retrained = CliRunner().invoke(cli, ["train", str(best_yaml), "--json", "--quiet"])
+    assert retrained.exit_code == 0, retrained.output
+    again = json.loads(retrained.stdout)["validation"]["accuracy"]
+    assert again == pytest.approx(best["value"])  # the same seed, the same run
+
+    # --show reads the study back; a rerun with more trials continues it.
+    shown = invoke(str(out), "--show", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert doc(shown)["trials"] == trials
+    more = invoke(str(config), "--output", str(out), "--trials", "5", "--json")
+    assert more.exit_code == 0, more.output
+    assert sorted(t["number"] for t in doc(more)["trials"]) == [0, 1, 2, 3, 4]
+    table = invoke(str(out), "--show")
+    assert "Study tiny (maximize val_accuracy)" in table.stdout
+    assert "best trial" in table.stdout and "dlcli train" in table.stdout
+
+
+def test_the_pruner_stops_a_trial_which_is_recorded_with_its_last_epoch(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tune_config(tiny_config, trials=2, space={"training.seed": {"int": [0, 9]}})
+    monkeypatch.setattr(
+        optuna.pruners.MedianPruner, "prune", lambda self, study, trial: trial.number == 1
+    )
+    out = tmp_path / "study"
+    result = invoke(str(config), "--output", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    trials = {t["number"]: t for t in doc(result)["trials"]}
+    assert trials[0]["state"] == "complete" and trials[0]["epochs"] == 2
+    assert trials[1]["state"] == "pruned" and trials[1]["epochs"] == 1
+    assert trials[1]["value"] is not None
+    history = (out / "trial-0001" / "history.csv").read_text().splitlines()
+    assert len(history) == 2  # the header and the one epoch it ran
+
+
+def test_gates_apply_to_the_best_trial(tiny_config: Path, tmp_path: Path) -> None:
+    config = tune_config(tiny_config, trials=2)
+    out = tmp_path / "study"
+    failed = invoke(str(config), "--output", str(out), "--min", "accuracy=1.01", "--json")
+    assert failed.exit_code == 4, failed.output
+    document = doc(failed)
+    assert document["error"]["kind"] == "gate" and document["best"] is not None
+    passed = invoke(str(out), "--show", "--min", "test.accuracy=0", "--max", "loss=100")
+    assert passed.exit_code == 0, passed.output
+    unknown = invoke(str(config), "--output", str(out), "--min", "acuracy=0.5")
+    assert unknown.exit_code == 2 and "did you mean 'accuracy'" in unknown.output
+
+
+def test_a_config_without_a_tune_section_is_refused(tiny_config: Path) -> None:
+    result = invoke(str(tiny_config))
+    assert result.exit_code == 2
+    assert "no tune: section" in result.output
+
+
+def test_a_bad_space_fails_before_any_trial(tiny_config: Path, tmp_path: Path) -> None:
+    config = tune_config(tiny_config, space={"model.layers[1].unit": {"int": [4, 8]}})
+    out = tmp_path / "study"
+    result = invoke(str(config), "--output", str(out))
+    assert result.exit_code == 2
+    assert "did you mean 'units'?" in result.output
+    assert not out.exists()
+
+
+def test_a_directory_that_is_not_a_study_is_refused(tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = invoke(str(tune_config(tiny_config)), "--output", str(out))
+    assert result.exit_code == 3
+    assert "is not a dlcli tune directory" in result.output
+    assert (out / "notes.txt").read_text() == "mine"
+    shown = invoke(str(out), "--show")
+    assert shown.exit_code == 3 and "no tune.json" in shown.output
+
+
+def test_another_study_in_the_same_directory_is_refused(tiny_config: Path, tmp_path: Path) -> None:
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    assert invoke(str(config), "--output", str(out)).exit_code == 0
+    other = invoke(str(config), "--output", str(out), "--study", "other")
+    assert other.exit_code == 2
+    assert "belongs to study 'tiny'" in other.output
+
+
+def test_without_optuna_tune_says_how_to_install_it(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    result = invoke(str(tune_config(tiny_config)))
+    assert result.exit_code == 2
+    assert "pip install 'dlcli[tune]'" in result.output
+
+
+def test_a_storage_that_cannot_be_opened_is_a_usage_error(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    config = tune_config(tiny_config)
+    result = invoke(
+        str(config), "--output", str(tmp_path / "s"), "--storage", "nosuchdb://user:pw@host/x"
+    )
+    assert result.exit_code == 2
+    assert "cannot open the study storage" in result.output and "pw" not in result.output
+
+
+def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["training"] |= {"loss": "mse", "optimizer": {"name": "sgd", "learning_rate": 1e6}}
+    tiny_config.write_text(yaml.safe_dump(raw))
+    config = tune_config(tiny_config, trials=2, space={"training.seed": {"int": [0, 9]}})
+    result = invoke(str(config), "--output", str(tmp_path / "study"), "--json")
+    assert result.exit_code == 0, result.output
+    document = doc(result)
+    assert document["counts"] == {"fail": 2} and document["best"] is None
+    assert all("the loss became" in t["error"] for t in document["trials"])
+    assert "no trial has completed yet" in result.stderr

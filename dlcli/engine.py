@@ -94,7 +94,7 @@ class Trainer:
         self.augment = augment
         self.after_update = list(after_update)
         # training.ema: the weight average among the hooks, which validation scores.
-        self.average = next((h for h in self.after_update if isinstance(h, WeightAverage)), None)
+        self.ema = next((h for h in self.after_update if isinstance(h, WeightAverage)), None)
         self._average_in_model = False  # set when the fit ends: the model is the average now
         self.class_weights: torch.Tensor | None = None  # set by fit from the training labels
         self.scorer = Scorer(self.model, device, self.precision, self.channels_last, self.forward)
@@ -204,8 +204,8 @@ class Trainer:
                     f"training interrupted ({self.interrupted}) in epoch {self.epoch + 1}, "
                     f"after step {self.step_in_epoch} of {self.steps_per_epoch}"
                 )
-            if self.average is not None:  # the run's model is the average (before early
-                self.average.copy_to_model()  # stopping restores its best, an average too)
+            if self.ema is not None:  # the run's model is the average (before early
+                self.ema.copy_to_model()  # stopping restores its best, an average too)
                 self._average_in_model = True
         finally:
             self.fit_seconds = self.elapsed_fit_seconds()
@@ -348,8 +348,8 @@ class Trainer:
         state: dict[str, Any] = {}
         if isinstance(self.augment, Augmenter):
             state["augment"] = self.augment.state_dict()
-        if self.average is not None:
-            state["ema"] = self.average.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
@@ -402,8 +402,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if isinstance(self.augment, Augmenter) and "augment" in state:
             self.augment.load_state_dict(state["augment"])
-        if self.average is not None and "ema" in state:
-            self.average.load_state_dict(state["ema"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         saved = state.get("callbacks", {})
         for key, callback in self._keyed_callbacks().items():
             if key in saved:
@@ -444,10 +444,10 @@ class Trainer:
     def averaged(self) -> Iterator[None]:
         """With ``training.ema``, the weight average in the model for the duration (once the
         fit has ended the model already holds it)."""
-        if self.average is None or self._average_in_model:
+        if self.ema is None or self._average_in_model:
             yield
             return
-        with self.average.swapped_in():
+        with self.ema.swapped_in():
             yield
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor]:

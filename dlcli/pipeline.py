@@ -385,8 +385,8 @@ def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     """What metrics.json says about EMA and TTA when they are on: the saved model is the
     weight average; validation and test were scored with test-time augmentation."""
     found: dict[str, Any] = {}
-    if trainer.average is not None:
-        found["ema"] = {**trainer.average.describe(), "saved_model": "average"}
+    if trainer.ema is not None:
+        found["ema"] = {**trainer.ema.describe(), "saved_model": "average"}
     if prepared.config.training.tta != "none":
         found["tta"] = prepared.config.training.tta
     return found

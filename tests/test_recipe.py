@@ -21,6 +21,7 @@ from dlcli.config import load_config
 from dlcli.data.idx import write_idx
 from dlcli.engine import Callback, Trainer
 from dlcli.errors import ConfigError, Interrupted
+from dlcli.evaluation import score
 from dlcli.predict import predict
 
 AUGMENT = {"translate": 1, "flip": True, "erase": 0.25, "mixup": 0.4, "cutmix": 1.0}
@@ -153,6 +154,48 @@ def test_ema_is_the_saved_model_and_the_run_says_so(tmp_path: Path) -> None:
     assert result_cli.exit_code == 0, result_cli.output
     assert "EMA of the weights (decay 0.8: the saved model)" in result_cli.stderr
     assert "saved model: the weight average (EMA, decay 0.8, 8 updates)" in result_cli.stderr
+
+
+def test_weights_best_and_last_with_ema_are_the_averages_validation_scored(
+    tmp_path: Path,
+) -> None:
+    config = write_run_config(tmp_path, ema={"decay": 0.8}, epochs=3)
+    train_in_process(config)
+    run = tmp_path / "runs/run"
+    history = json.loads((run / "metrics.json").read_text())
+    state = json.loads((run / "checkpoints/last/state.json").read_text())["state"]
+    rows = state["history"]
+    last = pipeline.evaluate(run, splits=("validation",), weights="last")["validation"]
+    assert last["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-6)
+    best_row = min(rows, key=lambda row: row["val_loss"])
+    best = pipeline.evaluate(run, splits=("validation",), weights="best")["validation"]
+    assert best["loss"] == pytest.approx(best_row["val_loss"], rel=1e-6)
+    saved = pipeline.evaluate(run, splits=("validation",))["validation"]
+    assert saved == pytest.approx(history["validation"] | saved, rel=1e-6)
+
+
+def test_trainer_evaluate_scores_the_average_while_training(tmp_path: Path) -> None:
+    config = write_run_config(tmp_path, ema={"decay": 0.8}, epochs=2)
+    prepared = pipeline.prepare(load_config(config))
+    seen: dict[str, Any] = {}
+
+    class Score(Callback):
+        def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Any) -> None:
+            assert trainer.ema is not None
+            seen.setdefault("scored", []).append(trainer.evaluate(prepared.validation))
+            split = prepared.validation
+            with trainer.ema.swapped_in():  # the average, scored without the trainer's swap
+                running = score(trainer.scorer, split.images, split.labels, trainer.objective)
+                seen.setdefault("average", []).append(running.logs())
+            seen.setdefault("logs", []).append(logs["val_loss"])
+            live = score(trainer.scorer, split.images, split.labels, trainer.objective).logs()
+            seen.setdefault("live", []).append(live)
+
+    pipeline.train(prepared, callbacks=[Score()])
+    for scored, average, logged in zip(seen["scored"], seen["average"], seen["logs"], strict=True):
+        assert scored["loss"] == pytest.approx(average["loss"], rel=1e-6)
+        assert scored["loss"] == pytest.approx(logged, rel=1e-6)
+    assert [s["loss"] for s in seen["scored"]] != [s["loss"] for s in seen["live"]]
 
 
 def test_evaluate_and_predict_never_augment_unless_tta_is_asked(tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from dlcli import threads
+from dlcli import limits, threads
+from dlcli.cli import cli
 from dlcli.config import load_config
 from dlcli.errors import ConfigError
+from dlcli.schema import config_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,11 +69,26 @@ def test_wait_policy_is_passive_unless_set(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_threads_config_checks(tiny_config: Path) -> None:
-    for value, message in (("0", "expected auto or a number > 0"), ("lots", "training.threads")):
+    bounds = f"training.threads: expected a number from 1 to {limits.THREADS_MAX}"
+    for value, message in (("0", bounds), ("1025", bounds), ("lots", "training.threads")):
         with pytest.raises(ConfigError) as info:
             load_config(tiny_config, [f"training.threads={value}"])
-        assert message in str(info.value)
+        assert message in str(info.value.details)
     assert load_config(tiny_config, ["training.threads=2"]).training.threads == 2
+    assert load_config(tiny_config, ["training.threads=1024"]).training.threads == 1024
+
+
+@pytest.mark.parametrize("value", ["0", "1025", "-3", "lots"])
+def test_the_threads_option_is_bounded(tiny_config: Path, value: str) -> None:
+    result = CliRunner().invoke(cli, ["train", str(tiny_config), "--threads", value])
+    assert result.exit_code == 2
+    assert f"expected auto or a number from 1 to {limits.THREADS_MAX}" in result.output
+
+
+def test_the_schema_bounds_threads() -> None:
+    threads_schema = config_schema()["$defs"]["TrainingConfig"]["properties"]["threads"]
+    numbers = [o for o in threads_schema["anyOf"] if o.get("type") == "integer"]
+    assert numbers == [{"type": "integer", "minimum": 1, "maximum": limits.THREADS_MAX}]
 
 
 def test_the_cli_records_threads_and_wait_policy(tiny_config: Path) -> None:

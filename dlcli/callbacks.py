@@ -209,9 +209,8 @@ class EarlyStopping(Reporting):
         value = logs.get(self.key)
         if improved(value, self.best, self.mode, self.cfg.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.cfg.restore_best:
-                state = trainer.model.state_dict()
-                self.best_weights = {k: v.detach().clone() for k, v in state.items()}
+            if self.cfg.restore_best:  # the weights scored: with training.ema, the average
+                self.best_weights = trainer.averaged_state_dict()
             return
         self.wait += 1
         if self.wait >= self.cfg.patience:

@@ -41,6 +41,7 @@ FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (acce
 LAST, BEST = "last", "best"
 CONFIG = "config.yaml"
 MODEL = "model.safetensors"
+EMA_AVERAGE = "ema/average"  # where a checkpoint's tensors hold training.ema's average
 TENSORS = "state.safetensors"
 STATE = "state.json"
 FILES = (CONFIG, MODEL, TENSORS, STATE)
@@ -50,6 +51,7 @@ _TENSOR = "__tensor__"  # {"__tensor__": key} in state.json stands for a tensor 
 RESUMABLE_CHANGES = (
     "training.epochs",
     "training.device",
+    "training.threads",
     "training.checkpoint",
     "training.target",
     "training.stop_at_target",
@@ -261,9 +263,32 @@ def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
         )
     store.verify_manifest(path, FILES)
     try:
-        return load_file(str(path / MODEL))
+        weights = load_file(str(path / MODEL))
+        tensors = load_file(str(path / TENSORS))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ModelDirError(f"{path / MODEL}: unreadable weights: {err}") from None
+        raise ModelDirError(f"{path}: unreadable weights: {err}") from None
+    return _averaged(weights, tensors, path)
+
+
+def _averaged(
+    weights: dict[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    """With ``training.ema``, the weights a checkpoint's validation scored are its weight
+    average (``ema/average/NAME`` in its tensors), not the live weights: those, each checked
+    against the live tensor it stands for."""
+    prefix = f"/{EMA_AVERAGE}/"
+    for key, tensor in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        like = weights.get(name)
+        if like is None or like.shape != tensor.shape or like.dtype != tensor.dtype:
+            raise ModelDirError(
+                f"{path / TENSORS}: corrupt checkpoint: the weight average's "
+                f"{untrusted.echo(name)} fits no weight of {MODEL}"
+            )
+        weights[name] = tensor
+    return weights
 
 
 def _join_checked(raw: dict[str, Any], tensors: Mapping[str, torch.Tensor], path: Path) -> Any:
@@ -345,6 +370,7 @@ def check_fits(
     epochs: int,
     steps_per_epoch: int,
     train_size: int,
+    tools: Mapping[str, Any] | None = None,
 ) -> None:
     """Check a checkpoint against the model and optimizer it is about to be loaded into: every
     tensor's name, dtype and shape (weights, optimizer state, RNG state, running metrics, the
@@ -357,6 +383,14 @@ def check_fits(
     _check_optimizer(state.get("optimizer"), optimizer, path / TENSORS)
     _check_rng(state.get("rng"), path / TENSORS)
     _check_running(state, path / TENSORS, train_size)
+    for key, fresh in (tools or {}).items():  # training.augment / training.ema state
+        saved = state.get(key)
+        if isinstance(saved, dict) and key == "augment" and saved.get("device") != fresh["device"]:
+            # Resumed on another kind of device: the per-image RNG state is not loaded (see
+            # dlcli.augment), so only its presence matters.
+            fresh = {**fresh, "images": saved.get("images"), "device": saved.get("device")}
+        if saved is not None:
+            _check_structure(saved, fresh, path / TENSORS, key)
     early = state.get("callbacks", {})
     if not isinstance(early, dict):
         raise ModelDirError(f"{path / STATE}: corrupt checkpoint: callbacks is not a mapping")
@@ -503,6 +537,28 @@ def _check_group(group: Any, like: Mapping[str, Any], shown: Path, index: int) -
                 f"{shown}: optimizer parameter group {index}: {key} is {untrusted.echo(saved)}, "
                 f"expected {untrusted.echo(value) if key in like else 'a number'}"
             )
+
+
+def _check_structure(saved: Any, fresh: Any, shown: Path, where: str) -> None:
+    """``saved`` has ``fresh``'s form: the same keys and list lengths, tensors of the same
+    shape and dtype, integers where it has integers (augmentation RNG states, EMA weights)."""
+    what = f"corrupt checkpoint: {where}"
+    if isinstance(fresh, torch.Tensor):
+        _check_like(saved, fresh, shown, f"tensor {where!r}")
+    elif isinstance(fresh, dict):
+        if not isinstance(saved, dict) or set(saved) != set(fresh):
+            raise ModelDirError(f"{shown}: {what} does not hold {', '.join(map(str, fresh))}")
+        for key, value in fresh.items():
+            _check_structure(saved[key], value, shown, f"{where}/{key}")
+    elif isinstance(fresh, list):
+        if not isinstance(saved, list) or len(saved) != len(fresh):
+            raise ModelDirError(f"{shown}: {what} is not a list of {len(fresh)}")
+        for i, (value, like) in enumerate(zip(saved, fresh, strict=True)):
+            _check_structure(value, like, shown, f"{where}/{i}")
+    elif isinstance(fresh, str) and not isinstance(saved, str):
+        raise ModelDirError(f"{shown}: {what} is {untrusted.echo(saved)}, expected a string")
+    elif _is_int(fresh) and not (_is_int(saved) and 0 <= saved <= limits.INT_MAX):
+        raise ModelDirError(f"{shown}: {what} is {untrusted.echo(saved)}, expected an integer")
 
 
 def _check_rng(rng: Any, shown: Path) -> None:

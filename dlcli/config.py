@@ -31,7 +31,12 @@ POSITIVE: Check = (lambda v: v > 0, "> 0")
 NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 FRACTION: Check = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 PROBABILITY: Check = (lambda v: 0 <= v < 1, ">= 0 and < 1")
+UNIT_INTERVAL: Check = (lambda v: 0 <= v <= 1, "between 0 and 1")
 BYTE: Check = (lambda v: 0 <= v <= 255, "from 0 to 255")
+THREADS: Check = (
+    lambda v: 1 <= v <= limits.THREADS_MAX,
+    f"from 1 to {limits.THREADS_MAX}",
+)
 SEED: Check = (lambda v: 0 <= v <= limits.INT_MAX, f"from 0 to 2^63-1 ({limits.INT_MAX})")
 
 ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
@@ -311,6 +316,42 @@ class TargetConfig:
 
 
 @dataclass(kw_only=True)
+class AugmentConfig:
+    translate: int = doc(
+        "random crop of the image zero-padded by N pixels, i.e. a shift of up to N (0: off)",
+        0,
+        NON_NEGATIVE,
+    )
+    flip: bool = doc("mirror a random half of the images left-right", False)
+    erase: float = doc(
+        "random erasing: chance per image of a rectangle of random pixels (0: off)",
+        0.0,
+        PROBABILITY,
+    )
+    mixup: float = doc(
+        "mixup: Beta(a, a) blend with another image of the batch (0: off)", 0.0, NON_NEGATIVE
+    )
+    cutmix: float = doc(
+        "cutmix: Beta(a, a) box pasted from another image (0: off)", 0.0, NON_NEGATIVE
+    )
+    mix_prob: float = doc(
+        "chance that a batch is mixed when mixup or cutmix is on", 1.0, UNIT_INTERVAL
+    )
+
+
+@dataclass(kw_only=True)
+class EmaConfig:
+    decay: float = doc(
+        "weight of the average at each step (0.999: a memory of ~1000 steps)", 0.999, FRACTION
+    )
+    warmup: int = doc(
+        "steps over which the decay ramps up linearly from 0 (0: full decay at once)",
+        0,
+        NON_NEGATIVE,
+    )
+
+
+@dataclass(kw_only=True)
 class TrainingConfig:
     optimizer: OptimizerConfig = doc("the optimizer", OptimizerConfig())
     loss: Loss = doc(
@@ -339,6 +380,21 @@ class TrainingConfig:
     compile: bool = doc("run the model through torch.compile (slow first steps)", False)
     channels_last: bool | None = doc(
         "NHWC memory layout (faster convolutions); null: on for models with a conv2d", None
+    )
+    augment: AugmentConfig | None = doc(
+        "on-device batch augmentation while training (never in evaluation)", None
+    )
+    ema: EmaConfig | None = doc(
+        "exponential moving average of the weights: evaluated, checkpointed, saved", None
+    )
+    class_weights: Literal["balanced"] | list[float] | None = doc(
+        "weights of the classes in the training loss: balanced (by frequency) or a list", None
+    )
+    tta: Literal["none", "flip"] = doc(
+        "test-time augmentation of the run's evaluations: flip averages x and mirrored x", "none"
+    )
+    threads: Literal["auto"] | int = doc(
+        "CPU threads: auto (the free cores) or a number; results depend on it", "auto", THREADS
     )
 
 
@@ -753,9 +809,25 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
             f"training.label_smoothing: only applies to softmax_cross_entropy_with_logits, "
             f"found loss {training.loss!r}"
         )
+    _check_accuracy_tools(training, problems)
     schedule = training.lr_schedule
     if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs and schedule.warmup_steps:
         problems.append("training.lr_schedule: give warmup_epochs or warmup_steps, not both")
+
+
+def _check_accuracy_tools(training: TrainingConfig, problems: list[str]) -> None:
+    """class_weights: what the field types alone cannot say."""
+    weights = training.class_weights
+    if isinstance(weights, list) and (any(w < 0 for w in weights) or not any(weights)):
+        problems.append(
+            f"training.class_weights: expected balanced or a list of numbers >= 0, one per "
+            f"class, not all 0, found {weights}"
+        )
+    if weights is not None and training.loss != "softmax_cross_entropy_with_logits":
+        problems.append(
+            f"training.class_weights: only applies to softmax_cross_entropy_with_logits, "
+            f"found loss {training.loss!r}"
+        )
 
 
 # Sections a sweep may not sample: the study itself, and where runs are written.

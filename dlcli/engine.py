@@ -5,8 +5,11 @@ backward, update, metrics. The options that change how a step runs (mixed precis
 torch.compile, channels_last, the flat parameter buffer: ``dlcli/accel.py``; data parallelism:
 ``dlcli/distributed``) are small objects it calls at named points; a single process has no
 data-parallel object and runs no distributed code. Two points are left for what plugs into the
-step: ``augment`` (an on-device transform of each uint8 batch, before forward) and
-``after_update`` (hooks after each optimizer update, e.g. a weight average).
+step: ``augment`` (an on-device transform of each uint8 batch, before forward:
+``training.augment``, dlcli/augment.py) and ``after_update`` (hooks after each optimizer
+update: ``training.ema``'s weight average, dlcli/averaging.py). With a weight average,
+validation scores the average and the fit ends with the average in the model (the run's
+model); ``training.class_weights`` weighs the training loss.
 
 Around the step, :meth:`Trainer.fit` runs epochs: the whole dataset is one uint8 tensor on the
 device, batches are slices of a seeded per-epoch permutation (the same seed gives the same
@@ -16,10 +19,12 @@ early stopping and the like are callbacks (:class:`~dlcli.hooks.Callback`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,9 +38,11 @@ from dlcli.accel import (
     compiled,
     to_float,
 )
+from dlcli.augment import Augmenter
+from dlcli.averaging import WeightAverage
 from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
-from dlcli.errors import Interrupted, ModelDirError, TrainingError
+from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError
 from dlcli.evaluation import Objective, Running, Scorer, score
 from dlcli.hooks import Callback, Logs
 from dlcli.optim import make_optimizer
@@ -45,8 +52,9 @@ if TYPE_CHECKING:
     from dlcli.distributed import World
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""``(images, labels) → (images, targets)`` on the device: uint8 N×C×H×W images in, uint8 or
-float 0-255 images out; targets the labels, or class probabilities (N×classes) for mixing."""
+"""``(images, labels) → (images, targets)`` on the device: uint8 N×C×H×W images in, uint8
+images or float images in [0, 1] out; targets the labels, or class probabilities (N×classes)
+for mixing (:class:`dlcli.augment.Augmenter`)."""
 
 
 class Trainer:
@@ -85,6 +93,10 @@ class Trainer:
         self.optimizer = make_optimizer([self.flat.params], training.optimizer)
         self.augment = augment
         self.after_update = list(after_update)
+        # training.ema: the weight average among the hooks, which validation scores.
+        self.ema = next((h for h in self.after_update if isinstance(h, WeightAverage)), None)
+        self._average_in_model = False  # set when the fit ends: the model is the average now
+        self.class_weights: torch.Tensor | None = None  # set by fit from the training labels
         self.scorer = Scorer(self.model, device, self.precision, self.channels_last, self.forward)
         self.on_device = DeviceData(device)  # each split copied to the device once
         if device.type == "cuda":  # batches of one shape: let cuDNN pick its fastest kernels
@@ -133,12 +145,12 @@ class Trainer:
         # 2. Augmentation, on the device, of the uint8 batch (``augment``; none by default).
         if self.augment is not None:
             x, targets = self.augment(x, y)
-        # 3. Pixels → float32 in [0, 1], in NHWC memory for convolutions (channels_last).
-        x = self.channels_last.batch(to_float(x))
-        # 4. Forward and loss, in mixed precision if asked (training.precision).
+        # 3. Pixels → float32 in [0, 1] (augmented ones already are), NHWC for convolutions.
+        x = self.channels_last.batch(x if x.is_floating_point() else to_float(x))
+        # 4. Forward and loss (weighted by training.class_weights), in mixed precision if asked.
         with self.precision.autocast():
             logits = self.train_forward(x)
-            loss = self.objective.loss_of(logits, targets)
+            loss = self.objective.loss_of(logits, targets, self.class_weights)
         # 5. Backward: zero the one flat gradient buffer (one memset), then back-propagate
         #    (fp16: the loss scaled against underflow; data parallel: weighted by this
         #    worker's share of the global batch, DDP averaging the gradients).
@@ -168,6 +180,8 @@ class Trainer:
         the callbacks' ``on_interrupt``), :class:`TrainingError` on a non-finite loss.
         """
         images, labels = self.on_device(train.images, train.labels)
+        self.class_weights = class_weights(self.training.class_weights, labels, self.num_classes)
+        self._average_in_model = False
         self.steps_per_epoch = math.ceil(len(labels) / self.training.batch_size)
         self._call("on_fit_begin")
         if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
@@ -199,6 +213,9 @@ class Trainer:
                     f"training interrupted ({self.interrupted}) in epoch {self.epoch + 1}, "
                     f"after step {self.step_in_epoch} of {self.steps_per_epoch}"
                 )
+            if self.ema is not None:  # the run's model is the average (before early
+                self.ema.copy_to_model()  # stopping restores its best, an average too)
+                self._average_in_model = True
         finally:
             self.fit_seconds = self.elapsed_fit_seconds()
             self._fit_start = None
@@ -329,6 +346,7 @@ class Trainer:
             rng["mps"] = torch.mps.get_rng_state()
         callbacks = {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()}
         return {
+            **self.tool_state(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -340,6 +358,15 @@ class Trainer:
             "rng": rng,
             "callbacks": {key: state for key, state in callbacks.items() if state},
         }
+
+    def tool_state(self) -> dict[str, Any]:
+        """The augmentation generators' and the weight average's state, when they are on."""
+        state: dict[str, Any] = {}
+        if isinstance(self.augment, Augmenter):
+            state["augment"] = self.augment.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
         """Continue from :meth:`state_dict` (also as read back from JSON). The weights load now;
@@ -391,6 +418,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         elif self.device.type == "mps" and "mps" in state["rng"]:
             torch.mps.set_rng_state(state["rng"]["mps"])
+        if isinstance(self.augment, Augmenter) and "augment" in state:
+            self.augment.load_state_dict(state["augment"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         saved = state.get("callbacks", {})
         for key, callback in self._keyed_callbacks().items():
             if key in saved:
@@ -410,18 +441,37 @@ class Trainer:
 
     # --- evaluation and metrics ---------------------------------------------------------------
 
-    def evaluate(self, split: Split, batch_size: int = 1000) -> Logs:
+    def evaluate(self, split: Split, batch_size: int = 1000, tta: str = "none") -> Logs:
         """Loss and metrics of the model on a split (dlcli.evaluation; distributed: each
-        worker scores its block of the split, and the sums are added up)."""
+        worker scores its block of the split, and the sums are added up). With
+        ``training.ema`` the average is scored; never augmented, but for the test-time
+        augmentation ``tta`` (none or flip)."""
         images, labels = self.on_device(split.images, split.labels)
+        scorer = self.scorer if tta == self.scorer.tta else replace(self.scorer, tta=tta)
         rows = None
-        if self.world is not None:
-            self.world.broadcast_buffers(self.model)  # score the model rank 0 saves
-            rows = self.world.block(len(labels))
-        running = score(
-            self.scorer, images, labels, self.objective, batch_size=batch_size, rows=rows
-        )
+        with self.averaged():
+            if self.world is not None:
+                self.world.broadcast_buffers(self.model)  # score the model rank 0 saves
+                rows = self.world.block(len(labels))
+            running = score(
+                scorer, images, labels, self.objective, batch_size=batch_size, rows=rows
+            )
         return self._read(running)
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """With ``training.ema``, the weight average in the model for the duration (once the
+        fit has ended the model already holds it)."""
+        if self.ema is None or self._average_in_model:
+            yield
+            return
+        with self.ema.swapped_in():
+            yield
+
+    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights validation scores (with ``training.ema``, the average), copied."""
+        with self.averaged():
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def running_logs(self) -> Logs:
         """Mean loss and metrics of the epoch so far (one device sync; for progress bars)."""
@@ -439,6 +489,26 @@ class Trainer:
     def _call(self, hook: str, *args: object) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+
+def class_weights(
+    setting: str | list[float] | None, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor | None:
+    """``training.class_weights`` as a tensor on the labels' device: ``balanced`` gives class
+    c the weight n / (classes * n_c) of the training labels (absent classes: 0); a list is
+    taken as is."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = torch.bincount(labels, minlength=num_classes).double()
+        weights = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), 0.0)
+        return weights.float()
+    if len(setting) != num_classes:
+        raise ConfigError(
+            f"training.class_weights: expected {num_classes} weights (one per class), "
+            f"found {len(setting)}"
+        )
+    return torch.tensor(setting, dtype=torch.float32, device=labels.device)
 
 
 def _optimizer_state(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Before the command layer is imported (click, rich, the commands), a SIGINT, SIGT
 can only arrive during start-up, when nothing has been written: it prints the same one line as
 everywhere else and exits 130 at once. :func:`dlcli.cli.base.dlcli_command` then installs the
 handlers every command runs under (dlcli.signals).
+
+OpenMP's wait policy is set here too, before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE``
+(unless the environment sets it) keeps waiting threads from spinning on a busy machine
+(dlcli/threads.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def main() -> None:
     """Console-script entry point (also ``python -m dlcli``)."""
     for sig in _SIGNALS:
         signal.signal(sig, _starting)
+    from dlcli.threads import set_wait_policy  # imports nothing heavy
+
+    set_wait_policy()  # before torch loads: only then does OpenMP read it
     from dlcli.cli import main as run
 
     run()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.accel import ChannelsLast, FlatParameters, Precision, to_float
+from dlcli.averaging import tta_forward
 from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
 from dlcli.hooks import Logs
@@ -47,15 +48,23 @@ class Objective:
             training.top_k,
         )
 
-    def loss_of(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_of(
+        self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The batch's mean loss; an empty batch's is a zero that still reaches every
-        parameter (a data-parallel worker with an empty shard joins the gradient all-reduce)."""
-        if not len(labels):
+        parameter (a data-parallel worker with an empty shard joins the gradient all-reduce).
+        ``targets``: class indices, or class probabilities (N×classes: a mixed batch, see
+        dlcli.augment); ``weight``: per-class weights of the cross-entropy
+        (``training.class_weights``)."""
+        if not len(targets):
             return logits.sum() * 0.0
+        soft = targets.is_floating_point()
         if self.loss == "mse":
-            target = F.one_hot(labels, self.num_classes).to(logits.dtype)
-            return F.mse_loss(logits, target)
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            onehot = targets if soft else F.one_hot(targets, self.num_classes)
+            return F.mse_loss(logits, onehot.to(logits.dtype))
+        if soft:  # probabilities: the mean over the batch of -sum(w_c * t_c * log p_c)
+            targets = targets.to(logits.dtype)
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
 
     def running(self, device: torch.device) -> Running:
         """Empty sums for an epoch or an evaluation, on ``device``."""
@@ -144,6 +153,7 @@ class Scorer:
     precision: Precision
     channels_last: ChannelsLast
     forward: Callable[..., Any]
+    tta: str = "none"  # test-time augmentation (training.tta, --tta): none or flip
 
     @classmethod
     def of(
@@ -153,24 +163,33 @@ class Scorer:
         device: torch.device | None = None,
         precision: str = "fp32",
         channels_last: bool | None = None,
+        tta: str = "none",
     ) -> Scorer:
         """A model moved to ``device`` (default: where its parameters are) and laid out in
         memory as training lays it out (``training.channels_last``, and the flat buffer's
         input-major dense weights: a matmul over another layout may round its last bit
         otherwise, so a saved run scores exactly what its training reported); ``precision``
-        as ``training.precision`` (fp16 off CUDA: fp32)."""
+        as ``training.precision`` (fp16 off CUDA: fp32); ``tta`` as ``training.tta``."""
         if device is None:
             first = next(model.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")
         layout = ChannelsLast(channels_last, model)
         module = layout.model(model.to(device))
         FlatParameters(module)
-        return cls(module, device, Precision(precision, device, training=False), layout, module)
+        inference = Precision(precision, device, training=False)
+        return cls(module, device, inference, layout, module, tta)
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's outputs for uint8 (or 0-255 float) images on the device, in the layout
+        training used; with ``tta: flip``, the mean of each image's and its mirror's. Call it
+        inside :attr:`precision`'s autocast."""
+        x = self.channels_last.batch(to_float(images))
+        return tta_forward(self.forward, self.tta)(x)
 
     def outputs(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's outputs for uint8 (or 0-255 float) images already on the device."""
+        """:meth:`run` in the scorer's precision."""
         with self.precision.autocast():
-            return self.forward(self.channels_last.batch(to_float(images)))  # type: ignore[no-any-return]
+            return self.run(images)
 
 
 @torch.inference_mode()
@@ -193,7 +212,7 @@ def score(
         index = slice(start, min(start + batch_size, rows.stop))  # in order: views
         y = labels[index]
         with scorer.precision.autocast():
-            logits = scorer.forward(scorer.channels_last.batch(to_float(images[index])))
+            logits = scorer.run(images[index])  # never augmented, but for tta
             loss = objective.loss_of(logits, y)
         running.add(loss, logits, y)
     running.fold()  # here: tensors made in inference mode take in-place updates only in it

@@ -50,6 +50,10 @@ class Loop(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
+    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights validation scores (with ``training.ema``, the average), copied."""
+        ...
+
 
 class Callback:
     """Hooks called by the training loop; override the ones you need.

@@ -20,6 +20,8 @@ import numpy.typing as npt
 import torch
 
 from dlcli import checkpoint, distributed, evaluation, metric_names, signals, store, untrusted
+from dlcli.augment import make_augmenter
+from dlcli.averaging import WeightAverage
 from dlcli.callbacks import (
     Checkpointer,
     SplitMetrics,
@@ -27,7 +29,7 @@ from dlcli.callbacks import (
     reports,
     watched_test_split,
 )
-from dlcli.config import Config, DataConfig
+from dlcli.config import Config, DataConfig, TrainingConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
 from dlcli.data.local import LocalData, load_local
@@ -47,6 +49,7 @@ from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import BuiltModel, build_model, weights_mismatch
 from dlcli.steps import StepRecorder
+from dlcli.threads import ThreadChoice, apply_threads
 from dlcli.version import __version__
 
 NO_TEST = "no test split: the config gives no test data (data.test)"
@@ -66,6 +69,7 @@ class Prepared:
     resume: checkpoint.Checkpoint | None = None  # --resume: where training continues from
     world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
     output: store.Output | None = None  # the locked run dir (rank 0); None: not locked
+    threads: ThreadChoice | None = None  # training.threads, resolved
 
     @property
     def work_dir(self) -> Path:
@@ -193,6 +197,7 @@ def prepare(
     ``cfg.data`` names, already loaded (``dlcli tune`` loads it once for all its trials).
     """
     world, device = distributed.init_from_env(cfg.training.device, dist_timeout)
+    threads = apply_threads(cfg.training.threads)  # auto: the free cores (dlcli/threads.py)
     run_dir = Path(str(cfg.output.dir))
     # Rank 0 alone writes: it locks the run dir (a second writer is refused at once).
     output = (
@@ -213,7 +218,9 @@ def prepare(
     except BaseException:
         output.release()
         raise
-    return Prepared(cfg, dataset, train, validation, model, device, run_dir, resumed, world, output)
+    return Prepared(
+        cfg, dataset, train, validation, model, device, run_dir, resumed, world, output, threads
+    )
 
 
 def check_input_shape(cfg: Config, dataset: Dataset) -> None:
@@ -255,13 +262,19 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
     # A monitor or target on the test split: evaluate it every epoch, before anyone reads logs.
     test = prepared.dataset.test
     tested = [SplitMetrics(test, "test_")] if test is not None and watched_test_split(cfg) else []
+    num_classes = prepared.dataset.num_classes
+    module = prepared.model.module.to(prepared.device)  # where the weight average lives too
     trainer = Trainer(
-        prepared.model.module,
+        module,
         cfg.training,
-        num_classes=prepared.dataset.num_classes,
+        num_classes=num_classes,
         device=prepared.device,
         callbacks=[*tested, *callbacks, *writers, *configured],
         world=world,
+        augment=make_augmenter(
+            cfg.training.augment, prepared.device, cfg.training.seed, num_classes
+        ),
+        after_update=[WeightAverage(module, cfg.training.ema)] if cfg.training.ema else [],
     )
     if prepared.resume is not None:
         checkpoint.check_fits(
@@ -271,6 +284,7 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
             epochs=cfg.training.epochs,
             steps_per_epoch=math.ceil(len(prepared.train) / cfg.training.batch_size),
             train_size=len(prepared.train),
+            tools=trainer.tool_state(),
         )
         trainer.load_state_dict(
             prepared.resume.state, source=str(prepared.resume.path / checkpoint.STATE)
@@ -338,19 +352,22 @@ def _output_callbacks(prepared: Prepared) -> list[Callback]:
 def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     final_train = {k: v for k, v in trainer.history[-1].items() if k in ("loss", *_metric_keys())}
     dataset = prepared.dataset
+    tta = prepared.config.training.tta
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dlcli_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": str(prepared.device),
+        **({"threads": prepared.threads.describe()} if prepared.threads else {}),
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
         "fit_seconds": round(trainer.fit_seconds, 4),
         **_resumed(prepared),
         "train": final_train,
-        "validation": trainer.evaluate(prepared.validation),
-        "test": trainer.evaluate(dataset.test) if dataset.test is not None else None,
+        "validation": trainer.evaluate(prepared.validation, tta=tta),
+        "test": trainer.evaluate(dataset.test, tta=tta) if dataset.test is not None else None,
+        **_accuracy_tools(prepared, trainer),
         "params": prepared.model.total_params,
         "dataset": {
             "name": dataset.name,
@@ -365,6 +382,42 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         },
         **({"skipped_files": dataset.skipped} if dataset.skipped else {}),
     }
+
+
+def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
+    """What metrics.json says about EMA and TTA when they are on: the saved model is the
+    weight average; validation and test were scored with test-time augmentation."""
+    found: dict[str, Any] = {}
+    if trainer.ema is not None:
+        found["ema"] = {**trainer.ema.describe(), "saved_model": "average"}
+    if prepared.config.training.tta != "none":
+        found["tta"] = prepared.config.training.tta
+    return found
+
+
+def describe_recipe(training: TrainingConfig) -> str:
+    """The accuracy tools a run uses, in words ("" when none): what ``train`` announces."""
+    parts = []
+    augment = training.augment
+    if augment is not None:
+        names = {
+            "translate": f"translate ±{augment.translate}px" if augment.translate else "",
+            "flip": "flip" if augment.flip else "",
+            "erase": f"random erasing {augment.erase:g}" if augment.erase else "",
+            "mixup": f"mixup {augment.mixup:g}" if augment.mixup else "",
+            "cutmix": f"cutmix {augment.cutmix:g}" if augment.cutmix else "",
+        }
+        chosen = [text for text in names.values() if text]
+        if chosen:
+            parts.append("augmentation (" + ", ".join(chosen) + ")")
+    if training.ema is not None:
+        parts.append(f"EMA of the weights (decay {training.ema.decay:g}: the saved model)")
+    if training.class_weights is not None:
+        weights = training.class_weights
+        parts.append(f"class weights {weights if isinstance(weights, str) else 'as listed'}")
+    if training.tta != "none":
+        parts.append(f"test-time augmentation {training.tta}")
+    return "; ".join(parts)
 
 
 def _data_location(prepared: Prepared) -> dict[str, Any]:
@@ -421,9 +474,13 @@ class LoadedModel:
 WEIGHTS = ("saved", "best", "last")
 
 
-def load_model(run_dir: Path, device: str = "auto", weights: str = "saved") -> LoadedModel:
+def load_model(
+    run_dir: Path, device: str = "auto", weights: str = "saved", tta: str | None = None
+) -> LoadedModel:
     """Verify a run dir and rebuild its model (CPU if no GPU) with the weights it saved
-    (``saved``: model.safetensors), or its ``best`` or ``last`` checkpoint's (verified too)."""
+    (``saved``: model.safetensors), or its ``best`` or ``last`` checkpoint's (verified too;
+    with ``training.ema``, the checkpoint's weight average). ``tta``: the test-time
+    augmentation of its scores (none or flip; None: the run's ``training.tta``)."""
     run = store.load_run(run_dir)
     if weights != "saved":
         run.state_dict = checkpoint.load_weights(Path(run_dir), weights)
@@ -449,6 +506,7 @@ def load_model(run_dir: Path, device: str = "auto", weights: str = "saved") -> L
         device=resolve_device(device, "--device"),
         precision=training.precision,
         channels_last=training.channels_last,
+        tta=tta or training.tta,
     )
     return LoadedModel(run, built, scorer)
 
@@ -515,14 +573,15 @@ def open_run(
     weights: str = "saved",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
+    tta: str | None = None,
 ) -> SavedRun:
-    """Verify and load a run dir's model (``weights``: see :func:`load_model`) and the dataset
-    its config names.
+    """Verify and load a run dir's model (``weights``, ``tta``: see :func:`load_model`) and
+    the dataset its config names.
 
     Every data file read is compared with the SHA-256 ``metrics.json`` recorded at training
     time: a changed file is a :class:`DataError` naming it, unless ``accept_changed_data``;
     the changed files' paths are appended to ``changed`` when given."""
-    loaded = load_model(run_dir, device, weights)
+    loaded = load_model(run_dir, device, weights, tta)
     recorded = loaded.run.metrics.get("dataset")
     cfg = loaded.run.config
     dataset = load_data(
@@ -576,10 +635,11 @@ def evaluate(
     weights: str = "saved",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
+    tta: str | None = None,
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits
-    (``weights``, ``accept_changed_data``, ``changed``: see :func:`open_run`). ``gates`` are
-    checked against the metrics the run reports before any evaluation."""
+    (``weights``, ``accept_changed_data``, ``changed``, ``tta``: see :func:`open_run`).
+    ``gates`` are checked against the metrics the run reports before any evaluation."""
     saved = open_run(
         run_dir,
         data_dir=data_dir,
@@ -587,6 +647,7 @@ def evaluate(
         weights=weights,
         accept_changed_data=accept_changed_data,
         changed=changed,
+        tta=tta,
     )
     chosen = default_splits(saved, splits)
     check_gate_names(gates, saved.loaded.run.config, chosen)
@@ -594,12 +655,17 @@ def evaluate(
 
 
 def open_data(
-    run_dir: Path, data: Path, *, device: str = "auto", skip_bad_files: bool | None = None
+    run_dir: Path,
+    data: Path,
+    *,
+    device: str = "auto",
+    skip_bad_files: bool | None = None,
+    tta: str | None = None,
 ) -> SavedRun:
     """A saved run's model and labelled data at ``data`` (class folders, CSV, .npz, IDX),
     converted as the run's training data was and labelled by the run's class names; the data
     is the ``data`` split of the result."""
-    loaded = load_model(run_dir, device)
+    loaded = load_model(run_dir, device, tta=tta)
     cfg = loaded.run.config
     names = tuple(loaded.run.metrics.get("dataset", {}).get("class_names") or ())
     spec = LocalData.from_config(cfg.data, cfg.model.input_shape)
@@ -625,9 +691,10 @@ def evaluate_data(
     batch_size: int = 1000,
     device: str = "auto",
     per_class: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """``evaluate RUN_DIR --data PATH``: metrics (and per-class figures) on labelled data."""
-    saved = open_data(run_dir, data, device=device)
+    saved = open_data(run_dir, data, device=device, tta=tta)
     report: dict[str, Any] = {"data": saved.metrics("data", batch_size)}
     if per_class:
         report = {"data": SplitReport(report["data"], saved.predictions("data").per_class())}
@@ -657,6 +724,7 @@ def evaluate_per_class(
     weights: str = "saved",
     accept_changed_data: bool = False,
     changed: list[str] | None = None,
+    tta: str | None = None,
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
     saved = open_run(
@@ -666,6 +734,7 @@ def evaluate_per_class(
         weights=weights,
         accept_changed_data=accept_changed_data,
         changed=changed,
+        tta=tta,
     )
     chosen = default_splits(saved, splits)
     check_gate_names(gates, saved.loaded.run.config, chosen)

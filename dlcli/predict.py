@@ -114,12 +114,14 @@ def predict(
     batch_size: int = 1000,
     device: str = "auto",
     weights: str = "saved",
+    tta: str | None = None,
 ) -> PredictResult:
     """Verify and load ``model_dir`` (``weights``: saved, best or last), read ``paths`` and
-    rank the classes of every image."""
+    rank the classes of every image (``tta``: none or flip test-time augmentation; None: the
+    run's ``training.tta``)."""
     from dlcli.pipeline import load_model
 
-    loaded = load_model(model_dir, device, weights)
+    loaded = load_model(model_dir, device, weights, tta)
     check_top_k(top_k, loaded.built.output_shape[0])  # before reading any input
     data = loaded.run.config.data
     inputs = read_inputs(

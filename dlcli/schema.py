@@ -26,6 +26,8 @@ from dlcli.config import (
     PROBABILITY,
     SCHEDULE_TYPES,
     SEED,
+    THREADS,
+    UNIT_INTERVAL,
     Check,
     Config,
     LayerSpec,
@@ -44,6 +46,8 @@ BOUNDS: dict[str, dict[str, float]] = {
     PROBABILITY[1]: {"minimum": 0, "exclusiveMaximum": 1},
     SEED[1]: {"minimum": 0, "maximum": limits.INT_MAX},
     BYTE[1]: {"minimum": 0, "maximum": 255},
+    UNIT_INTERVAL[1]: {"minimum": 0, "maximum": 1},
+    THREADS[1]: {"minimum": 1, "maximum": limits.THREADS_MAX},
 }
 
 

@@ -1,7 +1,7 @@
 """What ``dlcli train`` was asked for, resolved into one config before anything runs.
 
-The command's typed flags (``--output``, ``--device``, ``--seed``) are set on the config as
-values, never turned back into ``--set`` strings (``--output "runs/x #1"`` saves to
+The command's typed flags (``--output``, ``--device``, ``--seed``, ``--threads``) are set on the
+config as values, never turned back into ``--set`` strings (``--output "runs/x #1"`` saves to
 ``runs/x #1``). ``--resume RUN_DIR`` needs no CONFIG: the config the run's newest checkpoint was
 made with — overrides, epochs and all — is the source of truth, so the "continue with" line an
 interrupted run prints is just ``dlcli train --resume RUN_DIR`` (plus its worker count).
@@ -22,7 +22,7 @@ from dlcli.errors import ModelDirError, UsageError
 @dataclass(frozen=True)
 class TrainRequest:
     """``dlcli train [CONFIG] [--set ...] [--output DIR] [--device D] [--seed N]
-    [--overwrite | --resume [RUN_DIR]]``."""
+    [--threads auto|N] [--overwrite | --resume [RUN_DIR]]``."""
 
     config_path: Path | None = None
     overrides: Sequence[str] = ()
@@ -31,6 +31,7 @@ class TrainRequest:
     seed: int | None = None
     overwrite: bool = False
     resume: str | None = None  # None: a new run; "": the config's run dir; else RUN_DIR
+    threads: str | int | None = None  # --threads: auto or a number
 
     @property
     def resuming(self) -> bool:
@@ -48,6 +49,7 @@ class TrainRequest:
             "output.dir": self.resume or self.output,
             "training.device": self.device,
             "training.seed": self.seed,
+            "training.threads": self.threads,
         }
         values: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
         if self.config_path is not None:

@@ -3,6 +3,7 @@ archives read data/ (REPO_DATA)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +16,12 @@ from dlcli.data.idx import write_idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = REPO_ROOT / "data"
+
+# training.threads: auto picks the free cores, which vary on a shared machine; the suite's
+# tiny models train fastest on one thread, and runs compared byte for byte must use the same
+# count. OMP_NUM_THREADS is what auto honours (in this process and in every CLI subprocess);
+# tests/test_threads.py checks auto itself with it unset.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -176,7 +176,16 @@ def test_reduce_on_plateau_reduces_after_patience() -> None:
 
 def _fake_trainer() -> Any:
     model = torch.nn.Linear(2, 2)
-    return SimpleNamespace(model=model, stop_training=False, interrupted=None)
+
+    def averaged_state_dict() -> dict[str, torch.Tensor]:  # no EMA: the live weights, copied
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    return SimpleNamespace(
+        model=model,
+        stop_training=False,
+        interrupted=None,
+        averaged_state_dict=averaged_state_dict,
+    )
 
 
 def test_early_stopping_patience_and_restore_best() -> None:

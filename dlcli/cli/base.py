@@ -167,6 +167,28 @@ def device_option(default: str | None = "auto", note: str = "") -> Callable[[Any
     )
 
 
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    help="Test-time augmentation: flip averages each image's and its mirror's outputs "
+    "(default: the run's training.tta).",
+)
+
+
+def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) -> str | int | None:
+    """``--threads``: ``auto`` or a number of CPU threads, 1 .. limits.THREADS_MAX."""
+    from dlcli import limits
+
+    if value is None or value == "auto":
+        return value
+    text = value.strip()
+    if text.isdigit() and 1 <= int(text) <= limits.THREADS_MAX:
+        return int(text)
+    raise click.BadParameter(
+        f"expected auto or a number from 1 to {limits.THREADS_MAX}, found {value!r}"
+    )
+
+
 batch_size_option = click.option(
     "--batch-size",
     type=click.IntRange(min=1),

@@ -18,6 +18,8 @@ from dlcli.cli.base import (
     data_dir_option,
     device_option,
     dlcli_command,
+    thread_count,
+    tta_option,
     weights_option,
 )
 from dlcli.report import (
@@ -125,6 +127,12 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @device_option(None, "(overrides training.device)")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed (overrides training.seed).")
 @click.option(
+    "--threads",
+    metavar="auto|N",
+    callback=thread_count,
+    help="CPU threads: auto (the free cores) or a number (overrides training.threads).",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the dlcli run in the output directory (files dlcli did not write are kept).",
@@ -149,6 +157,7 @@ def train(
     output: str | None,
     device: str | None,
     seed: int | None,
+    threads: str | int | None,
     overwrite: bool,
     resume: str | None,
     mins: tuple[str, ...],
@@ -171,7 +180,9 @@ def train(
 
     _worker_output(reporter)  # under torchrun: only rank 0 prints its progress
     launching = distributed.Launch.from_options(launch)  # None: this process trains
-    request = TrainRequest(config, overrides, output, device, seed, overwrite, resume)
+    request = TrainRequest(
+        config, overrides, output, device, seed, overwrite, resume, threads=threads
+    )
     cfg = request.resolve()
     checked = gates.for_training(mins, maxs, cfg.training.metrics)
     if launching is not None:
@@ -216,6 +227,11 @@ def _show_result(reporter: Reporter, result: Any) -> None:
     early = metrics.get("early_stopping") or {}
     if early.get("stopped_epoch") is not None:
         reporter.note(early_stop_line(early))
+    if "ema" in metrics:
+        reporter.note(
+            f"saved model: the weight average (EMA, decay {metrics['ema']['decay']}, "
+            f"{metrics['ema']['updates']} updates), as validated"
+        )
     reporter.result_line(fit_summary_line(result.summary(), result.run_dir), wrap_at=" · ")
 
 
@@ -247,6 +263,8 @@ def _launch(
 
 
 def _announce(reporter: Reporter, prepared: Any) -> None:
+    from dlcli import pipeline
+
     output = prepared.output
     if output is not None and output.replaces and output.kept:
         reporter.note(
@@ -263,7 +281,11 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "
         f"{len(prepared.validation)} validation, {test}, "
         f"{data.num_classes} classes; device: {prepared.device}"
+        + (f", {prepared.threads.count} threads" if prepared.threads is not None else "")
     )
+    tools = pipeline.describe_recipe(prepared.config.training)
+    if tools:
+        reporter.note(f"training with {tools}")
     from dlcli.model import hwc
 
     built = prepared.model
@@ -293,6 +315,7 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     help="Also precision, recall, F1 and support per class, and the confusion matrix.",
 )
 @weights_option
+@tta_option
 @click.option(
     "--data",
     "data_path",
@@ -319,6 +342,7 @@ def evaluate(
     per_class: bool,
     data_path: Path | None,
     weights: str,
+    tta: str | None,
     accept_changed_data: bool,
     mins: tuple[str, ...],
     maxs: tuple[str, ...],
@@ -344,7 +368,12 @@ def evaluate(
         if splits:
             raise UsageError("--data scores the data given: --split does not apply to it")
         reports = pipeline.evaluate_data(
-            model_dir, data_path, batch_size=batch_size, device=device, per_class=per_class
+            model_dir,
+            data_path,
+            batch_size=batch_size,
+            device=device,
+            per_class=per_class,
+            tta=tta,
         )
     else:
         evaluate_fn: Callable[..., dict[str, Any]] = (
@@ -360,6 +389,7 @@ def evaluate(
             weights=weights,
             accept_changed_data=accept_changed_data,
             changed=changed,
+            tta=tta,
         )
     for path in changed:
         reporter.note(f"{path}: changed since the model was trained (--accept-changed-data)")

@@ -13,6 +13,7 @@ from dlcli.cli.base import (
     complete_run_dirs,
     device_option,
     dlcli_command,
+    tta_option,
     weights_option,
 )
 from dlcli.report import Reporter, counted
@@ -40,6 +41,7 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
 @batch_size_option
 @device_option()
 @weights_option
+@tta_option
 @dlcli_command
 def predict(
     reporter: Reporter,
@@ -50,6 +52,7 @@ def predict(
     batch_size: int,
     device: str,
     weights: str,
+    tta: str | None,
 ) -> dict[str, Any] | None:
     """Classify images with a saved model.
 
@@ -70,7 +73,13 @@ def predict(
     if csv_mode and reporter.json_mode:
         raise UsageError("--csv and --json both print the predictions: give one of them")
     result = predict_inputs(
-        model_dir, list(inputs), top_k=top_k, batch_size=batch_size, device=device, weights=weights
+        model_dir,
+        list(inputs),
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        weights=weights,
+        tta=tta,
     )
     count = len(result.predictions)
     reporter.note(f"{counted(count, 'input')} predicted in {result.seconds:.2f}s")

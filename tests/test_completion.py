@@ -32,7 +32,7 @@ def complete(words: str, cwd: Path | None = None) -> list[str]:
 
 
 def test_dataset_names() -> None:
-    assert complete("dlcli download ") == ["mnist", "fashion-mnist"]
+    assert complete("dlcli download ") == ["mnist", "fashion-mnist", "kmnist", "cifar-10"]
     assert complete("dlcli download fa") == ["fashion-mnist"]
     assert complete("dlcli init --dataset m") == ["mnist"]
 

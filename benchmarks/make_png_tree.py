@@ -5,7 +5,7 @@
 gives ``OUT/train/<label>/<index>.png`` (60,000 files) and ``OUT/test/<label>/<index>.png``
 (10,000), 8-bit greyscale, the pixels exactly those of the IDX archives; ``<index>`` is the
 image's position in its archive, zero-padded, so sorting a class folder by name keeps the
-archive's order. The tree ``benchmarks/own_data.py`` loads and ``tests/test_own_data.py``
+archive's order. The tree ``benchmarks/own_data.py`` loads and ``tests/data/test_own_data.py``
 checks pixel for pixel (on a small slice). Written in parallel processes; an existing OUT is
 refused.
 """

@@ -1,4 +1,4 @@
-"""Test hooks for the real multi-worker jobs of tests/test_distributed.py.
+"""Test hooks for the real multi-worker jobs of tests/distributed/test_distributed.py.
 
 Python imports ``sitecustomize`` at start-up from the first folder of ``sys.path`` that has
 one; the tests put this folder on ``PYTHONPATH`` (see :data:`PYTHONPATH`), so every process of

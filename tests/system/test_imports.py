@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "dlcli"
+PACKAGE = Path(__file__).resolve().parents[2] / "dlcli"
 
 
 def module_name(path: Path) -> str:

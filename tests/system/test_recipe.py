@@ -291,7 +291,7 @@ def test_the_shipped_fashion_recipes_train_end_to_end(
     """One epoch of each shipped recipe, model and training as shipped, on a tiny 28x28
     dataset through the CLI: every tool they name works together (their accuracy is measured
     by benchmarks/time_to_accuracy.py, not here)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     data = [
         "data.dataset=null",
         f"data.train_images={tiny_archives.train_images}",

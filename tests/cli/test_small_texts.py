@@ -79,7 +79,7 @@ def test_one_epoch_is_one_epoch(tiny_config: Path) -> None:
 
 
 def test_config_validate_counts_in_words() -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-mlp.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "fashion-mnist-mlp.yaml"
     result = CliRunner().invoke(cli, ["config", "validate", str(config)])
     assert "valid (4 layers, 266,610 parameters, 10 classes)" in result.output
     assert load_config(config).training.epochs == 10

@@ -126,5 +126,5 @@ def test_the_deadline_is_a_documented_option() -> None:
     result = CliRunner().invoke(cli, ["download", "--help"])
     assert "--deadline SECONDS" in result.output
     assert "[default: 600.0" in " ".join(result.output.split())
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "--deadline" in readme

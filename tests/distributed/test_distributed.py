@@ -27,8 +27,8 @@ from dlcli.distributed import SINGLE, Launch, World, failure_error, worker_args
 from dlcli.errors import UsageError
 from dlcli.report import Reporter
 
-ROOT = Path(__file__).resolve().parent.parent
-HOOKS = str(Path(__file__).resolve().parent / "worker_hooks")  # DLCLI_TEST_*: sitecustomize.py
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = str(Path(__file__).resolve().parents[1] / "worker_hooks")  # DLCLI_TEST_*: sitecustomize.py
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
 
 # Two workers and one process see the same samples per step; only the order of float sums

@@ -175,7 +175,7 @@ def test_list_shows_the_new_datasets_with_their_shapes() -> None:
 
 
 def test_a_config_may_name_the_new_datasets() -> None:
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "cifar-10-cnn.yaml"
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "cifar-10-cnn.yaml"
     result = run("config", "validate", shipped)
     assert result.exit_code == 0, result.output
     assert "10 classes" in result.stdout

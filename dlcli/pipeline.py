@@ -32,11 +32,11 @@ from dlcli.callbacks import (
 from dlcli.config import Config, DataConfig, TrainingConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
+from dlcli.data.images import check_input_shape
 from dlcli.data.local import LocalData, load_local
 from dlcli.device import resolve_device
 from dlcli.engine import Trainer
 from dlcli.errors import (
-    ConfigError,
     DataError,
     Interrupted,
     ModelDirError,
@@ -208,7 +208,7 @@ def prepare(
     try:
         if dataset is None:
             dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
-        check_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
+        record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
         )
@@ -223,17 +223,14 @@ def prepare(
     )
 
 
-def check_input_shape(cfg: Config, dataset: Dataset) -> None:
-    """``model.input_shape`` must be the dataset's image shape (a config error, exit 2)."""
-    channels, height, width = dataset.train.images.shape[1:]
-    found = [int(height), int(width), int(channels)]
-    if cfg.model.input_shape is None:  # inferred from the data: the saved config records it
-        cfg.model.input_shape = found
-    if list(cfg.model.input_shape) != found:
-        raise ConfigError(
-            f"model.input_shape: the config says {list(cfg.model.input_shape)}, "
-            f"but the dataset's images are {found} (height, width, channels)"
-        )
+def record_input_shape(cfg: Config, dataset: Dataset) -> None:
+    """``model.input_shape`` must be ``dataset``'s image shape (the rule and its message:
+    :func:`dlcli.data.images.check_input_shape`); an inferred shape is recorded in ``cfg``."""
+    channels, height, width = dataset.image_shape
+    source = dataset.name or "the dataset"
+    cfg.model.input_shape = check_input_shape(
+        cfg.model.input_shape, (height, width, channels), source
+    )
 
 
 @distributed.collective_errors

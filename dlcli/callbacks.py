@@ -77,14 +77,15 @@ def improved(value: float | None, best: float | None, mode: str, min_delta: floa
 
 class SplitMetrics(Callback):
     """Adds a split's loss and metrics to every epoch's logs (``test_accuracy``, ...): what a
-    monitor or target that watches the test split reads. Runs before the other callbacks."""
+    monitor or target that watches the test split reads. Runs before the other callbacks.
+    ``name``: the split's name (``test``), which tags its metrics."""
 
-    def __init__(self, split: Split, prefix: str) -> None:
+    def __init__(self, split: Split, name: str) -> None:
         self.split = split
-        self.prefix = prefix
+        self.name = name
 
     def on_epoch_end(self, trainer: Any, epoch: int, logs: Logs) -> None:
-        logs.update({self.prefix + k: v for k, v in trainer.evaluate(self.split).items()})
+        logs.update(metric_names.tagged(trainer.evaluate(self.split), self.name))
 
 
 def watched_test_split(cfg: Config) -> bool:

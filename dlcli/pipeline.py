@@ -258,7 +258,7 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
     writers = [recorder, *_output_callbacks(prepared)] if world.is_main else []
     # A monitor or target on the test split: evaluate it every epoch, before anyone reads logs.
     test = prepared.dataset.test
-    tested = [SplitMetrics(test, "test_")] if test is not None and watched_test_split(cfg) else []
+    tested = [SplitMetrics(test, "test")] if test is not None and watched_test_split(cfg) else []
     num_classes = prepared.dataset.num_classes
     module = prepared.model.module.to(prepared.device)  # where the weight average lives too
     trainer = Trainer(

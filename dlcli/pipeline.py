@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,9 @@ from dlcli.model import BuiltModel, build_model, weights_mismatch
 from dlcli.steps import StepRecorder
 from dlcli.threads import ThreadChoice, apply_threads
 from dlcli.version import __version__
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 NO_TEST = "no test split: the config gives no test data (data.test)"
 
@@ -621,33 +624,45 @@ def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:
     return ["validation"] + (["test"] if saved.dataset.test is not None else [])
 
 
+class RunOpening(TypedDict, total=False):
+    """How :func:`evaluate` and :func:`evaluate_per_class` open the run: :func:`open_run`'s
+    keywords."""
+
+    data_dir: str | None
+    device: str
+    weights: str
+    accept_changed_data: bool
+    changed: list[str] | None
+    tta: str | None
+
+
+def open_splits(
+    run_dir: Path,
+    splits: Sequence[str] | None,
+    gates: Sequence[Gate],
+    **opening: Unpack[RunOpening],
+) -> tuple[SavedRun, list[str]]:
+    """:func:`open_run`, the splits to score (:func:`default_splits`), and ``gates`` checked
+    against the metrics the run reports on them, before any evaluation."""
+    saved = open_run(run_dir, **opening)
+    chosen = default_splits(saved, splits)
+    check_gate_names(gates, saved.loaded.run.config, chosen)
+    return saved, chosen
+
+
 def evaluate(
     run_dir: Path,
     *,
     splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
-    data_dir: str | None = None,
-    device: str = "auto",
     gates: Sequence[Gate] = (),
-    weights: str = "saved",
-    accept_changed_data: bool = False,
-    changed: list[str] | None = None,
-    tta: str | None = None,
+    **opening: Unpack[RunOpening],
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits
-    (``weights``, ``accept_changed_data``, ``changed``, ``tta``: see :func:`open_run`).
-    ``gates`` are checked against the metrics the run reports before any evaluation."""
-    saved = open_run(
-        run_dir,
-        data_dir=data_dir,
-        device=device,
-        weights=weights,
-        accept_changed_data=accept_changed_data,
-        changed=changed,
-        tta=tta,
-    )
-    chosen = default_splits(saved, splits)
-    check_gate_names(gates, saved.loaded.run.config, chosen)
+    (``opening``: ``data_dir``, ``device``, ``weights``, ``accept_changed_data``, ``changed``,
+    ``tta``: see :func:`open_run`). ``gates`` are checked against the metrics the run reports
+    before any evaluation."""
+    saved, chosen = open_splits(run_dir, splits, gates, **opening)
     return {name: saved.metrics(name, batch_size) for name in chosen}
 
 
@@ -715,26 +730,11 @@ def evaluate_per_class(
     *,
     splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
-    data_dir: str | None = None,
-    device: str = "auto",
     gates: Sequence[Gate] = (),
-    weights: str = "saved",
-    accept_changed_data: bool = False,
-    changed: list[str] | None = None,
-    tta: str | None = None,
+    **opening: Unpack[RunOpening],
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
-    saved = open_run(
-        run_dir,
-        data_dir=data_dir,
-        device=device,
-        weights=weights,
-        accept_changed_data=accept_changed_data,
-        changed=changed,
-        tta=tta,
-    )
-    chosen = default_splits(saved, splits)
-    check_gate_names(gates, saved.loaded.run.config, chosen)
+    saved, chosen = open_splits(run_dir, splits, gates, **opening)
     return {
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()

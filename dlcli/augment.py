@@ -57,29 +57,31 @@ class Mixed:
         return torch.lerp(F.one_hot(self.partner, num_classes).float(), first, self.lam)
 
 
-def is_on(cfg: AugmentConfig | None) -> bool:
+def is_on(augment: AugmentConfig | None) -> bool:
     """Does the config ask for any augmentation?"""
-    if cfg is None:
+    if augment is None:
         return False
-    return bool(cfg.translate or cfg.flip or cfg.erase or cfg.mixup or cfg.cutmix)
+    return bool(
+        augment.translate or augment.flip or augment.erase or augment.mixup or augment.cutmix
+    )
 
 
 def make_augmenter(
-    cfg: AugmentConfig | None, device: torch.device, seed: int, num_classes: int
+    augment: AugmentConfig | None, device: torch.device, seed: int, num_classes: int
 ) -> Augmenter | None:
     """The Augmenter ``training.augment`` asks for, or None when it asks for nothing."""
-    if cfg is None or not is_on(cfg):
+    if augment is None or not is_on(augment):
         return None
-    return Augmenter(cfg, device, seed, num_classes=num_classes)
+    return Augmenter(augment, device, seed, num_classes=num_classes)
 
 
 class Augmenter:
     """The batch transform of ``training.augment``, with its own seeded generators."""
 
     def __init__(
-        self, cfg: AugmentConfig, device: torch.device, seed: int, *, num_classes: int
+        self, augment: AugmentConfig, device: torch.device, seed: int, *, num_classes: int
     ) -> None:
-        self.cfg = cfg
+        self.augment = augment
         self.device = device
         self.num_classes = num_classes  # the width of a mixed batch's target probabilities
         self.images = torch.Generator(device=device)
@@ -105,14 +107,14 @@ class Augmenter:
         self, rows: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, Mixed | None]:
         """uint8 N×C×H×W → (float32 N×C×H×W in [0, 1], how the batch was mixed or None)."""
-        cfg = self.cfg
+        augment = self.augment
         if rows.dim() == 4 and len(rows):
-            if cfg.translate:
-                rows = self.translate(rows, cfg.translate)
-            if cfg.flip:
+            if augment.translate:
+                rows = self.translate(rows, augment.translate)
+            if augment.flip:
                 rows = self.flip(rows)
-            if cfg.erase:
-                rows = self.erase(rows, cfg.erase)
+            if augment.erase:
+                rows = self.erase(rows, augment.erase)
         x = torch.div(rows, 255)
         return self.mix(x, labels)
 
@@ -162,11 +164,15 @@ class Augmenter:
 
     def mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Mixed | None]:
         """Mixup or cutmix of float images with the reversed batch (once per batch)."""
-        cfg = self.cfg
-        if not (cfg.mixup or cfg.cutmix) or len(x) < 2 or self._uniform() >= cfg.mix_prob:
+        augment = self.augment
+        if (
+            not (augment.mixup or augment.cutmix)
+            or len(x) < 2
+            or self._uniform() >= augment.mix_prob
+        ):
             return x, None
-        use_cutmix = bool(cfg.cutmix) and (not cfg.mixup or self._uniform() < 0.5)
-        alpha = cfg.cutmix if use_cutmix else cfg.mixup
+        use_cutmix = bool(augment.cutmix) and (not augment.mixup or self._uniform() < 0.5)
+        alpha = augment.cutmix if use_cutmix else augment.mixup
         lam = self._beta(alpha)
         partner = labels.flip(0)
         if use_cutmix and x.dim() == 4:

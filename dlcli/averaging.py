@@ -28,9 +28,9 @@ from dlcli.config import EmaConfig
 class WeightAverage:
     """The exponential moving average of a module's parameters and buffers."""
 
-    def __init__(self, module: nn.Module, cfg: EmaConfig) -> None:
+    def __init__(self, module: nn.Module, ema: EmaConfig) -> None:
         """Build it from the module on its training device (the average lives beside it)."""
-        self.cfg = cfg
+        self.ema = ema
         named = [*module.named_parameters(), *module.named_buffers()]
         self.names = [name for name, _ in named]  # as in the module's state_dict
         self.live = [t for _, t in named]
@@ -43,9 +43,9 @@ class WeightAverage:
 
     def decay(self, update: int) -> float:
         """d_t of update number ``update`` (1-based)."""
-        if not self.cfg.warmup:
-            return self.cfg.decay
-        return self.cfg.decay * min(1.0, (update - 1) / self.cfg.warmup)
+        if not self.ema.warmup:
+            return self.ema.decay
+        return self.ema.decay * min(1.0, (update - 1) / self.ema.warmup)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -107,7 +107,7 @@ class WeightAverage:
 
     def describe(self) -> dict[str, Any]:
         """What metrics.json says about it."""
-        return {"decay": self.cfg.decay, "warmup": self.cfg.warmup, "updates": self.updates}
+        return {"decay": self.ema.decay, "warmup": self.ema.warmup, "updates": self.updates}
 
 
 def flip_averaged(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

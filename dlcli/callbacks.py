@@ -77,14 +77,15 @@ def improved(value: float | None, best: float | None, mode: str, min_delta: floa
 
 class SplitMetrics(Callback):
     """Adds a split's loss and metrics to every epoch's logs (``test_accuracy``, ...): what a
-    monitor or target that watches the test split reads. Runs before the other callbacks."""
+    monitor or target that watches the test split reads. Runs before the other callbacks.
+    ``name``: the split's name (``test``), which tags its metrics."""
 
-    def __init__(self, split: Split, prefix: str) -> None:
+    def __init__(self, split: Split, name: str) -> None:
         self.split = split
-        self.prefix = prefix
+        self.name = name
 
     def on_epoch_end(self, trainer: Any, epoch: int, logs: Logs) -> None:
-        logs.update({self.prefix + k: v for k, v in trainer.evaluate(self.split).items()})
+        logs.update(metric_names.tagged(trainer.evaluate(self.split), self.name))
 
 
 def watched_test_split(cfg: Config) -> bool:
@@ -194,10 +195,10 @@ class EarlyStopping(Reporting):
 
     report_key = "early_stopping"
 
-    def __init__(self, cfg: EarlyStoppingConfig) -> None:
-        self.cfg = cfg
-        self.mode = metric_mode(cfg.monitor, cfg.mode)
-        self.key = history_key(cfg.monitor)
+    def __init__(self, early_stopping: EarlyStoppingConfig) -> None:
+        self.early_stopping = early_stopping
+        self.mode = metric_mode(early_stopping.monitor, early_stopping.mode)
+        self.key = history_key(early_stopping.monitor)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
@@ -207,13 +208,15 @@ class EarlyStopping(Reporting):
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         value = logs.get(self.key)
-        if improved(value, self.best, self.mode, self.cfg.min_delta):
+        if improved(value, self.best, self.mode, self.early_stopping.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.cfg.restore_best:  # the weights scored: with training.ema, the average
+            if (
+                self.early_stopping.restore_best
+            ):  # the weights scored: with training.ema, the average
                 self.best_weights = trainer.averaged_state_dict()
             return
         self.wait += 1
-        if self.wait >= self.cfg.patience:
+        if self.wait >= self.early_stopping.patience:
             self.stopped_epoch = epoch
             trainer.stop_training = True
 
@@ -241,7 +244,7 @@ class EarlyStopping(Reporting):
 
     def report(self) -> dict[str, Any]:
         return {
-            "monitor": self.cfg.monitor,
+            "monitor": self.early_stopping.monitor,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "stopped_epoch": self.stopped_epoch,
@@ -255,10 +258,10 @@ class TargetTracker(Reporting):
 
     report_key = "target"
 
-    def __init__(self, cfg: TargetConfig, *, stop: bool = False) -> None:
-        self.cfg = cfg
-        self.mode = metric_mode(cfg.metric, cfg.mode)
-        self.key = history_key(cfg.metric)
+    def __init__(self, target: TargetConfig, *, stop: bool = False) -> None:
+        self.target = target
+        self.mode = metric_mode(target.metric, target.mode)
+        self.key = history_key(target.metric)
         self.stop = stop
         self.epoch: int | None = None
         self.seconds: float | None = None
@@ -266,7 +269,7 @@ class TargetTracker(Reporting):
     def reached(self, value: float | None) -> bool:
         if value is None or math.isnan(value):
             return False
-        return value >= self.cfg.value if self.mode == "max" else value <= self.cfg.value
+        return value >= self.target.value if self.mode == "max" else value <= self.target.value
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if self.epoch is None and self.reached(logs.get(self.key)):
@@ -283,8 +286,8 @@ class TargetTracker(Reporting):
 
     def report(self) -> dict[str, Any]:
         return {
-            "metric": self.cfg.metric,
-            "value": self.cfg.value,
+            "metric": self.target.metric,
+            "value": self.target.value,
             "reached": self.epoch is not None,
             "epoch": self.epoch,
             "seconds": self.seconds,
@@ -302,22 +305,26 @@ class Checkpointer(Reporting):
 
     def __init__(self, config: Config, run_dir: Path, *, work_dir: Path | None = None) -> None:
         self.config = config
-        self.cfg = config.training.checkpoint
+        self.checkpointing = config.training.checkpoint
         self.run_dir = Path(run_dir)  # where the checkpoints will be once the run is saved
         self.work_dir = Path(work_dir or run_dir)  # where they are written while training
-        self.mode = metric_mode(self.cfg.monitor, self.cfg.mode)
-        self.key = history_key(self.cfg.monitor)
+        self.mode = metric_mode(self.checkpointing.monitor, self.checkpointing.mode)
+        self.key = history_key(self.checkpointing.monitor)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.last_epoch: int | None = None
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
-        if not self.cfg.every:
+        if not self.checkpointing.every:
             return
-        better = self.cfg.keep_best and improved(logs.get(self.key), self.best, self.mode)
+        better = self.checkpointing.keep_best and improved(logs.get(self.key), self.best, self.mode)
         if better:
             self.best, self.best_epoch = logs[self.key], epoch
-        due = epoch % self.cfg.every == 0 or epoch >= trainer.epochs or trainer.stop_training
+        due = (
+            epoch % self.checkpointing.every == 0
+            or epoch >= trainer.epochs
+            or trainer.stop_training
+        )
         if due:
             self._save(trainer, checkpoint.LAST)
         if better and due:
@@ -326,7 +333,7 @@ class Checkpointer(Reporting):
             self._save(trainer, checkpoint.BEST)
 
     def on_interrupt(self, trainer: Loop) -> None:
-        if self.cfg.every:
+        if self.checkpointing.every:
             self._save(trainer, checkpoint.LAST)
 
     def _save(self, trainer: Loop, name: str) -> None:
@@ -343,9 +350,9 @@ class Checkpointer(Reporting):
     def report(self) -> dict[str, Any]:
         root = checkpoint.directory(self.run_dir)
         return {
-            "every": self.cfg.every,
-            "last": str(root / checkpoint.LAST) if self.cfg.every else None,
+            "every": self.checkpointing.every,
+            "last": str(root / checkpoint.LAST) if self.checkpointing.every else None,
             "best": str(root / checkpoint.BEST) if self.best_epoch is not None else None,
-            "monitor": self.cfg.monitor,
+            "monitor": self.checkpointing.monitor,
             "best_epoch": self.best_epoch,
         }

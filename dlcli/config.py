@@ -1205,9 +1205,10 @@ def _join(path: str, key: str) -> str:
 # --- writing -------------------------------------------------------------------------------
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """The resolved config as plain data (what ``config.yaml`` in a run dir holds)."""
-    return dataclasses.asdict(cfg)
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved config, or one of its sections, as plain data (what ``config.yaml`` in a
+    run dir holds)."""
+    return dataclasses.asdict(config)
 
 
 COMMENT_COLUMN = 32  # where the one-line docs start in config show and a run's config.yaml

@@ -258,15 +258,16 @@ def validate_config(
 def _check_data(cfg: Config, where: str) -> None:
     """Read the data as ``train`` will (a problem is a config error here: exit 2)."""
     from dlcli.errors import DataError
-    from dlcli.pipeline import check_input_shape, load_data
+    from dlcli.pipeline import load_data, record_input_shape
 
     try:
-        check_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
+        record_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
     except (DataError, ConfigError) as err:
         raise ConfigError(f"{where}: {err.message}", details=err.details) from None
 
 
 def _num_classes(cfg: Config, where: str) -> int:
+    from dlcli.data.images import check_input_shape
     from dlcli.data.registry import REGISTRY
 
     if cfg.data.train is not None:
@@ -275,11 +276,10 @@ def _num_classes(cfg: Config, where: str) -> int:
         assert cfg.data.num_classes is not None  # guaranteed by parse_config
         return cfg.data.num_classes
     entry = REGISTRY[cfg.data.dataset]
-    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != entry.input_shape:
-        raise ConfigError(
-            f"{where}: model.input_shape: the config says {list(cfg.model.input_shape)}, but "
-            f"{entry.name}'s images are {list(entry.input_shape)} (height, width, channels)"
-        )
+    try:
+        check_input_shape(cfg.model.input_shape, entry.input_shape, entry.name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err.message}") from None
     return entry.num_classes
 
 

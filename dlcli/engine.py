@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dlcli import metric_names
 from dlcli.accel import (
     ChannelsLast,
     DeviceData,
@@ -199,7 +200,7 @@ class Trainer:
                 if self.interrupted:
                     break
                 if validation is not None:
-                    logs |= {f"val_{k}": v for k, v in self.evaluate(validation).items()}
+                    logs |= metric_names.tagged(self.evaluate(validation), "validation")
                 logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
                 logs["seconds"] = time.perf_counter() - epoch_start
                 self.epoch = epoch

@@ -155,7 +155,7 @@ def lr_find(
     if not 0 < start_lr < end_lr:
         raise UsageError(f"--start-lr {start_lr:g} must be > 0 and below --end-lr {end_lr:g}")
     dataset = pipeline.load_data(cfg.data)
-    pipeline.check_input_shape(cfg, dataset)
+    pipeline.record_input_shape(cfg, dataset)
     train, _ = pipeline.split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.model, num_classes=dataset.num_classes)

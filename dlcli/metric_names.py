@@ -16,9 +16,9 @@ An unknown metric or split is one error with a did-you-mean. No torch here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from dlcli.errors import UsageError, did_you_mean
 
@@ -36,6 +36,7 @@ _SPLIT_SPELLINGS = {
     "test": "test",
 }
 _PREFIX = {"train": "", "validation": "val_", "test": "test_"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,34 @@ class MetricName:
     def history_key(self) -> str:
         """The column of history.csv / the epoch logs: ``val_accuracy``, ``loss``, ``test_loss``
         (unqualified: the training split, as history.csv names it)."""
-        return _PREFIX[self.split or "train"] + self.metric
+        return tag(self.metric, self.split or "train")
 
     @property
     def display(self) -> str:
         """``validation accuracy`` (unqualified: the metric alone)."""
         name = self.metric.replace("top_k_accuracy", "top-k accuracy")
         return f"{self.split} {name}" if self.split else name
+
+
+def tag(metric: str, split: str) -> str:
+    """The one place a split's metric key is spelt: the epoch-log key, history.csv column and
+    TensorBoard tag of ``metric`` on ``split`` (``val_accuracy``, ``test_loss``; the training
+    split's is the metric alone: ``loss``)."""
+    return _PREFIX[split] + metric
+
+
+def tagged(values: Mapping[str, T], split: str) -> dict[str, T]:
+    """``{"loss": 0.3}`` on ``validation`` → ``{"val_loss": 0.3}`` (:func:`tag` on each key)."""
+    return {tag(metric, split): value for metric, value in values.items()}
+
+
+def untag(key: str) -> tuple[str, str]:
+    """A key :func:`tag` made → (split, metric): ``val_accuracy`` → (``validation``,
+    ``accuracy``); a key without a split prefix is the training split's."""
+    for split in ("validation", "test"):
+        if key.startswith(_PREFIX[split]):
+            return split, key[len(_PREFIX[split]) :]
+    return "train", key
 
 
 def split_of(text: str) -> str | None:

@@ -68,32 +68,34 @@ def hwc(shape: Shape) -> Shape:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
 
 
-def input_chw(cfg: C.ModelConfig) -> Shape:
+def input_chw(model_config: C.ModelConfig) -> Shape:
     """The model config's (H, W, C) input shape as (C, H, W)."""
-    if cfg.input_shape is None:
+    if model_config.input_shape is None:
         raise ConfigError(
             "model.input_shape: not known yet: it is inferred from the data when training "
             "(`dlcli data check` shows the sizes found); give [height, width, channels]"
         )
-    if len(cfg.input_shape) != 3 or any(d <= 0 for d in cfg.input_shape):
+    if len(model_config.input_shape) != 3 or any(d <= 0 for d in model_config.input_shape):
         raise ConfigError(
             f"model.input_shape: expected [height, width, channels] of positive integers, "
-            f"found {cfg.input_shape}"
+            f"found {model_config.input_shape}"
         )
-    height, width, channels = cfg.input_shape
+    height, width, channels = model_config.input_shape
     return (channels, height, width)
 
 
-def build_model(cfg: C.ModelConfig, num_classes: int | None = None) -> BuiltModel:
+def build_model(model_config: C.ModelConfig, num_classes: int | None = None) -> BuiltModel:
     """Build the network; with ``num_classes``, check the output has one logit per class."""
-    modules, infos, shape = _build_layers(cfg.layers, input_chw(cfg), "model.layers")
+    modules, infos, shape = _build_layers(
+        model_config.layers, input_chw(model_config), "model.layers"
+    )
     if num_classes is not None and shape != (num_classes,):
         raise ConfigError(
             f"model.layers: the last layer outputs shape {hwc(shape)}, but the dataset has "
             f"{num_classes} classes: expected ({num_classes},) "
             f"(end with {{type: dense, units: {num_classes}}})"
         )
-    return BuiltModel(nn.Sequential(modules), infos, input_chw(cfg), shape)
+    return BuiltModel(nn.Sequential(modules), infos, input_chw(model_config), shape)
 
 
 def _build_layers(

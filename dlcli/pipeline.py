@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -32,11 +32,11 @@ from dlcli.callbacks import (
 from dlcli.config import Config, DataConfig, TrainingConfig
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
+from dlcli.data.images import check_input_shape
 from dlcli.data.local import LocalData, load_local
 from dlcli.device import resolve_device
 from dlcli.engine import Trainer
 from dlcli.errors import (
-    ConfigError,
     DataError,
     Interrupted,
     ModelDirError,
@@ -51,6 +51,9 @@ from dlcli.model import BuiltModel, build_model, weights_mismatch
 from dlcli.steps import StepRecorder
 from dlcli.threads import ThreadChoice, apply_threads
 from dlcli.version import __version__
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 NO_TEST = "no test split: the config gives no test data (data.test)"
 
@@ -208,7 +211,7 @@ def prepare(
     try:
         if dataset is None:
             dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
-        check_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
+        record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
         )
@@ -223,17 +226,14 @@ def prepare(
     )
 
 
-def check_input_shape(cfg: Config, dataset: Dataset) -> None:
-    """``model.input_shape`` must be the dataset's image shape (a config error, exit 2)."""
-    channels, height, width = dataset.train.images.shape[1:]
-    found = [int(height), int(width), int(channels)]
-    if cfg.model.input_shape is None:  # inferred from the data: the saved config records it
-        cfg.model.input_shape = found
-    if list(cfg.model.input_shape) != found:
-        raise ConfigError(
-            f"model.input_shape: the config says {list(cfg.model.input_shape)}, "
-            f"but the dataset's images are {found} (height, width, channels)"
-        )
+def record_input_shape(cfg: Config, dataset: Dataset) -> None:
+    """``model.input_shape`` must be ``dataset``'s image shape (the rule and its message:
+    :func:`dlcli.data.images.check_input_shape`); an inferred shape is recorded in ``cfg``."""
+    channels, height, width = dataset.image_shape
+    source = dataset.name or "the dataset"
+    cfg.model.input_shape = check_input_shape(
+        cfg.model.input_shape, (height, width, channels), source
+    )
 
 
 @distributed.collective_errors
@@ -261,7 +261,7 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
     writers = [recorder, *_output_callbacks(prepared)] if world.is_main else []
     # A monitor or target on the test split: evaluate it every epoch, before anyone reads logs.
     test = prepared.dataset.test
-    tested = [SplitMetrics(test, "test_")] if test is not None and watched_test_split(cfg) else []
+    tested = [SplitMetrics(test, "test")] if test is not None and watched_test_split(cfg) else []
     num_classes = prepared.dataset.num_classes
     module = prepared.model.module.to(prepared.device)  # where the weight average lives too
     trainer = Trainer(
@@ -624,33 +624,45 @@ def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:
     return ["validation"] + (["test"] if saved.dataset.test is not None else [])
 
 
+class RunOpening(TypedDict, total=False):
+    """How :func:`evaluate` and :func:`evaluate_per_class` open the run: :func:`open_run`'s
+    keywords."""
+
+    data_dir: str | None
+    device: str
+    weights: str
+    accept_changed_data: bool
+    changed: list[str] | None
+    tta: str | None
+
+
+def open_splits(
+    run_dir: Path,
+    splits: Sequence[str] | None,
+    gates: Sequence[Gate],
+    **opening: Unpack[RunOpening],
+) -> tuple[SavedRun, list[str]]:
+    """:func:`open_run`, the splits to score (:func:`default_splits`), and ``gates`` checked
+    against the metrics the run reports on them, before any evaluation."""
+    saved = open_run(run_dir, **opening)
+    chosen = default_splits(saved, splits)
+    check_gate_names(gates, saved.loaded.run.config, chosen)
+    return saved, chosen
+
+
 def evaluate(
     run_dir: Path,
     *,
     splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
-    data_dir: str | None = None,
-    device: str = "auto",
     gates: Sequence[Gate] = (),
-    weights: str = "saved",
-    accept_changed_data: bool = False,
-    changed: list[str] | None = None,
-    tta: str | None = None,
+    **opening: Unpack[RunOpening],
 ) -> dict[str, Logs]:
     """Rebuild a saved run's data split and report its metrics on the requested splits
-    (``weights``, ``accept_changed_data``, ``changed``, ``tta``: see :func:`open_run`).
-    ``gates`` are checked against the metrics the run reports before any evaluation."""
-    saved = open_run(
-        run_dir,
-        data_dir=data_dir,
-        device=device,
-        weights=weights,
-        accept_changed_data=accept_changed_data,
-        changed=changed,
-        tta=tta,
-    )
-    chosen = default_splits(saved, splits)
-    check_gate_names(gates, saved.loaded.run.config, chosen)
+    (``opening``: ``data_dir``, ``device``, ``weights``, ``accept_changed_data``, ``changed``,
+    ``tta``: see :func:`open_run`). ``gates`` are checked against the metrics the run reports
+    before any evaluation."""
+    saved, chosen = open_splits(run_dir, splits, gates, **opening)
     return {name: saved.metrics(name, batch_size) for name in chosen}
 
 
@@ -718,26 +730,11 @@ def evaluate_per_class(
     *,
     splits: Sequence[str] | None = ("validation",),
     batch_size: int = 1000,
-    data_dir: str | None = None,
-    device: str = "auto",
     gates: Sequence[Gate] = (),
-    weights: str = "saved",
-    accept_changed_data: bool = False,
-    changed: list[str] | None = None,
-    tta: str | None = None,
+    **opening: Unpack[RunOpening],
 ) -> dict[str, SplitReport]:
     """:func:`evaluate` plus per-class precision/recall/F1 and the confusion matrix."""
-    saved = open_run(
-        run_dir,
-        data_dir=data_dir,
-        device=device,
-        weights=weights,
-        accept_changed_data=accept_changed_data,
-        changed=changed,
-        tta=tta,
-    )
-    chosen = default_splits(saved, splits)
-    check_gate_names(gates, saved.loaded.run.config, chosen)
+    saved, chosen = open_splits(run_dir, splits, gates, **opening)
     return {
         name: SplitReport(
             saved.metrics(name, batch_size), saved.predictions(name, batch_size).per_class()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlcli import metric_names
 from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
@@ -117,15 +118,17 @@ def curve_groups(
         keys += [k for k in row if k not in keys and k not in NOT_CURVES]
     groups: list[tuple[str, list[str]]] = []
     for key in keys:
+        split, metric = metric_names.untag(key)
         if key == "lr":
             rates = {row.get("lr") for row in history} | {row.get("lr") for row in steps}
             if len(rates - {None}) > 1:
                 groups.append(("lr", ["lr"]))
-        elif key.startswith("val_") and key[4:] in keys:
-            continue  # drawn with its training twin
+        elif split == "validation":
+            if metric not in keys:  # else drawn with its training twin
+                groups.append((metric, [key]))
         else:
-            twin = f"val_{key}"
-            groups.append((key.removeprefix("val_"), [key, twin] if twin in keys else [key]))
+            twin = metric_names.tag(key, "validation")
+            groups.append((key, [key, twin] if twin in keys else [key]))
     return groups
 
 
@@ -209,17 +212,17 @@ def curve_figure(
 
 
 STEP_SERIES = {"loss": "loss", "lr": "lr"}  # a history column and its steps.csv twin
-_COLOURS = {"loss": "#1f77b4", "val_": "#ff7f0e", "lr": "#2ca02c"}
+_COLOURS = {"loss": "#1f77b4", "validation": "#ff7f0e", "lr": "#2ca02c"}
 
 
 def _colour(key: str) -> str:
-    if key.startswith("val_"):
-        return _COLOURS["val_"]
+    if metric_names.untag(key)[0] == "validation":
+        return _COLOURS["validation"]
     return _COLOURS["lr"] if key == "lr" else _COLOURS["loss"]
 
 
 def _series_label(key: str, with_steps: bool) -> str:
-    if key.startswith("val_"):
+    if metric_names.untag(key)[0] == "validation":
         return "validation"
     if key == "lr":
         return "learning rate (end of epoch)"

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from dlcli import metric_names
 from dlcli.errors import DlcliError
 
 
@@ -332,7 +333,8 @@ def runs_table(title: str, runs: Sequence[Mapping[str, Any]]) -> Table:
         config_keys += [k for k in run["config"] if k not in config_keys]
         metric_keys += [k for k in run["metrics"] if k not in metric_keys]
     name = "accuracy" if any(k.endswith("_accuracy") for k in metric_keys) else "loss"
-    shown = [k for k in ("val_" + name, "test_" + name) if k in metric_keys]
+    tags = (metric_names.tag(name, split) for split in ("validation", "test"))
+    shown = [k for k in tags if k in metric_keys]
     # Narrow: a compact box, folding only the run name, dataset and layers.
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     widths = {"dataset": 7, "layers": 14}

@@ -58,10 +58,11 @@ class RunInfo:
     def final_metrics(self) -> dict[str, float]:
         """``val_loss``, ``val_accuracy``, ``test_loss``, ... from metrics.json."""
         out: dict[str, float] = {}
-        for split, prefix in (("validation", "val_"), ("test", "test_")):
+        for split in ("validation", "test"):
             values = self.metrics.get(split)
             if isinstance(values, dict):
-                out |= {f"{prefix}{k}": v for k, v in values.items() if _is_number(v)}
+                numbers = {k: v for k, v in values.items() if _is_number(v)}
+                out |= metric_names.tagged(numbers, split)
         return out
 
     def summary(self) -> dict[str, Any]:

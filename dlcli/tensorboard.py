@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dlcli import metric_names
 from dlcli.config import Config, to_dict
 from dlcli.errors import ConfigError
 from dlcli.hooks import Callback, Logs, Loop
@@ -71,7 +72,7 @@ class TensorBoardLogger(Callback):
 
     def _metric_tags(self) -> list[str]:
         names = ["loss", *self.cfg.training.metrics]
-        return [*names, *(f"val_{name}" for name in names)]
+        return [*names, *(metric_names.tag(name, "validation") for name in names)]
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if self.writer is None:

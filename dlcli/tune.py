@@ -496,8 +496,9 @@ def history_key(metric: str) -> str:
 def final_metric(metrics: dict[str, Any], metric: str) -> float | None:
     """The tuned metric of a finished run: ``val_x`` from its validation metrics, ``x`` from
     its training metrics (the saved model's, after early stopping restored the best)."""
-    metric = history_key(metric)
-    split, name = ("validation", metric[4:]) if metric.startswith("val_") else ("train", metric)
+    from dlcli import metric_names
+
+    split, name = metric_names.untag(history_key(metric))
     value = metrics.get(split, {}).get(name)
     return None if value is None else float(value)
 

@@ -120,3 +120,13 @@ def test_an_unknown_monitor_is_a_config_error_with_a_did_you_mean(tiny_config: P
     message = document(proc, 2)["error"]["message"]
     assert "training.target.metric: 'val_acuracy' is not a reported metric" in message
     assert "(did you mean 'val_accuracy'?)" in message
+
+
+def test_tags_are_spelt_in_one_place() -> None:
+    assert metric_names.tag("accuracy", "validation") == "val_accuracy"
+    assert metric_names.tag("loss", "train") == "loss"
+    assert metric_names.tagged({"loss": 0.5}, "test") == {"test_loss": 0.5}
+    for key in ("val_top_k_accuracy", "test_loss", "accuracy"):
+        split, metric = metric_names.untag(key)
+        assert metric_names.tag(metric, split) == key
+        assert metric_names.parse(key).history_key == key

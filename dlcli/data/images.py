@@ -29,7 +29,7 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlcli import limits, untrusted
-from dlcli.errors import DataError, UsageError
+from dlcli.errors import ConfigError, DataError, UsageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -49,6 +49,24 @@ CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # Modes Pillow gives greyscale files; anything else is colour (inferring input_shape).
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def check_input_shape(
+    declared: Sequence[int] | None, found: Sequence[int], source: str
+) -> list[int]:
+    """The one check that the data fits ``model.input_shape`` (a config error, exit 2).
+
+    ``found`` is the data's image shape (height, width, channels), ``source`` names the data
+    ("mnist", "the dataset"). Returns the shape the model takes: ``declared``, or ``found``
+    when the config leaves it out (inferred from the data).
+    """
+    shape = [int(d) for d in found]
+    if declared is not None and list(declared) != shape:
+        raise ConfigError(
+            f"model.input_shape: the config says {list(declared)}, but {source}'s images are "
+            f"{shape} (height, width, channels)"
+        )
+    return shape
 
 
 @dataclass(frozen=True)

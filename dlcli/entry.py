@@ -6,8 +6,8 @@ everywhere else and exits 130 at once. :func:`dlcli.cli.base.dlcli_command` then
 handlers every command runs under (dlcli.signals).
 
 OpenMP's wait policy is set here too, before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE``
-(unless the environment sets it) keeps waiting threads from spinning on a busy machine
-(dlcli/threads.py).
+after a short spin (unless the environment sets it) keeps waiting threads from spinning on a
+busy machine (dlcli/threads.py).
 """
 
 from __future__ import annotations

@@ -59,13 +59,22 @@ def test_other_runnable_reads_the_fourth_field(tmp_path: Path) -> None:
     assert threads.other_runnable(tmp_path / "missing") is None
 
 
-def test_wait_policy_is_passive_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wait_policy_is_passive_after_a_short_spin_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     threads.set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert os.environ["GOMP_SPINCOUNT"] == threads.SHORT_SPIN
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is kept whole
+    monkeypatch.delenv("GOMP_SPINCOUNT")
     threads.set_wait_policy()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "100")
+    threads.set_wait_policy()
+    assert "OMP_WAIT_POLICY" not in os.environ and os.environ["GOMP_SPINCOUNT"] == "100"
 
 
 def test_threads_config_checks(tiny_config: Path) -> None:
@@ -92,7 +101,8 @@ def test_the_schema_bounds_threads() -> None:
 
 
 def test_the_cli_records_threads_and_wait_policy(tiny_config: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    openmp = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in openmp}
     command = [sys.executable, "-m", "dlcli", "train", str(tiny_config), "--json", "--quiet"]
     done = subprocess.run(
         [*command, "--threads", "1", "--set", "training.epochs=1"],
@@ -104,7 +114,12 @@ def test_the_cli_records_threads_and_wait_policy(tiny_config: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     recorded = json.loads(done.stdout)["threads"]
-    assert recorded == {"count": 1, "chosen_by": "training.threads", "omp_wait_policy": "PASSIVE"}
+    assert recorded == {
+        "count": 1,
+        "chosen_by": "training.threads",
+        "omp_wait_policy": "PASSIVE",
+        "gomp_spincount": threads.SHORT_SPIN,
+    }
     done = subprocess.run(
         [*command, "--overwrite", "--set", "training.epochs=1"],
         cwd=ROOT,
@@ -117,4 +132,4 @@ def test_the_cli_records_threads_and_wait_policy(tiny_config: Path) -> None:
     recorded = json.loads(done.stdout)["threads"]
     assert recorded["chosen_by"].startswith("free cores (")
     assert 1 <= recorded["count"] <= threads.usable_cores()
-    assert recorded["omp_wait_policy"] == "ACTIVE"
+    assert recorded["omp_wait_policy"] == "ACTIVE" and recorded["gomp_spincount"] == "default"

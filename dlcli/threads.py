@@ -6,9 +6,9 @@ development machine, with two CPU-bound processes beside it, one epoch of the MN
 took 73 s at torch's default 2 threads, 10.7 s with ``OMP_WAIT_POLICY=PASSIVE`` and ~5 s on
 one thread (3.4 s quiet). So dlcli
 
-1. sets ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported (:func:`set_wait_policy`, called
-   by the command line's entry point) unless the environment already sets it: waiting threads
-   sleep instead of spinning;
+1. sets ``OMP_WAIT_POLICY=PASSIVE`` after a short spin before torch is imported
+   (:func:`set_wait_policy`, called by the command line's entry point) unless the environment
+   already sets it: waiting threads sleep instead of spinning for long;
 2. with ``training.threads: auto`` uses as many threads as there are *free* cores: the cores
    this process may run on (``os.sched_getaffinity``) minus the other runnable tasks, read from
    ``/proc/loadavg`` (its fourth field is the number of tasks runnable right now; the median

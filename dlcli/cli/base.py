@@ -176,17 +176,17 @@ tta_option = click.option(
 
 
 def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) -> str | int | None:
-    """``--threads``: ``auto`` or a number of CPU threads, 1 .. limits.THREADS_MAX."""
-    from dlcli import limits
+    """``--threads``: ``auto`` or a number of CPU threads, in the bounds ``training.threads``
+    has (dlcli.config.THREADS)."""
+    from dlcli.config import THREADS
 
     if value is None or value == "auto":
         return value
     text = value.strip()
-    if text.isdigit() and 1 <= int(text) <= limits.THREADS_MAX:
+    in_bounds, bounds = THREADS
+    if text.isdigit() and in_bounds(int(text)):
         return int(text)
-    raise click.BadParameter(
-        f"expected auto or a number from 1 to {limits.THREADS_MAX}, found {value!r}"
-    )
+    raise click.BadParameter(f"expected auto or a number {bounds}, found {value!r}")
 
 
 batch_size_option = click.option(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from dlcli.data.decode import Decoded
 from dlcli.data.images import Conversion
@@ -48,39 +49,39 @@ def cache_dir(configured: str | None = None) -> Path:
 def entry_path(
     root: Path,
     source: Path,
-    paths: Sequence[str | Path],
+    paths: Sequence[str],
     conversion: Conversion | None,
-    stats: Sequence[tuple[int, int]] | None = None,
+    stats: npt.NDArray[np.int64] | None = None,
 ) -> Path:
-    """The entry for these files and settings: ``images/<settings>-<files>.safetensors``."""
+    """The entry for these files and settings: ``images/<settings>-<files>.safetensors``.
+    ``stats`` is each file's (size, mtime_ns) when the listing took them."""
     settings = {
         "format": FORMAT,
         "source": os.path.abspath(source),
         "conversion": conversion.to_dict() if conversion else "inferred",
     }
     prefix = _hash(json.dumps(settings, sort_keys=True).encode())[:16]
-    files = _fingerprint(paths, stats if stats is not None else _stats(paths))
+    files = _fingerprint(paths, stats if stats is not None else file_stats(paths))
     return root / "images" / f"{prefix}-{files[:32]}.safetensors"
 
 
-def _stats(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
-    """(size, mtime_ns) of every file; (-1, -1) for one that cannot be stat'ed."""
-    stats = []
-    for path in paths:
+def file_stats(paths: Sequence[str]) -> npt.NDArray[np.int64]:
+    """(N, 2): every file's size and mtime_ns; (-1, -1) for one that cannot be stat'ed."""
+    stats = np.full((len(paths), 2), -1, dtype=np.int64)
+    for i, path in enumerate(paths):
         try:
             info = os.stat(path)
-            stats.append((info.st_size, info.st_mtime_ns))
         except OSError:
-            stats.append((-1, -1))
+            continue
+        stats[i] = info.st_size, info.st_mtime_ns
     return stats
 
 
-def _fingerprint(paths: Sequence[str | Path], stats: Sequence[tuple[int, int]]) -> str:
+def _fingerprint(paths: Sequence[str], stats: npt.NDArray[np.int64]) -> str:
     """A hash of every file's path, size and modification time."""
-    text = "\n".join(
-        f"{path}\0{size}\0{mtime}" for path, (size, mtime) in zip(paths, stats, strict=True)
-    )
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogateescape"))
+    digest.update(b"\0" + np.ascontiguousarray(stats, dtype="<i8").tobytes())
+    return digest.hexdigest()
 
 
 def _hash(data: bytes) -> str:
@@ -95,11 +96,8 @@ def load(
     if not entry.is_file():
         return None
     try:
-        from safetensors import safe_open
-
-        with safe_open(os.fspath(entry), framework="np") as f:
-            meta = f.metadata() or {}
-            images, kept = f.get_tensor("images"), f.get_tensor("kept")
+        meta, tensors = _read_entry(entry)
+        images, kept = tensors["images"], tensors["kept"]
         stored = Conversion(**json.loads(meta["conversion"]))
         bad = [tuple(item) for item in json.loads(meta["bad"])]
     except Exception:  # a damaged entry is a cache miss, never an error
@@ -122,8 +120,6 @@ def load(
 def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
     """Write an entry atomically and drop older entries of the same source and settings.
     False when the cache folder cannot be written (the cache is an optimisation only)."""
-    from safetensors.numpy import save_file
-
     metadata = {
         "format": FORMAT,
         "conversion": json.dumps(conversion.to_dict()),
@@ -138,7 +134,7 @@ def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=entry.parent)
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata=metadata)
+            _write_entry(tmp, tensors, metadata)
             os.replace(tmp, entry)
         finally:
             if os.path.exists(tmp):
@@ -151,3 +147,63 @@ def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
             with contextlib.suppress(OSError):
                 old.unlink()
     return True
+
+
+# --- the entry file ----------------------------------------------------------------------------
+# The safetensors layout (8-byte little-endian header size, a JSON header naming each tensor's
+# dtype, shape and byte range, then the bytes), written and read here directly: the
+# safetensors library copies every tensor through a bytes object on save and reads through a
+# memory map on load, which would double the peak memory of a 50 MiB entry. An entry stays
+# readable by ``safetensors.safe_open`` (a test checks both ways).
+
+_DTYPES: dict[str, np.dtype[Any]] = {"U8": np.dtype(np.uint8), "I64": np.dtype("<i8")}
+_HEADER_MAX = 256 * 2**20  # the "bad" files' list lives in the header
+
+
+def _write_entry(path: str, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, array in tensors.items():
+        code = next(c for c, dtype in _DTYPES.items() if dtype == array.dtype)
+        header[name] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for array in tensors.values():
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+
+
+def _read_entry(path: Path) -> tuple[dict[str, str], dict[str, npt.NDArray[Any]]]:
+    """The metadata and tensors of an entry, each tensor read straight into its array; a
+    ValueError when the file is not a well-formed entry."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= _HEADER_MAX:
+            raise ValueError("bad header size")
+        header = json.loads(f.read(size))
+        start = 8 + size
+        total = os.fstat(f.fileno()).st_size - start
+        tensors: dict[str, npt.NDArray[Any]] = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _DTYPES[spec["dtype"]]
+            shape = tuple(int(n) for n in spec["shape"])
+            begin, end = (int(n) for n in spec["data_offsets"])
+            count = int(np.prod(shape, dtype=np.int64))
+            if min(shape, default=0) < 0 or not 0 <= begin <= end <= total:
+                raise ValueError(f"{name}: bad shape or range")
+            if end - begin != count * dtype.itemsize:
+                raise ValueError(f"{name}: size does not match its shape")
+            array = np.empty(shape, dtype=dtype)
+            f.seek(start + begin)
+            if f.readinto(array.reshape(-1).view(np.uint8).data) != end - begin:
+                raise ValueError(f"{name}: truncated")
+            tensors[name] = array
+    return dict(header.get("__metadata__") or {}), tensors

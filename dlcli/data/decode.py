@@ -16,9 +16,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from dlcli.errors import DlcliError
 BAD_SHOWN = 20  # unreadable files named in an error message (all are counted)
 PARALLEL_MIN = 512  # fewer files are decoded in this process
 CHUNK_MAX = 512  # files per task handed to a worker
+IN_FLIGHT = 3  # tasks per worker submitted ahead of the one being collected
 
 
 @dataclass
@@ -49,7 +50,6 @@ class Decoded:
     images: npt.NDArray[np.uint8]  # (kept, C, H, W)
     kept: npt.NDArray[np.int64]  # index into the file list of each image
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    infos: list[ImageInfo | None] = field(default_factory=list)  # per file, when asked for
 
 
 def worker_count(requested: int | None = None) -> int:
@@ -70,17 +70,15 @@ def decode_files(
     out = np.empty((len(paths), c, h, w), dtype=np.uint8)
     ok = np.ones(len(paths), dtype=bool)
     bad: list[tuple[str, str]] = []
-    infos: list[ImageInfo | None] = [None] * len(paths)
-    for start, (pixels, errors, chunk_infos) in _run(_decode_chunk, paths, conversion, workers):
+    for start, (pixels, errors) in _run(_decode_chunk, paths, conversion, workers):
         out[start : start + len(pixels)] = pixels
-        infos[start : start + len(chunk_infos)] = chunk_infos
         for i, reason in errors:
             ok[start + i] = False
             bad.append((str(paths[start + i]), reason))
     kept = np.flatnonzero(ok).astype(np.int64)
     if bad:  # compact: the bad files' slots go
         out = out[kept]
-    return Decoded(out, kept, bad, infos)
+    return Decoded(out, kept, bad)
 
 
 def inspect_files(
@@ -146,9 +144,17 @@ def _run(
     done = 0
     try:
         with ProcessPoolExecutor(max_workers=count, mp_context=_context()) as pool:
-            futures = [pool.submit(fn, names[s : s + size], conversion) for s in starts]
-            for start, future in zip(starts, futures, strict=True):
-                result = future.result()
+            # a window of chunks in flight, not all of them: finished chunks waiting for
+            # their turn would otherwise hold up to a second copy of the pixels
+            pending: deque[Future[Any]] = deque()
+            ahead = iter(starts)
+            for start in starts:
+                while len(pending) < IN_FLIGHT * count:
+                    following = next(ahead, None)
+                    if following is None:
+                        break
+                    pending.append(pool.submit(fn, names[following : following + size], conversion))
+                result = pending.popleft().result()
                 done = start + size
                 yield start, result
     except BrokenProcessPool:  # a worker could not start or was killed: finish here
@@ -166,21 +172,18 @@ def _context() -> multiprocessing.context.BaseContext:
 
 def _decode_chunk(
     names: list[str], conversion: Conversion
-) -> tuple[npt.NDArray[np.uint8], list[tuple[int, str]], list[ImageInfo | None]]:
+) -> tuple[npt.NDArray[np.uint8], list[tuple[int, str]]]:
     c, h, w = conversion.chw
     pixels = np.zeros((len(names), c, h, w), dtype=np.uint8)
     errors: list[tuple[int, str]] = []
-    infos: list[ImageInfo | None] = []
     for i, name in enumerate(names):
         try:
-            array, info = read_image(name, conversion)
+            array, _ = read_image(name, conversion)
         except DlcliError as err:
             errors.append((i, _without_path(err.message, name)))
-            infos.append(None)
             continue
         pixels[i] = array.transpose(2, 0, 1)
-        infos.append(info)
-    return pixels, errors, infos
+    return pixels, errors
 
 
 def _inspect_chunk(

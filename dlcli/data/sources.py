@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,9 @@ class FileList:
     paths: list[str]  # strings, not Path objects: 70,000 of those cost a second to build
     labels: list[str]
     ignored: list[str] = field(default_factory=list)  # files that are not images (by name)
-    # (size, mtime_ns) of each file, as listed (folders: one pass over the tree); None: not
-    # taken (the cache stats the files itself)
-    stats: list[tuple[int, int]] | None = None
+    # (N, 2) int64: each file's size and mtime_ns as listed (folders: one pass over the
+    # tree); None: not taken (the cache stats the files itself)
+    stats: npt.NDArray[np.int64] | None = None
 
 
 @dataclass
@@ -122,59 +123,97 @@ def split_folders(path: Path) -> dict[str, Path] | None:
 
 
 def list_folder(root: Path) -> FileList:
-    """Every image under ``root/<class>/``, sorted by class, then by path."""
-    found: list[tuple[list[str], str, int, int]] = []  # (parts below the class, path, size, mtime)
-    labels: list[str] = []
-    ignored: list[str] = []
+    """Every image under ``root/<class>/``, sorted by class, then by path (compared folder by
+    folder, as the parts of the path below the class folder).
+
+    One ``listdir`` per folder and one ``stat`` per entry, with the size and modification
+    time kept for the cache's key; 70,000 files list in about 0.3 s. A folder reached twice
+    (a link back up the tree) is listed once."""
+    listing = _Listing()
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        names = sorted(os.listdir(root))
     except OSError as err:
         raise DataError(f"{root}: cannot list the folder: {err.strerror or err}") from None
-    for entry in entries:
-        if entry.name.startswith("."):
+    top = os.fspath(root)
+    for name in names:
+        if name.startswith("."):
             continue
-        if not entry.is_dir():
-            ignored.append(entry.path)
+        path = os.path.join(top, name)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            listing.ignored.append(path)
             continue
-        files: list[tuple[list[str], str, int, int]] = []
-        _walk(entry.path, [], files, ignored)
-        found += sorted(files, key=lambda f: f[0])
-        labels += [entry.name] * len(files)
-    if not found:
+        before = len(listing.paths)
+        listing.walk(path)
+        listing.labels += [name] * (len(listing.paths) - before)
+    if not listing.paths:
         raise DataError(
             f"{root}: no images found: expected class folders holding image files "
-            f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(ignored)}"
+            f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(listing.ignored)}"
         )
-    paths = [path for _, path, _, _ in found]
-    stats = [(size, mtime) for _, _, size, mtime in found]
-    return FileList(root, "folder", paths, labels, ignored, stats)
+    stats = np.array([listing.sizes, listing.mtimes], dtype=np.int64).T
+    return FileList(root, "folder", listing.paths, listing.labels, listing.ignored, stats)
 
 
-def _walk(
-    folder: str,
-    parts: list[str],
-    found: list[tuple[list[str], str, int, int]],
-    ignored: list[str],
-) -> None:
-    """Image files below ``folder`` with their size and modification time (one ``scandir``
-    and one ``stat`` each); other files go to ``ignored``, hidden ones are skipped."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError as err:
-        raise DataError(f"{folder}: cannot list the folder: {err.strerror or err}") from None
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            _walk(entry.path, [*parts, entry.name], found, ignored)
-        elif is_image_name(entry.name):
+class _Listing:
+    """What :func:`list_folder` gathers: flat lists of strings and ints, no object per file
+    (those would make the listing several times slower, mostly in the garbage collector)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.labels: list[str] = []
+        self.sizes: list[int] = []
+        self.mtimes: list[int] = []
+        self.ignored: list[str] = []
+        self.seen: set[tuple[int, int]] = set()  # (device, inode) of every folder listed
+
+    def walk(self, folder: str) -> None:
+        """Image files below ``folder``, in name order, each sub-folder's at its name's place;
+        other files go to ``ignored``, hidden ones are skipped."""
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise DataError(f"{folder}: cannot list the folder: {err.strerror or err}") from None
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) in self.seen:
+                self.ignored.append(folder)
+                return
+            self.seen.add((info.st_dev, info.st_ino))
             try:
-                info = entry.stat()
-                found.append(([*parts, entry.name], entry.path, info.st_size, info.st_mtime_ns))
-            except OSError:  # vanished, or a dangling link: decoding reports it
-                found.append(([*parts, entry.name], entry.path, -1, -1))
-        else:
-            ignored.append(entry.path)
+                names = sorted(os.listdir(fd))
+            except OSError as err:
+                raise DataError(
+                    f"{folder}: cannot list the folder: {err.strerror or err}"
+                ) from None
+            prefix = folder + os.sep
+            paths, sizes, mtimes = self.paths, self.sizes, self.mtimes
+            for name in names:
+                if name[0] == ".":
+                    continue
+                try:
+                    info = os.stat(name, dir_fd=fd)
+                except OSError:  # vanished, or a dangling link: decoding reports an image
+                    if is_image_name(name):
+                        paths.append(prefix + name)
+                        sizes.append(-1)
+                        mtimes.append(-1)
+                    else:
+                        self.ignored.append(prefix + name)
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    self.walk(prefix + name)
+                elif is_image_name(name):
+                    paths.append(prefix + name)
+                    sizes.append(info.st_size)
+                    mtimes.append(info.st_mtime_ns)
+                else:
+                    self.ignored.append(prefix + name)
+        finally:
+            os.close(fd)
 
 
 def _ignored_note(ignored: list[str]) -> str:

@@ -167,6 +167,34 @@ def test_validation_data_replaces_the_split_and_classes_must_match(tmp_path: Pat
     assert "class 'cats' of the validation data is not one of the 4 classes" in result.output
 
 
+def test_folder_listing_order_links_and_stats(tmp_path: Path) -> None:
+    """Files sort folder by folder (a sub-folder's files at its name's place), hidden files
+    are skipped, other files are listed as ignored, a link back up the tree is listed once,
+    and each file's size and mtime are taken for the cache's key."""
+    from dlcli.data.sources import list_folder
+
+    root = tmp_path / "tree"
+    for rel in ["b/z.png", "b/a-b.png", "b/a/c.png", "b/a/b/x.PNG", "a/1.jpg", "b/.hidden.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x" * len(rel))
+    (root / "b" / "notes.txt").write_text("n")
+    (root / "readme.md").write_text("r")
+    os.symlink(root / "b", root / "b" / "a" / "loop")  # back up the tree
+    os.utime(root / "a" / "1.jpg", ns=(5, 123456789012345))
+    listing = list_folder(root)
+    below = [os.path.relpath(p, root) for p in listing.paths]
+    assert below == ["a/1.jpg", "b/a/b/x.PNG", "b/a/c.png", "b/a-b.png", "b/z.png"]
+    assert listing.labels == ["a", "b", "b", "b", "b"]
+    assert sorted(os.path.relpath(p, root) for p in listing.ignored) == [
+        "b/a/loop",
+        "b/notes.txt",
+        "readme.md",
+    ]
+    assert listing.stats is not None
+    assert listing.stats[0].tolist() == [len("a/1.jpg"), 123456789012345]
+    assert listing.stats[:, 0].tolist() == [os.path.getsize(p) for p in listing.paths]
+
+
 def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     config = write_config(tmp_path, {"train": str(tmp_path / "notes.txt")})
@@ -335,6 +363,38 @@ def test_cache_dir_key_and_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     entry.write_bytes(b"garbage")  # a damaged entry is a miss, then rewritten
     data = load_local(LocalData(tmp_path / "t", cache_dir=str(tmp_path / "mine")))
     assert len(data.train) == 20 and entry.read_bytes() != b"garbage"
+
+
+def test_cache_entries_are_safetensors_both_ways(tmp_path: Path) -> None:
+    """dlcli writes and reads its entries itself (no copy of the pixels through a bytes object
+    or a memory map): the safetensors library reads what dlcli writes and the other way round,
+    an empty tensor included, and a truncated or lying entry is refused."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from dlcli.data.cache import _read_entry, _write_entry
+
+    images = np.arange(2 * 1 * 3 * 3, dtype=np.uint8).reshape(2, 1, 3, 3)
+    tensors = {"images": images, "kept": np.array([0, 2], dtype=np.int64)}
+    mine = tmp_path / "mine.safetensors"
+    _write_entry(str(mine), tensors, {"format": "x"})
+    with safe_open(str(mine), framework="np") as f:
+        assert f.metadata() == {"format": "x"}
+        assert (f.get_tensor("images") == images).all()
+        assert f.get_tensor("kept").tolist() == [0, 2]
+    theirs = tmp_path / "theirs.safetensors"
+    save_file({**tensors, "kept": np.zeros(0, dtype=np.int64)}, str(theirs), metadata={"a": "b"})
+    meta, read = _read_entry(theirs)
+    assert meta == {"a": "b"} and (read["images"] == images).all() and read["kept"].shape == (0,)
+    data = mine.read_bytes()
+    (tmp_path / "short").write_bytes(data[:-3])
+    with pytest.raises(ValueError, match="truncated|range"):
+        _read_entry(tmp_path / "short")
+    size = int.from_bytes(data[:8], "little")
+    lying = data[: 8 + size].replace(b'"shape":[2,1,3,3]', b'"shape":[9,1,3,3]')
+    (tmp_path / "lying").write_bytes(lying + data[8 + size :])
+    with pytest.raises(ValueError, match="range|size"):
+        _read_entry(tmp_path / "lying")
 
 
 # --- parity with the IDX arrays --------------------------------------------------------------

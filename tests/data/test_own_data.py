@@ -388,12 +388,12 @@ def test_cache_entries_are_safetensors_both_ways(tmp_path: Path) -> None:
     assert meta == {"a": "b"} and (read["images"] == images).all() and read["kept"].shape == (0,)
     data = mine.read_bytes()
     (tmp_path / "short").write_bytes(data[:-3])
-    with pytest.raises(ValueError, match="truncated|range"):
+    with pytest.raises(ValueError, match=r"truncated|range"):
         _read_entry(tmp_path / "short")
     size = int.from_bytes(data[:8], "little")
     lying = data[: 8 + size].replace(b'"shape":[2,1,3,3]', b'"shape":[9,1,3,3]')
     (tmp_path / "lying").write_bytes(lying + data[8 + size :])
-    with pytest.raises(ValueError, match="range|size"):
+    with pytest.raises(ValueError, match=r"range|size"):
         _read_entry(tmp_path / "lying")
 
 

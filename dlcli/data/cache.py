@@ -61,11 +61,11 @@ def entry_path(
         "conversion": conversion.to_dict() if conversion else "inferred",
     }
     prefix = _hash(json.dumps(settings, sort_keys=True).encode())[:16]
-    files = _fingerprint(paths, stats if stats is not None else file_stats(paths))
+    files = _fingerprint(paths, stats if stats is not None else _file_stats(paths))
     return root / "images" / f"{prefix}-{files[:32]}.safetensors"
 
 
-def file_stats(paths: Sequence[str]) -> npt.NDArray[np.int64]:
+def _file_stats(paths: Sequence[str]) -> npt.NDArray[np.int64]:
     """(N, 2): every file's size and mtime_ns; (-1, -1) for one that cannot be stat'ed."""
     stats = np.full((len(paths), 2), -1, dtype=np.int64)
     for i, path in enumerate(paths):
@@ -157,6 +157,7 @@ def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
 # readable by ``safetensors.safe_open`` (a test checks both ways).
 
 _DTYPES: dict[str, np.dtype[Any]] = {"U8": np.dtype(np.uint8), "I64": np.dtype("<i8")}
+_CODES = {dtype: code for code, dtype in _DTYPES.items()}
 _HEADER_MAX = 256 * 2**20  # the "bad" files' list lives in the header
 
 
@@ -164,9 +165,8 @@ def _write_entry(path: str, tensors: dict[str, Any], metadata: dict[str, str]) -
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, array in tensors.items():
-        code = next(c for c, dtype in _DTYPES.items() if dtype == array.dtype)
         header[name] = {
-            "dtype": code,
+            "dtype": _CODES[array.dtype],
             "shape": list(array.shape),
             "data_offsets": [offset, offset + array.nbytes],
         }

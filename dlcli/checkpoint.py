@@ -399,7 +399,9 @@ def check_fits(
         if best is not None:
             _check_tensors(best, expected, path / TENSORS, f"{key} best_weights")
     epoch, step = checkpoint.epoch, checkpoint.step_in_epoch
-    if step >= max(steps_per_epoch, 1):
+    # step == steps_per_epoch is a stop after the epoch's last step, before its end (validation,
+    # schedule, checkpoint): resuming runs that end with no steps left to take.
+    if step > max(steps_per_epoch, 1):
         raise ModelDirError(
             f"{path / STATE}: corrupt checkpoint: step_in_epoch is {step}, but an epoch of this "
             f"run has {steps_per_epoch} steps"

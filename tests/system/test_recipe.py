@@ -92,15 +92,20 @@ def train_in_process(config: Path, *, stop_at: int | None = None, **kwargs: Any)
     pipeline.train(prepared, callbacks=callbacks)
 
 
-def test_resume_with_augmentation_and_ema_is_byte_identical(tmp_path: Path) -> None:
+# 8 steps an epoch: stopped inside epoch 2, and on the last step of epoch 1 (all its steps done,
+# its end not yet: validation, schedule and checkpoint still to come).
+@pytest.mark.parametrize(("stop_at", "step_in_epoch"), [(11, 3), (8, 8)])
+def test_resume_with_augmentation_and_ema_is_byte_identical(
+    tmp_path: Path, stop_at: int, step_in_epoch: int
+) -> None:
     settings = {"augment": AUGMENT, "ema": {"decay": 0.9, "warmup": 3}}
     reference = write_run_config(tmp_path / "a", **settings)
     train_in_process(reference)
     resumed = write_run_config(tmp_path / "b", **settings)
     with pytest.raises(Interrupted):
-        train_in_process(resumed, stop_at=11)  # inside epoch 2 (8 steps an epoch)
+        train_in_process(resumed, stop_at=stop_at)
     state = json.loads((tmp_path / "b/runs/run/checkpoints/last/state.json").read_text())
-    assert state["state"]["step_in_epoch"] == 3
+    assert state["state"]["step_in_epoch"] == step_in_epoch
     assert {"augment", "ema"} <= set(state["state"])
     train_in_process(resumed, resume=True)
     a, b = tmp_path / "a/runs/run", tmp_path / "b/runs/run"

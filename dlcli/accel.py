@@ -57,10 +57,11 @@ class Precision:
         """``loss.backward()``; fp16: of the loss scaled against underflow."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def update(self, optimizer: torch.optim.Optimizer) -> None:
-        """``optimizer.step()``; fp16: of the unscaled gradients, skipped if one is inf/NaN."""
+    def update(self, optimizer: torch.optim.Optimizer, step: Callable[[], object]) -> None:
+        """``step()`` (``optimizer.step`` or what does the same: dlcli.optim.stepper); fp16:
+        ``optimizer.step()`` of the unscaled gradients, skipped if one is inf/NaN."""
         if self.scaler is None:
-            optimizer.step()
+            step()
             return
         self.scaler.step(optimizer)
         self.scaler.update()
@@ -170,6 +171,11 @@ class FlatParameters:
         """Zero every gradient (one memset); backward then adds into the flat buffer. The
         buffer is re-attached too: ``optimizer.zero_grad()`` (set_to_none) would detach it."""
         self.grads.zero_()
+        self.attach()
+
+    def attach(self) -> None:
+        """Make the gradient buffer the flat tensor's ``.grad`` again (what the optimizer
+        reads), for steps that write the gradients without zeroing them first."""
         self.params.grad = self.grads
 
 

@@ -396,6 +396,11 @@ class TrainingConfig:
     threads: Literal["auto"] | int = doc(
         "CPU threads: auto (the free cores) or a number; results depend on it", "auto", THREADS
     )
+    backward: Literal["auto", "autograd", "explicit"] = doc(
+        "how a step's gradients are computed: auto (explicit matmuls for a stack of dense "
+        "layers, else autograd), autograd, or explicit (auto, saying why when it cannot)",
+        "auto",
+    )
 
 
 @dataclass(kw_only=True)

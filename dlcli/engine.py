@@ -3,7 +3,8 @@
 :meth:`Trainer.train_step` is the whole step, top to bottom: the batch, forward, loss,
 backward, update, metrics. The options that change how a step runs (mixed precision,
 torch.compile, channels_last, the flat parameter buffer: ``dlcli/accel.py``; data parallelism:
-``dlcli/distributed``) are small objects it calls at named points; a single process has no
+``dlcli/distributed``; explicit matmuls instead of autograd for a stack of dense layers:
+``dlcli/dense_step.py``) are small objects it calls at named points; a single process has no
 data-parallel object and runs no distributed code. Two points are left for what plugs into the
 step: ``augment`` (an on-device transform of each uint8 batch, before forward:
 ``training.augment``, dlcli/augment.py) and ``after_update`` (hooks after each optimizer
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dlcli import metric_names
+from dlcli import dense_step, metric_names
 from dlcli.accel import (
     ChannelsLast,
     DeviceData,
@@ -46,7 +47,7 @@ from dlcli.data.dataset import Split
 from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError
 from dlcli.evaluation import Objective, Running, Scorer, score
 from dlcli.hooks import Callback, Logs
-from dlcli.optim import make_optimizer
+from dlcli.optim import make_optimizer, stepper
 from dlcli.untrusted import conforms, shorten
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ class Trainer:
         if self.world is not None:
             self.train_forward = compiled(self.world.wrap(self.model, device), training.compile)
         self.optimizer = make_optimizer([self.flat.params], training.optimizer)
+        self.optimizer_step = stepper(self.optimizer)  # optimizer.step, or the same kernel call
+        # training.backward: explicit matmuls for a stack of dense layers (dlcli/dense_step.py)
+        self.explicit = dense_step.plan(self.model, training, distributed=self.world is not None)
         self.augment = augment
         self.after_update = list(after_update)
         # training.ema: the weight average among the hooks, which validation scores.
@@ -148,20 +152,28 @@ class Trainer:
             x, targets = self.augment(x, y)
         # 3. Pixels → float32 in [0, 1] (augmented ones already are), NHWC for convolutions.
         x = self.channels_last.batch(x if x.is_floating_point() else to_float(x))
-        # 4. Forward and loss (weighted by training.class_weights), in mixed precision if asked.
-        with self.precision.autocast():
-            logits = self.train_forward(x)
-            loss = self.objective.loss_of(logits, targets, self.class_weights)
-        # 5. Backward: zero the one flat gradient buffer (one memset), then back-propagate
-        #    (fp16: the loss scaled against underflow; data parallel: weighted by this
-        #    worker's share of the global batch, DDP averaging the gradients).
-        self.flat.zero_grad()
-        if self.world is None:
-            self.precision.backward(loss)
+        if self.explicit is not None:
+            # 4+5. A stack of dense layers: forward, loss and backward as explicit matmuls,
+            #      the gradients written into the flat buffer (training.backward; the maths
+            #      autograd does, without its bookkeeping).
+            logits, loss = self.explicit(x, targets)
+            self.flat.attach()
         else:
-            self.precision.backward(self.world.scale_loss(loss, len(y), len(batch)))
+            # 4. Forward and loss (weighted by training.class_weights), in mixed precision if
+            #    asked.
+            with self.precision.autocast():
+                logits = self.train_forward(x)
+                loss = self.objective.loss_of(logits, targets, self.class_weights)
+            # 5. Backward: zero the one flat gradient buffer (one memset), then back-propagate
+            #    (fp16: the loss scaled against underflow; data parallel: weighted by this
+            #    worker's share of the global batch, DDP averaging the gradients).
+            self.flat.zero_grad()
+            if self.world is None:
+                self.precision.backward(loss)
+            else:
+                self.precision.backward(self.world.scale_loss(loss, len(y), len(batch)))
         # 6. Update: one optimizer step (Adam: one fused kernel over the flat buffer).
-        self.precision.update(self.optimizer)
+        self.precision.update(self.optimizer, self.optimizer_step)
         # 7. After the update: weight averaging and the like (``after_update``; none by default).
         for hook in self.after_update:
             hook()

@@ -19,7 +19,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dlcli import checkpoint, distributed, evaluation, metric_names, signals, store, untrusted
+from dlcli import (
+    checkpoint,
+    dense_step,
+    distributed,
+    evaluation,
+    metric_names,
+    signals,
+    store,
+    untrusted,
+)
 from dlcli.augment import make_augmenter
 from dlcli.averaging import WeightAverage
 from dlcli.callbacks import (
@@ -360,6 +369,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "device": str(prepared.device),
         **({"threads": prepared.threads.describe()} if prepared.threads else {}),
+        "backward": "autograd" if trainer.explicit is None else "explicit",  # dlcli/dense_step.py
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
         "fit_seconds": round(trainer.fit_seconds, 4),
@@ -393,6 +403,16 @@ def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     if prepared.config.training.tta != "none":
         found["tta"] = prepared.config.training.tta
     return found
+
+
+def why_not_explicit(prepared: Prepared) -> str:
+    """Why the explicit step asked for (``training.backward: explicit``) cannot run this
+    model ("" when it can, or was not asked for): what ``train`` notes."""
+    training = prepared.config.training
+    if training.backward != "explicit":
+        return ""
+    module = prepared.model.module
+    return dense_step.why_not(module, training, distributed=prepared.world.distributed)
 
 
 def describe_recipe(training: TrainingConfig) -> str:

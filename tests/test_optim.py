@@ -4,10 +4,12 @@ too), the same update either way."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 import torch
+import torch.optim.optimizer as torch_optimizer
 
 from dlcli import optim
 from dlcli.config import OptimizerConfig, parse_config
@@ -127,3 +129,109 @@ def test_other_optimizers_are_torchs() -> None:
     param.grad = torch.ones(3)
     sgd.step()
     assert torch.allclose(param, torch.full((3,), 0.99))
+
+
+# --- the direct kernel call: the same bits as optimizer.step() ---------------------------------
+
+
+def run_stepper(name: str, weight_decay: float, *, steps: int = 20) -> tuple[Any, torch.Tensor]:
+    """(optimizer, parameter) after ``steps`` updates through ``optim.stepper``, the learning
+    rate changed halfway as a scheduler would."""
+    param = start()
+    optimizer = optim.make_optimizer([param], optimizer_config(name, weight_decay))
+    step = optim.stepper(optimizer)
+    for i, grad in enumerate(gradients(param.numel(), steps)):
+        if i == steps // 2:
+            optimizer.param_groups[0]["lr"] = 0.003
+        param.grad = grad.clone()
+        step()
+    return optimizer, param
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_the_direct_adam_step_is_optimizer_step_bit_for_bit(name: str, weight_decay: float) -> None:
+    reference_param = start()
+    reference = optim.make_optimizer([reference_param], optimizer_config(name, weight_decay))
+    run(reference, reference_param)
+    assert isinstance(optim.stepper(reference), optim.DirectAdam)
+    ours, param = run_stepper(name, weight_decay)
+    assert torch.equal(param, reference_param)
+    for key, value in reference.state_dict()["state"][0].items():
+        assert torch.equal(ours.state_dict()["state"][0][key], value), key
+    assert ours.state_dict()["param_groups"] == reference.state_dict()["param_groups"]
+
+
+def test_the_direct_step_runs_hooks_through_optimizer_step() -> None:
+    param = start()
+    optimizer = optim.make_optimizer([param], optimizer_config("adam", 0.0))
+    step = optim.stepper(optimizer)
+    seen: list[str] = []
+    param.grad = torch.ones_like(param)
+    step()  # the first step creates the state through optimizer.step()
+    handle = optimizer.register_step_post_hook(lambda *_: seen.append("own"))
+    step()
+    handle.remove()
+    handle = torch_optimizer.register_optimizer_step_pre_hook(lambda *_: seen.append("all"))
+    try:
+        step()
+    finally:
+        handle.remove()
+    step()
+    assert seen == ["own", "all"]
+    assert int(optimizer.state[param]["step"]) == 4
+
+
+def test_without_the_private_kernel_the_stepper_is_optimizer_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(optim, "_KERNELS", {False: None, True: None})
+    reference_param = start()
+    reference = optim.make_optimizer([reference_param], optimizer_config("adam", 0.0))
+    run(reference, reference_param)
+    ours, param = run_stepper("adam", 0.0)
+    step = optim.stepper(ours)
+    assert not isinstance(step, optim.DirectAdam)
+    assert torch.equal(param, reference_param)
+
+
+def test_what_the_direct_step_does_not_cover() -> None:
+    two = torch.optim.Adam([start(), start()], fused=True)  # two tensors: not dlcli's flat buffer
+    amsgrad = torch.optim.Adam([start()], amsgrad=True, fused=True)
+    unfused = torch.optim.Adam([start()])
+    sgd = torch.optim.SGD([start()], lr=0.1)
+    for optimizer in (two, amsgrad, unfused, sgd):
+        assert not isinstance(optim.stepper(optimizer), optim.DirectAdam), optimizer
+
+
+def test_a_tensor_learning_rate_takes_optimizer_step() -> None:
+    param, reference_param = start(), start()
+    optimizer = torch.optim.Adam([param], lr=torch.tensor(0.01), fused=True)
+    reference = torch.optim.Adam([reference_param], lr=torch.tensor(0.01), fused=True)
+    step = optim.stepper(optimizer)
+    for grad in gradients(param.numel(), 5):
+        param.grad, reference_param.grad = grad.clone(), grad.clone()
+        step()
+        reference.step()
+    assert torch.equal(param, reference_param)
+
+
+def test_the_direct_step_follows_a_loaded_state() -> None:
+    """load_state_dict replaces the optimizer's group dicts: a scheduler then changes the new
+    ones, and the direct step must read those (a resumed run's learning rate)."""
+    param, reference_param = start(), start()
+    optimizer = optim.make_optimizer([param], optimizer_config("adam", 0.0))
+    reference = optim.make_optimizer([reference_param], optimizer_config("adam", 0.0))
+    step = optim.stepper(optimizer)
+    for grad in gradients(param.numel(), 3):
+        param.grad, reference_param.grad = grad.clone(), grad.clone()
+        step()
+        reference.step()
+    optimizer.load_state_dict(copy.deepcopy(reference.state_dict()))  # not shared tensors
+    for i, grad in enumerate(gradients(param.numel(), 6)):
+        for group in (*optimizer.param_groups, *reference.param_groups):
+            group["lr"] = 0.01 / (i + 2)
+        param.grad, reference_param.grad = grad.clone(), grad.clone()
+        step()
+        reference.step()
+    assert torch.equal(param, reference_param)

@@ -286,6 +286,11 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     tools = pipeline.describe_recipe(prepared.config.training)
     if tools:
         reporter.note(f"training with {tools}")
+    unexplained = pipeline.why_not_explicit(prepared)
+    if unexplained:
+        reporter.note(
+            f"training.backward: explicit, but {unexplained}: autograd computes the gradients"
+        )
     from dlcli.model import hwc
 
     built = prepared.model

@@ -1,0 +1,300 @@
+"""``training.backward``: the explicit step of a dense stack computes autograd's gradients
+(step by step, and over whole fits with a hand-written loop), is chosen only where it covers
+the model and settings, and resumes to the same bytes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from dlcli import dense_step, pipeline
+from dlcli.accel import FlatParameters
+from dlcli.config import TrainingConfig, load_config, parse_config
+from dlcli.data.dataset import Split
+from dlcli.data.idx import write_idx
+from dlcli.engine import Callback, Trainer
+from dlcli.errors import Interrupted
+from dlcli.model import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def training(**overrides: Any) -> TrainingConfig:
+    return parse_config(
+        {
+            "data": {"dataset": "fashion-mnist"},
+            "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10}]},
+            "training": {"batch_size": 16, "shuffle": False, **overrides},
+        }
+    ).training
+
+
+def dense_model(*, bias: bool = True, last_relu: bool = False) -> nn.Module:
+    """Nested as dlcli builds it: a Sequential per layer, with Identity and a bias-free layer."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(64, 32), nn.ReLU()),
+        nn.Identity(),
+        nn.Sequential(nn.Linear(32, 16, bias=bias), nn.ReLU()),
+        nn.Linear(16, 4),
+    ]
+    if last_relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=generator), torch.randint(
+        0, 4, (n,), generator=generator
+    )
+
+
+def autograd_gradients(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    logits = model(x)
+    loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    loss.backward()
+    return logits.detach(), loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "probabilities"])
+@pytest.mark.parametrize(
+    "make", [dense_model, lambda: dense_model(bias=False, last_relu=True)], ids=["mlp", "variant"]
+)
+def test_one_step_has_autograds_gradients(smoothing: float, soft: bool, make: Any) -> None:
+    model = make()
+    reference = copy.deepcopy(model)
+    flat = FlatParameters(model)
+    step = dense_step.plan(model, training(label_smoothing=smoothing), distributed=False)
+    assert step is not None
+    x, labels = batch()
+    targets = F.softmax(torch.randn(16, 4), dim=1) if soft else labels
+    flat.grads.fill_(123.0)  # stale values: every gradient is written, not added to
+    logits, loss = step(x, targets)
+    ref_logits, ref_loss, ref_grads = autograd_gradients(reference, x, targets, smoothing)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-6, atol=1e-6)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for (name, p), expected in zip(model.named_parameters(), ref_grads, strict=True):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7, msg=name)
+    assert not flat.grads.eq(123.0).any()
+
+
+def hand_written_loop(model: nn.Module, data: Split, epochs: int, batch_size: int) -> list[float]:
+    """What a user writes: default Adam, autograd; the mean training loss of each epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for start in range(0, len(data), batch_size):
+            x = data.images[start : start + batch_size].float() / 255
+            y = data.labels[start : start + batch_size]
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+        losses.append(total / len(data))
+    return losses
+
+
+def tiny_split(n: int = 200) -> Split:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    images = torch.randint(0, 60, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
+    images[torch.arange(n), 0, labels * 2, :] = 250
+    return Split(images, labels)
+
+
+def test_a_fit_has_the_loss_curve_and_weights_of_a_hand_written_loop() -> None:
+    data = tiny_split()
+    model = dense_model()
+    reference = copy.deepcopy(model)
+    trainer = Trainer(model, training(epochs=4), num_classes=4, device=CPU)
+    assert trainer.explicit is not None
+    trainer.fit(data)
+    expected = hand_written_loop(reference, data, epochs=4, batch_size=16)
+    ours = [row["loss"] for row in trainer.history]
+    assert ours == pytest.approx(expected, rel=1e-5)
+    assert expected[-1] < expected[0] * 0.9  # it learns: not two no-ops compared
+    for (name, a), b in zip(
+        trainer.model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_same_seed_gives_the_same_bytes() -> None:
+    def weights() -> list[torch.Tensor]:
+        trainer = Trainer(
+            dense_model(), training(epochs=2, shuffle=True), num_classes=4, device=CPU
+        )
+        trainer.fit(tiny_split())
+        return [t.clone() for t in trainer.model.state_dict().values()]
+
+    assert all(torch.equal(a, b) for a, b in zip(weights(), weights(), strict=True))
+
+
+def test_a_last_batch_of_another_size() -> None:
+    trainer = Trainer(dense_model(), training(epochs=1, batch_size=64), num_classes=4, device=CPU)
+    trainer.fit(tiny_split(200))  # 64, 64, 64, 8
+    assert trainer.explicit is not None and set(trainer.explicit._buffers) == {64, 8}
+
+
+def test_an_optimizer_zero_grad_from_a_callback_does_not_stop_the_updates() -> None:
+    class ZeroGrad(Callback):
+        def on_step_end(self, trainer: Trainer, step: int) -> None:
+            trainer.optimizer.zero_grad()
+            trainer.model.zero_grad()
+
+    plain = Trainer(dense_model(), training(epochs=2), num_classes=4, device=CPU)
+    plain.fit(tiny_split())
+    zeroed = Trainer(
+        dense_model(), training(epochs=2), num_classes=4, device=CPU, callbacks=[ZeroGrad()]
+    )
+    zeroed.fit(tiny_split())
+    for a, b in zip(plain.model.parameters(), zeroed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+MLP = [
+    {"type": "flatten"},
+    {"type": "dense", "units": 16, "activation": "relu"},
+    {"type": "dense", "units": 10},
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "settings", "why"),
+    [
+        (MLP, {}, ""),
+        (MLP, {"backward": "explicit"}, ""),
+        (MLP, {"backward": "autograd"}, None),
+        (MLP, {"precision": "bf16"}, "training.precision is bf16"),
+        (MLP, {"compile": True}, "training.compile is on"),
+        (MLP, {"class_weights": "balanced"}, "training.class_weights is set"),
+        (MLP, {"loss": "mse"}, "training.loss is mse"),
+        ([*MLP[:2], {"type": "dropout", "rate": 0.1}, MLP[2]], {}, "no Dropout layer"),
+        ([MLP[0], {"type": "dense", "units": 16, "activation": "tanh"}, MLP[2]], {}, "no Tanh"),
+        (
+            [{"type": "conv2d", "filters": 2, "kernel_size": 3}, *MLP],
+            {},
+            "does not start with flatten",
+        ),
+    ],
+)
+def test_the_plan_takes_the_explicit_step_only_where_it_covers(
+    layers: list[dict[str, Any]], settings: dict[str, Any], why: str | None
+) -> None:
+    cfg = parse_config(
+        {
+            "data": {"dataset": "fashion-mnist"},
+            "model": {"input_shape": [8, 8, 1], "layers": layers},
+            "training": settings,
+        }
+    )
+    model = build_model(cfg.model, num_classes=10).module
+    reason = dense_step.why_not(model, cfg.training, distributed=False)
+    FlatParameters(model)  # the gradient buffers the step writes into, as the Trainer makes
+    step = dense_step.plan(model, cfg.training, distributed=False)
+    if why == "":
+        assert step is not None and reason == ""
+    else:
+        assert step is None
+        assert why is None or why in reason
+
+
+def test_frozen_or_hooked_layers_take_autograd() -> None:
+    frozen = dense_model()
+    frozen[1][0].weight.requires_grad_(False)
+    assert "frozen" in dense_step.why_not(frozen, training(), distributed=False)
+    hooked = dense_model()
+    hooked[4].register_forward_hook(lambda *_: None)
+    assert "hooks" in dense_step.why_not(hooked, training(), distributed=False)
+    assert "data parallel" in dense_step.why_not(dense_model(), training(), distributed=True)
+
+
+def test_the_relu_backward_fallback_is_the_aten_kernel() -> None:
+    grad = torch.randn(50, 30)
+    output = torch.randn(50, 30).relu_()
+    expected = dense_step._relu_backward_aten(grad.clone(), output)
+    assert torch.equal(dense_step._relu_backward_public(grad.clone(), output), expected)
+    assert torch.equal(expected, grad * (output > 0))
+
+
+# --- through the pipeline: recorded, and a resumed run is the same bytes ----------------------
+
+
+def write_config(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files: dict[str, str] = {}
+    for part, n in (("train", 300), ("test", 60)):
+        labels = rng.integers(0, 4, size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
+        images[np.arange(n), labels * 2, :] = 250
+        for kind, array in (("images", images), ("labels", labels)):
+            write_idx(folder / f"{part}-{kind}.gz", array)
+            files[f"{part}_{kind}"] = str(folder / f"{part}-{kind}.gz")
+    cfg = {
+        "data": {**files, "num_classes": 4, "validation_split": 0.2},
+        "model": {"input_shape": [8, 8, 1], "layers": [*MLP[:2], {"type": "dense", "units": 4}]},
+        "training": {
+            "epochs": 3,
+            "batch_size": 32,
+            "label_smoothing": 0.1,
+            "optimizer": {"learning_rate": 0.01},
+            "lr_schedule": {"name": "one_cycle"},
+        },
+        "output": {"dir": str(folder / "run")},
+    }
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class _StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.interrupted = "SIGTERM"
+
+
+@pytest.mark.parametrize("stop_at", [11, 8])  # inside epoch 2; after epoch 1's last step
+def test_a_resumed_run_is_the_same_bytes_and_says_which_step_ran(
+    tmp_path: Path, stop_at: int
+) -> None:
+    reference = write_config(tmp_path / "a")
+    pipeline.train(pipeline.prepare(load_config(reference)))
+    resumed = write_config(tmp_path / "b")
+    with pytest.raises(Interrupted):
+        pipeline.train(pipeline.prepare(load_config(resumed)), callbacks=[_StopAt(stop_at)])
+    pipeline.train(pipeline.prepare(load_config(resumed), resume=True))
+    a, b = tmp_path / "a/run", tmp_path / "b/run"
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (a, b))
+    assert ma["backward"] == mb["backward"] == "explicit"
+    for key in ("train", "validation", "test"):
+        assert ma[key] == mb[key]

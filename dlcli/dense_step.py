@@ -1,5 +1,5 @@
 """``training.backward``: the forward, loss and backward of a stack of dense layers as explicit
-matmuls, without autograd (the same maths, a third less time a step for the seed MLP).
+matmuls, without autograd (the same maths; see benchmarks/RESULTS.md for what it saves).
 
 A step of a small MLP at batch 100 is mostly not arithmetic: autograd records a graph, saves
 tensors, zeroes and accumulates into the gradients, and calls each kernel through several
@@ -9,7 +9,8 @@ pass is short enough to write out, and :class:`DenseStep` does, with the kernels
 would call in the layouts it would call them in:
 
     forward   h = addmm(b, x, W.T) per layer, relu in place
-    loss      F.cross_entropy of the logits (label smoothing, soft targets as in autograd)
+    loss      nll_loss(log_softmax(logits)), which is what F.cross_entropy computes (with
+              label smoothing or soft targets, F.cross_entropy itself)
     backward  g = (softmax(logits) - targets) / batch; per layer, last first:
               W.grad.T = x.T @ g and b.grad = sum(g) written into the flat gradient buffer
               (no memset, no accumulation), then g = (g @ W) * (h > 0)
@@ -126,6 +127,9 @@ class _Dense:
         return cls(weight, bias, weight.grad.t(), bias_grad, relu)
 
 
+_Buffers = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
+
+
 class DenseStep:
     """Forward, loss and backward of a dense stack (see the module docstring): call it with
     the float batch (N×C×H×W) and its targets (class indices, or class probabilities N×classes)
@@ -140,23 +144,23 @@ class DenseStep:
     def __init__(self, layers: list[tuple[nn.Linear, bool]], label_smoothing: float) -> None:
         self.layers = [_Dense.of(linear, relu) for linear, relu in layers]
         self.label_smoothing = label_smoothing
-        self._buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._buffers: dict[int, _Buffers] = {}
 
-    def buffers(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(each layer's output, each layer's input gradient but the first's) for a batch
-        like ``x``."""
+    def buffers(self, x: torch.Tensor) -> _Buffers:
+        """(each layer's output, each layer's input gradient but the first's, a column of
+        -1s) for a batch like ``x``."""
         n = len(x)
         if n not in self._buffers:
             if len(self._buffers) >= 2:  # an epoch's full and last batch; never more kept
                 self._buffers.clear()
             outputs = [x.new_empty(n, layer.weight.shape[0]) for layer in self.layers]
             grads = [x.new_empty(n, layer.weight.shape[1]) for layer in self.layers[1:]]
-            self._buffers[n] = (outputs, grads)
+            self._buffers[n] = (outputs, grads, x.new_full((n, 1), -1.0))
         return self._buffers[n]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs, input_grads = self.buffers(x)
+        outputs, input_grads, minus_one = self.buffers(x)
         # Forward: every layer's input and output are kept (acts[i] in, acts[i + 1] out), for
         # the weight gradients and the ReLU masks (autograd's relu backward reads the output).
         acts = [x.flatten(1)]
@@ -170,15 +174,19 @@ class DenseStep:
         # Loss, and its gradient with respect to the logits: (softmax - targets) / batch,
         # the targets smoothed as cross_entropy smooths them.
         smoothing, n = self.label_smoothing, len(targets)
-        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
-        g = torch.softmax(logits, dim=1)
-        if smoothing:
-            g.sub_(smoothing / logits.shape[1])
-        if targets.is_floating_point():
-            g.sub_(targets.to(g.dtype), alpha=1 - smoothing)
-        else:
-            ones = torch.full((n, 1), smoothing - 1, dtype=g.dtype, device=g.device)
-            g.scatter_add_(1, targets[:, None], ones)
+        if smoothing or targets.is_floating_point():
+            loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+            g = torch.softmax(logits, dim=1)
+            if smoothing:
+                g.sub_(smoothing / logits.shape[1])
+            if targets.is_floating_point():
+                g.sub_(targets.to(g.dtype), alpha=1 - smoothing)
+            else:
+                g.scatter_add_(1, targets[:, None], minus_one.mul(1 - smoothing))
+        else:  # cross_entropy is nll_loss of log_softmax: computed once, then exp'd in place
+            g = torch.log_softmax(logits, dim=1)
+            loss = F.nll_loss(g, targets)
+            g.exp_().scatter_add_(1, targets[:, None], minus_one)
         g.mul_(1 / n)
         # Backward, last layer first: through its ReLU, then its weight and bias gradients
         # straight into their buffers, then the gradient of its input (not for the first).

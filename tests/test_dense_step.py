@@ -298,3 +298,36 @@ def test_a_resumed_run_is_the_same_bytes_and_says_which_step_ran(
     assert ma["backward"] == mb["backward"] == "explicit"
     for key in ("train", "validation", "test"):
         assert ma[key] == mb[key]
+
+
+def test_with_augmentation_and_label_smoothing_it_follows_autograd() -> None:
+    """Mixed batches (soft targets) and smoothed labels through the Trainer: the explicit
+    step's epoch losses and weights are autograd's, to float rounding."""
+    from dlcli.augment import make_augmenter
+
+    def fit(backward: str) -> Trainer:
+        cfg = parse_config(
+            {
+                "data": {"dataset": "fashion-mnist"},
+                "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4}]},
+                "training": {
+                    "epochs": 3,
+                    "batch_size": 16,
+                    "label_smoothing": 0.1,
+                    "augment": {"flip": True, "mixup": 0.4, "cutmix": 1.0},
+                    "backward": backward,
+                },
+            }
+        ).training
+        assert cfg.augment is not None
+        augment = make_augmenter(cfg.augment, CPU, cfg.seed, 4)
+        trainer = Trainer(dense_model(), cfg, num_classes=4, device=CPU, augment=augment)
+        assert (trainer.explicit is None) == (backward == "autograd")
+        trainer.fit(tiny_split())
+        return trainer
+
+    explicit, autograd = fit("auto"), fit("autograd")
+    ours = [row["loss"] for row in explicit.history]
+    assert ours == pytest.approx([row["loss"] for row in autograd.history], rel=1e-5)
+    for a, b in zip(explicit.model.parameters(), autograd.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

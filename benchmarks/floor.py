@@ -274,8 +274,8 @@ def table(model: Model, seconds: dict[str, list[float]]) -> list[str]:
     floors = seconds["floor"]
     lines = [
         "| model | contender | s/epoch, median | ms/step | over the floor, ms/step "
-        "| vs floor (median of rounds) | range |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| vs floor (median of rounds) | range | fastest vs fastest |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     floor_step = statistics.median(floors) / model.steps * 1000
     for name, runs in seconds.items():
@@ -284,7 +284,7 @@ def table(model: Model, seconds: dict[str, list[float]]) -> list[str]:
         lines.append(
             f"| {model.name} | {name} | {statistics.median(runs):.3f} | {per_step:.3f} | "
             f"{per_step - floor_step:.3f} | **{statistics.median(ratios):.2f}x** | "
-            f"{min(ratios):.2f}-{max(ratios):.2f}x |"
+            f"{min(ratios):.2f}-{max(ratios):.2f}x | {min(runs) / min(floors):.2f}x |"
         )
     return lines
 
@@ -301,7 +301,9 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
         f"## The step against its arithmetic ({args.threads} thread(s))",
         "",
         f"`{command}`: one process; each round runs every contender once, in alternating "
-        "order; ratios are per round, then the median. **floor**: the step's own matmuls and "
+        "order; ratios are per round, then the median (**fastest vs fastest**: the contender's "
+        "fastest round over the floor's, the least disturbed of each). **floor**: the step's "
+        "own matmuls and "
         "convolutions at its shapes and layouts, forward and backward, without autograd, for "
         "the epoch's steps; **dlcli**: `Trainer.fit`, one epoch of the 57,000-image split at "
         "batch 100, no validation.",

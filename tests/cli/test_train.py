@@ -193,3 +193,31 @@ def test_evaluate_refuses_altered_weights(tiny_config: Path) -> None:
     result = run("evaluate", doc["run_dir"])
     assert result.exit_code == 3
     assert "model.safetensors: altered or truncated" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "backward", "note"),
+    [
+        ([], "explicit", None),
+        (["training.backward=autograd"], "autograd", None),
+        (
+            ["training.backward=explicit", "training.class_weights=balanced"],
+            "autograd",
+            "class_weights",
+        ),
+        (["training.backward=explicit"], "explicit", None),
+    ],
+)
+def test_the_step_kind_is_recorded_and_an_unmet_explicit_is_said(
+    tiny_config: Path, settings: list[str], backward: str, note: str | None
+) -> None:
+    sets = [item for setting in ["training.epochs=1", *settings] for item in ("--set", setting)]
+    result = run("train", str(tiny_config), "--overwrite", *sets)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tiny_config.parent / "runs/tiny/metrics.json").read_text())
+    assert metrics["backward"] == backward
+    said = [line for line in result.stderr.splitlines() if "training.backward" in line]
+    if note is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and note in said[0] and "autograd computes" in said[0]

@@ -7,6 +7,13 @@ Adam and AdamW take ``fused=True`` where this torch has the fused kernel for the
 device (CPU since torch 2.4, CUDA, ...): the whole update is then one kernel over the one flat
 tensor. Where it does not, they fall back to torch's default implementation (the same update,
 computed in several kernels).
+
+:func:`stepper` is what the training step calls to update: ``optimizer.step()``, or for a fused
+Adam/AdamW over the one tensor, :class:`DirectAdam`, the kernel that ``step()`` comes down to,
+called with the same arguments (the same bits). It is the one private torch name dlcli uses,
+looked up rather than imported, with ``optimizer.step()`` as the fallback wherever it is
+missing or a step needs what ``step()`` does around the kernel (hooks, a tensor learning
+rate, creating the state).
 """
 
 from __future__ import annotations
@@ -86,9 +93,10 @@ def stepper(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
 class DirectAdam:
     """``optimizer.step()`` of a fused Adam/AdamW over one parameter tensor, as the kernel call
     it comes down to. It falls back to ``optimizer.step()`` for any step it cannot take the
-    same way: its first (which creates the state, and which a learning-rate scheduler made
-    since checks was taken), a tensor learning rate, and whenever an optimizer hook is
-    registered (hooks must run)."""
+    same way: its first (it creates the state, and learning-rate schedulers check that
+    ``optimizer.step()`` ran), a tensor learning rate, moments whose shape or dtype is not the
+    parameter's (``step()`` refuses them with an error rather than the kernel reading past
+    them), and whenever an optimizer hook is registered (hooks must run)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
@@ -128,6 +136,7 @@ class DirectAdam:
             or not state
             or isinstance(lr, torch.Tensor)
             or param.grad is None
+            or not _like(param, param.grad, state.get("exp_avg"), state.get("exp_avg_sq"))
             or self._hooked()
         ):
             self.optimizer.step()
@@ -153,3 +162,14 @@ class DirectAdam:
             eps=group["eps"],
             maximize=False,
         )
+
+
+def _like(param: torch.Tensor, *tensors: object) -> bool:
+    """Whether every one of ``tensors`` is a tensor of the parameter's shape, dtype, device."""
+    return all(
+        isinstance(t, torch.Tensor)
+        and t.shape == param.shape
+        and t.dtype == param.dtype
+        and t.device == param.device
+        for t in tensors
+    )

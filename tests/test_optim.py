@@ -235,3 +235,16 @@ def test_the_direct_step_follows_a_loaded_state() -> None:
         step()
         reference.step()
     assert torch.equal(param, reference_param)
+
+
+def test_moments_of_another_shape_go_through_optimizer_step() -> None:
+    """The kernel is never handed a state that step() would refuse: step() says what is wrong."""
+    param = start()
+    optimizer = optim.make_optimizer([param], optimizer_config("adam", 0.0))
+    step = optim.stepper(optimizer)
+    param.grad = torch.ones_like(param)
+    step()
+    step()
+    optimizer.state[param]["exp_avg"] = torch.zeros(10)
+    with pytest.raises(RuntimeError, match="same shape"):
+        step()

@@ -25,6 +25,7 @@ import torch
 import torch.optim.optimizer as torch_optimizer
 
 from dlcli.config import OptimizerConfig
+from dlcli.errors import TrainingError
 
 # Whether this torch's Adam takes ``fused`` at all (a public keyword since torch 2.0).
 FUSED = "fused" in inspect.signature(torch.optim.Adam).parameters
@@ -94,9 +95,10 @@ class DirectAdam:
     """``optimizer.step()`` of a fused Adam/AdamW over one parameter tensor, as the kernel call
     it comes down to. It falls back to ``optimizer.step()`` for any step it cannot take the
     same way: its first (it creates the state, and learning-rate schedulers check that
-    ``optimizer.step()`` ran), a tensor learning rate, moments whose shape or dtype is not the
-    parameter's (``step()`` refuses them with an error rather than the kernel reading past
-    them), and whenever an optimizer hook is registered (hooks must run)."""
+    ``optimizer.step()`` ran), a tensor learning rate, and whenever an optimizer hook is
+    registered (hooks must run). Moments whose shape, dtype or device are not the parameter's
+    are a :class:`TrainingError` (torch's kernel, through ``step()`` too, would read and write
+    past them: dlcli.checkpoint refuses such a state before it is loaded)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
@@ -130,13 +132,19 @@ class DirectAdam:
         # Looked up at every step: load_state_dict replaces the group and state dicts.
         group, param = self.optimizer.param_groups[0], self.param
         state = self.optimizer.state.get(param)
+        if state and not _like(param, state.get("exp_avg"), state.get("exp_avg_sq")):
+            # torch's fused kernel does not check: it would read and write past the moments.
+            raise TrainingError(
+                "the optimizer's state does not fit the parameters: its moments are not "
+                f"tensors of shape {tuple(param.shape)}, {param.dtype}, on {param.device}"
+            )
         lr = group["lr"]
         if (
             not self.stepped
             or not state
             or isinstance(lr, torch.Tensor)
             or param.grad is None
-            or not _like(param, param.grad, state.get("exp_avg"), state.get("exp_avg_sq"))
+            or not _like(param, param.grad)
             or self._hooked()
         ):
             self.optimizer.step()

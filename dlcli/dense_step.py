@@ -3,17 +3,19 @@ matmuls, without autograd (the same maths; see benchmarks/RESULTS.md for what it
 
 A step of a small MLP at batch 100 is mostly not arithmetic: autograd records a graph, saves
 tensors, zeroes and accumulates into the gradients, and calls each kernel through several
-layers of dispatch. For a model that is a plain stack of ``Flatten``, ``Linear`` and ``ReLU``
-(dlcli's ``dense`` layers with ``relu`` or ``linear`` activations: the seed MLP), the backward
+layers of dispatch. For a model that is a plain stack of ``Flatten`` and ``Linear`` layers,
+each with an optional ReLU, tanh or sigmoid (dlcli's ``dense`` layers with those activations
+or ``linear``: the seed MLP), the backward
 pass is short enough to write out, and :class:`DenseStep` does, with the kernels autograd
 would call in the layouts it would call them in:
 
-    forward   h = addmm(b, x, W.T) per layer, relu in place
+    forward   h = addmm(b, x, W.T) per layer, the activation in place
     loss      nll_loss(log_softmax(logits)), which is what F.cross_entropy computes (with
               label smoothing or soft targets, F.cross_entropy itself)
     backward  g = (softmax(logits) - targets) / batch; per layer, last first:
               W.grad.T = x.T @ g and b.grad = sum(g) written into the flat gradient buffer
-              (no memset, no accumulation), then g = (g @ W) * (h > 0)
+              (no memset, no accumulation), then g = g @ W through the activation's
+              backward (ATen's threshold_backward, tanh_backward, sigmoid_backward)
 
 The gradients land in the buffer :class:`dlcli.accel.FlatParameters` made, and the optimizer
 steps as after autograd. ``tests/test_dense_step.py`` checks the losses and weights against
@@ -29,7 +31,9 @@ data parallelism, class weights, the mse loss, frozen parameters and modules wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,24 +79,27 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
-def _dense_stack(model: nn.Module) -> tuple[list[tuple[nn.Linear, bool]], str]:
-    """``[(linear, relu after it), ...]`` if the model is Flatten, then Linear layers each
-    followed by an optional ReLU; else ``([], why not)``."""
+def _dense_stack(model: nn.Module) -> tuple[list[tuple[nn.Linear, Activation | None]], str]:
+    """``[(linear, its activation or None), ...]`` if the model is Flatten, then Linear
+    layers each followed by an optional ReLU, Tanh or Sigmoid; else ``([], why not)``."""
     leaves = [m for m in _leaves(model) if not isinstance(m, nn.Identity)]
     if not leaves or not isinstance(leaves[0], nn.Flatten):
         return [], "the model does not start with flatten"
     if (leaves[0].start_dim, leaves[0].end_dim) != (1, -1):
         return [], "the model's flatten is not over all but the batch dimension"
-    layers: list[tuple[nn.Linear, bool]] = []
+    if _global_hooks():
+        return [], "a global module hook is registered"
+    layers: list[tuple[nn.Linear, Activation | None]] = []
     for leaf in leaves[1:]:
         if _has_hooks(leaf):
             return [], f"a {type(leaf).__name__} layer has hooks"
-        if isinstance(leaf, nn.Linear) and type(leaf) is nn.Linear:
+        activation = ACTIVATIONS.get(type(leaf))
+        if type(leaf) is nn.Linear:
             if not all(p.requires_grad for p in leaf.parameters()):
                 return [], "a dense layer is frozen"
-            layers.append((leaf, False))
-        elif type(leaf) is nn.ReLU and layers and not layers[-1][1]:
-            layers[-1] = (layers[-1][0], True)
+            layers.append((leaf, None))
+        elif activation is not None and layers and layers[-1][1] is None:
+            layers[-1] = (layers[-1][0], activation)
         else:
             return [], f"the explicit step has no {type(leaf).__name__} layer"
     if not layers:
@@ -100,31 +107,86 @@ def _dense_stack(model: nn.Module) -> tuple[list[tuple[nn.Linear, bool]], str]:
     return layers, ""
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _has_hooks(module: nn.Module) -> bool:
-    """Whether anything hooks the module's forward or backward (public API: the hook dicts
-    are what ``register_*_hook`` fills, read through their documented names)."""
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return any(getattr(module, name, None) for name in names)
+    """Whether anything hooks the module's forward or backward: the dicts ``register_*_hook``
+    fills (an attribute this torch does not have counts as a hook: autograd then runs)."""
+    return any(getattr(module, name, True) for name in _HOOKS)
+
+
+def _global_hooks() -> bool:
+    """Whether a hook on every module is registered (``register_module_forward_hook``...)."""
+    from torch.nn.modules import module
+
+    return any(getattr(module, "_global" + name, True) for name in _HOOKS)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation the explicit step knows: applied in place to a layer's output, and its
+    backward from that output (the ATen kernel autograd runs, or the same formula in public
+    tensor operations where this torch has no such kernel)."""
+
+    forward_: Callable[[torch.Tensor], torch.Tensor]
+    backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _aten_or(name: str, fallback: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Any:
+    """``torch.ops.aten.<name>`` (a core ATen operator: what autograd calls) if this torch has
+    it, else ``fallback``, the same formula."""
+    return getattr(torch.ops.aten, name) if hasattr(torch.ops.aten, name) else fallback
+
+
+def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``grad`` where the output is positive, else 0: the output's sign is the mask (~10x
+    faster than ``masked_fill_`` with a boolean mask on the benchmark CPU)."""
+    return grad.mul_(output.sign())
+
+
+def _tanh_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    return grad.mul_(1 - output * output)
+
+
+def _sigmoid_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    return grad.mul_(output * (1 - output))
+
+
+def _relu_backward_aten(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """ATen's ``threshold_backward`` at 0: one pass, the kernel autograd runs for ReLU."""
+    result: torch.Tensor = torch.ops.aten.threshold_backward(grad, output, 0)
+    return result
+
+
+ACTIVATIONS: dict[type[nn.Module], Activation] = {
+    nn.ReLU: Activation(
+        torch.relu_,
+        _relu_backward_aten if hasattr(torch.ops.aten, "threshold_backward") else _relu_backward,
+    ),
+    nn.Tanh: Activation(torch.tanh_, _aten_or("tanh_backward", _tanh_backward)),
+    nn.Sigmoid: Activation(torch.sigmoid_, _aten_or("sigmoid_backward", _sigmoid_backward)),
+}
 
 
 @dataclass(frozen=True)
 class _Dense:
-    """One dense layer: its weight and bias, and where their gradients go (the views into the
+    """One dense layer: its weight and bias, where their gradients go (the views into the
     flat buffer, taken once: ``weight_grad_t`` is the weight's gradient seen input-major,
-    ``(in, out)``, contiguous as dlcli.accel.FlatParameters stores it)."""
+    ``(in, out)``, contiguous as dlcli.accel.FlatParameters stores it), and its activation."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
     weight_grad_t: torch.Tensor
     bias_grad: torch.Tensor | None
-    relu: bool
+    activation: Activation | None
 
     @classmethod
-    def of(cls, linear: nn.Linear, relu: bool) -> _Dense:
+    def of(cls, linear: nn.Linear, activation: Activation | None) -> _Dense:
         weight, bias = linear.weight, linear.bias
         assert weight.grad is not None and (bias is None or bias.grad is not None)
         bias_grad = None if bias is None else bias.grad
-        return cls(weight, bias, weight.grad.t(), bias_grad, relu)
+        return cls(weight, bias, weight.grad.t(), bias_grad, activation)
 
 
 _Buffers = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
@@ -141,8 +203,10 @@ class DenseStep:
     caches, as in benchmarks/floor.py's matmuls.
     """
 
-    def __init__(self, layers: list[tuple[nn.Linear, bool]], label_smoothing: float) -> None:
-        self.layers = [_Dense.of(linear, relu) for linear, relu in layers]
+    def __init__(
+        self, layers: list[tuple[nn.Linear, Activation | None]], label_smoothing: float
+    ) -> None:
+        self.layers = [_Dense.of(linear, activation) for linear, activation in layers]
         self.label_smoothing = label_smoothing
         self._buffers: dict[int, _Buffers] = {}
 
@@ -162,14 +226,15 @@ class DenseStep:
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs, input_grads, minus_one = self.buffers(x)
         # Forward: every layer's input and output are kept (acts[i] in, acts[i + 1] out), for
-        # the weight gradients and the ReLU masks (autograd's relu backward reads the output).
+        # the weight gradients and the activations' backward (which reads the output, as
+        # autograd's does for ReLU, tanh and sigmoid).
         acts = [x.flatten(1)]
         for layer, out in zip(self.layers, outputs, strict=True):
             if layer.bias is None:
                 torch.mm(acts[-1], layer.weight.t(), out=out)
             else:
                 torch.addmm(layer.bias, acts[-1], layer.weight.t(), out=out)
-            acts.append(out.relu_() if layer.relu else out)
+            acts.append(out if layer.activation is None else layer.activation.forward_(out))
         logits = acts[-1]
         # Loss, and its gradient with respect to the logits: (softmax - targets) / batch,
         # the targets smoothed as cross_entropy smooths them.
@@ -192,29 +257,11 @@ class DenseStep:
         # straight into their buffers, then the gradient of its input (not for the first).
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            if layer.relu:
-                g = _relu_backward(g, acts[i + 1])
+            if layer.activation is not None:
+                g = layer.activation.backward(g, acts[i + 1])
             torch.mm(acts[i].t(), g, out=layer.weight_grad_t)
             if layer.bias_grad is not None:
                 torch.sum(g, dim=0, out=layer.bias_grad)
             if i:
                 g = torch.mm(g, layer.weight, out=input_grads[i - 1])
         return logits, loss
-
-
-def _relu_backward_aten(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """The kernel autograd runs for ReLU's backward: ``grad`` where ``output > 0``, else 0,
-    in one pass (ATen's ``threshold_backward``, an operator of the core ATen IR)."""
-    result: torch.Tensor = torch.ops.aten.threshold_backward(grad, output, 0)
-    return result
-
-
-def _relu_backward_public(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """The same through public tensor methods: ``output`` is a ReLU's (0 or positive), so its
-    sign is the mask (~10x faster than ``masked_fill_`` with a boolean mask here)."""
-    return grad.mul_(output.sign())
-
-
-_relu_backward = (
-    _relu_backward_aten if hasattr(torch.ops.aten, "threshold_backward") else _relu_backward_public
-)

@@ -46,12 +46,14 @@ def training(**overrides: Any) -> TrainingConfig:
     ).training
 
 
-def dense_model(*, bias: bool = True, last_relu: bool = False) -> nn.Module:
+def dense_model(
+    *, bias: bool = True, last_relu: bool = False, activation: type[nn.Module] = nn.ReLU
+) -> nn.Module:
     """Nested as dlcli builds it: a Sequential per layer, with Identity and a bias-free layer."""
     torch.manual_seed(0)
     layers: list[nn.Module] = [
         nn.Flatten(),
-        nn.Sequential(nn.Linear(64, 32), nn.ReLU()),
+        nn.Sequential(nn.Linear(64, 32), activation()),
         nn.Identity(),
         nn.Sequential(nn.Linear(32, 16, bias=bias), nn.ReLU()),
         nn.Linear(16, 4),
@@ -81,7 +83,14 @@ def autograd_gradients(
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("soft", [False, True], ids=["labels", "probabilities"])
 @pytest.mark.parametrize(
-    "make", [dense_model, lambda: dense_model(bias=False, last_relu=True)], ids=["mlp", "variant"]
+    "make",
+    [
+        dense_model,
+        lambda: dense_model(bias=False, last_relu=True),
+        lambda: dense_model(activation=nn.Tanh),
+        lambda: dense_model(activation=nn.Sigmoid),
+    ],
+    ids=["mlp", "variant", "tanh", "sigmoid"],
 )
 def test_one_step_has_autograds_gradients(smoothing: float, soft: bool, make: Any) -> None:
     model = make()
@@ -195,7 +204,8 @@ MLP = [
         (MLP, {"class_weights": "balanced"}, "training.class_weights is set"),
         (MLP, {"loss": "mse"}, "training.loss is mse"),
         ([*MLP[:2], {"type": "dropout", "rate": 0.1}, MLP[2]], {}, "no Dropout layer"),
-        ([MLP[0], {"type": "dense", "units": 16, "activation": "tanh"}, MLP[2]], {}, "no Tanh"),
+        ([MLP[0], {"type": "dense", "units": 16, "activation": "tanh"}, MLP[2]], {}, ""),
+        ([MLP[0], {"type": "dense", "units": 16, "activation": "gelu"}, MLP[2]], {}, "no GELU"),
         (
             [{"type": "conv2d", "filters": 2, "kernel_size": 3}, *MLP],
             {},
@@ -234,12 +244,34 @@ def test_frozen_or_hooked_layers_take_autograd() -> None:
     assert "data parallel" in dense_step.why_not(dense_model(), training(), distributed=True)
 
 
-def test_the_relu_backward_fallback_is_the_aten_kernel() -> None:
-    grad = torch.randn(50, 30)
-    output = torch.randn(50, 30).relu_()
-    expected = dense_step._relu_backward_aten(grad.clone(), output)
-    assert torch.equal(dense_step._relu_backward_public(grad.clone(), output), expected)
-    assert torch.equal(expected, grad * (output > 0))
+@pytest.mark.parametrize(
+    ("fallback", "kernel", "forward"),
+    [
+        (dense_step._relu_backward, dense_step._relu_backward_aten, torch.relu),
+        (dense_step._tanh_backward, torch.ops.aten.tanh_backward, torch.tanh),
+        (dense_step._sigmoid_backward, torch.ops.aten.sigmoid_backward, torch.sigmoid),
+    ],
+)
+def test_the_activation_fallbacks_are_the_aten_kernels(
+    fallback: Any, kernel: Any, forward: Any
+) -> None:
+    grad, output = torch.randn(50, 30), forward(torch.randn(50, 30))
+    expected = kernel(grad.clone(), output)
+    torch.testing.assert_close(fallback(grad.clone(), output), expected, rtol=1e-6, atol=1e-7)
+    x = torch.randn(50, 30, requires_grad=True)
+    forward(x).backward(grad)  # autograd's own gradient, from the input's side
+    torch.testing.assert_close(kernel(grad, forward(x.detach())), x.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_a_global_module_hook_takes_autograd() -> None:
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda *_: None)
+    try:
+        assert "global" in dense_step.why_not(dense_model(), training(), distributed=False)
+    finally:
+        handle.remove()
+    assert dense_step.why_not(dense_model(), training(), distributed=False) == ""
 
 
 # --- through the pipeline: recorded, and a resumed run is the same bytes ----------------------

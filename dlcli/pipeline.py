@@ -405,14 +405,16 @@ def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     return found
 
 
-def why_not_explicit(prepared: Prepared) -> str:
-    """Why the explicit step asked for (``training.backward: explicit``) cannot run this
-    model ("" when it can, or was not asked for): what ``train`` notes."""
+def step_kind(prepared: Prepared) -> tuple[str, str]:
+    """Which step the run takes, ``explicit`` or ``autograd`` (``training.backward``, see
+    dlcli.dense_step), and why not the explicit one ("" when it runs or autograd was asked
+    for): what ``train`` announces."""
     training = prepared.config.training
-    if training.backward != "explicit":
-        return ""
+    if training.backward == "autograd":
+        return "autograd", ""
     module = prepared.model.module
-    return dense_step.why_not(module, training, distributed=prepared.world.distributed)
+    why = dense_step.why_not(module, training, distributed=prepared.world.distributed)
+    return ("autograd", why) if why else ("explicit", "")
 
 
 def describe_recipe(training: TrainingConfig) -> str:

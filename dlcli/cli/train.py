@@ -277,20 +277,19 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
         reporter.note(f"resuming from {prepared.resume.path}, {prepared.resume.where}")
     data = prepared.dataset
     test = f"{len(data.test)} test" if data.test is not None else "no test split"
+    kind, why = pipeline.step_kind(prepared)
     reporter.note(
         f"data: {data.name or 'custom'}: {len(prepared.train)} train, "
         f"{len(prepared.validation)} validation, {test}, "
         f"{data.num_classes} classes; device: {prepared.device}"
-        + (f", {prepared.threads.count} threads" if prepared.threads is not None else "")
+        + (_threads(prepared.threads.count) if prepared.threads is not None else "")
+        + f", {kind} step"
     )
     tools = pipeline.describe_recipe(prepared.config.training)
     if tools:
         reporter.note(f"training with {tools}")
-    unexplained = pipeline.why_not_explicit(prepared)
-    if unexplained:
-        reporter.note(
-            f"training.backward: explicit, but {unexplained}: autograd computes the gradients"
-        )
+    if why and prepared.config.training.backward == "explicit":
+        reporter.note(f"training.backward: explicit, but {why}: autograd computes the gradients")
     from dlcli.model import hwc
 
     built = prepared.model
@@ -298,6 +297,10 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     reporter.note_table(
         summary_table(built.layers, shape, built.total_params, built.trainable_params)
     )
+
+
+def _threads(count: int) -> str:
+    return f", {count} thread" + ("" if count == 1 else "s")
 
 
 @cli.command()

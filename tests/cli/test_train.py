@@ -216,6 +216,7 @@ def test_the_step_kind_is_recorded_and_an_unmet_explicit_is_said(
     assert result.exit_code == 0, result.output
     metrics = json.loads((tiny_config.parent / "runs/tiny/metrics.json").read_text())
     assert metrics["backward"] == backward
+    assert f", {backward} step" in result.stderr  # the data/device line says which step runs
     said = [line for line in result.stderr.splitlines() if "training.backward" in line]
     if note is None:
         assert said == []

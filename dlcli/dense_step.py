@@ -44,13 +44,22 @@ from dlcli.config import TrainingConfig
 
 def plan(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> DenseStep | None:
     """The explicit step for ``model`` (its parameters in dlcli.accel.FlatParameters), or
-    None where ``training.backward`` or :func:`why_not` says autograd."""
-    if training.backward == "autograd" or why_not(model, training, distributed=distributed):
+    None where :func:`kind` says autograd."""
+    if kind(model, training, distributed=distributed)[0] == "autograd":
         return None
     layers, _ = _dense_stack(model)
     if not all(p.grad is not None for linear, _ in layers for p in linear.parameters()):
         return None  # no gradient buffers to write into
     return DenseStep(layers, training.label_smoothing)
+
+
+def kind(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> tuple[str, str]:
+    """The step ``training.backward`` gives ``model``: ``("explicit", "")``, or
+    ``("autograd", why not the explicit one)`` ("" when autograd was asked for)."""
+    if training.backward == "autograd":
+        return "autograd", ""
+    why = why_not(model, training, distributed=distributed)
+    return ("autograd", why) if why else ("explicit", "")
 
 
 def why_not(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> str:

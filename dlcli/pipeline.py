@@ -409,12 +409,8 @@ def step_kind(prepared: Prepared) -> tuple[str, str]:
     """Which step the run takes, ``explicit`` or ``autograd`` (``training.backward``, see
     dlcli.dense_step), and why not the explicit one ("" when it runs or autograd was asked
     for): what ``train`` announces."""
-    training = prepared.config.training
-    if training.backward == "autograd":
-        return "autograd", ""
-    module = prepared.model.module
-    why = dense_step.why_not(module, training, distributed=prepared.world.distributed)
-    return ("autograd", why) if why else ("explicit", "")
+    training, module = prepared.config.training, prepared.model.module
+    return dense_step.kind(module, training, distributed=prepared.world.distributed)
 
 
 def describe_recipe(training: TrainingConfig) -> str:

@@ -24,6 +24,18 @@ REPO_DATA = REPO_ROOT / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread in this process for the test (tiny models train faster, and steady
+    on a busy machine); a module asks for it with ``pytestmark = usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test writes to the user's ~/.cache: the decoded-image cache goes to a temp folder."""

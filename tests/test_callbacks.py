@@ -37,13 +37,7 @@ from dlcli.engine import Trainer
 from dlcli.errors import ConfigError
 from dlcli.hooks import Callback
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: faster, and steady on a busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lrs(spec: Any, *, base: float, epochs: int, steps_per_epoch: int) -> list[float]:

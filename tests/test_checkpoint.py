@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
+from in_process import write_dataset
 
 from dlcli import checkpoint, pipeline, store
 from dlcli.cli import cli
 from dlcli.config import load_config
-from dlcli.data.idx import write_idx
 from dlcli.engine import Trainer
 from dlcli.errors import ModelDirError, TrainingError
 from dlcli.hooks import Callback
@@ -40,27 +39,7 @@ EPOCHS = 6
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_dataset(folder: Path, train: int = 4000, test: int = 200) -> dict[str, Any]:
-    """8x8 images whose class lights up one row, plus noise: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    files: dict[str, Any] = {}
-    for part, n in (("train", train), ("test", test)):
-        labels = rng.integers(0, 4, size=n).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 250
-        for kind, array in (("images", images), ("labels", labels)):
-            path = folder / f"{part}-{kind}.gz"
-            write_idx(path, array)
-            files[f"{part}_{kind}"] = str(path)
-    return {**files, "num_classes": 4, "validation_split": 0.25}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_config(folder: Path, name: str = "run", **training: Any) -> Path:
@@ -68,7 +47,7 @@ def write_config(folder: Path, name: str = "run", **training: Any) -> Path:
     exact resume must restore both."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {
-        "data": write_dataset(folder),
+        "data": {**write_dataset(folder), "validation_split": 0.25},
         "model": {
             "input_shape": [8, 8, 1],
             "layers": [

@@ -9,18 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from in_process import train_in_process, write_run_config
 from torch import nn
 
-from dlcli import dense_step, pipeline
+from dlcli import dense_step
 from dlcli.accel import FlatParameters
-from dlcli.config import TrainingConfig, load_config, parse_config
+from dlcli.config import TrainingConfig, parse_config
 from dlcli.data.dataset import Split
-from dlcli.data.idx import write_idx
 from dlcli.engine import Callback, Trainer
 from dlcli.errors import Interrupted
 from dlcli.model import build_model
@@ -28,12 +26,7 @@ from dlcli.model import build_model
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def training(**overrides: Any) -> TrainingConfig:
@@ -277,54 +270,19 @@ def test_a_global_module_hook_takes_autograd() -> None:
 # --- through the pipeline: recorded, and a resumed run is the same bytes ----------------------
 
 
-def write_config(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    files: dict[str, str] = {}
-    for part, n in (("train", 300), ("test", 60)):
-        labels = rng.integers(0, 4, size=n).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 250
-        for kind, array in (("images", images), ("labels", labels)):
-            write_idx(folder / f"{part}-{kind}.gz", array)
-            files[f"{part}_{kind}"] = str(folder / f"{part}-{kind}.gz")
-    cfg = {
-        "data": {**files, "num_classes": 4, "validation_split": 0.2},
-        "model": {"input_shape": [8, 8, 1], "layers": [*MLP[:2], {"type": "dense", "units": 4}]},
-        "training": {
-            "epochs": 3,
-            "batch_size": 32,
-            "label_smoothing": 0.1,
-            "optimizer": {"learning_rate": 0.01},
-            "lr_schedule": {"name": "one_cycle"},
-        },
-        "output": {"dir": str(folder / "run")},
-    }
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
-        if trainer.global_step == self.step:
-            trainer.interrupted = "SIGTERM"
-
-
 @pytest.mark.parametrize("stop_at", [11, 8])  # inside epoch 2; after epoch 1's last step
 def test_a_resumed_run_is_the_same_bytes_and_says_which_step_ran(
     tmp_path: Path, stop_at: int
 ) -> None:
-    reference = write_config(tmp_path / "a")
-    pipeline.train(pipeline.prepare(load_config(reference)))
-    resumed = write_config(tmp_path / "b")
+    settings: dict[str, Any] = {"layers": [*MLP[:2], {"type": "dense", "units": 4}]}
+    settings["label_smoothing"] = 0.1
+    reference = write_run_config(tmp_path / "a", **settings)
+    train_in_process(reference)
+    resumed = write_run_config(tmp_path / "b", **settings)
     with pytest.raises(Interrupted):
-        pipeline.train(pipeline.prepare(load_config(resumed)), callbacks=[_StopAt(stop_at)])
-    pipeline.train(pipeline.prepare(load_config(resumed), resume=True))
-    a, b = tmp_path / "a/run", tmp_path / "b/run"
+        train_in_process(resumed, stop_at=stop_at)
+    train_in_process(resumed, resume=True)
+    a, b = tmp_path / "a/runs/run", tmp_path / "b/runs/run"
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (a, b))
     assert ma["backward"] == mb["backward"] == "explicit"

@@ -8,17 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
+from in_process import train_in_process, write_run_config
 from safetensors.torch import load_file
 
 from dlcli import pipeline
 from dlcli.cli import cli
 from dlcli.config import load_config
-from dlcli.data.idx import write_idx
 from dlcli.engine import Callback, Trainer
 from dlcli.errors import ConfigError, Interrupted
 from dlcli.evaluation import score
@@ -27,69 +25,7 @@ from dlcli.predict import predict
 AUGMENT = {"translate": 1, "flip": True, "erase": 0.25, "mixup": 0.4, "cutmix": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_run_config(folder: Path, **training: Any) -> Path:
-    """8x8 images whose class lights up one row; a conv net with batch norm and dropout."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    files: dict[str, Any] = {}
-    for part, n in (("train", 300), ("test", 60)):
-        labels = rng.integers(0, 4, size=n).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-        images[np.arange(n), labels * 2, :] = 250
-        for kind, array in (("images", images), ("labels", labels)):
-            path = folder / f"{part}-{kind}.gz"
-            write_idx(path, array)
-            files[f"{part}_{kind}"] = str(path)
-    cfg = {
-        "data": {**files, "num_classes": 4, "validation_split": 0.2},
-        "model": {
-            "input_shape": [8, 8, 1],
-            "layers": [
-                {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same"},
-                {"type": "batch_norm"},
-                {"type": "activation", "activation": "relu"},
-                {"type": "flatten"},
-                {"type": "dropout", "rate": 0.2},
-                {"type": "dense", "units": 4},
-            ],
-        },
-        "training": {
-            "epochs": 3,
-            "batch_size": 32,
-            "optimizer": {"learning_rate": 0.01},
-            "lr_schedule": {"name": "one_cycle"},
-            **training,
-        },
-        "output": {"dir": str(folder / "runs" / "run")},
-    }
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-class _StopAt(Callback):
-    """Asks for a stop (as a signal handler would) after global step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
-        if trainer.global_step == self.step:
-            trainer.interrupted = "SIGTERM"
-
-
-def train_in_process(config: Path, *, stop_at: int | None = None, **kwargs: Any) -> None:
-    prepared = pipeline.prepare(load_config(config), **kwargs)
-    callbacks = [_StopAt(stop_at)] if stop_at else []
-    pipeline.train(prepared, callbacks=callbacks)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # 8 steps an epoch: stopped inside epoch 2, and on the last step of epoch 1 (all its steps done,

@@ -1,0 +1,87 @@
+"""Runs trained in this process through the pipeline, for the tests that compare whole runs
+(resume to the same bytes, the accuracy tools, the explicit step): a tiny learnable dataset and
+config, and a callback that stops a run as a signal would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dlcli import pipeline
+from dlcli.config import load_config
+from dlcli.data.idx import write_idx
+from dlcli.engine import Trainer
+from dlcli.hooks import Callback
+
+
+def write_dataset(folder: Path, train: int = 4000, test: int = 200) -> dict[str, Any]:
+    """``data`` keys of 8x8 images whose class lights up one row, plus noise (learnable in a
+    few steps): four IDX archives in ``folder``, 4 classes."""
+    rng = np.random.default_rng(0)
+    files: dict[str, Any] = {}
+    for part, n in (("train", train), ("test", test)):
+        labels = rng.integers(0, 4, size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
+        images[np.arange(n), labels * 2, :] = 250
+        for kind, array in (("images", images), ("labels", labels)):
+            path = folder / f"{part}-{kind}.gz"
+            write_idx(path, array)
+            files[f"{part}_{kind}"] = str(path)
+    return {**files, "num_classes": 4}
+
+
+CONV_NET: list[dict[str, Any]] = [
+    {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same"},
+    {"type": "batch_norm"},
+    {"type": "activation", "activation": "relu"},
+    {"type": "flatten"},
+    {"type": "dropout", "rate": 0.2},
+    {"type": "dense", "units": 4},
+]
+
+
+def write_run_config(
+    folder: Path, *, layers: list[dict[str, Any]] | None = None, **training: Any
+) -> Path:
+    """8x8 images whose class lights up one row (300 train, 60 test, 4 classes); ``layers``
+    (default: a conv net with batch norm and dropout); 3 epochs of one-cycle at batch 32, with
+    the ``training`` keys given; saving to ``folder/runs/run``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "data": {**write_dataset(folder, 300, 60), "validation_split": 0.2},
+        "model": {
+            "input_shape": [8, 8, 1],
+            "layers": CONV_NET if layers is None else layers,
+        },
+        "training": {
+            "epochs": 3,
+            "batch_size": 32,
+            "optimizer": {"learning_rate": 0.01},
+            "lr_schedule": {"name": "one_cycle"},
+            **training,
+        },
+        "output": {"dir": str(folder / "runs" / "run")},
+    }
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class StopAt(Callback):
+    """Asks for a stop (as a signal handler would) after global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.interrupted = "SIGTERM"
+
+
+def train_in_process(config: Path, *, stop_at: int | None = None, **kwargs: Any) -> None:
+    prepared = pipeline.prepare(load_config(config), **kwargs)
+    callbacks = [StopAt(stop_at)] if stop_at else []
+    pipeline.train(prepared, callbacks=callbacks)

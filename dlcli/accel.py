@@ -2,7 +2,8 @@
 against the device and the model (see the numbered step in ``dlcli.engine.Trainer.train_step``).
 
     Precision       ``training.precision``: autocast around forward and loss; fp16 also scales
-                    the loss (backward) and unscales the gradients (update)
+                    the loss (backward) and unscales the gradients (update); ``auto`` is
+                    :func:`resolve_precision`'s (bf16 where the device computes it natively)
     ChannelsLast    ``training.channels_last``: NHWC memory for the model and for each batch
     compiled()      ``training.compile``: what runs the model, itself or torch.compile'd
     FlatParameters  every parameter in one buffer and every gradient in another, so zeroing
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,19 +28,99 @@ from torch import nn
 from dlcli.errors import ConfigError, TrainingError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CPUINFO = Path("/proc/cpuinfo")
+# torch's CPU feature checks (private: looked up by name, a missing one falls back to CPUINFO).
+_TORCH_CPU_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+# The flags of /proc/cpuinfo that mean bfloat16 arithmetic in hardware, by the line that lists
+# them: x86's AVX512-BF16 and AMX-BF16 (``flags``), aarch64's BF16 (``Features``).
+_BF16_FLAGS = {"flags": frozenset({"avx512_bf16", "amx_bf16"}), "Features": frozenset({"bf16"})}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``training.precision`` as it runs on ``device``: ``auto`` is ``bf16`` where the device
+    computes bfloat16 natively (:func:`native_bf16`) and ``fp32`` elsewhere (never fp16: it
+    needs loss scaling and can overflow); any other name is itself."""
+    if name != "auto":
+        return name
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: CUDA by torch's check for the device
+    (emulation excluded where this torch can say so), the CPU by :func:`cpu_native_bf16`. MPS
+    and anything else: no (fp32 is the safe choice there)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            try:
+                return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+            except TypeError:  # a torch without the keyword: its check has no emulation
+                return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return cpu_native_bf16()
+    return False
+
+
+def cpu_native_bf16(cpuinfo: Path | None = None) -> bool:
+    """AVX512-BF16 or AMX-BF16 by torch's feature checks; else (a torch without them, or
+    another architecture) by the CPU's flags in ``cpuinfo`` (default :data:`CPUINFO`; see
+    :func:`cpuinfo_bf16`), unreadable: no. Without
+    bfloat16 instructions oneDNN emulates it, several times slower than fp32 (the MNIST
+    speedrun's fit: 49-52 s against 5.2-5.3 s on an AVX2-only AMD EPYC)."""
+    if _torch_cpu_bf16():
+        return True
+    try:
+        text = (cpuinfo or CPUINFO).read_text(errors="replace")
+    except OSError:
+        return False  # not known to be native
+    return cpuinfo_bf16(text)
+
+
+def _torch_cpu_bf16() -> bool:
+    """torch's private CPU checks (:data:`_TORCH_CPU_CHECKS`), each looked up by name: True
+    if one says yes; a missing one, or one that fails, is no answer."""
+    for name in _TORCH_CPU_CHECKS:
+        check = getattr(torch.cpu, name, None)
+        with contextlib.suppress(Exception):
+            if callable(check) and check():
+                return True
+    return False
+
+
+def cpuinfo_bf16(text: str) -> bool:
+    """Whether /proc/cpuinfo's text lists a bfloat16 instruction set: ``avx512_bf16`` or
+    ``amx_bf16`` in an x86 ``flags`` line, ``bf16`` in an aarch64 ``Features`` line."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if _BF16_FLAGS.get(key.strip(), frozenset()) & set(value.split()):
+            return True
+    return False
+
+
+def emulated_bf16_note(name: str, device: torch.device) -> str:
+    """What ``train`` says when ``training.precision: bf16`` was asked for on a CPU without
+    bfloat16 instructions ("" otherwise): it runs, but emulated."""
+    if name != "bf16" or device.type != "cpu" or cpu_native_bf16():
+        return ""
+    return (
+        "training.precision: bf16 is emulated on this CPU (no AVX512-BF16/AMX), typically "
+        "several times slower than fp32; precision: auto picks fp32 here"
+    )
 
 
 class Precision:
     """``training.precision``: ``fp32`` (nothing), ``bf16`` (autocast) or ``fp16`` (autocast and
-    loss scaling, CUDA only). For inference (``training=False``) fp16 off CUDA is fp32: a model
-    trained on a GPU evaluates on a CPU."""
+    loss scaling, CUDA only); ``auto`` resolved once, here (:func:`resolve_precision`).
+    :attr:`name` is what runs, :attr:`asked` what the config said. For inference
+    (``training=False``) fp16 off CUDA is fp32: a model trained on a GPU evaluates on a CPU."""
 
     def __init__(self, name: str, device: torch.device, *, training: bool = True) -> None:
+        self.asked = name
+        name = resolve_precision(name, device)
         if name == "fp16" and device.type != "cuda":
             if training:
                 raise ConfigError(
                     f"training.precision: fp16 needs a CUDA device, found {device.type}; "
-                    "use bf16 (CPU autocast) or fp32"
+                    "use auto, bf16 (CPU autocast) or fp32"
                 )
             name = "fp32"
         self.name = name

@@ -374,8 +374,10 @@ class TrainingConfig:
         "record in metrics.json when a metric first reaches a value", None
     )
     stop_at_target: bool = doc("end training once target is reached", False)
-    precision: Literal["fp32", "bf16", "fp16"] = doc(
-        "autocast precision: fp32 (off), bf16 (CUDA or CPU), fp16 (CUDA only, loss-scaled)", "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = doc(
+        "autocast precision: fp32 (off), bf16 (CUDA or CPU), fp16 (CUDA only, loss-scaled), "
+        "auto (bf16 where the device computes it natively, else fp32)",
+        "fp32",
     )
     compile: bool = doc("run the model through torch.compile (slow first steps)", False)
     channels_last: bool | None = doc(

@@ -42,10 +42,12 @@ from torch import nn
 from dlcli.config import TrainingConfig
 
 
-def plan(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> DenseStep | None:
+def plan(
+    model: nn.Module, training: TrainingConfig, *, distributed: bool, precision: str
+) -> DenseStep | None:
     """The explicit step for ``model`` (its parameters in dlcli.accel.FlatParameters), or
     None where :func:`kind` says autograd."""
-    if kind(model, training, distributed=distributed)[0] == "autograd":
+    if kind(model, training, distributed=distributed, precision=precision)[0] == "autograd":
         return None
     layers, _ = _dense_stack(model)
     if not all(p.grad is not None for linear, _ in layers for p in linear.parameters()):
@@ -53,23 +55,31 @@ def plan(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> De
     return DenseStep(layers, training.label_smoothing)
 
 
-def kind(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> tuple[str, str]:
+def kind(
+    model: nn.Module, training: TrainingConfig, *, distributed: bool, precision: str
+) -> tuple[str, str]:
     """The step ``training.backward`` gives ``model``: ``("explicit", "")``, or
-    ``("autograd", why not the explicit one)`` ("" when autograd was asked for)."""
+    ``("autograd", why not the explicit one)`` ("" when autograd was asked for).
+    ``precision``: the one the run computes in (``training.precision`` resolved for the
+    device by dlcli.accel.resolve_precision: ``auto`` is fp32 or bf16 there)."""
     if training.backward == "autograd":
         return "autograd", ""
-    why = why_not(model, training, distributed=distributed)
+    why = why_not(model, training, distributed=distributed, precision=precision)
     return ("autograd", why) if why else ("explicit", "")
 
 
-def why_not(model: nn.Module, training: TrainingConfig, *, distributed: bool) -> str:
+def why_not(
+    model: nn.Module, training: TrainingConfig, *, distributed: bool, precision: str
+) -> str:
     """Why the explicit step cannot run ``model`` under ``training`` ("" where it can)."""
-    return _unsupported_setting(training, distributed) or _dense_stack(model)[1]
+    return _unsupported_setting(training, distributed, precision) or _dense_stack(model)[1]
 
 
-def _unsupported_setting(training: TrainingConfig, distributed: bool) -> str:
-    if training.precision != "fp32":
-        return f"training.precision is {training.precision}"
+def _unsupported_setting(training: TrainingConfig, distributed: bool, precision: str) -> str:
+    if precision != "fp32":
+        if training.precision != precision:  # auto, resolved to bf16 on this device
+            return f"training.precision is {training.precision} ({precision} on this device)"
+        return f"training.precision is {precision}"
     if training.compile:
         return "training.compile is on"
     if distributed:

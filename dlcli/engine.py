@@ -81,7 +81,7 @@ class Trainer:
         self.num_classes = num_classes
         self.objective = Objective.of(training, num_classes)
         # The step's options (dlcli/accel.py), resolved once for this device and model.
-        self.precision = Precision(training.precision, device)
+        self.precision = Precision(training.precision, device)  # auto: resolved here, once
         self.channels_last = ChannelsLast(training.channels_last, model)
         self.model = self.channels_last.model(model.to(device))  # its parameters and names
         self.flat = FlatParameters(self.model)  # every parameter in one buffer
@@ -95,7 +95,9 @@ class Trainer:
         self.optimizer = make_optimizer([self.flat.params], training.optimizer)
         self.optimizer_step = stepper(self.optimizer)  # optimizer.step, or the same kernel call
         # training.backward: explicit matmuls for a stack of dense layers (dlcli/dense_step.py)
-        self.explicit = dense_step.plan(self.model, training, distributed=self.world is not None)
+        self.explicit = dense_step.plan(
+            self.model, training, distributed=self.world is not None, precision=self.precision.name
+        )
         self.augment = augment
         self.after_update = list(after_update)
         # training.ema: the weight average among the hooks, which validation scores.

@@ -169,7 +169,8 @@ class Scorer:
         memory as training lays it out (``training.channels_last``, and the flat buffer's
         input-major dense weights: a matmul over another layout may round its last bit
         otherwise, so a saved run scores exactly what its training reported); ``precision``
-        as ``training.precision`` (fp16 off CUDA: fp32); ``tta`` as ``training.tta``."""
+        as ``training.precision`` (fp16 off CUDA: fp32; auto: resolved for ``device``, as
+        training resolves it); ``tta`` as ``training.tta``."""
         if device is None:
             first = next(model.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")

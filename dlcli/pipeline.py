@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 
 from dlcli import (
+    accel,
     checkpoint,
     dense_step,
     distributed,
@@ -370,6 +371,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "device": str(prepared.device),
         **({"threads": prepared.threads.describe()} if prepared.threads else {}),
         "backward": "autograd" if trainer.explicit is None else "explicit",  # dlcli/dense_step.py
+        **_precision(trainer),
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
         "fit_seconds": round(trainer.fit_seconds, 4),
@@ -394,6 +396,13 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     }
 
 
+def _precision(trainer: Trainer) -> dict[str, str]:
+    """The precision the run computed in, and what the config asked for where that differs
+    (``auto``, resolved for the device by dlcli.accel.resolve_precision)."""
+    used, asked = trainer.precision.name, trainer.precision.asked
+    return {"precision": used} | ({"precision_asked": asked} if asked != used else {})
+
+
 def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     """What metrics.json says about EMA and TTA when they are on: the saved model is the
     weight average; validation and test were scored with test-time augmentation."""
@@ -410,7 +419,16 @@ def step_kind(prepared: Prepared) -> tuple[str, str]:
     dlcli.dense_step), and why not the explicit one ("" when it runs or autograd was asked
     for): what ``train`` announces."""
     training, module = prepared.config.training, prepared.model.module
-    return dense_step.kind(module, training, distributed=prepared.world.distributed)
+    precision = accel.resolve_precision(training.precision, prepared.device)
+    return dense_step.kind(
+        module, training, distributed=prepared.world.distributed, precision=precision
+    )
+
+
+def precision_note(prepared: Prepared) -> str:
+    """What ``train`` says of ``training.precision`` before the first step: that an explicit
+    bf16 is emulated on this CPU ("" when there is nothing to say)."""
+    return accel.emulated_bf16_note(prepared.config.training.precision, prepared.device)
 
 
 def describe_recipe(training: TrainingConfig) -> str:

@@ -4,7 +4,10 @@ options (precision, compile, channels_last) are a no-op or a clear error on the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcli import evaluation
+from dlcli import accel, evaluation
 from dlcli.accel import DeviceData, FlatParameters, to_float
 from dlcli.config import TrainingConfig, parse_config
 from dlcli.data.dataset import Split
@@ -209,7 +212,167 @@ def test_bf16_autocast_trains_on_a_cpu() -> None:
 def test_unknown_precision_is_reported_with_the_choices() -> None:
     with pytest.raises(ConfigError) as err:
         parse_training({"precision": "fp8"})
-    assert "training.precision: expected one of fp32, bf16, fp16, found 'fp8'" in str(err.value)
+    assert "training.precision: expected one of fp32, bf16, fp16, auto, found 'fp8'" in str(
+        err.value
+    )
+
+
+# --- training.precision: auto (accel.resolve_precision) --------------------------------------
+
+X86_FLAGS = "flags\t\t: fpu vme sse sse2 avx avx2 fma"
+NATIVE_CPUINFO = [
+    f"processor\t: 0\n{X86_FLAGS} avx512f avx512_bf16 avx512_vnni\n",  # Zen4, Cooper Lake
+    f"processor\t: 0\n{X86_FLAGS} amx_tile amx_bf16 amx_int8\n",  # AMX alone (Sapphire Rapids)
+    "processor\t: 0\nFeatures\t: fp asimd evtstrm aes sve i8mm bf16 dgh\nCPU part\t: 0xd40\n",
+]
+EMULATED_CPUINFO = [
+    f"processor\t: 0\n{X86_FLAGS} sha_ni\nmodel name\t: AMD EPYC (Zen3)\n",
+    "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32\n",  # aarch64 without BF16
+    "bf16 avx512_bf16 amx_bf16\n",  # the words, but on no flags or Features line
+    "",
+]
+
+
+def torch_checks(monkeypatch: pytest.MonkeyPatch, *, avx512_bf16: Any, amx: Any) -> None:
+    """torch's private CPU checks: a value (what they answer), or None (this torch has none)."""
+    for name, answer in (
+        ("_is_avx512_bf16_supported", avx512_bf16),
+        ("_is_amx_tile_supported", amx),
+    ):
+        if answer is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda answer=answer: answer, raising=False)
+
+
+def cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None) -> None:
+    """accel.CPUINFO as a file holding ``text`` (None: a path that cannot be read)."""
+    path = tmp_path / ("cpuinfo" if text is not None else "missing")
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setattr(accel, "CPUINFO", path)
+
+
+@pytest.mark.parametrize("text", NATIVE_CPUINFO)
+def test_cpuinfo_lists_the_three_bf16_flags(text: str) -> None:
+    assert accel.cpuinfo_bf16(text)
+
+
+@pytest.mark.parametrize("text", EMULATED_CPUINFO)
+def test_cpuinfo_without_bf16_flags_is_not_native(text: str) -> None:
+    assert not accel.cpuinfo_bf16(text)
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx"), [(True, False), (False, True), (True, True)])
+def test_auto_is_bf16_where_torch_says_the_cpu_has_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, avx512_bf16: bool, amx: bool
+) -> None:
+    torch_checks(monkeypatch, avx512_bf16=avx512_bf16, amx=amx)
+    cpuinfo(monkeypatch, tmp_path, EMULATED_CPUINFO[0])  # not read: torch answered
+    assert accel.resolve_precision("auto", CPU) == "bf16"
+
+
+@pytest.mark.parametrize("text", [*EMULATED_CPUINFO, None])
+def test_auto_is_fp32_on_a_cpu_that_emulates_bf16(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None
+) -> None:
+    torch_checks(monkeypatch, avx512_bf16=False, amx=False)
+    cpuinfo(monkeypatch, tmp_path, text)  # None: /proc/cpuinfo unreadable
+    assert accel.resolve_precision("auto", CPU) == "fp32"
+
+
+@pytest.mark.parametrize("text", NATIVE_CPUINFO)
+def test_without_torchs_private_checks_cpuinfo_decides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str
+) -> None:
+    torch_checks(monkeypatch, avx512_bf16=None, amx=None)
+    cpuinfo(monkeypatch, tmp_path, text)
+    assert accel.resolve_precision("auto", CPU) == "bf16"
+    cpuinfo(monkeypatch, tmp_path, EMULATED_CPUINFO[0])
+    assert accel.resolve_precision("auto", CPU) == "fp32"
+
+
+def test_a_failing_private_check_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def broken() -> bool:
+        raise RuntimeError("cpuinfo failed to initialize")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    cpuinfo(monkeypatch, tmp_path, NATIVE_CPUINFO[0])
+    assert accel.cpu_native_bf16()
+    cpuinfo(monkeypatch, tmp_path, None)
+    assert not accel.cpu_native_bf16()
+
+
+@pytest.mark.parametrize("supported", [True, False])
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_auto_on_cuda_asks_torch_for_the_device_without_emulation(
+    monkeypatch: pytest.MonkeyPatch, supported: bool, name: str
+) -> None:
+    asked: list[Any] = []
+
+    @contextlib.contextmanager
+    def on_device(device: torch.device) -> Iterator[None]:
+        asked.append(device)
+        yield
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return supported
+
+    monkeypatch.setattr(torch.cuda, "device", on_device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    resolved = accel.resolve_precision("auto", torch.device(name))
+    assert resolved == ("bf16" if supported else "fp32")
+    assert asked == [torch.device(name), False]  # for this device; emulation is not native
+
+
+def test_auto_on_cuda_with_a_torch_that_has_no_emulation_keyword(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert accel.resolve_precision("auto", torch.device("cuda")) == "bf16"
+
+
+def test_auto_is_fp32_on_mps_and_never_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: True)
+    assert accel.resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert accel.resolve_precision("auto", torch.device("meta")) == "fp32"
+    for name in ("fp32", "bf16", "fp16"):  # what is asked for is not resolved
+        assert accel.resolve_precision(name, torch.device("mps")) == name
+
+
+@pytest.mark.parametrize(
+    ("native", "resolved", "dtype"), [(True, "bf16", torch.bfloat16), (False, "fp32", None)]
+)
+def test_precision_auto_is_resolved_once_for_training_and_scoring(
+    monkeypatch: pytest.MonkeyPatch, native: bool, resolved: str, dtype: Any
+) -> None:
+    monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: native)
+    trainer = fit(mlp(), training(precision="auto", epochs=1), tiny_split())
+    assert (trainer.precision.name, trainer.precision.asked) == (resolved, "auto")
+    assert trainer.precision.dtype is dtype and trainer.precision.scaler is None
+    assert (trainer.explicit is None) == native  # bf16: autograd; fp32: the explicit step
+    scorer = evaluation.Scorer.of(mlp(), device=CPU, precision="auto")  # inference
+    assert (scorer.precision.name, scorer.precision.dtype) == (resolved, dtype)
+
+
+def test_the_emulated_bf16_note_is_for_an_explicit_bf16_on_an_emulating_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: False)
+    note = accel.emulated_bf16_note("bf16", CPU)
+    assert "bf16 is emulated on this CPU (no AVX512-BF16/AMX)" in note
+    assert "several times slower than fp32" in note and "auto picks fp32 here" in note
+    assert "\n" not in note
+    for name in ("fp32", "auto"):
+        assert accel.emulated_bf16_note(name, CPU) == ""
+    assert accel.emulated_bf16_note("bf16", torch.device("cuda")) == ""
+    monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: True)
+    assert accel.emulated_bf16_note("bf16", CPU) == ""
 
 
 def test_channels_last_on_a_cpu_gives_the_same_losses() -> None:

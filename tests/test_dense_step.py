@@ -89,7 +89,9 @@ def test_one_step_has_autograds_gradients(smoothing: float, soft: bool, make: An
     model = make()
     reference = copy.deepcopy(model)
     flat = FlatParameters(model)
-    step = dense_step.plan(model, training(label_smoothing=smoothing), distributed=False)
+    step = dense_step.plan(
+        model, training(label_smoothing=smoothing), distributed=False, precision="fp32"
+    )
     assert step is not None
     x, labels = batch()
     targets = F.softmax(torch.randn(16, 4), dim=1) if soft else labels
@@ -217,9 +219,10 @@ def test_the_plan_takes_the_explicit_step_only_where_it_covers(
         }
     )
     model = build_model(cfg.model, num_classes=10).module
-    reason = dense_step.why_not(model, cfg.training, distributed=False)
+    precision = cfg.training.precision  # fp32 or bf16: itself on any device
+    reason = dense_step.why_not(model, cfg.training, distributed=False, precision=precision)
     FlatParameters(model)  # the gradient buffers the step writes into, as the Trainer makes
-    step = dense_step.plan(model, cfg.training, distributed=False)
+    step = dense_step.plan(model, cfg.training, distributed=False, precision=precision)
     if why == "":
         assert step is not None and reason == ""
     else:
@@ -230,11 +233,27 @@ def test_the_plan_takes_the_explicit_step_only_where_it_covers(
 def test_frozen_or_hooked_layers_take_autograd() -> None:
     frozen = dense_model()
     frozen[1][0].weight.requires_grad_(False)
-    assert "frozen" in dense_step.why_not(frozen, training(), distributed=False)
+    assert "frozen" in why_not(frozen)
     hooked = dense_model()
     hooked[4].register_forward_hook(lambda *_: None)
-    assert "hooks" in dense_step.why_not(hooked, training(), distributed=False)
-    assert "data parallel" in dense_step.why_not(dense_model(), training(), distributed=True)
+    assert "hooks" in why_not(hooked)
+    assert "data parallel" in why_not(dense_model(), distributed=True)
+
+
+def why_not(model: nn.Module, *, distributed: bool = False) -> str:
+    """dense_step.why_not under the default training settings (fp32)."""
+    return dense_step.why_not(model, training(), distributed=distributed, precision="fp32")
+
+
+@pytest.mark.parametrize(
+    ("resolved", "why"),
+    [("fp32", ""), ("bf16", "training.precision is auto (bf16 on this device)")],
+)
+def test_auto_precision_takes_the_step_its_resolved_precision_allows(
+    resolved: str, why: str
+) -> None:
+    auto = training(precision="auto")
+    assert dense_step.why_not(dense_model(), auto, distributed=False, precision=resolved) == why
 
 
 @pytest.mark.parametrize(
@@ -261,10 +280,10 @@ def test_a_global_module_hook_takes_autograd() -> None:
 
     handle = register_module_forward_hook(lambda *_: None)
     try:
-        assert "global" in dense_step.why_not(dense_model(), training(), distributed=False)
+        assert "global" in why_not(dense_model())
     finally:
         handle.remove()
-    assert dense_step.why_not(dense_model(), training(), distributed=False) == ""
+    assert why_not(dense_model()) == ""
 
 
 # --- through the pipeline: recorded, and a resumed run is the same bytes ----------------------

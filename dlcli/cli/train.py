@@ -290,6 +290,9 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
         reporter.note(f"training with {tools}")
     if why and prepared.config.training.backward == "explicit":
         reporter.note(f"training.backward: explicit, but {why}: autograd computes the gradients")
+    emulated = pipeline.precision_note(prepared)
+    if emulated:
+        reporter.note(emulated)
     from dlcli.model import hwc
 
     built = prepared.model

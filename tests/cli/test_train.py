@@ -222,3 +222,71 @@ def test_the_step_kind_is_recorded_and_an_unmet_explicit_is_said(
         assert said == []
     else:
         assert len(said) == 1 and note in said[0] and "autograd computes" in said[0]
+
+
+# --- training.precision: auto, and an explicit bf16 on a CPU that emulates it -----------------
+
+
+def cpu_has_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """What the CPU check of dlcli.accel answers, whatever this machine's CPU is."""
+    from dlcli import accel
+
+    monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: native)
+
+
+def emulated_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "emulated" in line]
+
+
+@pytest.mark.parametrize(
+    ("native", "resolved", "backward"), [(True, "bf16", "autograd"), (False, "fp32", "explicit")]
+)
+def test_auto_precision_trains_and_records_what_it_resolved_to(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch, native: bool, resolved: str, backward: str
+) -> None:
+    cpu_has_bf16(monkeypatch, native)
+    sets = ["--set", "training.epochs=1", "--set", "training.precision=auto", "--device", "cpu"]
+    result = run("train", str(tiny_config), *sets)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tiny_config.parent / "runs/tiny/metrics.json").read_text())
+    assert (metrics["precision"], metrics["precision_asked"]) == (resolved, "auto")
+    assert metrics["backward"] == backward  # the explicit step is fp32's
+    assert emulated_lines(result.stderr) == []  # auto is never emulated
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_an_explicit_bf16_on_a_cpu_without_bf16_instructions_is_said_in_one_line(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    cpu_has_bf16(monkeypatch, native)
+    sets = ["--set", "training.epochs=1", "--set", "training.precision=bf16", "--device", "cpu"]
+    result = run("train", str(tiny_config), *sets)
+    assert result.exit_code == 0, result.output  # it runs: the user asked for bf16
+    said = emulated_lines(result.stderr)
+    if native:
+        assert said == []
+    else:
+        assert len(said) == 1
+        assert "bf16 is emulated on this CPU (no AVX512-BF16/AMX)" in said[0]
+        assert "several times slower than fp32" in said[0] and "auto picks fp32" in said[0]
+    metrics = json.loads((tiny_config.parent / "runs/tiny/metrics.json").read_text())
+    assert metrics["precision"] == "bf16" and "precision_asked" not in metrics
+
+
+def test_evaluate_resolves_a_saved_auto_precision(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_has_bf16(monkeypatch, False)
+    doc = train_json(tiny_config, "--set", "training.precision=auto", "--device", "cpu")
+    saved = yaml.safe_load((Path(doc["run_dir"]) / "config.yaml").read_text())
+    assert saved["training"]["precision"] == "auto" and doc["precision"] == "fp32"
+    result = run("evaluate", doc["run_dir"], "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)["metrics"]
+    for split in ("validation", "test"):  # fp32 here, as in training: the same scores
+        assert evaluated[split]["accuracy"] == doc[split]["accuracy"]
+        assert evaluated[split]["loss"] == pytest.approx(doc[split]["loss"], rel=1e-6)
+    cpu_has_bf16(monkeypatch, True)  # a machine with bf16 instructions scores it in bf16
+    result = run("evaluate", doc["run_dir"], "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["test"]["accuracy"] > 0.9

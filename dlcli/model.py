@@ -202,7 +202,45 @@ def _flatten(spec: C.Flatten, shape: Shape, where: str) -> tuple[nn.Module, Shap
     size = 1
     for dim in shape:
         size *= dim
-    return nn.Flatten(), (size,)
+    return Flatten(), (size,)
+
+
+class Flatten(nn.Flatten):
+    """``nn.Flatten`` (features in (C, H, W) order, as Keras' channels-first flatten and every
+    saved dlcli model have them) whose gradient goes back in its input's memory layout.
+
+    Flattening a channels_last image copies it into (C, H, W) order, and autograd hands the
+    gradient back in that order, NCHW: every layer before the flatten then gets its gradient
+    in one layout and its saved tensors in the other, and an elementwise backward over mixed
+    layouts is many times slower (ReLU's backward on 100x16x28x28: 8.9 ms against 0.45 ms on
+    the 2-core benchmark CPU). Giving the gradient back in channels_last keeps the whole
+    backward in one layout: the same numbers, for one copy of the flat gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.requires_grad and _channels_last_only(x):
+            out: torch.Tensor = _FlattenKeepingLayout.apply(x)
+            return out
+        return super().forward(x)
+
+
+def _channels_last_only(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels_last and not also plain contiguous (C, H or W of 1)."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+class _FlattenKeepingLayout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.flatten(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
 
 
 def _dense(spec: C.Dense, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
@@ -265,7 +303,7 @@ def _avg_pool(spec: C.AvgPool2d, shape: Shape, where: str) -> tuple[nn.Module, S
 
 def _global_avg_pool(spec: C.GlobalAvgPool2d, shape: Shape, where: str) -> tuple[nn.Module, Shape]:
     channels, _, _ = _need_image(shape, where, "global_avg_pool2d")
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (channels,)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten()), (channels,)
 
 
 def _dropout(spec: C.Dropout, shape: Shape, where: str) -> tuple[nn.Module, Shape]:

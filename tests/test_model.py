@@ -9,7 +9,7 @@ import torch
 
 from dlcli.config import parse_config
 from dlcli.errors import ConfigError
-from dlcli.model import build_model, check_forward
+from dlcli.model import Flatten, build_model, check_forward
 
 
 def model_cfg(layers: list[dict[str, Any]], input_shape: list[int] | None = None) -> Any:
@@ -136,3 +136,57 @@ def test_a_layer_too_large_to_allocate_is_a_config_error() -> None:
     layers = [{"type": "flatten"}, {"type": "dense", "units": 100_000_000_000}]
     with pytest.raises(ConfigError, match=r"model.layers\[1\]: cannot allocate this dense layer"):
         build_model(model_cfg(layers))
+
+
+CL = torch.channels_last
+
+
+def _conv_flatten_net(flatten: torch.nn.Module) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        flatten,
+        torch.nn.Linear(4 * 4 * 4, 3),
+    )
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
+
+
+def test_flatten_gives_the_gradient_back_channels_last_with_the_same_numbers() -> None:
+    x = torch.rand(5, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    nets = {"dlcli": _conv_flatten_net(Flatten()), "torch": _conv_flatten_net(torch.nn.Flatten())}
+    layouts = {}
+    for name, net in nets.items():
+        pooled = net[:3](x)
+        seen: list[bool] = []  # the gradient as it arrives (retain_grad would re-lay it out)
+        pooled.register_hook(lambda g: seen.append(g.is_contiguous(memory_format=CL)))
+        torch.nn.functional.cross_entropy(net[3:](pooled), y).backward()
+        layouts[name] = seen == [True]
+    assert layouts == {"dlcli": True, "torch": False}  # torch's comes back NCHW
+    for ours, theirs in zip(nets["dlcli"].parameters(), nets["torch"].parameters(), strict=True):
+        assert ours.grad is not None and theirs.grad is not None
+        assert torch.equal(ours.grad, theirs.grad)
+
+
+def test_flatten_outside_training_or_of_plain_layouts_is_torchs() -> None:
+    flatten = Flatten()
+    image = torch.rand(2, 3, 4, 4, requires_grad=True)
+    last = image.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert flatten(image).grad_fn.name() != "_FlattenKeepingLayoutBackward"  # NCHW input
+    assert flatten(last).grad_fn.name() == "_FlattenKeepingLayoutBackward"
+    with torch.no_grad():
+        assert torch.equal(flatten(last), image.detach().flatten(1))
+    flatten.eval()  # export and scoring see plain nn.Flatten
+    assert flatten(last).grad_fn.name() != "_FlattenKeepingLayoutBackward"
+    assert torch.equal(flatten(last), image.flatten(1))
+
+
+def test_built_models_flatten_with_dlclis_flatten() -> None:
+    layers = [{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "flatten"}]
+    layers += [{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "global_avg_pool2d"}]
+    built = build_model(model_cfg(layers[:2] + [{"type": "dense", "units": 10}]), 10)
+    assert sum(type(m) is Flatten for m in built.module.modules()) == 1
+    pooled = build_model(model_cfg(layers[2:] + [{"type": "dense", "units": 10}]), 10)
+    assert sum(type(m) is Flatten for m in pooled.module.modules()) == 1

@@ -161,7 +161,7 @@ def test_flatten_gives_the_gradient_back_channels_last_with_the_same_numbers() -
     for name, net in nets.items():
         pooled = net[:3](x)
         seen: list[bool] = []  # the gradient as it arrives (retain_grad would re-lay it out)
-        pooled.register_hook(lambda g: seen.append(g.is_contiguous(memory_format=CL)))
+        pooled.register_hook(lambda g, seen=seen: seen.append(g.is_contiguous(memory_format=CL)))
         torch.nn.functional.cross_entropy(net[3:](pooled), y).backward()
         layouts[name] = seen == [True]
     assert layouts == {"dlcli": True, "torch": False}  # torch's comes back NCHW
@@ -184,9 +184,8 @@ def test_flatten_outside_training_or_of_plain_layouts_is_torchs() -> None:
 
 
 def test_built_models_flatten_with_dlclis_flatten() -> None:
-    layers = [{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "flatten"}]
-    layers += [{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "global_avg_pool2d"}]
-    built = build_model(model_cfg(layers[:2] + [{"type": "dense", "units": 10}]), 10)
+    conv, dense = {"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "dense", "units": 10}
+    built = build_model(model_cfg([conv, {"type": "flatten"}, dense]), 10)
     assert sum(type(m) is Flatten for m in built.module.modules()) == 1
-    pooled = build_model(model_cfg(layers[2:] + [{"type": "dense", "units": 10}]), 10)
+    pooled = build_model(model_cfg([conv, {"type": "global_avg_pool2d"}, dense]), 10)
     assert sum(type(m) is Flatten for m in pooled.module.modules()) == 1

@@ -1,21 +1,33 @@
-"""Run ``dlcli`` as a real subprocess (what a user's shell does), for the tests of issue 13."""
+"""Run ``dlcli`` as a real subprocess (what a user's shell does), for the tests of issue 13 and
+the hostile-input tests (``run_real``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+MEMORY_LIMIT = 2_000_000 * 1024  # ulimit -v 2000000 (KiB): what a bomb runs under
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def dlcli(
-    *args: str, cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
+    *args: str,
+    cwd: Path = ROOT,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    bomb: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m dlcli ARGS`` in ``cwd``; stdout and stderr captured as text."""
+    """``python -m dlcli ARGS`` in ``cwd``; stdout and stderr captured as text. A ``bomb`` runs
+    under ``ulimit -v 2000000`` (``MEMORY_LIMIT``)."""
     return subprocess.run(
         [sys.executable, "-m", "dlcli", *args],
         cwd=cwd,
@@ -23,7 +35,15 @@ def dlcli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=_limit_memory if bomb else None,
     )
+
+
+def run_real(args: list[str], *, bomb: bool = False, timeout: float = 120) -> tuple[int, str, str]:
+    """A hostile-input case run for real (a crash is a signal, not an exception): ``dlcli ARGS``
+    on one thread, a ``bomb`` under ``ulimit -v``; returns (exit code, stdout + stderr, stderr)."""
+    proc = dlcli(*args, timeout=timeout, env={"OMP_NUM_THREADS": "1"}, bomb=bomb)
+    return proc.returncode, proc.stdout + proc.stderr, proc.stderr
 
 
 def start(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

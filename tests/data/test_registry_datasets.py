@@ -10,7 +10,6 @@ import io
 import json
 import re
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +19,9 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from conftest import TINY_TEST, TINY_TRAIN, write_tiny_archives
+from http_mirror import ServerState, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_download import Handler, ServerState, StateServer
 
 from dlcli import limits
 from dlcli.cli import cli
@@ -37,15 +36,9 @@ PER_BATCH = 8  # records in each tiny CIFAR batch: 40 train, 8 test
 
 @pytest.fixture
 def server() -> Iterator[ServerState]:
-    """test_download's HTTP server on 127.0.0.1 (``/good/NAME`` serves, ``/missing/`` 404s)."""
-    httpd = StateServer(("127.0.0.1", 0), Handler)
-    httpd.state = ServerState(base=f"http://127.0.0.1:{httpd.server_address[1]}")
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield httpd.state
-    httpd.state.stop.set()
-    httpd.shutdown()
-    httpd.server_close()
+    """http_mirror's HTTP server on 127.0.0.1 (``/good/NAME`` serves, ``/missing/`` 404s)."""
+    with serve() as state:
+        yield state
 
 
 # --- tiny archives in the published formats ---------------------------------------------------

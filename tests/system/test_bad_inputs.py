@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_process import run_real
 from click.testing import CliRunner
-from conftest import REPO_ROOT, write_tiny_config
+from conftest import write_tiny_config
 
 from dlcli import store
 from dlcli.cli import cli
@@ -305,15 +303,7 @@ def test_there_are_enough_cases_across_commands() -> None:
 def test_bad_input(case: Case, world: World) -> None:
     args = case.args(world)
     if case.real:
-        proc = subprocess.run(
-            [sys.executable, "-m", "dlcli", *args],
-            cwd=REPO_ROOT,
-            env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        code, output, err = proc.returncode, proc.stdout + proc.stderr, proc.stderr
+        code, output, err = run_real(args, timeout=300)
     else:
         result = CliRunner().invoke(cli, args)
         code, output, err = result.exit_code, result.output, result.stderr

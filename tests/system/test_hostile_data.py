@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_process import run_real
 from click.testing import CliRunner
 from conftest import REPO_DATA, write_tiny_config
-from test_hostile_inputs import run_real
 
 from dlcli.cli import cli
 from dlcli.data.idx import write_idx
@@ -191,7 +191,7 @@ def test_hostile_data(case: Case, world: World) -> None:
     args = case.args(world)
     start = time.monotonic()
     if case.bomb:
-        code, err = run_real([*args, "--quiet"], bomb=True, timeout=120)
+        code, _, err = run_real([*args, "--quiet"], bomb=True, timeout=120)
     else:
         result = CliRunner().invoke(cli, args)
         code, err = result.exit_code, result.stderr

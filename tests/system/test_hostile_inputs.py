@@ -10,10 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,14 +20,13 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from cli_process import run_real
 from click.testing import CliRunner
 from conftest import REPO_ROOT, write_tiny_config
 from safetensors.torch import load_file, save_file
 
 from dlcli import checkpoint, store
 from dlcli.cli import cli
-
-MEMORY_LIMIT = 2_000_000 * 1024  # ulimit -v 2000000 (KiB)
 
 
 @dataclass
@@ -370,23 +366,6 @@ def _fifo(w: World, name: str) -> str:
     return str(path)
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
-def run_real(args: list[str], *, bomb: bool = False, timeout: float = 120) -> tuple[int, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dlcli", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=_limit_memory if bomb else None,
-    )
-    return proc.returncode, proc.stderr
-
-
 def test_cases_are_unique() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
 
@@ -396,7 +375,7 @@ def test_hostile_input(case: Case, world: World) -> None:
     args = case.args(world)
     start = time.monotonic()
     if case.real:
-        code, err = run_real(args, bomb=case.bomb)
+        code, _, err = run_real(args, bomb=case.bomb)
     else:
         result = CliRunner().invoke(cli, args)
         code, err = result.exit_code, result.stderr

@@ -1,17 +1,21 @@
 """dlcli's training epoch as a multiple of its arithmetic: the step's own matmuls and
 convolutions, timed alone in the same process.
 
-    .venv/bin/python benchmarks/floor.py [--models mlp,cnn] [--rounds 5] [--threads N]
+    .venv/bin/python benchmarks/floor.py [--models mlp,cnn,speedrun] [--rounds 5] [--threads N]
                                          [--no-write]
 
-For each model (the seed MLP and the reference CNN of ``configs/``) the script builds the
+For each model (the seed MLP and the reference CNN of ``configs/``, and ``speedrun``: the
+MNIST speedrun's CNN with batch norm) the script builds the
 model as dlcli does, runs one training batch through it with hooks on every ``nn.Linear`` and
 ``nn.Conv2d``, and records the shapes, layouts and values each one sees. The **floor** is an
-epoch's worth of those layers' matmuls and convolutions (570 steps at batch 100), forward and
+epoch's worth of those layers' matmuls and convolutions (570 steps at batch 100 for the
+Fashion-MNIST models), forward and
 backward, called directly and without autograd: ``torch.addmm``/``torch.mm`` into
 preallocated outputs, ``F.conv2d`` and ``aten.convolution_backward`` (the kernel autograd
 calls), in the step's own memory layouts (dense weights input-major, channels_last
 convolutions). The input gradient of the first layer is left out, as autograd leaves it out.
+The floor computes in float32: where the speedrun's ``precision: auto`` resolves to bf16 (a
+CPU with bf16 instructions), its ratio compares a bf16 step with a float32 floor.
 Everything else a step does (bias and activation kernels, pooling, the loss, the optimizer,
 metrics, Python) is what the floor does not count.
 
@@ -56,7 +60,11 @@ from dlcli.model import build_model
 from dlcli.pipeline import load_data, split_train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"mlp": "fashion-mnist-mlp.yaml", "cnn": "fashion-mnist-cnn.yaml"}
+CONFIGS = {
+    "mlp": "fashion-mnist-mlp.yaml",
+    "cnn": "fashion-mnist-cnn.yaml",
+    "speedrun": "mnist-speedrun.yaml",  # issue 17's MNIST speedrun: one epoch at batch 192
+}
 MARKER = "<!-- floor:{tag}:{edge} -->"
 
 Op = Callable[[], object]
@@ -305,8 +313,9 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
         "fastest round over the floor's, the least disturbed of each). **floor**: the step's "
         "own matmuls and "
         "convolutions at its shapes and layouts, forward and backward, without autograd, for "
-        "the epoch's steps; **dlcli**: `Trainer.fit`, one epoch of the 57,000-image split at "
-        "batch 100, no validation.",
+        "the epoch's steps; **dlcli**: `Trainer.fit`, one epoch of the config's training split "
+        "(Fashion-MNIST: 57,000 images at batch 100; the MNIST speedrun: 59,400 at 192), no "
+        "validation.",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; GPU: none used",
@@ -342,7 +351,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mlp,cnn", help="mlp,cnn or one of them")
+    parser.add_argument(
+        "--models", default="mlp,cnn", help="a comma-separated subset of mlp,cnn,speedrun"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE")

@@ -39,7 +39,7 @@ from dlcli.callbacks import (
     reports,
     watched_test_split,
 )
-from dlcli.config import Config, DataConfig, TrainingConfig
+from dlcli.config import Config, DataConfig, TrainingConfig, read_yaml
 from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
 from dlcli.data.download import default_data_dir
 from dlcli.data.images import check_input_shape
@@ -48,6 +48,7 @@ from dlcli.device import resolve_device
 from dlcli.engine import Trainer
 from dlcli.errors import (
     DataError,
+    DlcliError,
     Interrupted,
     ModelDirError,
     TrainingError,
@@ -83,6 +84,9 @@ class Prepared:
     world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
     output: store.Output | None = None  # the locked run dir (rank 0); None: not locked
     threads: ThreadChoice | None = None  # training.threads, resolved
+    precision_asked: str | None = (
+        None  # training.precision as given (auto), before record_precision
+    )
 
     @property
     def work_dir(self) -> Path:
@@ -222,6 +226,7 @@ def prepare(
         if dataset is None:
             dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
         record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
+        asked = record_precision(cfg, device, world, run_dir if resume else None)
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
         )
@@ -232,7 +237,18 @@ def prepare(
         output.release()
         raise
     return Prepared(
-        cfg, dataset, train, validation, model, device, run_dir, resumed, world, output, threads
+        cfg,
+        dataset,
+        train,
+        validation,
+        model,
+        device,
+        run_dir,
+        resumed,
+        world,
+        output,
+        threads,
+        precision_asked=asked,
     )
 
 
@@ -244,6 +260,40 @@ def record_input_shape(cfg: Config, dataset: Dataset) -> None:
     cfg.model.input_shape = check_input_shape(
         cfg.model.input_shape, (height, width, channels), source
     )
+
+
+def record_precision(
+    cfg: Config, device: torch.device, world: distributed.World, resuming: Path | None
+) -> str:
+    """Record in ``cfg`` the precision the run computes in, and return what it asked for.
+
+    ``auto`` becomes what :func:`dlcli.accel.resolve_precision` picks for ``device`` (rank 0
+    decides for every worker), so ``config.yaml``, the checkpoints, ``--resume`` and
+    ``evaluate`` all see the precision that ran, wherever they run. Resuming (``resuming``: the
+    run dir), ``auto`` is what the run's start resolved it to, kept in its newest checkpoint:
+    a run started with bf16 instructions and continued on a CPU without them still computes
+    in bf16 (slowly, and ``train`` says so), exactly as the uninterrupted run would."""
+    asked = cfg.training.precision
+    if asked == "auto":
+
+        def resolved() -> Any:  # one of training.precision's concrete values
+            started = _started_precision(resuming) if resuming is not None else None
+            return started or accel.resolve_precision(asked, device)
+
+        cfg.training.precision = world.from_main(resolved)
+    return asked
+
+
+def _started_precision(run_dir: Path) -> str | None:
+    """The concrete precision in the config of ``run_dir``'s newest checkpoint, or None (no
+    checkpoint, or none recorded there: resuming then checks and refuses as usual)."""
+    try:
+        saved = read_yaml(checkpoint.latest(run_dir) / checkpoint.CONFIG)
+    except (DlcliError, OSError):
+        return None
+    training = saved.get("training") if isinstance(saved, dict) else None
+    precision = training.get("precision") if isinstance(training, dict) else None
+    return precision if precision in ("fp32", "bf16", "fp16") else None
 
 
 @distributed.collective_errors
@@ -371,7 +421,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "device": str(prepared.device),
         **({"threads": prepared.threads.describe()} if prepared.threads else {}),
         "backward": "autograd" if trainer.explicit is None else "explicit",  # dlcli/dense_step.py
-        **_precision(trainer),
+        **_precision(prepared, trainer),
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
         "fit_seconds": round(trainer.fit_seconds, 4),
@@ -396,10 +446,10 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def _precision(trainer: Trainer) -> dict[str, str]:
+def _precision(prepared: Prepared, trainer: Trainer) -> dict[str, str]:
     """The precision the run computed in, and what the config asked for where that differs
-    (``auto``, resolved for the device by dlcli.accel.resolve_precision)."""
-    used, asked = trainer.precision.name, trainer.precision.asked
+    (``auto``: see :func:`record_precision`)."""
+    used, asked = trainer.precision.name, prepared.precision_asked or trainer.precision.asked
     return {"precision": used} | ({"precision_asked": asked} if asked != used else {})
 
 

@@ -22,13 +22,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from in_process import write_dataset
+from in_process import train_in_process, write_dataset, write_run_config
 
-from dlcli import checkpoint, pipeline, store
+from dlcli import accel, checkpoint, pipeline, store
 from dlcli.cli import cli
 from dlcli.config import load_config
 from dlcli.engine import Trainer
-from dlcli.errors import ModelDirError, TrainingError
+from dlcli.errors import Interrupted, ModelDirError, TrainingError
 from dlcli.hooks import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -493,3 +493,30 @@ def test_checkpoint_load_verifies_before_reading(tmp_path: Path) -> None:
     (last / "state.json").write_text("{}")
     with pytest.raises(ModelDirError, match=r"state\.json: altered or truncated"):
         checkpoint.load(last, load_config(config))
+
+
+def test_auto_precision_resumes_in_what_the_run_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with precision auto started on a CPU with bf16 instructions, stopped, and continued
+    (from its config file, which still says auto) on one without: it keeps computing in bf16,
+    to the same bytes as the uninterrupted run; config.yaml records bf16, metrics.json both."""
+    settings: dict[str, Any] = {"precision": "auto", "epochs": 2, "device": "cpu"}
+    native = lambda cpuinfo=None: True  # noqa: E731
+    monkeypatch.setattr(accel, "cpu_native_bf16", native)
+    reference = write_run_config(tmp_path / "a", **settings)
+    train_in_process(reference)
+    resumed = write_run_config(tmp_path / "b", **settings)
+    with pytest.raises(Interrupted):
+        train_in_process(resumed, stop_at=5)
+    monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: False)  # another CPU
+    train_in_process(resumed, resume=True)
+    a, b = tmp_path / "a/runs/run", tmp_path / "b/runs/run"
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    for run in (a, b):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert (metrics["precision"], metrics["precision_asked"]) == ("bf16", "auto")
+        assert yaml.safe_load((run / "config.yaml").read_text())["training"]["precision"] == "bf16"
+    fresh = write_run_config(tmp_path / "c", **settings)  # a new run on this CPU: fp32
+    train_in_process(fresh)
+    assert json.loads((tmp_path / "c/runs/run/metrics.json").read_text())["precision"] == "fp32"

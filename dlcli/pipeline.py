@@ -84,9 +84,7 @@ class Prepared:
     world: distributed.World = distributed.SINGLE  # this worker's place in a torchrun job
     output: store.Output | None = None  # the locked run dir (rank 0); None: not locked
     threads: ThreadChoice | None = None  # training.threads, resolved
-    precision_asked: str | None = (
-        None  # training.precision as given (auto), before record_precision
-    )
+    precision_asked: str | None = None  # training.precision as given (see record_precision)
 
     @property
     def work_dir(self) -> Path:

@@ -70,6 +70,39 @@ def write_run_config(
     return path
 
 
+EPOCHS = 6  # write_config's run length
+
+
+def write_config(folder: Path, name: str = "run", **training: Any) -> Path:
+    """A small MLP config with dropout (global RNG) and one_cycle (per-step scheduler state),
+    so an exact resume must restore both; ``EPOCHS`` epochs at batch 10, saving to
+    ``folder/runs/<name>``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg: dict[str, Any] = {
+        "data": {**write_dataset(folder), "validation_split": 0.25},
+        "model": {
+            "input_shape": [8, 8, 1],
+            "layers": [
+                {"type": "flatten"},
+                {"type": "dense", "units": 32, "activation": "relu"},
+                {"type": "dropout", "rate": 0.3},
+                {"type": "dense", "units": 4},
+            ],
+        },
+        "training": {
+            "epochs": EPOCHS,
+            "batch_size": 10,
+            "optimizer": {"learning_rate": 0.01},
+            "lr_schedule": {"name": "one_cycle"},
+            **training,
+        },
+        "output": {"dir": str(folder / "runs" / name)},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 class StopAt(Callback):
     """Asks for a stop (as a signal handler would) after global step ``step``."""
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from in_process import train_in_process, write_dataset, write_run_config
+from in_process import EPOCHS, train_in_process, write_config, write_run_config
 
 from dlcli import accel, checkpoint, pipeline, store
 from dlcli.cli import cli
@@ -32,7 +32,6 @@ from dlcli.errors import Interrupted, ModelDirError, TrainingError
 from dlcli.hooks import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
-EPOCHS = 6
 # Tiny models train far faster on one thread, and do not stall when other processes keep the
 # cores busy (OpenMP workers waiting for each other); every run here, reference included, uses
 # the same setting, so results stay comparable.
@@ -40,35 +39,6 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_config(folder: Path, name: str = "run", **training: Any) -> Path:
-    """A config with dropout (global RNG) and one_cycle (per-step scheduler state), so an
-    exact resume must restore both."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {
-        "data": {**write_dataset(folder), "validation_split": 0.25},
-        "model": {
-            "input_shape": [8, 8, 1],
-            "layers": [
-                {"type": "flatten"},
-                {"type": "dense", "units": 32, "activation": "relu"},
-                {"type": "dropout", "rate": 0.3},
-                {"type": "dense", "units": 4},
-            ],
-        },
-        "training": {
-            "epochs": EPOCHS,
-            "batch_size": 10,
-            "optimizer": {"learning_rate": 0.01},
-            "lr_schedule": {"name": "one_cycle"},
-            **training,
-        },
-        "output": {"dir": str(folder / "runs" / name)},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def run_dir_of(config: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_process import document, start
-from test_checkpoint import write_config
+from in_process import write_config
 
 ENV = {"OMP_NUM_THREADS": "1"}
 OVERRIDES = ("--set", "training.epochs=3", "--set", "training.optimizer.learning_rate=0.002")

@@ -98,11 +98,13 @@ def cpuinfo_bf16(text: str) -> bool:
 
 def emulated_bf16_note(name: str, device: torch.device) -> str:
     """What ``train`` says when ``training.precision: bf16`` was asked for on a CPU without
-    bfloat16 instructions ("" otherwise): it runs, but emulated."""
-    if name != "bf16" or device.type != "cpu" or cpu_native_bf16():
+    bfloat16 instructions or a GPU without bfloat16 arithmetic (before compute capability
+    8.0), "" otherwise: it runs, but emulated."""
+    if name != "bf16" or device.type not in ("cpu", "cuda") or native_bf16(device):
         return ""
+    where = "CPU (no AVX512-BF16/AMX)" if device.type == "cpu" else "GPU (no bf16 arithmetic)"
     return (
-        "training.precision: bf16 is emulated on this CPU (no AVX512-BF16/AMX), typically "
+        f"training.precision: bf16 is emulated on this {where}, typically "
         "several times slower than fp32; precision: auto picks fp32 here"
     )
 

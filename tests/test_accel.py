@@ -370,9 +370,30 @@ def test_the_emulated_bf16_note_is_for_an_explicit_bf16_on_an_emulating_cpu(
     assert "\n" not in note
     for name in ("fp32", "auto"):
         assert accel.emulated_bf16_note(name, CPU) == ""
-    assert accel.emulated_bf16_note("bf16", torch.device("cuda")) == ""
     monkeypatch.setattr(accel, "cpu_native_bf16", lambda cpuinfo=None: True)
     assert accel.emulated_bf16_note("bf16", CPU) == ""
+    assert accel.emulated_bf16_note("bf16", torch.device("mps")) == ""
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_emulated_bf16_note_on_a_gpu_asks_torch_without_emulation(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    asked: list[dict[str, Any]] = []
+
+    def is_bf16_supported(**kwargs: Any) -> bool:
+        asked.append(kwargs)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    note = accel.emulated_bf16_note("bf16", torch.device("cuda"))
+    assert asked == [{"including_emulation": False}]
+    if native:
+        assert note == ""
+    else:
+        assert "bf16 is emulated on this GPU (no bf16 arithmetic)" in note
+        assert "auto picks fp32 here" in note and "\n" not in note
 
 
 def test_channels_last_on_a_cpu_gives_the_same_losses() -> None:

@@ -81,7 +81,7 @@ class Trainer:
         self.num_classes = num_classes
         self.objective = Objective.of(training, num_classes)
         # The step's options (dlcli/accel.py), resolved once for this device and model.
-        self.precision = Precision(training.precision, device)  # auto: resolved here, once
+        self.precision = Precision(training.precision, device)  # auto (a Trainer made directly)
         self.channels_last = ChannelsLast(training.channels_last, model)
         self.model = self.channels_last.model(model.to(device))  # its parameters and names
         self.flat = FlatParameters(self.model)  # every parameter in one buffer

@@ -465,11 +465,11 @@ def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
 def step_kind(prepared: Prepared) -> tuple[str, str]:
     """Which step the run takes, ``explicit`` or ``autograd`` (``training.backward``, see
     dlcli.dense_step), and why not the explicit one ("" when it runs or autograd was asked
-    for): what ``train`` announces."""
+    for): what ``train`` announces. ``training.precision`` is what runs: :func:`prepare`
+    recorded ``auto`` as what it resolved to."""
     training, module = prepared.config.training, prepared.model.module
-    precision = accel.resolve_precision(training.precision, prepared.device)
     return dense_step.kind(
-        module, training, distributed=prepared.world.distributed, precision=precision
+        module, training, distributed=prepared.world.distributed, precision=training.precision
     )
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.config import TrainingConfig
+from dlcli.model import global_hooks, has_hooks
 
 
 def plan(
@@ -93,7 +94,7 @@ def _unsupported_setting(training: TrainingConfig, distributed: bool, precision:
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
     """The modules a plain (nested) ``nn.Sequential`` runs, in order."""
-    if type(module) is nn.Sequential:
+    if isinstance(module, nn.Sequential):
         return [leaf for child in module for leaf in _leaves(child)]
     return [module]
 
@@ -106,11 +107,11 @@ def _dense_stack(model: nn.Module) -> tuple[list[tuple[nn.Linear, Activation | N
         return [], "the model does not start with flatten"
     if (leaves[0].start_dim, leaves[0].end_dim) != (1, -1):
         return [], "the model's flatten is not over all but the batch dimension"
-    if _global_hooks():
+    if global_hooks():
         return [], "a global module hook is registered"
     layers: list[tuple[nn.Linear, Activation | None]] = []
     for leaf in leaves[1:]:
-        if _has_hooks(leaf):
+        if has_hooks(leaf):
             return [], f"a {type(leaf).__name__} layer has hooks"
         activation = ACTIVATIONS.get(type(leaf))
         if type(leaf) is nn.Linear:
@@ -124,22 +125,6 @@ def _dense_stack(model: nn.Module) -> tuple[list[tuple[nn.Linear, Activation | N
     if not layers:
         return [], "the model has no dense layer"
     return layers, ""
-
-
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether anything hooks the module's forward or backward: the dicts ``register_*_hook``
-    fills (an attribute this torch does not have counts as a hook: autograd then runs)."""
-    return any(getattr(module, name, True) for name in _HOOKS)
-
-
-def _global_hooks() -> bool:
-    """Whether a hook on every module is registered (``register_module_forward_hook``...)."""
-    from torch.nn.modules import module
-
-    return any(getattr(module, "_global" + name, True) for name in _HOOKS)
 
 
 @dataclass(frozen=True)

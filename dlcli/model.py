@@ -95,7 +95,7 @@ def build_model(model_config: C.ModelConfig, num_classes: int | None = None) -> 
             f"{num_classes} classes: expected ({num_classes},) "
             f"(end with {{type: dense, units: {num_classes}}})"
         )
-    return BuiltModel(nn.Sequential(modules), infos, input_chw(model_config), shape)
+    return BuiltModel(Layers(modules), infos, input_chw(model_config), shape)
 
 
 def _build_layers(
@@ -137,6 +137,92 @@ def _with_activation(layer: nn.Module, activation: str) -> nn.Module:
     if activation == "linear":
         return layer
     return nn.Sequential(OrderedDict(layer=layer, activation=ACTIVATIONS[activation]()))
+
+
+class Layers(nn.Sequential):
+    """The layers of a model (or of a residual block's body), run in order as by
+    ``nn.Sequential``, with one exact shortcut while training: a layer whose activation is
+    ReLU, followed by max-pooling, pools first and applies the ReLU to the pooled map.
+
+    Max-pooling commutes with ReLU (a monotone function): ``pool(relu(x)) == relu(pool(x))``,
+    and the gradients are the same bits too: both send each window's gradient to the first
+    position of its maximum when that maximum is positive and nowhere otherwise. The ReLU
+    forward and backward then run on a quarter of the pixels (2x2 pooling): 0.91x the
+    reference CNN's epoch on the 2-core benchmark CPU. Where anything could see the
+    difference (a hook on either layer or a global module hook), in evaluation and without
+    gradients, the layers run one after the other as written."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers: list[Any] = list(self._modules.values())
+        pool_first = _pool_first(layers) if self.training and torch.is_grad_enabled() else ()
+        if not pool_first:
+            out: torch.Tensor = super().forward(x)
+            return out
+        index = 0
+        while index < len(layers):
+            layer = layers[index]
+            if index in pool_first:
+                x = layer.activation(layers[index + 1](layer.layer(x)))
+                index += 2
+            else:
+                x = layer(x)
+                index += 1
+        return x
+
+
+def _pool_first(layers: list[Any]) -> frozenset[int]:
+    """The indices of the layers whose ReLU can run after the max-pooling that follows them
+    (see :class:`Layers`): none while a global module hook is registered."""
+    found = [
+        index
+        for index in range(len(layers) - 1)
+        if _is_relu_layer(layers[index]) and _is_max_pool(layers[index + 1])
+    ]
+    if not found or global_hooks():
+        return frozenset()
+    return frozenset(found)
+
+
+def _is_relu_layer(module: Any) -> bool:
+    """A layer with its ReLU, as :func:`_with_activation` builds it, nothing hooked."""
+    return (
+        type(module) is nn.Sequential
+        and list(module._modules) == ["layer", "activation"]
+        and type(module.activation) is nn.ReLU
+        and not any(has_hooks(m) for m in module.modules())
+    )
+
+
+def _is_max_pool(module: Any) -> bool:
+    """Max-pooling as :func:`_pool` builds it (alone, or after replication padding), nothing
+    hooked."""
+    if type(module) is nn.Sequential and list(module._modules) == ["pad", "pool"]:
+        if type(module.pad) is not nn.ReplicationPad2d:
+            return False
+        pool = module.pool
+    else:
+        pool = module
+    return (
+        type(pool) is nn.MaxPool2d
+        and not pool.return_indices
+        and not any(has_hooks(m) for m in module.modules())
+    )
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether anything hooks the module's forward or backward: the dicts ``register_*_hook``
+    fills (an attribute this torch does not have counts as a hook)."""
+    return any(getattr(module, name, True) for name in _HOOKS)
+
+
+def global_hooks() -> bool:
+    """Whether a hook on every module is registered (``register_module_forward_hook``...)."""
+    from torch.nn.modules import module
+
+    return any(getattr(module, "_global" + name, True) for name in _HOOKS)
 
 
 def _glorot(layer: nn.Linear | nn.Conv2d) -> None:
@@ -349,7 +435,7 @@ def _residual(
     if not isinstance(shortcut, nn.Identity):
         infos.append(LayerInfo("shortcut", "Projection", out, params, params))
     activation = nn.Identity() if spec.activation == "linear" else ACTIVATIONS[spec.activation]()
-    return ResidualBlock(nn.Sequential(body), shortcut, activation), out, tuple(infos)
+    return ResidualBlock(Layers(body), shortcut, activation), out, tuple(infos)
 
 
 def _projection(shape: Shape, out: Shape, where: str) -> nn.Module:

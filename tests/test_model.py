@@ -9,7 +9,7 @@ import torch
 
 from dlcli.config import parse_config
 from dlcli.errors import ConfigError
-from dlcli.model import Flatten, build_model, check_forward
+from dlcli.model import Flatten, Layers, ResidualBlock, build_model, check_forward
 
 
 def model_cfg(layers: list[dict[str, Any]], input_shape: list[int] | None = None) -> Any:
@@ -189,3 +189,96 @@ def test_built_models_flatten_with_dlclis_flatten() -> None:
     assert sum(type(m) is Flatten for m in built.module.modules()) == 1
     pooled = build_model(model_cfg([conv, {"type": "global_avg_pool2d"}, dense]), 10)
     assert sum(type(m) is Flatten for m in pooled.module.modules()) == 1
+
+
+_POOLED_CNN: list[dict[str, Any]] = [
+    {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+    {"type": "max_pool2d", "pool_size": 2},
+    {"type": "conv2d", "filters": 6, "kernel_size": 3, "activation": "relu"},
+    {"type": "max_pool2d", "pool_size": 2, "padding": "same"},  # 3x3 -> 2x2: replication pad
+    {"type": "residual", "layers": [
+        {"type": "conv2d", "filters": 6, "kernel_size": 1, "activation": "relu"},
+        {"type": "max_pool2d", "pool_size": 3, "strides": 1, "padding": "same"},
+    ]},
+    {"type": "flatten"},
+    {"type": "dense", "units": 10},
+]  # fmt: skip
+
+
+def _as_written(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's layers one after the other, as nn.Sequential runs them (residual bodies
+    too): what the pool-first shortcut must equal."""
+    if isinstance(module, torch.nn.Sequential):
+        for layer in module:
+            x = _as_written(layer, x)
+        return x
+    if isinstance(module, ResidualBlock):
+        out: torch.Tensor = module.activation(_as_written(module.body, x) + module.shortcut(x))
+        return out
+    out = module(x)
+    return out
+
+
+def _grads(built: Any, x: torch.Tensor, forward: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    built.module.zero_grad(set_to_none=True)
+    out = forward(x)
+    torch.nn.functional.cross_entropy(out, torch.arange(len(x)) % 10).backward()
+    return out.detach(), [p.grad.clone() for p in built.module.parameters()]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("data", ["random", "blank"])  # blank: every window a tie
+def test_relu_after_pooling_gives_the_same_bits(layout: str, data: str) -> None:
+    torch.manual_seed(0)
+    built = build_model(model_cfg(_POOLED_CNN, [11, 11, 2]), 10)
+    if data == "blank":  # constant maps: the biases decide, some positive and some negative
+        for module in built.module.modules():
+            if isinstance(module, torch.nn.Conv2d) and module.bias is not None:
+                torch.nn.init.uniform_(module.bias, -1, 1)
+    x = torch.randn(8, 2, 11, 11) if data == "random" else torch.zeros(8, 2, 11, 11)
+    if layout == "channels_last":
+        built.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
+    built.module.train()
+    fast = _grads(built, x, built.module)
+    plain = _grads(built, x, lambda batch: _as_written(built.module, batch))
+    assert torch.equal(fast[0], plain[0])
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], plain[1], strict=True))
+
+
+def _relu_sizes(built: Any, monkeypatch: pytest.MonkeyPatch, x: torch.Tensor) -> list[int]:
+    sizes: list[int] = []
+    relu = torch.nn.functional.relu
+
+    def counting(t: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        sizes.append(t.shape[-1])
+        return relu(t, inplace)
+
+    monkeypatch.setattr(torch.nn.functional, "relu", counting)
+    built.module(x)
+    monkeypatch.setattr(torch.nn.functional, "relu", relu)
+    return sizes
+
+
+def test_relu_runs_after_pooling_only_while_training_and_unhooked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built = build_model(model_cfg(_POOLED_CNN, [11, 11, 2]), 10)
+    x = torch.randn(2, 2, 11, 11)
+    assert isinstance(built.module, Layers)
+    built.module.train()
+    assert _relu_sizes(built, monkeypatch, x) == [5, 2, 2]  # each ReLU on the pooled map
+    with torch.no_grad():
+        assert _relu_sizes(built, monkeypatch, x) == [11, 3, 2]  # as written
+    built.module.eval()
+    assert _relu_sizes(built, monkeypatch, x) == [11, 3, 2]
+    built.module.train()
+    seen: list[torch.Tensor] = []
+    hook = built.module[0].register_forward_hook(lambda m, i, out: seen.append(out))
+    assert _relu_sizes(built, monkeypatch, x) == [11, 2, 2]  # the hooked pair as written
+    assert seen[0].shape[-1] == 11 and bool((seen[0] >= 0).all())  # it sees the ReLU's output
+    hook.remove()
+    everywhere = torch.nn.modules.module.register_module_forward_hook(lambda m, i, out: None)
+    assert _relu_sizes(built, monkeypatch, x) == [11, 3, 2]
+    everywhere.remove()
+    assert _relu_sizes(built, monkeypatch, x) == [5, 2, 2]

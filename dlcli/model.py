@@ -147,10 +147,10 @@ class Layers(nn.Sequential):
     Max-pooling commutes with ReLU (a monotone function): ``pool(relu(x)) == relu(pool(x))``,
     and the gradients are the same bits too: both send each window's gradient to the first
     position of its maximum when that maximum is positive and nowhere otherwise. The ReLU
-    forward and backward then run on a quarter of the pixels (2x2 pooling): 0.91x the
-    reference CNN's epoch on the 2-core benchmark CPU. Where anything could see the
-    difference (a hook on either layer or a global module hook), in evaluation and without
-    gradients, the layers run one after the other as written."""
+    forward and backward then run on a quarter of the pixels (2x2 pooling): the reference
+    CNN's epoch took 0.90x as long on an AMX Xeon and 0.91x on an AVX2 EPYC (2 cores each).
+    Where anything could see the difference (a hook on either layer or a global module hook),
+    in evaluation and without gradients, the layers run one after the other as written."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers: list[Any] = list(self._modules.values())

@@ -282,3 +282,16 @@ def test_relu_runs_after_pooling_only_while_training_and_unhooked(
     assert _relu_sizes(built, monkeypatch, x) == [11, 3, 2]
     everywhere.remove()
     assert _relu_sizes(built, monkeypatch, x) == [5, 2, 2]
+
+
+def test_torch_compile_captures_the_pool_first_forward_whole() -> None:
+    """training.compile traces Layers.forward: one graph (fullgraph fails on a break), the
+    same loss and gradients (dynamo's eager backend: the capture, without a C++ compiler)."""
+    torch.manual_seed(0)
+    built = build_model(model_cfg(_POOLED_CNN, [11, 11, 2]), 10)
+    x = torch.randn(4, 2, 11, 11)
+    eager = _grads(built, x, built.module)
+    compiled = torch.compile(built.module, backend="eager", fullgraph=True)
+    traced = _grads(built, x, compiled)
+    assert torch.equal(eager[0], traced[0])
+    assert all(torch.equal(a, b) for a, b in zip(eager[1], traced[1], strict=True))

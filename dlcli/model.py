@@ -176,7 +176,7 @@ def _pool_first(layers: list[Any]) -> frozenset[int]:
     found = [
         index
         for index in range(len(layers) - 1)
-        if _is_relu_layer(layers[index]) and _is_max_pool(layers[index + 1])
+        if _is_max_pool(layers[index + 1]) and _is_relu_layer(layers[index])
     ]
     if not found or global_hooks():
         return frozenset()

@@ -142,7 +142,8 @@ def _with_activation(layer: nn.Module, activation: str) -> nn.Module:
 class Layers(nn.Sequential):
     """The layers of a model (or of a residual block's body), run in order as by
     ``nn.Sequential``, with one exact shortcut while training: a layer whose activation is
-    ReLU, followed by max-pooling, pools first and applies the ReLU to the pooled map.
+    ReLU (or a ReLU layer) followed by max-pooling pools first and applies the ReLU to the
+    pooled map.
 
     Max-pooling commutes with ReLU (a monotone function): ``pool(relu(x)) == relu(pool(x))``,
     and the gradients are the same bits too: both send each window's gradient to the first
@@ -162,7 +163,10 @@ class Layers(nn.Sequential):
         while index < len(layers):
             layer = layers[index]
             if index in pool_first:
-                x = layer.activation(layers[index + 1](layer.layer(x)))
+                relu, before = (
+                    (layer, x) if type(layer) is nn.ReLU else (layer.activation, layer.layer(x))
+                )
+                x = relu(layers[index + 1](before))
                 index += 2
             else:
                 x = layer(x)
@@ -184,7 +188,10 @@ def _pool_first(layers: list[Any]) -> frozenset[int]:
 
 
 def _is_relu_layer(module: Any) -> bool:
-    """A layer with its ReLU, as :func:`_with_activation` builds it, nothing hooked."""
+    """A ReLU layer, or a layer with its ReLU as :func:`_with_activation` builds it, nothing
+    hooked."""
+    if type(module) is nn.ReLU:
+        return not has_hooks(module)
     return (
         type(module) is nn.Sequential
         and list(module._modules) == ["layer", "activation"]

@@ -9,7 +9,14 @@ import torch
 
 from dlcli.config import parse_config
 from dlcli.errors import ConfigError
-from dlcli.model import Flatten, Layers, ResidualBlock, build_model, check_forward
+from dlcli.model import (
+    Flatten,
+    Layers,
+    ResidualBlock,
+    _pool_first,
+    build_model,
+    check_forward,
+)
 
 
 def model_cfg(layers: list[dict[str, Any]], input_shape: list[int] | None = None) -> Any:
@@ -197,7 +204,8 @@ _POOLED_CNN: list[dict[str, Any]] = [
     {"type": "conv2d", "filters": 6, "kernel_size": 3, "activation": "relu"},
     {"type": "max_pool2d", "pool_size": 2, "padding": "same"},  # 3x3 -> 2x2: replication pad
     {"type": "residual", "layers": [
-        {"type": "conv2d", "filters": 6, "kernel_size": 1, "activation": "relu"},
+        {"type": "conv2d", "filters": 6, "kernel_size": 1},
+        {"type": "activation", "activation": "relu"},  # a ReLU layer of its own
         {"type": "max_pool2d", "pool_size": 3, "strides": 1, "padding": "same"},
     ]},
     {"type": "flatten"},
@@ -268,6 +276,8 @@ def test_relu_runs_after_pooling_only_while_training_and_unhooked(
     assert isinstance(built.module, Layers)
     built.module.train()
     assert _relu_sizes(built, monkeypatch, x) == [5, 2, 2]  # each ReLU on the pooled map
+    assert _pool_first(list(built.module)) == {0, 2}  # the layers with their ReLU
+    assert _pool_first(list(built.module[4].body)) == {1}  # the ReLU layer of its own
     with torch.no_grad():
         assert _relu_sizes(built, monkeypatch, x) == [11, 3, 2]  # as written
     built.module.eval()

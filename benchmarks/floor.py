@@ -14,8 +14,10 @@ backward, called directly and without autograd: ``torch.addmm``/``torch.mm`` int
 preallocated outputs, ``F.conv2d`` and ``aten.convolution_backward`` (the kernel autograd
 calls), in the step's own memory layouts (dense weights input-major, channels_last
 convolutions). The input gradient of the first layer is left out, as autograd leaves it out.
-The floor computes in float32: where the speedrun's ``precision: auto`` resolves to bf16 (a
-CPU with bf16 instructions), its ratio compares a bf16 step with a float32 floor.
+The floor computes in float32, and so does dlcli here (``precision: fp32``, whatever the
+config says: the speedrun's ``auto`` would be bf16 on a CPU with bf16 instructions, and its
+ratio would then compare a bf16 step with a float32 floor); ``--variant bf16:precision=auto``
+adds the config's own precision as a contender.
 Everything else a step does (bias and activation kernels, pooling, the loss, the optimizer,
 metrics, Python) is what the floor does not count.
 
@@ -223,7 +225,7 @@ class Model:
 def prepare(name: str, variants: dict[str, dict[str, Any]], *, whole: bool = False) -> Model:
     cfg = load_config(ROOT / "configs" / CONFIGS[name])
     train, _ = split_train(load_data(cfg.data, str(ROOT / "data")), cfg)
-    one_epoch = dataclasses.replace(cfg.training, epochs=1)
+    one_epoch = dataclasses.replace(cfg.training, epochs=1, precision="fp32")  # as the floor
 
     def trainer(training: Any) -> Trainer:
         torch.manual_seed(cfg.training.seed)
@@ -315,7 +317,7 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
         "convolutions at its shapes and layouts, forward and backward, without autograd, for "
         "the epoch's steps; **dlcli**: `Trainer.fit`, one epoch of the config's training split "
         "(Fashion-MNIST: 57,000 images at batch 100; the MNIST speedrun: 59,400 at 192), no "
-        "validation.",
+        "validation, in float32 as the floor (whatever the config's precision).",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; GPU: none used",

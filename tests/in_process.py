@@ -44,14 +44,21 @@ CONV_NET: list[dict[str, Any]] = [
 
 
 def write_run_config(
-    folder: Path, *, layers: list[dict[str, Any]] | None = None, **training: Any
+    folder: Path,
+    *,
+    layers: list[dict[str, Any]] | None = None,
+    name: str = "run",
+    images: tuple[int, int] = (300, 60),
+    validation_split: float = 0.2,
+    **training: Any,
 ) -> Path:
-    """8x8 images whose class lights up one row (300 train, 60 test, 4 classes); ``layers``
-    (default: a conv net with batch norm and dropout); 3 epochs of one-cycle at batch 32, with
-    the ``training`` keys given; saving to ``folder/runs/run``."""
+    """8x8 images whose class lights up one row (``images``: train and test counts, 4
+    classes); ``layers`` (default: a conv net with batch norm and dropout); 3 epochs of
+    one-cycle at batch 32, with the ``training`` keys given; saved as ``folder/<name>.yaml``,
+    training into ``folder/runs/<name>``."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {
-        "data": {**write_dataset(folder, 300, 60), "validation_split": 0.2},
+        "data": {**write_dataset(folder, *images), "validation_split": validation_split},
         "model": {
             "input_shape": [8, 8, 1],
             "layers": CONV_NET if layers is None else layers,
@@ -63,44 +70,36 @@ def write_run_config(
             "lr_schedule": {"name": "one_cycle"},
             **training,
         },
-        "output": {"dir": str(folder / "runs" / "run")},
+        "output": {"dir": str(folder / "runs" / name)},
     }
-    path = folder / "run.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 EPOCHS = 6  # write_config's run length
 
+DROPOUT_MLP: list[dict[str, Any]] = [
+    {"type": "flatten"},
+    {"type": "dense", "units": 32, "activation": "relu"},
+    {"type": "dropout", "rate": 0.3},
+    {"type": "dense", "units": 4},
+]
+
 
 def write_config(folder: Path, name: str = "run", **training: Any) -> Path:
-    """A small MLP config with dropout (global RNG) and one_cycle (per-step scheduler state),
-    so an exact resume must restore both; ``EPOCHS`` epochs at batch 10, saving to
-    ``folder/runs/<name>``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {
-        "data": {**write_dataset(folder), "validation_split": 0.25},
-        "model": {
-            "input_shape": [8, 8, 1],
-            "layers": [
-                {"type": "flatten"},
-                {"type": "dense", "units": 32, "activation": "relu"},
-                {"type": "dropout", "rate": 0.3},
-                {"type": "dense", "units": 4},
-            ],
-        },
-        "training": {
-            "epochs": EPOCHS,
-            "batch_size": 10,
-            "optimizer": {"learning_rate": 0.01},
-            "lr_schedule": {"name": "one_cycle"},
-            **training,
-        },
-        "output": {"dir": str(folder / "runs" / name)},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The resume tests' run: a small MLP with dropout (global RNG) and one_cycle (per-step
+    scheduler state), so an exact resume must restore both; ``EPOCHS`` epochs at batch 10 on
+    4,000 training images, saving to ``folder/runs/<name>``."""
+    settings = {"epochs": EPOCHS, "batch_size": 10, **training}
+    return write_run_config(
+        folder,
+        layers=DROPOUT_MLP,
+        name=name,
+        images=(4000, 200),
+        validation_split=0.25,
+        **settings,
+    )
 
 
 class StopAt(Callback):

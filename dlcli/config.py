@@ -403,6 +403,12 @@ class TrainingConfig:
         "layers, else autograd), autograd, or explicit (auto, saying why when it cannot)",
         "auto",
     )
+    native_kernels: bool = doc(
+        "dlcli's compiled CPU kernel for 2x2 max-pooling while training: the same results as "
+        "torch's pooling, faster (built once with the system's C compiler; torch's pooling "
+        "runs where it cannot, with a note)",
+        True,
+    )
 
 
 @dataclass(kw_only=True)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dlcli import dense_step, metric_names
+from dlcli import dense_step, metric_names, native
 from dlcli.accel import (
     ChannelsLast,
     DeviceData,
@@ -47,6 +47,7 @@ from dlcli.data.dataset import Split
 from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError
 from dlcli.evaluation import Objective, Running, Scorer, score
 from dlcli.hooks import Callback, Logs
+from dlcli.model import has_native_pool, native_pooling
 from dlcli.optim import make_optimizer, stepper
 from dlcli.untrusted import conforms, shorten
 
@@ -98,6 +99,15 @@ class Trainer:
         self.explicit = dense_step.plan(
             self.model, training, distributed=self.world is not None, precision=self.precision.name
         )
+        # training.native_kernels: dlcli's compiled 2x2 max-pooling (dlcli/native.py), built
+        # and checked here, before the first step
+        self.native_pooling = has_native_pool(self.model) and not native.why_not(
+            enabled=training.native_kernels,
+            device=device,
+            compiled=training.compile,
+            precision=self.precision.name,
+        )
+        native_pooling(self.model, self.native_pooling)
         self.augment = augment
         self.after_update = list(after_update)
         # training.ema: the weight average among the hooks, which validation scores.

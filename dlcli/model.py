@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dlcli import config as C
+from dlcli import native
 from dlcli.errors import ConfigError
 
 Shape = tuple[int, ...]
@@ -141,23 +142,33 @@ def _with_activation(layer: nn.Module, activation: str) -> nn.Module:
 
 class Layers(nn.Sequential):
     """The layers of a model (or of a residual block's body), run in order as by
-    ``nn.Sequential``, with one exact shortcut while training: a layer whose activation is
-    ReLU (or a ReLU layer) followed by max-pooling pools first and applies the ReLU to the
-    pooled map.
+    ``nn.Sequential``, with two exact shortcuts while training:
 
-    Max-pooling commutes with ReLU (a monotone function): ``pool(relu(x)) == relu(pool(x))``,
-    and the gradients are the same bits too: both send each window's gradient to the first
-    position of its maximum when that maximum is positive and nowhere otherwise. The ReLU
-    forward and backward then run on a quarter of the pixels (2x2 pooling): the reference
-    CNN's epoch took 0.90x as long on an AMX Xeon and 0.91x on an AVX2 EPYC (2 cores each).
+    * A layer whose activation is ReLU (or a ReLU layer) followed by max-pooling pools first
+      and applies the ReLU to the pooled map. Max-pooling commutes with ReLU (a monotone
+      function): ``pool(relu(x)) == relu(pool(x))``, and the gradients are the same bits too:
+      both send each window's gradient to the first position of its maximum when that
+      maximum is positive and nowhere otherwise. The ReLU forward and backward then run on a
+      quarter of the pixels (2x2 pooling): the reference CNN's epoch took 0.90x as long on an
+      AMX Xeon and 0.91x on an AVX2 EPYC (2 cores each).
+    * With :attr:`native_pooling` on (``training.native_kernels``; the Trainer sets it), a
+      2x2 max-pooling that dlcli.native takes runs dlcli's compiled kernel, fused with that
+      moved ReLU: the same bits, in fewer passes over memory.
+
     Where anything could see the difference (a hook on either layer or a global module hook),
     in evaluation and without gradients, the layers run one after the other as written."""
 
+    native_pooling = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers: list[Any] = list(self._modules.values())
-        pool_first = _pool_first(layers) if self.training and torch.is_grad_enabled() else ()
-        if not pool_first:
+        if not (self.training and torch.is_grad_enabled()):
             out: torch.Tensor = super().forward(x)
+            return out
+        layers: list[Any] = list(self._modules.values())
+        pool_first = _pool_first(layers)
+        native_pools = _native_pools(layers) if self.native_pooling else frozenset()
+        if not pool_first and not native_pools:
+            out = super().forward(x)
             return out
         index = 0
         while index < len(layers):
@@ -166,12 +177,43 @@ class Layers(nn.Sequential):
                 relu, before = (
                     (layer, x) if type(layer) is nn.ReLU else (layer.activation, layer.layer(x))
                 )
-                x = relu(layers[index + 1](before))
+                pool = layers[index + 1]
+                if index + 1 in native_pools and native.takes(before):
+                    x = native.max_pool2x2(before, relu=True)
+                else:
+                    x = relu(pool(before))
                 index += 2
             else:
-                x = layer(x)
+                if index in native_pools and native.takes(x):
+                    x = native.max_pool2x2(x, relu=False)
+                else:
+                    x = layer(x)
                 index += 1
         return x
+
+
+def native_pooling(model: nn.Module, on: bool) -> None:
+    """Turn dlcli's compiled 2x2 max-pooling (see :class:`Layers`) on or off for every
+    :class:`Layers` in ``model``."""
+    for module in model.modules():
+        if isinstance(module, Layers):
+            module.native_pooling = on
+
+
+def has_native_pool(model: nn.Module) -> bool:
+    """Whether ``model`` has a max-pooling that dlcli's kernel could run (2x2, stride 2)."""
+    return any(native.pools(module) for module in model.modules())
+
+
+def _native_pools(layers: list[Any]) -> frozenset[int]:
+    """The indices of the max-pooling layers dlcli's kernel may run: a 2x2 MaxPool2d with
+    nothing hooked (none while a global module hook is registered)."""
+    found = [
+        index for index, layer in enumerate(layers) if native.pools(layer) and not has_hooks(layer)
+    ]
+    if not found or global_hooks():
+        return frozenset()
+    return frozenset(found)
 
 
 def _pool_first(layers: list[Any]) -> frozenset[int]:

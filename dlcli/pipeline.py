@@ -26,6 +26,7 @@ from dlcli import (
     distributed,
     evaluation,
     metric_names,
+    native,
     signals,
     store,
     untrusted,
@@ -58,7 +59,7 @@ from dlcli.evaluation import Objective, Scorer
 from dlcli.gates import Gate, default_split, resolve_gates
 from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
-from dlcli.model import BuiltModel, build_model, weights_mismatch
+from dlcli.model import BuiltModel, build_model, has_native_pool, weights_mismatch
 from dlcli.steps import StepRecorder
 from dlcli.threads import ThreadChoice, apply_threads
 from dlcli.version import __version__
@@ -477,6 +478,22 @@ def precision_note(prepared: Prepared) -> str:
     """What ``train`` says of ``training.precision`` before the first step: that an explicit
     bf16 is emulated on this CPU ("" when there is nothing to say)."""
     return accel.emulated_bf16_note(prepared.config.training.precision, prepared.device)
+
+
+def native_note(prepared: Prepared) -> str:
+    """What ``train`` says before the first step when dlcli's compiled max-pooling
+    (``training.native_kernels``, dlcli/native.py) cannot run on this machine although the
+    model pools 2x2 on the CPU: why, and that torch's pooling runs ("" otherwise). Builds
+    the kernel on the first run on a machine."""
+    training = prepared.config.training
+    if not (
+        training.native_kernels
+        and prepared.device.type == "cpu"
+        and has_native_pool(prepared.model.module)
+    ):
+        return ""
+    why = native.unavailable()
+    return f"training.native_kernels: torch's max-pooling runs: {why}" if why else ""
 
 
 def describe_recipe(training: TrainingConfig) -> str:

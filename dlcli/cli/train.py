@@ -293,6 +293,9 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     emulated = pipeline.precision_note(prepared)
     if emulated:
         reporter.note(emulated)
+    native = pipeline.native_note(prepared)
+    if native:
+        reporter.note(native)
     from dlcli.model import hwc
 
     built = prepared.model

@@ -1,0 +1,110 @@
+/* dlcli's 2x2 max-pooling for training on the CPU (see dlcli/native.py, which compiles,
+ * loads, checks and calls it).
+ *
+ * Tensors are float32 in NHWC memory (torch's channels_last), with C a multiple of 8.
+ * Windows are 2x2 with stride 2, no padding; an odd last row or column is left out, as
+ * torch's floor mode leaves it out.
+ *
+ * forward:  out = the window's maximum (ReLU'd when relu != 0), and code = which of its four
+ *           pixels won (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right), one byte.
+ *           The same choice as torch's max_pool2d: pixels in that order, a later one wins if
+ *           it is greater or NaN (ties go to the first, NaN to the last NaN). ReLU as torch's:
+ *           negative values become 0, NaN and -0.0 stay.
+ * backward: the input's gradient, written once (no zero fill, then a scatter): the output
+ *           gradient at the winning pixel and 0 elsewhere; with relu, 0 where the output is
+ *           <= 0 (torch's threshold_backward). The winner gets 0.0f + g: what torch's
+ *           accumulation into a zeroed gradient gives (-0.0 becomes +0.0).
+ *
+ * Eight channels at a time in GCC/Clang vector types: the compiler emits AVX, AVX-512 or
+ * NEON for them (-march=native), with no intrinsics to port. Rows of the output are shared
+ * out over OpenMP threads where it is compiled with -fopenmp. Must not be built with
+ * -ffast-math: the NaN tests (v != v) and the signed zeros are the point.
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+
+static inline f8 load(const float *p) {
+  f8 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void store(float *p, f8 v) { memcpy(p, &v, sizeof v); }
+
+/* mask ? a : b, lane by lane (mask lanes are all ones or all zeros). */
+static inline f8 blend(i8 mask, f8 a, f8 b) { return (f8)(((i8)a & mask) | ((i8)b & ~mask)); }
+
+int dlcli_maxpool_version(void) { return 1; }
+
+void dlcli_maxpool2x2_forward(const float *x, float *out, uint8_t *code, int64_t n, int64_t h,
+                              int64_t w, int64_t c, int relu) {
+  const int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * oh; row++) {
+    const int64_t b = row / oh, i = row % oh;
+    const float *top = x + ((b * h + 2 * i) * w) * c, *bottom = top + w * c;
+    float *o = out + row * ow * c;
+    uint8_t *k = code + row * ow * c;
+    for (int64_t j = 0; j < ow; j++) {
+      for (int64_t ch = 0; ch < c; ch += 8) {
+        const int64_t at = 2 * j * c + ch, e = j * c + ch;
+        f8 best = load(top + at), v;
+        i8 won = {0}, later;
+        v = load(top + at + c);
+        later = (v > best) | (v != v);
+        best = blend(later, v, best);
+        won = (won & ~later) | (later & 1);
+        v = load(bottom + at);
+        later = (v > best) | (v != v);
+        best = blend(later, v, best);
+        won = (won & ~later) | (later & 2);
+        v = load(bottom + at + c);
+        later = (v > best) | (v != v);
+        best = blend(later, v, best);
+        won = (won & ~later) | (later & 3);
+        if (relu) best = (f8)((i8)best & ~(best < 0.0f));
+        store(o + e, best);
+        for (int t = 0; t < 8; t++) k[e + t] = (uint8_t)won[t];
+      }
+    }
+  }
+}
+
+void dlcli_maxpool2x2_backward(const float *grad, const uint8_t *code, const float *out,
+                               float *grad_in, int64_t n, int64_t h, int64_t w, int64_t c,
+                               int relu) {
+  const int64_t oh = h / 2, ow = w / 2;
+  const f8 zero = {0};
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * oh; row++) {
+    const int64_t b = row / oh, i = row % oh;
+    float *top = grad_in + ((b * h + 2 * i) * w) * c, *bottom = top + w * c;
+    const float *g = grad + row * ow * c, *o = out + row * ow * c;
+    const uint8_t *k = code + row * ow * c;
+    for (int64_t j = 0; j < ow; j++) {
+      for (int64_t ch = 0; ch < c; ch += 8) {
+        const int64_t at = 2 * j * c + ch, e = j * c + ch;
+        f8 v = load(g + e);
+        if (relu) v = (f8)((i8)v & ~(load(o + e) <= 0.0f));
+        v = zero + v;
+        i8 won;
+        for (int t = 0; t < 8; t++) won[t] = k[e + t];
+        store(top + at, (f8)((i8)v & (won == 0)));
+        store(top + at + c, (f8)((i8)v & (won == 1)));
+        store(bottom + at, (f8)((i8)v & (won == 2)));
+        store(bottom + at + c, (f8)((i8)v & (won == 3)));
+      }
+    }
+    if (w % 2) { /* the column no window covers */
+      memset(top + (w - 1) * c, 0, (size_t)c * sizeof(float));
+      memset(bottom + (w - 1) * c, 0, (size_t)c * sizeof(float));
+    }
+  }
+  if (h % 2) { /* the row no window covers */
+    for (int64_t b = 0; b < n; b++)
+      memset(grad_in + ((b * h + h - 1) * w) * c, 0, (size_t)(w * c) * sizeof(float));
+  }
+}

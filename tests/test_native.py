@@ -1,0 +1,326 @@
+"""dlcli's compiled 2x2 max-pooling (dlcli/native.py, dlcli/maxpool.c): the same bits as
+torch's pooling, used where it applies, torch's pooling (and a reason) where it cannot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from dlcli import native
+from dlcli.config import parse_config
+from dlcli.model import Layers, build_model, native_pooling
+
+
+@pytest.fixture(autouse=True)
+def _kernel_here() -> None:
+    """The kernel builds on this machine (not asked at import: the suite's cache folder is
+    set up for the tests, not for collection); CI has a C compiler, so there it must."""
+    why = native.unavailable()
+    if why and not os.environ.get("CI"):
+        pytest.skip(f"the kernel cannot run here: {why}")
+    assert why == ""
+
+
+def _maps(shape: tuple[int, ...], kind: str, seed: int) -> torch.Tensor:
+    """NHWC float maps: random, with ties (a few integer values), or with NaN, infinities
+    and signed zeros among the ties."""
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        x = torch.randn(shape, generator=generator)
+    else:
+        x = torch.randint(-2, 3, shape, generator=generator).float()
+    if kind == "special":
+        flat = x.view(-1)
+        flat[torch.randperm(flat.numel(), generator=generator)[: flat.numel() // 6]] = float("nan")
+        flat[torch.randperm(flat.numel(), generator=generator)[: flat.numel() // 6]] = -float("inf")
+        flat[torch.randperm(flat.numel(), generator=generator)[: flat.numel() // 6]] = -0.0
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _run(x: torch.Tensor, grad: torch.Tensor, relu: bool, ours: bool) -> list[torch.Tensor]:
+    leaf = x.detach().clone(memory_format=torch.channels_last).requires_grad_()
+    if ours:
+        assert native.takes(leaf)
+        out = native.max_pool2x2(leaf, relu)
+    else:
+        out = nn.functional.max_pool2d(leaf, 2)
+        out = torch.relu(out) if relu else out
+    out.backward(grad)
+    assert leaf.grad is not None
+    return [out.detach(), leaf.grad]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns, NaN as one pattern (torch and the kernel keep the input's NaN; the
+    test does not depend on it)."""
+    t = t.contiguous()
+    return t.masked_fill(t.isnan(), float("nan")).view(torch.int32)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 8, 2, 2), (3, 8, 7, 9), (2, 16, 28, 28), (4, 32, 14, 14), (2, 24, 5, 6)]
+)
+@pytest.mark.parametrize("kind", ["random", "ties", "special"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_same_bits_as_torch(shape: tuple[int, ...], kind: str, relu: bool) -> None:
+    for seed in range(3):
+        x = _maps(shape, kind, seed)
+        pooled = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+        grad = torch.randn(pooled, generator=torch.Generator().manual_seed(seed + 10))
+        grad.view(-1)[::4] = -0.0  # a signed zero reaching a winner: torch's 0.0 + g is +0.0
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        ours, theirs = _run(x, grad, relu, True), _run(x, grad, relu, False)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.shape == b.shape
+            assert a.is_contiguous(memory_format=torch.channels_last)
+            assert b.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(_bits(a), _bits(b))
+
+
+def test_a_gradient_in_another_layout_is_taken() -> None:
+    x = _maps((2, 8, 6, 6), "random", 0)
+    grad = torch.randn(2, 8, 3, 3)  # contiguous (NCHW), not channels_last
+    ours, theirs = _run(x, grad, True, True), _run(x, grad, True, False)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_what_it_takes() -> None:
+    x = _maps((2, 8, 4, 4), "random", 0)
+    assert native.takes(x)
+    assert not native.takes(x.double())
+    assert not native.takes(x.to(torch.bfloat16))
+    assert not native.takes(x.contiguous())  # NCHW
+    assert not native.takes(_maps((2, 12, 4, 4), "random", 0))  # channels not a multiple of 8
+    assert not native.takes(_maps((2, 8, 1, 4), "random", 0))  # no 2x2 window
+    assert not native.takes(x[:, :, :, :3])  # a view that is not dense NHWC
+    assert native.pools(nn.MaxPool2d(2))
+    assert native.pools(nn.MaxPool2d((2, 2), stride=(2, 2)))
+    for other in (
+        nn.MaxPool2d(2, stride=1),
+        nn.MaxPool2d(3, stride=2),
+        nn.MaxPool2d(2, padding=1),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.MaxPool2d(2, dilation=2),
+        nn.MaxPool2d(2, return_indices=True),
+        nn.AvgPool2d(2),
+    ):
+        assert not native.pools(other), other
+
+
+def _cnn(batch_norm: bool) -> Any:
+    """A CNN with both uses: a conv whose ReLU moves after the pooling (fused in the
+    kernel), and a pooling of its own before batch norm and a ReLU layer (the speedruns)."""
+    layers: list[dict[str, Any]] = [
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 16, "kernel_size": 3},
+        {"type": "max_pool2d", "pool_size": 2},
+        *([{"type": "batch_norm"}] if batch_norm else []),
+        {"type": "activation", "activation": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10},
+    ]  # fmt: skip
+    raw = {"data": {"dataset": "mnist"}, "model": {"input_shape": [15, 15, 1], "layers": layers}}
+    torch.manual_seed(0)
+    module = build_model(parse_config(raw).model, 10).module
+    return module.to(memory_format=torch.channels_last)  # as dlcli trains a CNN
+
+
+def _step(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    module.zero_grad(set_to_none=True)
+    out = module(x)
+    nn.functional.cross_entropy(out, torch.arange(len(x)) % 10).backward()
+    return [out.detach()] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record each call of the kernel (its relu flag)."""
+    calls: list[bool] = []
+    kernel = native.max_pool2x2
+
+    def counted(x: torch.Tensor, relu: bool) -> torch.Tensor:
+        calls.append(relu)
+        return kernel(x, relu)
+
+    monkeypatch.setattr(native, "max_pool2x2", counted)
+    return calls
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("data", ["random", "blank"])
+def test_a_model_trains_to_the_same_bits(
+    batch_norm: bool, data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _cnn(batch_norm)
+    module.train()
+    x = torch.randn(6, 1, 15, 15) if data == "random" else torch.zeros(6, 1, 15, 15)
+    x = x.contiguous(memory_format=torch.channels_last)
+    plain = _step(module, x)
+    calls = _counting(monkeypatch)
+    native_pooling(module, True)
+    fast = _step(module, x)
+    assert calls == [True, False]  # both poolings ran the kernel, the first with its ReLU
+    assert len(fast) == len(plain)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+
+
+def test_not_in_evaluation_without_gradients_or_when_hooked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = _cnn(False)
+    native_pooling(module, True)
+    assert all(m.native_pooling for m in module.modules() if isinstance(m, Layers))
+    calls = _counting(monkeypatch)
+    x = torch.randn(2, 1, 15, 15).contiguous(memory_format=torch.channels_last)
+    module.eval()
+    module(x)
+    module.train()
+    with torch.no_grad():
+        module(x)
+    assert calls == []
+    seen: list[tuple[int, ...]] = []
+    hook = module[1].register_forward_hook(lambda m, i, out: seen.append(tuple(out.shape)))
+    module(x)
+    assert calls == [False] and seen == [(2, 8, 7, 7)]  # the hooked pooling ran as torch's
+    hook.remove()
+    everywhere = torch.nn.modules.module.register_module_forward_hook(lambda m, i, out: None)
+    module(x)
+    everywhere.remove()
+    assert calls == [False]
+    native_pooling(module, False)
+    module(x)
+    assert calls == [False]
+    native_pooling(module, True)
+    module(x)
+    assert calls == [False, True, False]
+
+
+def test_why_not() -> None:
+    cpu = torch.device("cpu")
+    settings: dict[str, Any] = {"enabled": True, "device": cpu, "compiled": False}
+    assert native.why_not(**settings, precision="fp32") == ""
+    assert native.why_not(**settings, precision="bf16") == "the run computes in bf16"
+    assert "off" in native.why_not(**{**settings, "enabled": False}, precision="fp32")
+    assert "compile" in native.why_not(**{**settings, "compiled": True}, precision="fp32")
+    cuda = {**settings, "device": torch.device("cuda")}
+    assert native.why_not(**cuda, precision="fp32") == "the device is cuda"
+
+
+def test_a_failed_self_test_means_torchs_pooling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_agrees", lambda x, grad, relu: False)
+    assert native.unavailable() == "the compiled kernel failed its self-test against torch"
+    assert not native.takes(_maps((2, 8, 4, 4), "random", 0))
+
+
+# --- building it: in fresh processes, each with its own cache ------------------------------
+
+_PROBE = textwrap.dedent(
+    """
+    import torch
+    from dlcli import native
+    print("WHY:" + native.unavailable())
+    """
+)
+
+
+def _probe(tmp_path: Path, **env: str) -> str:
+    """``native.unavailable()`` in a new process with the cache in ``tmp_path/cache``."""
+    environ = {**os.environ, "DLCLI_CACHE_DIR": str(tmp_path / "cache"), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("WHY:", 1)[1].strip()
+
+
+def _logging_compiler(tmp_path: Path, exit_code: int | None = None) -> Path:
+    """A ``cc`` that logs each compile, then runs the real one (or fails with exit_code)."""
+    real = native._compiler()
+    script = tmp_path / "cc"
+    run = f"exit {exit_code}" if exit_code is not None else f'exec "{real}" "$@"'
+    script.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) exec "{real}" --version;; esac\n'
+        f'echo "$@" >> "{tmp_path}/compiles.log"\n'
+        f"{run}\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_built_once_then_loaded_from_the_cache(tmp_path: Path) -> None:
+    cc = _logging_compiler(tmp_path)
+    assert _probe(tmp_path, CC=str(cc)) == ""
+    assert _probe(tmp_path, CC=str(cc)) == ""
+    compiles = (tmp_path / "compiles.log").read_text().splitlines()
+    assert len(compiles) == 1 and "-march=native" in compiles[0]
+    built = list((tmp_path / "cache" / "kernels").iterdir())
+    assert [p.suffix for p in built] == [".so"]  # no temporary file left behind
+
+
+def test_no_compiler_means_torchs_pooling_and_says_why(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    why = _probe(tmp_path, CC="", PATH=str(empty))
+    assert why.startswith("no C compiler found")
+
+
+def test_a_failing_compiler_means_torchs_pooling_and_says_why(tmp_path: Path) -> None:
+    cc = _logging_compiler(tmp_path, exit_code=3)
+    why = _probe(tmp_path, CC=str(cc))
+    assert why.startswith(f"the kernel did not compile with {cc}")
+    assert len((tmp_path / "compiles.log").read_text().splitlines()) == 3  # each set of flags
+    assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written
+
+
+# --- in a training run ---------------------------------------------------------------------
+
+_POOLED = [
+    {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+    {"type": "max_pool2d", "pool_size": 2},
+    {"type": "flatten"},
+    {"type": "dense", "units": 4},
+]
+
+
+def _train(folder: Path, name: str, **training: Any) -> tuple[str, bytes]:
+    from click.testing import CliRunner
+
+    from dlcli.cli import cli
+    from tests.in_process import write_run_config
+
+    config = write_run_config(folder, layers=_POOLED, name=name, epochs=2, **training)
+    result = CliRunner().invoke(cli, ["train", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output, (folder / "runs" / name / "model.safetensors").read_bytes()
+
+
+def test_a_run_trains_to_the_same_weights_with_the_kernel_or_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _counting(monkeypatch)
+    said, fast = _train(tmp_path, "native")
+    assert calls and all(calls)  # the kernel ran, with the conv's ReLU
+    assert "native_kernels" not in said
+    del calls[:]
+    said, plain = _train(tmp_path, "torch", native_kernels=False)
+    assert not calls and "native_kernels" not in said
+    assert fast == plain
+
+
+def test_train_says_why_torchs_pooling_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_state", {"why": "no C compiler found (set CC, or install gcc)"})
+    said, _ = _train(tmp_path, "fallback")
+    note = "training.native_kernels: torch's max-pooling runs: no C compiler found"
+    assert said.count(note) == 1

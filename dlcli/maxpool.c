@@ -1,7 +1,10 @@
 /* dlcli's 2x2 max-pooling for training on the CPU (see dlcli/native.py, which compiles,
  * loads, checks and calls it).
  *
- * Tensors are float32 in NHWC memory (torch's channels_last), with C a multiple of 8.
+ * Tensors are float32 or bfloat16 in NHWC memory (torch's channels_last), with C a multiple
+ * of 8. bfloat16 values are widened to float32 exactly (a 16-bit shift) and every result
+ * is one of the inputs, a zero or a gradient passed through, so narrowing them back is
+ * exact too: the same choices and values as in float32, as torch computes them.
  * Windows are 2x2 with stride 2, no padding; an odd last row or column is left out, as
  * torch's floor mode leaves it out.
  *
@@ -25,86 +28,102 @@
 
 typedef float f8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
+typedef uint16_t bf16;
 
-static inline f8 load(const float *p) {
+static inline f8 load_f32(const float *p) {
   f8 v;
   memcpy(&v, p, sizeof v);
   return v;
 }
 
-static inline void store(float *p, f8 v) { memcpy(p, &v, sizeof v); }
+static inline void store_f32(float *p, f8 v) { memcpy(p, &v, sizeof v); }
+
+static inline f8 load_bf16(const bf16 *p) {
+  i8 bits;
+  for (int t = 0; t < 8; t++) bits[t] = (int32_t)((uint32_t)p[t] << 16);
+  return (f8)bits;
+}
+
+static inline void store_bf16(bf16 *p, f8 v) {
+  const i8 bits = (i8)v;
+  for (int t = 0; t < 8; t++) p[t] = (bf16)((uint32_t)bits[t] >> 16);
+}
 
 /* mask ? a : b, lane by lane (mask lanes are all ones or all zeros). */
 static inline f8 blend(i8 mask, f8 a, f8 b) { return (f8)(((i8)a & mask) | ((i8)b & ~mask)); }
 
-int dlcli_maxpool_version(void) { return 1; }
+int dlcli_maxpool_version(void) { return 2; }
 
-void dlcli_maxpool2x2_forward(const float *x, float *out, uint8_t *code, int64_t n, int64_t h,
-                              int64_t w, int64_t c, int relu) {
-  const int64_t oh = h / 2, ow = w / 2;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < n * oh; row++) {
-    const int64_t b = row / oh, i = row % oh;
-    const float *top = x + ((b * h + 2 * i) * w) * c, *bottom = top + w * c;
-    float *o = out + row * ow * c;
-    uint8_t *k = code + row * ow * c;
-    for (int64_t j = 0; j < ow; j++) {
-      for (int64_t ch = 0; ch < c; ch += 8) {
-        const int64_t at = 2 * j * c + ch, e = j * c + ch;
-        f8 best = load(top + at), v;
-        i8 won = {0}, later;
-        v = load(top + at + c);
-        later = (v > best) | (v != v);
-        best = blend(later, v, best);
-        won = (won & ~later) | (later & 1);
-        v = load(bottom + at);
-        later = (v > best) | (v != v);
-        best = blend(later, v, best);
-        won = (won & ~later) | (later & 2);
-        v = load(bottom + at + c);
-        later = (v > best) | (v != v);
-        best = blend(later, v, best);
-        won = (won & ~later) | (later & 3);
-        if (relu) best = (f8)((i8)best & ~(best < 0.0f));
-        store(o + e, best);
-        for (int t = 0; t < 8; t++) k[e + t] = (uint8_t)won[t];
-      }
-    }
+#define DLCLI_MAXPOOL(SUFFIX, T, LOAD, STORE)                                                   \
+  void dlcli_maxpool2x2_forward_##SUFFIX(const T *x, T *out, uint8_t *code, int64_t n,         \
+                                         int64_t h, int64_t w, int64_t c, int relu) {           \
+    const int64_t oh = h / 2, ow = w / 2;                                                       \
+    _Pragma("omp parallel for schedule(static)")                                                \
+    for (int64_t row = 0; row < n * oh; row++) {                                                \
+      const int64_t b = row / oh, i = row % oh;                                                 \
+      const T *top = x + ((b * h + 2 * i) * w) * c, *bottom = top + w * c;                      \
+      T *o = out + row * ow * c;                                                                \
+      uint8_t *k = code + row * ow * c;                                                         \
+      for (int64_t j = 0; j < ow; j++) {                                                        \
+        for (int64_t ch = 0; ch < c; ch += 8) {                                                 \
+          const int64_t at = 2 * j * c + ch, e = j * c + ch;                                   \
+          f8 best = LOAD(top + at), v;                                                          \
+          i8 won = {0}, later;                                                                  \
+          v = LOAD(top + at + c);                                                               \
+          later = (v > best) | (v != v);                                                        \
+          best = blend(later, v, best);                                                         \
+          won = (won & ~later) | (later & 1);                                                   \
+          v = LOAD(bottom + at);                                                                \
+          later = (v > best) | (v != v);                                                        \
+          best = blend(later, v, best);                                                         \
+          won = (won & ~later) | (later & 2);                                                   \
+          v = LOAD(bottom + at + c);                                                            \
+          later = (v > best) | (v != v);                                                        \
+          best = blend(later, v, best);                                                         \
+          won = (won & ~later) | (later & 3);                                                   \
+          if (relu) best = (f8)((i8)best & ~(best < 0.0f));                                     \
+          STORE(o + e, best);                                                                   \
+          for (int t = 0; t < 8; t++) k[e + t] = (uint8_t)won[t];                               \
+        }                                                                                       \
+      }                                                                                         \
+    }                                                                                           \
+  }                                                                                             \
+                                                                                                \
+  void dlcli_maxpool2x2_backward_##SUFFIX(const T *grad, const uint8_t *code, const T *out,    \
+                                          T *grad_in, int64_t n, int64_t h, int64_t w,          \
+                                          int64_t c, int relu) {                                \
+    const int64_t oh = h / 2, ow = w / 2;                                                       \
+    const f8 zero = {0};                                                                        \
+    _Pragma("omp parallel for schedule(static)")                                                \
+    for (int64_t row = 0; row < n * oh; row++) {                                                \
+      const int64_t b = row / oh, i = row % oh;                                                 \
+      T *top = grad_in + ((b * h + 2 * i) * w) * c, *bottom = top + w * c;                      \
+      const T *g = grad + row * ow * c, *o = out + row * ow * c;                                \
+      const uint8_t *k = code + row * ow * c;                                                   \
+      for (int64_t j = 0; j < ow; j++) {                                                        \
+        for (int64_t ch = 0; ch < c; ch += 8) {                                                 \
+          const int64_t at = 2 * j * c + ch, e = j * c + ch;                                    \
+          f8 v = LOAD(g + e);                                                                   \
+          if (relu) v = (f8)((i8)v & ~(LOAD(o + e) <= 0.0f));                                   \
+          v = zero + v;                                                                         \
+          i8 won;                                                                               \
+          for (int t = 0; t < 8; t++) won[t] = k[e + t];                                        \
+          STORE(top + at, (f8)((i8)v & (won == 0)));                                            \
+          STORE(top + at + c, (f8)((i8)v & (won == 1)));                                        \
+          STORE(bottom + at, (f8)((i8)v & (won == 2)));                                         \
+          STORE(bottom + at + c, (f8)((i8)v & (won == 3)));                                     \
+        }                                                                                       \
+      }                                                                                         \
+      if (w % 2) { /* the column no window covers */                                            \
+        memset(top + (w - 1) * c, 0, (size_t)c * sizeof(T));                                    \
+        memset(bottom + (w - 1) * c, 0, (size_t)c * sizeof(T));                                 \
+      }                                                                                         \
+    }                                                                                           \
+    if (h % 2) { /* the row no window covers */                                                 \
+      for (int64_t b = 0; b < n; b++)                                                           \
+        memset(grad_in + ((b * h + h - 1) * w) * c, 0, (size_t)(w * c) * sizeof(T));            \
+    }                                                                                           \
   }
-}
 
-void dlcli_maxpool2x2_backward(const float *grad, const uint8_t *code, const float *out,
-                               float *grad_in, int64_t n, int64_t h, int64_t w, int64_t c,
-                               int relu) {
-  const int64_t oh = h / 2, ow = w / 2;
-  const f8 zero = {0};
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < n * oh; row++) {
-    const int64_t b = row / oh, i = row % oh;
-    float *top = grad_in + ((b * h + 2 * i) * w) * c, *bottom = top + w * c;
-    const float *g = grad + row * ow * c, *o = out + row * ow * c;
-    const uint8_t *k = code + row * ow * c;
-    for (int64_t j = 0; j < ow; j++) {
-      for (int64_t ch = 0; ch < c; ch += 8) {
-        const int64_t at = 2 * j * c + ch, e = j * c + ch;
-        f8 v = load(g + e);
-        if (relu) v = (f8)((i8)v & ~(load(o + e) <= 0.0f));
-        v = zero + v;
-        i8 won;
-        for (int t = 0; t < 8; t++) won[t] = k[e + t];
-        store(top + at, (f8)((i8)v & (won == 0)));
-        store(top + at + c, (f8)((i8)v & (won == 1)));
-        store(bottom + at, (f8)((i8)v & (won == 2)));
-        store(bottom + at + c, (f8)((i8)v & (won == 3)));
-      }
-    }
-    if (w % 2) { /* the column no window covers */
-      memset(top + (w - 1) * c, 0, (size_t)c * sizeof(float));
-      memset(bottom + (w - 1) * c, 0, (size_t)c * sizeof(float));
-    }
-  }
-  if (h % 2) { /* the row no window covers */
-    for (int64_t b = 0; b < n; b++)
-      memset(grad_in + ((b * h + h - 1) * w) * c, 0, (size_t)(w * c) * sizeof(float));
-  }
-}
+DLCLI_MAXPOOL(f32, float, load_f32, store_f32)
+DLCLI_MAXPOOL(bf16, bf16, load_bf16, store_bf16)

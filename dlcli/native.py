@@ -2,14 +2,14 @@
 
 Why: in a small CNN on the CPU, torch's ``max_pool2d`` costs more than it should. Its forward
 writes an int64 index per output, and its backward fills the whole input gradient with
-zeros before it scatters a quarter of it. In the reference CNN's step, that came to 1.4 ms
-of 6.9 ms (an AVX-512 EPYC, 2 threads): a third of what the step spent outside its
-convolutions and matmuls.
+zeros before it scatters a quarter of it. In the reference CNN's step, pooling and the ReLU
+came to 1.4 ms of 6.9 ms (an AVX-512 EPYC, 2 threads), and this kernel does them in 0.6 ms
+(benchmarks/RESULTS.md).
 
-What: ``maxpool.c`` (beside this file) pools NHWC float32 maps 2x2 with stride 2. Its
-forward writes the pooled map, ReLU'd when the ReLU before the pooling was moved after it
-(dlcli.model.Layers), and one byte per output saying which pixel won. Its backward writes
-the input gradient in one pass. Outputs and gradients are the same bits as torch's
+What: ``maxpool.c`` (beside this file) pools NHWC float32 or bfloat16 maps 2x2 with
+stride 2. Its forward writes the pooled map, ReLU'd when the ReLU before the pooling was
+moved after it (dlcli.model.Layers), and one byte per output saying which pixel won. Its
+backward writes the input gradient in one pass. Outputs and gradients are the same bits as torch's
 ``max_pool2d`` (and ReLU): the same winner (ties to the first pixel, NaN to the last NaN),
 and the gradient that torch's accumulation into zeros gives. ``tests/test_native.py``
 compares them bit for bit.
@@ -26,15 +26,16 @@ ties, NaN and infinities. A mismatch means it is not used.
 
 Where it cannot run, torch's pooling does, with the same results. :func:`unavailable` says
 why: no C compiler, a failed compile, or a failed self-test. ``dlcli train`` prints that as
-a one-line note. A tensor the kernel does not take also goes to torch: not float32 (e.g.
-bf16 autocast), not channels_last, channels not a multiple of 8, another pool geometry, or
-under torch.compile.
+a one-line note. A tensor the kernel does not take also goes to torch: neither float32 nor
+bfloat16 (bf16 autocast), not channels_last, channels not a multiple of 8, another pool
+geometry, or under torch.compile.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -48,7 +49,8 @@ import torch
 from torch import nn
 
 SOURCE = Path(__file__).with_name("maxpool.c")
-VERSION = 1  # dlcli_maxpool_version() of the source this module calls
+VERSION = 2  # dlcli_maxpool_version() of the source this module calls
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the kernels' dtypes
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 _COMPILE_SECONDS = 120  # a compiler that takes longer is treated as broken
 
@@ -65,7 +67,7 @@ def why_not(*, enabled: bool, device: torch.device, compiled: bool, precision: s
         return f"the device is {device.type}"
     if compiled:
         return "training.compile is on"
-    if precision != "fp32":
+    if precision not in ("fp32", "bf16"):
         return f"the run computes in {precision}"
     return unavailable()
 
@@ -98,10 +100,11 @@ def pools(module: nn.Module) -> bool:
 
 
 def takes(x: torch.Tensor) -> bool:
-    """Whether :func:`max_pool2x2` takes ``x``: float32 on the CPU, channels_last, channels a
-    multiple of 8, at least 2x2, not under torch.compile, and the kernel available."""
+    """Whether :func:`max_pool2x2` takes ``x``: float32 or bfloat16 on the CPU, channels_last,
+    channels a multiple of 8, at least 2x2, not under torch.compile, and the kernel
+    available."""
     return (
-        x.dtype == torch.float32
+        x.dtype in _SUFFIX
         and x.device.type == "cpu"
         and x.dim() == 4
         and x.shape[0] > 0
@@ -125,25 +128,24 @@ class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, relu: bool) -> torch.Tensor:
         n, c, h, w = x.shape
-        out = torch.empty((n, c, h // 2, w // 2), memory_format=torch.channels_last)
-        code = torch.empty(out.shape, dtype=torch.uint8, memory_format=torch.channels_last)
-        library = _state["library"]
-        library.dlcli_maxpool2x2_forward(
-            x.data_ptr(), out.data_ptr(), code.data_ptr(), n, h, w, c, int(relu)
-        )
+        pooled = (n, c, h // 2, w // 2)
+        out = torch.empty(pooled, dtype=x.dtype, memory_format=torch.channels_last)
+        code = torch.empty(pooled, dtype=torch.uint8, memory_format=torch.channels_last)
+        forward = getattr(_state["library"], f"dlcli_maxpool2x2_forward_{_SUFFIX[x.dtype]}")
+        forward(x.data_ptr(), out.data_ptr(), code.data_ptr(), n, h, w, c, int(relu))
         # The ReLU's backward reads the output; without it only the winners are needed.
         ctx.save_for_backward(code, out) if relu else ctx.save_for_backward(code)
-        ctx.relu, ctx.input_shape = relu, x.shape
+        ctx.relu, ctx.input_shape, ctx.dtype = relu, x.shape, x.dtype
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         code, *out = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad = grad.to(ctx.dtype).contiguous(memory_format=torch.channels_last)
         n, c, h, w = ctx.input_shape
-        grad_in = torch.empty(ctx.input_shape, memory_format=torch.channels_last)
-        library = _state["library"]
-        library.dlcli_maxpool2x2_backward(
+        grad_in = torch.empty(ctx.input_shape, dtype=ctx.dtype, memory_format=torch.channels_last)
+        backward = getattr(_state["library"], f"dlcli_maxpool2x2_backward_{_SUFFIX[ctx.dtype]}")
+        backward(
             grad.data_ptr(),
             code.data_ptr(),
             out[0].data_ptr() if out else grad.data_ptr(),  # not read without the ReLU
@@ -279,10 +281,11 @@ def _open(path: Path) -> ctypes.CDLL:
         raise _Unavailable(f"{path} is not version {VERSION} of the kernel")
     size = ctypes.c_int64
     pointer = ctypes.c_void_p
-    library.dlcli_maxpool2x2_forward.argtypes = [pointer] * 3 + [size] * 4 + [ctypes.c_int]
-    library.dlcli_maxpool2x2_forward.restype = None
-    library.dlcli_maxpool2x2_backward.argtypes = [pointer] * 4 + [size] * 4 + [ctypes.c_int]
-    library.dlcli_maxpool2x2_backward.restype = None
+    for suffix in _SUFFIX.values():
+        forward = getattr(library, f"dlcli_maxpool2x2_forward_{suffix}")
+        forward.argtypes, forward.restype = [pointer] * 3 + [size] * 4 + [ctypes.c_int], None
+        backward = getattr(library, f"dlcli_maxpool2x2_backward_{suffix}")
+        backward.argtypes, backward.restype = [pointer] * 4 + [size] * 4 + [ctypes.c_int], None
     return library
 
 
@@ -300,8 +303,8 @@ def _self_test(library: ctypes.CDLL) -> None:
             pooled = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
             grad = torch.randn(pooled, generator=generator)
             grad.view(-1)[::5] = -0.0
-            for relu in (False, True):
-                if not _agrees(x, grad, relu):
+            for dtype, relu in itertools.product(_SUFFIX, (False, True)):
+                if not _agrees(x.to(dtype), grad.to(dtype), relu):
                     raise _Unavailable("the compiled kernel failed its self-test against torch")
     finally:
         del _state["library"]
@@ -330,5 +333,6 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     nan = a.isnan()
     if not torch.equal(nan, b.isnan()):
         return False
-    bits_a, bits_b = (t.masked_fill(nan, 0).view(torch.int32) for t in (a, b))
+    bits = torch.int16 if a.element_size() == 2 else torch.int32
+    bits_a, bits_b = (t.masked_fill(nan, 0).view(bits) for t in (a, b))
     return torch.equal(bits_a, bits_b)

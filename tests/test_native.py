@@ -62,7 +62,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     """The bit patterns, NaN as one pattern (torch and the kernel keep the input's NaN; the
     test does not depend on it)."""
     t = t.contiguous()
-    return t.masked_fill(t.isnan(), float("nan")).view(torch.int32)
+    bits = torch.int16 if t.dtype == torch.bfloat16 else torch.int32
+    return t.masked_fill(t.isnan(), float("nan")).view(bits)
 
 
 @pytest.mark.parametrize(
@@ -70,16 +71,19 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 )
 @pytest.mark.parametrize("kind", ["random", "ties", "special"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_the_same_bits_as_torch(shape: tuple[int, ...], kind: str, relu: bool) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_same_bits_as_torch(
+    shape: tuple[int, ...], kind: str, relu: bool, dtype: torch.dtype
+) -> None:
     for seed in range(3):
-        x = _maps(shape, kind, seed)
+        x = _maps(shape, kind, seed).to(dtype)
         pooled = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
         grad = torch.randn(pooled, generator=torch.Generator().manual_seed(seed + 10))
         grad.view(-1)[::4] = -0.0  # a signed zero reaching a winner: torch's 0.0 + g is +0.0
-        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad = grad.to(dtype).contiguous(memory_format=torch.channels_last)
         ours, theirs = _run(x, grad, relu, True), _run(x, grad, relu, False)
         for a, b in zip(ours, theirs, strict=True):
-            assert a.shape == b.shape
+            assert a.shape == b.shape and a.dtype == b.dtype == dtype
             assert a.is_contiguous(memory_format=torch.channels_last)
             assert b.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(_bits(a), _bits(b))
@@ -96,7 +100,8 @@ def test_what_it_takes() -> None:
     x = _maps((2, 8, 4, 4), "random", 0)
     assert native.takes(x)
     assert not native.takes(x.double())
-    assert not native.takes(x.to(torch.bfloat16))
+    assert native.takes(x.to(torch.bfloat16))
+    assert not native.takes(x.half())
     assert not native.takes(x.contiguous())  # NCHW
     assert not native.takes(_maps((2, 12, 4, 4), "random", 0))  # channels not a multiple of 8
     assert not native.takes(_maps((2, 8, 1, 4), "random", 0))  # no 2x2 window
@@ -172,6 +177,20 @@ def test_a_model_trains_to_the_same_bits(
     assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
 
 
+def test_under_bf16_autocast_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _cnn(True)
+    module.train()
+    x = torch.randn(6, 1, 15, 15).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = _step(module, x)
+        calls = _counting(monkeypatch)
+        native_pooling(module, True)
+        fast = _step(module, x)
+    assert calls == [True, False]
+    assert plain[0].dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+
+
 def test_not_in_evaluation_without_gradients_or_when_hooked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -207,7 +226,8 @@ def test_why_not() -> None:
     cpu = torch.device("cpu")
     settings: dict[str, Any] = {"enabled": True, "device": cpu, "compiled": False}
     assert native.why_not(**settings, precision="fp32") == ""
-    assert native.why_not(**settings, precision="bf16") == "the run computes in bf16"
+    assert native.why_not(**settings, precision="bf16") == ""
+    assert native.why_not(**settings, precision="fp16") == "the run computes in fp16"
     assert "off" in native.why_not(**{**settings, "enabled": False}, precision="fp32")
     assert "compile" in native.why_not(**{**settings, "compiled": True}, precision="fp32")
     cuda = {**settings, "device": torch.device("cuda")}

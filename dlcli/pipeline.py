@@ -420,6 +420,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
         "device": str(prepared.device),
         **({"threads": prepared.threads.describe()} if prepared.threads else {}),
         "backward": "autograd" if trainer.explicit is None else "explicit",  # dlcli/dense_step.py
+        **_max_pooling(prepared, trainer),
         **_precision(prepared, trainer),
         "seed": prepared.config.training.seed,
         "epochs": trainer.epoch,
@@ -450,6 +451,14 @@ def _precision(prepared: Prepared, trainer: Trainer) -> dict[str, str]:
     (``auto``: see :func:`record_precision`)."""
     used, asked = trainer.precision.name, prepared.precision_asked or trainer.precision.asked
     return {"precision": used} | ({"precision_asked": asked} if asked != used else {})
+
+
+def _max_pooling(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
+    """Whose 2x2 max-pooling the training steps ran, for a model that has one: ``dlcli``
+    (``training.native_kernels``, dlcli/native.py) or ``torch``."""
+    if not has_native_pool(prepared.model.module):
+        return {}
+    return {"max_pooling": "dlcli" if trainer.native_pooling else "torch"}
 
 
 def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:

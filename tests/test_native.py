@@ -3,6 +3,7 @@ torch's pooling, used where it applies, torch's pooling (and a reason) where it 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,12 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
+from in_process import write_run_config
 from torch import nn
 
 from dlcli import native
+from dlcli.cli import cli
 from dlcli.config import parse_config
 from dlcli.model import Layers, build_model, native_pooling
 
@@ -312,28 +316,25 @@ _POOLED = [
 ]
 
 
-def _train(folder: Path, name: str, **training: Any) -> tuple[str, bytes]:
-    from click.testing import CliRunner
-
-    from dlcli.cli import cli
-    from tests.in_process import write_run_config
-
+def _train(folder: Path, name: str, **training: Any) -> tuple[str, bytes, dict[str, Any]]:
     config = write_run_config(folder, layers=_POOLED, name=name, epochs=2, **training)
     result = CliRunner().invoke(cli, ["train", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output, (folder / "runs" / name / "model.safetensors").read_bytes()
+    run_dir = folder / "runs" / name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return result.output, (run_dir / "model.safetensors").read_bytes(), metrics
 
 
 def test_a_run_trains_to_the_same_weights_with_the_kernel_or_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _counting(monkeypatch)
-    said, fast = _train(tmp_path, "native")
+    said, fast, metrics = _train(tmp_path, "native")
     assert calls and all(calls)  # the kernel ran, with the conv's ReLU
-    assert "native_kernels" not in said
+    assert "native_kernels" not in said and metrics["max_pooling"] == "dlcli"
     del calls[:]
-    said, plain = _train(tmp_path, "torch", native_kernels=False)
-    assert not calls and "native_kernels" not in said
+    said, plain, metrics = _train(tmp_path, "torch", native_kernels=False)
+    assert not calls and "native_kernels" not in said and metrics["max_pooling"] == "torch"
     assert fast == plain
 
 
@@ -341,6 +342,15 @@ def test_train_says_why_torchs_pooling_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(native, "_state", {"why": "no C compiler found (set CC, or install gcc)"})
-    said, _ = _train(tmp_path, "fallback")
+    said, _, metrics = _train(tmp_path, "fallback")
     note = "training.native_kernels: torch's max-pooling runs: no C compiler found"
     assert said.count(note) == 1
+    assert metrics["max_pooling"] == "torch"
+
+
+def test_a_model_without_such_pooling_records_none(tmp_path: Path) -> None:
+    config = write_run_config(tmp_path, epochs=1)  # a conv net without pooling
+    result = CliRunner().invoke(cli, ["train", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())
+    assert "max_pooling" not in metrics and "native_kernels" not in result.output

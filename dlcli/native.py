@@ -223,24 +223,40 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str:
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    partial.chmod(0o755)  # ours alone to write, whatever the umask (see _only_ours)
     os.replace(partial, target)
     return ""
 
 
 def _folder() -> Path:
     """``kernels/`` in dlcli's cache, or a folder for this process where that is not
-    writable."""
+    writable or not only ours (code is loaded from it: a folder others can write to could
+    hold a library that is not the one we built)."""
     from dlcli.data.cache import cache_dir
 
     folder = cache_dir() / "kernels"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK):
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK) and _only_ours(folder):
             return folder
     except OSError:
         pass
-    _scratch.append(tempfile.TemporaryDirectory(prefix="dlcli-kernels-"))
-    return Path(_scratch[-1].name)
+    return _folder_for_this_process()
+
+
+def _folder_for_this_process() -> Path:
+    """A temporary folder, removed when the process ends."""
+    if not _scratch:
+        _scratch.append(tempfile.TemporaryDirectory(prefix="dlcli-kernels-"))
+    return Path(_scratch[0].name)
+
+
+def _only_ours(path: Path) -> bool:
+    """Owned by this user and writable by no one else (POSIX; elsewhere, True)."""
+    if not hasattr(os, "getuid"):
+        return True
+    status = path.stat()
+    return status.st_uid == os.getuid() and not status.st_mode & 0o022
 
 
 def _load() -> ctypes.CDLL:
@@ -265,7 +281,10 @@ def _load() -> ctypes.CDLL:
             )
         ).hexdigest()[:20]
         target = folder / f"maxpool-{key}.so"
-        complaint = "" if target.exists() else _compile(compiler, flags, target)
+        cached = target.exists() and _only_ours(target)
+        if target.exists() and not cached:  # not ours to trust, nor to replace
+            target = _folder_for_this_process() / target.name
+        complaint = "" if cached else _compile(compiler, flags, target)
         if not complaint:
             return _open(target)
         complaints.append(complaint)

@@ -257,11 +257,16 @@ _PROBE = textwrap.dedent(
 )
 
 
-def _probe(tmp_path: Path, **env: str) -> str:
+def _probe(tmp_path: Path, umask: int = 0o022, **env: str) -> str:
     """``native.unavailable()`` in a new process with the cache in ``tmp_path/cache``."""
     environ = {**os.environ, "DLCLI_CACHE_DIR": str(tmp_path / "cache"), **env}
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _PROBE],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        umask=umask,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.split("WHY:", 1)[1].strip()
@@ -290,6 +295,38 @@ def test_built_once_then_loaded_from_the_cache(tmp_path: Path) -> None:
     assert len(compiles) == 1 and "-march=native" in compiles[0]
     built = list((tmp_path / "cache" / "kernels").iterdir())
     assert [p.suffix for p in built] == [".so"]  # no temporary file left behind
+
+
+def test_built_once_whatever_the_umask(tmp_path: Path) -> None:
+    cc = _logging_compiler(tmp_path)
+    assert _probe(tmp_path, umask=0o002, CC=str(cc)) == ""
+    assert _probe(tmp_path, umask=0o002, CC=str(cc)) == ""
+    assert len((tmp_path / "compiles.log").read_text().splitlines()) == 1
+    (built,) = (tmp_path / "cache" / "kernels").iterdir()
+    assert built.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_library_others_can_write_is_neither_loaded_nor_replaced(tmp_path: Path) -> None:
+    cc = _logging_compiler(tmp_path)
+    assert _probe(tmp_path, CC=str(cc)) == ""
+    (built,) = (tmp_path / "cache" / "kernels").iterdir()
+    built.chmod(0o777)  # anyone could have put something else there
+    before = built.read_bytes()
+    assert _probe(tmp_path, CC=str(cc)) == ""  # built again, in a folder of its own
+    assert len((tmp_path / "compiles.log").read_text().splitlines()) == 2
+    assert built.read_bytes() == before and built.stat().st_mode & 0o777 == 0o777
+    assert list((tmp_path / "cache" / "kernels").iterdir()) == [built]
+
+
+def test_a_cache_folder_others_can_write_is_not_used(tmp_path: Path) -> None:
+    shared = tmp_path / "cache" / "kernels"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    cc = _logging_compiler(tmp_path)
+    assert _probe(tmp_path, CC=str(cc)) == ""
+    assert _probe(tmp_path, CC=str(cc)) == ""
+    assert len((tmp_path / "compiles.log").read_text().splitlines()) == 2  # never cached there
+    assert not list(shared.iterdir())
 
 
 def test_no_compiler_means_torchs_pooling_and_says_why(tmp_path: Path) -> None:

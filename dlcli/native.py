@@ -19,9 +19,10 @@ How: the source is compiled once per machine and compiler with the system's C co
 dlcli's cache (``kernels/`` under dlcli.data.cache.cache_dir). It uses no torch headers and
 is called through ctypes. The library's name is a hash of everything it depends on: the
 source, the compiler and its version, the flags, and the CPU. A new copy is written to a
-temporary name and renamed into place. When torch runs on GNU OpenMP (Linux), the kernel
-is built with ``-fopenmp`` and shares torch's OpenMP runtime and thread count; elsewhere
-it runs on one thread. The first load runs a self-test against torch on small maps with
+temporary name and renamed into place. A library is loaded only from a folder and file no
+other user can write; otherwise it is built in a temporary folder for the process alone.
+When torch runs on GNU OpenMP (Linux), the kernel is built with ``-fopenmp`` and shares
+torch's OpenMP runtime and thread count; elsewhere it runs on one thread. The first load runs a self-test against torch on small maps with
 ties, NaN and infinities. A mismatch means it is not used.
 
 Where it cannot run, torch's pooling does, with the same results. :func:`unavailable` says

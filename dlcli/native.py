@@ -22,8 +22,9 @@ source, the compiler and its version, the flags, and the CPU. A new copy is writ
 temporary name and renamed into place. A library is loaded only from a folder and file no
 other user can write; otherwise it is built in a temporary folder for the process alone.
 When torch runs on GNU OpenMP (Linux), the kernel is built with ``-fopenmp`` and shares
-torch's OpenMP runtime and thread count; elsewhere it runs on one thread. The first load runs a self-test against torch on small maps with
-ties, NaN and infinities. A mismatch means it is not used.
+torch's OpenMP runtime and thread count; elsewhere it runs on one thread. The first load
+runs a self-test against torch on small maps with ties, NaN and infinities. A mismatch
+means it is not used.
 
 Where it cannot run, torch's pooling does, with the same results. :func:`unavailable` says
 why: no C compiler, a failed compile, or a failed self-test. ``dlcli train`` prints that as
@@ -48,6 +49,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("maxpool.c")
 VERSION = 2  # dlcli_maxpool_version() of the source this module calls
@@ -109,6 +111,7 @@ def takes(x: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dim() == 4
         and x.shape[0] > 0
+        and x.shape[1] > 0
         and x.shape[1] % 8 == 0
         and x.shape[2] >= 2
         and x.shape[3] >= 2
@@ -140,6 +143,7 @@ class _MaxPool2x2(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernel's backward is not itself recorded: no double backward
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         code, *out = ctx.saved_tensors
         grad = grad.to(ctx.dtype).contiguous(memory_format=torch.channels_last)

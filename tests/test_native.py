@@ -101,6 +101,16 @@ def test_a_gradient_in_another_layout_is_taken() -> None:
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
+def test_no_double_backward() -> None:
+    """A second derivative through the kernel is an error, never a silent zero."""
+    leaf = _maps((1, 8, 4, 4), "random", 0).requires_grad_()
+    out = native.max_pool2x2(leaf, True)
+    outer = torch.ones_like(out).requires_grad_()  # a gradient that is itself differentiated
+    (grad,) = torch.autograd.grad(out, leaf, grad_outputs=outer, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
 def test_what_it_takes() -> None:
     x = _maps((2, 8, 4, 4), "random", 0)
     assert native.takes(x)
@@ -110,6 +120,7 @@ def test_what_it_takes() -> None:
     assert not native.takes(x.contiguous())  # NCHW
     assert not native.takes(_maps((2, 12, 4, 4), "random", 0))  # channels not a multiple of 8
     assert not native.takes(_maps((2, 8, 1, 4), "random", 0))  # no 2x2 window
+    assert not native.takes(torch.empty(2, 0, 4, 4))  # no channels
     assert not native.takes(x[:, :, :, :3])  # a view that is not dense NHWC
     assert native.pools(nn.MaxPool2d(2))
     assert native.pools(nn.MaxPool2d((2, 2), stride=(2, 2)))

@@ -4,16 +4,19 @@ config, and a callback that stops a run as a signal would."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 
 from dlcli import pipeline
 from dlcli.config import load_config
 from dlcli.data.idx import write_idx
 from dlcli.engine import Trainer
+from dlcli.errors import Interrupted
 from dlcli.hooks import Callback
 
 
@@ -117,3 +120,21 @@ def train_in_process(config: Path, *, stop_at: int | None = None, **kwargs: Any)
     prepared = pipeline.prepare(load_config(config), **kwargs)
     callbacks = [StopAt(stop_at)] if stop_at else []
     pipeline.train(prepared, callbacks=callbacks)
+
+
+def resumed_run_metrics(folder: Path, stop_at: int, **settings: Any) -> tuple[dict[str, Any], ...]:
+    """Train the same config (``write_run_config`` with ``settings``) uninterrupted into
+    ``folder/a`` and stopped after step ``stop_at`` then resumed into ``folder/b``; assert the
+    two saved models are the same bytes and the same train, validation and test metrics;
+    return both metrics.json documents."""
+    train_in_process(write_run_config(folder / "a", **settings))
+    resumed = write_run_config(folder / "b", **settings)
+    with pytest.raises(Interrupted):
+        train_in_process(resumed, stop_at=stop_at)
+    train_in_process(resumed, resume=True)
+    a, b = folder / "a/runs/run", folder / "b/runs/run"
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    metrics = tuple(json.loads((run / "metrics.json").read_text()) for run in (a, b))
+    for key in ("train", "validation", "test"):
+        assert metrics[0][key] == metrics[1][key]
+    return metrics

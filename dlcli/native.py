@@ -271,18 +271,14 @@ def _load() -> ctypes.CDLL:
         source = SOURCE.read_bytes()
     except OSError as error:
         raise _Unavailable(f"the kernel's source is missing: {error}") from error
-    version = _version_of(compiler)
-    folder = _folder()
+    version, machine, folder = _version_of(compiler), _cpu(), _folder()
+    openmp = ["-fopenmp"] if _openmp() else []
     complaints = []
-    for flags in (
-        [*_FLAGS, "-march=native", *(["-fopenmp"] if _openmp() else [])],
-        [*_FLAGS, *(["-fopenmp"] if _openmp() else [])],
-        list(_FLAGS),
-    ):
+    for flags in ([*_FLAGS, "-march=native", *openmp], [*_FLAGS, *openmp], list(_FLAGS)):
         key = hashlib.sha256(
             b"\0".join(
                 part.encode() if isinstance(part, str) else part
-                for part in (source, compiler, version, " ".join(flags), _cpu(), sys.platform)
+                for part in (source, compiler, version, " ".join(flags), machine, sys.platform)
             )
         ).hexdigest()[:20]
         target = folder / f"maxpool-{key}.so"

@@ -20,6 +20,12 @@ ratio would then compare a bf16 step with a float32 floor); ``--variant bf16:pre
 adds the config's own precision as a contender.
 Everything else a step does (bias and activation kernels, pooling, the loss, the optimizer,
 metrics, Python) is what the floor does not count.
+Where the model starts with a convolution that dlcli's fused kernel runs with its ReLU and
+pooling (``training.native_kernels``, dlcli/native.py), **floor_fused** is the same floor
+with that kernel (forward, weight and bias gradients) in place of torch's first
+convolution. dlcli computes that layer faster than torch's convolution alone, so the plain
+floor no longer bounds it there; dlcli over floor_fused is reported too (a stricter floor:
+it includes that layer's pooling).
 
 **dlcli** is ``Trainer.fit`` for one epoch of the same split (no validation), with the
 shipped config. The two run in alternating order, round after round; each round's ratio of
@@ -54,11 +60,12 @@ import yaml
 from _common import cpu_model, write_section  # run as a script: benchmarks/ is on sys.path
 from torch import nn
 
+from dlcli import native
 from dlcli.accel import to_float
 from dlcli.config import load_config
 from dlcli.data.dataset import Split
 from dlcli.engine import Trainer
-from dlcli.model import build_model
+from dlcli.model import FusedConv, build_model, fused_first_layer
 from dlcli.pipeline import load_data, split_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,11 +144,35 @@ def conv_ops(layer: nn.Conv2d, x: torch.Tensor, input_grad: bool) -> list[Op]:
     ]
 
 
-def floor_ops(trainer: Trainer, train: Split) -> tuple[list[Op], list[str]]:
-    """The ops of one step's floor, and a line per layer saying what they are."""
+def fused_ops(fused: FusedConv, x: torch.Tensor) -> list[Op]:
+    """dlcli's fused first convolution (dlcli/native.py): its forward (the convolution, bias,
+    ReLU and 2x2 max-pooling) and its backward (the weight and bias gradients), through the
+    one autograd node it makes."""
+    with torch.no_grad():
+        grad_out = torch.randn_like(native.conv_max_pool2x2(x, fused.conv, fused.padding, False))
+
+    def forward_backward() -> None:
+        with torch.enable_grad():
+            out = native.conv_max_pool2x2(x, fused.conv, fused.padding, fused.relu)
+            out.backward(grad_out)
+
+    return [forward_backward]
+
+
+def floor_ops(trainer: Trainer, train: Split, fused: bool = False) -> tuple[list[Op], list[str]]:
+    """The ops of one step's floor, and a line per layer saying what they are; with
+    ``fused``, the first convolution is dlcli's fused kernel where the model has one."""
     ops: list[Op] = []
     described = []
+    first = fused_first_layer(trainer.model) if fused and not native.unavailable() else None
     for layer, x, input_grad in recorded_layers(trainer, train):
+        if first is not None and layer is first.conv:
+            ops += fused_ops(first, x)
+            described.append(
+                "(floor_fused: dlcli's fused kernel for the first layer, with its "
+                "ReLU and pooling: forward, weight and bias gradients)"
+            )
+            continue
         if isinstance(layer, nn.Linear):
             ops += linear_ops(layer, x, input_grad)
             what = f"linear {tuple(x.shape)} x {tuple(layer.weight.shape[::-1])}"
@@ -256,6 +287,20 @@ def prepare(name: str, variants: dict[str, dict[str, Any]], *, whole: bool = Fal
 
     floor()  # warm: first calls pick kernels and allocate
     contenders = {"floor": floor, "dlcli": dlcli({})}
+    fused_ops_, fused_layers = floor_ops(trainer(one_epoch), train, fused=True)
+    if len(fused_layers) == len(layers) and fused_layers != layers:
+
+        @torch.no_grad()
+        def floor_fused() -> float:
+            start = time.perf_counter()
+            for _ in range(steps):
+                for op in fused_ops_:
+                    op()
+            return time.perf_counter() - start
+
+        floor_fused()
+        contenders["floor_fused"] = floor_fused
+        layers = layers + [line for line in fused_layers if line not in layers]
     contenders |= {label: dlcli(settings) for label, settings in variants.items()}
     model = Model(name, steps, layers, contenders)
     if whole:
@@ -329,6 +374,15 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
     ]
     for model, seconds in results:
         lines += table(model, seconds)[0 if model is results[0][0] else 2 :]
+    for model, seconds in results:
+        if "floor_fused" in seconds:
+            ratios = [a / b for a, b in zip(seconds["dlcli"], seconds["floor_fused"], strict=True)]
+            lines.append(
+                f"\n{model.name}: dlcli over **floor_fused** (the floor with dlcli's fused "
+                "first layer in place of torch's convolution: a stricter floor, since dlcli "
+                f"computes that layer faster than torch), median of rounds: "
+                f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}x)"
+            )
     for model, _ in results:
         if model.compile_seconds is not None:
             lines.append(

@@ -404,9 +404,10 @@ class TrainingConfig:
         "auto",
     )
     native_kernels: bool = doc(
-        "dlcli's compiled CPU kernel for 2x2 max-pooling while training: the same results as "
-        "torch's pooling, faster (built once with the system's C compiler; torch's pooling "
-        "runs where it cannot, with a note)",
+        "dlcli's compiled CPU kernels while training: 2x2 max-pooling (the same results as "
+        "torch's), and a first convolution fused with it (torch's values up to float32 "
+        "rounding); built once with the system's C compiler; torch's run where they cannot, "
+        "with a note",
         True,
     )
 

@@ -47,7 +47,7 @@ from dlcli.data.dataset import Split
 from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError
 from dlcli.evaluation import Objective, Running, Scorer, score
 from dlcli.hooks import Callback, Logs
-from dlcli.model import has_native_pool, native_pooling
+from dlcli.model import has_fused_conv, has_native_pool, native_pooling
 from dlcli.optim import make_optimizer, stepper
 from dlcli.untrusted import conforms, shorten
 
@@ -108,6 +108,11 @@ class Trainer:
             precision=self.precision.name,
         )
         native_pooling(self.model, self.native_pooling)
+        # ... and its first convolution fused with that pooling (float32 only: bf16 autocast
+        # runs torch's convolution, then dlcli's pooling)
+        self.native_conv = (
+            self.native_pooling and self.precision.name == "fp32" and has_fused_conv(self.model)
+        )
         self.augment = augment
         self.after_update = list(after_update)
         # training.ema: the weight average among the hooks, which validation scores.

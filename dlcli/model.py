@@ -153,7 +153,10 @@ class Layers(nn.Sequential):
       AMX Xeon and 0.91x on an AVX2 EPYC (2 cores each).
     * With :attr:`native_pooling` on (``training.native_kernels``; the Trainer sets it), a
       2x2 max-pooling that dlcli.native takes runs dlcli's compiled kernel, fused with that
-      moved ReLU: the same bits, in fewer passes over memory.
+      moved ReLU: the same bits, in fewer passes over memory. A first layer that is a
+      convolution (on the data, 1-4 channels) followed by such a pooling runs fused with it
+      and its ReLU: its full-size map is never written (the same values up to float32
+      rounding; see dlcli/native.py).
 
     Where anything could see the difference (a hook on either layer or a global module hook),
     in evaluation and without gradients, the layers run one after the other as written."""
@@ -170,7 +173,11 @@ class Layers(nn.Sequential):
         if not pool_first and not native_pools:
             out = super().forward(x)
             return out
+        fused = _conv_pool(layers, native_pools)
         index = 0
+        if fused is not None and native.takes_image(x, fused.conv, fused.padding):
+            x = native.conv_max_pool2x2(x, fused.conv, fused.padding, fused.relu)
+            index = 2
         while index < len(layers):
             layer = layers[index]
             if index in pool_first:
@@ -214,6 +221,59 @@ def _native_pools(layers: list[Any]) -> frozenset[int]:
     if not found or global_hooks():
         return frozenset()
     return frozenset(found)
+
+
+@dataclass(frozen=True)
+class FusedConv:
+    """A convolution layer as :func:`_conv2d` builds it, taken apart for dlcli's fused
+    convolution + max-pooling kernel: the ``nn.Conv2d``, the zero padding before it (left,
+    right, top, bottom) and whether its ReLU comes with it."""
+
+    conv: nn.Conv2d
+    padding: tuple[int, int, int, int]
+    relu: bool
+
+
+def _conv_pool(layers: list[Any], native_pools: frozenset[int]) -> FusedConv | None:
+    """The first layer, when dlcli's fused kernel may run it together with the native
+    max-pooling after it: a convolution it :func:`native.convolves`, linear or with its ReLU,
+    nothing hooked. Only a first layer: the kernel computes no gradient for its input, which
+    must be the data (:func:`native.takes_image` checks that too)."""
+    if 1 not in native_pools or any(has_hooks(m) for m in layers[0].modules()):
+        return None
+    return _fused_conv(layers[0])
+
+
+def fused_first_layer(model: nn.Module) -> FusedConv | None:
+    """The convolution ``model`` starts with when dlcli's fused kernel could run it with the
+    2x2 max-pooling after it (see :class:`Layers`)."""
+    if not isinstance(model, Layers):
+        return None
+    layers = list(model._modules.values())
+    pools = frozenset(index for index, layer in enumerate(layers) if native.pools(layer))
+    return _conv_pool(layers, pools)
+
+
+def has_fused_conv(model: nn.Module) -> bool:
+    """Whether ``model`` starts with a convolution that dlcli's fused kernel could run."""
+    return fused_first_layer(model) is not None
+
+
+def _fused_conv(layer: Any) -> FusedConv | None:
+    relu = False
+    if type(layer) is nn.Sequential and list(layer._modules) == ["layer", "activation"]:
+        if type(layer.activation) is not nn.ReLU:
+            return None
+        layer, relu = layer.layer, True
+    padding = (0, 0, 0, 0)
+    if type(layer) is nn.Sequential and list(layer._modules) == ["conv"]:
+        layer = layer.conv
+    elif type(layer) is nn.Sequential and list(layer._modules) == ["pad", "conv"]:
+        if type(layer.pad) is not nn.ZeroPad2d:
+            return None
+        left, right, top, bottom = layer.pad.padding
+        padding, layer = (left, right, top, bottom), layer.conv
+    return FusedConv(layer, padding, relu) if native.convolves(layer) else None
 
 
 def _pool_first(layers: list[Any]) -> frozenset[int]:

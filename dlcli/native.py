@@ -1,4 +1,5 @@
-"""``training.native_kernels``: dlcli's own CPU kernel for 2x2 max-pooling while training.
+"""``training.native_kernels``: dlcli's own CPU kernels for training: a 2x2 max-pooling, and a
+small first convolution fused with its ReLU and that pooling.
 
 Why: in a small CNN on the CPU, torch's ``max_pool2d`` costs more than it should. Its forward
 writes an int64 index per output, and its backward fills the whole input gradient with
@@ -6,13 +7,26 @@ zeros before it scatters a quarter of it. In the reference CNN's step, pooling a
 came to 1.4 ms of 6.9 ms (an AVX-512 EPYC, 2 threads), and this kernel does them in 0.6 ms
 (benchmarks/RESULTS.md).
 
-What: ``maxpool.c`` (beside this file) pools NHWC float32 or bfloat16 maps 2x2 with
+What: ``kernels.c`` (beside this file) pools NHWC float32 or bfloat16 maps 2x2 with
 stride 2. Its forward writes the pooled map, ReLU'd when the ReLU before the pooling was
 moved after it (dlcli.model.Layers), and one byte per output saying which pixel won. Its
 backward writes the input gradient in one pass. Outputs and gradients are the same bits as torch's
 ``max_pool2d`` (and ReLU): the same winner (ties to the first pixel, NaN to the last NaN),
 and the gradient that torch's accumulation into zeros gives. ``tests/test_native.py``
 compares them bit for bit.
+
+The second kernel takes a network's first convolution when a 2x2 max-pooling follows it
+(``conv2d`` with 1-4 input channels, stride 1, zero padding, filters a multiple of 8; its
+ReLU, if any, is moved after the pooling as above). Torch's convolution writes the full-size
+map (100x16x28x28 floats in the reference CNN), which the pooling then reads back, and
+oneDNN is slow on one input channel (1.06 ms for the reference CNN's first forward, 21
+GFLOP/s). The fused kernel computes each pooled pixel's four outputs in registers and
+stores only the pooled map and its winner codes. Its backward computes the weight and bias
+gradients at the winners only (the data needs no gradient): a quarter of the work. The
+values are torch's up to float32 rounding (the sums run in another order), not the same
+bits: ``tests/test_native.py`` compares within float tolerance and trains both ways to the
+same loss. Its gradients are summed per image, then over images in order, so they do not
+depend on the number of threads: a run and its resume stay the same bytes.
 
 How: the source is compiled once per machine and compiler with the system's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``; about 0.4 s), ``-O3 -march=native``, into
@@ -51,8 +65,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-SOURCE = Path(__file__).with_name("maxpool.c")
-VERSION = 2  # dlcli_maxpool_version() of the source this module calls
+SOURCE = Path(__file__).with_name("kernels.c")
+VERSION = 3  # dlcli_kernels_version() of the source this module calls
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the kernels' dtypes
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 _COMPILE_SECONDS = 120  # a compiler that takes longer is treated as broken
@@ -162,6 +176,155 @@ class _MaxPool2x2(torch.autograd.Function):
             int(ctx.relu),
         )
         return grad_in, None
+
+
+# --- the first convolution fused with its ReLU and 2x2 max-pooling -------------------------
+
+MAX_IN_CHANNELS = 4  # a network's first layer: grey or colour images (and a little more)
+
+
+def convolves(conv: nn.Module) -> bool:
+    """Whether the fused kernel computes ``conv`` (followed by a 2x2 max-pooling that
+    :func:`pools`): an ``nn.Conv2d`` of stride 1, without dilation or groups, with numeric zero
+    padding, 1 to 4 input channels, filters a multiple of 8 and a kernel at most 64 wide
+    (times the input channels), in float32."""
+    if type(conv) is not nn.Conv2d:
+        return False
+    kernel = _pair(conv.kernel_size)
+    return (
+        _pair(conv.stride) == (1, 1)
+        and _pair(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and 1 <= conv.in_channels <= MAX_IN_CHANNELS
+        and conv.out_channels % 8 == 0
+        and kernel[1] * conv.in_channels <= 64
+        and conv.weight.dtype == torch.float32
+    )
+
+
+def takes_image(x: torch.Tensor, conv: nn.Conv2d, padding: tuple[int, int, int, int]) -> bool:
+    """Whether :func:`conv_max_pool2x2` takes ``x`` through ``conv`` (that :func:`convolves`)
+    with ``padding`` (left, right, top, bottom) before it: float32 on the CPU, no gradient of
+    its own (the data), at least one pooled pixel, not under bf16 autocast or torch.compile,
+    and the kernels available."""
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and conv.weight.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[0] > 0
+        and x.shape[1] == conv.in_channels
+        and not x.requires_grad
+        and min(_pooled_size(x, conv, padding)) > 0
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and unavailable() == ""
+    )
+
+
+def conv_max_pool2x2(
+    x: torch.Tensor, conv: nn.Conv2d, padding: tuple[int, int, int, int], relu: bool
+) -> torch.Tensor:
+    """``max_pool2d(conv(zero_pad(x, padding)), 2)``, ReLU'd after the pooling when ``relu``
+    (where the ReLU came before it: the same values), with autograd for the weight and bias,
+    for an ``x`` that :func:`takes_image`. The result is channels_last."""
+    top, left = padding[2] + _pair(conv.padding)[0], padding[0] + _pair(conv.padding)[1]
+    geometry = (top, left, *_pooled_size(x, conv, padding))
+    out: torch.Tensor = _ConvMaxPool2x2.apply(x, conv.weight, conv.bias, geometry, relu)
+    return out
+
+
+def _pooled_size(
+    x: torch.Tensor, conv: nn.Conv2d, padding: tuple[int, int, int, int]
+) -> tuple[int, int]:
+    (pad_h, pad_w), (kh, kw) = _pair(conv.padding), _pair(conv.kernel_size)
+    height = x.shape[2] + padding[2] + padding[3] + 2 * pad_h - kh + 1
+    width = x.shape[3] + padding[0] + padding[1] + 2 * pad_w - kw + 1
+    return height // 2, width // 2
+
+
+class _ConvMaxPool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        geometry: tuple[int, int, int, int],
+        relu: bool,
+    ) -> torch.Tensor:
+        top, left, oh, ow = geometry
+        n, ci, h, w = x.shape
+        f, _, kh, kw = weight.shape
+        pixels = x.detach().permute(0, 2, 3, 1).contiguous()  # NHWC
+        taps = weight.detach().permute(2, 3, 1, 0).contiguous()  # kh x kw x ci x f
+        padded = torch.empty(n, 2 * oh + kh - 1, 2 * ow + kw - 1, ci)
+        out = torch.empty((n, f, oh, ow), memory_format=torch.channels_last)
+        code = torch.empty((n, f, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
+        biases = None if bias is None else bias.detach().contiguous()
+        _state["library"].dlcli_convpool_forward_f32(
+            pixels.data_ptr(),
+            padded.data_ptr(),
+            taps.data_ptr(),
+            None if biases is None else biases.data_ptr(),
+            out.data_ptr(),
+            code.data_ptr(),
+            n,
+            h,
+            w,
+            ci,
+            f,
+            kh,
+            kw,
+            top,
+            left,
+            oh,
+            ow,
+            int(relu),
+        )
+        ctx.save_for_backward(padded, out, code)
+        ctx.relu, ctx.weight_shape = relu, weight.shape
+        return out
+
+    @staticmethod
+    @once_differentiable  # the kernel's backward is not itself recorded: no double backward
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[None, torch.Tensor | None, torch.Tensor | None, None, None]:
+        padded, out, code = ctx.saved_tensors
+        f, ci, kh, kw = ctx.weight_shape
+        n, _, oh, ow = out.shape
+        grad = grad.float().contiguous(memory_format=torch.channels_last)
+        sums = torch.empty(n, kh * kw * ci * f + f)
+        weight_grad = torch.empty(f, kh, kw, ci)  # channels_last memory
+        bias_grad = torch.empty(f)
+        _state["library"].dlcli_convpool_backward_f32(
+            padded.data_ptr(),
+            grad.data_ptr(),
+            out.data_ptr(),
+            code.data_ptr(),
+            sums.data_ptr(),
+            weight_grad.data_ptr(),
+            bias_grad.data_ptr(),
+            n,
+            ci,
+            f,
+            kh,
+            kw,
+            oh,
+            ow,
+            int(ctx.relu),
+        )
+        _, wants_weight, wants_bias, _, _ = ctx.needs_input_grad
+        return (
+            None,
+            weight_grad.permute(0, 3, 1, 2) if wants_weight else None,
+            bias_grad if wants_bias else None,
+            None,
+            None,
+        )
 
 
 # --- building and loading ------------------------------------------------------------------
@@ -281,7 +444,7 @@ def _load() -> ctypes.CDLL:
                 for part in (source, compiler, version, " ".join(flags), machine, sys.platform)
             )
         ).hexdigest()[:20]
-        target = folder / f"maxpool-{key}.so"
+        target = folder / f"kernels-{key}.so"
         cached = target.exists() and _only_ours(target)
         if target.exists() and not cached:  # not ours to trust, nor to replace
             target = _folder_for_this_process() / target.name
@@ -297,7 +460,7 @@ def _open(path: Path) -> ctypes.CDLL:
         library = ctypes.CDLL(str(path))
     except OSError as error:
         raise _Unavailable(f"the compiled kernel does not load: {error}") from error
-    if library.dlcli_maxpool_version() != VERSION:
+    if library.dlcli_kernels_version() != VERSION:
         raise _Unavailable(f"{path} is not version {VERSION} of the kernel")
     size = ctypes.c_int64
     pointer = ctypes.c_void_p
@@ -306,6 +469,10 @@ def _open(path: Path) -> ctypes.CDLL:
         forward.argtypes, forward.restype = [pointer] * 3 + [size] * 4 + [ctypes.c_int], None
         backward = getattr(library, f"dlcli_maxpool2x2_backward_{suffix}")
         backward.argtypes, backward.restype = [pointer] * 4 + [size] * 4 + [ctypes.c_int], None
+    forward = library.dlcli_convpool_forward_f32
+    forward.argtypes, forward.restype = [pointer] * 6 + [size] * 11 + [ctypes.c_int], None
+    backward = library.dlcli_convpool_backward_f32
+    backward.argtypes, backward.restype = [pointer] * 7 + [size] * 7 + [ctypes.c_int], None
     return library
 
 
@@ -326,6 +493,17 @@ def _self_test(library: ctypes.CDLL) -> None:
             for dtype, relu in itertools.product(_SUFFIX, (False, True)):
                 if not _agrees(x.to(dtype), grad.to(dtype), relu):
                     raise _Unavailable("the compiled kernel failed its self-test against torch")
+        # each specialised shape of the fused convolution and the general one, at both vector
+        # widths: on integers its sums are exact, so its results are torch's bits
+        for ci, f, kernel, padding in ((1, 16, 3, 1), (1, 8, 5, 2), (3, 24, 3, 0), (2, 16, 2, 0)):
+            conv = nn.Conv2d(ci, f, kernel, padding=padding)
+            with torch.no_grad():
+                for parameter in conv.parameters():
+                    parameter.copy_(torch.randint(-3, 4, parameter.shape, generator=generator))
+            x = torch.randint(-2, 3, (2, ci, 7, 6), generator=generator).float()
+            for relu in (False, True):
+                if not _conv_agrees(conv, x, relu):
+                    raise _Unavailable("the compiled kernel failed its self-test against torch")
     finally:
         del _state["library"]
 
@@ -345,6 +523,23 @@ def _agrees(x: torch.Tensor, grad: torch.Tensor, relu: bool) -> bool:
         assert leaf.grad is not None
         results.append((out.detach(), leaf.grad))
     return all(_same_bits(a, b) for a, b in zip(results[0], results[1], strict=True))
+
+
+def _conv_agrees(conv: nn.Conv2d, x: torch.Tensor, relu: bool) -> bool:
+    results = []
+    for ours in (False, True):
+        conv.zero_grad(set_to_none=True)
+        if ours:
+            out = conv_max_pool2x2(x, conv, (0, 0, 0, 0), relu)
+        else:
+            out = nn.functional.max_pool2d(conv(x), 2)
+            out = torch.relu(out) if relu else out
+        grad = torch.arange(out.numel()).view(out.shape) % 5 - 2.0
+        out.backward(grad)
+        assert conv.weight.grad is not None and conv.bias is not None
+        assert conv.bias.grad is not None
+        results.append((out.detach(), conv.weight.grad, conv.bias.grad))
+    return all(torch.equal(a, b) for a, b in zip(results[0], results[1], strict=True))
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

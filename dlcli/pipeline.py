@@ -59,7 +59,13 @@ from dlcli.evaluation import Objective, Scorer
 from dlcli.gates import Gate, default_split, resolve_gates
 from dlcli.hooks import Callback, Logs
 from dlcli.metrics import PerClass, confusion_matrix, per_class
-from dlcli.model import BuiltModel, build_model, has_native_pool, weights_mismatch
+from dlcli.model import (
+    BuiltModel,
+    build_model,
+    has_fused_conv,
+    has_native_pool,
+    weights_mismatch,
+)
 from dlcli.steps import StepRecorder
 from dlcli.threads import ThreadChoice, apply_threads
 from dlcli.version import __version__
@@ -455,10 +461,15 @@ def _precision(prepared: Prepared, trainer: Trainer) -> dict[str, str]:
 
 def _max_pooling(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     """Whose 2x2 max-pooling the training steps ran, for a model that has one: ``dlcli``
-    (``training.native_kernels``, dlcli/native.py) or ``torch``."""
-    if not has_native_pool(prepared.model.module):
-        return {}
-    return {"max_pooling": "dlcli" if trainer.native_pooling else "torch"}
+    (``training.native_kernels``, dlcli/native.py) or ``torch``; and whose first convolution
+    with that pooling, for a model that starts with one the fused kernel could run."""
+    module = prepared.model.module
+    found = {}
+    if has_native_pool(module):
+        found["max_pooling"] = "dlcli" if trainer.native_pooling else "torch"
+    if has_fused_conv(module):
+        found["conv_pooling"] = "dlcli" if trainer.native_conv else "torch"
+    return found
 
 
 def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
@@ -502,7 +513,7 @@ def native_note(prepared: Prepared) -> str:
     ):
         return ""
     why = native.unavailable()
-    return f"training.native_kernels: torch's max-pooling runs: {why}" if why else ""
+    return f"training.native_kernels: torch's pooling and convolution run: {why}" if why else ""
 
 
 def describe_recipe(training: TrainingConfig) -> str:

@@ -36,6 +36,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def native_kernels() -> None:
+    """dlcli's compiled kernels (dlcli/native.py) build on this machine, or the test is
+    skipped; CI has a C compiler, so there they must. Asked for by the kernels' test modules
+    (``pytestmark = usefixtures("native_kernels")``), not at import: the suite's cache folder
+    is set up for the tests, not for collection."""
+    from dlcli import native
+
+    why = native.unavailable()
+    if why and not os.environ.get("CI"):
+        pytest.skip(f"the kernels cannot run here: {why}")
+    assert why == ""
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test writes to the user's ~/.cache: the decoded-image cache goes to a temp folder."""

@@ -1,5 +1,7 @@
-"""dlcli's compiled 2x2 max-pooling (dlcli/native.py, dlcli/maxpool.c): the same bits as
-torch's pooling, used where it applies, torch's pooling (and a reason) where it cannot."""
+"""dlcli's compiled 2x2 max-pooling (dlcli/native.py, dlcli/kernels.c): the same bits as
+torch's pooling, used where it applies, torch's pooling (and a reason) where it cannot; and
+how the kernels are built, cached and trusted. The fused first convolution:
+tests/test_native_conv.py."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from in_process import resumed_run_metrics, write_run_config
+from safetensors.torch import load_file as load
 from torch import nn
 
 from dlcli import native
@@ -22,15 +25,7 @@ from dlcli.cli import cli
 from dlcli.config import parse_config
 from dlcli.model import Layers, build_model, native_pooling
 
-
-@pytest.fixture(autouse=True)
-def _kernel_here() -> None:
-    """The kernel builds on this machine (not asked at import: the suite's cache folder is
-    set up for the tests, not for collection); CI has a C compiler, so there it must."""
-    why = native.unavailable()
-    if why and not os.environ.get("CI"):
-        pytest.skip(f"the kernel cannot run here: {why}")
-    assert why == ""
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 
 def _maps(shape: tuple[int, ...], kind: str, seed: int) -> torch.Tensor:
@@ -135,9 +130,11 @@ def test_what_it_takes() -> None:
         assert not native.pools(other), other
 
 
-def _cnn(batch_norm: bool) -> Any:
+def _cnn(batch_norm: bool, channels: int = 5) -> Any:
     """A CNN with both uses: a conv whose ReLU moves after the pooling (fused in the
-    kernel), and a pooling of its own before batch norm and a ReLU layer (the speedruns)."""
+    kernel), and a pooling of its own before batch norm and a ReLU layer (the speedruns).
+    On 5 input channels its first convolution is not the fused kernel's (that takes 1-4):
+    the pooling kernel alone, the same bits as torch."""
     layers: list[dict[str, Any]] = [
         {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
         {"type": "max_pool2d", "pool_size": 2},
@@ -148,7 +145,10 @@ def _cnn(batch_norm: bool) -> Any:
         {"type": "flatten"},
         {"type": "dense", "units": 10},
     ]  # fmt: skip
-    raw = {"data": {"dataset": "mnist"}, "model": {"input_shape": [15, 15, 1], "layers": layers}}
+    raw = {
+        "data": {"dataset": "mnist"},
+        "model": {"input_shape": [15, 15, channels], "layers": layers},
+    }
     torch.manual_seed(0)
     module = build_model(parse_config(raw).model, 10).module
     return module.to(memory_format=torch.channels_last)  # as dlcli trains a CNN
@@ -181,7 +181,7 @@ def test_a_model_trains_to_the_same_bits(
 ) -> None:
     module = _cnn(batch_norm)
     module.train()
-    x = torch.randn(6, 1, 15, 15) if data == "random" else torch.zeros(6, 1, 15, 15)
+    x = torch.randn(6, 5, 15, 15) if data == "random" else torch.zeros(6, 5, 15, 15)
     x = x.contiguous(memory_format=torch.channels_last)
     plain = _step(module, x)
     calls = _counting(monkeypatch)
@@ -195,7 +195,7 @@ def test_a_model_trains_to_the_same_bits(
 def test_under_bf16_autocast_too(monkeypatch: pytest.MonkeyPatch) -> None:
     module = _cnn(True)
     module.train()
-    x = torch.randn(6, 1, 15, 15).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(6, 5, 15, 15).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain = _step(module, x)
         calls = _counting(monkeypatch)
@@ -213,7 +213,7 @@ def test_not_in_evaluation_without_gradients_or_when_hooked(
     native_pooling(module, True)
     assert all(m.native_pooling for m in module.modules() if isinstance(m, Layers))
     calls = _counting(monkeypatch)
-    x = torch.randn(2, 1, 15, 15).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 5, 15, 15).contiguous(memory_format=torch.channels_last)
     module.eval()
     module(x)
     module.train()
@@ -356,16 +356,23 @@ def test_a_failing_compiler_means_torchs_pooling_and_says_why(tmp_path: Path) ->
 
 # --- in a training run ---------------------------------------------------------------------
 
+_CONV = {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"}
 _POOLED = [
-    {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+    _CONV,
     {"type": "max_pool2d", "pool_size": 2},
     {"type": "flatten"},
     {"type": "dense", "units": 4},
 ]
+# The pooling after a second convolution: the pooling kernel alone (not the fused one).
+_POOLED_LATER = [_CONV, *_POOLED]
 
 
-def _train(folder: Path, name: str, **training: Any) -> tuple[str, bytes, dict[str, Any]]:
-    config = write_run_config(folder, layers=_POOLED, name=name, epochs=2, **training)
+def _train(
+    folder: Path, name: str, layers: list[dict[str, Any]] = _POOLED_LATER, **training: Any
+) -> tuple[str, bytes, dict[str, Any]]:
+    """Train ``layers`` for 2 epochs with ``training`` through the CLI: what it said, the saved
+    weights' bytes and metrics.json."""
+    config = write_run_config(folder, layers=layers, name=name, epochs=2, **training)
     result = CliRunner().invoke(cli, ["train", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run_dir = folder / "runs" / name
@@ -380,10 +387,35 @@ def test_a_run_trains_to_the_same_weights_with_the_kernel_or_without(
     said, fast, metrics = _train(tmp_path, "native")
     assert calls and all(calls)  # the kernel ran, with the conv's ReLU
     assert "native_kernels" not in said and metrics["max_pooling"] == "dlcli"
+    assert "conv_pooling" not in metrics  # the first convolution is not followed by pooling
     del calls[:]
     said, plain, metrics = _train(tmp_path, "torch", native_kernels=False)
     assert not calls and "native_kernels" not in said and metrics["max_pooling"] == "torch"
     assert fast == plain
+
+
+def test_a_run_with_the_fused_convolution_trains_as_with_torchs(tmp_path: Path) -> None:
+    """Not the same bits (the convolution's sums run in another order), the same training."""
+    said, fast, fused = _train(tmp_path, "native", _POOLED)
+    assert "native_kernels" not in said
+    assert fused["conv_pooling"] == fused["max_pooling"] == "dlcli"
+    said, plain, metrics = _train(tmp_path, "torch", _POOLED, native_kernels=False)
+    assert metrics["conv_pooling"] == metrics["max_pooling"] == "torch"
+    assert fast != plain
+    for split in ("train", "validation", "test"):
+        for name, value in metrics[split].items():
+            assert fused[split][name] == pytest.approx(value, rel=1e-3, abs=1e-4), (split, name)
+    weights = [
+        load(Path(tmp_path, "runs", run, "model.safetensors")) for run in ("native", "torch")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_runs_torchs_convolution_then_dlcli_pooling(tmp_path: Path) -> None:
+    _, _, metrics = _train(tmp_path, "bf16", _POOLED, precision="bf16")
+    assert metrics["conv_pooling"] == "torch" and metrics["max_pooling"] == "dlcli"
 
 
 def test_train_says_why_torchs_pooling_runs(
@@ -391,7 +423,7 @@ def test_train_says_why_torchs_pooling_runs(
 ) -> None:
     monkeypatch.setattr(native, "_state", {"why": "no C compiler found (set CC, or install gcc)"})
     said, _, metrics = _train(tmp_path, "fallback")
-    note = "training.native_kernels: torch's max-pooling runs: no C compiler found"
+    note = "training.native_kernels: torch's pooling and convolution run: no C compiler found"
     assert said.count(note) == 1
     assert metrics["max_pooling"] == "torch"
 
@@ -405,6 +437,11 @@ def test_a_model_without_such_pooling_records_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stop_at", [11, 8])  # inside epoch 2; after epoch 1's last step
-def test_a_resumed_run_is_the_same_bytes(tmp_path: Path, stop_at: int) -> None:
-    reference, resumed = resumed_run_metrics(tmp_path, stop_at, layers=_POOLED)
+@pytest.mark.parametrize("fused", [False, True])  # the first convolution with its pooling
+def test_a_resumed_run_is_the_same_bytes(tmp_path: Path, stop_at: int, fused: bool) -> None:
+    layers = _POOLED if fused else _POOLED_LATER
+    reference, resumed = resumed_run_metrics(tmp_path, stop_at, layers=layers)
     assert reference["max_pooling"] == resumed["max_pooling"] == "dlcli"
+    assert (
+        reference.get("conv_pooling") == resumed.get("conv_pooling") == ("dlcli" if fused else None)
+    )

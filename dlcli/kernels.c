@@ -20,6 +20,8 @@
  *           gradient at the winning pixel and 0 elsewhere; with relu, 0 where the output is
  *           <= 0 (torch's threshold_backward). The winner gets 0.0f + g: what torch's
  *           accumulation into a zeroed gradient gives (-0.0 becomes +0.0).
+ * planar:   the pooled map (and so its gradient) in NCHW memory instead, for a flatten after
+ *           the pooling, which then copies nothing: its (C, H, W) order is that memory.
  *
  * 2. dlcli_convpool_{forward,backward}_f32
  *
@@ -68,14 +70,29 @@ static inline void store_bf16(bf16 *p, f8 v) {
   for (int t = 0; t < 8; t++) p[t] = (bf16)((uint32_t)bits[t] >> 16);
 }
 
+typedef uint8_t u8x8 __attribute__((vector_size(8)));
+
+/* The winner codes (0-3), one byte a lane. */
+static inline void store_codes(uint8_t *p, i8 won) {
+  const u8x8 bytes = __builtin_convertvector(won, u8x8);
+  memcpy(p, &bytes, sizeof bytes);
+}
+
+static inline i8 load_codes(const uint8_t *p) {
+  u8x8 bytes;
+  memcpy(&bytes, p, sizeof bytes);
+  return __builtin_convertvector(bytes, i8);
+}
+
 /* mask ? a : b, lane by lane (mask lanes are all ones or all zeros). */
 static inline f8 blend(i8 mask, f8 a, f8 b) { return (f8)(((i8)a & mask) | ((i8)b & ~mask)); }
 
-int dlcli_kernels_version(void) { return 3; }
+int dlcli_kernels_version(void) { return 4; }
 
 #define DLCLI_MAXPOOL(SUFFIX, T, LOAD, STORE)                                                   \
   void dlcli_maxpool2x2_forward_##SUFFIX(const T *x, T *out, uint8_t *code, int64_t n,         \
-                                         int64_t h, int64_t w, int64_t c, int relu) {           \
+                                         int64_t h, int64_t w, int64_t c, int relu,             \
+                                         int planar) {                                          \
     const int64_t oh = h / 2, ow = w / 2;                                                       \
     _Pragma("omp parallel for schedule(static)")                                                \
     for (int64_t row = 0; row < n * oh; row++) {                                                \
@@ -101,8 +118,14 @@ int dlcli_kernels_version(void) { return 3; }
           best = blend(later, v, best);                                                         \
           won = (won & ~later) | (later & 3);                                                   \
           if (relu) best = (f8)((i8)best & ~(best < 0.0f));                                     \
-          STORE(o + e, best);                                                                   \
-          for (int t = 0; t < 8; t++) k[e + t] = (uint8_t)won[t];                               \
+          if (planar) { /* NCHW: each channel's map apart */                                   \
+            T lanes[8], *p = out + ((b * c + ch) * oh + i) * ow + j;                            \
+            STORE(lanes, best);                                                                 \
+            for (int t = 0; t < 8; t++) p[t * oh * ow] = lanes[t];                              \
+          } else {                                                                              \
+            STORE(o + e, best);                                                                 \
+          }                                                                                     \
+          store_codes(k + e, won);                                                              \
         }                                                                                       \
       }                                                                                         \
     }                                                                                           \
@@ -110,7 +133,7 @@ int dlcli_kernels_version(void) { return 3; }
                                                                                                 \
   void dlcli_maxpool2x2_backward_##SUFFIX(const T *grad, const uint8_t *code, const T *out,    \
                                           T *grad_in, int64_t n, int64_t h, int64_t w,          \
-                                          int64_t c, int relu) {                                \
+                                          int64_t c, int relu, int planar) {                    \
     const int64_t oh = h / 2, ow = w / 2;                                                       \
     const f8 zero = {0};                                                                        \
     _Pragma("omp parallel for schedule(static)")                                                \
@@ -122,11 +145,21 @@ int dlcli_kernels_version(void) { return 3; }
       for (int64_t j = 0; j < ow; j++) {                                                        \
         for (int64_t ch = 0; ch < c; ch += 8) {                                                 \
           const int64_t at = 2 * j * c + ch, e = j * c + ch;                                    \
-          f8 v = LOAD(g + e);                                                                   \
-          if (relu) v = (f8)((i8)v & ~(LOAD(o + e) <= 0.0f));                                   \
+          f8 v, kept;                                                                           \
+          if (planar) { /* NCHW grad and out: each channel's map apart */                      \
+            const int64_t at0 = ((b * c + ch) * oh + i) * ow + j;                               \
+            T lanes[8];                                                                         \
+            for (int t = 0; t < 8; t++) lanes[t] = grad[at0 + t * oh * ow];                     \
+            v = LOAD(lanes);                                                                    \
+            for (int t = 0; t < 8; t++) lanes[t] = out[at0 + t * oh * ow];                      \
+            kept = LOAD(lanes);                                                                 \
+          } else {                                                                              \
+            v = LOAD(g + e);                                                                    \
+            kept = LOAD(o + e);                                                                 \
+          }                                                                                     \
+          if (relu) v = (f8)((i8)v & ~(kept <= 0.0f));                                          \
           v = zero + v;                                                                         \
-          i8 won;                                                                               \
-          for (int t = 0; t < 8; t++) won[t] = k[e + t];                                        \
+          const i8 won = load_codes(k + e);                                                     \
           STORE(top + at, (f8)((i8)v & (won == 0)));                                            \
           STORE(top + at + c, (f8)((i8)v & (won == 1)));                                        \
           STORE(bottom + at, (f8)((i8)v & (won == 2)));                                         \
@@ -151,7 +184,6 @@ DLCLI_MAXPOOL(bf16, bf16, load_bf16, store_bf16)
 
 typedef float f16 __attribute__((vector_size(64))); /* sixteen float32 lanes */
 typedef int32_t i16 __attribute__((vector_size(64)));
-typedef uint8_t u8x8 __attribute__((vector_size(8)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 #define LOADV(T, p) ({ T v_; memcpy(&v_, (p), sizeof v_); v_; })

@@ -153,7 +153,8 @@ class Layers(nn.Sequential):
       AMX Xeon and 0.91x on an AVX2 EPYC (2 cores each).
     * With :attr:`native_pooling` on (``training.native_kernels``; the Trainer sets it), a
       2x2 max-pooling that dlcli.native takes runs dlcli's compiled kernel, fused with that
-      moved ReLU: the same bits, in fewer passes over memory. A first layer that is a
+      moved ReLU: the same bits, in fewer passes over memory. Before a flatten it writes NCHW
+      memory, so the flatten copies nothing. A first layer that is a
       convolution (on the data, 1-4 channels) followed by such a pooling runs fused with it
       and its ReLU: its full-size map is never written (the same values up to float32
       rounding; see dlcli/native.py).
@@ -186,17 +187,23 @@ class Layers(nn.Sequential):
                 )
                 pool = layers[index + 1]
                 if index + 1 in native_pools and native.takes(before):
-                    x = native.max_pool2x2(before, relu=True)
+                    x = native.max_pool2x2(before, True, _flattens(layers, index + 2))
                 else:
                     x = relu(pool(before))
                 index += 2
             else:
                 if index in native_pools and native.takes(x):
-                    x = native.max_pool2x2(x, relu=False)
+                    x = native.max_pool2x2(x, False, _flattens(layers, index + 1))
                 else:
                     x = layer(x)
                 index += 1
         return x
+
+
+def _flattens(layers: list[Any], index: int) -> bool:
+    """Whether ``layers[index]`` is a :class:`Flatten` with nothing hooked: a pooling kernel
+    before it writes NCHW memory, which the flatten views instead of copying."""
+    return index < len(layers) and type(layers[index]) is Flatten and not has_hooks(layers[index])
 
 
 def native_pooling(model: nn.Module, on: bool) -> None:

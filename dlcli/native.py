@@ -66,7 +66,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("kernels.c")
-VERSION = 3  # dlcli_kernels_version() of the source this module calls
+VERSION = 4  # dlcli_kernels_version() of the source this module calls
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the kernels' dtypes
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 _COMPILE_SECONDS = 120  # a compiler that takes longer is treated as broken
@@ -135,32 +135,35 @@ def takes(x: torch.Tensor) -> bool:
     )
 
 
-def max_pool2x2(x: torch.Tensor, relu: bool) -> torch.Tensor:
+def max_pool2x2(x: torch.Tensor, relu: bool, planar: bool = False) -> torch.Tensor:
     """``relu(max_pool2d(x, 2))`` (``relu``) or ``max_pool2d(x, 2)``, with autograd, for an
-    ``x`` that :func:`takes`."""
-    out: torch.Tensor = _MaxPool2x2.apply(x, relu)
+    ``x`` that :func:`takes`; channels_last, or NCHW-contiguous with ``planar`` (for a flatten
+    after it: then a view, not a copy)."""
+    out: torch.Tensor = _MaxPool2x2.apply(x, relu, planar)
     return out
 
 
 class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, relu: bool, planar: bool) -> torch.Tensor:
         n, c, h, w = x.shape
         pooled = (n, c, h // 2, w // 2)
-        out = torch.empty(pooled, dtype=x.dtype, memory_format=torch.channels_last)
+        layout = torch.contiguous_format if planar else torch.channels_last
+        out = torch.empty(pooled, dtype=x.dtype, memory_format=layout)
         code = torch.empty(pooled, dtype=torch.uint8, memory_format=torch.channels_last)
         forward = getattr(_state["library"], f"dlcli_maxpool2x2_forward_{_SUFFIX[x.dtype]}")
-        forward(x.data_ptr(), out.data_ptr(), code.data_ptr(), n, h, w, c, int(relu))
+        forward(x.data_ptr(), out.data_ptr(), code.data_ptr(), n, h, w, c, int(relu), int(planar))
         # The ReLU's backward reads the output; without it only the winners are needed.
         ctx.save_for_backward(code, out) if relu else ctx.save_for_backward(code)
-        ctx.relu, ctx.input_shape, ctx.dtype = relu, x.shape, x.dtype
+        ctx.relu, ctx.planar, ctx.input_shape, ctx.dtype = relu, planar, x.shape, x.dtype
         return out
 
     @staticmethod
     @once_differentiable  # the kernel's backward is not itself recorded: no double backward
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         code, *out = ctx.saved_tensors
-        grad = grad.to(ctx.dtype).contiguous(memory_format=torch.channels_last)
+        layout = torch.contiguous_format if ctx.planar else torch.channels_last
+        grad = grad.to(ctx.dtype).contiguous(memory_format=layout)
         n, c, h, w = ctx.input_shape
         grad_in = torch.empty(ctx.input_shape, dtype=ctx.dtype, memory_format=torch.channels_last)
         backward = getattr(_state["library"], f"dlcli_maxpool2x2_backward_{_SUFFIX[ctx.dtype]}")
@@ -174,8 +177,9 @@ class _MaxPool2x2(torch.autograd.Function):
             w,
             c,
             int(ctx.relu),
+            int(ctx.planar),
         )
-        return grad_in, None
+        return grad_in, None, None
 
 
 # --- the first convolution fused with its ReLU and 2x2 max-pooling -------------------------
@@ -466,9 +470,10 @@ def _open(path: Path) -> ctypes.CDLL:
     pointer = ctypes.c_void_p
     for suffix in _SUFFIX.values():
         forward = getattr(library, f"dlcli_maxpool2x2_forward_{suffix}")
-        forward.argtypes, forward.restype = [pointer] * 3 + [size] * 4 + [ctypes.c_int], None
+        forward.argtypes, forward.restype = [pointer] * 3 + [size] * 4 + [ctypes.c_int] * 2, None
         backward = getattr(library, f"dlcli_maxpool2x2_backward_{suffix}")
-        backward.argtypes, backward.restype = [pointer] * 4 + [size] * 4 + [ctypes.c_int], None
+        backward.argtypes = [pointer] * 4 + [size] * 4 + [ctypes.c_int] * 2
+        backward.restype = None
     forward = library.dlcli_convpool_forward_f32
     forward.argtypes, forward.restype = [pointer] * 6 + [size] * 11 + [ctypes.c_int], None
     backward = library.dlcli_convpool_backward_f32
@@ -490,8 +495,8 @@ def _self_test(library: ctypes.CDLL) -> None:
             pooled = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
             grad = torch.randn(pooled, generator=generator)
             grad.view(-1)[::5] = -0.0
-            for dtype, relu in itertools.product(_SUFFIX, (False, True)):
-                if not _agrees(x.to(dtype), grad.to(dtype), relu):
+            for dtype, relu, planar in itertools.product(_SUFFIX, (False, True), (False, True)):
+                if not _agrees(x.to(dtype), grad.to(dtype), relu, planar):
                     raise _Unavailable("the compiled kernel failed its self-test against torch")
         # each specialised shape of the fused convolution and the general one, at both vector
         # widths: on integers its sums are exact, so its results are torch's bits
@@ -508,14 +513,14 @@ def _self_test(library: ctypes.CDLL) -> None:
         del _state["library"]
 
 
-def _agrees(x: torch.Tensor, grad: torch.Tensor, relu: bool) -> bool:
+def _agrees(x: torch.Tensor, grad: torch.Tensor, relu: bool, planar: bool) -> bool:
     x = x.contiguous(memory_format=torch.channels_last)
     grad = grad.contiguous(memory_format=torch.channels_last)
     results = []
     for ours in (False, True):
         leaf = x.detach().clone(memory_format=torch.channels_last).requires_grad_()
         if ours:
-            out = max_pool2x2(leaf, relu)
+            out = max_pool2x2(leaf, relu, planar)
         else:
             out = nn.functional.max_pool2d(leaf, 2)
             out = torch.relu(out) if relu else out

@@ -44,11 +44,16 @@ def _maps(shape: tuple[int, ...], kind: str, seed: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _run(x: torch.Tensor, grad: torch.Tensor, relu: bool, ours: bool) -> list[torch.Tensor]:
+def _run(
+    x: torch.Tensor, grad: torch.Tensor, relu: bool, ours: bool, planar: bool = False
+) -> list[torch.Tensor]:
     leaf = x.detach().clone(memory_format=torch.channels_last).requires_grad_()
     if ours:
         assert native.takes(leaf)
-        out = native.max_pool2x2(leaf, relu)
+        out = native.max_pool2x2(leaf, relu, planar)
+        assert (
+            out.is_contiguous() if planar else out.is_contiguous(memory_format=torch.channels_last)
+        )
     else:
         out = nn.functional.max_pool2d(leaf, 2)
         out = torch.relu(out) if relu else out
@@ -71,21 +76,22 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["random", "ties", "special"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("planar", [False, True])  # NCHW out, for a flatten after it
 def test_the_same_bits_as_torch(
-    shape: tuple[int, ...], kind: str, relu: bool, dtype: torch.dtype
+    shape: tuple[int, ...], kind: str, relu: bool, dtype: torch.dtype, planar: bool
 ) -> None:
     for seed in range(3):
         x = _maps(shape, kind, seed).to(dtype)
         pooled = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
         grad = torch.randn(pooled, generator=torch.Generator().manual_seed(seed + 10))
         grad.view(-1)[::4] = -0.0  # a signed zero reaching a winner: torch's 0.0 + g is +0.0
-        grad = grad.to(dtype).contiguous(memory_format=torch.channels_last)
-        ours, theirs = _run(x, grad, relu, True), _run(x, grad, relu, False)
+        layout = torch.contiguous_format if planar else torch.channels_last
+        grad = grad.to(dtype).contiguous(memory_format=layout)
+        ours, theirs = _run(x, grad, relu, True, planar), _run(x, grad, relu, False)
         for a, b in zip(ours, theirs, strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype == dtype
-            assert a.is_contiguous(memory_format=torch.channels_last)
-            assert b.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(_bits(a), _bits(b))
+        assert ours[1].is_contiguous(memory_format=torch.channels_last)  # the input's gradient
 
 
 def test_a_gradient_in_another_layout_is_taken() -> None:
@@ -161,14 +167,16 @@ def _step(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [out.detach()] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Record each call of the kernel (its relu flag)."""
+def _counting(monkeypatch: pytest.MonkeyPatch, planar: list[bool] | None = None) -> list[bool]:
+    """Record each call of the kernel: its relu flag (and its planar flag in ``planar``)."""
     calls: list[bool] = []
     kernel = native.max_pool2x2
 
-    def counted(x: torch.Tensor, relu: bool) -> torch.Tensor:
+    def counted(x: torch.Tensor, relu: bool, flat: bool = False) -> torch.Tensor:
         calls.append(relu)
-        return kernel(x, relu)
+        if planar is not None:
+            planar.append(flat)
+        return kernel(x, relu, flat)
 
     monkeypatch.setattr(native, "max_pool2x2", counted)
     return calls
@@ -251,7 +259,7 @@ def test_why_not() -> None:
 
 def test_a_failed_self_test_means_torchs_pooling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "_state", {})
-    monkeypatch.setattr(native, "_agrees", lambda x, grad, relu: False)
+    monkeypatch.setattr(native, "_agrees", lambda x, grad, relu, planar: False)
     assert native.unavailable() == "the compiled kernel failed its self-test against torch"
     assert not native.takes(_maps((2, 8, 4, 4), "random", 0))
 
@@ -383,9 +391,11 @@ def _train(
 def test_a_run_trains_to_the_same_weights_with_the_kernel_or_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _counting(monkeypatch)
+    planar: list[bool] = []
+    calls = _counting(monkeypatch, planar)
     said, fast, metrics = _train(tmp_path, "native")
     assert calls and all(calls)  # the kernel ran, with the conv's ReLU
+    assert all(planar)  # and wrote NCHW memory for the flatten after it
     assert "native_kernels" not in said and metrics["max_pooling"] == "dlcli"
     assert "conv_pooling" not in metrics  # the first convolution is not followed by pooling
     del calls[:]

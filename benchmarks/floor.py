@@ -239,6 +239,45 @@ def whole_step(trainer: Trainer, train: Split, batch: int) -> tuple[Callable[[],
     return epoch, compile_seconds
 
 
+# --- what the kernels cost before the first step -------------------------------------------
+
+_KERNEL_PROBE = (
+    "import time, torch\n"
+    "from dlcli import native\n"
+    "start = time.perf_counter()\n"
+    "why = native.unavailable()\n"
+    "print(time.perf_counter() - start, why or 'ok')\n"
+)
+
+
+def kernel_costs() -> str:
+    """The one-time cost of ``training.native_kernels`` before a run's first step, in fresh
+    processes with an empty cache: the build and self-test (once per machine and compiler),
+    then the load and self-test from the cache (every later run)."""
+    import subprocess
+    import tempfile
+
+    seconds = []
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in range(2):
+            done = subprocess.run(
+                [sys.executable, "-c", _KERNEL_PROBE],
+                env={**os.environ, "DLCLI_CACHE_DIR": cache},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            took, why = done.stdout.split(maxsplit=1)
+            if why.strip() != "ok":
+                return f"the kernels cannot run here: {why.strip()}"
+            seconds.append(float(took))
+    return (
+        f"{seconds[0]:.2f} s to build and self-test the kernels on a machine's first run (the "
+        f"C compile, once per machine and compiler), {seconds[1]:.2f} s to load and "
+        "self-test them from the cache on every later run"
+    )
+
+
 # --- one round --------------------------------------------------------------------------------
 
 
@@ -389,6 +428,8 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
                 f"\n{model.name}: `--whole-step` compile (its first call, not in the table): "
                 f"{model.compile_seconds:.1f} s"
             )
+    if args.kernel_costs:
+        lines.append(f"\n`training.native_kernels`, before the first step: {args.kernel_costs}.")
     lines += ["", "What the floor holds, per step:", ""]
     for model, _ in results:
         lines += [f"- {model.name}: {layer}" for layer in model.layers]
@@ -429,6 +470,7 @@ def main() -> None:
     for name in args.models:
         model = prepare(name, variants, whole=args.whole_step)
         results.append((model, measure(model, args.rounds)))
+    args.kernel_costs = kernel_costs()
     text = section(args, results)
     print(text)
     if not args.no_write:

@@ -66,7 +66,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("kernels.c")
-VERSION = 4  # dlcli_kernels_version() of the source this module calls
+VERSION = 5  # dlcli_kernels_version() of the source this module calls
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the kernels' dtypes
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 _COMPILE_SECONDS = 120  # a compiler that takes longer is treated as broken

@@ -20,12 +20,13 @@ ratio would then compare a bf16 step with a float32 floor); ``--variant bf16:pre
 adds the config's own precision as a contender.
 Everything else a step does (bias and activation kernels, pooling, the loss, the optimizer,
 metrics, Python) is what the floor does not count.
-Where the model starts with a convolution that dlcli's fused kernel runs with its ReLU and
+Where the model has convolutions that dlcli's fused kernel runs with their ReLU and
 pooling (``training.native_kernels``, dlcli/native.py), **floor_fused** is the same floor
-with that kernel (forward, weight and bias gradients) in place of torch's first
-convolution. dlcli computes that layer faster than torch's convolution alone, so the plain
-floor no longer bounds it there; dlcli over floor_fused is reported too (a stricter floor:
-it includes that layer's pooling).
+with that kernel (forward and backward) in place of torch's convolutions there. dlcli
+computes those layers faster than torch's convolutions alone (the first on one input
+channel, where oneDNN is slow; the backward only at the pooling's winners), so the plain
+floor no longer bounds them; dlcli over floor_fused is reported too (a stricter floor: it
+includes those layers' pooling).
 
 **dlcli** is ``Trainer.fit`` for one epoch of the same split (no validation), with the
 shipped config. The two run in alternating order, round after round; each round's ratio of
@@ -65,7 +66,7 @@ from dlcli.accel import to_float
 from dlcli.config import load_config
 from dlcli.data.dataset import Split
 from dlcli.engine import Trainer
-from dlcli.model import FusedConv, build_model, fused_first_layer
+from dlcli.model import FusedConv, build_model, fused_layers
 from dlcli.pipeline import load_data, split_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +145,11 @@ def conv_ops(layer: nn.Conv2d, x: torch.Tensor, input_grad: bool) -> list[Op]:
     ]
 
 
-def fused_ops(fused: FusedConv, x: torch.Tensor) -> list[Op]:
-    """dlcli's fused first convolution (dlcli/native.py): its forward (the convolution, bias,
-    ReLU and 2x2 max-pooling) and its backward (the weight and bias gradients), through the
-    one autograd node it makes."""
+def fused_ops(fused: FusedConv, x: torch.Tensor, input_grad: bool) -> list[Op]:
+    """dlcli's fused convolution (dlcli/native.py): its forward (the convolution, bias, ReLU
+    and 2x2 max-pooling) and its backward (the weight and bias gradients, and the input's
+    where the step needs it), through the one autograd node it makes."""
+    x = x.detach().requires_grad_(input_grad)
     with torch.no_grad():
         grad_out = torch.randn_like(native.conv_max_pool2x2(x, fused.conv, fused.padding, False))
 
@@ -161,16 +163,21 @@ def fused_ops(fused: FusedConv, x: torch.Tensor) -> list[Op]:
 
 def floor_ops(trainer: Trainer, train: Split, fused: bool = False) -> tuple[list[Op], list[str]]:
     """The ops of one step's floor, and a line per layer saying what they are; with
-    ``fused``, the first convolution is dlcli's fused kernel where the model has one."""
+    ``fused``, each convolution that dlcli's fused kernel runs with its pooling is that
+    kernel."""
     ops: list[Op] = []
     described = []
-    first = fused_first_layer(trainer.model) if fused and not native.unavailable() else None
+    kernels = fused_layers(trainer.model) if fused and not native.unavailable() else {}
+    convs = {id(kernel.conv): kernel for kernel in kernels.values()}
     for layer, x, input_grad in recorded_layers(trainer, train):
-        if first is not None and layer is first.conv:
-            ops += fused_ops(first, x)
+        if id(layer) in convs:
+            ops += fused_ops(convs[id(layer)], x, input_grad)
+            grads = (
+                "weight, bias and input gradients" if input_grad else "weight and bias gradients"
+            )
             described.append(
-                "(floor_fused: dlcli's fused kernel for the first layer, with its "
-                "ReLU and pooling: forward, weight and bias gradients)"
+                f"(floor_fused: dlcli's fused kernel for conv2d {tuple(x.shape)} * "
+                f"{tuple(layer.weight.shape)}, with its ReLU and pooling: forward, {grads})"
             )
             continue
         if isinstance(layer, nn.Linear):
@@ -418,8 +425,8 @@ def section(args: argparse.Namespace, results: list[tuple[Model, dict[str, list[
             ratios = [a / b for a, b in zip(seconds["dlcli"], seconds["floor_fused"], strict=True)]
             lines.append(
                 f"\n{model.name}: dlcli over **floor_fused** (the floor with dlcli's fused "
-                "first layer in place of torch's convolution: a stricter floor, since dlcli "
-                f"computes that layer faster than torch), median of rounds: "
+                "layers in place of torch's convolutions: a stricter floor, since dlcli "
+                f"computes those layers faster than torch), median of rounds: "
                 f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}x)"
             )
     for model, _ in results:

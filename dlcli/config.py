@@ -405,7 +405,7 @@ class TrainingConfig:
     )
     native_kernels: bool = doc(
         "dlcli's compiled CPU kernels while training: 2x2 max-pooling (the same results as "
-        "torch's), and a first convolution fused with it (torch's values up to float32 "
+        "torch's), and convolutions fused with it (torch's values up to float32 or bf16 "
         "rounding); built once with the system's C compiler; torch's run where they cannot, "
         "with a note",
         True,

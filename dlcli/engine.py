@@ -108,10 +108,12 @@ class Trainer:
             precision=self.precision.name,
         )
         native_pooling(self.model, self.native_pooling)
-        # ... and its first convolution fused with that pooling (float32 only: bf16 autocast
-        # runs torch's convolution, then dlcli's pooling)
+        # ... and its convolutions fused with such a pooling (float32, or as bf16 autocast
+        # computes it)
         self.native_conv = (
-            self.native_pooling and self.precision.name == "fp32" and has_fused_conv(self.model)
+            self.native_pooling
+            and self.precision.name in ("fp32", "bf16")
+            and has_fused_conv(self.model)
         )
         self.augment = augment
         self.after_update = list(after_update)

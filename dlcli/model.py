@@ -154,9 +154,10 @@ class Layers(nn.Sequential):
     * With :attr:`native_pooling` on (``training.native_kernels``; the Trainer sets it), a
       2x2 max-pooling that dlcli.native takes runs dlcli's compiled kernel, fused with that
       moved ReLU: the same bits, in fewer passes over memory. Before a flatten it writes NCHW
-      memory, so the flatten copies nothing. A first layer that is a
-      convolution (on the data, 1-4 channels) followed by such a pooling runs fused with it
-      and its ReLU: its full-size map is never written (the same values up to float32
+      memory, so the flatten copies nothing. A convolution followed by such a pooling (the
+      first layer on the data, 1-4 channels; a later one on a feature map whose channels are
+      a multiple of 8) runs fused with it and its ReLU: its full-size map is never written,
+      and its backward runs at the pooling's winners only (the same values up to float32
       rounding; see dlcli/native.py).
 
     Where anything could see the difference (a hook on either layer or a global module hook),
@@ -174,14 +175,15 @@ class Layers(nn.Sequential):
         if not pool_first and not native_pools:
             out = super().forward(x)
             return out
-        fused = _conv_pool(layers, native_pools)
+        fused = _conv_pools(layers, native_pools)
         index = 0
-        if fused is not None and native.takes_image(x, fused.conv, fused.padding):
-            x = native.conv_max_pool2x2(x, fused.conv, fused.padding, fused.relu)
-            index = 2
         while index < len(layers):
             layer = layers[index]
-            if index in pool_first:
+            conv = fused.get(index)
+            if conv is not None and native.takes_image(x, conv.conv, conv.padding):
+                x = native.conv_max_pool2x2(x, conv.conv, conv.padding, conv.relu)
+                index += 2
+            elif index in pool_first:
                 relu, before = (
                     (layer, x) if type(layer) is nn.ReLU else (layer.activation, layer.layer(x))
                 )
@@ -241,29 +243,32 @@ class FusedConv:
     relu: bool
 
 
-def _conv_pool(layers: list[Any], native_pools: frozenset[int]) -> FusedConv | None:
-    """The first layer, when dlcli's fused kernel may run it together with the native
-    max-pooling after it: a convolution it :func:`native.convolves`, linear or with its ReLU,
-    nothing hooked. Only a first layer: the kernel computes no gradient for its input, which
-    must be the data (:func:`native.takes_image` checks that too)."""
-    if 1 not in native_pools or any(has_hooks(m) for m in layers[0].modules()):
-        return None
-    return _fused_conv(layers[0])
+def _conv_pools(layers: list[Any], native_pools: frozenset[int]) -> dict[int, FusedConv]:
+    """The layers dlcli's fused kernel may run together with the native max-pooling after
+    them, by index: convolutions it :func:`native.convolves`, linear or with their ReLU,
+    nothing hooked (:func:`native.takes_image` then checks what comes in)."""
+    found = {}
+    for index in range(len(layers) - 1):
+        if index + 1 in native_pools and not any(has_hooks(m) for m in layers[index].modules()):
+            fused = _fused_conv(layers[index])
+            if fused is not None:
+                found[index] = fused
+    return found
 
 
-def fused_first_layer(model: nn.Module) -> FusedConv | None:
-    """The convolution ``model`` starts with when dlcli's fused kernel could run it with the
-    2x2 max-pooling after it (see :class:`Layers`)."""
+def fused_layers(model: nn.Module) -> dict[int, FusedConv]:
+    """The convolutions of ``model`` (by index in its layers) that dlcli's fused kernel could
+    run with the 2x2 max-pooling after each (see :class:`Layers`)."""
     if not isinstance(model, Layers):
-        return None
+        return {}
     layers = list(model._modules.values())
     pools = frozenset(index for index, layer in enumerate(layers) if native.pools(layer))
-    return _conv_pool(layers, pools)
+    return _conv_pools(layers, pools)
 
 
 def has_fused_conv(model: nn.Module) -> bool:
-    """Whether ``model`` starts with a convolution that dlcli's fused kernel could run."""
-    return fused_first_layer(model) is not None
+    """Whether ``model`` has a convolution that dlcli's fused kernel could run."""
+    return bool(fused_layers(model))
 
 
 def _fused_conv(layer: Any) -> FusedConv | None:

@@ -461,8 +461,8 @@ def _precision(prepared: Prepared, trainer: Trainer) -> dict[str, str]:
 
 def _max_pooling(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     """Whose 2x2 max-pooling the training steps ran, for a model that has one: ``dlcli``
-    (``training.native_kernels``, dlcli/native.py) or ``torch``; and whose first convolution
-    with that pooling, for a model that starts with one the fused kernel could run."""
+    (``training.native_kernels``, dlcli/native.py) or ``torch``; and whose convolutions with
+    such a pooling, for a model with one the fused kernel could run."""
     module = prepared.model.module
     found = {}
     if has_native_pool(module):

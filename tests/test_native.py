@@ -136,11 +136,16 @@ def test_what_it_takes() -> None:
         assert not native.pools(other), other
 
 
+@pytest.fixture
+def pooling_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No convolution fused with its pooling (test_native_conv.py tests those): the pooling
+    kernel alone, the same bits as torch's."""
+    monkeypatch.setattr(native, "convolves", lambda conv: False)
+
+
 def _cnn(batch_norm: bool, channels: int = 5) -> Any:
     """A CNN with both uses: a conv whose ReLU moves after the pooling (fused in the
-    kernel), and a pooling of its own before batch norm and a ReLU layer (the speedruns).
-    On 5 input channels its first convolution is not the fused kernel's (that takes 1-4):
-    the pooling kernel alone, the same bits as torch."""
+    kernel), and a pooling of its own before batch norm and a ReLU layer (the speedruns)."""
     layers: list[dict[str, Any]] = [
         {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
         {"type": "max_pool2d", "pool_size": 2},
@@ -182,6 +187,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, planar: list[bool] | None = None)
     return calls
 
 
+@pytest.mark.usefixtures("pooling_alone")
 @pytest.mark.parametrize("batch_norm", [False, True])
 @pytest.mark.parametrize("data", ["random", "blank"])
 def test_a_model_trains_to_the_same_bits(
@@ -200,6 +206,7 @@ def test_a_model_trains_to_the_same_bits(
     assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
 
 
+@pytest.mark.usefixtures("pooling_alone")
 def test_under_bf16_autocast_too(monkeypatch: pytest.MonkeyPatch) -> None:
     module = _cnn(True)
     module.train()
@@ -214,6 +221,7 @@ def test_under_bf16_autocast_too(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
 
 
+@pytest.mark.usefixtures("pooling_alone")
 def test_not_in_evaluation_without_gradients_or_when_hooked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -371,7 +379,7 @@ _POOLED = [
     {"type": "flatten"},
     {"type": "dense", "units": 4},
 ]
-# The pooling after a second convolution: the pooling kernel alone (not the fused one).
+# The pooling after a second convolution (on 8 channels: the fused kernel for feature maps).
 _POOLED_LATER = [_CONV, *_POOLED]
 
 
@@ -388,6 +396,7 @@ def _train(
     return result.output, (run_dir / "model.safetensors").read_bytes(), metrics
 
 
+@pytest.mark.usefixtures("pooling_alone")
 def test_a_run_trains_to_the_same_weights_with_the_kernel_or_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -404,12 +413,15 @@ def test_a_run_trains_to_the_same_weights_with_the_kernel_or_without(
     assert fast == plain
 
 
-def test_a_run_with_the_fused_convolution_trains_as_with_torchs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layers", [_POOLED, _POOLED_LATER], ids=["first", "later"])
+def test_a_run_with_the_fused_convolution_trains_as_with_torchs(
+    tmp_path: Path, layers: list[dict[str, Any]]
+) -> None:
     """Not the same bits (the convolution's sums run in another order), the same training."""
-    said, fast, fused = _train(tmp_path, "native", _POOLED)
+    said, fast, fused = _train(tmp_path, "native", layers)
     assert "native_kernels" not in said
     assert fused["conv_pooling"] == fused["max_pooling"] == "dlcli"
-    said, plain, metrics = _train(tmp_path, "torch", _POOLED, native_kernels=False)
+    said, plain, metrics = _train(tmp_path, "torch", layers, native_kernels=False)
     assert metrics["conv_pooling"] == metrics["max_pooling"] == "torch"
     assert fast != plain
     for split in ("train", "validation", "test"):
@@ -423,9 +435,19 @@ def test_a_run_with_the_fused_convolution_trains_as_with_torchs(tmp_path: Path) 
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-3, atol=1e-4)
 
 
-def test_bf16_runs_torchs_convolution_then_dlcli_pooling(tmp_path: Path) -> None:
-    _, _, metrics = _train(tmp_path, "bf16", _POOLED, precision="bf16")
-    assert metrics["conv_pooling"] == "torch" and metrics["max_pooling"] == "dlcli"
+def test_a_bf16_run_with_the_fused_convolution_trains_as_with_torchs(tmp_path: Path) -> None:
+    """Under bf16 autocast the kernel computes what autocast's convolution computes (its
+    gradients are float32 sums, where autocast's are rounded to bf16): the same training."""
+    said, fast, fused = _train(tmp_path, "native", _POOLED, precision="bf16")
+    assert "native_kernels" not in said
+    assert fused["conv_pooling"] == fused["max_pooling"] == "dlcli"
+    assert fused["precision"] == "bf16"
+    _, plain, metrics = _train(tmp_path, "torch", _POOLED, precision="bf16", native_kernels=False)
+    assert metrics["conv_pooling"] == metrics["max_pooling"] == "torch"
+    assert fast != plain
+    for split in ("train", "validation", "test"):
+        for name, value in metrics[split].items():
+            assert fused[split][name] == pytest.approx(value, rel=3e-2, abs=1e-2), (split, name)
 
 
 def test_train_says_why_torchs_pooling_runs(
@@ -447,11 +469,23 @@ def test_a_model_without_such_pooling_records_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stop_at", [11, 8])  # inside epoch 2; after epoch 1's last step
-@pytest.mark.parametrize("fused", [False, True])  # the first convolution with its pooling
-def test_a_resumed_run_is_the_same_bytes(tmp_path: Path, stop_at: int, fused: bool) -> None:
-    layers = _POOLED if fused else _POOLED_LATER
-    reference, resumed = resumed_run_metrics(tmp_path, stop_at, layers=layers)
+@pytest.mark.parametrize(  # the pooling kernel alone; the first or a later convolution
+    "kernel, precision",  # fused with its pooling, in float32 or bf16
+    [
+        ("pooling", "fp32"),
+        ("first", "fp32"),
+        ("later", "fp32"),
+        ("first", "bf16"),
+        ("later", "bf16"),
+    ],
+)
+def test_a_resumed_run_is_the_same_bytes(
+    tmp_path: Path, stop_at: int, kernel: str, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kernel == "pooling":
+        monkeypatch.setattr(native, "convolves", lambda conv: False)
+    layers = _POOLED if kernel == "first" else _POOLED_LATER
+    reference, resumed = resumed_run_metrics(tmp_path, stop_at, layers=layers, precision=precision)
     assert reference["max_pooling"] == resumed["max_pooling"] == "dlcli"
-    assert (
-        reference.get("conv_pooling") == resumed.get("conv_pooling") == ("dlcli" if fused else None)
-    )
+    fused = None if kernel == "pooling" else "dlcli"
+    assert reference.get("conv_pooling") == resumed.get("conv_pooling") == fused

@@ -177,7 +177,8 @@ def floor_ops(trainer: Trainer, train: Split, fused: bool = False) -> tuple[list
             )
             described.append(
                 f"(floor_fused: dlcli's fused kernel for conv2d {tuple(x.shape)} * "
-                f"{tuple(layer.weight.shape)}, with its ReLU, if any, and pooling: forward, {grads})"
+                f"{tuple(layer.weight.shape)}, with its ReLU, if any, and pooling: "
+                f"forward, {grads})"
             )
             continue
         if isinstance(layer, nn.Linear):

@@ -305,6 +305,7 @@ class _ConvMaxPool2x2(torch.autograd.Function):
         out = torch.empty((n, f, oh, ow), dtype=dtype, memory_format=torch.channels_last)
         code = torch.empty((n, f, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
         biases = None if bias is None else values(bias.detach()).contiguous()
+        dims = (n, h, w, ci, f, kh, kw, top, left, oh, ow)  # as the kernels take them
         _state["library"].dlcli_convpool_forward(
             pixels.data_ptr(),
             padded.data_ptr(),
@@ -312,17 +313,7 @@ class _ConvMaxPool2x2(torch.autograd.Function):
             None if biases is None else biases.data_ptr(),
             out.data_ptr(),
             code.data_ptr(),
-            n,
-            h,
-            w,
-            ci,
-            f,
-            kh,
-            kw,
-            top,
-            left,
-            oh,
-            ow,
+            *dims,
             int(relu),
             int(half),
         )
@@ -332,7 +323,7 @@ class _ConvMaxPool2x2(torch.autograd.Function):
         weights = None if on_images else values(weight.detach().permute(0, 2, 3, 1)).contiguous()
         ctx.save_for_backward(padded, out, code, weights)
         ctx.relu, ctx.weight_shape, ctx.on_images = relu, weight.shape, on_images
-        ctx.input_shape, ctx.input_dtype, ctx.geometry = x.shape, x.dtype, geometry
+        ctx.input_shape, ctx.input_dtype, ctx.dims = x.shape, x.dtype, dims
         return out
 
     @staticmethod
@@ -376,8 +367,6 @@ class _ConvMaxPool2x2(torch.autograd.Function):
             winners = torch.empty(out.numel())
             if wants_input:
                 input_grad = torch.empty(ctx.input_shape, memory_format=torch.channels_last)
-            _, h, w = ctx.input_shape[1:]
-            top, left, _, _ = ctx.geometry
             _state["library"].dlcli_convpool_backward_input(
                 padded.data_ptr(),
                 grad.data_ptr(),
@@ -391,17 +380,7 @@ class _ConvMaxPool2x2(torch.autograd.Function):
                 weight_grad.data_ptr(),
                 bias_grad.data_ptr(),
                 None if input_grad is None else input_grad.data_ptr(),
-                n,
-                h,
-                w,
-                ci,
-                f,
-                kh,
-                kw,
-                top,
-                left,
-                oh,
-                ow,
+                *ctx.dims,
                 int(ctx.relu),
             )
             if input_grad is not None:

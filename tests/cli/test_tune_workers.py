@@ -80,18 +80,23 @@ def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, s
 
 def check_killed_worker_study(tiny_config: Path, tmp_path: Path, storage: str) -> None:
     """Two processes share a study; one is SIGKILLed mid-trial. The study still ends with N
-    counted trials, exactly one failed, and its retry (same parameters) completed."""
+    counted trials, exactly one failed, and its retry (same parameters) completed.
+
+    The second worker starts once the first is inside a trial and has been killed there: had
+    both started together, a busy machine could let one of them run every trial before the
+    other began one (seen in CI), and there would be no moment with both mid-trial."""
     trials = 4
     # Trials of several seconds: the kill must land inside one, not between two.
     config = tune_config(tiny_config, trials=trials, epochs=150)
     args = ("--storage", storage, "--study", "shared", "--heartbeat", "1", "--quiet")
     first = start(config, tmp_path / "a", *args)
-    second = start(config, tmp_path / "b", *args, "--json")
     try:
-        wait_for("both workers' trials", lambda: running(storage, "shared") >= 2)
+        wait_for("the first worker's trial", lambda: running(storage, "shared") >= 1)
     finally:
         first.send_signal(signal.SIGKILL)  # mid-trial: no checkpoint hook, no goodbye
     first.wait(timeout=30)
+    assert running(storage, "shared") == 1  # left RUNNING: only its heartbeat stops
+    second = start(config, tmp_path / "b", *args, "--json")
     code, stdout, stderr = finish(second)
     assert code == 0, stderr
     everything = study_trials(storage, "shared")

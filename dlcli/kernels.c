@@ -223,7 +223,8 @@ static void pad_image(const float *x, float *p, int64_t h, int64_t w, int64_t ci
  * the callers below specialise them (3x3 and 5x5 on grey images, 3x3 on colour, with filters a
  * multiple of 16): the compiler then unrolls the kernel loops and keeps the sums in registers.
  * Other shapes, and filters a multiple of 8 only, take the general loops: each specialisation
- * adds compile time (the whole file: ~1.0 s with these, 1.6 s with the 8-wide ones too). */
+ * adds compile time (this part: ~1.0 s with these, 1.6 s with the 8-wide ones too; the whole
+ * file ~1.5 s). */
 #define DLCLI_CONVPOOL_IMAGE(L, VT, IT, UT, WT, HT)                                            \
   static inline __attribute__((always_inline)) void convpool_forward_image_##L(              \
       const float *p, const float *wt, const float *bias, void *out, uint8_t *code,            \
@@ -410,7 +411,7 @@ void dlcli_convpool_backward(const float *padded, const void *grad, const void *
  * the weight, bias and input gradients, a quarter of the work of a full convolution backward;
  * with the ReLU, outputs <= 0 have none either (skipped, like the pooling's losers: where an
  * input is infinite or NaN, torch's 0 * x would make a NaN that this leaves out).
- * Vectorised over input channels (8 at a time), one image per thread:
+ * Vectorised over input channels (16 at a time, or 8), one image per thread:
  *   dw[f][r][q][c] += g * x[y + r][x + q][c] and dx[y + r][x + q][c] += g * w[f][r][q][c]
  * for each pooled output (its winner at y, x) and filter f, in a fixed order; the input's
  * gradient is accumulated in a padded scratch image, then its interior copied out. The weight

@@ -36,11 +36,11 @@ whose channels are a multiple of 8 (the reference CNN's second layer: 16 in, 32 
 backward then computes the input's gradient too, and all three gradients only from each
 pooling window's winner (and, with the ReLU, only where the output is positive): torch's
 convolution backward computes them from the full-size gradient, three quarters of it zeros.
-On the reference CNN's second layer that is ~1.5 ms against torch's ~3.3 ms for the
+On the reference CNN's second layer that is 0.9-1.2 ms against torch's ~2.4 ms for the
 convolution's and the pooling's backward (2 cores, AVX-512 EPYC).
 
 How: the source is compiled once per machine and compiler with the system's C compiler
-(``$CC``, else ``cc``, ``gcc`` or ``clang``; about 1 s), ``-O3 -march=native``, into
+(``$CC``, else ``cc``, ``gcc`` or ``clang``; about 1.5 s), ``-O3 -march=native``, into
 dlcli's cache (``kernels/`` under dlcli.data.cache.cache_dir). It uses no torch headers and
 is called through ctypes. The library's name is a hash of everything it depends on: the
 source, the compiler and its version, the flags, and the CPU. A new copy is written to a
@@ -214,16 +214,13 @@ def convolves(conv: nn.Module) -> bool:
         and not isinstance(conv.padding, str)
         and conv.out_channels % 8 == 0
         and conv.weight.dtype == torch.float32
-        and (_on_images(conv) or conv.in_channels % 8 == 0)
+        and (_on_images(conv.in_channels, _pair(conv.kernel_size)[1]) or conv.in_channels % 8 == 0)
     )
 
 
-def _on_images(conv: nn.Conv2d) -> bool:
-    """Whether the image kernel (few input channels, no input gradient) takes ``conv``."""
-    return _on_images_shape(conv.in_channels, _pair(conv.kernel_size)[1])
-
-
-def _on_images_shape(channels: int, width: int) -> bool:
+def _on_images(channels: int, width: int) -> bool:
+    """Whether the image kernel (few input channels, no input gradient) takes a convolution
+    with ``channels`` in and a kernel ``width`` wide."""
     return 1 <= channels <= MAX_IN_CHANNELS and width * channels <= 64
 
 
@@ -319,7 +316,7 @@ class _ConvMaxPool2x2(torch.autograd.Function):
         )
         # The image kernel's backward (no input gradient) reads the padded images and the
         # weight gradient's order off the forward's; the feature-map one also the weights.
-        on_images = _on_images_shape(ci, kw) and not x.requires_grad
+        on_images = _on_images(ci, kw) and not x.requires_grad
         weights = None if on_images else values(weight.detach().permute(0, 2, 3, 1)).contiguous()
         ctx.save_for_backward(padded, out, code, weights)
         ctx.relu, ctx.weight_shape, ctx.on_images = relu, weight.shape, on_images

@@ -162,6 +162,68 @@ def test_workers_share_the_study_in_one_command(tiny_config: Path, tmp_path: Pat
     assert sorted(p.name for p in out.glob("trial-*")) == [f"trial-000{i}" for i in range(4)]
 
 
+# A process that claims trials as fast as it can from the given second on, and prints them.
+CLAIMER = """
+import json, sys, time, warnings
+warnings.simplefilter("ignore")
+from pathlib import Path
+from dlcli import tune
+handle = tune.open_existing(Path("."), sys.argv[1], "race")
+while time.time() < float(sys.argv[2]):
+    pass
+claimed = []
+while (taken := tune.claim(handle)) is not None:
+    claimed.append(taken[0].number)
+print(json.dumps(claimed))
+"""
+
+
+def check_racing_claims(storage: str, tmp_path: Path, processes: int = 4, trials: int = 40) -> None:
+    """Processes that claim queued trials at the same instant each get different ones, and
+    between them all of them."""
+    backend: Any = storage
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        backend = optuna.storages.JournalStorage(JournalFileBackend(storage[len("journal:") :]))
+    study = optuna.create_study(study_name="race", storage=backend)
+    for _ in range(trials):
+        study.enqueue_trial({})
+    start = str(time.time() + 8)  # every process has imported dlcli and opened the study
+    claimers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, storage, start],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    claimed: list[int] = []
+    for claimer in claimers:
+        stdout, stderr = claimer.communicate(timeout=240)
+        assert claimer.returncode == 0, stderr
+        claimed += json.loads(stdout)
+    assert sorted(claimed) == list(range(trials))  # no trial twice, none left behind
+
+
+def test_racing_processes_never_claim_one_trial_twice_sqlite(tmp_path: Path) -> None:
+    # SQLite ignores SELECT ... FOR UPDATE: without dlcli's claim lock, four processes took
+    # 65-75 claims of these 60 trials in every run.
+    check_racing_claims(f"sqlite:///{tmp_path / 'race.db'}", tmp_path, trials=60)
+
+
+def test_racing_processes_never_claim_one_trial_twice_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    check_racing_claims(postgres_url, tmp_path)
+
+
+def test_racing_processes_never_claim_one_trial_twice_journal(tmp_path: Path) -> None:
+    check_racing_claims(f"journal:{tmp_path / 'race.log'}", tmp_path)
+
+
 # --- a PostgreSQL server for the tests ---------------------------------------------------------
 
 

@@ -254,18 +254,19 @@ def top_up(handle: Study, trials: int) -> int:
 
     if not handle.created:
         _wait_for_setup(handle)
-    live = counted(handle)
-    active = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    idle = not any(t.state in active for t in live)
-    target = int(handle.study.user_attrs.get("dlcli.trials", 0))
-    if target >= trials and not idle:
-        return 0
-    missing = max(trials - len(live), 0)
-    for _ in range(missing):
-        handle.study.enqueue_trial({}, user_attrs={"dlcli.slot": True})
-    if target < trials:  # after the slots: a process joining now finds them queued
-        handle.study.set_user_attr("dlcli.trials", trials)
-    return missing
+    with _taking_turns(handle):  # two processes continuing an idle study: one of them queues
+        live = counted(handle)
+        active = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        idle = not any(t.state in active for t in live)
+        target = int(handle.study.user_attrs.get("dlcli.trials", 0))
+        if target >= trials and not idle:
+            return 0
+        missing = max(trials - len(live), 0)
+        for _ in range(missing):
+            handle.study.enqueue_trial({}, user_attrs={"dlcli.slot": True})
+        if target < trials:  # after the slots: a process joining now finds them queued
+            handle.study.set_user_attr("dlcli.trials", trials)
+        return missing
 
 
 SETUP_WAIT = 30.0  # seconds a joining process waits for the creator to queue the trials

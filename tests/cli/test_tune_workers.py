@@ -224,6 +224,47 @@ def test_racing_processes_never_claim_one_trial_twice_journal(tmp_path: Path) ->
     check_racing_claims(f"journal:{tmp_path / 'race.log'}", tmp_path)
 
 
+TOPPER = """
+import sys, time, warnings
+warnings.simplefilter("ignore")
+from pathlib import Path
+from dlcli import tune
+handle = tune.open_existing(Path("."), sys.argv[1], "race")
+while time.time() < float(sys.argv[2]):
+    pass
+print(tune.top_up(handle, 6))
+"""
+
+
+def test_processes_continuing_a_finished_study_together_queue_its_trials_once(
+    tmp_path: Path,
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="race", storage=storage)
+    study.set_user_attr("dlcli.trials", 2)
+    for value in (0.5, 0.7):  # the study as a finished run of 2 trials leaves it
+        study.tell(study.ask(), value)
+    start = str(time.time() + 8)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TOPPER, storage, start],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    queued = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr
+        queued.append(int(stdout))
+    assert sorted(queued) == [0, 0, 4]
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("WAITING") == 4 and len(states) == 6
+
+
 # --- a PostgreSQL server for the tests ---------------------------------------------------------
 
 

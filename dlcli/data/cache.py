@@ -5,7 +5,7 @@ An entry is one safetensors file (never a pickle) holding the ``uint8`` N×C×H�
 index of each kept file in the listing, and, as metadata, the conversion used and the files
 that could not be read. Its name is a hash of everything the pixels depend on: the source's
 absolute path, every file's path, size and modification time (nanoseconds), the conversion
-settings (input shape or "inferred", ``resize``, ``background``) and the cache format.
+settings (the input shape, or "inferred"; ``resize``, ``background``) and the cache format.
 Change any of them and the key changes: the old entry is not read again, and it is deleted
 when the new one for the same source and settings is written.
 
@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ from dlcli.data.decode import Decoded
 from dlcli.data.images import Conversion
 
 FORMAT = "dlcli-image-cache-1"
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """The settings of a conversion whose input shape is inferred from the files: the entry
+    depends on ``resize`` and ``background`` as much as on the shape."""
+
+    resize: str
+    background: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inferred": True, "resize": self.resize, "background": self.background}
+
+    def matches(self, stored: Conversion) -> bool:
+        return (stored.resize, stored.background) == (self.resize, self.background)
 
 
 def cache_dir(configured: str | None = None) -> Path:
@@ -50,7 +66,7 @@ def entry_path(
     root: Path,
     source: Path,
     paths: Sequence[str],
-    conversion: Conversion | None,
+    conversion: Conversion | Inferred,
     stats: npt.NDArray[np.int64] | None = None,
 ) -> Path:
     """The entry for these files and settings: ``images/<settings>-<files>.safetensors``.
@@ -58,7 +74,7 @@ def entry_path(
     settings = {
         "format": FORMAT,
         "source": os.path.abspath(source),
-        "conversion": conversion.to_dict() if conversion else "inferred",
+        "conversion": conversion.to_dict(),
     }
     prefix = _hash(json.dumps(settings, sort_keys=True).encode())[:16]
     files = _fingerprint(paths, stats if stats is not None else _file_stats(paths))
@@ -89,7 +105,7 @@ def _hash(data: bytes) -> str:
 
 
 def load(
-    entry: Path, count: int, conversion: Conversion | None
+    entry: Path, count: int, conversion: Conversion | Inferred
 ) -> tuple[Decoded, Conversion] | None:
     """The cached pixels of ``count`` listed files, or None (absent, unreadable, or not what the
     key promised: such an entry is simply decoded again and replaced)."""
@@ -102,7 +118,7 @@ def load(
         bad = [tuple(item) for item in json.loads(meta["bad"])]
     except Exception:  # a damaged entry is a cache miss, never an error
         return None
-    if meta.get("format") != FORMAT or (conversion is not None and stored != conversion):
+    if meta.get("format") != FORMAT or not conversion.matches(stored):
         return None
     ok = (
         images.dtype == np.uint8

@@ -98,6 +98,10 @@ class Conversion:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def matches(self, stored: Conversion) -> bool:
+        """Whether pixels converted as ``stored`` are what this conversion makes."""
+        return stored == self
+
 
 def pillow() -> None:
     """Check Pillow is installed; a :class:`UsageError` saying how to install it otherwise."""

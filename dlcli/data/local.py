@@ -233,8 +233,9 @@ def decode_cached(
     entry = None
     if spec.cache:
         root = cache.cache_dir(spec.cache_dir)
-        entry = cache.entry_path(root, files.source, files.paths, conversion, files.stats)
-        hit = cache.load(entry, len(files.paths), conversion)
+        settings = conversion or cache.Inferred(spec.resize, spec.background)
+        entry = cache.entry_path(root, files.source, files.paths, settings, files.stats)
+        hit = cache.load(entry, len(files.paths), settings)
         if hit is not None:
             return hit
     if conversion is None:

@@ -353,6 +353,29 @@ def test_the_cache_is_used_then_invalidated(
         load_local(LocalData(tmp_path / "t", input_shape=(8, 8, 3)))
 
 
+def test_an_inferred_shape_is_cached_per_background_and_resize(
+    tmp_path: Path, _cache_in_tmp: Path
+) -> None:
+    """With the input shape inferred, ``background`` and ``resize`` change the pixels as much
+    as with it given: each setting has its own entry (the first one once served them all)."""
+    for tree, colour in (("clear", (0, 0, 0, 0)), ("white", (255, 255, 255, 255))):
+        for name in CLASSES[:2]:
+            (tmp_path / tree / name).mkdir(parents=True)
+            for i in range(3):  # two sizes: where the shape is inferred, one is resized
+                size = (8, 8) if i else (8, 12)
+                Image.new("RGBA", size, colour).save(tmp_path / tree / name / f"{i}.png")
+
+    def pixels(tree: str, **settings: Any) -> Any:
+        return load_local(LocalData(tmp_path / tree, **settings)).train.images
+
+    black, white = pixels("clear", background=0), pixels("clear", background=255)
+    assert int(black.max()) == 0 and int(white.min()) == 255
+    assert bool((pixels("clear", background=0) == black).all())  # its own entry again
+    stretched, padded = pixels("white", resize="stretch"), pixels("white", resize="pad")
+    assert int(stretched.min()) == 255 and int(padded.min()) == 0  # padded with black
+    assert len(list((_cache_in_tmp / "images").glob("*.safetensors"))) == 4
+
+
 def test_cache_dir_key_and_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_learnable_tree(tmp_path / "t", 20)
     load_local(LocalData(tmp_path / "t", cache_dir=str(tmp_path / "mine")))

@@ -55,6 +55,7 @@ RESUMABLE_CHANGES = (
     "training.checkpoint",
     "training.target",
     "training.stop_at_target",
+    "data.data_dir",  # where a registry dataset is read (its archives are verified)
     "output",
 )
 

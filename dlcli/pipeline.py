@@ -231,6 +231,7 @@ def prepare(
         if dataset is None:
             dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
         record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
+        record_data_dir(cfg)
         asked = record_precision(cfg, device, world, run_dir if resume else None)
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
@@ -265,6 +266,15 @@ def record_input_shape(cfg: Config, dataset: Dataset) -> None:
     cfg.model.input_shape = check_input_shape(
         cfg.model.input_shape, (height, width, channels), source
     )
+
+
+def record_data_dir(cfg: Config) -> None:
+    """A registry dataset's folder, as an absolute ``data.data_dir`` in ``cfg`` (the run's and
+    its checkpoints' config): ``dlcli train --resume RUN_DIR`` from another directory reads
+    the data the run started with, not ``./data`` there. ``data.data_dir`` may change on a
+    resume (``checkpoint.RESUMABLE_CHANGES``): the archives are checked by their SHA-256."""
+    if cfg.data.dataset is not None and cfg.data.data_dir is None:
+        cfg.data.data_dir = os.path.abspath(registry_root(cfg.data, None))
 
 
 def record_precision(

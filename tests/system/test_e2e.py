@@ -72,3 +72,40 @@ def test_train_logs_plain_epoch_lines_when_not_a_tty(tmp_path: Path) -> None:
     assert len(lines) == 1 and "val_accuracy" in lines[0]
     assert "\x1b[" not in proc.stderr + proc.stdout
     assert "Final metrics" in proc.stdout
+
+
+def test_a_registry_run_resumes_from_another_directory(tmp_path: Path) -> None:
+    """The run records its registry folder (absolute data.data_dir): `dlcli train --resume
+    RUN_DIR` from elsewhere reads the same archives, not ./data there."""
+    run_dir = tmp_path / "fm"
+    first = dlcli(
+        "train",
+        "configs/fashion-mnist-mlp.yaml",
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "model.layers[1].units=16",
+        "--output",
+        str(run_dir),
+    )
+    assert first.returncode == 0, first.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = ok_json(
+        dlcli(
+            "train", "--resume", str(run_dir), "--set", "training.epochs=2", "--json", cwd=elsewhere
+        )
+    )
+    assert resumed["epochs"] == 2 and resumed["resumed_from"]["epochs_completed"] == 1
+    assert not (elsewhere / "data").exists()
+    moved = dlcli(  # the folder given on a resume wins: it may move (the archives are checked)
+        "train",
+        "--resume",
+        str(run_dir),
+        "--set",
+        "training.epochs=3",
+        "--set",
+        f"data.data_dir={tmp_path / 'nowhere'}",
+        cwd=elsewhere,
+    )
+    assert moved.returncode == 3 and "nowhere" in moved.stderr, moved.stderr

@@ -8,6 +8,7 @@ config (defaults filled in) is what a run saves next to its weights.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import math
@@ -1026,6 +1027,12 @@ def _check_data(data: DataConfig, problems: list[str]) -> None:
         )
     if data.train is None and (data.test is not None or data.validation is not None):
         problems.append("data.test / data.validation: need data.train (the training data)")
+    counts = collections.Counter(data.class_names or [])
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        problems.append(
+            f"data.class_names: each class needs its own name; repeated: {', '.join(repeated)}"
+        )
     if not given or (
         given == ["the four IDX files"]
         and (any(f is None for f in files) or data.num_classes is None)

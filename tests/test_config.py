@@ -138,6 +138,13 @@ def test_unknown_dataset_suggests() -> None:
     assert msg.startswith("data.dataset: unknown dataset 'fashon-mnist' (did you mean")
 
 
+def test_class_names_must_differ() -> None:
+    raw = base()
+    raw["data"]["class_names"] = ["cat", "dog", "cat", "emu", "dog"]
+    [msg] = problems(raw)
+    assert msg == "data.class_names: each class needs its own name; repeated: cat, dog"
+
+
 def test_explicit_files_need_num_classes() -> None:
     raw = base()
     raw["data"] = {"train_images": "a", "train_labels": "b", "test_images": "c", "test_labels": "d"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli.config import Config, load_config, parse_resolved, read_yaml
-from dlcli.errors import ModelDirError, UsageError
+from dlcli.errors import ConfigError, ModelDirError, UsageError
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,11 @@ class TrainRequest:
                 "give the CONFIG to train, or --resume RUN_DIR to continue a run from its directory"
             )
         source = saved_config_path(Path(self.resume))
-        return parse_resolved(read_yaml(source), self.overrides, values, source=str(source))
+        try:
+            saved = read_yaml(source)
+        except ConfigError as err:  # the run dir's file, damaged: not the user's config
+            raise ModelDirError(f"{source}: unreadable saved config ({err})") from None
+        return parse_resolved(saved, self.overrides, values, source=str(source))
 
 
 def saved_config_path(run_dir: Path) -> Path:

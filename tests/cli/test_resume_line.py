@@ -84,6 +84,19 @@ def test_resume_without_config_refuses_a_missing_run_and_conflicts(tmp_path: Pat
     assert "give the CONFIG to train, or --resume RUN_DIR" in document(proc, 2)["error"]["message"]
 
 
+def test_a_damaged_saved_config_is_a_model_dir_error(tmp_path: Path) -> None:
+    from cli_process import dlcli
+
+    config = write_config(tmp_path, name="cut", epochs=1)
+    run_dir = tmp_path / "run"
+    assert dlcli("train", str(config), "--output", str(run_dir), "--quiet").returncode == 0
+    saved = run_dir / "checkpoints" / "last" / "config.yaml"
+    saved.write_text(saved.read_text()[:40] + "\n  [unclosed")
+    proc = dlcli("train", "--resume", str(run_dir), "--set", "training.epochs=2", "--json")
+    message = document(proc, 3)["error"]["message"]
+    assert message.startswith(f"{saved}: unreadable saved config"), message
+
+
 def test_typed_flags_are_values_not_yaml(tmp_path: Path) -> None:
     from cli_process import dlcli
 

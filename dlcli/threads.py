@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlcli import untrusted
+
 WAIT_POLICY = "OMP_WAIT_POLICY"
 SPIN_COUNT = "GOMP_SPINCOUNT"
 SHORT_SPIN = "30000"  # spins before a waiting OpenMP thread sleeps (GNU OpenMP's default: 300,000)
@@ -93,7 +95,7 @@ def choose(setting: str | int) -> ThreadChoice:
     if isinstance(setting, int):
         return ThreadChoice(setting, "training.threads")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
+    if untrusted.is_number(env) and int(env) > 0:
         return ThreadChoice(int(env), "OMP_NUM_THREADS")
     cores = usable_cores()
     others = other_runnable()

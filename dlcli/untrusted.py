@@ -26,6 +26,12 @@ from dlcli.errors import DlcliError
 ErrorType = type[DlcliError]
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer written in ASCII digits, so ``int(text)``
+    takes it: ``str.isdigit`` alone also accepts "²" and other Unicode digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def shorten(text: str, limit: int = limits.ECHO_MAX_CHARS) -> str:
     """``text`` cut to ``limit`` characters, saying how much was left out."""
     if len(text) <= limit:

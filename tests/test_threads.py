@@ -133,3 +133,16 @@ def test_the_cli_records_threads_and_wait_policy(tiny_config: Path) -> None:
     assert recorded["chosen_by"].startswith("free cores (")
     assert 1 <= recorded["count"] <= threads.usable_cores()
     assert recorded["omp_wait_policy"] == "ACTIVE" and recorded["gomp_spincount"] == "default"
+
+
+def test_unicode_digits_are_no_thread_count(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "²" passes str.isdigit() but int() refuses it: a usage error, and an ignored variable."""
+    result = CliRunner().invoke(cli, ["train", str(tiny_config), "--threads", "²"])
+    assert result.exit_code == 2, result.output
+    assert "expected auto or a number" in result.output
+    monkeypatch.setenv("OMP_NUM_THREADS", "²")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+    monkeypatch.setattr(threads, "other_runnable", lambda: 0)
+    assert threads.choose("auto").count == 3

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from dlcli import untrusted
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
 from dlcli.signals import stop_at_once_on_signals
@@ -184,7 +185,7 @@ def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) 
         return value
     text = value.strip()
     in_bounds, bounds = THREADS
-    if text.isdigit() and in_bounds(int(text)):
+    if untrusted.is_number(text) and in_bounds(int(text)):
         return int(text)
     raise click.BadParameter(f"expected auto or a number {bounds}, found {value!r}")
 

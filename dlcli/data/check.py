@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dlcli import untrusted
 from dlcli.data.decode import inspect_files
 from dlcli.data.sources import (
     ArrayData,
@@ -199,7 +200,7 @@ def _check_arrays(
 
 def _sorted_classes(counts: Counter[str], labels: Sequence[str]) -> dict[str, int]:
     names = list(dict.fromkeys(labels))
-    numeric = all(n.isdigit() for n in names)
+    numeric = all(untrusted.is_number(n) for n in names)
     names.sort(key=lambda n: (int(n), n) if numeric else (0, n))
     return {n: counts.get(n, 0) for n in names}
 

@@ -30,6 +30,7 @@ from dlcli.data.decode import Decoded, bad_files_message, decode_files, infer_co
 from dlcli.data.images import Conversion
 from dlcli.data.sources import ArrayData, FileList, Source, has_test_arrays, open_source
 from dlcli.errors import DataError
+from dlcli.untrusted import is_number
 
 SKIP_HINT = (
     "Fix or remove them, or set data.skip_bad_files: true to train without them "
@@ -159,7 +160,7 @@ def _classes(
         for label in dict.fromkeys(source.labels):
             if label in index:
                 encoder[label] = index[label]
-            elif label.isdigit() and int(label) < len(names) and source.kind == "csv":
+            elif is_number(label) and int(label) < len(names) and source.kind == "csv":
                 encoder[label] = int(label)
             else:
                 raise DataError(
@@ -175,10 +176,10 @@ def _class_names(parts: dict[str, Source], spec: LocalData) -> tuple[str, ...]:
         return tuple(spec.class_names)
     train = parts["train"]
     if isinstance(train, FileList) and not (
-        train.kind == "csv" and all(label.isdigit() for label in train.labels)
+        train.kind == "csv" and all(is_number(label) for label in train.labels)
     ):
         found = set(train.labels)
-        numeric = all(name.isdigit() for name in found)
+        numeric = all(is_number(name) for name in found)
         return tuple(sorted(found, key=lambda n: (int(n), n) if numeric else (0, n)))
     count = spec.num_classes or _largest_label(parts) + 1
     return tuple(str(i) for i in range(count))
@@ -191,7 +192,7 @@ def _largest_label(parts: dict[str, Source]) -> int:
             if len(source.labels):
                 largest = max(largest, int(source.labels.max()))
         else:
-            numbers = [int(label) for label in source.labels if label.isdigit()]
+            numbers = [int(label) for label in source.labels if is_number(label)]
             largest = max([largest, *numbers])
     return largest
 

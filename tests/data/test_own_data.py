@@ -489,3 +489,20 @@ def test_an_image_too_large_is_refused_before_decoding(
     os.mkfifo(fifo)
     with pytest.raises(DataError, match=r"pipe\.png: is a FIFO"):
         read_image(fifo, Conversion(8, 8, 1))
+
+
+def test_unicode_digit_class_names_are_names_not_numbers(tmp_path: Path) -> None:
+    """Folders "1" and "²", and CSV labels "1" and "²": "²" passes str.isdigit() but is no
+    number int() takes, so the classes are names, sorted as text, never a crash."""
+    for name in ("1", "²"):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (4, 4), 40 * i).save(tmp_path / "pics" / name / f"{i}.png")
+    assert load_local(LocalData(tmp_path / "pics")).class_names == ("1", "²")
+    rows = sorted((tmp_path / "pics").rglob("*.png"))
+    (tmp_path / "pics.csv").write_text(
+        "path,label\n" + "".join(f"{f.relative_to(tmp_path)},{f.parent.name}\n" for f in rows)
+    )
+    assert load_local(LocalData(tmp_path / "pics.csv")).class_names == ("1", "²")
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "pics"), "--json"])
+    assert result.exit_code == 0, result.output

@@ -37,6 +37,7 @@ import torch
 from dlcli import untrusted
 from dlcli.data.decode import bad_files_message, decode_files
 from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, Conversion, is_image_name, pillow
+from dlcli.data.sources import check_npy_size, npy_header
 from dlcli.errors import DataError, UsageError
 
 Shape = tuple[int, ...]  # (channels, height, width)
@@ -312,26 +313,8 @@ def _load_npy(path: Path) -> npt.NDArray[Any]:
     """A ``.npy`` array, its header checked against the file size before anything is
     allocated (a header may claim 10^12 images), never unpickled."""
     with untrusted.open_regular(path, DataError, "input file") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, OSError, EOFError, SyntaxError) as err:
-            raise DataError(
-                f"{path}: not a readable .npy array: {untrusted.shorten(str(err))}"
-            ) from None
-        if dtype.hasobject:
-            raise DataError(f"{path}: a .npy array of Python objects is refused (never unpickled)")
-        expected = math.prod(shape) * dtype.itemsize
-        found = os.fstat(f.fileno()).st_size - f.tell()
-        if found != expected:
-            dims = "×".join(map(str, shape))
-            raise DataError(
-                f"{path}: the .npy header declares shape {untrusted.shorten(dims)} of {dtype} "
-                f"({expected:,} bytes) but the file holds {found:,} bytes after it"
-            )
+        shape, fortran, dtype = npy_header(f, str(path))
+        check_npy_size(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), str(path))
         try:
             array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
         except (ValueError, OSError, MemoryError) as err:

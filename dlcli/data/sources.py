@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from dlcli import limits, untrusted
 from dlcli.data.images import is_image_name
 from dlcli.errors import DataError
 
@@ -261,6 +263,7 @@ def read_npz(path: Path, part: str) -> ArrayData:
     """``x``/``y``, or ``x_train``/``y_train`` (train, validation) / ``x_test``/``y_test``."""
     suffix = "_test" if part == "test" else "_train"
     try:
+        _check_npz_members(path)
         with np.load(path, allow_pickle=False) as archive:
             names = set(archive.files)
             for x_key, y_key in (("x", "y"), (f"x{suffix}", f"y{suffix}")):
@@ -274,9 +277,58 @@ def read_npz(path: Path, part: str) -> ArrayData:
                 )
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as err:
         raise DataError(f"{path}: not a readable .npz file: {err}") from None
     return ArrayData(path, "npz", _image_array(images, path), _label_array(labels, path))
+
+
+def npy_header(f: IO[bytes], shown: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The shape, Fortran order and dtype a ``.npy`` stream's header declares (only the header
+    is read); a :class:`DataError` naming ``shown`` for no such header or an object array."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise DataError(
+            f"{shown}: not a readable .npy array: {untrusted.shorten(str(err))}"
+        ) from None
+    if dtype.hasobject:
+        raise DataError(f"{shown}: a .npy array of Python objects is refused (never unpickled)")
+    return shape, fortran, dtype
+
+
+def check_npy_size(shape: tuple[int, ...], dtype: np.dtype[Any], found: int, shown: str) -> None:
+    """A :class:`DataError` unless the ``found`` bytes after a .npy header are exactly what
+    its shape and dtype declare, and at most :data:`~dlcli.limits.DATA_MAX_BYTES`: nothing is
+    allocated for a header that claims more than the file holds."""
+    expected = math.prod(shape) * dtype.itemsize
+    if found != expected or expected > limits.DATA_MAX_BYTES:
+        dims = "×".join(map(str, shape))
+        raise DataError(
+            f"{shown}: the .npy header declares shape {untrusted.shorten(dims)} of {dtype} "
+            f"({expected:,} bytes) but the file holds {found:,} bytes after it"
+            + (
+                f" (at most {limits.DATA_MAX_BYTES:,} bytes are read)"
+                if expected > limits.DATA_MAX_BYTES
+                else ""
+            )
+        )
+
+
+def _check_npz_members(path: Path) -> None:
+    """Each ``.npy`` member's header against the size the archive lists for it, before
+    numpy allocates what the header declares (a 710-byte file may claim 93 GiB)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            shown = f"{path}: member {untrusted.shorten(info.filename)}"
+            with archive.open(info) as f:
+                shape, _, dtype = npy_header(f, shown)
+                check_npy_size(shape, dtype, info.file_size - f.tell(), shown)
 
 
 def has_test_arrays(path: Path) -> bool:

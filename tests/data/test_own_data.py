@@ -506,3 +506,26 @@ def test_unicode_digit_class_names_are_names_not_numbers(tmp_path: Path) -> None
     assert load_local(LocalData(tmp_path / "pics.csv")).class_names == ("1", "²")
     result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "pics"), "--json"])
     assert result.exit_code == 0, result.output
+
+
+def test_an_npz_member_declaring_more_than_it_holds_is_refused_unread(tmp_path: Path) -> None:
+    """A 1 KB .npz whose x.npy header claims (100000, 1000, 1000) uint8 (93 GiB): a DataError
+    naming the file and the member, with nothing allocated, in train and data check."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (100000, 1000, 1000)}
+    )
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(2, dtype=np.int64))
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(32))
+        archive.writestr("y.npy", labels.getvalue())
+    with pytest.raises(DataError, match=r"bomb.npz: member x.npy: the .npy header declares"):
+        load_local(LocalData(bomb))
+    result = CliRunner().invoke(cli, ["data", "check", str(bomb)])
+    assert result.exit_code == 3, result.output
+    assert "member x.npy" in result.output

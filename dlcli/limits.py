@@ -31,6 +31,7 @@ CHECKPOINT_MAX_EPOCHS = 10**9  # a checkpoint counter beyond this is refused as 
 
 # --- data files ---------------------------------------------------------------------------------
 DATA_MAX_BYTES = 8 << 30  # one dataset archive or input file, as read or inflated (8 GiB)
+CLASSES_MAX = 1_000_000  # classes integer labels may number (ImageNet-21k has 21,841)
 IDX_MAX_DIMS = 8  # dimensions of an IDX array (MNIST uses 1 or 3)
 IMAGE_MAX_PIXELS = 50_000_000  # width × height of one image file (above: a decompression bomb)
 TAR_MAX_MEMBERS = 64  # entries of a dataset tar archive (CIFAR-10's binary version has 9)

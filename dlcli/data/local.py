@@ -28,7 +28,13 @@ from dlcli.data import cache
 from dlcli.data.dataset import Dataset, Split
 from dlcli.data.decode import Decoded, bad_files_message, decode_files, infer_conversion, peek_files
 from dlcli.data.images import Conversion
-from dlcli.data.sources import ArrayData, FileList, Source, has_test_arrays, open_source
+from dlcli.data.sources import (
+    ArrayData,
+    FileList,
+    Source,
+    has_test_arrays,
+    open_source,
+)
 from dlcli.errors import DataError
 from dlcli.untrusted import is_number
 

@@ -249,11 +249,23 @@ def list_csv(path: Path) -> FileList:
         name, label = row[at_path].strip(), row[at_label].strip()
         if not name or not label:
             raise DataError(f"{path}: line {line}: empty path or label")
+        if untrusted.is_number(label):
+            check_label(int(label), f"{path}: line {line}")
         paths.append(os.path.join(folder, name))
         labels.append(label)
     if not paths:
         raise DataError(f"{path}: the CSV file lists no images")
     return FileList(path, "csv", paths, labels)
+
+
+def check_label(label: int, where: str) -> None:
+    """A :class:`DataError` for an integer label naming a class beyond
+    :data:`~dlcli.limits.CLASSES_MAX`: the class names "0" … label are never built for it."""
+    if label >= limits.CLASSES_MAX:
+        raise DataError(
+            f"{where}: label {label} is beyond the {limits.CLASSES_MAX:,} classes "
+            "integer labels may number (labels are class indices 0, 1, …)"
+        )
 
 
 # --- arrays: .npz and IDX --------------------------------------------------------------------
@@ -380,4 +392,7 @@ def _label_array(array: Any, path: Path) -> npt.NDArray[np.int64]:
             f"found shape {array.shape} of {array.dtype}"
         )
     labels: npt.NDArray[np.int64] = array.astype(np.int64)
+    if len(labels):
+        at = int(labels.argmax())
+        check_label(int(labels[at]), f"{path}: labels[{at}]")
     return labels

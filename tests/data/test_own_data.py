@@ -529,3 +529,22 @@ def test_an_npz_member_declaring_more_than_it_holds_is_refused_unread(tmp_path: 
     result = CliRunner().invoke(cli, ["data", "check", str(bomb)])
     assert result.exit_code == 3, result.output
     assert "member x.npy" in result.output
+
+
+def test_a_huge_integer_label_is_refused_before_any_class_name_is_built(tmp_path: Path) -> None:
+    """Labels 99999999999999 (CSV) and 2**40 (.npz) would mean 10^14 class names: a DataError
+    naming the file, the label and the CSV line, at once."""
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "big.csv").write_text("path,label\na.png,0\na.png,99999999999999\n")
+    with pytest.raises(DataError, match=r"big.csv: line 3: label 99999999999999 is beyond"):
+        load_local(LocalData(tmp_path / "big.csv"))
+    np.savez(
+        tmp_path / "big.npz",
+        x=np.zeros((2, 4, 4), np.uint8),
+        y=np.array([2**40, 0], np.int64),
+    )
+    with pytest.raises(DataError, match=r"big.npz: labels\[0\]: label 1099511627776 is beyond"):
+        load_local(LocalData(tmp_path / "big.npz"))
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "big.npz")])
+    assert result.exit_code == 3, result.output
+    assert "label 1099511627776 is beyond" in result.output

@@ -35,7 +35,7 @@ from dlcli.data.images import (
     peek_image,
     read_image,
 )
-from dlcli.errors import DlcliError
+from dlcli.errors import DataError, DlcliError
 
 BAD_SHOWN = 20  # unreadable files named in an error message (all are counted)
 PARALLEL_MIN = 512  # fewer files are decoded in this process
@@ -179,7 +179,7 @@ def _decode_chunk(
     for i, name in enumerate(names):
         try:
             array, _ = read_image(name, conversion)
-        except DlcliError as err:
+        except DataError as err:
             errors.append((i, _without_path(err.message, name)))
             continue
         pixels[i] = array.transpose(2, 0, 1)
@@ -194,7 +194,7 @@ def _inspect_chunk(
     for i, name in enumerate(names):
         try:
             infos.append(inspect_image(name))
-        except DlcliError as err:
+        except DataError as err:
             errors.append((i, _without_path(err.message, name)))
             infos.append(None)
     return infos, errors
@@ -205,7 +205,7 @@ def _peek_chunk(names: list[str], _: Conversion | None) -> list[ImageInfo | None
     for name in names:
         try:
             infos.append(peek_image(name))
-        except DlcliError:
+        except DataError:
             infos.append(None)
     return infos
 

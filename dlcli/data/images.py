@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlcli import limits, untrusted
-from dlcli.errors import ConfigError, DataError, UsageError
+from dlcli.errors import ConfigError, DataError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -154,7 +154,7 @@ def decode_image(data: bytes, source: str) -> Image:
         with _bomb_guard():
             image = PIL.Image.open(io.BytesIO(data))
         image.load()
-    except DataError:
+    except (DataError, Interrupted):
         raise
     except PIL.UnidentifiedImageError:
         raise DataError(f"{source}: not an image Pillow can read (PNG, JPEG, ...)") from None
@@ -198,6 +198,8 @@ def read_image(
     info = ImageInfo(image.mode, image.width, image.height, _digest(data))
     try:
         return convert(image, conversion), info
+    except Interrupted:
+        raise
     except Exception as err:  # e.g. a broken EXIF block found while rotating
         raise DataError(f"{shown}: cannot convert the image: {_reason(err)}") from None
     finally:
@@ -219,8 +221,14 @@ def peek_image(path: str | os.PathLike[str]) -> ImageInfo:
     import PIL.ImageOps
 
     try:
-        with _bomb_guard(), PIL.Image.open(path) as image:
+        with (
+            untrusted.open_regular(path, DataError, "image file") as f,
+            _bomb_guard(),
+            PIL.Image.open(f) as image,
+        ):
             return ImageInfo(str(image.mode), int(image.width), int(image.height), "")
+    except (Interrupted, DataError):
+        raise
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
         raise DataError(_too_large(os.fspath(path), err)) from None
     except Exception as err:

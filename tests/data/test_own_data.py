@@ -21,7 +21,7 @@ from dlcli.data import decode
 from dlcli.data.idx import write_idx
 from dlcli.data.images import Conversion, convert, read_image
 from dlcli.data.local import LocalData, load_local
-from dlcli.errors import DataError
+from dlcli.errors import DataError, Interrupted
 
 MLP = [
     {"type": "flatten"},
@@ -548,3 +548,56 @@ def test_a_huge_integer_label_is_refused_before_any_class_name_is_built(tmp_path
     result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "big.npz")])
     assert result.exit_code == 3, result.output
     assert "label 1099511627776 is beyond" in result.output
+
+
+# --- interrupted while decoding --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["open", "convert"])
+@pytest.mark.parametrize("input_shape", [None, (8, 8, 1)])
+def test_an_interrupt_while_decoding_is_no_bad_file_and_caches_nothing(
+    tmp_path: Path,
+    _cache_in_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    input_shape: tuple[int, int, int] | None,
+) -> None:
+    """Ctrl-C inside Pillow (the signal handler raises Interrupted there) stops the command:
+    the image is not reported unreadable, nor skipped, and no verdict is cached."""
+    import PIL.Image
+
+    from dlcli.data import images
+
+    write_learnable_tree(tmp_path / "t", 8)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise Interrupted("interrupted")
+
+    if where == "open":
+        monkeypatch.setattr(PIL.Image, "open", interrupted)
+    else:
+        monkeypatch.setattr(images, "convert", interrupted)
+    with pytest.raises(Interrupted):
+        load_local(LocalData(tmp_path / "t", input_shape=input_shape, skip_bad_files=True))
+    assert not list(_cache_in_tmp.rglob("*.safetensors"))
+
+
+def test_a_fifo_among_images_is_refused_when_the_shape_is_inferred(tmp_path: Path) -> None:
+    """With model.input_shape inferred, a FIFO named *.png is refused, not opened (it hung):
+    ``config validate`` reports it as a config problem (exit 2)."""
+    import subprocess
+    import sys
+
+    write_learnable_tree(tmp_path / "t", 8)
+    os.mkfifo(tmp_path / "t" / CLASSES[0] / "pipe.png")
+    config = write_config(tmp_path, {"train": str(tmp_path / "t")})
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "dlcli", "config", "validate", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pipe.png: is a FIFO" in result.stderr

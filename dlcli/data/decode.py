@@ -35,7 +35,7 @@ from dlcli.data.images import (
     peek_image,
     read_image,
 )
-from dlcli.errors import DataError, DlcliError
+from dlcli.errors import DataError
 
 BAD_SHOWN = 20  # unreadable files named in an error message (all are counted)
 PARALLEL_MIN = 512  # fewer files are decoded in this process
@@ -95,22 +95,34 @@ def inspect_files(
 
 def peek_files(
     paths: Sequence[str | Path], *, workers: int | None = None
-) -> list[ImageInfo | None]:
-    """Every file's mode and size from its header (None where it cannot be read)."""
+) -> tuple[list[ImageInfo | None], list[tuple[str, str]]]:
+    """Every file's mode and size from its header (None where it cannot be read), and why
+    each unreadable one cannot be."""
     infos: list[ImageInfo | None] = [None] * len(paths)
-    for start, chunk_infos in _run(_peek_chunk, paths, None, workers):
+    bad: list[tuple[str, str]] = []
+    for start, (chunk_infos, errors) in _run(_peek_chunk, paths, None, workers):
         infos[start : start + len(chunk_infos)] = chunk_infos
-    return infos
+        bad += [(str(paths[start + i]), reason) for i, reason in errors]
+    return infos, bad
 
 
 def infer_conversion(
-    infos: Sequence[ImageInfo | None], *, resize: str = "stretch", background: int = 0
+    infos: Sequence[ImageInfo | None],
+    bad: Sequence[tuple[str, str]] = (),
+    *,
+    resize: str = "stretch",
+    background: int = 0,
 ) -> Conversion:
     """The input shape a set of images suggests: 1 channel when every image is greyscale
-    (else 3), and the most common height × width (the larger one on a tie)."""
+    (else 3), and the most common height × width (the larger one on a tie). With no readable
+    image, a :class:`DataError` naming the ``bad`` files (path, reason) :func:`peek_files`
+    found."""
     found = [i for i in infos if i is not None]
     if not found:
-        raise DlcliError("no readable image to infer model.input_shape from")
+        raise DataError(
+            "no readable image to infer model.input_shape from: "
+            + bad_files_message(bad, "Fix or remove them, or set model.input_shape")
+        )
     channels = 1 if all(i.mode in GREY_MODES for i in found) else 3
     sizes = Counter((i.height, i.width) for i in found)
     (height, width), _ = max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1]))
@@ -200,14 +212,18 @@ def _inspect_chunk(
     return infos, errors
 
 
-def _peek_chunk(names: list[str], _: Conversion | None) -> list[ImageInfo | None]:
+def _peek_chunk(
+    names: list[str], _: Conversion | None
+) -> tuple[list[ImageInfo | None], list[tuple[int, str]]]:
     infos: list[ImageInfo | None] = []
-    for name in names:
+    errors: list[tuple[int, str]] = []
+    for i, name in enumerate(names):
         try:
             infos.append(peek_image(name))
-        except DataError:
+        except DataError as err:
+            errors.append((i, _without_path(err.message, name)))
             infos.append(None)
-    return infos
+    return infos, errors
 
 
 def _without_path(message: str, name: str) -> str:

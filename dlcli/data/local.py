@@ -122,8 +122,8 @@ def describe(spec: LocalData) -> tuple[tuple[str, ...], Conversion]:
     train = parts["train"]
     if isinstance(train, ArrayData):
         return names, _array_conversion(train, spec)
-    infos = peek_files(train.paths, workers=spec.workers)
-    return names, infer_conversion(infos, resize=spec.resize, background=spec.background)
+    infos, bad = peek_files(train.paths, workers=spec.workers)
+    return names, infer_conversion(infos, bad, resize=spec.resize, background=spec.background)
 
 
 def _sources(spec: LocalData) -> dict[str, Source]:
@@ -246,8 +246,8 @@ def decode_cached(
         if hit is not None:
             return hit
     if conversion is None:
-        infos = peek_files(files.paths, workers=spec.workers)
-        conversion = infer_conversion(infos, resize=spec.resize, background=spec.background)
+        infos, bad = peek_files(files.paths, workers=spec.workers)
+        conversion = infer_conversion(infos, bad, resize=spec.resize, background=spec.background)
     decoded = decode_files(files.paths, conversion, workers=spec.workers)
     if entry is not None:
         cache.save(entry, decoded, conversion)

@@ -601,3 +601,17 @@ def test_a_fifo_among_images_is_refused_when_the_shape_is_inferred(tmp_path: Pat
     )
     assert result.returncode == 2, result.stderr
     assert "pipe.png: is a FIFO" in result.stderr
+
+
+def test_with_no_readable_image_the_shape_cannot_be_inferred_a_data_error(
+    tmp_path: Path,
+) -> None:
+    """Every image unreadable, input_shape inferred: exit 3 naming the files (was exit 1)."""
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    (tmp_path / "t" / "a" / "junk.png").write_bytes(b"junk")
+    with pytest.raises(DataError) as info:
+        load_local(LocalData(tmp_path / "t"))
+    message = info.value.message
+    assert message.startswith("no readable image to infer model.input_shape from")
+    assert "1 image file could not be read:" in message and "junk.png: " in message
+    assert info.value.exit_code == 3

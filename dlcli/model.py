@@ -17,6 +17,7 @@ from torch import nn
 
 from dlcli import config as C
 from dlcli import native
+from dlcli.data.images import check_image_size
 from dlcli.errors import ConfigError
 
 Shape = tuple[int, ...]
@@ -82,6 +83,7 @@ def input_chw(model_config: C.ModelConfig) -> Shape:
             f"found {model_config.input_shape}"
         )
     height, width, channels = model_config.input_shape
+    check_image_size(height, width)
     return (channels, height, width)
 
 

@@ -67,7 +67,14 @@ def decode_files(
 ) -> Decoded:
     """Decode and convert every file (see :mod:`dlcli.data.images`); bad files are left out."""
     c, h, w = conversion.chw
-    out = np.empty((len(paths), c, h, w), dtype=np.uint8)
+    try:
+        out = np.empty((len(paths), c, h, w), dtype=np.uint8)
+    except MemoryError:
+        raise DataError(
+            f"not enough memory for {len(paths):,} images of {h} × {w} × {c} "
+            f"({len(paths) * c * h * w:,} bytes); use smaller images (model.input_shape) "
+            f"or fewer files"
+        ) from None
     ok = np.ones(len(paths), dtype=bool)
     bad: list[tuple[str, str]] = []
     for start, (pixels, errors) in _run(_decode_chunk, paths, conversion, workers):

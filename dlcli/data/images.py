@@ -69,6 +69,17 @@ def check_input_shape(
     return shape
 
 
+def check_image_size(height: int, width: int) -> None:
+    """The one bound on the model's image size: at most
+    :data:`~dlcli.limits.IMAGE_MAX_PIXELS` pixels (height × width), the most dlcli decodes
+    from a file; a :class:`ConfigError` naming ``model.input_shape`` otherwise."""
+    if height * width > limits.IMAGE_MAX_PIXELS:
+        raise ConfigError(
+            f"model.input_shape: {height} × {width} is {height * width:,} pixels, more than "
+            f"the {limits.IMAGE_MAX_PIXELS:,} dlcli decodes from an image"
+        )
+
+
 @dataclass(frozen=True)
 class Conversion:
     """How an image becomes the model's input (height, width, channels as the model takes
@@ -81,6 +92,7 @@ class Conversion:
     background: int = 0
 
     def __post_init__(self) -> None:
+        check_image_size(self.height, self.width)
         if self.channels not in CHANNEL_MODES:
             raise UsageError(
                 f"model.input_shape: images can be fed to 1-channel (greyscale), 3-channel "

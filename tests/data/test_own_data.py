@@ -615,3 +615,26 @@ def test_with_no_readable_image_the_shape_cannot_be_inferred_a_data_error(
     assert message.startswith("no readable image to infer model.input_shape from")
     assert "1 image file could not be read:" in message and "junk.png: " in message
     assert info.value.exit_code == 3
+
+
+def test_an_input_shape_too_large_is_a_config_error(tmp_path: Path) -> None:
+    """A huge model.input_shape is refused naming it (exit 2), not a MemoryError (exit 1)."""
+    write_learnable_tree(tmp_path / "t", 8)
+    config = write_config(tmp_path, {"train": str(tmp_path / "t")}, input_shape=[100000, 100000, 3])
+    for command in (["config", "validate"], ["train", "--quiet"]):
+        result = CliRunner().invoke(cli, [*command, str(config)])
+        assert result.exit_code == 2, result.output
+        assert "model.input_shape: 100000 × 100000 is 10,000,000,000 pixels" in result.stderr
+
+
+def test_no_memory_for_the_decoded_images_is_a_data_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_learnable_tree(tmp_path / "t", 4)
+
+    def no_memory(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(decode.np, "empty", no_memory)
+    with pytest.raises(DataError, match=r"not enough memory for 4 images of 8 × 8 × 1 \(256 bytes"):
+        decode.decode_files(sorted((tmp_path / "t").rglob("*.png")), Conversion(8, 8, 1))

@@ -61,6 +61,17 @@ def test_bad_files_duplicates_overlap_and_notes(tmp_path: Path) -> None:
     assert "in train and test:" in human.stderr
 
 
+def test_a_link_up_the_tree_does_not_merge_classes(tmp_path: Path) -> None:
+    """``ln -s .. up/cat/up`` once made cat take every image and dog vanish."""
+    write_learnable_tree(tmp_path / "up", 16)
+    (tmp_path / "up" / CLASSES[0] / "up").symlink_to("..")
+    result = check(tmp_path / "up", "--json")
+    assert result.exit_code == 0, result.output
+    train = json.loads(result.stdout)["splits"]["train"]
+    assert list(train["per_class"]) == list(CLASSES) and sum(train["per_class"].values()) == 16
+    assert train["ignored"] == [str(tmp_path / "up" / CLASSES[0] / "up")]
+
+
 def test_imbalance_and_sizes_are_noted(tmp_path: Path) -> None:
     for cls, count in (("big", 9), ("small", 3)):
         (tmp_path / cls).mkdir()

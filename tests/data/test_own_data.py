@@ -195,6 +195,31 @@ def test_folder_listing_order_links_and_stats(tmp_path: Path) -> None:
     assert listing.stats[:, 0].tolist() == [os.path.getsize(p) for p in listing.paths]
 
 
+def test_links_to_the_root_or_a_class_folder_keep_the_classes_apart(tmp_path: Path) -> None:
+    """A link inside a class folder up to the root, or across to a later class folder, is
+    skipped and listed as ignored: each class keeps exactly its own images."""
+    from dlcli.data.sources import list_folder
+
+    root = tmp_path / "up"
+    for rel in ["cat/1.png", "cat/2.png", "dog/3.png", "dog/sub/4.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    os.symlink("..", root / "cat" / "up")  # the root, walked before dog
+    os.symlink("../dog/sub", root / "cat" / "sub")  # a folder inside a later class
+    os.symlink(".", root / "all")  # a top-level link to the root is no class
+    os.symlink("dog", root / "hound")  # nor a second name for a class folder
+    listing = list_folder(root)
+    below = [os.path.relpath(p, root) for p in listing.paths]
+    assert below == ["cat/1.png", "cat/2.png", "dog/3.png", "dog/sub/4.png"]
+    assert listing.labels == ["cat", "cat", "dog", "dog"]
+    assert sorted(os.path.relpath(p, root) for p in listing.ignored) == [
+        "all",
+        "cat/sub",
+        "cat/up",
+        "hound",
+    ]
+
+
 def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     config = write_config(tmp_path, {"train": str(tmp_path / "notes.txt")})

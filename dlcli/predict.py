@@ -21,9 +21,11 @@ the top class is exactly the one ``dlcli evaluate`` counts as the prediction.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import os
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,14 +205,59 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
                 raise DataError(f"{path}: no image files in the folder ({_suffixes()})")
             expanded += found
         elif not path.exists() and glob.has_magic(str(path)):
-            matches = sorted(glob.glob(str(path), recursive=True))
-            files = [Path(m) for m in matches if not Path(m).is_dir()]
+            files = _unique_files(_glob(str(path)))
             if not files:
                 raise DataError(f"{path}: no file matches the pattern")
             expanded += files
         else:
             expanded.append(path)
     return expanded
+
+
+def _glob(pattern: str) -> list[str]:
+    """The sorted matches of ``pattern``; ``**`` matches any run of folders, hidden ones and
+    links to folders left out (as :func:`image_files`: a link loop is not followed)."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return sorted(glob.glob(pattern))  # no recursion, so no link loop
+    at = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    top = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else os.curdir)
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top):  # followlinks=False
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if _matches(os.path.relpath(path, top).split(os.sep), parts[at:]):
+                found.append(path if at else os.path.relpath(path))
+    return sorted(found)
+
+
+def _matches(names: list[str], parts: list[str]) -> bool:
+    """Whether the path ``names`` matches the pattern ``parts`` (glob's rules per name)."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        shown = next((i for i, name in enumerate(names) if name.startswith(".")), len(names))
+        return any(_matches(names[i:], parts[1:]) for i in range(shown + 1))
+    if not names or (names[0].startswith(".") and not parts[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], parts[0]) and _matches(names[1:], parts[1:])
+
+
+def _unique_files(matches: list[str]) -> list[Path]:
+    """The files among ``matches``, each once (two names of one file: the first kept)."""
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for match in matches:
+        try:
+            info = os.stat(match)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) or (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        files.append(Path(match))
+    return files
 
 
 def image_files(folder: Path) -> list[Path]:

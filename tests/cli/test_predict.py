@@ -152,6 +152,25 @@ def test_png_and_jpeg_images_are_converted_and_resized(
     assert doc["predictions"][0]["input"] == str(files[0])
 
 
+def test_a_recursive_pattern_lists_each_file_once_and_skips_link_loops(
+    tiny_run: Path, patterns: Any, tmp_path: Path
+) -> None:
+    """``dir/**/*.png`` once followed ``ln -s .. dir/sub/loop``: 4 images, 164 predictions."""
+    from PIL import Image
+
+    images, labels, _ = patterns
+    files = [tmp_path / "dir" / rel for rel in ("a.png", "b.png", "sub/c.png", "sub/d.png")]
+    for i, file in enumerate(files):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(file)
+    (tmp_path / "dir" / "sub" / "loop").symlink_to("..")
+    (tmp_path / "dir" / "same.png").symlink_to("a.png")  # one file, two names
+    (tmp_path / "dir" / ".hidden.png").symlink_to("b.png")
+    doc = predict_json(tiny_run, tmp_path / "dir" / "**" / "*.png")
+    assert [p["input"] for p in doc["predictions"]] == list(map(str, files))
+    assert classes(doc) == labels[:4].tolist()
+
+
 def test_a_file_named_png_that_is_not_an_image(tiny_run: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.png"
     fake.write_text("not a picture")

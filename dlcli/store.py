@@ -75,7 +75,7 @@ LOCK = ".dlcli-lock"  # flock()ed by the one process writing the run dir; holds 
 PENDING = ".dlcli-pending"  # an --overwrite run's checkpoints, until its save replaces the old run
 _OURS = (LOCK, PENDING)  # hidden entries dlcli keeps in a run dir
 # What training writes into a run dir; anything else there is the user's (or another command's).
-RUN_ENTRIES = (MANIFEST, CONFIG, WEIGHTS, METRICS, HISTORY, CHECKPOINTS, TENSORBOARD)
+RUN_ENTRIES = (MANIFEST, CONFIG, WEIGHTS, METRICS, HISTORY, STEPS, CHECKPOINTS, TENSORBOARD)
 
 
 @dataclass

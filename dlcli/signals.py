@@ -27,6 +27,9 @@ from typing import Any, Protocol
 from dlcli.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Which of stdout/stderr are terminals, decided while the terminal is still there: once it has
+# hung up, isatty() is False (tcgetattr fails with EIO), yet every write to it fails with EIO.
+_TTY_FDS = tuple(fd for fd in (1, 2) if os.isatty(fd))
 
 
 class Stoppable(Protocol):
@@ -100,7 +103,7 @@ def _hung_up(signum: int) -> None:
         return
     for fd in (1, 2):
         try:
-            if os.isatty(fd):
+            if fd in _TTY_FDS or os.isatty(fd):
                 null = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(null, fd)
                 os.close(null)

@@ -4,6 +4,7 @@ screen rebuilt by a terminal emulator, pyte, after every write), and through a p
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -217,3 +218,59 @@ def test_tables_in_a_pipe_never_cut_a_name_or_number(tiny_run: Path, tmp_path: P
     lines = predict.stdout.splitlines()
     assert lines[1].split() == ["item", "class", "name", "probability", "#2", "#3", "#4"]
     assert all(len(line.split()) == 3 + 1 + 3 * 3 for line in lines[2:5]), lines
+
+
+def test_closing_the_terminal_mid_training_saves_a_checkpoint_and_exits_130(
+    tmp_path: Path,
+) -> None:
+    """A real hangup: the pty is the child's controlling terminal (it leads its session), and
+    closing the master makes the kernel send SIGHUP; writes to the terminal then fail with EIO
+    while isatty() already says False. The checkpoint is written, and --resume continues it."""
+    import yaml
+    from conftest import write_tiny_config
+
+    config = write_tiny_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["training"]["epochs"] = 60
+    config.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "runs" / "tiny"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [*DLCLI, "train", str(config)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=clean_env(),
+        close_fds=True,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 120
+    while b"Epoch 2" not in seen and b"epoch 2" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+        assert proc.poll() is None, seen.decode(errors="replace")
+    time.sleep(0.5)  # the display is drawing
+    os.close(master)  # the terminal closes: SIGHUP to the session leader
+    assert proc.wait(timeout=120) == 130
+    assert list((run_dir / "checkpoints").iterdir()), "no checkpoint was written"
+    resumed = subprocess.run(
+        [*DLCLI, "train", "--resume", str(run_dir), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 60

@@ -44,4 +44,11 @@ def main() -> None:
     set_wait_policy()  # before torch loads: only then does OpenMP read it
     from dlcli.cli import main as run
 
-    run()
+    try:
+        run()
+    finally:
+        # The command is over (its result printed, its files saved): a signal during the
+        # interpreter's teardown, whose handlers are reset to SIG_DFL, must not turn a
+        # success into "killed by SIGTERM" (exit 143) with no message.
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)

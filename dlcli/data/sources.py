@@ -61,6 +61,15 @@ class ArrayData:
     images: npt.NDArray[np.uint8]
     labels: npt.NDArray[np.int64]
 
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise DataError(
+                f"{self.source}: {len(self.images)} images but {len(self.labels)} labels; "
+                "each image needs one label"
+            )
+        if not len(self.labels):
+            raise DataError(f"{self.source}: holds no images (0 samples)")
+
 
 Source = FileList | ArrayData
 

@@ -138,6 +138,12 @@ def test_npz_xy_and_keras_layout(tmp_path: Path) -> None:
     np.savez(tmp_path / "other.npz", images=x)
     with pytest.raises(DataError, match="expected arrays x and y, or x_train"):
         load_local(LocalData(tmp_path / "other.npz"))
+    np.savez(tmp_path / "short.npz", x=x, y=y[:10])
+    with pytest.raises(DataError, match=r"short\.npz: 50 images but 10 labels; each image"):
+        load_local(LocalData(tmp_path / "short.npz"))
+    np.savez(tmp_path / "empty.npz", x=x[:0], y=y[:0])
+    with pytest.raises(DataError, match=r"empty\.npz: holds no images \(0 samples\)"):
+        load_local(LocalData(tmp_path / "empty.npz"))
 
 
 def test_idx_archive_with_its_labels_beside(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from dlcli.data.local import LocalData, load_local
 from dlcli.device import resolve_device
 from dlcli.engine import Trainer
 from dlcli.errors import (
+    ConfigError,
     DataError,
     DlcliError,
     Interrupted,
@@ -232,6 +233,7 @@ def prepare(
             dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
         record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         record_data_dir(cfg)
+        check_top_k(cfg, dataset.num_classes)
         asked = record_precision(cfg, device, world, run_dir if resume else None)
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
@@ -266,6 +268,19 @@ def record_input_shape(cfg: Config, dataset: Dataset) -> None:
     cfg.model.input_shape = check_input_shape(
         cfg.model.input_shape, (height, width, channels), source
     )
+
+
+def check_top_k(cfg: Config, classes: int) -> None:
+    """``top_k_accuracy`` must have fewer than ``training.top_k`` classes to tell apart: with
+    k at least the number of classes every prediction is right (a metric of 1.0 that says
+    nothing, gates passed by nothing)."""
+    k = cfg.training.top_k
+    if "top_k_accuracy" in cfg.training.metrics and k >= classes:
+        raise ConfigError(
+            f"training.top_k: {k} is not below the data's {classes} classes, so "
+            f"top_k_accuracy would always be 1.0; set training.top_k below {classes} or "
+            "drop top_k_accuracy from training.metrics"
+        )
 
 
 def record_data_dir(cfg: Config) -> None:

@@ -123,6 +123,18 @@ def test_set_overrides_reach_training(tiny_config: Path) -> None:
     assert doc["validation"]["top_k_accuracy"] >= doc["validation"]["accuracy"]
 
 
+def test_top_k_at_least_the_number_of_classes_is_refused(tiny_config: Path) -> None:
+    classes = yaml.safe_load(tiny_config.read_text())["data"]["num_classes"]
+    result = run(
+        "train",
+        str(tiny_config),
+        *("--set", "training.metrics=[accuracy, top_k_accuracy]"),
+        *("--set", f"training.top_k={classes}"),
+    )
+    assert result.exit_code == 2, result.stderr
+    assert f"training.top_k: {classes} is not below the data's {classes} classes" in (result.stderr)
+
+
 @pytest.mark.parametrize(
     ("optimizer", "loss", "lr"),
     [

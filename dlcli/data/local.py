@@ -98,6 +98,11 @@ def load_local(spec: LocalData) -> Dataset:
         bad += part_bad
     if bad and not spec.skip_bad_files:
         raise DataError(bad_files_message(bad, SKIP_HINT))
+    if len(names) < 2:  # every prediction right by construction: a metric that says nothing
+        raise DataError(
+            f"{spec.train}: holds {len(names)} class ({', '.join(names) or 'none'}); a "
+            "classifier needs at least 2"
+        )
     return Dataset(
         train=splits["train"],
         test=splits.get("test"),

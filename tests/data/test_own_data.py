@@ -141,6 +141,9 @@ def test_npz_xy_and_keras_layout(tmp_path: Path) -> None:
     np.savez(tmp_path / "short.npz", x=x, y=y[:10])
     with pytest.raises(DataError, match=r"short\.npz: 50 images but 10 labels; each image"):
         load_local(LocalData(tmp_path / "short.npz"))
+    np.savez(tmp_path / "one.npz", x=x, y=y * 0)
+    with pytest.raises(DataError, match=r"one\.npz: holds 1 class \(0\); a classifier needs"):
+        load_local(LocalData(tmp_path / "one.npz"))
     np.savez(tmp_path / "empty.npz", x=x[:0], y=y[:0])
     with pytest.raises(DataError, match=r"empty\.npz: holds no images \(0 samples\)"):
         load_local(LocalData(tmp_path / "empty.npz"))

@@ -178,6 +178,28 @@ print(json.dumps(claimed))
 """
 
 
+def racing(script: str, storage: str, cwd: Path, processes: int) -> list[str]:
+    """Run ``script`` in ``processes`` Python processes that start its work at one instant
+    (its argv: the storage, the start time); their outputs, once all exited 0."""
+    start = str(time.time() + 8)  # every process has imported dlcli and opened the study
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, storage, start],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    outputs = []
+    for process in running:
+        stdout, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr
+        outputs.append(stdout)
+    return outputs
+
+
 def check_racing_claims(storage: str, tmp_path: Path, processes: int = 4, trials: int = 40) -> None:
     """Processes that claim queued trials at the same instant each get different ones, and
     between them all of them."""
@@ -189,22 +211,7 @@ def check_racing_claims(storage: str, tmp_path: Path, processes: int = 4, trials
     study = optuna.create_study(study_name="race", storage=backend)
     for _ in range(trials):
         study.enqueue_trial({})
-    start = str(time.time() + 8)  # every process has imported dlcli and opened the study
-    claimers = [
-        subprocess.Popen(
-            [sys.executable, "-c", CLAIMER, storage, start],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    claimed: list[int] = []
-    for claimer in claimers:
-        stdout, stderr = claimer.communicate(timeout=240)
-        assert claimer.returncode == 0, stderr
-        claimed += json.loads(stdout)
+    claimed = [n for out in racing(CLAIMER, storage, tmp_path, processes) for n in json.loads(out)]
     assert sorted(claimed) == list(range(trials))  # no trial twice, none left behind
 
 
@@ -244,22 +251,7 @@ def test_processes_continuing_a_finished_study_together_queue_its_trials_once(
     study.set_user_attr("dlcli.trials", 2)
     for value in (0.5, 0.7):  # the study as a finished run of 2 trials leaves it
         study.tell(study.ask(), value)
-    start = str(time.time() + 8)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", TOPPER, storage, start],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    queued = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=240)
-        assert process.returncode == 0, stderr
-        queued.append(int(stdout))
+    queued = [int(out) for out in racing(TOPPER, storage, tmp_path, 3)]
     assert sorted(queued) == [0, 0, 4]
     states = [t.state.name for t in study.get_trials()]
     assert states.count("WAITING") == 4 and len(states) == 6

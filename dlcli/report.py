@@ -324,9 +324,12 @@ def _confusion_cell(count: int, diagonal: bool) -> str:
 # --- runs list / compare -----------------------------------------------------------------------
 
 
-def runs_table(title: str, runs: Sequence[Mapping[str, Any]]) -> Table:
+def runs_table(
+    title: str, runs: Sequence[Mapping[str, Any]], damaged: Sequence[Mapping[str, Any]] = ()
+) -> Table:
     """One row per run (``RunInfo.to_dict()``): key config values and final accuracy (loss
-    when a run has no accuracy); ``--json`` has every metric."""
+    when a run has no accuracy); ``--json`` has every metric. A damaged run (``path`` and
+    ``reason``) is a row marked DAMAGED with no values: none of them can be trusted."""
     config_keys: list[str] = []
     metric_keys: list[str] = []
     for run in runs:
@@ -354,6 +357,8 @@ def runs_table(title: str, runs: Sequence[Mapping[str, Any]]) -> Table:
             *(_fmt(run["metrics"].get(k)) for k in shown),
             _fmt(run["summary"].get("best_epoch")),
         )
+    for item in damaged:  # the reason is a note below the table
+        table.add_row(escape(os.path.basename(item["path"])), "DAMAGED", style="red")
     return table
 
 

@@ -1,9 +1,13 @@
 """What saved runs were: their key config values, final metrics and training summary.
 
 Reads a run directory's ``config.yaml``, ``metrics.json``, ``history.csv`` and
-``manifest.json`` as plain data — no torch, no weights, no checksums — so ``dlcli runs list``
-over many runs stays instant. A directory without a manifest is an incomplete run (training
-was interrupted before the save) and is skipped with a reason.
+``manifest.json`` as plain data — no torch, no weights — so ``dlcli runs list`` over many runs
+stays fast. The files it shows are first checked against the SHA-256 the manifest records
+(:func:`dlcli.manifest.verify_manifest`, the check ``dlcli evaluate`` makes; the weights are
+only checked to be there, not hashed): a run whose manifest is unreadable or whose files were
+edited, truncated or removed is *damaged*, listed apart with the reason, and never compared.
+A directory without a manifest is an incomplete run (training was interrupted before the
+save) and is skipped with a reason.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlcli import metric_names, untrusted
+from dlcli import limits, manifest, metric_names, untrusted
 from dlcli.errors import ConfigError, ModelDirError, UsageError
 
 # What a person tells runs apart by: the short label (a table column) and its config key path.
@@ -32,6 +36,14 @@ KEY_FIELDS: tuple[tuple[str, str], ...] = (
 )
 # Config keys that always differ between runs and say nothing about the model.
 IGNORED_KEYS = ("output.dir", "data.data_dir")
+# What a run's manifest must list, and the files read here: hashed, each within its reader's
+# limit (the weights are not read, so not hashed: evaluate does that).
+REQUIRED = (manifest.CONFIG, manifest.WEIGHTS, manifest.METRICS, manifest.HISTORY)
+SHOWN = {
+    manifest.CONFIG: (limits.CONFIG_MAX_BYTES, "config file"),
+    manifest.METRICS: (limits.JSON_MAX_BYTES, "metrics file"),
+    manifest.HISTORY: (limits.CSV_MAX_BYTES, "history file"),
+}
 
 
 @dataclass
@@ -96,7 +108,8 @@ class Skipped:
 @dataclass
 class Listing:
     runs: list[RunInfo] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # incomplete or unreadable
+    damaged: list[Skipped] = field(default_factory=list)  # failed verification (tampered?)
 
 
 @dataclass
@@ -111,15 +124,22 @@ class Difference:
 # --- reading ---------------------------------------------------------------------------------
 
 
+class DamagedRun(ModelDirError):
+    """A run whose manifest is unreadable, or whose files do not match it (edited, truncated,
+    removed): its values are not to be trusted. Exit code as :class:`ModelDirError`."""
+
+
 def read_run(path: Path) -> RunInfo:
-    """Read a complete run directory; :class:`ModelDirError` says why one is not. Every file
-    is read within :mod:`dlcli.limits` (regular files only, bounded size and depth)."""
+    """Read a complete run directory, verified (:func:`verify`); :class:`ModelDirError` says
+    why one is not (:class:`DamagedRun` when it fails verification). Every file is read within
+    :mod:`dlcli.limits` (regular files only, bounded size and depth)."""
     from dlcli.config import read_yaml
 
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
-    if not (path / "manifest.json").is_file():
+    if not (path / manifest.MANIFEST).is_file():
         raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
+    verify(path)
     try:
         config = read_yaml(path / "config.yaml")
     except ConfigError as err:
@@ -128,6 +148,17 @@ def read_run(path: Path) -> RunInfo:
     if not isinstance(metrics, dict):
         raise ModelDirError(f"{path / 'metrics.json'}: unreadable metrics file (not a JSON object)")
     return RunInfo(path, config, metrics, read_history(path / "history.csv"))
+
+
+def verify(path: Path) -> None:
+    """Check the files of run ``path`` that this module shows (config, metrics, history)
+    against the SHA-256 its manifest records, and that the weights are there: the rule
+    ``dlcli evaluate`` applies (:func:`dlcli.manifest.verify_manifest`), without hashing the
+    weights. A failure is a :class:`DamagedRun` naming the file and why."""
+    try:
+        manifest.verify_manifest(path, REQUIRED, hashed=SHOWN)
+    except ModelDirError as err:
+        raise DamagedRun(err.message) from None
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -174,7 +205,9 @@ def _read_into(listing: Listing, path: Path) -> None:
         listing.runs.append(read_run(path))
     except ModelDirError as err:
         reason = err.message.removeprefix(f"{path}: ").removeprefix(f"{path}{os.sep}")
-        listing.skipped.append(Skipped(path, reason))
+        (listing.damaged if isinstance(err, DamagedRun) else listing.skipped).append(
+            Skipped(path, reason)
+        )
 
 
 # --- comparing -------------------------------------------------------------------------------
@@ -185,6 +218,12 @@ def compare(paths: Sequence[Path]) -> tuple[Listing, list[Difference]]:
     if len(paths) < 2:
         raise UsageError(f"runs compare: expected at least 2 run directories, found {len(paths)}")
     listing = read_runs(paths)
+    if listing.damaged:  # a comparison (or a gate on it) never stands on tampered numbers
+        raise DamagedRun(
+            "runs compare: refused: "
+            + "; ".join(f"{s.path}: damaged run: {s.reason}" for s in listing.damaged)
+            + " (its files do not match its manifest.json; dlcli evaluate refuses it too)"
+        )
     if len(listing.runs) < 2:
         why = "; ".join(f"{s.path}: {s.reason}" for s in listing.skipped)
         raise ModelDirError(f"runs compare: fewer than 2 complete runs to compare ({why})")

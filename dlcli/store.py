@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import hashlib
 import io
 import json
 import os
@@ -35,17 +34,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dlcli import atomic, limits, untrusted
+from dlcli import atomic, untrusted
 from dlcli.config import Config, parse_config
 from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 
-FORMAT = "dlcli-run/1"
-MANIFEST = "manifest.json"
-CONFIG = "config.yaml"
-WEIGHTS = "model.safetensors"
-METRICS = "metrics.json"
-HISTORY = "history.csv"
-STEPS = "steps.csv"
+# The run dir's file names and its manifest check live in torch-free dlcli.manifest (runs list
+# uses them without torch); re-exported here, where the run dir is written and loaded.
+from dlcli.manifest import CONFIG as CONFIG
+from dlcli.manifest import FORMAT as FORMAT
+from dlcli.manifest import HISTORY as HISTORY
+from dlcli.manifest import MANIFEST as MANIFEST
+from dlcli.manifest import METRICS as METRICS
+from dlcli.manifest import STEPS as STEPS
+from dlcli.manifest import WEIGHTS as WEIGHTS
+from dlcli.manifest import check_manifest as check_manifest
+from dlcli.manifest import sha256_file as sha256_file
+from dlcli.manifest import verify_manifest as verify_manifest
+
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
@@ -58,15 +63,6 @@ class Run:
     config: Config
     state_dict: dict[str, torch.Tensor]
     metrics: dict[str, Any]
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a regular file (a FIFO or a device is a :class:`ModelDirError`)."""
-    digest = hashlib.sha256()
-    with untrusted.open_regular(path, ModelDirError) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the output directory: one writer, nothing a user owns touched ---------------------------
@@ -408,65 +404,6 @@ def _quote(path: Path) -> str:
     import shlex
 
     return shlex.quote(str(path))
-
-
-def verify_manifest(directory: Path, required: Sequence[str]) -> dict[str, Any]:
-    """Check every file ``directory/manifest.json`` lists against its SHA-256 (a run dir or a
-    checkpoint); ``required`` names files the manifest must list."""
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise ModelDirError(f"{directory}: incomplete: no {MANIFEST}")
-    manifest = untrusted.load_json(manifest_path, ModelDirError, "manifest")
-    files = check_manifest(manifest, manifest_path)
-    for name in required:
-        if name not in files:
-            raise ModelDirError(f"{manifest_path}: lists no {name}")
-    for name, expected in files.items():
-        path = directory / name
-        try:
-            untrusted.inside(directory, name)
-        except ValueError:
-            raise ModelDirError(f"{path}: refused: a link that leads outside {directory}") from None
-        if not path.exists():
-            raise ModelDirError(f"{path}: missing (listed in {MANIFEST})")
-        found = sha256_file(path)
-        if found != expected:
-            raise ModelDirError(
-                f"{path}: altered or truncated: sha256 is {found[:12]}…, "
-                f"the manifest expects {expected[:12]}…"
-            )
-    return dict(manifest)
-
-
-def check_manifest(manifest: Any, shown: Path) -> dict[str, str]:
-    """The ``files`` of a parsed manifest, after checking its form: the format, at most
-    ``MANIFEST_MAX_FILES`` entries, each a plain file name (no path: nothing outside the
-    directory is ever read) with a SHA-256 of 64 hex digits."""
-    if not isinstance(manifest, dict):
-        raise ModelDirError(f"{shown}: unreadable manifest (expected a JSON object)")
-    if manifest.get("format") != FORMAT:
-        found = untrusted.echo(manifest.get("format"))
-        raise ModelDirError(f"{shown}: unreadable manifest (format {found}, expected {FORMAT!r})")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ModelDirError(f"{shown}: unreadable manifest (no 'files' object)")
-    if len(files) > limits.MANIFEST_MAX_FILES:
-        raise ModelDirError(
-            f"{shown}: unreadable manifest ({len(files)} files listed, more than the "
-            f"{limits.MANIFEST_MAX_FILES} allowed)"
-        )
-    for name, digest in files.items():
-        if not untrusted.is_plain_name(name):
-            raise ModelDirError(
-                f"{shown}: refused: lists {untrusted.echo(name)}, which is not a plain file "
-                "name in the directory"
-            )
-        if not untrusted.is_sha256(digest):
-            raise ModelDirError(
-                f"{shown}: unreadable manifest: the hash of {name} is {untrusted.echo(digest)}, "
-                "expected 64 lower-case hex digits (a SHA-256)"
-            )
-    return files
 
 
 def load_run(run_dir: Path) -> Run:

@@ -99,19 +99,29 @@ def runs() -> None:
 def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
     """List the runs in DIRECTORY, one row each.
 
-    DIRECTORY defaults to runs/.
+    DIRECTORY defaults to runs/. Each run's config, metrics and history are checked against
+    its manifest.json first: a run whose files were edited or damaged is marked DAMAGED, with
+    the reason, and none of its values are shown (JSON: under "damaged", not "runs").
     """
     from dlcli.report import runs_table
     from dlcli.runs import list_runs
 
     listing = list_runs(directory)
     rows = [run.to_dict() for run in listing.runs]
-    if rows:
-        reporter.table(runs_table(f"Runs in {directory}", rows))
+    damaged = _skipped(listing.damaged)
+    if rows or damaged:
+        reporter.table(runs_table(f"Runs in {directory}", rows, damaged))
     else:
         reporter.note(f"no complete runs in {directory}")
+    for item in listing.damaged:
+        reporter.note(f"damaged {item.path}: {item.reason}")
     _note_skipped(reporter, listing.skipped)
-    return {"directory": str(directory), "runs": rows, "skipped": _skipped(listing.skipped)}
+    return {
+        "directory": str(directory),
+        "runs": rows,
+        "damaged": damaged,
+        "skipped": _skipped(listing.skipped),
+    }
 
 
 @runs.command("compare")
@@ -127,6 +137,9 @@ def runs_compare(reporter: Reporter, run_dirs: tuple[Path, ...]) -> dict[str, An
     """Put runs side by side, differences marked.
 
     Config values of RUN_DIRS (those that differ highlighted) and their final metrics.
+    Each run is checked against its manifest.json first: a damaged run (a file edited,
+    truncated or removed since training) is refused, exit 3, naming it; an incomplete one
+    (no manifest.json) is skipped with a note.
     """
     from dlcli.report import compare_table
     from dlcli.runs import compare, comparison_rows

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,14 @@ from conftest import write_tiny_config
 from dlcli.cli import cli
 from dlcli.metrics import confusion_matrix
 from dlcli.runs import differences, layers_summary, read_history, read_run, summarize_history
+
+
+def rewrite_manifest(run_dir: Path) -> None:
+    """Record the run's files as they are now (what a forger would have to do)."""
+    from dlcli import store
+
+    files = json.loads((run_dir / "manifest.json").read_text())["files"]
+    store.write_manifest(run_dir, list(files))
 
 
 def run(*args: str) -> Any:
@@ -77,6 +87,7 @@ def test_runs_list_json(runs_root: Path) -> None:
             "reason": "incomplete run (no manifest.json; training interrupted?)",
         }
     ]
+    assert doc["damaged"] == []
 
 
 def test_runs_list_table(runs_root: Path) -> None:
@@ -291,6 +302,9 @@ def test_a_run_with_a_junk_file_is_skipped_with_its_reason(
     shutil.copytree(runs_root / "a", root / "a")
     shutil.copytree(runs_root / "a", root / "bad")
     (root / "bad" / name).write_bytes(data)
+    # Recorded by the manifest, as if written so: the readers' own limits are what is tested
+    # (an edit the manifest does not record is a damaged run: test_an_edited_run_is_damaged...).
+    rewrite_manifest(root / "bad")
     for args in (
         ["runs", "list", str(root)],
         ["runs", "compare", *map(str, [root / "a", root / "bad", runs_root / "b"])],
@@ -308,14 +322,14 @@ def test_a_run_with_a_junk_file_is_skipped_with_its_reason(
         assert "Traceback" not in result.stderr
 
 
-def test_a_fifo_in_a_run_is_skipped_at_once(runs_root: Path, tmp_path: Path) -> None:
+def test_a_fifo_in_a_run_is_damaged_at_once(runs_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     shutil.copytree(runs_root / "a", root / "fifo")
     (root / "fifo" / "history.csv").unlink()
     os.mkfifo(root / "fifo" / "history.csv")
     result = run("runs", "list", str(root), "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout)["skipped"] == [
+    assert json.loads(result.stdout)["damaged"] == [
         {
             "path": str(root / "fifo"),
             "reason": "history.csv: is a FIFO (named pipe), expected a regular history file",
@@ -346,3 +360,108 @@ def test_the_history_reader_keeps_to_its_limits(
         read_history(path)
     with pytest.raises(ModelDirError, match=r"history.csv: history file not found"):
         read_history(tmp_path / "history.csv.gone" / "history.csv")
+
+
+# --- a damaged run: what list and compare show is what the manifest records -------------------
+
+
+def _edit_metrics(run_dir: Path) -> None:
+    """Change the recorded accuracies by hand: valid JSON, every reader accepts it."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("validation", "test"):
+        metrics[split]["accuracy"] = 0.987654
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def test_an_edited_metrics_json_is_damaged_in_list_and_refused_by_compare(
+    runs_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "a", root / "a")
+    shutil.copytree(runs_root / "a", root / "edited")
+    _edit_metrics(root / "edited")
+    reason = "metrics.json: altered or truncated: sha256 is "
+
+    doc = run_json("runs", "list", str(root))
+    assert [r["name"] for r in doc["runs"]] == ["a"]  # none of its numbers shown
+    assert [d["path"] for d in doc["damaged"]] == [str(root / "edited")]
+    assert doc["damaged"][0]["reason"].startswith(reason)
+    assert doc["skipped"] == []
+    table = CliRunner(env={"COLUMNS": "160"}).invoke(cli, ["runs", "list", str(root)])
+    assert table.exit_code == 0, table.output
+    assert any("edited" in line and "DAMAGED" in line for line in table.stdout.splitlines())
+    assert "0.9877" not in table.stdout
+    assert f"damaged {root / 'edited'}: {reason}" in table.stderr
+    # A damaged run named on its own is refused, as evaluate refuses it: the same reason.
+    alone = run("runs", "list", str(root / "edited"))
+    assert alone.exit_code == 3 and reason in alone.stderr
+    evaluated = run("evaluate", str(root / "edited"))
+    assert evaluated.exit_code == 3 and reason in evaluated.stderr
+
+    for order in ([root / "a", root / "edited"], [root / "edited", root / "a", runs_root / "b"]):
+        result = run("runs", "compare", *map(str, order))
+        assert result.exit_code == 3, result.output
+        assert result.stdout == ""  # no table a gate could read numbers from
+        assert "runs compare: refused: " in result.stderr
+        assert f"{root / 'edited'}: damaged run: {reason}" in result.stderr
+        assert "Traceback" not in result.stderr
+        failed = run_json("runs", "compare", *map(str, order), code=3)
+        assert failed["error"]["kind"] == "model_dir" and "runs" not in failed
+
+
+DAMAGES = [
+    ("manifest.json", b"{not json", "manifest.json: unreadable manifest: not valid JSON"),
+    ("manifest.json", b"[]", "manifest.json: unreadable manifest (expected a JSON object)"),
+    ("manifest.json", b'{"format": "x", "files": {}}', "unreadable manifest (format 'x'"),
+    ("history.csv", b"epoch,loss\n1,0.5\n", "history.csv: altered or truncated"),
+    ("config.yaml", b"{}\n", "config.yaml: altered or truncated"),
+    ("model.safetensors", None, "model.safetensors: missing (listed in manifest.json)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"), DAMAGES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(DAMAGES)]
+)
+def test_a_damaged_run_is_listed_as_damaged_with_its_reason(
+    runs_root: Path, tmp_path: Path, name: str, data: bytes | None, reason: str
+) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "a", root / "a")
+    shutil.copytree(runs_root / "a", root / "bad")
+    if data is None:
+        (root / "bad" / name).unlink()
+    else:
+        (root / "bad" / name).write_bytes(data)
+    doc = run_json("runs", "list", str(root))
+    assert [r["name"] for r in doc["runs"]] == ["a"]
+    assert [d["path"] for d in doc["damaged"]] == [str(root / "bad")]
+    assert reason in doc["damaged"][0]["reason"], doc["damaged"]
+    result = run("runs", "compare", str(root / "a"), str(root / "bad"))
+    assert result.exit_code == 3 and reason in result.stderr
+
+
+def test_a_manifest_that_leaves_out_history_is_damaged(runs_root: Path, tmp_path: Path) -> None:
+    """A history.csv the manifest does not record is not trusted either (every run lists it)."""
+    from dlcli import store
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "a", root / "bad")
+    store.write_manifest(root / "bad", ["config.yaml", "model.safetensors", "metrics.json"])
+    doc = run_json("runs", "list", str(root))
+    assert doc["damaged"] == [
+        {"path": str(root / "bad"), "reason": "manifest.json: lists no history.csv"}
+    ]
+
+
+def test_runs_list_stays_torch_free(runs_root: Path) -> None:
+    """Verifying runs hashes their small files, never loads the weights: no torch import."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from dlcli.cli import cli\n"
+        f"result = CliRunner().invoke(cli, ['runs', 'list', {str(runs_root)!r}, '--json'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,114 @@
+"""``manifest.json``: the SHA-256 of every file a run directory or checkpoint holds.
+
+The one home of the rule that a run's files are what its manifest records (an altered,
+truncated or missing file is refused). No torch here: ``dlcli runs list`` and
+``dlcli runs compare`` verify the files they show (config, metrics, history) without loading
+the weights, and ``dlcli evaluate`` (via :func:`dlcli.store.verify_run`) verifies all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dlcli import limits, untrusted
+from dlcli.errors import ModelDirError
+
+FORMAT = "dlcli-run/1"
+MANIFEST = "manifest.json"
+# The files of a run directory (dlcli/store.py writes them, the manifest last).
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+STEPS = "steps.csv"
+
+
+def sha256_file(path: Path, max_bytes: int | None = None, what: str = "file") -> str:
+    """The SHA-256 of a regular file (a FIFO or a device is a :class:`ModelDirError`); one
+    larger than ``max_bytes`` is refused unread, naming it as ``what``."""
+    digest = hashlib.sha256()
+    with untrusted.open_regular(path, ModelDirError, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ModelDirError(
+                f"{path}: the {what} is {size:,} bytes, more than the {max_bytes:,} allowed"
+            )
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_manifest(
+    directory: Path,
+    required: Sequence[str],
+    *,
+    hashed: Mapping[str, tuple[int, str]] | None = None,
+) -> dict[str, Any]:
+    """Check every file ``directory/manifest.json`` lists against its SHA-256 (a run dir or a
+    checkpoint); ``required`` names files the manifest must list.
+
+    ``hashed`` (``{name: (max_bytes, what)}``) hashes only those files, each refused when
+    larger than the reader of it would accept; the other listed files must be there, but are
+    not read (``runs list``: the weights are not hashed). ``None``: every listed file is hashed.
+    """
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelDirError(f"{directory}: incomplete: no {MANIFEST}")
+    manifest = untrusted.load_json(manifest_path, ModelDirError, "manifest")
+    files = check_manifest(manifest, manifest_path)
+    for name in required:
+        if name not in files:
+            raise ModelDirError(f"{manifest_path}: lists no {name}")
+    for name, expected in files.items():
+        path = directory / name
+        try:
+            untrusted.inside(directory, name)
+        except ValueError:
+            raise ModelDirError(f"{path}: refused: a link that leads outside {directory}") from None
+        if not path.exists():
+            raise ModelDirError(f"{path}: missing (listed in {MANIFEST})")
+        if hashed is not None and name not in hashed:
+            continue
+        max_bytes, what = hashed[name] if hashed is not None else (None, "file")
+        found = sha256_file(path, max_bytes, what)
+        if found != expected:
+            raise ModelDirError(
+                f"{path}: altered or truncated: sha256 is {found[:12]}…, "
+                f"the manifest expects {expected[:12]}…"
+            )
+    return dict(manifest)
+
+
+def check_manifest(manifest: Any, shown: Path) -> dict[str, str]:
+    """The ``files`` of a parsed manifest, after checking its form: the format, at most
+    ``MANIFEST_MAX_FILES`` entries, each a plain file name (no path: nothing outside the
+    directory is ever read) with a SHA-256 of 64 hex digits."""
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{shown}: unreadable manifest (expected a JSON object)")
+    if manifest.get("format") != FORMAT:
+        found = untrusted.echo(manifest.get("format"))
+        raise ModelDirError(f"{shown}: unreadable manifest (format {found}, expected {FORMAT!r})")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ModelDirError(f"{shown}: unreadable manifest (no 'files' object)")
+    if len(files) > limits.MANIFEST_MAX_FILES:
+        raise ModelDirError(
+            f"{shown}: unreadable manifest ({len(files)} files listed, more than the "
+            f"{limits.MANIFEST_MAX_FILES} allowed)"
+        )
+    for name, digest in files.items():
+        if not untrusted.is_plain_name(name):
+            raise ModelDirError(
+                f"{shown}: refused: lists {untrusted.echo(name)}, which is not a plain file "
+                "name in the directory"
+            )
+        if not untrusted.is_sha256(digest):
+            raise ModelDirError(
+                f"{shown}: unreadable manifest: the hash of {name} is {untrusted.echo(digest)}, "
+                "expected 64 lower-case hex digits (a SHA-256)"
+            )
+    return files

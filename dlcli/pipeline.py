@@ -826,12 +826,11 @@ def open_data(
     loaded = load_model(run_dir, device, tta=tta)
     cfg = loaded.run.config
     names = tuple(loaded.run.metrics.get("dataset", {}).get("class_names") or ())
-    spec = LocalData.from_config(cfg.data, cfg.model.input_shape)
+    # The run's data settings (resize, background, cache, workers) with ``data`` as the only
+    # split, whatever the run was trained on (own data, IDX archives or a registry dataset).
+    given = dataclasses.replace(cfg.data, train=str(data), test=None, validation=None)
     spec = dataclasses.replace(
-        spec,
-        train=data,
-        test=None,
-        validation=None,
+        LocalData.from_config(given, cfg.model.input_shape),
         class_names=names or None,
         num_classes=loaded.built.output_shape[0],
         skip_bad_files=cfg.data.skip_bad_files if skip_bad_files is None else skip_bad_files,

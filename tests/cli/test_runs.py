@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_tiny_config
+from conftest import learnable_patterns, write_tiny_config
 
 from dlcli.cli import cli
 from dlcli.metrics import confusion_matrix
@@ -465,3 +465,22 @@ def test_runs_list_stays_torch_free(runs_root: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- evaluate --data: other data than the run's -----------------------------
+
+
+def test_evaluate_data_scores_a_run_trained_on_idx_archives(
+    runs_root: Path, tmp_path: Path
+) -> None:
+    """A run trained from data.train_images (no data.train) scores --data too (it was an
+    internal error, exit 1): its test archive as an .npz gives evaluate --split test's figures."""
+    rng = np.random.default_rng(0)  # as write_tiny_config: 400 train, then 100 test
+    learnable_patterns(400, rng)
+    images, labels = learnable_patterns(100, rng)
+    np.savez(tmp_path / "test.npz", x=images, y=labels)
+    scored = run_json("evaluate", str(runs_root / "a"), "--data", str(tmp_path / "test.npz"))
+    split = run_json("evaluate", str(runs_root / "a"), "--split", "test")
+    assert scored["metrics"]["data"]["samples"] == 100
+    assert scored["metrics"]["data"]["accuracy"] == split["metrics"]["test"]["accuracy"]
+    assert scored["metrics"]["data"]["loss"] == pytest.approx(split["metrics"]["test"]["loss"])

@@ -834,6 +834,7 @@ def open_data(
         class_names=names or None,
         num_classes=loaded.built.output_shape[0],
         skip_bad_files=cfg.data.skip_bad_files if skip_bad_files is None else skip_bad_files,
+        evaluating=True,
     )
     dataset = load_local(spec)
     if dataset.test is not None:  # a Keras-style .npz: its test arrays are what is scored

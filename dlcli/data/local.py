@@ -44,6 +44,12 @@ SKIP_HINT = (
 )
 
 
+def _evaluate_skip_hint(path: Path) -> str:
+    """The remedy for unreadable files given to ``evaluate --data``: it has no option to
+    leave files out (the run's ``data.skip_bad_files`` decides, and it did not)."""
+    return f"Fix or remove them, then evaluate again (`dlcli data check {path}` lists every one)"
+
+
 @dataclass(frozen=True)
 class LocalData:
     """Where the data is and how images are turned into the model's input."""
@@ -57,6 +63,9 @@ class LocalData:
     class_names: tuple[str, ...] | None = None
     num_classes: int | None = None
     skip_bad_files: bool = False
+    # True: ``train`` is labelled data a trained model is scored on (``evaluate --data``), its
+    # classes the model's: messages say so, and name no config key that cannot change there.
+    evaluating: bool = False
     cache: bool = True
     cache_dir: str | None = None
     workers: int | None = None
@@ -97,7 +106,8 @@ def load_local(spec: LocalData) -> Dataset:
         splits[part] = split
         bad += part_bad
     if bad and not spec.skip_bad_files:
-        raise DataError(bad_files_message(bad, SKIP_HINT))
+        hint = _evaluate_skip_hint(spec.train) if spec.evaluating else SKIP_HINT
+        raise DataError(bad_files_message(bad, hint))
     if len(names) < 2:  # every prediction right by construction: a metric that says nothing
         raise DataError(
             f"{spec.train}: holds {len(names)} class ({', '.join(names) or 'none'}); a "
@@ -164,7 +174,7 @@ def _classes(
     encoders: dict[str, Encoder] = {}
     for part, source in parts.items():
         if isinstance(source, ArrayData):
-            _check_array_labels(source, len(names))
+            _check_array_labels(source, len(names), spec.evaluating)
             encoders[part] = {}
             continue
         encoder: Encoder = {}
@@ -173,6 +183,11 @@ def _classes(
                 encoder[label] = index[label]
             elif is_number(label) and int(label) < len(names) and source.kind == "csv":
                 encoder[label] = int(label)
+            elif spec.evaluating:
+                raise DataError(
+                    f"{source.source}: class {label!r} is not one of the {len(names)} classes "
+                    f"the model was trained on ({_shown(names)})"
+                )
             else:
                 raise DataError(
                     f"{source.source}: class {label!r} of the {part} data is not one of the "
@@ -208,14 +223,19 @@ def _largest_label(parts: dict[str, Source]) -> int:
     return largest
 
 
-def _check_array_labels(source: ArrayData, num_classes: int) -> None:
+def _check_array_labels(source: ArrayData, num_classes: int, evaluating: bool) -> None:
     labels = source.labels
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         found = ", ".join(map(str, np.unique(labels[bad])[:5]))
+        remedy = (
+            f"the model was trained on {num_classes} classes"
+            if evaluating
+            else "set data.num_classes or data.class_names"
+        )
         raise DataError(
             f"{source.source}: {int(bad.sum())} of {len(labels)} labels are outside "
-            f"[0, {num_classes}) (found {found}); set data.num_classes or data.class_names"
+            f"[0, {num_classes}) (found {found}); {remedy}"
         )
 
 
@@ -274,7 +294,7 @@ def _array_split(source: ArrayData, conversion: Conversion | None, spec: LocalDa
         raise DataError(
             f"{source.source}: its images are {found.height}×{found.width}×{found.channels} "
             f"but the model takes {h}×{w}×{c} (height×width×channels); arrays are not "
-            "resized: set model.input_shape to match"
+            + ("resized" if spec.evaluating else "resized: set model.input_shape to match")
         )
     tensor = torch.from_numpy(source.images)
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()

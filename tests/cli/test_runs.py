@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import learnable_patterns, write_tiny_config
+from PIL import Image
 
 from dlcli.cli import cli
 from dlcli.metrics import confusion_matrix
@@ -467,7 +469,7 @@ def test_runs_list_stays_torch_free(runs_root: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-# --- evaluate --data: other data than the run's -----------------------------
+# --- evaluate --data: messages worded for evaluating, not training -----------------------------
 
 
 def test_evaluate_data_scores_a_run_trained_on_idx_archives(
@@ -484,3 +486,77 @@ def test_evaluate_data_scores_a_run_trained_on_idx_archives(
     assert scored["metrics"]["data"]["samples"] == 100
     assert scored["metrics"]["data"]["accuracy"] == split["metrics"]["test"]["accuracy"]
     assert scored["metrics"]["data"]["loss"] == pytest.approx(split["metrics"]["test"]["loss"])
+
+
+def _unknown_class(root: Path) -> Path:
+    Image.new("L", (8, 8)).save(_folder(root / "birds" / "bird") / "x.png")
+    return root / "birds"
+
+
+def _unreadable_file(root: Path) -> Path:
+    Image.new("L", (8, 8)).save(_folder(root / "broken" / "1") / "good.png")
+    (root / "broken" / "1" / "bad.png").write_bytes(b"not a png")
+    return root / "broken"
+
+
+def _label_out_of_range(root: Path) -> Path:
+    np.savez(root / "nine.npz", x=np.zeros((3, 8, 8), np.uint8), y=np.array([0, 9, 1]))
+    return root / "nine.npz"
+
+
+def _other_image_size(root: Path) -> Path:
+    np.savez(root / "six.npz", x=np.zeros((3, 6, 6), np.uint8), y=np.array([0, 1, 2]))
+    return root / "six.npz"
+
+
+# The data written, what evaluate says, and the training words it must not say. The run's
+# classes are 0..3 (IDX labels), its images 8×8 greyscale.
+WORDING: list[tuple[Callable[[Path], Path], list[str], list[str]]] = [
+    (
+        _unknown_class,
+        ["class 'bird' is not one of the 4 classes the model was trained on (0, 1, 2, 3)"],
+        ["train data"],
+    ),
+    (
+        _unreadable_file,
+        ["1 image file could not be read", "then evaluate again (`dlcli data check {data}` lists"],
+        ["skip_bad_files", "to train"],
+    ),
+    (
+        _label_out_of_range,
+        ["1 of 3 labels are outside [0, 4) (found 9); the model was trained on 4 classes"],
+        ["data.num_classes", "data.class_names"],
+    ),
+    (
+        _other_image_size,
+        ["its images are 6×6×1 but the model takes 8×8×1", "arrays are not resized"],
+        ["model.input_shape"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("write", "said", "unsaid"), WORDING, ids=[w.__name__ for w, *_ in WORDING]
+)
+def test_evaluate_data_messages_speak_of_evaluating(
+    runs_root: Path,
+    tmp_path: Path,
+    write: Callable[[Path], Path],
+    said: list[str],
+    unsaid: list[str],
+) -> None:
+    """evaluate --data scores other data than the run trained on: a problem with it is worded
+    for evaluating, and names no training config key (evaluate cannot change them)."""
+    data = write(tmp_path)
+    result = run("evaluate", str(runs_root / "a"), "--data", str(data))
+    assert result.exit_code == 3, result.output
+    for text in said:
+        assert text.format(data=data) in result.stderr, result.stderr
+    for text in unsaid:
+        assert text not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -472,6 +472,7 @@ def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
             "checksums": dataset.checksums,
             **_data_location(prepared),
             **({"sources": dataset.split_sources} if dataset.split_sources else {}),
+            **({"notes": dataset.notes} if dataset.notes else {}),
         },
         **({"skipped_files": dataset.skipped} if dataset.skipped else {}),
     }

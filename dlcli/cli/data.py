@@ -232,7 +232,7 @@ def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
             _counts(s["sizes"]),
             _counts(s["modes"]),
             str(len(s["unreadable"])),
-            str(len(s["ignored"])),
+            str(len(s["ignored"]) + len(s["links"])),
             str(sum(len(g) - 1 for g in s["duplicates"])),
         )
     reporter.table(summary)
@@ -245,6 +245,10 @@ def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
             reporter.note(f"ignored, not an image ({name}): {path}")
         if len(s["ignored"]) > _IGNORED_SHOWN:
             reporter.note(f"... and {len(s['ignored']) - _IGNORED_SHOWN} more ignored (--json)")
+        for link in s["links"][:_IGNORED_SHOWN]:
+            reporter.note(f"ignored ({name}): {link['path']}: {link['reason']}")
+        if len(s["links"]) > _IGNORED_SHOWN:
+            reporter.note(f"... and {len(s['links']) - _IGNORED_SHOWN} more folder links (--json)")
     for group in document["in_train_and_test"]:
         reporter.note(f"in train and test: {' = '.join(group)}")
     for note in document["notes"]:

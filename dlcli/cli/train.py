@@ -285,6 +285,8 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
         + (_threads(prepared.threads.count) if prepared.threads is not None else "")
         + f", {kind} step"
     )
+    for note in data.notes:
+        reporter.note(f"data: {note}")
     tools = pipeline.describe_recipe(prepared.config.training)
     if tools:
         reporter.note(f"training with {tools}")

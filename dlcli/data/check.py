@@ -2,10 +2,11 @@
 
 For each split (train, and test / validation when given): images per class, the image sizes
 and modes found, every file that could not be read (by path, with the reason), files that
-are not images, duplicate files (same bytes) and files present in both train and test (by
-content hash), and a note when the classes are imbalanced. Images are fully decoded (a
-truncated file is found) in worker processes, but not converted. No torch unless a registry
-dataset is checked.
+are not images, folder links not followed, class folders holding no image (and train's
+classes a test or validation folder lacks), duplicate files (same bytes) and files present
+in both train and test (by content hash), and a note when the classes are imbalanced.
+Images are fully decoded (a truncated file is found) in worker processes, but not
+converted. No torch unless a registry dataset is checked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dlcli.data.sources import (
     ArrayData,
     FileList,
     Source,
+    check_named_classes,
+    class_folder_notes,
     has_test_arrays,
     open_source,
     split_folders,
@@ -47,6 +50,8 @@ class SplitCheck:
     modes: dict[str, int] = field(default_factory=dict)
     unreadable: list[dict[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    links: list[dict[str, str]] = field(default_factory=list)  # folder links not followed
+    empty_folders: list[str] = field(default_factory=list)  # class folders with no image
     duplicates: list[list[str]] = field(default_factory=list)  # groups of identical files
     digests: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
@@ -60,6 +65,8 @@ class SplitCheck:
             "modes": self.modes,
             "unreadable": self.unreadable,
             "ignored": self.ignored,
+            "links": self.links,
+            "empty_class_folders": self.empty_folders,
             "duplicates": self.duplicates,
         }
 
@@ -102,7 +109,9 @@ def _check_config(path: Path, overrides: Sequence[str], workers: int | None) -> 
     if data.train is not None:
         given = {"train": data.train, "test": data.test, "validation": data.validation}
         paths = {name: Path(p) for name, p in given.items() if p is not None}
-        return check_paths(paths, workers=workers or data.workers)
+        return check_paths(
+            paths, workers=workers or data.workers, class_names=data.class_names or ()
+        )
     from dlcli.pipeline import load_data
 
     dataset = load_data(data)
@@ -112,15 +121,23 @@ def _check_config(path: Path, overrides: Sequence[str], workers: int | None) -> 
     return check_arrays(splits, dataset.class_names, data.dataset or str(data.train_images))
 
 
-def check_paths(paths: dict[str, Path], *, workers: int | None = None) -> CheckReport:
-    """Check the data of each split (``{"train": PATH, "test": PATH, ...}``)."""
+def check_paths(
+    paths: dict[str, Path], *, workers: int | None = None, class_names: Sequence[str] = ()
+) -> CheckReport:
+    """Check the data of each split (``{"train": PATH, "test": PATH, ...}``); a class folder
+    ``class_names`` (a config's ``data.class_names``) lists with no image is an error, as
+    in training."""
     sources: dict[str, Source] = {}
     for name, path in paths.items():
         sources[name] = open_source(path, name)
+    if class_names and "train" in sources:
+        check_named_classes(sources["train"], class_names)
     if "test" not in paths and "train" in paths and has_test_arrays(paths["train"]):
         sources["test"] = open_source(paths["train"], "test")
     splits = {name: _check_source(name, s, workers) for name, s in sources.items()}
-    return _report(splits)
+    report = _report(splits)
+    report.notes[:0] = class_folder_notes(sources)
+    return report
 
 
 def check_arrays(
@@ -147,6 +164,10 @@ def _check_source(name: str, source: Source, workers: int | None) -> SplitCheck:
 
 def _check_files(name: str, files: FileList, workers: int | None) -> SplitCheck:
     check = SplitCheck(name, str(files.source), files.kind, ignored=list(files.ignored))
+    check.links = [
+        {"path": link.path, "target": link.target, "reason": link.reason} for link in files.links
+    ]
+    check.empty_folders = [folder.path for folder in files.empty]
     infos, bad = inspect_files(files.paths, workers=workers)
     check.unreadable = [{"path": p, "reason": r} for p, r in bad]
     per_class: Counter[str] = Counter()

@@ -64,6 +64,8 @@ class Dataset:
     split_sources: dict[str, str] = field(default_factory=dict)  # split -> the path it came from
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out
     validation: Split | None = None  # given validation data (else split off train)
+    # what the data leaves out, one line each (an empty class folder): shown when training
+    notes: list[str] = field(default_factory=list)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -7,7 +7,9 @@
 Otherwise: class folders and CSV name labels give the sorted names of train's classes
 (numerically sorted when every name is a number); integer labels (CSV, .npz, IDX) give
 ``"0"``, ``"1"``, … up to ``data.num_classes`` or the largest label. A test or validation
-class that train lacks is an error.
+class that train lacks is an error. A class folder holding no image is no class: an error
+when ``data.class_names`` lists it, else a note (:attr:`Dataset.notes`), as is a class of
+train with no image in a test or validation folder.
 
 **Unreadable images** stop loading with a :class:`DataError` listing the first 20 and the
 count, unless ``skip_bad_files`` (they are then left out and listed in
@@ -32,6 +34,8 @@ from dlcli.data.sources import (
     ArrayData,
     FileList,
     Source,
+    check_named_classes,
+    class_folder_notes,
     has_test_arrays,
     open_source,
 )
@@ -123,6 +127,7 @@ def load_local(spec: LocalData) -> Dataset:
         split_sources={part: str(source.source) for part, source in parts.items()},
         skipped=[{"path": p, "reason": r} for p, r in bad],
         validation=splits.get("validation"),
+        notes=class_folder_notes(parts),
     )
 
 
@@ -170,6 +175,8 @@ def _classes(
 ) -> tuple[tuple[str, ...], dict[str, Encoder]]:
     """The class names, and for each split of files, its label text → index."""
     names = _class_names(parts, spec)
+    if spec.class_names:
+        check_named_classes(parts["train"], spec.class_names)
     index = {name: i for i, name in enumerate(names)}
     encoders: dict[str, Encoder] = {}
     for part, source in parts.items():

@@ -22,6 +22,7 @@ import math
 import os
 import stat
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +39,27 @@ _ZIP_MAGIC = b"PK\x03\x04"
 KINDS = ("folder", "csv", "npz", "idx")
 
 
+@dataclass(frozen=True)
+class FolderLink:
+    """A folder link :func:`list_folder` did not follow: its path and the folder it leads to."""
+
+    path: str
+    target: str
+
+    @property
+    def reason(self) -> str:
+        return f"folder link to {self.target}, not followed: it would count images twice"
+
+
+@dataclass(frozen=True)
+class EmptyFolder:
+    """A class folder with no image in it: its path, its name and the other files it holds."""
+
+    path: str
+    name: str
+    ignored: int  # files in it that are not images
+
+
 @dataclass
 class FileList:
     """Image files and their labels as written (a class folder's name, a CSV's label text)."""
@@ -50,6 +72,11 @@ class FileList:
     # (N, 2) int64: each file's size and mtime_ns as listed (folders: one pass over the
     # tree); None: not taken (the cache stats the files itself)
     stats: npt.NDArray[np.int64] | None = None
+    # folders listed elsewhere (a link to the root, to a class folder, to a folder already
+    # walked): not followed, each with where it leads (and why: :attr:`FolderLink.reason`)
+    links: list[FolderLink] = field(default_factory=list)
+    # class folders holding no image (only other files, or nothing): no class of their own
+    empty: list[EmptyFolder] = field(default_factory=list)
 
 
 @dataclass
@@ -140,7 +167,8 @@ def list_folder(root: Path) -> FileList:
     One ``listdir`` per folder and one ``stat`` per entry, with the size and modification
     time kept for the cache's key; 70,000 files list in about 0.3 s. A folder is listed once,
     under its own class: a link to a folder inside ``root`` (the root, a class folder, a folder
-    of another class), or to one already listed, is skipped and goes to ``ignored``."""
+    of another class), or to one already listed, is not followed and goes to ``links``. A
+    class folder holding no image is no class: it goes to ``empty``."""
     listing = _Listing(os.path.realpath(root))
     try:
         names = sorted(os.listdir(root))
@@ -157,22 +185,38 @@ def list_folder(root: Path) -> FileList:
             info: os.stat_result | None = os.stat(path)
         except OSError:
             info = None
-        if info is None or not stat.S_ISDIR(info.st_mode) or listing.listed_anyway(path, info):
-            listing.ignored.append(path)  # not a folder, or a link to one listed on its own
+        if info is None or not stat.S_ISDIR(info.st_mode):
+            listing.ignored.append(path)  # not a folder
+            continue
+        if listing.listed_anyway(path, info):
+            listing.skip_link(path)  # a link to a folder listed on its own
             continue
         listing.seen.add(_folder_id(info))
         classes.append((name, path))
+    empty: list[EmptyFolder] = []
     for name, path in classes:
-        before = len(listing.paths)
+        before, ignored_before = len(listing.paths), len(listing.ignored)
         listing.walk(path)
         listing.labels += [name] * (len(listing.paths) - before)
+        if len(listing.paths) == before:
+            empty.append(EmptyFolder(path, name, len(listing.ignored) - ignored_before))
     if not listing.paths:
+        skipped = listing.ignored + [link.path for link in listing.links]
         raise DataError(
             f"{root}: no images found: expected class folders holding image files "
-            f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(listing.ignored)}"
+            f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(skipped)}"
         )
     stats = np.array([listing.sizes, listing.mtimes], dtype=np.int64).T
-    return FileList(root, "folder", listing.paths, listing.labels, listing.ignored, stats)
+    return FileList(
+        root,
+        "folder",
+        listing.paths,
+        listing.labels,
+        listing.ignored,
+        stats,
+        links=listing.links,
+        empty=empty,
+    )
 
 
 class _Listing:
@@ -186,6 +230,7 @@ class _Listing:
         self.sizes: list[int] = []
         self.mtimes: list[int] = []
         self.ignored: list[str] = []
+        self.links: list[FolderLink] = []
         # (device, inode) of the root, every class folder and every folder walked: filled
         # before the first class is walked, so a link to a later class is not taken in
         self.seen: set[tuple[int, int]] = set()
@@ -203,10 +248,14 @@ class _Listing:
         parts = below.split(os.sep)
         return parts[0] != os.pardir and not any(part.startswith(".") for part in parts)
 
+    def skip_link(self, folder: str) -> None:
+        """``folder`` (a link, or a folder reached twice) is not followed: kept in ``links``."""
+        self.links.append(FolderLink(folder, os.path.realpath(folder)))
+
     def walk(self, folder: str) -> None:
         """Image files below ``folder``, in name order, each sub-folder's at its name's place;
-        other files, and sub-folders already in ``seen`` (links), go to ``ignored``; hidden
-        ones are skipped. ``folder`` itself is in ``seen`` already."""
+        other files go to ``ignored``, sub-folders listed elsewhere (links) to ``links``;
+        hidden ones are skipped. ``folder`` itself is in ``seen`` already."""
         try:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
@@ -235,7 +284,7 @@ class _Listing:
                     continue
                 if stat.S_ISDIR(info.st_mode):
                     if self.listed_anyway(prefix + name, info):
-                        self.ignored.append(prefix + name)
+                        self.skip_link(prefix + name)
                     else:
                         self.seen.add(_folder_id(info))
                         self.walk(prefix + name)
@@ -247,6 +296,58 @@ class _Listing:
                     self.ignored.append(prefix + name)
         finally:
             os.close(fd)
+
+
+def class_folder_notes(parts: dict[str, Source]) -> list[str]:
+    """What the class folders of each split (``{"train": ..., "test": ...}``) leave out,
+    one line each: a class folder holding no image (in train: no class), and a class of
+    train's folders with no image in a test or validation folder (its metrics leave it out).
+    ``load_local`` shows these on the train output; ``data check`` lists them."""
+    notes: list[str] = []
+    for part, source in parts.items():
+        if not isinstance(source, FileList):
+            continue
+        for folder in source.empty:
+            notes.append(
+                f"{part}: class folder {folder.path} holds no image{_holds(folder)}"
+                + (f": '{folder.name}' is not a class" if part == "train" else "")
+            )
+    train = parts.get("train")
+    if isinstance(train, FileList) and train.kind == "folder":
+        for part, source in parts.items():
+            if part == "train" or not isinstance(source, FileList) or source.kind != "folder":
+                continue
+            missing = sorted(set(train.labels) - set(source.labels))
+            if missing:
+                it = "them" if len(missing) > 1 else "it"
+                notes.append(
+                    f"{part}: no image of class{'es' if len(missing) > 1 else ''} "
+                    f"{', '.join(repr(m) for m in missing)} (train has {it}): "
+                    f"the {part} metrics leave {it} out"
+                )
+    return notes
+
+
+def check_named_classes(train: Source, class_names: Sequence[str]) -> None:
+    """A :class:`DataError` naming each class folder of train that ``data.class_names`` lists
+    but that holds no image: the model would have a class it never saw."""
+    if not isinstance(train, FileList):
+        return
+    named = set(class_names)
+    empty = [folder for folder in train.empty if folder.name in named]
+    if empty:
+        shown = "; ".join(f"{f.path}{_holds(f)}" for f in empty)
+        raise DataError(
+            f"data.class_names lists {', '.join(repr(f.name) for f in empty)} but "
+            f"{'its class folder holds' if len(empty) == 1 else 'their class folders hold'} "
+            f"no image: {shown}; add images, or remove the name from data.class_names"
+        )
+
+
+def _holds(folder: EmptyFolder) -> str:
+    if not folder.ignored:
+        return ""
+    return f" (only {folder.ignored} other file{'s' if folder.ignored != 1 else ''})"
 
 
 def _folder_id(info: os.stat_result) -> tuple[int, int]:

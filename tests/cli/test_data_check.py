@@ -4,6 +4,7 @@ train/test overlap and imbalance, as tables and --json; exit 3 on unreadable fil
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,50 @@ def test_a_link_up_the_tree_does_not_merge_classes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     train = json.loads(result.stdout)["splits"]["train"]
     assert list(train["per_class"]) == list(CLASSES) and sum(train["per_class"].values()) == 16
-    assert train["ignored"] == [str(tmp_path / "up" / CLASSES[0] / "up")]
+    assert train["ignored"] == []
+    link = str(tmp_path / "up" / CLASSES[0] / "up")
+    target = os.path.realpath(tmp_path / "up")
+    reason = f"folder link to {target}, not followed: it would count images twice"
+    assert train["links"] == [{"path": link, "target": target, "reason": reason}]
+    human = check(tmp_path / "up")
+    assert human.exit_code == 0
+    assert f"ignored (train): {link}: {reason}" in " ".join(human.stderr.split())
+    assert "not an image" not in human.stderr
+
+
+def test_empty_class_folders_are_listed(tmp_path: Path) -> None:
+    """An empty class folder in train (no class), and in test (train's class missing)."""
+    write_learnable_tree(tmp_path / "pets" / "train", 20)
+    write_learnable_tree(tmp_path / "pets" / "test", 12, seed=1)
+    (tmp_path / "pets" / "train" / "cat").mkdir()
+    for image in (tmp_path / "pets" / "test" / CLASSES[0]).iterdir():
+        image.unlink()
+    result = check(tmp_path / "pets", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    train_cat = str(tmp_path / "pets" / "train" / "cat")
+    test_row0 = str(tmp_path / "pets" / "test" / CLASSES[0])
+    assert doc["splits"]["train"]["empty_class_folders"] == [train_cat]
+    assert doc["splits"]["test"]["empty_class_folders"] == [test_row0]
+    assert doc["notes"][:3] == [
+        f"train: class folder {train_cat} holds no image: 'cat' is not a class",
+        f"test: class folder {test_row0} holds no image",
+        f"test: no image of class '{CLASSES[0]}' (train has it): the test metrics leave it out",
+    ]
+    human = " ".join(check(tmp_path / "pets").stderr.split())
+    assert f"note: train: class folder {train_cat} holds no image" in human
+
+
+def test_an_empty_class_folder_the_config_names_is_an_error(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "train", 20)
+    (tmp_path / "train" / "cat").mkdir()
+    config = tmp_path / "c.yaml"
+    data = {"train": str(tmp_path / "train"), "class_names": [*CLASSES, "cat"]}
+    model = {"layers": [{"type": "flatten"}, {"type": "dense", "units": 5}]}
+    config.write_text(yaml.safe_dump({"data": data, "model": model}))
+    result = check(config)
+    assert result.exit_code == 3
+    assert "data.class_names lists 'cat' but its class folder holds no image" in result.output
 
 
 def test_imbalance_and_sizes_are_noted(tmp_path: Path) -> None:

@@ -195,9 +195,11 @@ def test_folder_listing_order_links_and_stats(tmp_path: Path) -> None:
     assert below == ["a/1.jpg", "b/a/b/x.PNG", "b/a/c.png", "b/a-b.png", "b/z.png"]
     assert listing.labels == ["a", "b", "b", "b", "b"]
     assert sorted(os.path.relpath(p, root) for p in listing.ignored) == [
-        "b/a/loop",
         "b/notes.txt",
         "readme.md",
+    ]
+    assert [(os.path.relpath(link.path, root), link.target) for link in listing.links] == [
+        ("b/a/loop", os.path.realpath(root / "b"))
     ]
     assert listing.stats is not None
     assert listing.stats[0].tolist() == [len("a/1.jpg"), 123456789012345]
@@ -206,7 +208,7 @@ def test_folder_listing_order_links_and_stats(tmp_path: Path) -> None:
 
 def test_links_to_the_root_or_a_class_folder_keep_the_classes_apart(tmp_path: Path) -> None:
     """A link inside a class folder up to the root, or across to a later class folder, is
-    skipped and listed as ignored: each class keeps exactly its own images."""
+    not followed and listed with where it leads: each class keeps exactly its own images."""
     from dlcli.data.sources import list_folder
 
     root = tmp_path / "up"
@@ -221,12 +223,59 @@ def test_links_to_the_root_or_a_class_folder_keep_the_classes_apart(tmp_path: Pa
     below = [os.path.relpath(p, root) for p in listing.paths]
     assert below == ["cat/1.png", "cat/2.png", "dog/3.png", "dog/sub/4.png"]
     assert listing.labels == ["cat", "cat", "dog", "dog"]
-    assert sorted(os.path.relpath(p, root) for p in listing.ignored) == [
-        "all",
-        "cat/sub",
-        "cat/up",
-        "hound",
+    assert listing.ignored == []
+    real = os.path.realpath(root)
+    assert sorted((os.path.relpath(link.path, root), link.target) for link in listing.links) == [
+        ("all", real),
+        ("cat/sub", os.path.join(real, "dog", "sub")),
+        ("cat/up", real),
+        ("hound", os.path.join(real, "dog")),
     ]
+    assert listing.links[0].reason.startswith("folder link to ")
+    assert listing.links[0].reason.endswith(", not followed: it would count images twice")
+
+
+def test_an_empty_class_folder_is_no_class_and_the_train_output_says_so(
+    tmp_path: Path,
+) -> None:
+    """``train/cat/`` holding no image (only a note) was dropped without a word: it is no
+    class, with a note on the train output and in metrics.json; a class of train that the
+    test folder lacks gets a note too."""
+    write_learnable_tree(tmp_path / "train", 40)
+    write_learnable_tree(tmp_path / "test", 12, seed=1)
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("to do")
+    for image in (tmp_path / "test" / CLASSES[3]).iterdir():
+        image.unlink()  # an empty folder of a class train has
+    config = write_config(
+        tmp_path, {"train": str(tmp_path / "train"), "test": str(tmp_path / "test")}
+    )
+    result = CliRunner().invoke(cli, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    empty = f"class folder {tmp_path / 'train' / 'cat'} holds no image (only 1 other file)"
+    assert f"data: train: {empty}: 'cat' is not a class" in " ".join(result.output.split())
+    assert f"no image of class '{CLASSES[3]}' (train has it)" in result.output
+    notes = metrics(tmp_path)["dataset"]["notes"]
+    assert notes[0] == f"train: {empty}: 'cat' is not a class"
+    assert notes[1] == f"test: class folder {tmp_path / 'test' / CLASSES[3]} holds no image"
+    assert notes[2] == (
+        f"test: no image of class '{CLASSES[3]}' (train has it): the test metrics leave it out"
+    )
+    assert metrics(tmp_path)["dataset"]["class_names"] == list(CLASSES)
+
+
+def test_an_empty_class_folder_data_class_names_lists_is_an_error(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "train", 20)
+    (tmp_path / "train" / "cat").mkdir()
+    names = [*CLASSES, "cat"]
+    config = write_config(tmp_path, {"train": str(tmp_path / "train"), "class_names": names})
+    result = train(config)
+    assert result.exit_code == 3, result.output
+    message = json.loads(result.stdout)["error"]["message"]
+    assert message.startswith(
+        f"data.class_names lists 'cat' but its class folder holds no image: "
+        f"{tmp_path / 'train' / 'cat'}; "
+    )
 
 
 def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:

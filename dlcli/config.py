@@ -39,6 +39,14 @@ THREADS: Check = (
     f"from 1 to {limits.THREADS_MAX}",
 )
 SEED: Check = (lambda v: 0 <= v <= limits.INT_MAX, f"from 0 to 2^63-1 ({limits.INT_MAX})")
+CLASSES: Check = (
+    lambda v: 1 <= v <= limits.CLASSES_MAX,
+    f"from 1 to {limits.CLASSES_MAX} (limits.CLASSES_MAX)",
+)
+WORKERS: Check = (
+    lambda v: 1 <= v <= limits.WORKERS_MAX,
+    f"from 1 to {limits.WORKERS_MAX} (limits.WORKERS_MAX)",
+)
 
 ActivationName = Literal["relu", "sigmoid", "tanh", "softmax", "gelu", "linear"]
 Padding = Literal["valid", "same"]
@@ -87,9 +95,7 @@ class DataConfig:
     train_labels: str | None = doc("IDX archive of training labels", None, path=True)
     test_images: str | None = doc("IDX archive of test images", None, path=True)
     test_labels: str | None = doc("IDX archive of test labels", None, path=True)
-    num_classes: int | None = doc(
-        "number of classes (required with explicit files)", None, POSITIVE
-    )
+    num_classes: int | None = doc("number of classes (required with explicit files)", None, CLASSES)
     class_names: list[str] | None = doc("class names, index order (explicit files)", None)
     data_dir: str | None = doc(
         "where registry datasets live (default $DLCLI_DATA_DIR or data/)", None, path=True
@@ -111,7 +117,7 @@ class DataConfig:
     cache_dir: str | None = doc(
         "decoded-image cache (default $DLCLI_CACHE_DIR, else ~/.cache/dlcli)", None
     )
-    workers: int | None = doc("processes decoding images (default: every core)", None, POSITIVE)
+    workers: int | None = doc("processes decoding images (default: every core)", None, WORKERS)
 
 
 # --- model ---------------------------------------------------------------------------------

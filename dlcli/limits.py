@@ -26,6 +26,7 @@ CSV_MAX_VALUES = 1_000_000  # cells of that file (header included)
 INT_MAX = 2**63 - 1  # every integer key; training.seed is 0 .. INT_MAX
 
 THREADS_MAX = 1024  # training.threads / --threads: CPU threads torch may be asked for
+WORKERS_MAX = 1024  # data.workers / data check --workers: processes decoding images
 
 CHECKPOINT_MAX_EPOCHS = 10**9  # a checkpoint counter beyond this is refused as corrupt
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from dlcli import limits
 from dlcli.config import (
     BYTE,
+    CLASSES,
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
@@ -28,6 +29,7 @@ from dlcli.config import (
     SEED,
     THREADS,
     UNIT_INTERVAL,
+    WORKERS,
     Check,
     Config,
     LayerSpec,
@@ -48,6 +50,8 @@ BOUNDS: dict[str, dict[str, float]] = {
     BYTE[1]: {"minimum": 0, "maximum": 255},
     UNIT_INTERVAL[1]: {"minimum": 0, "maximum": 1},
     THREADS[1]: {"minimum": 1, "maximum": limits.THREADS_MAX},
+    CLASSES[1]: {"minimum": 1, "maximum": limits.CLASSES_MAX},
+    WORKERS[1]: {"minimum": 1, "maximum": limits.WORKERS_MAX},
 }
 
 

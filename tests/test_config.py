@@ -105,6 +105,19 @@ def test_missing_required_layer_key() -> None:
         ("training", "batch_size", 0, "training.batch_size: expected a number > 0, found 0"),
         ("data", "validation_split", 1.0, "data.validation_split: expected a number between 0"),
         ("data", "validation_split", 0, "data.validation_split: expected a number between 0"),
+        (
+            "data",
+            "num_classes",
+            10**12,
+            "data.num_classes: expected a number from 1 to 1000000 (limits.CLASSES_MAX), "
+            "found 1000000000000",
+        ),
+        (
+            "data",
+            "workers",
+            10**6,
+            "data.workers: expected a number from 1 to 1024 (limits.WORKERS_MAX), found 1000000",
+        ),
     ],
 )
 def test_range_checks(section: str, key: str, value: Any, fragment: str) -> None:
@@ -143,6 +156,27 @@ def test_class_names_must_differ() -> None:
     raw["data"]["class_names"] = ["cat", "dog", "cat", "emu", "dog"]
     [msg] = problems(raw)
     assert msg == "data.class_names: each class needs its own name; repeated: cat, dog"
+
+
+def test_a_huge_num_classes_is_refused_before_any_class_name_is_built(tmp_path: Path) -> None:
+    """``data.num_classes: 10**12`` with integer labels built 10**12 class names (config
+    validate hung, train ran out of memory); it is now exit 2 naming the key and the limit."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from dlcli.cli import cli
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 4, 4), np.uint8), y=np.arange(8) % 2)
+    raw = {
+        "data": {"train": str(tmp_path / "d.npz"), "num_classes": 10**12},
+        "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]},
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    for command in ("data check", "config validate"):
+        result = CliRunner().invoke(cli, [*command.split(), str(config)])
+        assert result.exit_code == 2, (command, result.output)
+        assert "data.num_classes: expected a number from 1 to 1000000" in result.output
 
 
 def test_explicit_files_need_num_classes() -> None:

@@ -67,6 +67,8 @@ def base() -> dict[str, Any]:
         (("model", "layers"), [{"type": "dense", "units": 3, "kernel_size": 3}]),  # unknown
         (("model", "layers"), [{"units": 3}]),  # no type
         (("training", "colour"), "red"),  # unknown key
+        (("data", "num_classes"), 10**12),  # CLASSES
+        (("data", "workers"), 10**6),  # WORKERS
     ],
 )
 def test_the_schema_refuses_what_load_config_refuses(

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from dlcli.cli.base import _set_option, cli, complete_datasets, dlcli_command
-from dlcli.limits import DOWNLOAD_DEADLINE_S
+from dlcli.limits import DOWNLOAD_DEADLINE_S, WORKERS_MAX
 from dlcli.report import Reporter
 
 
@@ -172,7 +172,7 @@ def data_group() -> None:
 @_set_option
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=WORKERS_MAX),
     help="Processes decoding images.  [default: every core]",
 )
 @dlcli_command

@@ -116,6 +116,12 @@ def test_an_empty_class_folder_the_config_names_is_an_error(tmp_path: Path) -> N
     assert "data.class_names lists 'cat' but its class folder holds no image" in result.output
 
 
+def test_workers_beyond_the_limit_are_a_usage_error(tmp_path: Path) -> None:
+    result = check(tmp_path, "--workers", 10**6)
+    assert result.exit_code == 2
+    assert "1000000 is not in the range 1<=x<=1024" in result.output
+
+
 def test_imbalance_and_sizes_are_noted(tmp_path: Path) -> None:
     for cls, count in (("big", 9), ("small", 3)):
         (tmp_path / cls).mkdir()

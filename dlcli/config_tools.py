@@ -242,6 +242,12 @@ def validate_config(
         _check_data(cfg, where)
     built = _build(cfg, num_classes, where)
     from dlcli.model import hwc  # torch: imported by _build already
+    from dlcli.pipeline import check_translate
+
+    try:
+        check_translate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err.message}") from None
 
     return {
         "config": where,

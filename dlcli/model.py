@@ -394,6 +394,14 @@ def _spatial(
             f"{where}: window {kernel[0]}x{kernel[1]} is larger than its input "
             f"{height}x{width} (padding valid); use a smaller kernel or padding: same"
         )
+    if padding == "same" and (kernel[0] > 2 * height + 1 or kernel[1] > 2 * width + 1):
+        # padding more than the input on a side computes nothing more, only pads: a
+        # pool_size of 10**9 overflowed torch's storage size (exit 1)
+        raise ConfigError(
+            f"{where}: window {kernel[0]}x{kernel[1]} is more than twice its input "
+            f"{height}x{width} plus one (padding same would pad more than the input on each "
+            f"side); use a window of at most {2 * height + 1}x{2 * width + 1}"
+        )
     out = (
         _out_size(height, kernel[0], stride[0], padding),
         _out_size(width, kernel[1], stride[1], padding),

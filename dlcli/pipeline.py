@@ -234,6 +234,7 @@ def prepare(
         record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         record_data_dir(cfg)
         check_top_k(cfg, dataset.num_classes)
+        check_translate(cfg)
         asked = record_precision(cfg, device, world, run_dir if resume else None)
         resumed = world.from_main(
             lambda: checkpoint.load(checkpoint.latest(run_dir), cfg) if resume else None
@@ -280,6 +281,23 @@ def check_top_k(cfg: Config, classes: int) -> None:
             f"training.top_k: {k} is not below the data's {classes} classes, so "
             f"top_k_accuracy would always be 1.0; set training.top_k below {classes} or "
             "drop top_k_accuracy from training.metrics"
+        )
+
+
+def check_translate(cfg: Config) -> None:
+    """``training.augment.translate`` must be below the image's height and width: a shift as
+    large as the image leaves nothing of it, and the padded batch grows with its square (10**9
+    overflowed torch's storage size, exit 1). Needs ``model.input_shape`` (not checked
+    without it)."""
+    augment, shape = cfg.training.augment, cfg.model.input_shape
+    if augment is None or not augment.translate or shape is None or len(shape) != 3:
+        return
+    height, width = int(shape[0]), int(shape[1])
+    if augment.translate >= min(height, width):
+        raise ConfigError(
+            f"training.augment.translate: {augment.translate} is not below the images' "
+            f"{height}×{width} (model.input_shape): a shift that large leaves nothing of "
+            f"the image; set at most {min(height, width) - 1}"
         )
 
 

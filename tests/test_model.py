@@ -113,6 +113,28 @@ def test_kernel_larger_than_input_is_a_config_error() -> None:
         build_model(model_cfg(layers))
 
 
+def test_a_same_window_padding_more_than_its_input_is_a_config_error() -> None:
+    """``max_pool2d`` with ``pool_size: 10**9, padding: same`` was exit 1 (torch's storage
+    size overflowed padding the input); a window up to twice its input plus one still builds."""
+    huge = [{"type": "max_pool2d", "pool_size": 10**9, "padding": "same"}]
+    with pytest.raises(
+        ConfigError,
+        match=r"model.layers\[0\]: window 1000000000x1000000000 is more than twice its input "
+        r"28x28 plus one",
+    ):
+        build_model(model_cfg(huge))
+    conv = [{"type": "conv2d", "filters": 2, "kernel_size": 58, "padding": "same"}]
+    with pytest.raises(ConfigError, match=r"at most 57x57"):
+        build_model(model_cfg(conv))
+    edge = [
+        {"type": "max_pool2d", "pool_size": 28},
+        {"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": "same"},
+    ]
+    built = build_model(model_cfg(edge))
+    assert built.output_shape == (2, 1, 1)
+    check_forward(built)
+
+
 def test_dense_on_image_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"model.layers\[0\]: dense expects a flat input"):
         build_model(model_cfg([{"type": "dense", "units": 3}]))

@@ -135,6 +135,17 @@ def test_top_k_at_least_the_number_of_classes_is_refused(tiny_config: Path) -> N
     assert f"training.top_k: {classes} is not below the data's {classes} classes" in (result.stderr)
 
 
+def test_a_translate_as_large_as_the_image_is_refused(tiny_config: Path) -> None:
+    """``training.augment.translate: 10**9`` was exit 1 (torch's storage size overflowed
+    padding the batch); a shift not below the 8x8 images is exit 2 in validate and train."""
+    for command in ("config validate", "train"):
+        result = run(*command.split(), str(tiny_config), "--set", "training.augment.translate=8")
+        assert result.exit_code == 2, (command, result.output)
+        assert "training.augment.translate: 8 is not below the images' 8×8" in result.stderr
+    ok = run("config", "validate", str(tiny_config), "--set", "training.augment.translate=7")
+    assert ok.exit_code == 0, ok.output
+
+
 @pytest.mark.parametrize(
     ("optimizer", "loss", "lr"),
     [

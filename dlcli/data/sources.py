@@ -329,8 +329,9 @@ def class_folder_notes(parts: dict[str, Source]) -> list[str]:
 
 
 def check_named_classes(train: Source, class_names: Sequence[str]) -> None:
-    """A :class:`DataError` naming each class folder of train that ``data.class_names`` lists
-    but that holds no image: the model would have a class it never saw."""
+    """A :class:`DataError` naming each class that ``data.class_names`` lists but train's class
+    folders hold no image of (an empty folder, or none): the model would have a class it never
+    saw, and its metrics would not say so."""
     if not isinstance(train, FileList):
         return
     named = set(class_names)
@@ -341,6 +342,16 @@ def check_named_classes(train: Source, class_names: Sequence[str]) -> None:
             f"data.class_names lists {', '.join(repr(f.name) for f in empty)} but "
             f"{'its class folder holds' if len(empty) == 1 else 'their class folders hold'} "
             f"no image: {shown}; add images, or remove the name from data.class_names"
+        )
+    if train.kind != "folder":  # a CSV's labels may be indices, not names
+        return
+    missing = [name for name in class_names if name not in set(train.labels)]
+    if missing:
+        it = "it" if len(missing) == 1 else "them"
+        raise DataError(
+            f"data.class_names lists {', '.join(repr(m) for m in missing)} but {train.source} "
+            f"has no class folder of {it}; add one with images, or remove the "
+            f"name{'s' if len(missing) > 1 else ''} from data.class_names"
         )
 
 

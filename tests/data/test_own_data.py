@@ -278,6 +278,19 @@ def test_an_empty_class_folder_data_class_names_lists_is_an_error(tmp_path: Path
     )
 
 
+def test_a_class_data_class_names_lists_without_a_folder_is_an_error(tmp_path: Path) -> None:
+    write_learnable_tree(tmp_path / "train", 20)
+    names = [*CLASSES, "cat", "dog"]
+    config = write_config(tmp_path, {"train": str(tmp_path / "train"), "class_names": names})
+    result = train(config)
+    assert result.exit_code == 3, result.output
+    message = json.loads(result.stdout)["error"]["message"]
+    assert message.startswith(
+        f"data.class_names lists 'cat', 'dog' but {tmp_path / 'train'} has no class folder of "
+        "them; "
+    )
+
+
 def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     config = write_config(tmp_path, {"train": str(tmp_path / "notes.txt")})

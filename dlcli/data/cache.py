@@ -2,12 +2,15 @@
 IDX archive.
 
 An entry is one safetensors file (never a pickle) holding the ``uint8`` N×C×H×W pixels, the
-index of each kept file in the listing, and, as metadata, the conversion used and the files
-that could not be read. Its name is a hash of everything the pixels depend on: the source's
-absolute path, every file's path, size and modification time (nanoseconds), the conversion
-settings (the input shape, or "inferred"; ``resize``, ``background``) and the cache format.
-Change any of them and the key changes: the old entry is not read again, and it is deleted
-when the new one for the same source and settings is written.
+index of each kept file in the listing, each kept file's content digest (what a run's data
+fingerprint is made of: :func:`dlcli.data.local.fingerprint`), and, as metadata, the
+conversion used and the files that could not be read. Its name is a hash of everything the
+pixels depend on: the source's absolute path, every file's path, size and modification time
+(nanoseconds), the conversion settings (the input shape, or "inferred"; ``resize``,
+``background``) and the cache format. Change any of them and the key changes: the old entry
+is not read again, and it is deleted when the new one for the same source and settings is
+written. (A file rewritten with its size and modification time kept is not noticed: neither
+its pixels nor its digest are read again.)
 
 Where: ``data.cache_dir``, else ``$DLCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/dlcli``, else
 ``~/.cache/dlcli``; entries live in its ``images/`` folder. ``data.cache: false`` turns the
@@ -31,9 +34,9 @@ import numpy as np
 import numpy.typing as npt
 
 from dlcli.data.decode import Decoded
-from dlcli.data.images import Conversion
+from dlcli.data.images import DIGEST_BYTES, Conversion
 
-FORMAT = "dlcli-image-cache-1"
+FORMAT = "dlcli-image-cache-2"  # 2: with the files' digests
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def load(
         return None
     try:
         meta, tensors = _read_entry(entry)
-        images, kept = tensors["images"], tensors["kept"]
+        images, kept, digests = tensors["images"], tensors["kept"], tensors["digests"]
         stored = Conversion(**json.loads(meta["conversion"]))
         bad = [tuple(item) for item in json.loads(meta["bad"])]
     except Exception:  # a damaged entry is a cache miss, never an error
@@ -125,12 +128,14 @@ def load(
         and images.shape[1:] == stored.chw
         and kept.dtype == np.int64
         and kept.shape == (images.shape[0],)
+        and digests.dtype == np.uint8
+        and digests.shape == (images.shape[0], DIGEST_BYTES)
         and images.shape[0] + len(bad) == count
         and (count == 0 or (kept.size == 0 or (kept.min() >= 0 and kept.max() < count)))
     )
     if not ok:
         return None
-    return Decoded(images, kept, [(str(p), str(r)) for p, r in bad]), stored
+    return Decoded(images, kept, [(str(p), str(r)) for p, r in bad], digests), stored
 
 
 def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
@@ -144,6 +149,7 @@ def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
     tensors: dict[str, Any] = {
         "images": np.ascontiguousarray(decoded.images),
         "kept": np.ascontiguousarray(decoded.kept),
+        "digests": np.ascontiguousarray(decoded.digests),
     }
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)

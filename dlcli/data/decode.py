@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlcli.data.images import (
+    DIGEST_BYTES,
     GREY_MODES,
     Conversion,
     ImageInfo,
@@ -50,6 +51,10 @@ class Decoded:
     images: npt.NDArray[np.uint8]  # (kept, C, H, W)
     kept: npt.NDArray[np.int64]  # index into the file list of each image
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # (kept, DIGEST_BYTES): each kept file's ImageInfo.digest, from the bytes decoded
+    digests: npt.NDArray[np.uint8] = field(
+        default_factory=lambda: np.zeros((0, DIGEST_BYTES), dtype=np.uint8)
+    )
 
 
 def worker_count(requested: int | None = None) -> int:
@@ -65,7 +70,8 @@ def worker_count(requested: int | None = None) -> int:
 def decode_files(
     paths: Sequence[str | Path], conversion: Conversion, *, workers: int | None = None
 ) -> Decoded:
-    """Decode and convert every file (see :mod:`dlcli.data.images`); bad files are left out."""
+    """Decode and convert every file (see :mod:`dlcli.data.images`); bad files are left out.
+    Each kept file's content digest comes from the bytes decoded (no second read)."""
     c, h, w = conversion.chw
     try:
         out = np.empty((len(paths), c, h, w), dtype=np.uint8)
@@ -76,16 +82,18 @@ def decode_files(
             f"or fewer files"
         ) from None
     ok = np.ones(len(paths), dtype=bool)
+    digests = np.zeros((len(paths), DIGEST_BYTES), dtype=np.uint8)
     bad: list[tuple[str, str]] = []
-    for start, (pixels, errors) in _run(_decode_chunk, paths, conversion, workers):
+    for start, (pixels, errors, found) in _run(_decode_chunk, paths, conversion, workers):
         out[start : start + len(pixels)] = pixels
+        digests[start : start + len(found)] = found
         for i, reason in errors:
             ok[start + i] = False
             bad.append((str(paths[start + i]), reason))
     kept = np.flatnonzero(ok).astype(np.int64)
     if bad:  # compact: the bad files' slots go
-        out = out[kept]
-    return Decoded(out, kept, bad)
+        out, digests = out[kept], digests[kept]
+    return Decoded(out, kept, bad, digests)
 
 
 def inspect_files(
@@ -191,18 +199,20 @@ def _context() -> multiprocessing.context.BaseContext:
 
 def _decode_chunk(
     names: list[str], conversion: Conversion
-) -> tuple[npt.NDArray[np.uint8], list[tuple[int, str]]]:
+) -> tuple[npt.NDArray[np.uint8], list[tuple[int, str]], npt.NDArray[np.uint8]]:
     c, h, w = conversion.chw
     pixels = np.zeros((len(names), c, h, w), dtype=np.uint8)
+    digests = np.zeros((len(names), DIGEST_BYTES), dtype=np.uint8)
     errors: list[tuple[int, str]] = []
     for i, name in enumerate(names):
         try:
-            array, _ = read_image(name, conversion)
+            array, info = read_image(name, conversion)
         except DataError as err:
             errors.append((i, _without_path(err.message, name)))
             continue
         pixels[i] = array.transpose(2, 0, 1)
-    return pixels, errors
+        digests[i] = np.frombuffer(bytes.fromhex(info.digest), dtype=np.uint8)
+    return pixels, errors, digests
 
 
 def _inspect_chunk(

@@ -48,6 +48,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # Modes Pillow gives greyscale files; anything else is colour (inferring input_shape).
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+DIGEST_BYTES = 16  # the size of ImageInfo.digest (BLAKE2b of the file's bytes)
 _SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
@@ -248,7 +249,7 @@ def peek_image(path: str | os.PathLike[str]) -> ImageInfo:
 
 
 def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
 
 
 def _reason(err: Exception) -> str:

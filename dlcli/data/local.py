@@ -11,6 +11,10 @@ class that train lacks is an error. A class folder holding no image is no class:
 when ``data.class_names`` lists it, else a note (:attr:`Dataset.notes`), as is a class of
 train with no image in a test or validation folder.
 
+**Fingerprints.** Each split's data as loaded gets a SHA-256 (:func:`fingerprint`), recorded
+by a run in ``metrics.json`` under ``dataset.checksums`` as ``"<split>: <absolute path>"``:
+``evaluate`` compares it as it compares a registry dataset's archives.
+
 **Unreadable images** stop loading with a :class:`DataError` listing the first 20 and the
 count, unless ``skip_bad_files`` (they are then left out and listed in
 :attr:`Dataset.skipped`).
@@ -18,6 +22,8 @@ count, unless ``skip_bad_files`` (they are then left out and listed in
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ from dlcli.config import DataConfig
 from dlcli.data import cache
 from dlcli.data.dataset import Dataset, Split
 from dlcli.data.decode import Decoded, bad_files_message, decode_files, infer_conversion, peek_files
+from dlcli.data.download import file_digests
 from dlcli.data.images import Conversion
 from dlcli.data.sources import (
     ArrayData,
@@ -37,6 +44,7 @@ from dlcli.data.sources import (
     check_named_classes,
     class_folder_notes,
     has_test_arrays,
+    labels_beside,
     open_source,
 )
 from dlcli.errors import DataError
@@ -104,10 +112,12 @@ def load_local(spec: LocalData) -> Dataset:
     names, encoders = _classes(parts, spec)
     conversion = _given_conversion(spec)
     splits: dict[str, Split] = {}
+    checksums: dict[str, str] = {}
     bad: list[tuple[str, str]] = []
     for part, source in parts.items():  # train first: its images may set the input shape
-        split, conversion, part_bad = _load_split(source, conversion, encoders[part], spec)
+        split, conversion, part_bad, sha = _load_split(source, conversion, encoders[part], spec)
         splits[part] = split
+        checksums[f"{part}: {os.path.abspath(source.source)}"] = sha
         bad += part_bad
     if bad and not spec.skip_bad_files:
         hint = _evaluate_skip_hint(spec.train) if spec.evaluating else SKIP_HINT
@@ -123,7 +133,7 @@ def load_local(spec: LocalData) -> Dataset:
         num_classes=len(names),
         class_names=names,
         name=None,
-        checksums={},
+        checksums=checksums,
         split_sources={part: str(source.source) for part, source in parts.items()},
         skipped=[{"path": p, "reason": r} for p, r in bad],
         validation=splits.get("validation"),
@@ -255,13 +265,58 @@ def _shown(names: tuple[str, ...]) -> str:
 
 def _load_split(
     source: Source, conversion: Conversion | None, encoder: Encoder, spec: LocalData
-) -> tuple[Split, Conversion, list[tuple[str, str]]]:
+) -> tuple[Split, Conversion, list[tuple[str, str]], str]:
+    """The split, its conversion, its unreadable files and its :func:`fingerprint`."""
     if isinstance(source, ArrayData):
-        return _array_split(source, conversion, spec), _array_conversion(source, spec), []
+        split = _array_split(source, conversion, spec)
+        return split, _array_conversion(source, spec), [], fingerprint(source)
     decoded, conversion = decode_cached(source, conversion, spec)
     codes = np.array([encoder[label] for label in source.labels], dtype=np.int64)
     labels = torch.from_numpy(codes[decoded.kept])
-    return Split(torch.from_numpy(decoded.images), labels), conversion, decoded.bad
+    split = Split(torch.from_numpy(decoded.images), labels)
+    return split, conversion, decoded.bad, fingerprint(source, decoded)
+
+
+def fingerprint(source: Source, decoded: Decoded | None = None) -> str:
+    """The SHA-256 that stands for one split's data as loaded (``dataset.checksums``):
+
+    * a folder: over the sorted (path below the folder, content digest) of every image used
+      (``decoded``'s kept files; the digests are those taken from the bytes decoded, or
+      cached with the pixels: no image is read again);
+    * a CSV file: the same pairs (paths below the CSV's folder) after the SHA-256 of the CSV's
+      bytes as read (its labels);
+    * an .npz file: its SHA-256; an IDX pair: a SHA-256 over both archives' SHA-256.
+
+    Any image added, removed, renamed, moved to another class or changed changes it."""
+    if isinstance(source, ArrayData):
+        files = (
+            [source.source]
+            if source.kind == "npz"
+            else [source.source, labels_beside(source.source)]
+        )
+        try:
+            shas = [file_digests(path, md5=False)[1] for path in files]
+        except OSError as err:  # read a moment ago: replaced or removed since
+            raise DataError(f"{err.filename}: cannot read: {err.strerror or err}") from None
+        if len(shas) == 1:
+            return shas[0]
+        return hashlib.sha256("\n".join(shas).encode()).hexdigest()
+    assert decoded is not None, "the files' digests come from decoding them"
+    folder = source.source if source.kind == "folder" else source.source.parent
+    prefix = os.path.join(os.fspath(folder), "")
+    named = sorted(
+        (_below(source.paths[i], prefix), digest.tobytes())
+        for i, digest in zip(decoded.kept.tolist(), decoded.digests, strict=True)
+    )
+    sha = hashlib.sha256(source.sha256.encode())
+    for name, digest in named:
+        sha.update(name.encode("utf-8", "surrogateescape") + b"\0" + digest)
+    return sha.hexdigest()
+
+
+def _below(path: str, prefix: str) -> str:
+    """``path`` without the folder ``prefix`` (ending in a separator) it starts with."""
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def decode_cached(

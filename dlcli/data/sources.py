@@ -17,6 +17,7 @@ Listing is cheap (no image is opened); decoding is :mod:`dlcli.data.decode`'s. N
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -77,6 +78,7 @@ class FileList:
     links: list[FolderLink] = field(default_factory=list)
     # class folders holding no image (only other files, or nothing): no class of their own
     empty: list[EmptyFolder] = field(default_factory=list)
+    sha256: str = ""  # csv: the SHA-256 of the CSV file's bytes as read (folders: "")
 
 
 @dataclass
@@ -376,7 +378,8 @@ def _ignored_note(ignored: list[str]) -> str:
 def list_csv(path: Path) -> FileList:
     """The rows of a ``path,label`` CSV file; paths are relative to the CSV's folder."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the CSV file: {err}") from None
     reader = csv.reader(io.StringIO(text))
@@ -403,7 +406,7 @@ def list_csv(path: Path) -> FileList:
         labels.append(label)
     if not paths:
         raise DataError(f"{path}: the CSV file lists no images")
-    return FileList(path, "csv", paths, labels)
+    return FileList(path, "csv", paths, labels, sha256=hashlib.sha256(raw).hexdigest())
 
 
 def check_label(label: int, where: str) -> None:

@@ -25,6 +25,7 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 STEPS = "steps.csv"
+DATA_DIGESTS = "data-digests.json"
 
 
 def sha256_file(path: Path, max_bytes: int | None = None, what: str = "file") -> str:

@@ -415,6 +415,7 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
                 metrics=metrics,
                 history=history,
                 steps=recorder.read(),
+                data_digests=prepared.dataset.digests,
             )
         world.barrier()  # distributed: the other workers wait for rank 0's save
     return TrainResult(prepared.run_dir, history, metrics, config=cfg)
@@ -759,10 +760,16 @@ def open_run(
     if different and not accept_changed_data:
         path, recorded, found = different[0]
         more = f" (and {len(different) - 1} more)" if len(different) > 1 else ""
+        was = store.read_data_digests(run_dir).get(path)
+        now = dataset.digests.get(path)
+        detail = (
+            changed_files(was, now)
+            if was is not None and now is not None
+            else f"its sha256 is {found[:12]}…, {run_dir / store.METRICS} records {recorded[:12]}…"
+        )
         raise DataError(
-            f"{path}: changed since the model was trained{more}: its sha256 is {found[:12]}…, "
-            f"{run_dir / store.METRICS} records {recorded[:12]}…; pass --accept-changed-data "
-            "to use it anyway (evaluate's result then says so)"
+            f"{path}: changed since the model was trained{more}: {detail}; pass "
+            "--accept-changed-data to use it anyway (evaluate's result then says so)"
         )
     if changed is not None:
         changed += [path for path, _, _ in different]
@@ -780,6 +787,25 @@ def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, s
         for name, sha in dataset.checksums.items()
         if name in recorded and recorded[name] != sha
     ]
+
+
+def changed_files(recorded: Mapping[str, str], found: Mapping[str, str], shown: int = 3) -> str:
+    """Which files of one split differ (own data: file name → digest, as
+    :func:`dlcli.data.local.split_digests` gives and ``data-digests.json`` records): up to
+    ``shown`` names of those changed, added and removed, and their counts."""
+    kinds = {
+        "changed": [n for n, d in found.items() if n in recorded and recorded[n] != d],
+        "added": [n for n in found if n not in recorded],
+        "removed": [n for n in recorded if n not in found],
+    }
+    parts = []
+    for kind, names in kinds.items():
+        if names:
+            listed = ", ".join(names[:shown]) + (
+                f" and {len(names) - shown} more" if len(names) > shown else ""
+            )
+            parts.append(f"{kind}: {listed}")
+    return "; ".join(parts) or "the same files, recorded differently"
 
 
 def default_splits(saved: SavedRun, splits: Sequence[str] | None) -> list[str]:

@@ -5,6 +5,7 @@
     RUN_DIR/metrics.json       final metrics, timings, seed, device, versions, dataset checksums
     RUN_DIR/history.csv        one row per epoch
     RUN_DIR/steps.csv          learning rate and training loss per step (dlcli/steps.py)
+    RUN_DIR/data-digests.json  own data: each split's files and their digests (which changed)
     RUN_DIR/manifest.json      format version and the SHA-256 of every file above; written last
 
 A run dir has one writer at a time (:func:`open_output`: an OS lock that dies with its holder).
@@ -41,6 +42,7 @@ from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 # The run dir's file names and its manifest check live in torch-free dlcli.manifest (runs list
 # uses them without torch); re-exported here, where the run dir is written and loaded.
 from dlcli.manifest import CONFIG as CONFIG
+from dlcli.manifest import DATA_DIGESTS as DATA_DIGESTS
 from dlcli.manifest import FORMAT as FORMAT
 from dlcli.manifest import HISTORY as HISTORY
 from dlcli.manifest import MANIFEST as MANIFEST
@@ -71,7 +73,17 @@ LOCK = ".dlcli-lock"  # flock()ed by the one process writing the run dir; holds 
 PENDING = ".dlcli-pending"  # an --overwrite run's checkpoints, until its save replaces the old run
 _OURS = (LOCK, PENDING)  # hidden entries dlcli keeps in a run dir
 # What training writes into a run dir; anything else there is the user's (or another command's).
-RUN_ENTRIES = (MANIFEST, CONFIG, WEIGHTS, METRICS, HISTORY, STEPS, CHECKPOINTS, TENSORBOARD)
+RUN_ENTRIES = (
+    MANIFEST,
+    CONFIG,
+    WEIGHTS,
+    METRICS,
+    HISTORY,
+    STEPS,
+    DATA_DIGESTS,
+    CHECKPOINTS,
+    TENSORBOARD,
+)
 
 
 @dataclass
@@ -244,8 +256,10 @@ def save_run(
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
     steps: Sequence[Sequence[float]] = (),
+    data_digests: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Path:
-    """Write a complete run directory atomically; return its path.
+    """Write a complete run directory atomically; return its path. ``data_digests``: own
+    data's files and digests by split (:data:`DATA_DIGESTS`, left out when empty).
 
     The files are written into ``RUN_DIR/.dlcli-save-*`` (inside the run dir, so on its
     filesystem even when it is ``.`` or a mount point), fsynced and moved into place with the
@@ -264,6 +278,7 @@ def save_run(
                 metrics=metrics,
                 history=history,
                 steps=steps,
+                data_digests=data_digests,
             )
         finally:
             output.release()
@@ -272,8 +287,8 @@ def save_run(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         staging = atomic.staging_dir(run_dir, ".dlcli-save")
-        _write_files(staging, config, state_dict, metrics, history, steps)
-        names = [CONFIG, WEIGHTS, METRICS, HISTORY, STEPS]  # a run without steps drops the old
+        _write_files(staging, config, state_dict, metrics, history, steps, data_digests or {})
+        names = [CONFIG, WEIGHTS, METRICS, HISTORY, STEPS, DATA_DIGESTS]  # absent: the old goes
         if output.work_dir != run_dir:  # --overwrite: this run's folders replace the old run's
             for kept in (CHECKPOINTS, TENSORBOARD):
                 if (output.work_dir / kept).exists():
@@ -302,6 +317,7 @@ def _write_files(
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
     steps: Sequence[Sequence[float]],
+    data_digests: Mapping[str, Mapping[str, str]],
 ) -> None:
     from dlcli.config import dump_yaml
 
@@ -316,6 +332,10 @@ def _write_files(
     if steps:
         (staging / STEPS).write_text(steps_csv(steps), encoding="utf-8")
         files.append(STEPS)
+    if data_digests:
+        text = json.dumps(data_digests, indent=1)  # ASCII: odd bytes in names as \udcXX
+        (staging / DATA_DIGESTS).write_text(text + "\n", encoding="utf-8")
+        files.append(DATA_DIGESTS)
     write_manifest(staging, files)
     atomic.fsync_tree(staging)
 
@@ -419,6 +439,26 @@ def load_run(run_dir: Path) -> Run:
     if not isinstance(metrics, dict):
         raise ModelDirError(f"{run_dir / METRICS}: unreadable metrics file (not a JSON object)")
     return Run(run_dir, config, state_dict, metrics)
+
+
+def read_data_digests(run_dir: Path) -> dict[str, dict[str, str]]:
+    """A run's :data:`DATA_DIGESTS` (verified with the run by :func:`load_run`); ``{}`` for a
+    run without one (trained on no own data, or before it was recorded) or one that cannot
+    be read: its files are then not named, only its splits."""
+    path = run_dir / DATA_DIGESTS
+    if not path.is_file():
+        return {}
+    try:
+        found = untrusted.load_json(path, ModelDirError, "data digests file")
+    except ModelDirError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {
+        str(key): {str(k): str(v) for k, v in files.items()}
+        for key, files in found.items()
+        if isinstance(files, dict)
+    }
 
 
 def read_saved_config(path: Path) -> Config:

@@ -66,6 +66,8 @@ class Dataset:
     validation: Split | None = None  # given validation data (else split off train)
     # what the data leaves out, one line each (an empty class folder): shown when training
     notes: list[str] = field(default_factory=list)
+    # Own data: checksums' keys -> {file name: digest} (dlcli.data.local.split_digests)
+    digests: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

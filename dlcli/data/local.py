@@ -12,8 +12,10 @@ when ``data.class_names`` lists it, else a note (:attr:`Dataset.notes`), as is a
 train with no image in a test or validation folder.
 
 **Fingerprints.** Each split's data as loaded gets a SHA-256 (:func:`fingerprint`), recorded
-by a run in ``metrics.json`` under ``dataset.checksums`` as ``"<split>: <absolute path>"``:
-``evaluate`` compares it as it compares a registry dataset's archives.
+by a run in ``metrics.json`` under ``dataset.checksums`` as ``"<split>: <absolute path>"``
+(``evaluate`` compares it as it compares a registry dataset's archives), and the digest of
+each of its files (:func:`split_digests`, the run's ``data-digests.json``: what names the
+files that changed).
 
 **Unreadable images** stop loading with a :class:`DataError` listing the first 20 and the
 count, unless ``skip_bad_files`` (they are then left out and listed in
@@ -112,12 +114,12 @@ def load_local(spec: LocalData) -> Dataset:
     names, encoders = _classes(parts, spec)
     conversion = _given_conversion(spec)
     splits: dict[str, Split] = {}
-    checksums: dict[str, str] = {}
+    digests: dict[str, dict[str, str]] = {}
     bad: list[tuple[str, str]] = []
     for part, source in parts.items():  # train first: its images may set the input shape
-        split, conversion, part_bad, sha = _load_split(source, conversion, encoders[part], spec)
+        split, conversion, part_bad, found = _load_split(source, conversion, encoders[part], spec)
         splits[part] = split
-        checksums[f"{part}: {os.path.abspath(source.source)}"] = sha
+        digests[f"{part}: {os.path.abspath(source.source)}"] = found
         bad += part_bad
     if bad and not spec.skip_bad_files:
         hint = _evaluate_skip_hint(spec.train) if spec.evaluating else SKIP_HINT
@@ -133,11 +135,12 @@ def load_local(spec: LocalData) -> Dataset:
         num_classes=len(names),
         class_names=names,
         name=None,
-        checksums=checksums,
+        checksums={key: fingerprint(found) for key, found in digests.items()},
         split_sources={part: str(source.source) for part, source in parts.items()},
         skipped=[{"path": p, "reason": r} for p, r in bad],
         validation=splits.get("validation"),
         notes=class_folder_notes(parts),
+        digests=digests,
     )
 
 
@@ -265,52 +268,54 @@ def _shown(names: tuple[str, ...]) -> str:
 
 def _load_split(
     source: Source, conversion: Conversion | None, encoder: Encoder, spec: LocalData
-) -> tuple[Split, Conversion, list[tuple[str, str]], str]:
-    """The split, its conversion, its unreadable files and its :func:`fingerprint`."""
+) -> tuple[Split, Conversion, list[tuple[str, str]], dict[str, str]]:
+    """The split, its conversion, its unreadable files and its :func:`file_digests`."""
     if isinstance(source, ArrayData):
         split = _array_split(source, conversion, spec)
-        return split, _array_conversion(source, spec), [], fingerprint(source)
+        return split, _array_conversion(source, spec), [], split_digests(source)
     decoded, conversion = decode_cached(source, conversion, spec)
     codes = np.array([encoder[label] for label in source.labels], dtype=np.int64)
     labels = torch.from_numpy(codes[decoded.kept])
     split = Split(torch.from_numpy(decoded.images), labels)
-    return split, conversion, decoded.bad, fingerprint(source, decoded)
+    return split, conversion, decoded.bad, split_digests(source, decoded)
 
 
-def fingerprint(source: Source, decoded: Decoded | None = None) -> str:
-    """The SHA-256 that stands for one split's data as loaded (``dataset.checksums``):
+def split_digests(source: Source, decoded: Decoded | None = None) -> dict[str, str]:
+    """What one split's data is made of, as loaded: file name → hex digest, names relative to
+    the folder (or to the CSV's, .npz's or archive's folder), in name order.
 
-    * a folder: over the sorted (path below the folder, content digest) of every image used
-      (``decoded``'s kept files; the digests are those taken from the bytes decoded, or
-      cached with the pixels: no image is read again);
-    * a CSV file: the same pairs (paths below the CSV's folder) after the SHA-256 of the CSV's
-      bytes as read (its labels);
-    * an .npz file: its SHA-256; an IDX pair: a SHA-256 over both archives' SHA-256.
-
-    Any image added, removed, renamed, moved to another class or changed changes it."""
+    * a folder: every image used (``decoded``'s kept files), its content digest (BLAKE2b,
+      :attr:`~dlcli.data.images.ImageInfo.digest`) taken from the bytes decoded or cached
+      with the pixels: no image is read again;
+    * a CSV file: the same for the images it names, and the CSV file's own SHA-256 (from the
+      bytes its labels were read from);
+    * an .npz file: its SHA-256; an IDX pair: both archives' SHA-256.
+    """
     if isinstance(source, ArrayData):
-        files = (
-            [source.source]
-            if source.kind == "npz"
-            else [source.source, labels_beside(source.source)]
-        )
+        paths = [source.source] + ([labels_beside(source.source)] if source.kind == "idx" else [])
         try:
-            shas = [file_digests(path, md5=False)[1] for path in files]
+            return {path.name: file_digests(path, md5=False)[1] for path in paths}
         except OSError as err:  # read a moment ago: replaced or removed since
             raise DataError(f"{err.filename}: cannot read: {err.strerror or err}") from None
-        if len(shas) == 1:
-            return shas[0]
-        return hashlib.sha256("\n".join(shas).encode()).hexdigest()
-    assert decoded is not None, "the files' digests come from decoding them"
+    assert decoded is not None, "the images' digests come from decoding them"
     folder = source.source if source.kind == "folder" else source.source.parent
     prefix = os.path.join(os.fspath(folder), "")
-    named = sorted(
-        (_below(source.paths[i], prefix), digest.tobytes())
+    found = {
+        _below(source.paths[i], prefix): digest.tobytes().hex()
         for i, digest in zip(decoded.kept.tolist(), decoded.digests, strict=True)
-    )
-    sha = hashlib.sha256(source.sha256.encode())
-    for name, digest in named:
-        sha.update(name.encode("utf-8", "surrogateescape") + b"\0" + digest)
+    }
+    if source.kind == "csv":
+        found[source.source.name] = source.sha256
+    return dict(sorted(found.items()))
+
+
+def fingerprint(digests: dict[str, str]) -> str:
+    """The SHA-256 a run records for one split (``dataset.checksums``): over its
+    :func:`split_digests`, name by name. An image added, removed, renamed, moved to another
+    class or rewritten, an edited CSV or a replaced .npz changes it."""
+    sha = hashlib.sha256()
+    for name, digest in sorted(digests.items()):
+        sha.update(name.encode("utf-8", "surrogateescape") + b"\0" + digest.encode() + b"\n")
     return sha.hexdigest()
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_a_changed_image_is_refused_unless_accepted(folders: Path) -> None:
     proc = dlcli("evaluate", str(folders / "run"), "--split", "test")
     assert proc.returncode == 3, proc.stderr
     assert f"{_key('test', folders / 'test')}: changed since the model was trained" in proc.stderr
+    assert f"changed: {CLASSES[1]}/{image.name};" in proc.stderr
     assert "--accept-changed-data" in proc.stderr
     assert "Traceback" not in proc.stderr
     accepted = dlcli(
@@ -95,12 +97,15 @@ def test_an_added_or_removed_image_is_a_change(folders: Path) -> None:
     result = run("evaluate", folders / "run", "--split", "validation")
     assert result.exit_code == 3, result.output
     assert f"{_key('train', folders / 'train')}: changed since" in result.stderr
+    assert f"added: {CLASSES[0]}/new.png;" in result.stderr
     extra.unlink()
     assert run("evaluate", folders / "run", "--split", "validation").exit_code == 0
-    sorted((folders / "test" / CLASSES[2]).glob("*.png"))[-1].unlink()
+    gone = sorted((folders / "test" / CLASSES[2]).glob("*.png"))[-1]
+    gone.unlink()
     result = run("evaluate", folders / "run", "--split", "test")
     assert result.exit_code == 3, result.output
     assert f"{_key('test', folders / 'test')}: changed since" in result.stderr
+    assert f"removed: {CLASSES[2]}/{gone.name};" in result.stderr
 
 
 def test_an_image_moved_to_another_class_is_a_change(folders: Path) -> None:
@@ -109,6 +114,7 @@ def test_an_image_moved_to_another_class_is_a_change(folders: Path) -> None:
     result = run("evaluate", folders / "run", "--split", "test")
     assert result.exit_code == 3, result.output
     assert f"{_key('test', folders / 'test')}: changed since" in result.stderr
+    assert f"added: {CLASSES[3]}/moved.png; removed: {CLASSES[0]}/{image.name};" in result.stderr
 
 
 def test_a_deleted_data_folder_is_a_data_error(folders: Path) -> None:
@@ -138,12 +144,14 @@ def test_a_changed_csv_or_an_image_it_names_is_a_change(tmp_path: Path) -> None:
     result = run("evaluate", run_dir, "--split", "test")
     assert result.exit_code == 3, result.output
     assert f"{_key('test', table)}: changed since" in result.stderr
+    assert "changed: test.csv;" in result.stderr
     table.write_text("path,label\n" + "".join(rows))
     assert run("evaluate", run_dir, "--split", "test").exit_code == 0
     _repaint(files[-1], 99)  # the CSV is the same, an image it names is not
     result = run("evaluate", run_dir, "--split", "test")
     assert result.exit_code == 3, result.output
     assert f"{_key('test', table)}: changed since" in result.stderr
+    assert f"changed: {files[-1].relative_to(tmp_path)};" in result.stderr
 
 
 def test_a_changed_npz_is_a_change(tmp_path: Path) -> None:
@@ -152,14 +160,15 @@ def test_a_changed_npz_is_a_change(tmp_path: Path) -> None:
     arrays = tmp_path / "test.npz"
     np.savez(arrays, x=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), y=np.arange(8) % 4)
     run_dir = _train(tmp_path, arrays)
-    import hashlib
-
-    recorded = json.loads((run_dir / "metrics.json").read_text())["dataset"]["checksums"]
-    assert recorded[_key("test", arrays)] == hashlib.sha256(arrays.read_bytes()).hexdigest()
+    recorded = json.loads((run_dir / store.DATA_DIGESTS).read_text())
+    assert recorded[_key("test", arrays)] == {
+        "test.npz": hashlib.sha256(arrays.read_bytes()).hexdigest()
+    }
     np.savez(arrays, x=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), y=np.arange(8) % 4)
     result = run("evaluate", run_dir, "--split", "test")
     assert result.exit_code == 3, result.output
     assert f"{_key('test', arrays)}: changed since" in result.stderr
+    assert "changed: test.npz;" in result.stderr
 
 
 def test_a_run_without_own_data_checksums_still_evaluates(folders: Path) -> None:
@@ -176,6 +185,22 @@ def test_a_run_without_own_data_checksums_still_evaluates(folders: Path) -> None
     assert json.loads(result.stdout)["data_changed"] == []
 
 
+def test_without_the_digests_file_the_split_is_named(folders: Path) -> None:
+    """A run whose data-digests.json is gone still refuses changed data, naming the split and
+    both fingerprints."""
+    (folders / "run" / store.DATA_DIGESTS).unlink()
+    manifest = json.loads((folders / "run" / store.MANIFEST).read_text())
+    files = [name for name in manifest["files"] if name != store.DATA_DIGESTS]
+    store.write_manifest(folders / "run", files)
+    _repaint(sorted((folders / "test" / CLASSES[1]).glob("*.png"))[0], 200)
+    result = run("evaluate", folders / "run", "--split", "test")
+    assert result.exit_code == 3, result.output
+    assert (
+        f"{_key('test', folders / 'test')}: changed since the model was trained: its sha256 is"
+        in result.stderr
+    )
+
+
 def test_the_fingerprint_is_the_same_from_the_cache_and_from_the_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,5 +215,11 @@ def test_the_fingerprint_is_the_same_from_the_cache_and_from_the_files(
         raise AssertionError("decoded although cached")
 
     monkeypatch.setattr("dlcli.data.local.decode_files", no_decoding)
-    assert load_local(spec).checksums == decoded == uncached.checksums
+    cached = load_local(spec)
+    assert cached.checksums == decoded == uncached.checksums
     assert list(decoded) == [_key("train", tmp_path / "t")]
+    first = sorted((tmp_path / "t").rglob("*.png"))[0]
+    assert (
+        cached.digests[_key("train", tmp_path / "t")][str(first.relative_to(tmp_path / "t"))]
+        == hashlib.blake2b(first.read_bytes(), digest_size=16).hexdigest()
+    )

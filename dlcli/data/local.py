@@ -282,7 +282,7 @@ def _load_split(
 
 def split_digests(source: Source, decoded: Decoded | None = None) -> dict[str, str]:
     """What one split's data is made of, as loaded: file name → hex digest, names relative to
-    the folder (or to the CSV's, .npz's or archive's folder), in name order.
+    the folder (or to the CSV's, .npz's or archive's folder), in the listing's order.
 
     * a folder: every image used (``decoded``'s kept files), its content digest (BLAKE2b,
       :attr:`~dlcli.data.images.ImageInfo.digest`) taken from the bytes decoded or cached
@@ -300,28 +300,27 @@ def split_digests(source: Source, decoded: Decoded | None = None) -> dict[str, s
     assert decoded is not None, "the images' digests come from decoding them"
     folder = source.source if source.kind == "folder" else source.source.parent
     prefix = os.path.join(os.fspath(folder), "")
-    found = {
-        _below(source.paths[i], prefix): digest.tobytes().hex()
-        for i, digest in zip(decoded.kept.tolist(), decoded.digests, strict=True)
-    }
+    cut, listed = len(prefix), source.paths
+    names = [
+        listed[i][cut:] if listed[i].startswith(prefix) else listed[i]
+        for i in decoded.kept.tolist()
+    ]
+    hexed = decoded.digests.tobytes().hex()  # one call, then slices: 70,000 files in 0.1 s
+    size = 2 * decoded.digests.shape[1]
+    found = dict(
+        zip(names, (hexed[at : at + size] for at in range(0, len(hexed), size)), strict=True)
+    )
     if source.kind == "csv":
         found[source.source.name] = source.sha256
-    return dict(sorted(found.items()))
+    return found
 
 
 def fingerprint(digests: dict[str, str]) -> str:
     """The SHA-256 a run records for one split (``dataset.checksums``): over its
     :func:`split_digests`, name by name. An image added, removed, renamed, moved to another
     class or rewritten, an edited CSV or a replaced .npz changes it."""
-    sha = hashlib.sha256()
-    for name, digest in sorted(digests.items()):
-        sha.update(name.encode("utf-8", "surrogateescape") + b"\0" + digest.encode() + b"\n")
-    return sha.hexdigest()
-
-
-def _below(path: str, prefix: str) -> str:
-    """``path`` without the folder ``prefix`` (ending in a separator) it starts with."""
-    return path[len(prefix) :] if path.startswith(prefix) else path
+    text = "".join(f"{name}\0{digest}\n" for name, digest in sorted(digests.items()))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def decode_cached(

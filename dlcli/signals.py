@@ -11,6 +11,12 @@ way, the checkpoint callback saves, and the loop raises :class:`~dlcli.errors.In
 writes goes to a temporary name first, so stopping anywhere leaves the last checkpoint and the
 run directory as they were — except inside :func:`uninterruptible`, the few renames that swap a
 finished directory into place, which the signal waits for.
+
+Once the command has returned or raised (:func:`command_over`, called by the command layer),
+its outcome stands: its result is printed and its files are saved, or its error is decided. A
+signal from then until the process exits is ignored, by these handlers and by the program's
+own (dlcli.entry), so that it neither turns a success into "interrupted" nor claims that
+nothing was written.
 """
 
 from __future__ import annotations
@@ -46,6 +52,24 @@ class Guard:
 
 _depth = 0  # nesting of uninterruptible() sections
 _pending: Interrupted | None = None
+_over = False  # the command has returned or raised (see command_over)
+
+
+def command_started() -> None:
+    """A command begins: signals stop it again (a process may run several, e.g. the tests)."""
+    global _over
+    _over = False
+
+
+def command_over() -> None:
+    """The command has returned or raised: its outcome stands, and a signal is ignored from now
+    on (:func:`stop_at_once_on_signals`, and dlcli.entry's handler once that is back)."""
+    global _over
+    _over = True
+
+
+def command_is_over() -> bool:
+    return _over
 
 
 @contextmanager
@@ -86,6 +110,8 @@ def stop_at_once_on_signals() -> Iterator[None]:
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         _hung_up(signum)
+        if _over:
+            return
         _stop_now(Interrupted(f"interrupted ({name}): stopped; nothing was left half-written"))
 
     previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in SIGNALS}

@@ -3,6 +3,7 @@ errors to exit codes (documented in ``dlcli.errors`` and the README)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import traceback
@@ -14,7 +15,7 @@ import click
 from dlcli import untrusted
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
-from dlcli.signals import stop_at_once_on_signals
+from dlcli.signals import command_over, command_started, stop_at_once_on_signals
 from dlcli.version import __version__
 
 CommandFn = Callable[..., dict[str, Any] | None]
@@ -34,11 +35,17 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
     def wrapper(json_mode: bool, quiet: bool, no_color: bool, **kwargs: Any) -> None:
         reporter = Reporter(json_mode=json_mode, quiet=quiet, no_color=no_color)
         code = 0
+        command_started()
         try:
             with stop_at_once_on_signals():  # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130
-                document = fn(reporter, **kwargs)
-                if document is not None:
-                    reporter.emit_json(document)
+                try:
+                    document = fn(reporter, **kwargs)
+                    if document is not None:
+                        reporter.emit_json(document)
+                finally:
+                    # Returned or raised: the outcome stands, a signal from now on is ignored
+                    # (not "interrupted", nor entry's "during start-up: nothing was written").
+                    command_over()
         except DlcliError as err:
             code = err.exit_code
             _report(reporter, err, code, err.kind)
@@ -62,12 +69,10 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
 
 
 def _report(reporter: Reporter, err: DlcliError | str, code: int, kind: str) -> None:
-    """Print the error; a terminal that is gone (SIGHUP) cannot be told, which is fine."""
-    try:
-        with stop_at_once_on_signals():  # a second signal while reporting: the same exit
-            reporter.error(err, code=code, kind=kind)
-    except (OSError, DlcliError):
-        pass
+    """Print the error (the command is over: a signal meanwhile is ignored, the code stands);
+    a terminal that is gone (SIGHUP) cannot be told, which is fine."""
+    with contextlib.suppress(OSError):
+        reporter.error(err, code=code, kind=kind)
 
 
 class DlcliGroup(click.Group):

@@ -80,7 +80,8 @@ class ModelDirError(DlcliError):
 
 class OutputError(DlcliError):
     """A file a command writes (a starter config, a figure, an ONNX file) could not be
-    written: a full disk, a read-only or vanished directory. Nothing half-written is left."""
+    written: a full disk, a read-only or vanished directory. Nothing half-written is left.
+    Also stdout or stderr that could not be written (dlcli.report.Stream)."""
 
     exit_code = EXIT_DATA
     kind = "output"

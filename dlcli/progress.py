@@ -19,6 +19,7 @@ the epoch's): numbers are never cut. At the end of each epoch, and off a termina
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -163,7 +164,11 @@ def epoch_line(epoch: int, epochs: int, logs: Logs) -> list[str]:
 
 
 class ProgressDisplay(Callback):
-    """The live status on a terminal; one summary line per epoch everywhere."""
+    """The live status on a terminal; one summary line per epoch everywhere.
+
+    A write that fails (a terminal gone: EIO; a closed pipe: EPIPE; a full disk: ENOSPC) ends
+    the display, never the run: from then on it draws nothing (the Reporter's streams are the
+    first layer: they drop what cannot be written; this one holds for any console)."""
 
     def __init__(self, reporter: Reporter, clock: Callable[[], float] = time.monotonic) -> None:
         self.reporter = reporter
@@ -175,22 +180,40 @@ class ProgressDisplay(Callback):
         self._epoch_start = 0.0
         self._first_step = 0  # steps already done when the epoch (or a resumed one) began
         self._epoch_seconds: list[float] = []
+        self._failed = False  # a write failed: the display is off
+
+    def _draw(self, draw: Callable[[], object]) -> None:
+        """Write to the display; an OSError turns it off instead of ending the run."""
+        if self._failed:
+            return
+        try:
+            draw()
+        except OSError:
+            self._failed = True
+            live, self.live = self.live, None
+            if live is not None:
+                with contextlib.suppress(OSError):  # frees the console (one live display)
+                    live.stop()
 
     def on_fit_begin(self, trainer: Loop) -> None:
         self._epochs = trainer.epochs
         self._epoch_seconds = [row["seconds"] for row in trainer.history if "seconds" in row]
-        if self.reporter.live:
+        if self.reporter.live and not self._failed:
             self.live = Live(
                 console=self.reporter.err, auto_refresh=False, transient=True, redirect_stderr=False
             )
-            self.live.start()
+            self._draw(self.live.start)
 
     def on_epoch_begin(self, trainer: Loop, epoch: int) -> None:
         self._epoch_start = self.clock()
         self._first_step = trainer.step_in_epoch
         self.status = Status(epoch, self._epochs, trainer.step_in_epoch, trainer.steps_per_epoch)
         if self.live is not None:
-            self.live.update(_StatusView(self.status), refresh=True)
+            self._draw(lambda: self._show(self.status))
+
+    def _show(self, shown: Status | None) -> None:
+        if self.live is not None:
+            self.live.update(Text("") if shown is None else _StatusView(shown), refresh=True)
 
     def on_step_end(self, trainer: Loop, step: int) -> None:
         if self.live is None or self.status is None:
@@ -200,7 +223,7 @@ class ProgressDisplay(Callback):
             return
         self._last_refresh = now
         self._update(trainer, step, now)
-        self.live.update(_StatusView(self.status), refresh=True)
+        self._draw(lambda: self._show(self.status))
 
     def _update(self, trainer: Loop, step: int, now: float) -> None:
         assert self.status is not None
@@ -227,12 +250,12 @@ class ProgressDisplay(Callback):
         self._epoch_seconds.append(logs["seconds"])
         fields = epoch_line(epoch, self._epochs, logs)
         if self.live is not None:
-            self.live.update(Text(""), refresh=True)
-            self.reporter.note(wrap_fields(fields, self.reporter.err.width))
+            self._draw(lambda: self._show(None))
+            self._draw(lambda: self.reporter.note(wrap_fields(fields, self.reporter.err.width)))
         else:
-            self.reporter.note("  ".join(fields))
+            self._draw(lambda: self.reporter.note("  ".join(fields)))
 
     def on_fit_end(self, trainer: Loop) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+        live, self.live = self.live, None
+        if live is not None:
+            self._draw(live.stop)

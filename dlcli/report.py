@@ -7,12 +7,14 @@ hands those a :class:`Reporter`.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO, cast
 
 from rich import box
 from rich.console import Console
@@ -21,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dlcli import metric_names
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, OutputError, write_problem
+from dlcli.signals import discard_output
 
 
 class Reporter:
@@ -40,11 +43,17 @@ class Reporter:
         self.json_mode = json_mode
         self.quiet = quiet
         no_color = no_color or "NO_COLOR" in os.environ
-        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+        self.streams = (Stream("stdout", sys.stdout), Stream("stderr", sys.stderr))
+        self._stdout, stderr = self.streams
+        self.err = Console(
+            file=cast(TextIO, stderr), no_color=no_color, highlight=False, soft_wrap=True
+        )
         if json_mode:
             self.out = self.err
         else:
-            self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
+            self.out = Console(
+                file=cast(TextIO, self._stdout), no_color=no_color, highlight=False, soft_wrap=True
+            )
         self._show_results = not (json_mode and quiet)
         self._silenced = False
         self._json_file: str | None = None
@@ -100,13 +109,27 @@ class Reporter:
                 with open(self._json_file, "w", encoding="utf-8") as f:
                     f.write(text + "\n")
                 return
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+            self._stdout.write(text + "\n")
+            self._stdout.flush()
 
     def json_to_file(self, path: str) -> None:
         """Write the JSON document to ``path`` instead of stdout: the rank-0 worker of
         ``train --nproc-per-node``, whose launcher prints it (with what the job ended as)."""
         self._json_file = path
+
+    def output_lost(self) -> OutputError | None:
+        """The error to end with when stdout or stderr could not be written (a full disk, a
+        terminal gone) and the output from then on was lost; None when both were written, or
+        when only the reader of a pipe left (EPIPE: ``dlcli runs list | head -1`` wants no more
+        lines and no word about it, as with any Unix tool)."""
+        for stream in self.streams:
+            failure = stream.failure
+            if failure is not None and failure.errno != errno.EPIPE:
+                return OutputError(
+                    f"could not write to {stream.name}: {write_problem(failure)}; what the "
+                    f"command printed there from then on was lost (it ran to its end)"
+                )
+        return None
 
     def error(self, err: DlcliError | str, *, code: int, kind: str = "internal") -> None:
         """Report an error: one message on stderr, and a JSON document under ``--json``
@@ -119,6 +142,52 @@ class Reporter:
             document = dict(err.document or {}) if isinstance(err, DlcliError) else {}
             document["error"] = {"code": code, "kind": kind, "message": message}
             self.emit_json(document)
+
+
+class Stream(io.TextIOBase):
+    """stdout or stderr as the :class:`Reporter` writes to it: a write that fails (the reader of
+    a pipe gone: EPIPE; a full disk: ENOSPC; a terminal hung up: EIO) never ends the command, a
+    training run least of all. The first failure is kept in ``failure``, the file descriptor is
+    pointed at /dev/null (Python's own flush at exit would fail again) and later writes are
+    dropped; the command layer ends with :meth:`Reporter.output_lost`."""
+
+    def __init__(self, name: str, file: TextIO) -> None:
+        self.name = name
+        self.file = file
+        self.failure: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.failure is None:
+            try:
+                return self.file.write(text)
+            except OSError as err:
+                self._failed(err)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self.file.flush()
+            except OSError as err:
+                self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        self.failure = err
+        try:
+            fd = self.file.fileno()
+        except (OSError, ValueError):  # not a real file (click's test runner)
+            return
+        discard_output(fd)
+
+    def isatty(self) -> bool:
+        return self.file.isatty()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.file.encoding
 
 
 def _print_table(console: Console, table: Table) -> None:

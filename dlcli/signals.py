@@ -128,13 +128,21 @@ def _hung_up(signum: int) -> None:
     if signum != signal.SIGHUP:
         return
     for fd in (1, 2):
+        if fd in _TTY_FDS or os.isatty(fd):
+            discard_output(fd)
+
+
+def discard_output(fd: int) -> None:
+    """Point ``fd`` at /dev/null: what is written to it from now on (Python's own flush of
+    sys.stdout at exit included) goes nowhere instead of failing again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
         try:
-            if fd in _TTY_FDS or os.isatty(fd):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
-        except OSError:
-            pass
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except OSError:
+        pass
 
 
 def _stop_now(err: Interrupted) -> None:

@@ -62,6 +62,10 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
                 "output of `dlcli --version` (set DLCLI_DEBUG=1 for the traceback).",
                 code=code,
             )
+        lost = reporter.output_lost()  # stdout or stderr failed (a full disk): not a success
+        if lost is not None and not code:
+            code = lost.exit_code
+            _report(reporter, lost, code, lost.kind)
         if code:
             click.get_current_context().exit(code)
 

@@ -188,7 +188,7 @@ def _classes(
 ) -> tuple[tuple[str, ...], dict[str, Encoder]]:
     """The class names, and for each split of files, its label text → index."""
     names = _class_names(parts, spec)
-    if spec.class_names:
+    if spec.class_names and not spec.evaluating:  # data to score may hold fewer classes
         check_named_classes(parts["train"], spec.class_names)
     index = {name: i for i, name in enumerate(names)}
     encoders: dict[str, Encoder] = {}

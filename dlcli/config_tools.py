@@ -22,6 +22,7 @@ from dlcli.config import (
     parse_yaml,
 )
 from dlcli.errors import ConfigError, OutputError, UsageError, write_problem
+from dlcli.untrusted import check_replaceable
 
 TEMPLATES = ("mlp", "cnn")
 
@@ -179,6 +180,7 @@ def write_starter(
     (refusing to replace a file unless ``force``)."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give a file name, e.g. {path / 'config.yaml'}")
+    check_replaceable(path, UsageError, "config")
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to overwrite it")
     if data is not None:
@@ -193,6 +195,7 @@ def write_starter(
 def write_atomically(path: Path, data: bytes, what: str) -> None:
     """Write ``data`` to a temporary sibling and rename it to ``path``: a full disk or a
     read-only directory is an :class:`OutputError` naming ``path``, and leaves nothing."""
+    check_replaceable(path, OutputError, what.removeprefix("the "))
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -19,6 +19,7 @@ from dlcli import metric_names
 from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
+from dlcli.untrusted import check_replaceable
 
 DPI = 150
 CURVE_SIZE = (8.0, 5.0)  # inches: 1200 × 750 pixels at DPI
@@ -274,6 +275,7 @@ def _save(fig: Any, path: Path) -> Path:
     """Render into a temporary sibling, then rename: a failed write leaves no partial PNG."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        check_replaceable(path, OutputError, "figure")
         fig.savefig(tmp, dpi=DPI, format="png")
         os.replace(tmp, path)
     except OSError as err:

@@ -82,6 +82,25 @@ def check_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "f
     return info.st_size
 
 
+def check_replaceable(path: str | os.PathLike[str], error: ErrorType, what: str = "file") -> None:
+    """Before a file is written over ``path`` (``--force`` included): what is there must be
+    nothing, a regular file or a symbolic link (the rename replaces the link, never what it
+    points to). A directory, a FIFO, a device or a socket raises ``error`` naming it: renaming
+    over ``/dev/null`` would replace the device itself."""
+    shown = os.fspath(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise error(f"{shown}: cannot check the {what}: {err.strerror or err}") from None
+    if stat.S_ISLNK(info.st_mode):
+        return
+    kind = _kind_of(info.st_mode)
+    if kind is not None:
+        raise error(f"{shown}: is {kind}; dlcli writes a {what} only over a regular file")
+
+
 def open_regular(
     path: str | os.PathLike[str], error: ErrorType, what: str = "file"
 ) -> io.BufferedReader:

@@ -234,9 +234,11 @@ def lr_find(
     from dlcli.config import load_config
     from dlcli.errors import UsageError
     from dlcli.lr_find import lr_find as range_test
+    from dlcli.untrusted import check_replaceable
 
     cfg = load_config(config, overrides)
     path = plot_path or Path(f"{config.stem}-lr-find.png")
+    check_replaceable(path, UsageError, "figure")
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to replace it, or --plot PATH")
     try:

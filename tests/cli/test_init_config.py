@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,25 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     result = run("init", path, "--force", "--template", "cnn")
     assert result.exit_code == 0
     assert "conv2d" in path.read_text()
+
+
+def test_init_force_never_replaces_a_fifo_or_a_device(tmp_path: Path) -> None:
+    """--force replaces a file, never what is not one: renaming over /dev/null (as root)
+    replaced the device with a regular file."""
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    result = run("init", fifo, "--force")
+    assert result.exit_code == 2, result.output
+    assert f"{fifo}: is a FIFO (named pipe); dlcli writes a config only over a regular file" in (
+        result.stderr
+    )
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.yaml"]
+    device = tmp_path / "null.yaml"
+    device.symlink_to("/dev/null")  # a link is replaced itself: the device is untouched
+    assert run("init", device, "--force").exit_code == 0
+    assert device.is_file() and not device.is_symlink()
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
 def test_init_errors(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,30 @@ def test_lr_find_stops_when_the_loss_diverges(tiny_config: Path, tmp_path: Path)
     document = json.loads(result.stdout)
     assert document["steps"] < 200
     assert "diverged" in document["stopped"] or "loss became" in document["stopped"]
+
+
+def test_lr_find_force_never_replaces_a_fifo(tiny_config: Path, tmp_path: Path) -> None:
+    """Refused before training, and --force does not make a FIFO (or a device) a file."""
+    fifo = tmp_path / "lr.png"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(cli, ["lr-find", str(tiny_config), "--plot", str(fifo), "--force"])
+    assert result.exit_code == 2, result.output
+    assert "is a FIFO (named pipe); dlcli writes a figure only over a regular file" in result.output
+    assert "lr-find:" not in result.output  # nothing trained
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_a_figure_is_never_written_over_a_fifo(tmp_path: Path) -> None:
+    """The writer checks too (dlcli plot's figures, a FIFO made after the command's check)."""
+    from dlcli.errors import OutputError
+    from dlcli.plot import _figure, _save
+
+    fifo = tmp_path / "curve.png"
+    os.mkfifo(fifo)
+    fig, _ = _figure((1, 1))
+    with pytest.raises(
+        OutputError, match=r"is a FIFO .*; dlcli writes a figure only over a regular"
+    ):
+        _save(fig, fifo)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]

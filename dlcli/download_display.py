@@ -26,8 +26,6 @@ def event_line(event: DownloadEvent) -> str:
     name = event.filename
     if event.kind == "present":
         return f"{name}: present, verified"
-    if event.kind == "invalid":
-        return f"{name}: {event.reason}; downloading it again"
     if event.kind == "start":
         resuming = f" (resuming at {event.done} bytes)" if event.done else ""
         return f"downloading {name} from {event.url}{resuming}"

@@ -27,7 +27,11 @@ from dlcli.report import Reporter
     help="Try this mirror first: a base URL, a file:// URL or a local directory (repeatable; "
     "default: $DLCLI_MIRROR). The dataset's own mirrors are tried after.",
 )
-@click.option("--force", is_flag=True, help="Download again even when valid files are present.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Download again, replacing the files present (valid or not).",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),

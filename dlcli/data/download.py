@@ -3,7 +3,9 @@
 For each archive of a :class:`~dlcli.data.registry.DatasetEntry`:
 
 1. A file already at ``data_dir/<name>/<filename>`` with the right size and SHA-256 is kept
-   ("present"), unless ``force``.
+   ("present"), unless ``force``. One that fails that check was not written by dlcli (only
+   verified files get the final name), so it is never deleted or replaced without ``force``:
+   :class:`~dlcli.errors.DataError` names it, before anything is fetched for it.
 2. Otherwise the mirrors are tried in order (see :func:`resolve_mirrors`). The bytes go to
    ``<filename>.part``; a ``.part`` left by an interrupted transfer is resumed with an HTTP
    ``Range`` request (a server that answers 200 instead of 206 is read from the start; a 416, or
@@ -46,9 +48,7 @@ from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, write_problem
 from dlcli.version import __version__
 
-EventKind = Literal[
-    "checking", "present", "invalid", "start", "progress", "retry", "failed", "done"
-]
+EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
 
 _CHUNK = 1 << 18  # bytes per read, and per progress event
 _BACKOFF_S = 0.25  # first retry delay; doubles per retry, at most _MAX_BACKOFF_S
@@ -61,7 +61,6 @@ class DownloadEvent:
     """What :func:`download_dataset` is doing, for a progress display.
 
     * ``checking``: verifying an existing file; ``present``: it is valid, kept (``done`` = size).
-    * ``invalid``: an existing file failed its check (``reason``) and is being replaced.
     * ``start``: a transfer from ``url`` begins at ``done`` bytes (> 0 when resuming) of ``total``.
     * ``progress``: ``done`` of ``total`` bytes are in the ``.part`` file.
     * ``failed``: an attempt at ``url`` failed with ``reason``; ``retry``: the same URL is tried
@@ -170,7 +169,7 @@ def verify_dataset(
     if damaged:
         raise DataError(
             f"{entry.name} in {_show_dir(folder)} is damaged: {'; '.join(damaged)}. "
-            f"Run `{fix}` to download it again."
+            f"Run `{fix} --force` to download it again."
         )
     return paths
 
@@ -257,8 +256,11 @@ def _ensure(
             return FileStatus(
                 role, archive.filename, job.dest, archive.size, archive.sha256, "present"
             )
-        job.event("invalid", reason=problem)
-        job.dest.unlink()
+        raise DataError(
+            f"{job.dest}: is not {entry.name}'s {archive.filename} ({problem}); dlcli did not "
+            "write it (only verified files get that name), so it is kept: move it away, or pass "
+            "--force to replace it with the download"
+        )
     for mirror in sources:
         url = _join(mirror, archive.filename)
         try:

@@ -142,8 +142,8 @@ def test_damaged_registry_file_is_reported(tmp_path: Path) -> None:
         load_dataset("mnist", tmp_path)
     assert str(err.value) == (
         f"mnist in {folder}/ is damaged: t10k-labels-idx1-ubyte.gz: size mismatch: expected "
-        f"4542 bytes, got 4543. Run `dlcli download mnist --data-dir {tmp_path}` to download it "
-        "again."
+        f"4542 bytes, got 4543. Run `dlcli download mnist --data-dir {tmp_path} --force` to "
+        "download it again."
     )
 
 

@@ -154,21 +154,47 @@ def test_force_downloads_again(entry: DatasetEntry, data_dir: Path, server: Serv
     assert len(server.requests) == 8
 
 
-def test_an_invalid_existing_file_is_replaced(
+def test_a_file_that_fails_its_check_is_kept_unless_forced(
     entry: DatasetEntry, data_dir: Path, source: Path, server: ServerState
 ) -> None:
+    """A file under an archive's name that dlcli did not verify is the user's: it was deleted
+    before the download, and stayed lost when every mirror then failed."""
     download_dataset(entry, data_dir, mirrors=[server.url("good")])
-    damaged = data_dir / "tiny" / "t10k-labels-idx1-ubyte.gz"
-    damaged.write_bytes(bytes(first_file(entry).size // 100))
-    events: list[DownloadEvent] = []
-    statuses = download_dataset(
-        entry, data_dir, mirrors=[server.url("good")], on_event=events.append
+    mine = data_dir / "tiny" / "t10k-labels-idx1-ubyte.gz"
+    mine.write_bytes(b"my own labels")
+    server.requests.clear()
+    with pytest.raises(DataError) as err:
+        download_dataset(entry, data_dir, mirrors=[server.url("good")])
+    assert err.value.message == (
+        f"{mine}: is not tiny's t10k-labels-idx1-ubyte.gz (size mismatch: expected "
+        f"{entry.files['test_labels'].size} bytes, got 13); dlcli did not write it (only "
+        "verified files get that name), so it is kept: move it away, or pass --force to "
+        "replace it with the download"
     )
-    assert [s.status for s in statuses] == ["present", "present", "present", "downloaded"]
-    invalid = [e for e in events if e.kind == "invalid"]
-    assert [e.filename for e in invalid] == ["t10k-labels-idx1-ubyte.gz"]
-    assert invalid[0].reason.startswith("size mismatch: expected ")
+    assert mine.read_bytes() == b"my own labels"
+    assert not [p for p in server.requests if p[0].endswith(mine.name)]  # nothing fetched
+    with pytest.raises(DownloadError):  # forced, but no mirror has it: still kept
+        download_dataset(entry, data_dir, mirrors=[server.url("missing")], force=True)
+    assert mine.read_bytes() == b"my own labels"
+    statuses = download_dataset(entry, data_dir, mirrors=[server.url("good")], force=True)
+    assert [s.status for s in statuses] == ["downloaded"] * 4
     assert_complete(entry, data_dir, source)
+
+
+def test_cli_keeps_a_file_that_fails_its_check(
+    entry: DatasetEntry, data_dir: Path, server: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.REGISTRY, "tiny", entry)
+    (data_dir / "tiny").mkdir(parents=True)
+    mine = data_dir / "tiny" / "train-images-idx3-ubyte.gz"
+    mine.write_text("notes")
+    args = ["download", "tiny", "--data-dir", str(data_dir), "--mirror", server.url("good")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == EXIT_DATA, result.output
+    assert f"Error: {mine}: is not tiny's train-images-idx3-ubyte.gz" in result.output
+    assert "pass --force to replace it" in result.output and mine.read_text() == "notes"
+    assert CliRunner().invoke(cli, [*args, "--force", "-q"]).exit_code == 0
+    assert mine.stat().st_size == entry.files["train_images"].size
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from urllib.error import HTTPError, URLError
 from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, write_problem
+from dlcli.untrusted import open_regular
 from dlcli.version import __version__
 
 EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
@@ -435,12 +436,12 @@ def _read_http(response: http.client.HTTPResponse, job: _Job) -> Iterator[bytes]
 
 def _fetch_local(job: _Job, path: Path, shown: str) -> None:
     """Copy a file of a local mirror (a directory or ``file://`` URL) into the ``.part``."""
-    try:
-        source = open(path, "rb")  # noqa: SIM115 - closed below, errors mapped here
-    except FileNotFoundError:
-        raise _NextMirror("no such file") from None
-    except OSError as err:
-        raise _NextMirror(f"cannot read it: {err.strerror or err}") from None
+    if not os.path.lexists(path):
+        raise _NextMirror("no such file")
+    try:  # a FIFO or a device is refused, never opened: reading one would block or never end
+        source = open_regular(path, DataError)
+    except DataError as err:
+        raise _NextMirror(err.message.removeprefix(f"{os.fspath(path)}: ")) from None
     with source:
         job.event("start", shown, done=0, total=job.archive.size)
         _copy(iter(lambda: source.read(_CHUNK), b""), job, 0)

@@ -373,6 +373,37 @@ def test_local_mirror(
     assert_complete(entry, data_dir, source)
 
 
+def test_a_fifo_or_device_in_a_local_mirror_is_refused_not_read(
+    entry: DatasetEntry, data_dir: Path, source: Path, tmp_path: Path
+) -> None:
+    """A FIFO named like an archive hung the download for ever (open() waits for a writer);
+    a link to /dev/zero was read to the end of the file's size."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for archive in entry.files.values():
+        (mirror / archive.filename).symlink_to(source / archive.filename)
+    first = first_file(entry).filename
+    (mirror / first).unlink()
+    os.mkfifo(mirror / first)
+    (mirror / "t10k-labels-idx1-ubyte.gz").unlink()
+    (mirror / "t10k-labels-idx1-ubyte.gz").symlink_to("/dev/zero")
+    with pytest.raises(DownloadError) as err:
+        download_dataset(entry, data_dir, mirrors=[str(mirror)], timeout=1)
+    assert err.value.details == [
+        f"{mirror / first}: is a FIFO (named pipe), expected a regular file"
+    ]
+    (mirror / first).unlink()
+    (mirror / first).symlink_to(source / first)  # a link to a regular file is fine
+    with pytest.raises(DownloadError) as err:
+        download_dataset(entry, data_dir, mirrors=[str(mirror)])
+    assert err.value.details == [
+        f"{mirror / 't10k-labels-idx1-ubyte.gz'}: is a device, expected a regular file"
+    ]
+    assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == sorted(
+        a.filename for a in entry.files.values() if a.filename != "t10k-labels-idx1-ubyte.gz"
+    )
+
+
 def test_a_local_mirror_is_checksummed_too(
     entry: DatasetEntry, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -40,3 +40,6 @@ TAR_MEMBER_MAX_BYTES = 64 << 20  # one member of it, as inflated (CIFAR-10's bat
 
 # --- downloads ----------------------------------------------------------------------------------
 DOWNLOAD_DEADLINE_S = 600.0  # total seconds one file may take from one mirror (--deadline)
+
+# --- command-line numbers ---------------------------------------------------------------------
+SECONDS_MAX = 365 * 24 * 3600  # any SECONDS option (--timeout, --deadline, --dist-timeout): a year

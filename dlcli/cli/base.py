@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import traceback
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from dlcli import untrusted
+from dlcli import limits, untrusted
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
 from dlcli.report import Reporter
 from dlcli.signals import command_over, command_started, stop_at_once_on_signals
@@ -183,6 +184,25 @@ tta_option = click.option(
     help="Test-time augmentation: flip averages each image's and its mirror's outputs "
     "(default: the run's training.tta).",
 )
+
+
+class PositiveNumber(click.FloatRange):
+    """A finite number above 0, at most ``maximum``: click's FloatRange lets ``nan`` through
+    (every comparison with it is false) and ``inf`` when there is no maximum, and a timeout of
+    either crashed the socket layer or switched a deadline off."""
+
+    def __init__(self, maximum: float | None = None) -> None:
+        super().__init__(min=0, min_open=True, max=maximum)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"expected a finite number, found {number!r}", param, ctx)
+        return number
+
+
+POSITIVE = PositiveNumber()  # a rate, a factor
+SECONDS = PositiveNumber(limits.SECONDS_MAX)  # a timeout or deadline
 
 
 def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) -> str | int | None:

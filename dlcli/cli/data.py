@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, complete_datasets, dlcli_command
+from dlcli.cli.base import SECONDS, _set_option, cli, complete_datasets, dlcli_command
 from dlcli.limits import DOWNLOAD_DEADLINE_S, WORKERS_MAX
 from dlcli.report import Reporter
 
@@ -34,7 +34,7 @@ from dlcli.report import Reporter
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -49,7 +49,7 @@ from dlcli.report import Reporter
 )
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=DOWNLOAD_DEADLINE_S,
     show_default=True,
     metavar="SECONDS",

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from dlcli.cli.base import (
+    SECONDS,
     _set_option,
     batch_size_option,
     cli,
@@ -88,7 +89,7 @@ _LAUNCH_OPTIONS = (
     click.option("--rdzv-id", metavar="ID", help="Rendezvous id (default: dlcli)."),
     click.option(
         "--dist-timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=SECONDS,
         envvar="DLCLI_DIST_TIMEOUT",
         metavar="SECONDS",
         help="Distributed runs: how long a worker waits for the others before the job fails "

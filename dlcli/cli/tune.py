@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, dlcli_command
+from dlcli.cli.base import POSITIVE, SECONDS, _set_option, cli, dlcli_command
 from dlcli.cli.train import _gate_options
 from dlcli.report import Reporter
 
@@ -20,7 +20,7 @@ from dlcli.report import Reporter
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     metavar="SECONDS",
     help="Start no trial after SECONDS (the ones under way finish).",
 )
@@ -193,12 +193,8 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
 @cli.command("lr-find")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
-@click.option(
-    "--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True
-)
-@click.option(
-    "--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
-)
+@click.option("--start-lr", type=POSITIVE, default=1e-7, show_default=True)
+@click.option("--end-lr", type=POSITIVE, default=10.0, show_default=True)
 @click.option(
     "--steps",
     type=click.IntRange(min=20),

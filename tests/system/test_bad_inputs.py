@@ -312,3 +312,28 @@ def test_bad_input(case: Case, world: World) -> None:
     assert case.fragment in err, err
     assert "Traceback" not in output
     assert "internal error" not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["download", "mnist", "--timeout", "nan"], "'--timeout': expected a finite number"),
+        (["download", "mnist", "--timeout", "inf"], "inf is not in the range 0<x<=31536000"),
+        (["download", "mnist", "--timeout", "1e308"], "is not in the range 0<x<=31536000"),
+        (["download", "mnist", "--deadline", "nan"], "'--deadline': expected a finite number"),
+        (["lr-find", "c.yaml", "--end-lr", "inf"], "'--end-lr': expected a finite number"),
+        (["lr-find", "c.yaml", "--start-lr", "nan"], "'--start-lr': expected a finite number"),
+        (["tune", "c.yaml", "--timeout", "nan"], "'--timeout': expected a finite number"),
+        (["train", "c.yaml", "--dist-timeout", "nan"], "'--dist-timeout': expected a finite"),
+    ],
+)
+def test_seconds_and_rates_are_finite_numbers(
+    args: list[str], fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--timeout nan was 'internal error: ValueError', --timeout inf an OverflowError (exit 1),
+    and --deadline nan switched the deadline off: every comparison with nan is false."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written

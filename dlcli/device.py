@@ -12,20 +12,30 @@ import re
 from typing import TYPE_CHECKING
 
 from dlcli.errors import ConfigError
+from dlcli.untrusted import shorten
 
 if TYPE_CHECKING:
     import torch
 
 DEVICE_NAMES = "auto | cpu | cuda | cuda:N | mps"
 DEVICE_HELP = f"{DEVICE_NAMES} (auto: CUDA, else MPS, else the CPU)."
-_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# ASCII digits without leading zeros: torch refuses "cuda:01" and "cuda:٣" with a RuntimeError.
+_NAME = re.compile(r"auto|cpu|mps|cuda(?::(0|[1-9][0-9]*))?")
+# torch keeps a device index in 8 signed bits: "cuda:128" became cuda:-128, "cuda:256" cuda:0.
+CUDA_INDEX_MAX = 127
 
 
 def check_device_name(name: object, key: str = "training.device") -> str:
     """``name`` if it is a device name dlcli knows, else a :class:`ConfigError` naming ``key``."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    match = _NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
         raise ConfigError(f"{key}: expected auto, cpu, cuda, cuda:N or mps, found {name!r}")
-    return name
+    index = match.group(1)
+    if index is not None and (len(index) > 3 or int(index) > CUDA_INDEX_MAX):
+        raise ConfigError(
+            f"{key}: {shorten(repr(name))}: a CUDA device index is at most {CUDA_INDEX_MAX}"
+        )
+    return str(name)
 
 
 def resolve_device(name: str, key: str = "training.device") -> torch.device:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import write_tiny_config
 
 from dlcli.cli import cli
 from dlcli.config import load_config
@@ -28,6 +29,31 @@ def test_unknown_names_are_config_errors(name: object) -> None:
     assert err.value.message == (
         f"--device: expected auto, cpu, cuda, cuda:N or mps, found {name!r}"
     )
+
+
+@pytest.mark.parametrize("name", ["cuda:01", "cuda:٣", "cuda:-1", "cuda: 1"])
+def test_malformed_cuda_indexes_are_config_errors(name: str) -> None:
+    """torch's own parser raised RuntimeError on these: 'internal error', exit 1."""
+    with pytest.raises(ConfigError, match="expected auto, cpu, cuda, cuda:N or mps, found"):
+        check_device_name(name, "--device")
+
+
+@pytest.mark.parametrize("name", ["cuda:128", "cuda:256", "cuda:99999999999999999999"])
+def test_cuda_indexes_torch_cannot_hold_are_config_errors(name: str) -> None:
+    """torch wraps an index to 8 bits ('cuda:256' was cuda:0, a GPU not asked for) or fails
+    ('cuda:99999999999999999999' was 'internal error', exit 1)."""
+    with pytest.raises(ConfigError) as err:
+        check_device_name(name, "--device")
+    assert err.value.message == f"--device: {name!r}: a CUDA device index is at most 127"
+    assert check_device_name("cuda:127") == "cuda:127"
+
+
+def test_train_refuses_a_cuda_index_torch_cannot_parse(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path)
+    args = ["train", str(config), "--device", "cuda:99999999999999999999", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "a CUDA device index is at most 127" in result.stderr
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, *, cuda: bool, mps: bool, built: bool = True) -> None:

@@ -752,6 +752,11 @@ def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
+    if len(parts) > limits.YAML_MAX_DEPTH:  # a config file may not nest deeper either
+        raise ConfigError(
+            f"--set {shorten(key)}: the key path is {len(parts)} levels deep, more than the "
+            f"{limits.YAML_MAX_DEPTH} a config may nest"
+        )
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(part, int):

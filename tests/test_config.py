@@ -239,6 +239,9 @@ def test_override_of_unknown_key_is_an_error(tmp_path: Path) -> None:
         ("model.layers[7].units=3", "no item [7] (found a list of 2)"),
         ("training.epochs=[1", "invalid YAML value"),
         ("model.input_shape.x=3", "cannot set 'x' inside a list"),
+        # tune.space is a free mapping: 5,000 levels of it were a RecursionError (exit 1)
+        ("tune.space" + ".x" * 5000 + "=1", "the key path is 5002 levels deep, more than the 64"),
+        ("training" + ".x" * 64 + "=1", "the key path is 65 levels deep"),
     ],
 )
 def test_bad_overrides(tmp_path: Path, override: str, fragment: str) -> None:

@@ -1146,7 +1146,24 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
         )
     if hint is float and not math.isfinite(value):
         problems.append(f"{path}: expected a finite number, found {value!r}")
+    if hint is str and not _file_name_text(value):
+        problems.append(
+            f"{path}: expected text a file name can hold (no NUL character, no lone surrogate "
+            f"such as \\ud800), found {echo(value)}"
+        )
     return float(value) if hint is float else value
+
+
+def _file_name_text(text: str) -> bool:
+    """Whether ``text`` can be a path on this system (``os.fsencode`` takes it: the bytes of a
+    non-UTF-8 name given on the command line come back) and be saved in the run's config."""
+    if "\0" in text:
+        return False
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_layer(value: Any, path: str, problems: list[str]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,28 @@ def test_bad_overrides(tmp_path: Path, override: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:
         load_config(path, [override])
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override", ['output.dir="x\\ud800"', 'output.dir="x\\0y"', 'data.class_names=["a\\0"]']
+)
+def test_text_no_file_name_can_hold_is_refused(tmp_path: Path, override: str) -> None:
+    """output.dir with a NUL or a lone surrogate was 'internal error: ValueError: embedded null
+    byte' / UnicodeEncodeError (exit 1) when train made the folder."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    (problem,) = info.value.details
+    assert "expected text a file name can hold (no NUL character, no lone surrogate" in problem
+
+
+def test_a_non_utf8_file_name_from_the_command_line_is_kept(tmp_path: Path) -> None:
+    """Its bytes reach Python as surrogate escapes (\\udcff): a valid name, not refused."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    name = os.fsdecode(b"runs/bad\xff")
+    assert load_config(path, values={"output.dir": name}).output.dir == name
 
 
 def test_scientific_notation_reads_as_float(tmp_path: Path) -> None:

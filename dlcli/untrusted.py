@@ -39,6 +39,15 @@ def shorten(text: str, limit: int = limits.ECHO_MAX_CHARS) -> str:
     return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (controls, escape sequences, line
+    separators) written as its Python escape (``\\x1b``), for a message that quotes what a
+    file or a server said."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def echo(value: Any) -> str:
     """``repr(value)`` for a message, never longer than :data:`~dlcli.limits.ECHO_MAX_CHARS`
     (plus a note); a huge list or string is not rendered whole first."""

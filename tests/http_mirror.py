@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TIMEOUT = 0.5  # seconds; the slow server waits longer than this
+ESCAPES = "\x1b[31mred\x1b]0;pwned\x07"  # the "escapes" mode's reason phrase
 ARCHIVE_NAMES = (  # as the tiny-archives fixture writes them, in ROLES order
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -39,9 +40,9 @@ class ServerState:
 class Handler(BaseHTTPRequestHandler):
     """``/MODE/FILENAME``: good, missing (404), forbidden (403), corrupt (right size, wrong
     bytes), truncated, slow (answers after the client timed out), stall (the first answer for
-    the train images stops halfway), flaky (503 once), down (always 503), norange (ignores
-    Range), r416 (416 to any Range). Range requests are honoured (206) unless the mode says
-    otherwise."""
+    the train images stops halfway), flaky (503 once), down (always 503), escapes (503 with
+    terminal escape sequences as the reason), norange (ignores Range), r416 (416 to any
+    Range). Range requests are honoured (206) unless the mode says otherwise."""
 
     server: StateServer
 
@@ -57,6 +58,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_error(403)
         if mode in ("down", "flaky") and (mode == "down" or state.hits[self.path] == 1):
             return self.send_error(503)
+        if mode == "escapes":  # a reason phrase that recolours a terminal and retitles it
+            self.send_response(503, ESCAPES)
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
         if mode == "slow":
             state.stop.wait(5 * TIMEOUT)
         if mode == "stall" and state.hits[self.path] == 1 and name == ARCHIVE_NAMES[0]:

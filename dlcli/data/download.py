@@ -46,7 +46,7 @@ from urllib.error import HTTPError, URLError
 from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, write_problem
-from dlcli.untrusted import open_regular
+from dlcli.untrusted import open_regular, printable
 from dlcli.version import __version__
 
 EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
@@ -231,15 +231,24 @@ class _Job:
         self.emit(DownloadEvent(kind, self.archive.filename, url, done, total, reason, delay))
 
 
-class _Retry(Exception):
+class _Failure(Exception):
+    """An attempt that failed, and why: the reason often quotes the server (its status line,
+    a redirect's address), so control characters are shown escaped, never sent to the
+    terminal (an escape sequence in a reason phrase recoloured it or retitled its window)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(printable(reason))
+
+
+class _Retry(_Failure):
     """A transient failure (timeout, connection, 5xx): try the same URL again, resuming."""
 
 
-class _NextMirror(Exception):
+class _NextMirror(_Failure):
     """This mirror cannot serve the file (4xx, a failed checksum): go on to the next."""
 
 
-class _Restart(Exception):
+class _Restart(_Failure):
     """The ``.part`` is unusable (416, a resumed file failing its checksum): start from zero."""
 
 

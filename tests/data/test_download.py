@@ -629,6 +629,19 @@ def test_cli_usage_errors() -> None:
     assert bad_timeout.exit_code == 2
 
 
+def test_what_a_server_says_reaches_the_terminal_escaped(
+    entry: DatasetEntry, data_dir: Path, server: ServerState
+) -> None:
+    events: list[DownloadEvent] = []
+    with pytest.raises(DownloadError) as err:
+        download_dataset(
+            entry, data_dir, mirrors=[server.url("escapes")], retries=0, on_event=events.append
+        )
+    reason = "HTTP 503 \\x1b[31mred\\x1b]0;pwned\\x07"
+    assert err.value.details == [f"{server.url('escapes')}{ARCHIVE_NAMES[0]}: {reason}"]
+    assert [e.reason for e in events if e.kind == "failed"] == [reason]
+
+
 def test_cli_list() -> None:
     result = CliRunner().invoke(cli, ["download", "--list", "--json"])
     assert result.exit_code == 0

@@ -45,8 +45,8 @@ from urllib.error import HTTPError, URLError
 
 from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
-from dlcli.errors import DataError, DownloadError, write_problem
-from dlcli.untrusted import open_regular, printable
+from dlcli.errors import DataError, DownloadError, UsageError, write_problem
+from dlcli.untrusted import echo, open_regular, printable
 from dlcli.version import __version__
 
 EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
@@ -134,6 +134,8 @@ def download_dataset(
     except OSError as err:
         raise DataError(f"{folder}: cannot create the folder: {write_problem(err)}") from None
     sources = resolve_mirrors(entry, mirrors)
+    for source in sources:
+        _check_mirror(source)
     statuses = []
     for role, archive in entry.files.items():
         job = _Job(archive, folder / archive.filename, float(timeout), retries, emit, deadline)
@@ -490,6 +492,20 @@ def _describe(err: BaseException, timeout: float) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _check_mirror(mirror: str) -> None:
+    """A mirror URL urllib cannot even parse (``http://[::1``, a port above 65535) is a
+    :class:`UsageError` naming it, before anything is fetched."""
+    if "://" not in mirror or mirror.lower().startswith("file://"):
+        return
+    try:
+        urllib.request.Request(_join(mirror, "x"))
+        urllib.parse.urlsplit(mirror).port  # noqa: B018 - parsing it is the check
+    except ValueError as err:
+        raise UsageError(
+            f"mirror {echo(mirror)} is not a valid URL: {printable(str(err))}"
+        ) from None
 
 
 def _join(mirror: str, filename: str) -> str:

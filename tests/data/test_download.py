@@ -642,6 +642,22 @@ def test_what_a_server_says_reaches_the_terminal_escaped(
     assert [e.reason for e in events if e.kind == "failed"] == [reason]
 
 
+@pytest.mark.parametrize(
+    ("mirror", "problem"),
+    [("http://[::1", "Invalid IPv6 URL"), ("http://127.0.0.1:99999/", "Port out of range")],
+)
+def test_cli_a_mirror_that_is_no_url_is_a_usage_error(
+    mirror: str, problem: str, data_dir: Path
+) -> None:
+    """'http://[::1' was 'internal error: ValueError: Invalid IPv6 URL', exit 1."""
+    result = CliRunner().invoke(
+        cli, ["download", "mnist", "--data-dir", str(data_dir), "--mirror", mirror]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Error: mirror {mirror!r} is not a valid URL: {problem}" in result.stderr
+    assert not (data_dir / "mnist").exists() or not any((data_dir / "mnist").iterdir())
+
+
 def test_cli_list() -> None:
     result = CliRunner().invoke(cli, ["download", "--list", "--json"])
     assert result.exit_code == 0

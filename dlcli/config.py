@@ -25,7 +25,7 @@ import yaml
 
 from dlcli import limits, metric_names
 from dlcli.errors import ConfigError, did_you_mean
-from dlcli.untrusted import echo, read_bytes, shorten
+from dlcli.untrusted import echo, printable, read_bytes, shorten
 
 Check = tuple[Callable[[Any], bool], str]
 POSITIVE: Check = (lambda v: v > 0, "> 0")
@@ -1274,11 +1274,14 @@ def dump_yaml(cfg: Config, header: Sequence[str] = ()) -> str:
 
 def aligned(lines: Sequence[tuple[str, str]], column: int = COMMENT_COLUMN) -> str:
     """``(text, comment)`` lines with every comment at ``column`` (two spaces after a longer
-    text)."""
+    text). A comment stays on its line: a line break or other control character in it (a file
+    name quoted in a header) is written as its escape, ``\\n``."""
     out = []
     for text, comment in lines:
+        if text.startswith("#"):
+            text = printable(text)
         pad = " " * max(column - len(text), 2)
-        out.append(f"{text}{pad}# {comment}" if comment else text)
+        out.append(f"{text}{pad}# {printable(comment)}" if comment else text)
     return "\n".join(out) + "\n"
 
 

@@ -100,6 +100,21 @@ def test_init_force_never_replaces_a_fifo_or_a_device(tmp_path: Path) -> None:
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+def test_a_line_break_in_the_file_name_stays_inside_the_comments(tmp_path: Path) -> None:
+    """init 'n<newline>l.yaml' wrote the name into its header comments as is, so the second
+    line was no comment: 'internal error: ParserError' (exit 1); config show's header too."""
+    path = tmp_path / "n\nl.yaml"
+    result = run("init", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    text = path.read_text()
+    assert text.startswith(f"# dlcli train {tmp_path}/n\\nl.yaml\n#\n")
+    assert load_config(path).output.dir == "runs/n\nl"
+    shown = run("config", "show", path)
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith(f"# {tmp_path}/n\\nl.yaml, resolved:")
+    assert parse_config(yaml.safe_load(shown.stdout)) == load_config(path)
+
+
 def test_init_errors(tmp_path: Path) -> None:
     result = run("init", tmp_path / "x.yaml", "--dataset", "fashion_mnist")
     assert result.exit_code == 2

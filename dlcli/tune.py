@@ -60,6 +60,7 @@ from dlcli.config import (
 )
 from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError, UsageError
 from dlcli.hooks import Callback, Logs, Loop
+from dlcli.untrusted import open_regular, shorten
 
 if TYPE_CHECKING:
     import optuna
@@ -146,7 +147,21 @@ def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
         from optuna.storages.journal import JournalFileBackend
 
         path = url.removeprefix("journal:")
-        return optuna.storages.JournalStorage(JournalFileBackend(path)), False
+        if not path:
+            raise UsageError("--storage journal:PATH: the journal file's path is missing")
+        if os.path.lexists(path):
+            _check_journal(url, path)
+        elif not os.path.isdir(os.path.dirname(path) or "."):
+            raise UsageError(f"--storage {url}: no folder {os.path.dirname(path)} to hold it")
+        try:
+            storage = optuna.storages.JournalStorage(JournalFileBackend(path))
+            storage.get_all_studies()  # reads the whole journal
+            return storage, False
+        except (OSError, ValueError) as err:  # ValueError: a line that is not a journal's JSON
+            problem = f"{err.strerror or err}" if isinstance(err, OSError) else str(err)
+            raise UsageError(
+                f"--storage {url}: cannot read it as an Optuna journal file: {shorten(problem)}"
+            ) from None
     engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # several processes wait for the file's lock
@@ -168,6 +183,25 @@ def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
             f"--storage {masked(url)}: cannot open the study storage: {first}"
         ) from None
     return storage, True
+
+
+def _check_journal(url: str, path: str) -> None:
+    """An existing journal file must be a regular file (a FIFO blocked the journal's reader for
+    ever) whose first line is a journal entry: Optuna skips a last line it cannot parse (one
+    being written), so a file of other text was read as an empty journal, then appended to."""
+    with open_regular(path, UsageError, "journal file") as f:
+        first = f.readline(1 << 20)
+    if not first.strip():
+        return
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or "op_code" not in entry:
+        raise UsageError(
+            f"--storage {url}: {path} is not an Optuna journal file (its first line is not a "
+            "journal entry); it is left as it is"
+        )
 
 
 def masked(url: str) -> str:

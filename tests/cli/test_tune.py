@@ -4,6 +4,7 @@ pruning, reruns, and the messages for what cannot work."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,31 @@ def test_a_storage_that_cannot_be_opened_is_a_usage_error(
     )
     assert result.exit_code == 2
     assert "cannot open the study storage" in result.output and "pw" not in result.output
+
+
+def test_a_journal_storage_that_cannot_be_a_journal_is_a_usage_error(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """journal:FIFO hung for ever; a file of other text, a folder, a path in no folder and an
+    empty path were 'internal error' (exit 1)."""
+    config = tune_config(tiny_config)
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes\n")
+    cases = [
+        (fifo, f"{fifo}: is a FIFO (named pipe), expected a regular journal file"),
+        (text, f"--storage journal:{text}: {text} is not an Optuna journal file (its first"),
+        (tmp_path, f"{tmp_path}: is a directory, expected a regular journal file"),
+        (tmp_path / "no" / "x.log", f"journal:{tmp_path}/no/x.log: no folder {tmp_path}/no to"),
+        ("", "--storage journal:PATH: the journal file's path is missing"),
+    ]
+    for i, (path, message) in enumerate(cases):
+        out = str(tmp_path / f"s{i}")
+        result = invoke(str(config), "--output", out, "--storage", f"journal:{path}")
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    assert text.read_text() == "my notes\n"
 
 
 def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_path: Path) -> None:

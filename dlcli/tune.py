@@ -58,7 +58,14 @@ from dlcli.config import (
     short_key,
     to_dict,
 )
-from dlcli.errors import ConfigError, Interrupted, ModelDirError, TrainingError, UsageError
+from dlcli.errors import (
+    ConfigError,
+    DlcliError,
+    Interrupted,
+    ModelDirError,
+    TrainingError,
+    UsageError,
+)
 from dlcli.hooks import Callback, Logs, Loop
 from dlcli.untrusted import open_regular, shorten
 
@@ -585,8 +592,10 @@ def final_metric(metrics: dict[str, Any], metric: str) -> float | None:
 # --- running a study -------------------------------------------------------------------------
 
 
-def prepare_directory(settings: Settings) -> None:
-    """Create DIR (or check it is a tune directory) and record the study in DIR/tune.json."""
+def prepare_directory(settings: Settings) -> Callable[[], None] | None:
+    """Create DIR (or check it is a tune directory) and record the study in DIR/tune.json.
+    Returns what undoes that when it was done now (None for a directory that held the study
+    already): a study whose storage cannot be opened must not claim DIR for that storage."""
     directory = settings.directory
     marker = directory / MARKER
     if directory.exists() and not directory.is_dir():
@@ -596,6 +605,7 @@ def prepare_directory(settings: Settings) -> None:
             f"{directory}: exists and is not a dlcli tune directory (no {MARKER}); "
             "give another --output"
         )
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     record = {"study": settings.study, "storage": masked(settings.storage)}
     if marker.exists():
@@ -606,15 +616,28 @@ def prepare_directory(settings: Settings) -> None:
                 f"{settings.study!r} in {record['storage']}; give the same --storage and --study, "
                 "or another --output"
             )
-        return
+        return None
     _write_atomic(marker, json.dumps(record, indent=2) + "\n")
+
+    def undo() -> None:
+        marker.unlink(missing_ok=True)
+        for folder in created:  # innermost first; only the folders made here, and only empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    return undo
 
 
 def run_study(settings: Settings, on_event: Callable[[Event], None]) -> None:
     """Run the study to its number of trials in ``settings.workers`` processes (1: this one).
     Raises :class:`Interrupted` after Ctrl-C, once every worker has stopped."""
-    prepare_directory(settings)
-    handle = open_study(settings, create=True)
+    undo = prepare_directory(settings)
+    try:
+        handle = open_study(settings, create=True)
+    except DlcliError:
+        if undo is not None:
+            undo()
+        raise
     if handle.created and any(settings.directory.glob("trial-*")):
         raise ModelDirError(
             f"{settings.directory}: holds trial directories of an earlier study, but study "

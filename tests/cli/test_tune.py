@@ -180,6 +180,11 @@ def test_a_storage_that_cannot_be_opened_is_a_usage_error(
     )
     assert result.exit_code == 2
     assert "cannot open the study storage" in result.output and "pw" not in result.output
+    # The failed start leaves no tune.json claiming the folder for that storage: the corrected
+    # command was refused ("belongs to study 'tiny' in nosuchdb://...").
+    assert not (tmp_path / "s").exists()
+    again = invoke(str(config), "--output", str(tmp_path / "s"), "--trials", "1", "--quiet")
+    assert again.exit_code == 0, again.output
 
 
 def test_a_journal_storage_that_cannot_be_a_journal_is_a_usage_error(

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from dlcli import limits
 from dlcli.cli.base import POSITIVE, SECONDS, _set_option, cli, dlcli_command
 from dlcli.cli.train import _gate_options
 from dlcli.report import Reporter
@@ -39,14 +40,14 @@ from dlcli.report import Reporter
 @click.option("--study", metavar="NAME", help="Study name in the storage (default: CONFIG's name).")
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.THREADS_MAX),
     default=1,
     show_default=True,
     help="Worker processes on this machine; the cores are split between them.",
 )
 @click.option(
     "--heartbeat",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=int(limits.SECONDS_MAX)),
     default=10,
     show_default=True,
     metavar="SECONDS",

@@ -212,6 +212,22 @@ def test_a_journal_storage_that_cannot_be_a_journal_is_a_usage_error(
     assert text.read_text() == "my notes\n"
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "bounds"),
+    [("--workers", "99999999", "1<=x<=1024"), ("--heartbeat", "99999999999", "1<=x<=31536000")],
+)
+def test_worker_counts_and_heartbeats_are_bounded(
+    tiny_config: Path, tmp_path: Path, option: str, value: str, bounds: str
+) -> None:
+    """--workers 99999999 built that many process objects (a gigabyte in seconds, then a
+    hang); a heartbeat beyond what time.sleep takes overflowed in a waiting worker."""
+    out = tmp_path / "s"
+    result = invoke(str(tune_config(tiny_config)), "--output", str(out), option, value)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': {value} is not in the range {bounds}" in result.output
+    assert not out.exists()
+
+
 def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load(tiny_config.read_text())
     raw["training"] |= {"loss": "mse", "optimizer": {"name": "sgd", "learning_rate": 1e6}}

@@ -1113,6 +1113,9 @@ def _parse_value(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
         for option in options:
             if option is not type(None) and _fits(option, value):
                 return _parse_value(option, value, path, problems)
+        lists = [o for o in options if get_origin(o) is list]
+        if isinstance(value, list) and len(lists) == 1:  # name the items that do not fit
+            return _parse_value(lists[0], value, path, problems)
         expected = " or ".join(_describe(o) for o in options)
         problems.append(f"{path}: expected {expected}, found {_found(value)}")
         return value

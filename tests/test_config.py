@@ -275,6 +275,35 @@ def test_a_non_utf8_file_name_from_the_command_line_is_kept(tmp_path: Path) -> N
     assert load_config(path, values={"output.dir": name}).output.dir == name
 
 
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        (
+            "model.input_shape=[28, .inf, 1]",
+            "model.input_shape[1]: expected an integer, found a number inf",
+        ),
+        (
+            'model.input_shape=[28, "a", 1]',
+            "model.input_shape[1]: expected an integer, found a string 'a'",
+        ),
+        (
+            "training.class_weights=[1, x]",
+            "training.class_weights[1]: expected a number, found a string 'x'",
+        ),
+    ],
+)
+def test_a_bad_item_of_an_optional_list_is_named(
+    tmp_path: Path, override: str, problem: str
+) -> None:
+    """It was 'model.input_shape: expected a list of an integer or null, found a list', which
+    names neither the item nor what is wrong with it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert info.value.details == [problem]
+
+
 def test_scientific_notation_reads_as_float(tmp_path: Path) -> None:
     raw = base()
     path = tmp_path / "c.yaml"

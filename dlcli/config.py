@@ -520,6 +520,31 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_AMBIGUOUS_NUMBER = re.compile(r"[-+]?0[0-7]+|.*:.*")  # octal or base 60 (underscores removed)
+
+
+def _construct_number(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    """An integer or float, except YAML 1.1's leading-zero octal and base-60 forms, which are
+    refused: ``epochs: 010`` was 8 and ``batch_size: 1:40`` was 100, without a word."""
+    is_int = node.tag == "tag:yaml.org,2002:int"
+    value = loader.construct_yaml_int(node) if is_int else loader.construct_yaml_float(node)
+    text = str(node.value).replace("_", "")
+    if _AMBIGUOUS_NUMBER.fullmatch(text):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{echo(node.value)} is ambiguous: YAML 1.1 reads it as {value!r} (octal or base "
+            "60), YAML 1.2 otherwise; write the number without a leading zero or a colon, or "
+            "quote it if it is text",
+            node.start_mark,
+        )
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+
+
 def _check_expansion(root: yaml.Node) -> None:
     """Refuse a document whose aliases expand it beyond the limits (or into itself)."""
     measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)

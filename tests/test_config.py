@@ -304,6 +304,33 @@ def test_a_bad_item_of_an_optional_list_is_named(
     assert info.value.details == [problem]
 
 
+@pytest.mark.parametrize(("text", "read"), [("010", "8"), ("1:40", "100"), ("-0_10", "-8")])
+def test_yaml_11_octal_and_base_60_numbers_are_refused(
+    tmp_path: Path, text: str, read: str
+) -> None:
+    """epochs: 010 trained 8 epochs and batch_size: 1:40 used batches of 100, silently."""
+    lines = yaml.safe_dump(base()).splitlines()
+    path = tmp_path / "c.yaml"
+    path.write_text("\n".join([*lines, f"training: {{epochs: {text}}}", ""]))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.message == (
+        f"{path}: invalid YAML at line {len(lines) + 1}, column 20: '{text}' is ambiguous: "
+        f"YAML 1.1 reads it as {read} (octal or base 60), YAML 1.2 otherwise; write the number "
+        "without a leading zero or a colon, or quote it if it is text"
+    )
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError, match=f"--set 'training.epochs={text}': invalid YAML value"):
+        load_config(path, [f"training.epochs={text}"])
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("10", 10), ("0x10", 16), ("1_000", 1000)])
+def test_plain_integers_still_read(tmp_path: Path, text: str, value: int) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    assert load_config(path, [f"training.seed={text}"]).training.seed == value
+
+
 def test_scientific_notation_reads_as_float(tmp_path: Path) -> None:
     raw = base()
     path = tmp_path / "c.yaml"

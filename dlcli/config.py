@@ -1261,7 +1261,9 @@ def _describe(hint: Any) -> str:
 
 
 def _found(value: Any) -> str:
-    return f"{_kind(value)} {echo(value)}" if not isinstance(value, dict | list) else _kind(value)
+    if value is None or isinstance(value, dict | list):
+        return _kind(value)  # "null", "a mapping": the value itself would say no more
+    return f"{_kind(value)} {echo(value)}"
 
 
 def _kind(value: Any) -> str:

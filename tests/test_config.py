@@ -331,6 +331,15 @@ def test_plain_integers_still_read(tmp_path: Path, text: str, value: int) -> Non
     assert load_config(path, [f"training.seed={text}"]).training.seed == value
 
 
+def test_a_missing_value_reads_null(tmp_path: Path) -> None:
+    """--set training.device= said 'expected a string, found null None'."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["training.device="])
+    assert info.value.details == ["training.device: expected a string, found null"]
+
+
 def test_scientific_notation_reads_as_float(tmp_path: Path) -> None:
     raw = base()
     path = tmp_path / "c.yaml"

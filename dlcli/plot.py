@@ -19,7 +19,7 @@ from dlcli import metric_names
 from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
-from dlcli.untrusted import check_replaceable
+from dlcli.untrusted import check_replaceable, open_regular
 
 DPI = 150
 CURVE_SIZE = (8.0, 5.0)  # inches: 1200 × 750 pixels at DPI
@@ -28,6 +28,11 @@ ANNOTATE_MAX_CLASSES = 30  # beyond this, cell counts would be unreadable
 NOT_CURVES = ("epoch", "seconds", "samples_per_second")
 
 INSTALL_HINT = "pip install 'dlcli[plot]'  (or: pip install matplotlib)"
+# The PNG "Software" text of every figure dlcli writes: how `dlcli plot` knows a file at one of
+# its names is its own to replace. Figures of earlier versions say Matplotlib's own text; those
+# are replaced in RUN_DIR/plots, the run's own folder, only.
+SOFTWARE = "dlcli (matplotlib)"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -89,15 +94,59 @@ def plot_run(
     best = None
     if summary.get("best_epoch") is not None:
         best = Best(summary["monitor"], summary["best_epoch"], summary["best_value"])
-    for metric, series in curve_groups(history, steps):
+    groups = curve_groups(history, steps)
+    confusion = result.out_dir / f"confusion_matrix_{split}.png"
+    _check_own_figures(
+        [*(result.out_dir / f"{metric}.png" for metric, _ in groups), confusion],
+        earlier_versions=out_dir is None,
+    )
+    for metric, series in groups:
         path = result.out_dir / f"{metric}.png"
         plot_curve(history, metric, series, path, run_name=run_dir.name, steps=steps, best=best)
         result.files.append(path)
     report = saved.predictions(split, batch_size).per_class()
-    path = result.out_dir / f"confusion_matrix_{split}.png"
+    path = confusion
     plot_confusion(report, path, title=f"Confusion matrix: {run_dir.name}, {split} split")
     result.files.append(path)
     return result
+
+
+def _check_own_figures(paths: Sequence[Path], *, earlier_versions: bool) -> None:
+    """Every file already at one of ``paths`` is a figure dlcli wrote (its PNG Software text is
+    :data:`SOFTWARE`; with ``earlier_versions``, Matplotlib's too), else an
+    :class:`OutputError` names them before anything is written: ``--out`` into a folder of the
+    user's replaced their loss.png without a word."""
+    accepted = (SOFTWARE, "Matplotlib") if earlier_versions else (SOFTWARE,)
+    foreign = [
+        p.name for p in paths if os.path.lexists(p) and not _png_software(p).startswith(accepted)
+    ]
+    if foreign:
+        raise OutputError(
+            f"{paths[0].parent}: {', '.join(foreign)}: files dlcli did not write are there; they "
+            "are never overwritten (choose another --out, or move them away)"
+        )
+
+
+def _png_software(path: Path) -> str:
+    """The PNG "Software" text of ``path`` (read up to the image data), or ``""``."""
+    try:
+        with open_regular(path, OutputError, "figure") as f:
+            head = f.read(1 << 16)
+    except OutputError:
+        return ""
+    if not head.startswith(_PNG_SIGNATURE):
+        return ""
+    at = len(_PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length = int.from_bytes(head[at : at + 4], "big")
+        kind, data = head[at + 4 : at + 8], head[at + 8 : at + 8 + length]
+        if kind == b"IDAT":
+            break
+        key, _, value = data.partition(b"\0")
+        if kind == b"tEXt" and key == b"Software":
+            return value.decode("latin-1")
+        at += 12 + length
+    return ""
 
 
 def _training_dict(config: Any) -> dict[str, Any]:
@@ -276,7 +325,7 @@ def _save(fig: Any, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         check_replaceable(path, OutputError, "figure")
-        fig.savefig(tmp, dpi=DPI, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": SOFTWARE})
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

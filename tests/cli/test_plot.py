@@ -83,6 +83,48 @@ def test_plot_out_dir_split_and_human_output(run_dir: Path, tmp_path: Path) -> N
     assert png_size(out / "loss.png") == CURVE_PIXELS
 
 
+def _matplotlib_png(path: Path) -> None:
+    """A PNG as the user's own matplotlib script (or a dlcli before the marker) writes it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png")
+
+
+def test_plot_never_overwrites_files_it_did_not_write(run_dir: Path, tmp_path: Path) -> None:
+    """--out into a folder of the user's replaced their loss.png and accuracy.png silently."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "loss.png").write_text("my notes")
+    _matplotlib_png(out / "accuracy.png")
+    mine = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("plot", str(run_dir), "--out", str(out))
+    assert result.exit_code == 3, result.output
+    assert (
+        f"Error: {out}: loss.png, accuracy.png: files dlcli did not write are there; they are "
+        "never overwritten (choose another --out, or move them away)"
+    ) in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == mine  # nothing written at all
+    (out / "loss.png").unlink()
+    (out / "accuracy.png").unlink()
+    assert run("plot", str(run_dir), "--out", str(out)).exit_code == 0
+    again = run("plot", str(run_dir), "--out", str(out))  # its own figures: replaced
+    assert again.exit_code == 0, again.output
+    assert png_size(out / "loss.png") == CURVE_PIXELS
+
+
+def test_plot_replaces_the_figures_of_earlier_versions_in_the_run(run_dir: Path) -> None:
+    """RUN_DIR/plots is the run's own folder: figures without dlcli's mark are from a dlcli
+    that did not mark them yet."""
+    (run_dir / "plots").mkdir(exist_ok=True)
+    _matplotlib_png(run_dir / "plots" / "loss.png")
+    result = run("plot", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert png_size(run_dir / "plots" / "loss.png") == CURVE_PIXELS
+
+
 def test_plot_without_matplotlib_says_how_to_install(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

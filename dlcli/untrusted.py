@@ -61,7 +61,9 @@ def echo(value: Any) -> str:
         return f"a deeply nested {type(value).__name__}"
 
 
-def _kind_of(mode: int) -> str | None:
+def kind_of(mode: int) -> str | None:
+    """What a ``st_mode`` is, in words ("a FIFO (named pipe)", "a directory"), or ``None`` for
+    a regular file."""
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):
@@ -72,6 +74,8 @@ def _kind_of(mode: int) -> str | None:
         return "a device"
     if stat.S_ISSOCK(mode):
         return "a socket"
+    if stat.S_ISLNK(mode):  # from lstat
+        return "a symbolic link"
     return "not a regular file"
 
 
@@ -85,7 +89,7 @@ def check_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "f
         raise error(f"{shown}: {what} not found") from None
     except OSError as err:
         raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
-    kind = _kind_of(info.st_mode)
+    kind = kind_of(info.st_mode)
     if kind is not None:
         raise error(f"{shown}: is {kind}, expected a regular {what}")
     return info.st_size
@@ -105,7 +109,7 @@ def check_replaceable(path: str | os.PathLike[str], error: ErrorType, what: str 
         raise error(f"{shown}: cannot check the {what}: {err.strerror or err}") from None
     if stat.S_ISLNK(info.st_mode):
         return
-    kind = _kind_of(info.st_mode)
+    kind = kind_of(info.st_mode)
     if kind is not None:
         raise error(f"{shown}: is {kind}; dlcli writes a {what} only over a regular file")
 
@@ -125,7 +129,7 @@ def open_regular(
     except OSError as err:
         raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
     try:
-        kind = _kind_of(os.fstat(fd).st_mode)
+        kind = kind_of(os.fstat(fd).st_mode)
         if kind is not None:
             raise error(f"{shown}: is {kind}, expected a regular {what}")
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)

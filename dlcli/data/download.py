@@ -46,7 +46,7 @@ from urllib.error import HTTPError, URLError
 from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, UsageError, write_problem
-from dlcli.untrusted import echo, open_regular, printable
+from dlcli.untrusted import echo, kind_of, open_regular, printable
 from dlcli.version import __version__
 
 EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
@@ -273,6 +273,7 @@ def _ensure(
             "write it (only verified files get that name), so it is kept: move it away, or pass "
             "--force to replace it with the download"
         )
+    _check_part(job)
     for mirror in sources:
         url = _join(mirror, archive.filename)
         try:
@@ -321,6 +322,21 @@ def _from_source(job: _Job, url: str) -> None:
             job.tried.append(f"{url}: {err}")
             job.event("failed", url, reason=str(err))
             raise
+
+
+def _check_part(job: _Job) -> None:
+    """A ``.part`` dlcli writes is a regular file; anything else under that name (a FIFO blocked
+    the download for ever, a link would be written through) is not its own: a
+    :class:`DataError` names it, and it is kept."""
+    try:
+        kind = kind_of(os.lstat(job.part).st_mode)
+    except FileNotFoundError:
+        return
+    if kind is not None:
+        raise DataError(
+            f"{job.part}: is {kind}, not a partial download dlcli wrote; it is kept: move it "
+            "away, or pass --force to replace it"
+        )
 
 
 def _attempt_note(attempt: int, retries: int) -> str:

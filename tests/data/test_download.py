@@ -404,6 +404,33 @@ def test_a_fifo_or_device_in_a_local_mirror_is_refused_not_read(
     )
 
 
+def test_a_part_file_that_is_no_file_is_kept_and_named(
+    entry: DatasetEntry, data_dir: Path, source: Path, server: ServerState, tmp_path: Path
+) -> None:
+    """A FIFO named like the .part hung the download for ever; a link would be written
+    through, into whatever it points to."""
+    folder = data_dir / "tiny"
+    folder.mkdir(parents=True)
+    part = folder / (first_file(entry).filename + ".part")
+    os.mkfifo(part)
+    with pytest.raises(DataError) as err:
+        download_dataset(entry, data_dir, mirrors=[server.url("good")], timeout=1)
+    assert err.value.message == (
+        f"{part}: is a FIFO (named pipe), not a partial download dlcli wrote; it is kept: move "
+        "it away, or pass --force to replace it"
+    )
+    part.unlink()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    part.symlink_to(precious)
+    with pytest.raises(DataError, match="is a symbolic link, not a partial download"):
+        download_dataset(entry, data_dir, mirrors=[str(source)])
+    assert precious.read_text() == "mine"
+    download_dataset(entry, data_dir, mirrors=[str(source)], force=True)
+    assert precious.read_text() == "mine"
+    assert_complete(entry, data_dir, source)
+
+
 def test_a_local_mirror_is_checksummed_too(
     entry: DatasetEntry, data_dir: Path, tmp_path: Path
 ) -> None:

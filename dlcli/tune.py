@@ -366,9 +366,11 @@ def _claim(handle: Study) -> tuple[optuna.Trial, int] | None:
     import optuna
 
     storage = handle.storage
-    for frozen in storage.get_all_trials(
-        handle.study_id, states=(optuna.trial.TrialState.WAITING,)
-    ):
+    # Listed through the study, not the raw storage: the study caches which trial ids it
+    # holds, and a trial it has never listed cannot take parameters (KeyError in Optuna's
+    # cache) unless the sampler happened to list the trials first (TPE does; the random
+    # sampler and a single-valued space do not).
+    for frozen in handle.trials(optuna.trial.TrialState.WAITING):
         trial_id = storage.get_trial_id_from_study_id_trial_number(handle.study_id, frozen.number)
         try:
             if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING):

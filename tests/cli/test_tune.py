@@ -239,3 +239,24 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_pa
     assert document["counts"] == {"fail": 2} and document["best"] is None
     assert all("the loss became" in t["error"] for t in document["trials"])
     assert "no trial has completed yet" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sampler", "space"),
+    [
+        ("random", SPACE),
+        ("tpe", {"training.batch_size": {"choice": [20]}}),  # one value: nothing to sample
+    ],
+)
+def test_trials_the_sampler_does_not_list_first_take_their_parameters(
+    tiny_config: Path, tmp_path: Path, sampler: str, space: dict[str, Any]
+) -> None:
+    # A worker claims a queued trial its study had never listed; unless the sampler listed the
+    # trials first (TPE drawing from a range does), giving it parameters was 'internal error:
+    # KeyError: 1' on the first trial.
+    config = tune_config(tiny_config, trials=2, sampler=sampler, space=space)
+    result = invoke(str(config), "--output", str(tmp_path / "study"), "--json")
+    assert result.exit_code == 0, result.output
+    trials = doc(result)["trials"]
+    assert sorted(t["number"] for t in trials) == [0, 1]
+    assert {t["state"] for t in trials} <= {"complete", "pruned"}

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlcli import signals
+from dlcli import signals, untrusted
 from dlcli.config import (
     Config,
     SearchParam,
@@ -790,8 +790,16 @@ def best_metrics(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     best = summary["best"]
     if best is None:
         return {}
-    metrics = json.loads((Path(best["run_dir"]) / "metrics.json").read_text(encoding="utf-8"))
-    return {split: metrics[split] for split in ("train", "validation", "test") if split in metrics}
+    path = Path(best["run_dir"]) / "metrics.json"
+    metrics = untrusted.load_json(path, ModelDirError, "metrics file")
+    if not isinstance(metrics, dict):
+        raise ModelDirError(f"{path}: unreadable metrics file (not a JSON object)")
+    # A split the run does not have is null there (no test data): it has no metrics to gate.
+    return {
+        split: metrics[split]
+        for split in ("train", "validation", "test")
+        if isinstance(metrics.get(split), dict)
+    }
 
 
 def write_plots(handle: Study, directory: Path) -> tuple[list[Path], list[str]]:

@@ -260,3 +260,22 @@ def test_trials_the_sampler_does_not_list_first_take_their_parameters(
     trials = doc(result)["trials"]
     assert sorted(t["number"] for t in trials) == [0, 1]
     assert {t["state"] for t in trials} <= {"complete", "pruned"}
+
+
+def test_gates_apply_to_the_best_trial_of_a_run_without_test_data(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # The best trial's metrics.json has "test": null; the gates crashed on it with 'internal
+    # error: AttributeError' (exit 1) after the whole study had run.
+    raw = yaml.safe_load(tiny_config.read_text())
+    data = raw["data"]
+    raw["data"] = {"train": data["train_images"], "validation_split": data["validation_split"]}
+    tiny_config.write_text(yaml.safe_dump(raw))
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    passed = invoke(str(config), "--output", str(out), "--min", "accuracy=0", "--json")
+    assert passed.exit_code == 0, passed.output
+    assert [g["split"] for g in doc(passed)["gates"]] == ["validation"]
+    failed = invoke(str(out), "--show", "--min", "accuracy=1.01", "--json")
+    assert failed.exit_code == 4, failed.output
+    assert doc(failed)["error"]["kind"] == "gate"

@@ -651,8 +651,14 @@ def load_model(
     if weights != "saved":
         run.state_dict = checkpoint.load_weights(Path(run_dir), weights)
     training = run.config.training
-    num_classes = int(run.metrics.get("dataset", {}).get("num_classes", 0)) or None
-    built = build_model(run.config.model, num_classes=num_classes)
+    num_classes = run.metrics.get("dataset", {}).get("num_classes")  # checked by load_run
+    try:
+        built = build_model(run.config.model, num_classes=num_classes)
+    except ConfigError as err:  # the run's own two files disagree: the run dir is at fault
+        raise ModelDirError(
+            f"{run_dir / store.METRICS} records {num_classes} classes, but the model "
+            f"{run_dir / store.CONFIG} describes does not fit it: {err.message}"
+        ) from None
     source = run_dir / store.WEIGHTS
     if weights != "saved":
         source = checkpoint.directory(Path(run_dir)) / weights / checkpoint.MODEL

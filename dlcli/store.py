@@ -438,6 +438,7 @@ def load_run(run_dir: Path) -> Run:
     metrics = untrusted.load_json(run_dir / METRICS, ModelDirError, "metrics file")
     if not isinstance(metrics, dict):
         raise ModelDirError(f"{run_dir / METRICS}: unreadable metrics file (not a JSON object)")
+    check_dataset_record(metrics, run_dir / METRICS)
     return Run(run_dir, config, state_dict, metrics)
 
 
@@ -459,6 +460,31 @@ def read_data_digests(run_dir: Path) -> dict[str, dict[str, str]]:
         for key, files in found.items()
         if isinstance(files, dict)
     }
+
+
+def check_dataset_record(metrics: dict[str, Any], shown: Path) -> None:
+    """The ``dataset`` record of a run's metrics, as the commands that use the model read it:
+    an object whose ``num_classes`` (the model's outputs) is an integer 1 … CLASSES_MAX."""
+    if "dataset" not in metrics:
+        return
+    dataset = metrics["dataset"]
+    if not isinstance(dataset, dict):
+        raise ModelDirError(
+            f"{shown}: unreadable metrics file: dataset is {untrusted.echo(dataset)}, "
+            "expected an object"
+        )
+    num_classes = dataset.get("num_classes")
+    if num_classes is None:
+        return
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or not 1 <= num_classes <= limits.CLASSES_MAX
+    ):
+        raise ModelDirError(
+            f"{shown}: unreadable metrics file: dataset.num_classes is "
+            f"{untrusted.echo(num_classes)}, expected an integer 1 … {limits.CLASSES_MAX:,}"
+        )
 
 
 def read_saved_config(path: Path) -> Config:

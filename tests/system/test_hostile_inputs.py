@@ -138,6 +138,21 @@ def metrics_replaced(text: str) -> Callable[[Path], None]:
     return alter
 
 
+def dataset_set(value: Any, key: str | None = None) -> Callable[[Path], None]:
+    """metrics.json's ``dataset`` (or its ``key``) set to ``value``, the manifest rehashed."""
+
+    def alter(run_dir: Path) -> None:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        if key is None:
+            metrics["dataset"] = value
+        else:
+            metrics["dataset"][key] = value
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        rehash(run_dir)
+
+    return alter
+
+
 def symlink_out(run_dir: Path) -> None:
     (run_dir / "metrics.json").unlink()
     (run_dir / "metrics.json").symlink_to("/etc/hostname")
@@ -314,6 +329,17 @@ CASES = [
          "metrics.json: unreadable metrics file: not valid JSON"),
     Case("metrics-not-an-object", altered_run("metrics-list", metrics_replaced("[]")), 3,
          "metrics.json: unreadable metrics file (not a JSON object)"),
+    # metrics.json's dataset record was read unchecked: exit 1 (AttributeError, ValueError),
+    # or exit 2 blaming model.layers as if the user's config were wrong.
+    Case("metrics-dataset-a-list", altered_run("ds-list", dataset_set([1, 2]), "plot"), 3,
+         "metrics.json: unreadable metrics file: dataset is [1, 2], expected an object"),
+    Case("metrics-num-classes-text",
+         altered_run("nc-text", dataset_set("abc", "num_classes"), "export"), 3,
+         "dataset.num_classes is 'abc', expected an integer 1 … 1,000,000"),
+    Case("metrics-num-classes-huge", altered_run("nc-huge", dataset_set(10**12, "num_classes")),
+         3, "dataset.num_classes is 1000000000000, expected an integer 1 … 1,000,000"),
+    Case("metrics-num-classes-disagree", altered_run("nc-5", dataset_set(5, "num_classes")), 3,
+         "metrics.json records 5 classes, but the model"),
     Case("run-file-links-outside", altered_run("link", symlink_out), 3,
          "a link that leads outside"),
     Case("run-file-is-a-fifo", altered_run("fifo", fifo_in_run), 3,

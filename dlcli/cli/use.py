@@ -87,7 +87,9 @@ def predict(
         reporter.write(_csv_text(result.csv_rows(min(top_k, len(result.class_names)))))
         return None
     document = result.to_dict()
-    files = list(dict.fromkeys(map(str, inputs)))
+    # The file goes in the title only when every prediction comes from it; a folder or a
+    # pattern names many files, each shown in its row.
+    files = list(dict.fromkeys(p.source for p in result.predictions))
     only = files[0] if len(files) == 1 else None
     reporter.table(predictions_table(document["predictions"][:_TABLE_ROWS], top_k, only))
     if count > _TABLE_ROWS:

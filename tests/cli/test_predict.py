@@ -239,6 +239,28 @@ def test_human_table(tiny_run: Path, patterns: Any, tmp_path: Path) -> None:
     assert "input" in result.stdout  # two files: an input column
 
 
+def test_the_table_names_each_file_of_a_folder_or_pattern(
+    tiny_run: Path, patterns: Any, tmp_path: Path
+) -> None:
+    # One INPUT naming many files was shown as "Predictions for DIR" with every row "item 0"
+    # and no file name: no way to tell which image got which class.
+    from PIL import Image
+
+    images, _, _ = patterns
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(images[i]).save(folder / f"photo{i}.png")
+    for given in (folder, folder / "*.png"):
+        result = run("predict", tiny_run, given)
+        assert result.exit_code == 0, result.output
+        assert f"Predictions for {given}" not in result.stdout
+        for i in range(3):
+            assert f"photo{i}.png" in result.stdout, result.stdout
+    single = run("predict", tiny_run, folder / "photo1.png")
+    assert f"Predictions for {folder / 'photo1.png'}" in single.stdout
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 

@@ -614,16 +614,36 @@ def check_forward(built: BuiltModel) -> None:
         raise AssertionError(f"inferred {built.output_shape}, got {tuple(out.shape[1:])}")
 
 
+def _difference(name: str, tensor: torch.Tensor, like: torch.Tensor) -> str | None:
+    """How a weights file's tensor differs from the model's: its shape, else its dtype."""
+    if tuple(tensor.shape) != tuple(like.shape):
+        return f"{name} is {tuple(tensor.shape)}, the model expects {tuple(like.shape)}"
+    if tensor.dtype != like.dtype:
+        found, expected = (str(t.dtype).removeprefix("torch.") for t in (tensor, like))
+        return f"{name} is {found}, the model expects {expected}"
+    return None
+
+
 def weights_mismatch(
     found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], shown: int = 3
 ) -> str | None:
     """Why the tensors ``found`` in a weights file cannot be loaded into a model whose
     ``state_dict()`` is ``expected`` (or None when they can): the first ``shown`` tensors that
-    differ in shape, are missing or are unexpected, each named, on one line."""
+    differ in shape or dtype (loading would cast them silently), hold NaN or infinite values,
+    are missing or are unexpected, each named, on one line."""
     problems = [
-        f"{name} is {tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}"
+        problem
         for name, tensor in found.items()
-        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape)
+        if name in expected and (problem := _difference(name, tensor, expected[name]))
+    ]
+    # Of the right kind, but not numbers a model can score with: NaN or infinite values.
+    problems += [
+        f"{name} holds values that are not finite (NaN or infinite)"
+        for name, tensor in found.items()
+        if name in expected
+        and _difference(name, tensor, expected[name]) is None
+        and tensor.is_floating_point()
+        and not bool(torch.isfinite(tensor).all())
     ]
     problems += [f"{name} is missing" for name in expected if name not in found]
     problems += [f"{name} is not a tensor of this model" for name in found if name not in expected]

@@ -185,6 +185,17 @@ def narrower_config(run_dir: Path) -> None:
     rehash(run_dir)
 
 
+def weights_changed(change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Path], None]:
+    """model.safetensors with every tensor changed (another dtype, NaN), manifest rehashed."""
+
+    def alter(run_dir: Path) -> None:
+        weights = load_file(str(run_dir / "model.safetensors"))
+        save_file({k: change(v) for k, v in weights.items()}, str(run_dir / "model.safetensors"))
+        rehash(run_dir)
+
+    return alter
+
+
 def fifo_in_run(run_dir: Path) -> None:
     (run_dir / "metrics.json").unlink()
     os.mkfifo(run_dir / "metrics.json")
@@ -352,6 +363,14 @@ CASES = [
          "history.csv: unreadable history file: line 2 has 1 values, the header names 2"),
     Case("weights-do-not-fit-config", altered_run("narrow", narrower_config), 3,
          "model.safetensors: the weights do not fit the model"),
+    # Weights of another dtype were cast silently (int32: every prediction 0.25) and NaN weights
+    # predicted a class with probability NaN, and scored an accuracy that passed --min gates.
+    Case("weights-of-another-dtype",
+         altered_run("int-weights", weights_changed(lambda t: t.to(torch.int32))), 3,
+         "is int32, the model expects float32"),
+    Case("weights-not-finite",
+         altered_run("nan-weights", weights_changed(lambda t: t * float("nan")), "export"), 3,
+         "holds values that are not finite (NaN or infinite)"),
     # --- checkpoints -------------------------------------------------------------------------
     Case("ckpt-optimizer-wrong-shape", resume_tampered("c1", wrong_exp_avg_shape), 3,
          "optimizer state tensor 'optimizer/state/0/exp_avg' is (7,) float32", real=True),

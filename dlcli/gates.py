@@ -226,6 +226,15 @@ def for_training(
     return gates
 
 
+def refuse_split(gates: Sequence[Gate], split: str, why: str) -> None:
+    """A usage error naming each gate on ``split``, which the run will not have (``why``):
+    raised once the data is known, before anything is trained."""
+    problems = [f"{gate.option}: {why}" for gate in gates if gate.split == split]
+    if problems:
+        noun = "gate" if len(problems) == 1 else "gates"
+        raise UsageError(f"{len(problems)} invalid {noun}", details=problems)
+
+
 def apply(
     gates: Sequence[Gate],
     metrics: Mapping[str, Mapping[str, Any]],

@@ -203,6 +203,22 @@ def test_train_rejects_an_unknown_metric_before_training(tiny_config: Path, tmp_
     assert result.exit_code == 0, result.output
 
 
+def test_train_rejects_a_test_gate_without_test_data_before_training(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # It trained the whole run, then exited 2 with "the test split was not evaluated (add
+    # --split test)", an option train does not have.
+    train_images = str(tmp_path / "train-images-idx3-ubyte.gz")
+    args = ["train", str(tiny_config), "--json", "--set", f"data={{train: {train_images}}}"]
+    result = run(*args, "--min", "test.accuracy=0.5", "--max", "loss=9")
+    assert result.exit_code == 2, result.output
+    message = json.loads(result.stdout)["error"]["message"]
+    assert "1 invalid gate" in message
+    assert "--min test.accuracy=0.5: no test split: the config gives no test data" in message
+    assert "--split" not in message
+    assert not (tmp_path / "runs" / "tiny").exists()  # nothing trained, nothing left
+
+
 # --- evaluate -----------------------------------------------------------------------------------
 
 

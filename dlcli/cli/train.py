@@ -191,6 +191,13 @@ def train(
     prepared = pipeline.prepare(
         cfg, overwrite=overwrite, resume=request.resuming, dist_timeout=launch["dist_timeout"]
     )
+    if prepared.dataset.test is None:  # known once the data is read: refused before training
+        try:
+            gates.refuse_split(checked, "test", pipeline.NO_TEST)
+        except BaseException:
+            if prepared.output is not None:
+                prepared.output.release()
+            raise
     _announce(reporter, prepared)
     result = pipeline.train(prepared, callbacks=[ProgressDisplay(reporter)])
     _show_result(reporter, result)

@@ -99,6 +99,11 @@ def tune(
     from dlcli import gates as gating
 
     gates = gating.for_training(mins, maxs, cfg.training.metrics)
+    if any(gate.split == "test" for gate in gates):  # known once the data is read
+        from dlcli import pipeline
+
+        if pipeline.load_data(cfg.data).test is None:  # before any trial, not after the study
+            gating.refuse_split(gates, "test", pipeline.NO_TEST)
     directory = output or Path("runs") / f"{config.stem}-tune"
     settings = tuning.Settings(
         config=cfg,

@@ -279,3 +279,59 @@ def test_gates_apply_to_the_best_trial_of_a_run_without_test_data(
     failed = invoke(str(out), "--show", "--min", "accuracy=1.01", "--json")
     assert failed.exit_code == 4, failed.output
     assert doc(failed)["error"]["kind"] == "gate"
+
+
+
+
+def test_a_test_gate_without_test_data_is_refused_before_any_trial(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # It ran the whole study, then exited 2 with "the test split was not evaluated (add
+    # --split test)", an option tune does not have.
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["data"] = {"train": raw["data"]["train_images"]}
+    tiny_config.write_text(yaml.safe_dump(raw))
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    result = invoke(str(config), "--output", str(out), "--min", "test.accuracy=0.5", "--json")
+    assert result.exit_code == 2, result.output
+    message = doc(result)["error"]["message"]
+    assert "--min test.accuracy=0.5: no test split: the config gives no test data" in message
+    assert not out.exists()
+
+
+def test_a_journal_storage_that_cannot_be_one_is_refused_and_never_written(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # `journal:notes.txt` appended Optuna's records to the user's file, then crashed with
+    # 'internal error: JSONDecodeError'; a folder, a missing folder or no path were exit 1.
+    config = tune_config(tiny_config, trials=1)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    cases = {
+        f"journal:{notes}": "is not an Optuna journal",
+        f"journal:{tmp_path / 'missing' / 'j.log'}": "no folder",
+        f"journal:{tmp_path}": "is a directory",
+        "journal:": "expected journal:PATH",
+    }
+    for i, (storage, message) in enumerate(cases.items()):
+        result = invoke(str(config), "--output", str(tmp_path / f"s{i}"), "--storage", storage)
+        assert result.exit_code == 2, (storage, result.output)
+        assert message in result.output, (storage, result.output)
+    assert notes.read_text() == "my notes\n"
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_storage_that_does_not_open_leaves_no_directory_claiming_it(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # The failed attempt wrote tune.json naming the bad storage, so the same --output with the
+    # right storage was refused ("belongs to study 'tiny' in nosuchdb://...").
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "runs" / "study"
+    bad = invoke(str(config), "--output", str(out), "--storage", "nosuchdb://host/x")
+    assert bad.exit_code == 2, bad.output
+    assert not (tmp_path / "runs").exists()
+    good = invoke(str(config), "--output", str(out))
+    assert good.exit_code == 0, good.output
+    assert json.loads((out / "tune.json").read_text())["storage"].startswith("sqlite:")

@@ -138,6 +138,21 @@ def test_init_from_a_colour_tree_writes_a_cnn_that_validates(tmp_path: Path) -> 
     assert again.exit_code == 2 and "already exists" in again.stderr
 
 
+def test_init_from_class_folders_named_with_line_breaks(tmp_path: Path) -> None:
+    # A class folder named "new\nline" ended the comment listing the classes, and the rest of
+    # the name broke the YAML init writes: 'internal error: ParserError', exit 1.
+    for cls in ("new\nline", "para\u2029graph", "plain"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (8, 8), i * 90).save(tmp_path / "data" / cls / f"{i}.png")
+    config = tmp_path / "odd.yaml"
+    result = run("init", config, "--from", tmp_path / "data")
+    assert result.exit_code == 0, result.output
+    assert "3 classes (new\\nline, para\\u2029graph, plain)" in config.read_text()
+    validated = run("config", "validate", config)
+    assert validated.exit_code == 0, validated.output
+
+
 @pytest.mark.e2e
 def test_folder_to_trained_model_through_the_real_cli(tmp_path: Path) -> None:
     """The README's "Your own data" steps as a user types them: init --from, data check,

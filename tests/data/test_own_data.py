@@ -581,6 +581,15 @@ def test_an_image_too_large_is_refused_before_decoding(
         DataError, match=r"big.png: refused: more than the 1,000 pixels dlcli decodes"
     ):
         read_image(tmp_path / "big.png", Conversion(8, 8, 1))
+    # Above twice the limit Pillow's own text named its threshold ("exceeds limit of 2000
+    # pixels") after dlcli's 1,000: two limits in one line. The image's own count is given.
+    Image.new("L", (100, 100)).save(tmp_path / "bigger.png")
+    with pytest.raises(DataError) as info:
+        read_image(tmp_path / "bigger.png", Conversion(8, 8, 1))
+    assert str(info.value) == (
+        f"{tmp_path / 'bigger.png'}: refused: more than the 1,000 pixels dlcli decodes: "
+        "the image declares 10,000 (a decompression bomb?)"
+    )
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     with pytest.raises(DataError, match=r"pipe\.png: is a FIFO"):

@@ -328,6 +328,12 @@ def claim_lock(url: str) -> Path | None:
     and journal files take their own lock. So on an SQLite file the processes sharing it take
     turns to claim under an ``flock`` on ``FILE.claims``, beside the database.
     """
+    database = sqlite_file(url)
+    return None if database is None else Path(f"{database}.claims")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file an SQLite URL names (None: another storage, or one in memory)."""
     if not url.startswith("sqlite"):
         return None
     from sqlalchemy.engine import make_url
@@ -335,7 +341,7 @@ def claim_lock(url: str) -> Path | None:
     database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None  # in memory: one process alone sees the study
-    return Path(database + ".claims")
+    return Path(database)
 
 
 @contextlib.contextmanager
@@ -866,6 +872,9 @@ def open_existing(directory: Path, storage: str | None, study: str | None) -> St
     url = storage or str(record["storage"])
     if storage is None and "***" in url:
         raise UsageError(f"{directory}: its storage URL has a password; give it with --storage")
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():  # SQLite would create an empty one
+        raise ModelDirError(f"{masked(url)}: no study database at {database}; nothing was created")
     raw, heartbeats = _storage(optuna, url, heartbeat=10)
     name = study or str(record["study"])
     try:

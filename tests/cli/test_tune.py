@@ -335,3 +335,18 @@ def test_a_storage_that_does_not_open_leaves_no_directory_claiming_it(
     good = invoke(str(config), "--output", str(out))
     assert good.exit_code == 0, good.output
     assert json.loads((out / "tune.json").read_text())["storage"].startswith("sqlite:")
+
+
+def test_show_never_creates_a_database(tiny_config: Path, tmp_path: Path) -> None:
+    # A study directory whose database is gone (tune.json holds its absolute path: a moved or
+    # copied directory): --show created an empty study.db there and said "no study 'tiny'".
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    assert invoke(str(config), "--output", str(out)).exit_code == 0
+    (out / "study.db").unlink()
+    shown = invoke(str(out), "--show")
+    assert shown.exit_code == 3, shown.output
+    assert f"no study database at {(out / 'study.db').resolve()}" in shown.output
+    assert not (out / "study.db").exists()
+    elsewhere = invoke(str(out), "--show", "--storage", f"sqlite:///{tmp_path / 'other.db'}")
+    assert elsewhere.exit_code == 3 and not (tmp_path / "other.db").exists()

@@ -32,6 +32,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 TOLERANCE = 1e-4  # largest absolute logit difference accepted between ONNX and PyTorch
 _EXTRA_MODULES = ("onnx", "onnxscript", "onnxruntime")
+_OURS_KEY = "dlcli.weights"  # the metadata key every ONNX file dlcli exports holds
+_ONNX_MAX_BYTES = 2**31  # protobuf's limit: a larger file is no ONNX model dlcli wrote
 
 
 @dataclass
@@ -88,7 +90,7 @@ def export_onnx(model_dir: Path, out: Path | None = None, weights: str = "saved"
         "dlcli.input": "float32 N×C×H×W, pixel values / 255",
         "dlcli.class_names": json.dumps(class_names(loaded.run.metrics, num_classes)),
         "dlcli.model_dir": str(model_dir),
-        "dlcli.weights": weights,
+        _OURS_KEY: weights,
     }
     with _staging(target) as staging:
         try:
@@ -139,12 +141,12 @@ def _refuse_foreign(target: Path) -> None:
     if not target.exists() and not target.is_symlink():
         return
     ours = False
-    if target.is_file() and not target.is_symlink():
+    if target.is_file() and not target.is_symlink() and _mentions_dlcli(target):
         import onnx
 
         try:
             props = onnx.load(str(target), load_external_data=False).metadata_props
-            ours = any(prop.key == "dlcli.weights" for prop in props)
+            ours = any(prop.key == _OURS_KEY for prop in props)
         except Exception:  # not an ONNX file at all: certainly not one dlcli wrote
             ours = False
     if not ours:
@@ -152,6 +154,25 @@ def _refuse_foreign(target: Path) -> None:
             f"--out {target}: a file dlcli did not write is there; it is never overwritten "
             "(choose another --out, or move that file away)"
         )
+
+
+def _mentions_dlcli(path: Path) -> bool:
+    """Whether ``path`` may be an ONNX file dlcli exported: at most 2 GiB and holding the
+    metadata key, found by reading it in blocks (parsing the file whole took as much memory
+    as the file: 3.4 GB to refuse a 3 GB file it would never overwrite)."""
+    key = _OURS_KEY.encode()
+    try:
+        if path.stat().st_size > _ONNX_MAX_BYTES:
+            return False
+        with open(path, "rb") as f:
+            tail = b""
+            for block in iter(lambda: f.read(1 << 20), b""):
+                if key in tail + block:
+                    return True
+                tail = block[-len(key) :]
+    except OSError:
+        return False
+    return False
 
 
 def _torch_export(module: Any, example: Any, path: Path) -> None:

@@ -136,6 +136,36 @@ def test_export_never_overwrites_a_file_it_did_not_write(tiny_run: Path, tmp_pat
     assert run("export", tiny_run, "--out", ours).exit_code == 0  # its own export: replaced
 
 
+def test_a_large_file_in_the_way_is_refused_without_being_parsed(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deciding whether a file is dlcli's own export parsed it whole with onnx.load: 3.4 GB of
+    # memory to refuse a 3 GB file it never overwrites. Only a file holding dlcli's metadata
+    # key (and within protobuf's 2 GiB) is parsed now.
+    parsed: list[str] = []
+    real_load = onnx.load
+
+    def load(path: str, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(Path(path).name)
+        if Path(path).name in ("video.onnx", "data.onnx"):  # a parse, without the memory
+            raise ValueError("not an ONNX file")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", load)
+    for name, size in (("video.onnx", 3 * 2**30), ("data.onnx", 2**20)):  # sparse: no disk
+        big = tmp_path / name
+        with open(big, "wb") as f:
+            f.truncate(size)
+        result = run("export", tiny_run, "--out", big)
+        assert result.exit_code == 2 and "a file dlcli did not write" in result.stderr
+        assert big.stat().st_size == size
+    assert "video.onnx" not in parsed and "data.onnx" not in parsed
+    ours = tmp_path / "model.onnx"
+    assert run("export", tiny_run, "--out", ours).exit_code == 0
+    assert run("export", tiny_run, "--out", ours).exit_code == 0  # its own: parsed, replaced
+    assert "model.onnx" in parsed
+
+
 def test_export_errors(tiny_run: Path, tmp_path: Path) -> None:
     result = run("export", tiny_run, "--out", tmp_path)
     assert result.exit_code == 2  # click: --out must be a file

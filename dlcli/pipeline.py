@@ -93,6 +93,8 @@ class Prepared:
     output: store.Output | None = None  # the locked run dir (rank 0); None: not locked
     threads: ThreadChoice | None = None  # training.threads, resolved
     precision_asked: str | None = None  # training.precision as given (see record_precision)
+    # How an interrupted run continues, when not `dlcli train --resume` (a tune trial's study)
+    continue_with: str | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -438,7 +440,9 @@ def _resume_hint(prepared: Prepared) -> str:
         return "; no checkpoint was written (training.checkpoint.every is 0, or none was due yet)"
     world = prepared.world
     nodes = max(1, world.size // max(1, world.local_size))
-    line = continue_command(prepared.run_dir, workers=world.local_size, nodes=nodes)
+    line = prepared.continue_with or continue_command(
+        prepared.run_dir, workers=world.local_size, nodes=nodes
+    )
     return f"; checkpoint saved ({found}). Continue with: {line}"
 
 

@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 
     from dlcli.data.dataset import Dataset
 
+# How a study stopped by Ctrl-C continues (the interrupted trial is queued again).
+CONTINUE_STUDY = "the same dlcli tune command (the study goes on, this trial from its checkpoint)"
 STUDY_FILE = "study.db"
 MARKER = "tune.json"  # what a tune directory holds: the study's storage and name
 BEST_CONFIG = "best.yaml"
@@ -514,6 +516,8 @@ class Worker:
             try:
                 cfg = trial_config(settings.config, params, run_dir)
                 prepared = pipeline.prepare(cfg, resume=resume, dataset=self.dataset(cfg))
+                # Not `dlcli train --resume`: that would finish the trial outside the study.
+                prepared.continue_with = CONTINUE_STUDY
                 result = pipeline.train(prepared, callbacks=[reporter])
                 value = final_metric(result.metrics, settings.tune.metric)
                 state = "PRUNED" if reporter.pruned_at is not None else "COMPLETE"

@@ -138,6 +138,10 @@ def test_ctrl_c_stops_after_a_checkpoint_and_a_rerun_resumes_the_trial(
     code, _, stderr = finish(process)
     assert code == 130, stderr
     assert "interrupted" in stderr and "queued again" in stderr
+    # Not "Continue with: dlcli train --resume trial-0000", which finishes the trial outside
+    # the study: the study is continued by the same command.
+    assert "Continue with: the same dlcli tune command" in stderr
+    assert "dlcli train --resume" not in stderr
     assert not (out / "trial-0000" / "manifest.json").exists()  # not a finished run yet
 
     code, stdout, stderr = finish(start(config, out, "--json", "--quiet"))

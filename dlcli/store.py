@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dlcli import atomic, untrusted
+from dlcli import atomic, limits, untrusted
 from dlcli.config import Config, parse_config
 from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 

@@ -281,8 +281,6 @@ def test_gates_apply_to_the_best_trial_of_a_run_without_test_data(
     assert doc(failed)["error"]["kind"] == "gate"
 
 
-
-
 def test_a_test_gate_without_test_data_is_refused_before_any_trial(
     tiny_config: Path, tmp_path: Path
 ) -> None:

@@ -247,13 +247,16 @@ def validate_config(
     dataset's images, and every layer's shape (a kernel larger than its input, a missing
     flatten, a last layer with the wrong number of classes). With ``check_data``, also what
     ``train`` checks before its first step: the data files exist and are readable archives of
-    consistent shapes and labels, and ``model.input_shape`` matches their images.
+    consistent shapes and labels, and ``model.input_shape`` matches their images (a registry
+    dataset: its archives are downloaded, each of its registry size).
     """
     cfg = load_config(path, overrides)
     where = str(path)
     num_classes = _num_classes(cfg, where)
     if check_data and cfg.data.dataset is None:  # a registry dataset's shape is known above
         _check_data(cfg, where)
+    elif check_data:
+        _check_registry_files(cfg, where)
     built = _build(cfg, num_classes, where)
     from dlcli.model import hwc  # torch: imported by _build already
     from dlcli.pipeline import check_translate
@@ -284,6 +287,21 @@ def _check_data(cfg: Config, where: str) -> None:
         record_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
     except (DataError, ConfigError) as err:
         raise ConfigError(f"{where}: {err.message}", details=err.details) from None
+
+
+def _check_registry_files(cfg: Config, where: str) -> None:
+    """A registry dataset's archives are where ``train`` looks, each of its registry size (as
+    ``train`` checks before reading them; ``dlcli download`` verified their SHA-256)."""
+    from dlcli.data.download import verify_dataset
+    from dlcli.data.registry import REGISTRY
+    from dlcli.errors import DataError
+    from dlcli.pipeline import registry_root
+
+    assert cfg.data.dataset is not None
+    try:
+        verify_dataset(REGISTRY[cfg.data.dataset], registry_root(cfg.data, None))
+    except DataError as err:
+        raise ConfigError(f"{where}: {err.message}") from None
 
 
 def _num_classes(cfg: Config, where: str) -> int:

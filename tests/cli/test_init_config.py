@@ -197,7 +197,10 @@ def test_every_field_has_a_doc() -> None:
 
 @pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=str)
 def test_shipped_configs_validate(config: Path) -> None:
-    result = run("config", "validate", config)
+    # the suite has the MNIST archives (data/); the others' data is checked elsewhere
+    dataset = yaml.safe_load(config.read_text())["data"]["dataset"]
+    no_data = [] if dataset in ("mnist", "fashion-mnist") else ["--no-data"]
+    result = run("config", "validate", config, *no_data)
     assert result.exit_code == 0, result.output
     assert f"{config}: valid (" in result.stdout
 

@@ -167,11 +167,19 @@ def test_list_shows_the_new_datasets_with_their_shapes() -> None:
     assert shapes["kmnist"] == [28, 28, 1] and shapes["cifar-10"] == [32, 32, 3]
 
 
-def test_a_config_may_name_the_new_datasets() -> None:
+def test_a_config_may_name_the_new_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shipped = Path(__file__).resolve().parents[2] / "configs" / "cifar-10-cnn.yaml"
-    result = run("config", "validate", shipped)
+    monkeypatch.setenv("DLCLI_DATA_DIR", str(tmp_path / "data"))
+    result = run("config", "validate", shipped, "--no-data")
     assert result.exit_code == 0, result.output
     assert "10 classes" in result.stdout
+    # with the data checked, as train would: not downloaded is a config error naming the fix
+    missing = run("config", "validate", shipped)
+    assert missing.exit_code == 2, missing.output
+    assert f"cifar-10 is not in {tmp_path / 'data'}" in " ".join(missing.stderr.split())
+    assert "dlcli download cifar-10" in missing.stderr
 
 
 # --- download from a local mirror, then train -------------------------------------------------

@@ -38,7 +38,14 @@ import torch
 
 from dlcli import untrusted
 from dlcli.data.decode import bad_files_message, decode_files
-from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, Conversion, is_image_name, pillow
+from dlcli.data.images import (
+    CHANNEL_MODES,
+    IMAGE_SUFFIXES,
+    Conversion,
+    float_pixels,
+    is_image_name,
+    pillow,
+)
 from dlcli.data.sources import check_npy_size, npy_header
 from dlcli.errors import DataError, UsageError
 
@@ -381,15 +388,9 @@ def _pixel_values(array: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
         )
     if array.size == 0:
         return array.astype(np.uint8)
-    low, high = array.min(), array.max()
     if kind == "f":
-        if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
-            raise DataError(
-                f"{source}: a float array must hold values in [0, 1] (pixel / 255), found "
-                f"values from {low:g} to {high:g}; divide by 255, or save it as uint8"
-            )
-        scaled: npt.NDArray[np.float32] = array.astype(np.float32) * np.float32(255)
-        return scaled
+        return float_pixels(array, source)
+    low, high = array.min(), array.max()
     if low < 0 or high > 255:
         raise DataError(
             f"{source}: an integer array must hold pixel values 0-255, "

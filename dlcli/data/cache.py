@@ -36,7 +36,7 @@ import numpy.typing as npt
 from dlcli.data.decode import Decoded
 from dlcli.data.images import DIGEST_BYTES, Conversion
 
-FORMAT = "dlcli-image-cache-2"  # 2: with the files' digests
+FORMAT = "dlcli-image-cache-3"  # 2: with the files' digests; 3: float images from [0, 1]
 
 
 @dataclass(frozen=True)

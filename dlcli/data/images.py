@@ -5,9 +5,13 @@
 :func:`convert` turns it into an H×W×C ``uint8`` array for a :class:`Conversion`, in order:
 
 1. **EXIF orientation** applied (a phone photo taken sideways stands up).
-2. **Mode normalised**: 16-bit greyscale (``I;16``, ``I``) is scaled to 8 bits (value / 257,
-   rounded); palette images become RGB (RGBA when the palette has transparency); 1-bit,
-   CMYK, YCbCr and the other modes become RGB.
+2. **Mode normalised**: 16-bit greyscale (``I;16``, ``I;16B``, ``I``) is scaled to 8 bits
+   (value / 257, rounded); an ``I`` (32-bit integer) image holding values outside 0-65535 is
+   refused. Float greyscale (``F``, e.g. a float32 TIFF) holds pixel / 255, the rule of float
+   ``.npy`` inputs (:func:`float_pixels`): values in [0, 1] are scaled × 255 and rounded, and
+   an image with values outside [0, 1] (or NaN) is refused naming the file. Palette images
+   become RGB (RGBA when the palette has transparency); 1-bit, CMYK, YCbCr and the other
+   modes become RGB.
 3. **Transparency composited** on a solid background, the grey level ``background``
    (``data.background``, default 0: black, like MNIST's background).
 4. **Channels**: 1 → greyscale ``L`` (ITU-R 601-2 luma: L = R·299/1000 + G·587/1000 +
@@ -216,8 +220,8 @@ def read_image(
     image = decode_image(data, shown)
     info = ImageInfo(image.mode, image.width, image.height, _digest(data))
     try:
-        return convert(image, conversion), info
-    except Interrupted:
+        return convert(image, conversion, shown), info
+    except (Interrupted, DataError):
         raise
     except Exception as err:  # e.g. a broken EXIF block found while rotating
         raise DataError(f"{shown}: cannot convert the image: {_reason(err)}") from None
@@ -263,14 +267,17 @@ def _reason(err: Exception) -> str:
     return text if isinstance(err, OSError | ValueError) else f"{type(err).__name__}: {text}"
 
 
-def convert(image: Image, conversion: Conversion) -> npt.NDArray[np.uint8]:
-    """A decoded Pillow image as an H×W×C ``uint8`` array (see the module doc for the steps)."""
+def convert(
+    image: Image, conversion: Conversion, source: str = "the image"
+) -> npt.NDArray[np.uint8]:
+    """A decoded Pillow image as an H×W×C ``uint8`` array (see the module doc for the steps);
+    a :class:`DataError` naming ``source`` for pixel values with no 8-bit meaning."""
     pillow()
     import PIL.Image
     import PIL.ImageOps
 
     image = PIL.ImageOps.exif_transpose(image)
-    image = _eight_bit(image)
+    image = _eight_bit(image, source)
     target = CHANNEL_MODES[conversion.channels]
     if target != "RGBA" and _has_alpha(image):
         image = _composite(image, conversion.background)
@@ -281,19 +288,26 @@ def convert(image: Image, conversion: Conversion) -> npt.NDArray[np.uint8]:
     return pixels.reshape(conversion.height, conversion.width, conversion.channels)
 
 
-def _eight_bit(image: Image) -> Image:
-    """16-bit greyscale scaled to 8 bits; palette, 1-bit and other modes to RGB(A)/L."""
+def _eight_bit(image: Image, source: str) -> Image:
+    """16-bit greyscale scaled to 8 bits, float greyscale from [0, 1]; palette, 1-bit and
+    other modes to RGB(A)/L."""
     pillow()
     import PIL.Image
     import PIL.ImageOps
 
     if image.mode in _SIXTEEN_BIT:
         wide = np.asarray(image, dtype=np.int64)
-        narrow = ((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8)
+        if wide.size and (int(wide.min()) < 0 or int(wide.max()) > 65535):
+            raise DataError(
+                f"{source}: an integer image (mode {image.mode}) must hold 16-bit values 0-65535, "
+                f"found values "
+                f"from {int(wide.min())} to {int(wide.max())}; save it as 8 or 16 bits"
+            )
+        narrow = ((wide + 128) // 257).astype(np.uint8)
         return PIL.Image.fromarray(narrow, mode="L")
     if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        return PIL.Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+        values = float_pixels(np.asarray(image), source, "a float image")
+        return PIL.Image.fromarray(np.rint(values).astype(np.uint8), mode="L")
     if image.mode in ("P", "PA"):
         return image.convert("RGBA" if _has_alpha(image) else "RGB")
     if image.mode in ("L", "LA", "RGB", "RGBA"):
@@ -303,6 +317,25 @@ def _eight_bit(image: Image) -> Image:
     if image.mode == "RGBa":
         return image.convert("RGBA")
     return image.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+def float_pixels(
+    values: npt.NDArray[Any], source: str, what: str = "a float array"
+) -> npt.NDArray[np.float32]:
+    """The one rule for float pixel values (float ``.npy`` inputs, mode ``F`` images): they
+    hold pixel / 255, so values in [0, 1] come back × 255 as float32 on the 0-255 scale; NaN,
+    infinities or values outside [0, 1] are a :class:`DataError` naming ``source``."""
+    if values.size == 0:
+        return values.astype(np.float32)
+    low, high = values.min(), values.max()
+    if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
+        found = "NaN values" if bool(np.isnan(values).any()) else f"values from {low:g} to {high:g}"
+        raise DataError(
+            f"{source}: {what} must hold values in [0, 1] (pixel / 255), found {found}; "
+            "divide by 255, or save it as uint8"
+        )
+    scaled: npt.NDArray[np.float32] = values.astype(np.float32) * np.float32(255)
+    return scaled
 
 
 def _has_alpha(image: Image) -> bool:

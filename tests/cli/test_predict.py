@@ -390,3 +390,30 @@ def test_device_option(tiny_run: Path, patterns: Any) -> None:
     if not torch.cuda.is_available():
         result = run("predict", tiny_run, path, "--device", "cuda")
         assert result.exit_code == 2 and "CUDA is not available" in result.stderr
+
+
+def test_float_tiff_images_predict_like_float_arrays(
+    tiny_run: Path, patterns: Any, tmp_path: Path
+) -> None:
+    """A float32 (mode F) TIFF holds pixel / 255, as a float .npy does: it was clipped to
+    black, so every float image got the all-zero image's probabilities."""
+    from PIL import Image
+
+    images, _, _ = patterns
+    floats = images[:4].astype(np.float32) / 255
+    np.save(tmp_path / "floats.npy", floats)
+    tiffs = []
+    for i in range(4):
+        tiffs.append(tmp_path / f"f{i}.tif")
+        Image.fromarray(floats[i], mode="F").save(tiffs[-1])
+    from_arrays = predict_json(tiny_run, tmp_path / "floats.npy", "--top-k", "4")["predictions"]
+    from_tiffs = predict_json(tiny_run, *tiffs, "--top-k", "4")["predictions"]
+    for array, tiff in zip(from_arrays, from_tiffs, strict=True):
+        assert [c["class"] for c in array["top_k"]] == [c["class"] for c in tiff["top_k"]]
+        assert [c["probability"] for c in array["top_k"]] == pytest.approx(
+            [c["probability"] for c in tiff["top_k"]], abs=1e-4
+        )
+    Image.fromarray(floats[0] * 2 + 0.1, mode="F").save(tmp_path / "bright.tif")
+    result = run("predict", tiny_run, tmp_path / "bright.tif")
+    assert result.exit_code == 3
+    assert "bright.tif: a float image must hold values in [0, 1] (pixel / 255)" in result.stderr

@@ -743,3 +743,33 @@ def test_no_memory_for_the_decoded_images_is_a_data_error(
     monkeypatch.setattr(decode.np, "empty", no_memory)
     with pytest.raises(DataError, match=r"not enough memory for 4 images of 8 × 8 × 1 \(256 bytes"):
         decode.decode_files(sorted((tmp_path / "t").rglob("*.png")), Conversion(8, 8, 1))
+
+
+def test_float_and_16_bit_images_scale_like_float_arrays(tmp_path: Path) -> None:
+    """Mode F holds pixel / 255 (the rule of float .npy inputs): it is scaled × 255, not
+    clipped to black; 16-bit modes are value / 257; values with no 8-bit meaning are refused."""
+    grey = Conversion(6, 5, 1)
+    pixels = np.arange(30, dtype=np.uint8).reshape(6, 5) * 8
+    Image.fromarray(pixels.astype(np.float32) / 255, mode="F").save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    assert bool((read_image(tmp_path / "f.tif", grey)[0][..., 0] == pixels).all())
+    half = np.full((6, 5), 0.5, np.float32)
+    Image.fromarray(half, mode="F").save(tmp_path / "half.tif")
+    assert bool((read_image(tmp_path / "half.tif", grey)[0] == 128).all())
+    wide = pixels.astype(np.uint16) * 257
+    for mode, dtype in [("I;16", "<u2"), ("I;16B", ">u2")]:
+        image = Image.fromarray(wide.astype(dtype))
+        assert image.mode == mode
+        image.save(tmp_path / f"{mode}.tif")
+        assert bool((read_image(tmp_path / f"{mode}.tif", grey)[0][..., 0] == pixels).all())
+    for name, values in [
+        ("above.tif", half * 3),
+        ("negative.tif", half - 1),
+        ("nan.tif", np.where(pixels > 100, np.nan, half).astype(np.float32)),
+    ]:
+        Image.fromarray(values, mode="F").save(tmp_path / name)
+        with pytest.raises(DataError, match=rf"{name}: a float image must hold values in \[0, 1\]"):
+            read_image(tmp_path / name, grey)
+    Image.fromarray(wide.astype(np.int32) * 4, mode="I").save(tmp_path / "int32.tif")
+    with pytest.raises(DataError, match=r"int32.tif: an integer image \(mode I\) must hold 16-bit"):
+        read_image(tmp_path / "int32.tif", grey)

@@ -92,7 +92,9 @@ def export_onnx(model_dir: Path, out: Path | None = None, weights: str = "saved"
         "dlcli.model_dir": str(model_dir),
         _OURS_KEY: weights,
     }
-    with _staging(target) as staging:
+    # The path as the user gave it: "--out PATH" only when they gave --out.
+    shown = f"--out {target}" if out is not None else str(target)
+    with _staging(target, shown) as staging:
         try:
             _torch_export(module, example, staging)
             opset = _finish(staging, metadata)
@@ -114,11 +116,12 @@ def export_onnx(model_dir: Path, out: Path | None = None, weights: str = "saved"
 
 
 @contextlib.contextmanager
-def _staging(target: Path) -> Iterator[Path]:
-    """A temporary file next to ``target`` (removed unless it was moved into place)."""
+def _staging(target: Path, shown: str) -> Iterator[Path]:
+    """A temporary file next to ``target`` (removed unless it was moved into place);
+    ``shown`` names ``target`` in errors (with ``--out`` when the user gave it)."""
     if target.is_dir():
-        raise UsageError(f"--out {target}: is a directory, expected a file name")
-    _refuse_foreign(target)
+        raise UsageError(f"{shown}: is a directory, expected a file name")
+    _refuse_foreign(target, shown)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -135,7 +138,7 @@ def _staging(target: Path) -> Iterator[Path]:
         staging.unlink(missing_ok=True)
 
 
-def _refuse_foreign(target: Path) -> None:
+def _refuse_foreign(target: Path, shown: str) -> None:
     """dlcli replaces only an ONNX file it exported (its ``dlcli.weights`` metadata says so):
     any other file at ``target`` is the user's, and is refused (exit 2), never overwritten."""
     if not target.exists() and not target.is_symlink():
@@ -151,7 +154,7 @@ def _refuse_foreign(target: Path) -> None:
             ours = False
     if not ours:
         raise UsageError(
-            f"--out {target}: a file dlcli did not write is there; it is never overwritten "
+            f"{shown}: a file dlcli did not write is there; it is never overwritten "
             "(choose another --out, or move that file away)"
         )
 

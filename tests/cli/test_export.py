@@ -173,3 +173,25 @@ def test_export_errors(tiny_run: Path, tmp_path: Path) -> None:
     assert result.exit_code == 3 and "model directory not found" in result.stderr
     result = run("export", tiny_run, "--format", "tflite")
     assert result.exit_code == 2 and "'tflite' is not 'onnx'" in result.stderr
+
+
+def test_the_default_path_is_named_without_an_option_not_given(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    # Without --out, the errors read "--out RUN/model.onnx: ...": an option never given.
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    (run_dir / "model.onnx").write_text("my notes")
+    result = run("export", run_dir)
+    assert result.exit_code == 2
+    assert f"Error: {run_dir / 'model.onnx'}: a file dlcli did not write" in result.stderr
+    assert "--out " + str(run_dir) not in result.stderr
+    assert (run_dir / "model.onnx").read_text() == "my notes"
+    (run_dir / "model-best.onnx").mkdir()
+    result = run("export", run_dir, "--weights", "best")
+    assert result.exit_code == 2
+    assert f"Error: {run_dir / 'model-best.onnx'}: is a directory" in result.stderr
+    given = tmp_path / "notes.onnx"
+    given.write_text("my notes")
+    result = run("export", run_dir, "--out", given)
+    assert f"Error: --out {given}: a file dlcli did not write" in result.stderr

@@ -28,6 +28,14 @@ STEPS = "steps.csv"
 DATA_DIGESTS = "data-digests.json"
 
 
+def no_run_dir(path: Path) -> ModelDirError:
+    """The error for a model directory that is not one: a file (or other non-directory) at
+    ``path`` is named as such, not reported as missing."""
+    if os.path.lexists(path) and not path.is_dir():
+        return ModelDirError(f"{path}: is a file, not a model directory")
+    return ModelDirError(f"{path}: model directory not found")
+
+
 def sha256_file(path: Path, max_bytes: int | None = None, what: str = "file") -> str:
     """The SHA-256 of a regular file (a FIFO or a device is a :class:`ModelDirError`); one
     larger than ``max_bytes`` is refused unread, naming it as ``what``."""

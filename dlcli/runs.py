@@ -136,7 +136,7 @@ def read_run(path: Path) -> RunInfo:
     from dlcli.config import read_yaml
 
     if not path.is_dir():
-        raise ModelDirError(f"{path}: model directory not found")
+        raise manifest.no_run_dir(path)
     if not (path / manifest.MANIFEST).is_file():
         raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
     verify(path)
@@ -195,7 +195,7 @@ def read_runs(paths: Sequence[Path]) -> Listing:
     listing = Listing()
     for path in paths:
         if not path.is_dir():
-            raise ModelDirError(f"{path}: model directory not found")
+            raise manifest.no_run_dir(path)
         _read_into(listing, path)
     return listing
 

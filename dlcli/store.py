@@ -50,6 +50,7 @@ from dlcli.manifest import METRICS as METRICS
 from dlcli.manifest import STEPS as STEPS
 from dlcli.manifest import WEIGHTS as WEIGHTS
 from dlcli.manifest import check_manifest as check_manifest
+from dlcli.manifest import no_run_dir
 from dlcli.manifest import sha256_file as sha256_file
 from dlcli.manifest import verify_manifest as verify_manifest
 
@@ -409,7 +410,7 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
     """Check that ``run_dir`` is a complete dlcli run whose files match the manifest."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ModelDirError(f"{run_dir}: model directory not found")
+        raise no_run_dir(run_dir)
     if not (run_dir / MANIFEST).is_file():
         resumable = (run_dir / CHECKPOINTS).is_dir()
         raise ModelDirError(

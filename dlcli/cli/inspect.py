@@ -90,7 +90,7 @@ def runs() -> None:
 @runs.command("list")
 @click.argument(
     "directory",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     default="runs",
     required=False,
     shell_complete=complete_run_dirs,
@@ -129,7 +129,7 @@ def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
     "run_dirs",
     nargs=-1,
     required=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     shell_complete=complete_run_dirs,
 )
 @dlcli_command

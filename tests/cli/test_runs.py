@@ -19,8 +19,17 @@ from conftest import learnable_patterns, write_tiny_config
 from PIL import Image
 
 from dlcli.cli import cli
+from dlcli.errors import ModelDirError
 from dlcli.metrics import confusion_matrix
-from dlcli.runs import differences, layers_summary, read_history, read_run, summarize_history
+from dlcli.runs import (
+    differences,
+    layers_summary,
+    read_history,
+    read_run,
+    read_runs,
+    summarize_history,
+)
+from dlcli.store import verify_run
 
 
 def rewrite_manifest(run_dir: Path) -> None:
@@ -156,6 +165,22 @@ def test_runs_compare_needs_two_complete_runs(runs_root: Path, tmp_path: Path) -
     result = run("runs", "compare", str(runs_root / "a"), str(tmp_path / "nope"))
     assert result.exit_code == 3
     assert f"{tmp_path / 'nope'}: model directory not found" in result.stderr
+
+
+def test_a_file_given_as_a_run_is_named_a_file(runs_root: Path, tmp_path: Path) -> None:
+    # It read "afile: model directory not found", as if nothing were there.
+    afile = tmp_path / "afile"
+    afile.write_text("notes")
+    result = run("runs", "compare", str(afile), str(runs_root / "a"))
+    assert result.exit_code == 2  # as evaluate, predict and export say of a file
+    assert "is a file" in result.stderr and "not found" not in result.stderr
+    result = run("runs", "list", str(afile))
+    assert result.exit_code == 2 and "is a file" in result.stderr
+    with pytest.raises(ModelDirError, match="afile: is a file, not a model directory"):
+        read_runs([afile])
+    with pytest.raises(ModelDirError, match="afile: is a file, not a model directory"):
+        verify_run(afile)
+    assert afile.read_text() == "notes"
 
 
 def test_differences_ignore_output_dir(runs_root: Path) -> None:

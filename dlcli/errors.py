@@ -6,6 +6,7 @@ place and turns them into an exit code (and a JSON document under ``--json``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # The exit codes, the same for every command (documented in the README).
@@ -126,11 +127,27 @@ def write_problem(err: BaseException) -> str:
         return "the directory is not writable (read-only or no permission)"
     if code == errno.ENOENT:
         return "the directory vanished while writing"
+    if code == errno.EEXIST:
+        return "a file is in the way, not a folder"
+    if code == errno.ENOTDIR:
+        return "a part of the path is a file, not a folder"
     if code is not None:
         import os
 
         return os.strerror(code)
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path`` and the folders above it that exists and is not a folder (a
+    file where a folder must be created or used), or ``None``: what a "cannot create the
+    folder" error names instead of the OS's "File exists" / "Not a directory"."""
+    from pathlib import Path
+
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:

@@ -201,6 +201,17 @@ class PositiveNumber(click.FloatRange):
         return number
 
 
+class NonEmptyPath(click.Path):
+    """click's Path, refusing an empty value (usage, exit 2): ``Path("")`` is the current
+    directory, so ``--data-dir ""`` downloaded into ./NAME and ``-o ""`` trained into ".".
+    Every path argument and option of dlcli takes this type."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str | os.PathLike) and os.fspath(value) in ("", b""):
+            self.fail("an empty path: give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 POSITIVE = PositiveNumber()  # a rate, a factor
 SECONDS = PositiveNumber(limits.SECONDS_MAX)  # a timeout or deadline
 
@@ -227,7 +238,7 @@ batch_size_option = click.option(
     help="Images per forward pass.",
 )
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False), help="Where the dataset lives."
+    "--data-dir", type=NonEmptyPath(file_okay=False), help="Where the dataset lives."
 )
 weights_option = click.option(
     "--weights",

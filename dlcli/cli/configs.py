@@ -7,14 +7,14 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import _set_option, cli, complete_datasets, dlcli_command
+from dlcli.cli.base import NonEmptyPath, _set_option, cli, complete_datasets, dlcli_command
 from dlcli.report import Reporter, counted
 
 # --- init / config: write and check configs ---------------------------------------------------
 
 
 @cli.command()
-@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.argument("path", required=False, type=NonEmptyPath(path_type=Path))
 @click.option(
     "--template",
     type=click.Choice(["mlp", "cnn"]),
@@ -33,7 +33,7 @@ from dlcli.report import Reporter, counted
 @click.option(
     "--from",
     "data",
-    type=click.Path(exists=True, path_type=Path),
+    type=NonEmptyPath(exists=True, path_type=Path),
     metavar="DATA",
     help="Your own data: a folder of class folders (or one holding train/ and test/), a "
     "path,label CSV, an .npz or an IDX archive; classes, input shape and model are filled in.",
@@ -77,7 +77,7 @@ def config_group() -> None:
 
 
 @config_group.command(name="show")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @_set_option
 @dlcli_command
 def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def config_show(reporter: Reporter, config: Path, overrides: tuple[str, ...]) ->
 
 
 @config_group.command(name="validate")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @_set_option
 @click.option(
     "--no-data",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import SECONDS, _set_option, cli, complete_datasets, dlcli_command
+from dlcli.cli.base import SECONDS, NonEmptyPath, _set_option, cli, complete_datasets, dlcli_command
 from dlcli.limits import DOWNLOAD_DEADLINE_S, WORKERS_MAX
 from dlcli.report import Reporter
 
@@ -16,7 +16,7 @@ from dlcli.report import Reporter
 @click.argument("name", required=False, shell_complete=complete_datasets)
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     help="Where datasets are kept (NAME/ goes inside).  [default: $DLCLI_DATA_DIR or data]",
 )
 @click.option(
@@ -172,7 +172,7 @@ def data_group() -> None:
 
 
 @data_group.command(name="check")
-@click.argument("target", metavar="PATH|CONFIG", type=click.Path(path_type=Path))
+@click.argument("target", metavar="PATH|CONFIG", type=NonEmptyPath(path_type=Path))
 @_set_option
 @click.option(
     "--workers",

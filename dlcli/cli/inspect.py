@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from dlcli.cli.base import (
+    NonEmptyPath,
     _set_option,
     batch_size_option,
     cli,
@@ -23,11 +24,13 @@ from dlcli.report import Reporter, summary_table
 
 @cli.command()
 @click.argument(
-    "run_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+    "run_dir",
+    type=NonEmptyPath(file_okay=False, path_type=Path),
+    shell_complete=complete_run_dirs,
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     help="Where the PNG files go.  [default: RUN_DIR/plots]",
 )
 @click.option(
@@ -90,7 +93,7 @@ def runs() -> None:
 @runs.command("list")
 @click.argument(
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default="runs",
     required=False,
     shell_complete=complete_run_dirs,
@@ -129,7 +132,7 @@ def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
     "run_dirs",
     nargs=-1,
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     shell_complete=complete_run_dirs,
 )
 @dlcli_command
@@ -180,7 +183,7 @@ def _layer_row(info: Any) -> dict[str, Any]:
 
 
 @cli.command()
-@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.argument("target", type=NonEmptyPath(exists=True, path_type=Path))
 @_set_option
 @dlcli_command
 def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import click
 
 from dlcli.cli.base import (
     SECONDS,
+    NonEmptyPath,
     _set_option,
     batch_size_option,
     cli,
@@ -122,9 +123,9 @@ def _launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.argument("config", type=NonEmptyPath(dir_okay=False, path_type=Path), required=False)
 @_set_option
-@click.option("--output", "-o", type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--output", "-o", type=NonEmptyPath(file_okay=False), help="Run directory.")
 @device_option(None, "(overrides training.device)")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed (overrides training.seed).")
 @click.option(
@@ -321,7 +322,9 @@ def _threads(count: int) -> str:
 
 @cli.command()
 @click.argument(
-    "model_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+    "model_dir",
+    type=NonEmptyPath(file_okay=False, path_type=Path),
+    shell_complete=complete_run_dirs,
 )
 @click.option(
     "--split",
@@ -343,7 +346,7 @@ def _threads(count: int) -> str:
 @click.option(
     "--data",
     "data_path",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     metavar="PATH",
     help="Score labelled data instead of the run's splits: class folders, a path,label CSV, "
     "an .npz or an IDX archive, converted as the run's training images were.",

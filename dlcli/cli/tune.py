@@ -8,13 +8,13 @@ from typing import Any
 import click
 
 from dlcli import limits
-from dlcli.cli.base import POSITIVE, SECONDS, _set_option, cli, dlcli_command
+from dlcli.cli.base import POSITIVE, SECONDS, NonEmptyPath, _set_option, cli, dlcli_command
 from dlcli.cli.train import _gate_options
 from dlcli.report import Reporter
 
 
 @cli.command()
-@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("config", type=NonEmptyPath(path_type=Path))
 @_set_option
 @click.option(
     "--trials", type=click.IntRange(min=1), help="Trials in the study, in all (tune.trials)."
@@ -28,7 +28,7 @@ from dlcli.report import Reporter
 @click.option(
     "--output",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     help="Study directory: trial-NNNN/ runs, best.yaml, plots/ (default: runs/CONFIG-tune).",
 )
 @click.option(
@@ -197,7 +197,7 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
 
 
 @cli.command("lr-find")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--start-lr", type=POSITIVE, default=1e-7, show_default=True)
 @click.option("--end-lr", type=POSITIVE, default=10.0, show_default=True)
@@ -211,7 +211,7 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
 @click.option(
     "--plot",
     "plot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Where the PNG goes (default: CONFIG-lr-find.png in the current directory).",
 )
 @click.option("--force", is_flag=True, help="Replace the PNG when it exists.")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from dlcli.cli.base import (
+    NonEmptyPath,
     batch_size_option,
     cli,
     complete_run_dirs,
@@ -25,10 +26,12 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
 
 @cli.command()
 @click.argument(
-    "model_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+    "model_dir",
+    type=NonEmptyPath(file_okay=False, path_type=Path),
+    shell_complete=complete_run_dirs,
 )
 @click.argument(
-    "inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path)
+    "inputs", metavar="INPUT...", nargs=-1, required=True, type=NonEmptyPath(path_type=Path)
 )
 @click.option(
     "--top-k",
@@ -110,7 +113,9 @@ def _csv_text(rows: list[list[Any]]) -> str:
 
 @cli.command()
 @click.argument(
-    "model_dir", type=click.Path(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+    "model_dir",
+    type=NonEmptyPath(file_okay=False, path_type=Path),
+    shell_complete=complete_run_dirs,
 )
 @click.option(
     "--format",
@@ -123,7 +128,7 @@ def _csv_text(rows: list[list[Any]]) -> str:
 @click.option(
     "--out",
     "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="The file to write.  [default: MODEL_DIR/model.onnx; with --weights best|last: "
     "model-best.onnx, model-last.onnx]",
 )

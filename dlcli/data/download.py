@@ -45,7 +45,7 @@ from urllib.error import HTTPError, URLError
 
 from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
-from dlcli.errors import DataError, DownloadError, UsageError, write_problem
+from dlcli.errors import DataError, DownloadError, UsageError, file_in_the_way, write_problem
 from dlcli.untrusted import echo, kind_of, open_regular, printable
 from dlcli.version import __version__
 
@@ -125,10 +125,21 @@ def download_dataset(
     total seconds one file may take from one mirror, retries included (then the next mirror is
     tried; a read under way may add up to ``timeout``). Raises
     :class:`DownloadError` when an archive cannot be had from any mirror and :class:`DataError`
-    when the folder cannot be written.
+    when the folder cannot be written (:class:`UsageError` when the data directory is,
+    or lies under, a file).
     """
     emit = on_event or (lambda event: None)
     folder = Path(data_dir) / entry.name
+    blocker = file_in_the_way(folder)
+    if blocker == folder:  # something of the user's where the dataset's folder goes
+        raise DataError(
+            f"{folder}: is a file, not a folder: the dataset's files go in a folder there "
+            "(move the file away, or choose another --data-dir)"
+        )
+    if blocker is not None:  # the data directory given cannot be a folder
+        raise UsageError(
+            f"{data_dir}: cannot keep datasets there: {blocker} is a file, not a folder"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -308,3 +308,39 @@ def test_torch_free_commands_stay_torch_free(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "CONFIG", "-o", ""],
+        ["plot", "RUN", "--out", ""],
+        ["tune", "CONFIG", "--output", ""],
+        ["train", ""],
+        ["evaluate", "RUN", "--data-dir", ""],
+        ["evaluate", ""],
+        ["predict", "RUN", ""],
+        ["predict", "", "INPUTS"],
+        ["export", "RUN", "--out", ""],
+        ["runs", "list", ""],
+        ["init", ""],
+    ],
+)
+def test_an_empty_path_is_a_usage_error(
+    args: list[str],
+    tiny_config: Path,
+    tiny_run: Path,
+    inputs: Path,
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    # Path("") is the current directory: -o "" trained into ".", predict RUN "" read every
+    # file there, and init "" failed on it as a directory.
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    given = {"CONFIG": str(tiny_config), "RUN": str(tiny_run), "INPUTS": str(inputs)}
+    result = run(*[given.get(a, a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "an empty path: give a file or folder name" in result.stderr
+    assert list(work.iterdir()) == []

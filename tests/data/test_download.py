@@ -16,7 +16,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from conftest import REPO_DATA, REPO_ROOT, write_tiny_archives
 from http_mirror import ARCHIVE_NAMES, TIMEOUT, ServerState, serve
 from rich.console import Console
@@ -33,7 +33,7 @@ from dlcli.data.download import (
 )
 from dlcli.data.registry import ROLES, ArchiveFile, DatasetEntry
 from dlcli.download_display import DownloadDisplay
-from dlcli.errors import EXIT_DATA, DataError, DownloadError
+from dlcli.errors import EXIT_DATA, EXIT_USAGE, DataError, DownloadError
 from dlcli.report import Reporter
 
 
@@ -195,6 +195,47 @@ def test_cli_keeps_a_file_that_fails_its_check(
     assert "pass --force to replace it" in result.output and mine.read_text() == "notes"
     assert CliRunner().invoke(cli, [*args, "--force", "-q"]).exit_code == 0
     assert mine.stat().st_size == entry.files["train_images"].size
+
+
+def test_a_file_where_the_dataset_folder_goes_is_named(
+    entry: DatasetEntry, data_dir: Path, server: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It read "cannot create the folder: File exists".
+    monkeypatch.setitem(registry.REGISTRY, "tiny", entry)
+    data_dir.mkdir()
+    mine = data_dir / "tiny"
+    mine.write_text("notes")
+
+    def download(folder: Path) -> Result:
+        args = ["download", "tiny", "--data-dir", str(folder), "--mirror", server.url("good")]
+        return CliRunner().invoke(cli, args)
+
+    result = download(data_dir)
+    assert result.exit_code == EXIT_DATA
+    assert f"Error: {mine}: is a file, not a folder" in result.stderr
+    assert "File exists" not in result.output
+    # The data directory given lies under a file: a usage error, as --data-dir AFILE is.
+    result = download(mine / "sub")
+    assert result.exit_code == EXIT_USAGE
+    assert f"{mine / 'sub'}: cannot keep datasets there: {mine} is a file" in result.stderr
+    assert download(mine).exit_code == EXIT_USAGE
+    assert mine.read_text() == "notes"
+
+
+def test_an_empty_data_dir_is_a_usage_error(
+    entry: DatasetEntry,
+    tmp_path: Path,
+    server: ServerState,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Path("") is ".": the dataset was downloaded into ./tiny.
+    monkeypatch.setitem(registry.REGISTRY, "tiny", entry)
+    monkeypatch.chdir(tmp_path)
+    args = ["download", "tiny", "--data-dir", "", "--mirror", server.url("good")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == EXIT_USAGE
+    assert "'--data-dir': an empty path" in result.stderr
+    assert not (tmp_path / "tiny").exists()
 
 
 @pytest.mark.parametrize(

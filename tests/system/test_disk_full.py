@@ -150,6 +150,8 @@ def test_same_exit_code_for_a_read_only_directory_everywhere(
         (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
         (OSError(errno.EROFS, "Read-only file system"), "not writable"),
         (OSError(errno.ENOENT, "No such file"), "the directory vanished while writing"),
+        (FileExistsError(errno.EEXIST, "File exists"), "a file is in the way, not a folder"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory"), "part of the path is a file"),
         (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
                       "message: \"No space left on device\" }) (os error 28)"),
          "no space left on the device"),

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from dlcli import atomic, limits, untrusted
 from dlcli.config import Config, parse_config
-from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
+from dlcli.errors import ConfigError, ModelDirError, UsageError, file_in_the_way, write_problem
 
 # The run dir's file names and its manifest check live in torch-free dlcli.manifest (runs list
 # uses them without torch); re-exported here, where the run dir is written and loaded.
@@ -119,8 +119,9 @@ def open_output(run_dir: Path, *, overwrite: bool, resume: bool) -> Output:
 
     Refused (exit 2): a run dir another process is writing (named by its PID), a non-empty
     directory without --overwrite or --resume, and with --overwrite anything that is not a
-    dlcli run (its manifest or checkpoints) or empty. A path that cannot be created or written
-    is exit 3. The lock is an OS lock (flock): it dies with its holder, so a killed run never
+    dlcli run (its manifest or checkpoints) or empty, and a path that is, or lies under, a
+    file. A path that cannot be created or written otherwise (permissions, a full disk) is
+    exit 3. The lock is an OS lock (flock): it dies with its holder, so a killed run never
     blocks the next one.
     """
     run_dir = Path(run_dir)
@@ -359,13 +360,14 @@ def check_writable(run_dir: Path) -> None:
     """Fail before training, not after it, when ``run_dir`` cannot be created or written:
     probe the nearest existing ancestor with a temporary file (removed again)."""
     run_dir = Path(run_dir)
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:  # a path that cannot be a directory: a usage error, as -o AFILE
+        raise UsageError(
+            f"{run_dir}: cannot save the model there: {blocker} is a file, not a directory"
+        )
     ancestor = run_dir
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ModelDirError(
-            f"{run_dir}: cannot save the model there: {ancestor} is a file, not a directory"
-        )
     probe = ancestor / f".dlcli-write-test-{uuid.uuid4().hex[:8]}"
     try:
         probe.write_bytes(b"")

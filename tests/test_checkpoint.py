@@ -430,13 +430,15 @@ def test_disk_full_while_saving_the_run(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_output_dir_that_cannot_be_created(tmp_path: Path) -> None:
     """As root, permission bits do not stop writes; a path under a regular file fails for
-    everyone (ENOTDIR), before any training."""
+    everyone (ENOTDIR), before any training. It is the mistake of -o AFILE, with its exit
+    code: usage (2), not data (3) as it was."""
     config = write_config(tmp_path, epochs=1)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = cli_run("train", str(config), "--output", str(blocker / "run"))
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert f"{blocker} is a file, not a directory" in result.stderr
+    assert cli_run("train", str(config), "--output", str(blocker)).exit_code == 2
     assert blocker.read_text() == "x"
 
 

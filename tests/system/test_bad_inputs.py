@@ -246,7 +246,7 @@ CASES = [
          3, "Run `dlcli download mnist"),
     # --- output directory ----------------------------------------------------------------------
     Case("output-under-a-file",
-         lambda w: ["train", str(w.config), "--output", str(w.file("blocker", b"x") / "run")], 3,
+         lambda w: ["train", str(w.config), "--output", str(w.file("blocker", b"x") / "run")], 2,
          "is a file, not a directory"),
     Case("output-not-empty", lambda w: ["train", str(w.config), "--output", str(w.run_dir)], 2,
          "output directory is not empty; pass --overwrite"),

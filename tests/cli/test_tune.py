@@ -298,28 +298,6 @@ def test_a_test_gate_without_test_data_is_refused_before_any_trial(
     assert not out.exists()
 
 
-def test_a_journal_storage_that_cannot_be_one_is_refused_and_never_written(
-    tiny_config: Path, tmp_path: Path
-) -> None:
-    # `journal:notes.txt` appended Optuna's records to the user's file, then crashed with
-    # 'internal error: JSONDecodeError'; a folder, a missing folder or no path were exit 1.
-    config = tune_config(tiny_config, trials=1)
-    notes = tmp_path / "notes.txt"
-    notes.write_text("my notes\n")
-    cases = {
-        f"journal:{notes}": "is not an Optuna journal",
-        f"journal:{tmp_path / 'missing' / 'j.log'}": "no folder",
-        f"journal:{tmp_path}": "is a directory",
-        "journal:": "expected journal:PATH",
-    }
-    for i, (storage, message) in enumerate(cases.items()):
-        result = invoke(str(config), "--output", str(tmp_path / f"s{i}"), "--storage", storage)
-        assert result.exit_code == 2, (storage, result.output)
-        assert message in result.output, (storage, result.output)
-    assert notes.read_text() == "my notes\n"
-    assert not (tmp_path / "missing").exists()
-
-
 def test_a_storage_that_does_not_open_leaves_no_directory_claiming_it(
     tiny_config: Path, tmp_path: Path
 ) -> None:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dlcli import atomic, limits, store, untrusted
-from dlcli.config import Config, dump_yaml, to_dict
+from dlcli.config import PLACEMENT_KEYS, Config, config_differences, dump_yaml, to_dict
 from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
 
 FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (accel.FlatParameters)
@@ -50,13 +50,9 @@ _TENSOR = "__tensor__"  # {"__tensor__": key} in state.json stands for a tensor 
 # Keys a resumed run may change: how long to train, where and on what to run, what to record.
 RESUMABLE_CHANGES = (
     "training.epochs",
-    "training.device",
-    "training.threads",
-    "training.checkpoint",
     "training.target",
     "training.stop_at_target",
-    "data.data_dir",  # where a registry dataset is read (its archives are verified)
-    "output",
+    *PLACEMENT_KEYS,
 )
 
 
@@ -624,7 +620,9 @@ def check_same_config(path: Path, config: Config) -> None:
         saved = read_yaml(path / CONFIG)
     except ConfigError as err:
         raise ModelDirError(f"{path / CONFIG}: unreadable config ({err})") from None
-    differences = _differences(saved, to_dict(config), "")
+    differences = config_differences(
+        saved, to_dict(config), RESUMABLE_CHANGES, ("in the checkpoint", "now")
+    )
     if differences:
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ModelDirError(
@@ -632,23 +630,6 @@ def check_same_config(path: Path, config: Config) -> None:
             f"with the config it started with (only {', '.join(RESUMABLE_CHANGES)} may change); "
             "train into a new --output instead"
         )
-
-
-def _differences(saved: Any, current: Any, path: str) -> list[str]:
-    if path in RESUMABLE_CHANGES:
-        return []
-    if isinstance(saved, dict) and isinstance(current, dict):
-        found: list[str] = []
-        for key in dict.fromkeys([*saved, *current]):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in current:
-                found += [] if sub in RESUMABLE_CHANGES else [f"{sub} is not in this config"]
-            elif key in saved:  # a key the checkpoint predates keeps its default: not compared
-                found += _differences(saved[key], current[key], sub)
-        return found
-    if saved != current:
-        return [f"{path} is {saved!r} in the checkpoint, {current!r} now"]
-    return []
 
 
 def describe(run_dir: Path) -> str | None:

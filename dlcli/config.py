@@ -1281,6 +1281,45 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+# Keys that say where and how a run runs and what it records, not what it learns: a resumed run
+# and a continued study may change them (see checkpoint.RESUMABLE_CHANGES, tune.open_study).
+PLACEMENT_KEYS = (
+    "training.device",
+    "training.threads",
+    "training.checkpoint",
+    "data.data_dir",  # where a registry dataset is read (its archives are verified)
+    "output",
+)
+
+
+def config_differences(
+    saved: Any, current: Any, ignore: Sequence[str], labels: tuple[str, str], path: str = ""
+) -> list[str]:
+    """How two raw configs differ, key by key (``training.epochs is 2000 in the checkpoint, 20
+    now``), leaving out the key paths in ``ignore`` (and what is under them). A key ``saved``
+    lacks (a config older than the key) keeps its default: it is not compared. ``labels`` name
+    the two sides. The one rule for "same config" (``train --resume``, a continued study)."""
+    if path in ignore:
+        return []
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found: list[str] = []
+        for key in dict.fromkeys([*saved, *current]):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in current:
+                found += [] if sub in ignore else [f"{sub} is not in this config"]
+            elif key in saved:
+                found += config_differences(saved[key], current[key], ignore, labels, sub)
+        return found
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        found = []
+        for i, (old, new) in enumerate(zip(saved, current, strict=True)):
+            found += config_differences(old, new, ignore, labels, f"{path}[{i}]")
+        return found
+    if saved != current:
+        return [f"{path} is {saved!r} {labels[0]}, {current!r} {labels[1]}"]
+    return []
+
+
 # --- writing -------------------------------------------------------------------------------
 
 

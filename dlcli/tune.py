@@ -47,9 +47,12 @@ from typing import TYPE_CHECKING, Any
 
 from dlcli import signals, untrusted
 from dlcli.config import (
+    PLACEMENT_KEYS,
     Config,
     SearchParam,
     TuneConfig,
+    config_differences,
+    key_parts,
     load_config,
     metric_mode,
     parse_config,
@@ -251,8 +254,47 @@ def open_study(settings: Settings, *, create: bool) -> Study:
             f"study {settings.study!r} optimises {found!r}, but the config's tune.metric is "
             f"{tune.metric!r}; name another study with --study"
         )
+    _check_same_config(study, settings)
     study_id = storage.get_study_id_from_name(settings.study)
     return Study(study, storage, study_id, heartbeats, created, claim_lock(settings.storage))
+
+
+CONFIG_ATTR = "dlcli.config"  # the study's config, as its first process resolved it
+
+
+def _check_same_config(study: optuna.Study, settings: Settings) -> None:
+    """A study continues with the config it started with: a rerun with other settings would
+    mix trials trained differently (and a retried trial would resume its checkpoint under
+    them). What may change: the keys tune varies (``tune.space``, then and now), the tune
+    section itself (the number of trials...), and where a run runs (``PLACEMENT_KEYS``). A study
+    recorded before dlcli kept its config records this one and goes on."""
+    current = json.loads(json.dumps(to_dict(settings.config)))  # as the storage gives it back
+    recorded = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(recorded, dict):
+        study.set_user_attr(CONFIG_ATTR, current)
+        return
+    spaces = [current.get("tune"), recorded.get("tune")]
+    varied = {p.path for tune in spaces if isinstance(tune, dict) for p in _space(tune)}
+    ignore = ("tune", *PLACEMENT_KEYS, *(_canonical(path) for path in varied))
+    differences = config_differences(recorded, current, ignore, ("in the study", "given"))
+    if differences:
+        shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+        raise ConfigError(
+            f"study {settings.study!r} was run with another config: {shown}. A study continues "
+            f"with the config it started with (only tune, the tune.space keys and "
+            f"{', '.join(PLACEMENT_KEYS)} may change); tune into another --output (or --study)"
+        )
+
+
+def _space(tune: dict[str, Any]) -> list[SearchParam]:
+    space = tune.get("space")
+    return search_params(space)[0] if isinstance(space, dict) else []
+
+
+def _canonical(path: str) -> str:
+    """``model.layers[1].units`` however it was spelled (spaces), as config_differences names it."""
+    parts = key_parts(path)
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
 def _sampler(optuna: Any, tune: TuneConfig) -> Any:

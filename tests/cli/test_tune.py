@@ -162,6 +162,44 @@ def test_another_study_in_the_same_directory_is_refused(tiny_config: Path, tmp_p
     assert "belongs to study 'tiny'" in other.output
 
 
+def test_a_study_continues_only_with_the_config_it_started_with(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    assert invoke(str(config), "-o", str(out), "--set", "training.epochs=2").exit_code == 0
+    changed = invoke(
+        str(config), "-o", str(out), "--trials", "2", "--set", "training.epochs=3",
+        "--set", "training.batch_size=7",
+    )  # fmt: skip
+    assert changed.exit_code == 2, changed.output
+    assert "training.epochs is 2 in the study, 3 given" in changed.output
+    assert "training.batch_size is" in changed.output and "Traceback" not in changed.output
+    assert not (out / "trial-0001").exists()
+    # What tune varies (a space key), the tune section and where it runs may change.
+    same = invoke(
+        str(config), "-o", str(out), "--trials", "2", "--set", "training.epochs=2",
+        "--set", "training.optimizer.learning_rate=0.5", "--set", "model.layers[1].units=99",
+        "--set", "training.threads=1", "--set", "tune.sampler=random",
+    )  # fmt: skip
+    assert same.exit_code == 0, same.output
+    assert (out / "trial-0001").is_dir()
+
+
+def test_a_study_without_a_recorded_config_continues_and_records_it(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    assert invoke(str(config), "-o", str(out)).exit_code == 0
+    storage = f"sqlite:///{out / 'study.db'}"
+    optuna.load_study(study_name="tiny", storage=storage).set_user_attr("dlcli.config", None)
+    older = invoke(str(config), "-o", str(out), "--trials", "2")  # as before dlcli recorded it
+    assert older.exit_code == 0, older.output
+    again = invoke(str(config), "-o", str(out), "--trials", "3", "--set", "training.epochs=5")
+    assert again.exit_code == 2 and "training.epochs is 2 in the study, 5 given" in again.output
+
+
 def test_without_optuna_tune_says_how_to_install_it(
     tiny_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

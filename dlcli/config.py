@@ -1003,9 +1003,27 @@ def _range_param(
             problems.append(f"{where}.step: expected {noun[:-1]} > 0, found {_found(step)}")
         elif log:
             problems.append(f"{where}: give log or step, not both")
+        elif low < high:
+            _check_steps(low, high, step, where, problems)
     if len(problems) > count:
         return None
     return SearchParam(path, "int" if kind == "int" else "float", low, high, bool(log), step)
+
+
+def _check_steps(low: float, high: float, step: float, where: str, problems: list[str]) -> None:
+    """A stepped range must reach its high end in whole steps from its low one: Optuna would
+    otherwise narrow it with a warning (``{int: [10, 20], step: 50}`` became [10, 10])."""
+    from decimal import Decimal
+
+    span, size = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))  # as Optuna counts
+    if span % size == 0:
+        return
+    reached = Decimal(str(low)) + (span // size) * size
+    if span < size:
+        found = f"a step of {step} is larger than the range {high} - {low}: it holds {low} only"
+    else:
+        found = f"{high} - {low} is not a whole number of steps of {step}: it ends at {reached}"
+    problems.append(f"{where}: expected high - low to be a multiple of step, found {found}")
 
 
 def _path_problem(node: Any, path: str) -> str | None:

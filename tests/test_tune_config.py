@@ -82,6 +82,19 @@ def test_a_good_space_parses_into_its_dimensions() -> None:
         ({"output.dir": {"choice": ["a", "b"]}}, "output.* cannot be tuned"),
         ({"training..epochs": {"int": [1, 2]}}, "expected a key path such as"),
         ({"training.epochs": 3}, "expected {float: [low, high]}"),
+        (
+            {"training.epochs": {"int": [10, 20], "step": 50}},
+            "tune.space.training.epochs: expected high - low to be a multiple of step, found a "
+            "step of 50 is larger than the range 20 - 10: it holds 10 only",
+        ),
+        (
+            {"training.epochs": {"int": [10, 25], "step": 10}},
+            "25 - 10 is not a whole number of steps of 10: it ends at 20",
+        ),
+        (
+            {"training.optimizer.learning_rate": {"float": [0.1, 0.5], "step": 0.3}},
+            "tune.space.training.optimizer.learning_rate: expected high - low to be a multiple",
+        ),
     ],
 )
 def test_a_bad_space_is_a_config_error_naming_the_key(space: dict[str, Any], expected: str) -> None:
@@ -99,6 +112,12 @@ def test_every_problem_is_reported_at_once_with_the_metric() -> None:
     assert len(found) == 3
     assert found[0].startswith("tune.metric: 'val_acuracy': ")
     assert "did you mean" in found[0]
+
+
+def test_a_stepped_range_in_whole_steps_passes() -> None:
+    space = {"training.optimizer.learning_rate": {"float": [0.1, 0.7], "step": 0.2}}
+    cfg = parse_config({**BASE, "tune": {"space": space}})
+    assert cfg.tune is not None and search_params(cfg.tune.space)[0][0].step == 0.2
 
 
 def test_unknown_tune_keys_and_values_are_config_errors() -> None:

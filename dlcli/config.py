@@ -891,7 +891,8 @@ def _check_tune(cfg: Config, problems: list[str]) -> None:
     the config with each), so a bad space fails before any trial."""
     assert cfg.tune is not None
     known = metric_names.reported(cfg.training.metrics)
-    problem = metric_names.problem(cfg.tune.metric, known)
+    # A test metric is refused below: never suggest one.
+    problem = metric_names.problem(cfg.tune.metric, known, splits=("train", "validation"))
     if problem is not None:
         problems.append(f"tune.metric: {cfg.tune.metric!r}: {problem}")
     elif metric_names.parse(cfg.tune.metric, known=known).split == "test":

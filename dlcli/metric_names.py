@@ -113,22 +113,25 @@ def parse(name: str, *, known: Sequence[str] = tuple(METRICS), what: str = "metr
     return found
 
 
-def problem(name: str, known: Sequence[str] = tuple(METRICS)) -> str | None:
-    """Why ``name`` is not a metric (None when it is) — for callers that collect problems."""
-    found = _problem(name.strip(), known)
+def problem(
+    name: str, known: Sequence[str] = tuple(METRICS), splits: Sequence[str] = SPLITS
+) -> str | None:
+    """Why ``name`` is not a metric (None when it is) — for callers that collect problems.
+    ``splits``: the splits the caller accepts; the metrics it suggests and lists are theirs."""
+    found = _problem(name.strip(), known, splits)
     return found if isinstance(found, str) else None
 
 
-def _problem(name: str, known: Sequence[str]) -> MetricName | str:
+def _problem(name: str, known: Sequence[str], splits: Sequence[str] = SPLITS) -> MetricName | str:
     split_text, dot, metric = name.rpartition(".")
     split: str | None = None
     if dot:
         split = _SPLIT_SPELLINGS.get(split_text)
         if split is None:
-            choices = [*SPLITS, "val"]
+            choices = [*splits, "val"]
             return (
                 f"{name!r}: unknown split {split_text!r}{did_you_mean(split_text, choices)}; "
-                f"known splits: {', '.join(SPLITS)} (or val)"
+                f"known splits: {', '.join(splits)} (or val)"
             )
     elif metric not in METRICS:
         for prefix, spelt in (("val_", "validation"), ("test_", "test"), ("train_", "train")):
@@ -136,12 +139,12 @@ def _problem(name: str, known: Sequence[str]) -> MetricName | str:
                 split, metric = spelt, metric[len(prefix) :]
                 break
     if metric not in known:
-        every = [*known, *(_PREFIX[s] + m for s in SPLITS for m in known if _PREFIX[s])]
+        every = [*known, *(_PREFIX[s] + m for s in splits for m in known if _PREFIX[s])]
         hint = did_you_mean(metric, list(known)) if dot else did_you_mean(name, every)
         extra = " (add it to training.metrics)" if metric in METRICS else ""
         return (
             f"{name!r} is not a reported metric{hint}{extra}; known: {', '.join(every)} "
-            "(or SPLIT.METRIC: validation.accuracy, test.loss, ...)"
+            f"(or SPLIT.METRIC: validation.accuracy, {splits[-1]}.loss, ...)"
         )
     return MetricName(metric, split)
 

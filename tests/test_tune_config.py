@@ -120,6 +120,13 @@ def test_a_stepped_range_in_whole_steps_passes() -> None:
     assert cfg.tune is not None and search_params(cfg.tune.space)[0][0].step == 0.2
 
 
+def test_a_metric_suggestion_names_only_metrics_tune_accepts() -> None:
+    found = problems({"metric": "top_k_accuracy"})  # not in training.metrics
+    assert found[0].startswith("tune.metric: 'top_k_accuracy': ")
+    assert "add it to training.metrics" in found[0]
+    assert "test" not in found[0], found[0]  # a test metric is refused: never suggested
+
+
 def test_unknown_tune_keys_and_values_are_config_errors() -> None:
     found = problems({"trails": 3, "pruner": "medain"})
     assert any("tune.trails: unknown key (did you mean 'trials'?)" in p for p in found)

@@ -84,6 +84,10 @@ def tune(
     """
     from dlcli import tune as tuning
 
+    if study is not None and not study.strip():
+        from dlcli.errors import UsageError
+
+        raise UsageError(f"--study: expected a study name, found {study!r}")
     tuning.require_optuna()
     if show:
         return _show(reporter, config, storage, study, mins, maxs)

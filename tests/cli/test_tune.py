@@ -200,6 +200,17 @@ def test_a_study_without_a_recorded_config_continues_and_records_it(
     assert again.exit_code == 2 and "training.epochs is 2 in the study, 5 given" in again.output
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_study_name_is_refused(tiny_config: Path, tmp_path: Path, name: str) -> None:
+    out = tmp_path / "study"
+    result = invoke(str(tune_config(tiny_config)), "-o", str(out), "--study", name)
+    assert result.exit_code == 2
+    assert f"--study: expected a study name, found {name!r}" in result.output
+    assert not out.exists()
+    shown = invoke(str(tmp_path), "--show", "--study", name)
+    assert shown.exit_code == 2 and "--study: expected a study name" in shown.output
+
+
 def test_without_optuna_tune_says_how_to_install_it(
     tiny_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -545,10 +545,14 @@ class Worker:
         settings = self.settings
         params = {p.path: suggest(trial, p) for p in settings.params}
         # A retry of an interrupted trial continues from its checkpoint, in its directory.
-        resume_dir = Path(str(trial.user_attrs.get("dlcli.resume", "")))
-        resume = resume_dir != Path() and checkpoint.describe(resume_dir) is not None
-        run_dir = resume_dir if resume else trial_dir(settings.directory, trial.number)
-        for key, initial in (("run_dir", str(run_dir)), ("interrupted", False), ("error", None)):
+        recorded = str(trial.user_attrs.get("dlcli.resume", ""))
+        resume_dir = run_dir_of(settings.directory, recorded) if recorded else None
+        resume = resume_dir is not None and checkpoint.describe(resume_dir) is not None
+        run_dir = (
+            resume_dir if resume_dir and resume else trial_dir(settings.directory, trial.number)
+        )
+        shown = in_folder(settings.directory, run_dir)
+        for key, initial in (("run_dir", shown), ("interrupted", False), ("error", None)):
             trial.set_user_attr(key, initial)  # a retry starts with its original's attributes
         started = time.perf_counter()
         self.on_event({"event": "start", "trial": trial.number, "params": params})
@@ -565,14 +569,14 @@ class Worker:
                 state = "PRUNED" if reporter.pruned_at is not None else "COMPLETE"
                 trial.set_user_attr("epochs", int(result.metrics["epochs"]))
             except Interrupted:
-                self._requeue(handle, trial, run_dir, interrupted=True)
+                self._requeue(handle, trial, shown, interrupted=True)
                 self.on_event({"event": "interrupted", "trial": trial.number})
                 raise
             except (TrainingError, ConfigError, ModelDirError, UsageError) as err:
                 error = err.message  # a diverged or impossible trial fails; the study goes on
                 trial.set_user_attr("error", error)
             except BaseException:  # not the trial's fault (a bug, a full disk): queue it again
-                self._requeue(handle, trial, run_dir, interrupted=False)
+                self._requeue(handle, trial, shown, interrupted=False)
                 raise
             seconds = time.perf_counter() - started
             trial.set_user_attr("seconds", round(seconds, 3))
@@ -600,12 +604,12 @@ class Worker:
             handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _requeue(
-        self, handle: Study, trial: optuna.Trial, run_dir: Path, *, interrupted: bool
+        self, handle: Study, trial: optuna.Trial, run_dir: str, *, interrupted: bool
     ) -> None:
         """Fail the trial and queue a copy, which resumes from its checkpoint (if any)."""
         import optuna
 
-        trial.set_user_attr("dlcli.resume", str(run_dir))
+        trial.set_user_attr("dlcli.resume", run_dir)
         trial.set_user_attr("interrupted", interrupted)
         frozen = handle.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(handle.study, frozen)
@@ -661,14 +665,15 @@ def prepare_directory(settings: Settings) -> Callable[[], None] | None:
         )
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
-    record = {"study": settings.study, "storage": masked(settings.storage)}
+    record = marker_record(directory, settings.study, settings.storage)
     if marker.exists():
         found = read_marker(directory)
-        if found != record:
+        storage = marker_storage(directory, found)
+        if found["study"] != settings.study or not same_storage(storage, settings.storage):
             raise UsageError(
-                f"{directory}: belongs to study {found['study']!r} in {found['storage']}, not "
-                f"{settings.study!r} in {record['storage']}; give the same --storage and --study, "
-                "or another --output"
+                f"{directory}: belongs to study {found['study']!r} in {masked(storage)}, not "
+                f"{settings.study!r} in {masked(settings.storage)}; give the same --storage and "
+                "--study, or another --output"
             )
         return None
     _write_atomic(marker, json.dumps(record, indent=2) + "\n")
@@ -765,7 +770,7 @@ def summarize(handle: Study, directory: Path) -> dict[str, Any]:
     """The trials sorted by the metric (best first; unfinished ones last) and the best."""
     metric = str(handle.study.user_attrs.get("dlcli.metric"))
     direction = handle.study.direction.name.lower()
-    rows = [_row(t) for t in handle.trials()]
+    rows = [_row(t, directory) for t in handle.trials()]
     sign = -1.0 if direction == "maximize" else 1.0
 
     def key(row: dict[str, Any]) -> tuple[int, float, int]:
@@ -790,7 +795,7 @@ def summarize(handle: Study, directory: Path) -> dict[str, Any]:
     }
 
 
-def _row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+def _row(trial: optuna.trial.FrozenTrial, directory: Path) -> dict[str, Any]:
     from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 
     attrs = trial.user_attrs
@@ -807,7 +812,7 @@ def _row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "params": dict(trial.params),
         "epochs": epochs,
         "seconds": attrs.get("seconds"),
-        "run_dir": attrs.get("run_dir"),
+        "run_dir": str(run_dir_of(directory, attrs["run_dir"])) if attrs.get("run_dir") else None,
         "retry_of": Retry.retried_trial_number(trial),
         "interrupted": bool(attrs.get("interrupted", False)),
         "error": attrs.get("error"),
@@ -915,7 +920,7 @@ def open_existing(directory: Path, storage: str | None, study: str | None) -> St
     """The study of a tune directory (``--show``), or the one ``storage``/``study`` name."""
     optuna = require_optuna()
     record = read_marker(directory) if storage is None or study is None else {}
-    url = storage or str(record["storage"])
+    url = storage or marker_storage(directory, record)
     if storage is None and "***" in url:
         raise UsageError(f"{directory}: its storage URL has a password; give it with --storage")
     database = sqlite_file(url)
@@ -951,3 +956,69 @@ def read_marker(directory: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not {"study", "storage"} <= set(record):
         raise ModelDirError(f"{marker}: expected {{study, storage}}, found {record!r}")
     return record
+
+
+# --- paths inside the study folder --------------------------------------------------------------
+# tune.json and the trials record what lies in the study folder relative to it, so a copied or
+# moved folder is its own study (with absolute paths a copy showed, and went on with, the
+# original's database and run dirs).
+
+
+def in_folder(directory: Path, path: Path) -> str:
+    """``path`` as recorded: relative to the study folder when it lies in it, else as given."""
+    try:
+        return str(path.resolve().relative_to(directory.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def run_dir_of(directory: Path, recorded: str) -> Path:
+    """A trial's recorded run dir → its path. A record from before they were relative (the path
+    from the working directory, or absolute) names a run dir directly in the study folder: the
+    folder's own one of that name is it, or its copy."""
+    path = Path(recorded)
+    if not path.is_absolute() and len(path.parts) == 1:
+        return directory / path
+    own = directory / path.name
+    return own if own.is_dir() else path
+
+
+def marker_record(directory: Path, study: str, url: str) -> dict[str, Any]:
+    """What tune.json holds: the study's name and storage; a storage file in the folder
+    (the default ``study.db``) relative to it (``"in_folder": true``)."""
+    for scheme, file in (("sqlite:///", sqlite_file(url)), ("journal:", _journal_file(url))):
+        if file is not None:
+            with contextlib.suppress(ValueError):
+                inside = file.resolve().relative_to(directory.resolve())
+                return {"study": study, "storage": f"{scheme}{inside}", "in_folder": True}
+    return {"study": study, "storage": masked(url)}
+
+
+def marker_storage(directory: Path, record: dict[str, Any]) -> str:
+    """The storage URL a tune.json record names, for this folder. An older record holds the
+    absolute URL; one of the default ``DIR/study.db`` in a folder that holds its own (a copy)
+    means the folder's."""
+    url = str(record["storage"])
+    if record.get("in_folder") is True:
+        if url.startswith("journal:"):
+            return f"journal:{directory / url.removeprefix('journal:')}"
+        if url.startswith("sqlite:///"):
+            return f"sqlite:///{(directory / url.removeprefix('sqlite:///')).resolve()}"
+        raise ModelDirError(f"{directory / MARKER}: unreadable storage {url!r}")
+    database = sqlite_file(url)
+    if database is not None and database.name == STUDY_FILE and (directory / STUDY_FILE).is_file():
+        return default_storage(directory)
+    return url
+
+
+def same_storage(first: str, second: str) -> bool:
+    """Two URLs name the same storage: the same file (however spelled), or the same URL."""
+    for file in (sqlite_file, _journal_file):
+        a, b = file(first), file(second)
+        if a is not None and b is not None:
+            return a.resolve() == b.resolve()
+    return masked(first) == masked(second)
+
+
+def _journal_file(url: str) -> Path | None:
+    return Path(url.removeprefix("journal:")) if url.startswith("journal:") else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,54 @@ def test_an_empty_study_name_is_refused(tiny_config: Path, tmp_path: Path, name:
     assert not out.exists()
     shown = invoke(str(tmp_path), "--show", "--study", name)
     assert shown.exit_code == 2 and "--study: expected a study name" in shown.output
+
+
+def test_a_copied_or_moved_study_folder_is_its_own_study(tiny_config: Path, tmp_path: Path) -> None:
+    config = tune_config(tiny_config, trials=1)
+    original, copy, moved = tmp_path / "st", tmp_path / "stz", tmp_path / "moved"
+    assert invoke(str(config), "-o", str(original)).exit_code == 0
+    shutil.copytree(original, copy)
+    original.rename(moved)  # the copy must not need the original where it was
+    shown = invoke(str(copy), "--show", "--json")
+    assert shown.exit_code == 0, shown.output
+    document = doc(shown)
+    assert [t["run_dir"] for t in document["trials"]] == [str(copy / "trial-0000")]
+    assert document["best_config"] == str(copy / "best.yaml")
+    assert str(moved) not in (copy / "best.yaml").read_text()
+    more = invoke(str(config), "-o", str(copy), "--trials", "2")  # it goes on in the copy
+    assert more.exit_code == 0, more.output
+    assert (copy / "trial-0001").is_dir() and not (moved / "trial-0001").exists()
+    assert (
+        len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{moved / 'study.db'}").trials)
+        == 1
+    )
+    shown = invoke(str(moved), "--show", "--json")
+    assert shown.exit_code == 0 and [t["number"] for t in doc(shown)["trials"]] == [0]
+
+
+def test_an_older_tune_json_with_an_absolute_database_still_works_when_copied(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    config = tune_config(tiny_config, trials=1)
+    original, copy = tmp_path / "st", tmp_path / "stz"
+    assert invoke(str(config), "-o", str(original)).exit_code == 0
+    old = {"study": "tiny", "storage": f"sqlite:///{(original / 'study.db').resolve()}"}
+    (original / "tune.json").write_text(json.dumps(old))  # as dlcli wrote it before
+    assert invoke(str(original), "--show").exit_code == 0
+    assert invoke(str(config), "-o", str(original)).exit_code == 0  # it continues
+    shutil.copytree(original, copy)
+    # Run dirs recorded as they were then (from the working directory, or absolute) are the
+    # copy's own ones of that name.
+    from dlcli.tune import run_dir_of
+
+    assert run_dir_of(copy, str(original / "trial-0000")) == copy / "trial-0000"
+    assert run_dir_of(copy, str(original / "trial-0009")) == original / "trial-0009"
+    shutil.rmtree(original)
+    shown = invoke(str(copy), "--show", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert doc(shown)["trials"][0]["run_dir"] == str(copy / "trial-0000")
+    assert invoke(str(config), "-o", str(copy), "--trials", "2").exit_code == 0
+    assert (copy / "trial-0001").is_dir() and not original.exists()
 
 
 def test_without_optuna_tune_says_how_to_install_it(

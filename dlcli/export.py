@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlcli.errors import DlcliError, OutputError, UsageError, write_problem
+from dlcli.errors import DlcliError, OutputError, UsageError, file_in_the_way, write_problem
 
 FORMATS = ("onnx",)
 INPUT_NAME = "images"
@@ -122,6 +122,9 @@ def _staging(target: Path, shown: str) -> Iterator[Path]:
     if target.is_dir():
         raise UsageError(f"{shown}: is a directory, expected a file name")
     _refuse_foreign(target, shown)
+    blocker = file_in_the_way(target.parent)
+    if blocker is not None:  # a path that cannot be a file's folder: a usage error, as train -o
+        raise UsageError(f"{shown}: cannot write the ONNX file there: {blocker} is a file")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import metric_names
-from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
+from dlcli.errors import ModelDirError, OutputError, UsageError, file_in_the_way, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
 from dlcli.untrusted import check_replaceable, open_regular
@@ -83,6 +83,9 @@ def plot_run(
         raise ModelDirError(f"{run_dir / 'history.csv'}: no epochs recorded, nothing to plot")
     steps = read_steps(run_dir / "steps.csv")  # absent in runs saved before it was recorded
     result = PlotResult(run_dir, out_dir if out_dir is not None else run_dir / "plots")
+    blocker = file_in_the_way(result.out_dir)
+    if blocker is not None:  # a path that cannot be a directory: a usage error, as train -o
+        raise UsageError(f"{result.out_dir}: cannot write figures there: {blocker} is a file")
     try:
         result.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -195,3 +195,14 @@ def test_the_default_path_is_named_without_an_option_not_given(
     given.write_text("my notes")
     result = run("export", run_dir, "--out", given)
     assert f"Error: --out {given}: a file dlcli did not write" in result.stderr
+
+
+def test_an_out_under_a_file_is_a_usage_error(tiny_run: Path, tmp_path: Path) -> None:
+    # It was exit 3 (an output problem) while train -o AFILE/sub is exit 2: the same mistake.
+    blocker = tmp_path / "afile"
+    blocker.write_text("my notes")
+    result = run("export", tiny_run, "--out", blocker / "model.onnx")
+    assert result.exit_code == 2, result.output
+    message = f"--out {blocker / 'model.onnx'}: cannot write the ONNX file there: {blocker} is a"
+    assert message in " ".join(result.stderr.split())
+    assert blocker.read_text() == "my notes"

@@ -234,3 +234,13 @@ def test_confusion_heatmap_with_many_classes(tmp_path: Path, classes: int) -> No
     names = [f"class name {i}" for i in range(classes)]
     path = plot_confusion(per_class(cm, names), tmp_path / "cm.png", title="many")
     assert png_size(path) == CONFUSION_PIXELS
+
+
+def test_an_out_dir_under_a_file_is_a_usage_error(run_dir: Path, tmp_path: Path) -> None:
+    # It was exit 3 (an output problem) while train -o AFILE/sub is exit 2: the same mistake.
+    blocker = tmp_path / "afile"
+    blocker.write_text("my notes")
+    result = run("plot", str(run_dir), "--out", str(blocker / "sub"))
+    assert result.exit_code == 2, result.output
+    assert f"{blocker / 'sub'}: cannot write figures there: {blocker} is a file" in result.stderr
+    assert blocker.read_text() == "my notes"

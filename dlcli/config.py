@@ -53,11 +53,18 @@ Padding = Literal["valid", "same"]
 
 
 def doc(
-    text: str, default: Any = dataclasses.MISSING, check: Check | None = None, *, path: bool = False
+    text: str,
+    default: Any = dataclasses.MISSING,
+    check: Check | None = None,
+    *,
+    path: bool = False,
+    cwd_path: bool = False,
 ) -> Any:
     """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check.
-    ``path``: a file or folder of data, resolved against the config file's directory."""
-    meta = {"doc": text, "check": check, "path": path}
+    ``path``: a file or folder of data, resolved against the config file's directory;
+    ``cwd_path``: a path left relative to where the command runs (the output directory).
+    Either is refused empty: ``""`` would silently mean the current directory."""
+    meta = {"doc": text, "check": check, "path": path, "cwd_path": cwd_path}
     if dataclasses.is_dataclass(default):
         instance = default
         return field(default_factory=lambda: copy.deepcopy(instance), metadata=meta)
@@ -421,7 +428,7 @@ class TrainingConfig:
 
 @dataclass(kw_only=True)
 class OutputConfig:
-    dir: str | None = doc("run directory (default: runs/<config file name>)", None)
+    dir: str | None = doc("run directory (default: runs/<config file name>)", None, cwd_path=True)
     tensorboard: bool = doc(
         "write TensorBoard event files into RUN_DIR/tensorboard/ (needs dlcli[tensorboard])", False
     )
@@ -1126,6 +1133,8 @@ def _parse_dataclass(cls: type[Any], raw: Any, path: str, problems: list[str]) -
         if name in raw:
             before = len(problems)
             values[name] = _parse_value(hints[name], raw[name], sub, problems)
+            if values[name] == "" and (f.metadata.get("path") or f.metadata.get("cwd_path")):
+                problems.append(f"{sub}: expected a path, found an empty text")
             check = f.metadata.get("check")
             if (
                 check

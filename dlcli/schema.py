@@ -79,6 +79,8 @@ def _dataclass(cls: type[Any], definitions: dict[str, Any]) -> dict[str, Any]:
         check: Check | None = f.metadata.get("check")
         if check is not None:
             prop = _bounded(prop, BOUNDS[check[1]])
+        if f.metadata.get("path") or f.metadata.get("cwd_path"):
+            prop = _non_empty(prop)
         default = _default(f)
         if default is not dataclasses.MISSING:
             prop["default"] = default
@@ -93,6 +95,16 @@ def _dataclass(cls: type[Any], definitions: dict[str, Any]) -> dict[str, Any]:
     if required:
         schema["required"] = required
     return schema
+
+
+def _non_empty(prop: dict[str, Any]) -> dict[str, Any]:
+    """A path's text may not be empty (``load_config``: "expected a path, found an empty
+    text")."""
+    if prop.get("type") == "string":
+        return {**prop, "minLength": 1}
+    if "anyOf" in prop:
+        return {**prop, "anyOf": [_non_empty(option) for option in prop["anyOf"]]}
+    return prop
 
 
 def _type(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:

@@ -128,6 +128,14 @@ def test_range_checks(section: str, key: str, value: Any, fragment: str) -> None
     assert msg.startswith(fragment)
 
 
+@pytest.mark.parametrize(("section", "key"), [("data", "data_dir"), ("output", "dir")])
+def test_an_empty_path_is_refused(section: str, key: str) -> None:
+    # "" silently meant the current directory (data.data_dir: the default data/ instead)
+    raw = base()
+    raw.setdefault(section, {})[key] = ""
+    assert problems(raw) == [f"{section}.{key}: expected a path, found an empty text"]
+
+
 def test_choice_suggests_closest() -> None:
     raw = base()
     raw["training"] = {"optimizer": {"name": "adamm"}}

@@ -69,6 +69,8 @@ def base() -> dict[str, Any]:
         (("training", "colour"), "red"),  # unknown key
         (("data", "num_classes"), 10**12),  # CLASSES
         (("data", "workers"), 10**6),  # WORKERS
+        (("data", "data_dir"), ""),  # an empty path
+        (("output", "dir"), ""),
     ],
 )
 def test_the_schema_refuses_what_load_config_refuses(

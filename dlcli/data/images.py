@@ -230,10 +230,14 @@ def read_image(
 
 
 def inspect_image(path: str | os.PathLike[str]) -> ImageInfo:
-    """Decode an image file fully (so a truncated one is found) and say what it holds."""
+    """Decode an image file fully (so a truncated one is found) and say what it holds; pixel
+    values ``train`` would refuse (a float image outside [0, 1], a 32-bit one beyond 16 bits)
+    are a :class:`DataError` here too."""
     shown = os.fspath(path)
     data = read_image_bytes(path)
     with decode_image(data, shown) as image:
+        if image.mode == "F" or image.mode in _SIXTEEN_BIT:
+            _eight_bit(image, shown)
         return ImageInfo(image.mode, image.width, image.height, _digest(data))
 
 

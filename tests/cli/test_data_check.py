@@ -62,6 +62,23 @@ def test_bad_files_duplicates_overlap_and_notes(tmp_path: Path) -> None:
     assert "in train and test:" in human.stderr
 
 
+def test_images_train_would_refuse_for_their_values_are_unreadable(tmp_path: Path) -> None:
+    # data check decoded without converting: a float image outside [0, 1] passed it, then
+    # train refused it (or skipped it with skip_bad_files).
+    write_learnable_tree(tmp_path / "train", 20)
+    cat = tmp_path / "train" / CLASSES[0]
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(cat / "ok.tif")
+    Image.fromarray(np.full((8, 8), 3.0, np.float32), mode="F").save(cat / "float.tif")
+    Image.fromarray(np.full((8, 8), 70000, np.int32), mode="I").save(cat / "int32.tif")
+    result = check(tmp_path / "train", "--json")
+    assert result.exit_code == 3, result.output
+    unreadable = {
+        b["path"]: b["reason"] for b in json.loads(result.stdout)["splits"]["train"]["unreadable"]
+    }
+    assert set(unreadable) == {str(cat / "float.tif"), str(cat / "int32.tif")}
+    assert unreadable[str(cat / "float.tif")].startswith("a float image must hold values in [0, 1]")
+
+
 def test_a_link_up_the_tree_does_not_merge_classes(tmp_path: Path) -> None:
     """``ln -s .. up/cat/up`` once made cat take every image and dog vanish."""
     write_learnable_tree(tmp_path / "up", 16)

@@ -124,9 +124,10 @@ def test_the_config_checks_the_name_with_every_other_problem(tmp_path: Path) -> 
 def test_config_validate_accepts_mps_and_refuses_a_typo(tmp_path: Path) -> None:
     config = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-mlp.yaml"
     runner = CliRunner()
-    ok = runner.invoke(cli, ["config", "validate", str(config), "--set", "training.device=mps"])
+    validate = ["config", "validate", str(config), "--no-data"]
+    ok = runner.invoke(cli, [*validate, "--set", "training.device=mps"])
     assert ok.exit_code == 0, ok.output
-    bad = runner.invoke(cli, ["config", "validate", str(config), "--set", "training.device=mpss"])
+    bad = runner.invoke(cli, [*validate, "--set", "training.device=mpss"])
     assert bad.exit_code == 2
     assert "training.device: expected auto, cpu, cuda, cuda:N or mps, found 'mpss'" in bad.output
 

@@ -103,7 +103,7 @@ def test_commands_that_run_a_model_build_no_trainer_and_no_optimizer(
     run("evaluate", tiny_run, "--per-class", "--json")
     images = tiny_run.parent.parent / "test-images-idx3-ubyte.gz"
     run("predict", tiny_run, images, "--json")
-    run("config", "validate", REPO_ROOT / "configs" / "fashion-mnist-cnn.yaml")
+    run("config", "validate", REPO_ROOT / "configs" / "fashion-mnist-cnn.yaml", "--no-data")
     pytest.importorskip("onnxruntime")
     run("export", tiny_run, "--out", tmp_path / "model.onnx", "--json")
     pytest.importorskip("matplotlib")

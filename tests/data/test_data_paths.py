@@ -4,10 +4,10 @@ records absolute paths and SHA-256s; `config validate` reads the data as train d
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from cli_process import dlcli, document
 from conftest import write_tiny_config
@@ -33,14 +33,11 @@ def _project(tmp_path: Path) -> Path:
 
 
 def test_relative_paths_resolve_against_the_config_and_command_line_against_cwd(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proj = _project(tmp_path)
-    os.chdir(proj)
-    try:
-        cfg = load_config("cfg/my.yaml", ["data.test_labels=other.gz"])
-    finally:
-        os.chdir(tmp_path)
+    monkeypatch.chdir(proj)  # restored after the test (os.chdir left the suite in tmp_path)
+    cfg = load_config("cfg/my.yaml", ["data.test_labels=other.gz"])
     assert cfg.data.train_images == str(proj / "cfg" / "data" / "train-images-idx3-ubyte.gz")
     assert cfg.data.test_labels == str(proj / "other.gz")  # --set: the current directory
     assert cfg.output.dir == "runs/x"  # the output stays relative to where the command runs

@@ -25,14 +25,17 @@ def dlcli(
     timeout: float = 300,
     env: dict[str, str] | None = None,
     bomb: bool = False,
+    stdout: Any = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m dlcli ARGS`` in ``cwd``; stdout and stderr captured as text. A ``bomb`` runs
-    under ``ulimit -v 2000000`` (``MEMORY_LIMIT``)."""
+    """``python -m dlcli ARGS`` in ``cwd``; stdout and stderr captured as text (``stdout``: a
+    file or descriptor to write to instead). A ``bomb`` runs under ``ulimit -v 2000000``
+    (``MEMORY_LIMIT``)."""
     return subprocess.run(
         [sys.executable, "-m", "dlcli", *args],
         cwd=cwd,
         env={**os.environ, "NO_COLOR": "1", **(env or {})},
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         preexec_fn=_limit_memory if bomb else None,

@@ -19,15 +19,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
-from cli_process import ROOT
+from cli_process import dlcli
 from conftest import write_tiny_config
 
 DLCLI = [sys.executable, "-m", "dlcli"]
 RUN_FILES = {"config.yaml", "metrics.json", "model.safetensors", "history.csv", "manifest.json"}
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "NO_COLOR": "1", **ONE_THREAD}
 
 
 def _closed_pipe() -> int:
@@ -53,15 +56,7 @@ def _saved(run_dir: Path, epochs: int) -> None:
 def test_train_into_a_pipe_closed_early_finishes_quietly(tmp_path: Path) -> None:
     config = _config(tmp_path)
     out = _closed_pipe()
-    proc = subprocess.run(
-        [*DLCLI, "train", str(config)],
-        stdout=out,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        cwd=ROOT,
-        timeout=300,
-    )
+    proc = dlcli("train", str(config), stdout=out, env=ONE_THREAD)
     os.close(out)
     assert proc.returncode == 0, proc.stderr
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -71,15 +66,7 @@ def test_train_into_a_pipe_closed_early_finishes_quietly(tmp_path: Path) -> None
 def test_runs_list_into_a_pipe_closed_early_exits_quietly(tiny_run: Path) -> None:
     for args in (["runs", "list", str(tiny_run.parent)], ["runs", "list", "--json"]):
         out = _closed_pipe()
-        proc = subprocess.run(
-            [*DLCLI, *args],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-            cwd=tiny_run.parent.parent,
-            timeout=120,
-        )
+        proc = dlcli(*args, stdout=out, env=ONE_THREAD, cwd=tiny_run.parent.parent, timeout=120)
         os.close(out)
         assert proc.returncode == 0, proc.stderr
         assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -88,15 +75,7 @@ def test_runs_list_into_a_pipe_closed_early_exits_quietly(tiny_run: Path) -> Non
 def test_train_onto_a_full_disk_saves_the_run_and_exits_3(tmp_path: Path) -> None:
     config = _config(tmp_path)
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [*DLCLI, "train", str(config)],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-            cwd=ROOT,
-            timeout=300,
-        )
+        proc = dlcli("train", str(config), stdout=full, env=ONE_THREAD)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith(

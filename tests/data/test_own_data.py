@@ -264,31 +264,34 @@ def test_an_empty_class_folder_is_no_class_and_the_train_output_says_so(
     assert metrics(tmp_path)["dataset"]["class_names"] == list(CLASSES)
 
 
-def test_an_empty_class_folder_data_class_names_lists_is_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("folders", "extra", "expected"),
+    [
+        (  # a class folder with no image
+            ["cat"],
+            ["cat"],
+            "data.class_names lists 'cat' but its class folder holds no image: {train}{sep}cat; ",
+        ),
+        (  # no class folder at all
+            [],
+            ["cat", "dog"],
+            "data.class_names lists 'cat', 'dog' but {train} has no class folder of them; ",
+        ),
+    ],
+    ids=["empty-folder", "no-folder"],
+)
+def test_a_class_data_class_names_lists_with_no_image_is_an_error(
+    tmp_path: Path, folders: list[str], extra: list[str], expected: str
+) -> None:
     write_learnable_tree(tmp_path / "train", 20)
-    (tmp_path / "train" / "cat").mkdir()
-    names = [*CLASSES, "cat"]
+    for folder in folders:
+        (tmp_path / "train" / folder).mkdir()
+    names = [*CLASSES, *extra]
     config = write_config(tmp_path, {"train": str(tmp_path / "train"), "class_names": names})
     result = train(config)
     assert result.exit_code == 3, result.output
     message = json.loads(result.stdout)["error"]["message"]
-    assert message.startswith(
-        f"data.class_names lists 'cat' but its class folder holds no image: "
-        f"{tmp_path / 'train' / 'cat'}; "
-    )
-
-
-def test_a_class_data_class_names_lists_without_a_folder_is_an_error(tmp_path: Path) -> None:
-    write_learnable_tree(tmp_path / "train", 20)
-    names = [*CLASSES, "cat", "dog"]
-    config = write_config(tmp_path, {"train": str(tmp_path / "train"), "class_names": names})
-    result = train(config)
-    assert result.exit_code == 3, result.output
-    message = json.loads(result.stdout)["error"]["message"]
-    assert message.startswith(
-        f"data.class_names lists 'cat', 'dog' but {tmp_path / 'train'} has no class folder of "
-        "them; "
-    )
+    assert message.startswith(expected.format(train=tmp_path / "train", sep=os.sep))
 
 
 def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:

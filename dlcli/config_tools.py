@@ -115,23 +115,22 @@ def starter_from_data(path: str, data: Path, *, template: str | None = None) -> 
     output = f"runs/{Path(path).stem}"
     comments = {"train": "class folders, a path,label CSV, an .npz or an IDX archive"}
     found = f"{conversion.height}×{conversion.width} {'greyscale' if channels == 1 else 'colour'}"
-    shown = _one_line(", ".join(names[:8]) + (", …" if len(names) > 8 else ""))
-    path_shown, data_shown = _one_line(path), _one_line(str(data))  # in comments: one line each
+    shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
     lines: list[tuple[str, str]] = [
-        (f"# dlcli train {path_shown}", ""),
+        (f"# dlcli train {path}", ""),
         ("#", ""),
         (
-            f"# A starter config for your own data ({data_shown}), written by `dlcli init --from`:",
+            f"# A starter config for your own data ({data}), written by `dlcli init --from`:",
             "",
         ),
         (f"# {len(names)} classes ({shown}); the images are mostly {found}.", ""),
-        (f"# It trains as is:  dlcli train {path_shown}", ""),
+        (f"# It trains as is:  dlcli train {path}", ""),
         (
-            f"# `dlcli data check {data_shown}` lists the images per class, sizes, modes and "
+            f"# `dlcli data check {data}` lists the images per class, sizes, modes and "
             "unreadable files;",
             "",
         ),
-        (f"# `dlcli config show {path_shown}` prints every key with its default and meaning.", ""),
+        (f"# `dlcli config show {path}` prints every key with its default and meaning.", ""),
         ("data:", ""),
         *(
             (f"  {name}: {_quoted(p)}", comments.get(name, f"the {name} data"))
@@ -159,13 +158,6 @@ def starter_from_data(path: str, data: Path, *, template: str | None = None) -> 
         (f"  dir: {flow_yaml(output)}", "where the trained model is saved"),
     ]
     return aligned(lines)
-
-
-def _one_line(text: str) -> str:
-    """``text`` for a comment: line breaks and other control characters escaped as Python
-    writes them (a class folder named with a newline ended its comment line, and the rest of
-    the name broke the YAML: 'internal error: ParserError')."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _fitted(height: int, width: int) -> tuple[int, int]:

@@ -65,9 +65,10 @@ from dlcli import native
 from dlcli.accel import to_float
 from dlcli.config import load_config
 from dlcli.data.dataset import Split
+from dlcli.data.load import load_data
 from dlcli.engine import Trainer
 from dlcli.model import FusedConv, build_model, fused_layers
-from dlcli.pipeline import load_data, split_train
+from dlcli.pipeline import split_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {

@@ -24,9 +24,10 @@ import torch
 from train_vs_peers import run_torch_loop  # run as a script: benchmarks/ is on sys.path
 
 from dlcli.config import load_config
+from dlcli.data.load import load_data
 from dlcli.engine import Trainer
 from dlcli.model import build_model
-from dlcli.pipeline import load_data, split_train
+from dlcli.pipeline import split_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"mlp": "fashion-mnist-mlp.yaml", "cnn": "fashion-mnist-cnn.yaml"}

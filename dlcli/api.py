@@ -30,6 +30,7 @@ from torch import nn
 from dlcli import pipeline
 from dlcli.config import Config, load_config, parse_config, set_value, to_dict
 from dlcli.data.dataset import Dataset, Split
+from dlcli.data.load import load_data
 from dlcli.errors import UsageError
 from dlcli.hooks import Callback, Logs
 from dlcli.predict import PredictResult, array_inputs, rank, read_inputs
@@ -144,7 +145,7 @@ class Model:
 
     @cached_property
     def _dataset(self) -> Dataset:
-        return pipeline.load_data(self.config.data, self._data_dir)
+        return load_data(self.config.data, self._data_dir)
 
 
 @dataclass

@@ -272,8 +272,9 @@ def validate_config(
 
 def _check_data(cfg: Config, where: str) -> None:
     """Read the data as ``train`` will (a problem is a config error here: exit 2)."""
+    from dlcli.data.load import load_data
     from dlcli.errors import DataError
-    from dlcli.pipeline import load_data, record_input_shape
+    from dlcli.pipeline import record_input_shape
 
     try:
         record_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
@@ -284,10 +285,9 @@ def _check_data(cfg: Config, where: str) -> None:
 def _check_registry_files(cfg: Config, where: str) -> None:
     """A registry dataset's archives are where ``train`` looks, each of its registry size (as
     ``train`` checks before reading them; ``dlcli download`` verified their SHA-256)."""
-    from dlcli.data.download import verify_dataset
+    from dlcli.data.download import registry_root, verify_dataset
     from dlcli.data.registry import REGISTRY
     from dlcli.errors import DataError
-    from dlcli.pipeline import registry_root
 
     assert cfg.data.dataset is not None
     try:

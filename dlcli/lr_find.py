@@ -149,12 +149,13 @@ def lr_find(
     import torch
 
     from dlcli import pipeline
+    from dlcli.data.load import load_data
     from dlcli.device import resolve_device
     from dlcli.model import build_model
 
     if not 0 < start_lr < end_lr:
         raise UsageError(f"--start-lr {start_lr:g} must be > 0 and below --end-lr {end_lr:g}")
-    dataset = pipeline.load_data(cfg.data)
+    dataset = load_data(cfg.data)
     pipeline.record_input_shape(cfg, dataset)
     train, _ = pipeline.split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)

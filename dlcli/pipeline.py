@@ -40,10 +40,11 @@ from dlcli.callbacks import (
     reports,
     watched_test_split,
 )
-from dlcli.config import Config, DataConfig, TrainingConfig, read_yaml
-from dlcli.data.dataset import Dataset, Split, load_archives, load_dataset, split
-from dlcli.data.download import default_data_dir
+from dlcli.config import Config, TrainingConfig, read_yaml
+from dlcli.data.dataset import Dataset, Split, split
+from dlcli.data.download import registry_root
 from dlcli.data.images import check_input_shape
+from dlcli.data.load import load_data
 from dlcli.data.local import LocalData, load_local
 from dlcli.device import resolve_device
 from dlcli.engine import Trainer
@@ -123,71 +124,6 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         """The ``train --json`` document (without ``gates``)."""
         return {"run_dir": str(self.run_dir), **self.metrics, "summary": self.summary()}
-
-
-DATA_FILES = ("train_images", "train_labels", "test_images", "test_labels")
-
-
-def load_data(
-    data: DataConfig,
-    data_dir: str | None = None,
-    *,
-    recorded: dict[str, Any] | None = None,
-    input_shape: Sequence[int] | None = None,
-) -> Dataset:
-    """The dataset a config names: a registry entry, or four explicit IDX archives (absolute
-    paths: ``load_config`` resolved them against the config file's directory).
-
-    ``recorded`` is a saved run's ``metrics.json`` ``dataset`` section: a registry dataset is
-    looked for where the run found it when neither ``data_dir``, ``data.data_dir`` nor
-    $DLCLI_DATA_DIR says otherwise (:func:`open_run` compares the files' SHA-256).
-    """
-    if data.dataset is not None:
-        return load_dataset(data.dataset, registry_root(data, data_dir, recorded))
-    if data.train is not None:  # own data: images converted to input_shape (None: inferred)
-        return load_local(LocalData.from_config(data, input_shape))
-    assert data.num_classes is not None  # guaranteed by config validation
-    paths = {key: Path(str(getattr(data, key))) for key in DATA_FILES}
-    for key, path in paths.items():
-        if path.is_dir():
-            raise DataError(f"data.{key}: {path} is a directory, expected a data file")
-        if not path.exists():  # a FIFO or a device is refused by the reader, by its kind
-            raise DataError(
-                f"data.{key}: file not found: {path} (relative paths in a config resolve "
-                "against the config file's directory)"
-            )
-    dataset = load_archives(
-        paths["train_images"],
-        paths["train_labels"],
-        paths["test_images"],
-        paths["test_labels"],
-        data.num_classes,
-        class_names=tuple(data.class_names) if data.class_names else None,
-    )
-    dataset.files = _data_files(paths, dataset.checksums)
-    return dataset
-
-
-def registry_root(
-    data: DataConfig, data_dir: str | None, recorded: dict[str, Any] | None = None
-) -> Path:
-    """Where a registry dataset is read from: ``--data-dir``, ``data.data_dir``,
-    $DLCLI_DATA_DIR, the absolute folder a saved run recorded (when it still exists), data/."""
-    if data_dir or data.data_dir:
-        return Path(str(data_dir or data.data_dir))
-    saved = (recorded or {}).get("data_dir")
-    if not os.environ.get("DLCLI_DATA_DIR") and isinstance(saved, str) and Path(saved).is_dir():
-        return Path(saved)
-    return default_data_dir()
-
-
-def _data_files(paths: dict[str, Path], checksums: dict[str, str]) -> dict[str, Any]:
-    """``{key: {"path": absolute path, "sha256": ...}}`` for metrics.json."""
-    files = {}
-    for key, path in paths.items():
-        sha = checksums.get(path.name) or checksums.get(os.fspath(path))
-        files[key] = {"path": os.path.abspath(path), "sha256": sha}
-    return files
 
 
 def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:

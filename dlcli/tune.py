@@ -616,11 +616,11 @@ class Worker:
 
     def dataset(self, cfg: Config) -> Dataset:
         """The dataset ``cfg.data`` names, loaded once per process."""
-        from dlcli import pipeline
+        from dlcli.data.load import load_data
 
         key = json.dumps(to_dict(cfg.data), sort_keys=True)
         if key not in self._datasets:
-            self._datasets[key] = pipeline.load_data(cfg.data)
+            self._datasets[key] = load_data(cfg.data)
         return self._datasets[key]
 
 

@@ -112,7 +112,7 @@ def _check_config(path: Path, overrides: Sequence[str], workers: int | None) -> 
         return check_paths(
             paths, workers=workers or data.workers, class_names=data.class_names or ()
         )
-    from dlcli.pipeline import load_data
+    from dlcli.data.load import load_data
 
     dataset = load_data(data)
     splits = {"train": (dataset.train.images.numpy(), dataset.train.labels.numpy())}

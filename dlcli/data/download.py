@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from urllib.error import HTTPError, URLError
 
 from dlcli import limits
@@ -48,6 +48,9 @@ from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, UsageError, file_in_the_way, write_problem
 from dlcli.untrusted import echo, kind_of, open_regular, printable
 from dlcli.version import __version__
+
+if TYPE_CHECKING:
+    from dlcli.config import DataConfig
 
 EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
 
@@ -94,6 +97,19 @@ class FileStatus:
 def default_data_dir() -> Path:
     """``$DLCLI_DATA_DIR``, else ``data`` (relative to the working directory)."""
     return Path(os.environ.get("DLCLI_DATA_DIR") or "data")
+
+
+def registry_root(
+    data: DataConfig, data_dir: str | None, recorded: dict[str, Any] | None = None
+) -> Path:
+    """Where a registry dataset is read from: ``--data-dir``, ``data.data_dir``,
+    $DLCLI_DATA_DIR, the absolute folder a saved run recorded (when it still exists), data/."""
+    if data_dir or data.data_dir:
+        return Path(str(data_dir or data.data_dir))
+    saved = (recorded or {}).get("data_dir")
+    if not os.environ.get("DLCLI_DATA_DIR") and isinstance(saved, str) and Path(saved).is_dir():
+        return Path(saved)
+    return default_data_dir()
 
 
 def resolve_mirrors(entry: DatasetEntry, mirrors: Sequence[str] | None = None) -> list[str]:

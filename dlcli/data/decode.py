@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -218,25 +218,24 @@ def _decode_chunk(
 def _inspect_chunk(
     names: list[str], _: Conversion | None
 ) -> tuple[list[ImageInfo | None], list[tuple[int, str]]]:
-    infos: list[ImageInfo | None] = []
-    errors: list[tuple[int, str]] = []
-    for i, name in enumerate(names):
-        try:
-            infos.append(inspect_image(name))
-        except DataError as err:
-            errors.append((i, _without_path(err.message, name)))
-            infos.append(None)
-    return infos, errors
+    return _infos(inspect_image, names)
 
 
 def _peek_chunk(
     names: list[str], _: Conversion | None
 ) -> tuple[list[ImageInfo | None], list[tuple[int, str]]]:
+    return _infos(peek_image, names)
+
+
+def _infos(
+    read: Callable[[str], ImageInfo], names: list[str]
+) -> tuple[list[ImageInfo | None], list[tuple[int, str]]]:
+    """``read`` of each file (None where it fails) and the failures, by index."""
     infos: list[ImageInfo | None] = []
     errors: list[tuple[int, str]] = []
     for i, name in enumerate(names):
         try:
-            infos.append(peek_image(name))
+            infos.append(read(name))
         except DataError as err:
             errors.append((i, _without_path(err.message, name)))
             infos.append(None)

@@ -9,6 +9,7 @@ import math
 import os
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -210,6 +211,13 @@ class NonEmptyPath(click.Path):
         if isinstance(value, str | os.PathLike) and os.fspath(value) in ("", b""):
             self.fail("an empty path: give a file or folder name", param, ctx)
         return super().convert(value, param, ctx)
+
+
+def run_dir_argument(name: str = "model_dir") -> Callable[[Any], Any]:
+    """A saved run's directory (``runs/NAME``), completed from the runs present."""
+    return click.argument(
+        name, type=NonEmptyPath(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
+    )
 
 
 POSITIVE = PositiveNumber()  # a rate, a factor

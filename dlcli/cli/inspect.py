@@ -16,6 +16,7 @@ from dlcli.cli.base import (
     data_dir_option,
     device_option,
     dlcli_command,
+    run_dir_argument,
 )
 from dlcli.report import Reporter, summary_table
 
@@ -23,11 +24,7 @@ from dlcli.report import Reporter, summary_table
 
 
 @cli.command()
-@click.argument(
-    "run_dir",
-    type=NonEmptyPath(file_okay=False, path_type=Path),
-    shell_complete=complete_run_dirs,
-)
+@run_dir_argument("run_dir")
 @click.option(
     "--out",
     type=NonEmptyPath(file_okay=False, path_type=Path),

@@ -20,6 +20,7 @@ from dlcli.cli.base import (
     data_dir_option,
     device_option,
     dlcli_command,
+    run_dir_argument,
     thread_count,
     tta_option,
     weights_option,
@@ -321,11 +322,7 @@ def _threads(count: int) -> str:
 
 
 @cli.command()
-@click.argument(
-    "model_dir",
-    type=NonEmptyPath(file_okay=False, path_type=Path),
-    shell_complete=complete_run_dirs,
-)
+@run_dir_argument()
 @click.option(
     "--split",
     "splits",

@@ -11,9 +11,9 @@ from dlcli.cli.base import (
     NonEmptyPath,
     batch_size_option,
     cli,
-    complete_run_dirs,
     device_option,
     dlcli_command,
+    run_dir_argument,
     tta_option,
     weights_option,
 )
@@ -25,11 +25,7 @@ _TABLE_ROWS = 50  # predictions shown in the human table; --csv and --json give 
 
 
 @cli.command()
-@click.argument(
-    "model_dir",
-    type=NonEmptyPath(file_okay=False, path_type=Path),
-    shell_complete=complete_run_dirs,
-)
+@run_dir_argument()
 @click.argument(
     "inputs", metavar="INPUT...", nargs=-1, required=True, type=NonEmptyPath(path_type=Path)
 )
@@ -112,11 +108,7 @@ def _csv_text(rows: list[list[Any]]) -> str:
 
 
 @cli.command()
-@click.argument(
-    "model_dir",
-    type=NonEmptyPath(file_okay=False, path_type=Path),
-    shell_complete=complete_run_dirs,
-)
+@run_dir_argument()
 @click.option(
     "--format",
     "fmt",

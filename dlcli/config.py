@@ -1223,42 +1223,41 @@ def _file_name_text(text: str) -> bool:
 
 
 def _parse_layer(value: Any, path: str, problems: list[str]) -> Any:
-    if not isinstance(value, dict) or "type" not in value:
-        problems.append(
-            f"{path}: expected a layer mapping with a 'type' key, found {_found(value)}"
-        )
-        return None
-    kind = value["type"]
-    if not isinstance(kind, str) or kind not in LAYER_TYPES:
-        problems.append(
-            f"{path}.type: unknown layer type {echo(kind)}"
-            f"{did_you_mean(kind, list(LAYER_TYPES)) if isinstance(kind, str) else ''}"
-            f"; known: {', '.join(LAYER_TYPES)}"
-        )
-        return None
-    return _parse_dataclass(LAYER_TYPES[kind], value, path, problems)
+    expected = "a layer mapping with a 'type' key"
+    return _parse_tagged(value, path, problems, "type", LAYER_TYPES, "layer type", expected)
 
 
 def _parse_schedule(value: Any, path: str, problems: list[str]) -> Any:
     """``{name: one_cycle, ...}``, or just the name when the defaults will do."""
     if isinstance(value, str):
         value = {"name": value}
-    known = ", ".join(SCHEDULE_TYPES)
-    if not isinstance(value, dict) or "name" not in value:
+    expected = f"a schedule name or a mapping with a 'name' key ({', '.join(SCHEDULE_TYPES)})"
+    return _parse_tagged(value, path, problems, "name", SCHEDULE_TYPES, "schedule", expected)
+
+
+def _parse_tagged(
+    value: Any,
+    path: str,
+    problems: list[str],
+    tag: str,
+    types: Mapping[str, type],
+    noun: str,
+    expected: str,
+) -> Any:
+    """A mapping whose ``tag`` key names its dataclass in ``types`` (a layer's ``type``, a
+    schedule's ``name``), parsed as that dataclass."""
+    if not isinstance(value, dict) or tag not in value:
+        problems.append(f"{path}: expected {expected}, found {_found(value)}")
+        return None
+    kind = value[tag]
+    if not isinstance(kind, str) or kind not in types:
         problems.append(
-            f"{path}: expected a schedule name or a mapping with a 'name' key ({known}), "
-            f"found {_found(value)}"
+            f"{path}.{tag}: unknown {noun} {echo(kind)}"
+            f"{did_you_mean(kind, list(types)) if isinstance(kind, str) else ''}"
+            f"; known: {', '.join(types)}"
         )
         return None
-    name = value["name"]
-    if not isinstance(name, str) or name not in SCHEDULE_TYPES:
-        problems.append(
-            f"{path}.name: unknown schedule {echo(name)}"
-            f"{did_you_mean(name, list(SCHEDULE_TYPES)) if isinstance(name, str) else ''}"
-            f"; known: {known}"
-        )
-        return None
-    return _parse_dataclass(SCHEDULE_TYPES[name], value, path, problems)
+    return _parse_dataclass(types[kind], value, path, problems)
 
 
 def _fits(hint: Any, value: Any) -> bool:

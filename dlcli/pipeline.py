@@ -808,13 +808,14 @@ def open_data(
     data: Path,
     *,
     device: str = "auto",
+    weights: str = "saved",
     skip_bad_files: bool | None = None,
     tta: str | None = None,
 ) -> SavedRun:
-    """A saved run's model and labelled data at ``data`` (class folders, CSV, .npz, IDX),
-    converted as the run's training data was and labelled by the run's class names; the data
-    is the ``data`` split of the result."""
-    loaded = load_model(run_dir, device, tta=tta)
+    """A saved run's model (``weights``, ``tta``: see :func:`load_model`) and labelled data at
+    ``data`` (class folders, CSV, .npz, IDX), converted as the run's training data was and
+    labelled by the run's class names; the data is the ``data`` split of the result."""
+    loaded = load_model(run_dir, device, weights, tta)
     cfg = loaded.run.config
     names = tuple(loaded.run.metrics.get("dataset", {}).get("class_names") or ())
     # The run's data settings (resize, background, cache, workers) with ``data`` as the only
@@ -839,11 +840,13 @@ def evaluate_data(
     *,
     batch_size: int = 1000,
     device: str = "auto",
+    weights: str = "saved",
     per_class: bool = False,
     tta: str | None = None,
 ) -> dict[str, Any]:
-    """``evaluate RUN_DIR --data PATH``: metrics (and per-class figures) on labelled data."""
-    saved = open_data(run_dir, data, device=device, tta=tta)
+    """``evaluate RUN_DIR --data PATH``: metrics (and per-class figures) on labelled data, with
+    the run's ``weights`` (see :func:`load_model`)."""
+    saved = open_data(run_dir, data, device=device, weights=weights, tta=tta)
     report: dict[str, Any] = {"data": saved.metrics("data", batch_size)}
     if per_class:
         report = {"data": SplitReport(report["data"], saved.predictions("data").per_class())}

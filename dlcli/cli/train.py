@@ -389,13 +389,23 @@ def evaluate(
     reports: dict[str, Any]
     changed: list[str] = []
     if data_path is not None:
-        if splits:
-            raise UsageError("--data scores the data given: --split does not apply to it")
+        given = {
+            "--split": bool(splits),
+            "--data-dir": data_dir is not None,
+            "--accept-changed-data": accept_changed_data,
+        }
+        misplaced = [option for option, used in given.items() if used]
+        if misplaced:
+            raise UsageError(
+                f"--data scores the data given: {', '.join(misplaced)} applies only to the "
+                "run's own data"
+            )
         reports = pipeline.evaluate_data(
             model_dir,
             data_path,
             batch_size=batch_size,
             device=device,
+            weights=weights,
             per_class=per_class,
             tta=tta,
         )

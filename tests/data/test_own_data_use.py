@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +114,30 @@ def test_evaluate_data_scores_a_folder_csv_and_npz(own_run: Path, tmp_path: Path
     assert unknown.exit_code == 3
     assert "class 'cats' is not one of the 4 classes the model was trained on" in unknown.stderr
     both = run("evaluate", run_dir, "--data", own_run / "test", "--split", "test")
-    assert both.exit_code == 2 and "--split does not apply" in both.stderr
+    assert both.exit_code == 2 and "--split applies only to the run's own data" in both.stderr
+
+
+@pytest.mark.parametrize("option", [["--data-dir", "elsewhere"], ["--accept-changed-data"]])
+def test_evaluate_data_refuses_the_options_of_the_runs_own_data(
+    own_run: Path, option: list[str]
+) -> None:
+    result = run("evaluate", own_run / "run", "--data", own_run / "test", *option)
+    assert result.exit_code == 2
+    assert f"{option[0]} applies only to the run's own data" in result.stderr
+
+
+def test_evaluate_data_scores_the_weights_asked_for(own_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(own_run / "run", copy)
+    (copy / "checkpoints" / "best" / "manifest.json").unlink()
+    saved = run("evaluate", copy, "--data", own_run / "test", "--json")
+    assert saved.exit_code == 0, saved.output
+    assert json.loads(saved.stdout)["weights"] == "saved"
+    best = run("evaluate", copy, "--data", own_run / "test", "--weights", "best")
+    assert best.exit_code == 3 and "no best checkpoint" in best.stderr
+    last = run("evaluate", copy, "--data", own_run / "test", "--weights", "last", "--json")
+    assert last.exit_code == 0, last.output
+    assert json.loads(last.stdout)["metrics"]["data"]["samples"] == 40
 
 
 def test_init_from_a_colour_tree_writes_a_cnn_that_validates(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ at each thread setting, through the real ``dlcli train``.
     .venv/bin/python benchmarks/busy_machine.py                    # 2 competitors, 1 seed
     .venv/bin/python benchmarks/busy_machine.py --competitors 0     # the quiet baseline
     .venv/bin/python benchmarks/busy_machine.py --set training.epochs=1 --no-write
+    .venv/bin/python benchmarks/busy_machine.py --late 3   # competitors join 3 s into training
 
 For each setting — ``--threads auto`` (dlcli's choice, with its ``OMP_WAIT_POLICY=PASSIVE``),
 ``--threads 1``, ``--threads 2`` with the wait policy dlcli sets, and ``--threads 2`` with
@@ -13,7 +14,9 @@ config once, then stops them. Every competitor ends by itself after ``--competit
 seconds whatever happens to this script, so nothing is left running. The settings run in
 rounds, in the same order each round, and the table reports the median fit seconds per setting
 and its ratio to the best setting's: issue 17 asks for auto <= 1.5x the best under two
-competitors, and auto on a quiet machine as fast as the best.
+competitors, and auto on a quiet machine as fast as the best. With ``--late SECONDS`` the
+competitors start that long after ``dlcli train`` does, so ``auto`` sees free cores at the
+start and must follow the load while it trains (dlcli.threads.LoadFollower).
 
 The result is appended to ``benchmarks/RESULTS.md`` with the load average before and after:
 other work on a shared machine adds to the competitors.
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,7 +71,18 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(timeout=30)
 
 
-def train(config: Path, threads: str, policy: str | None, out: Path, sets: list[str]) -> dict:
+def train(
+    config: Path,
+    threads: str,
+    policy: str | None,
+    out: Path,
+    sets: list[str],
+    late: float | None,
+    competitors: int,
+    limit: float,
+) -> dict:
+    """One ``dlcli train`` beside ``competitors`` processes, started ``late`` seconds after it
+    (None: before it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env["NO_COLOR"] = "1"
     if policy is not None:
@@ -76,10 +91,20 @@ def train(config: Path, threads: str, policy: str | None, out: Path, sets: list[
     command += ["--threads", threads, "--output", str(out), "--overwrite"]
     for item in sets:
         command += ["--set", item]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
-    doc: dict = json.loads(done.stdout)
+    procs = [] if late is not None else start_competitors(competitors, limit)
+    try:
+        run = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        if late is not None:
+            time.sleep(late)
+            procs = start_competitors(competitors, limit)
+        stdout, stderr = run.communicate()
+    finally:
+        stop(procs)
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({run.returncode}):\n{stderr}")
+    doc: dict = json.loads(stdout)
     return doc
 
 
@@ -89,6 +114,9 @@ def main() -> None:
     parser.add_argument("--competitors", type=int, default=2)
     parser.add_argument("--competitor-limit", type=float, default=300.0, help="seconds")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--late", type=float, metavar="SECONDS", help="start the competitors this long after train"
+    )
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args()
@@ -98,14 +126,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dlcli-busy-") as tmp:
         for round_ in range(args.rounds):
             for label, (threads, policy) in SETTINGS.items():
-                procs = start_competitors(args.competitors, args.competitor_limit)
-                try:
-                    doc = train(args.config, threads, policy, Path(tmp) / "run", args.sets)
-                finally:
-                    stop(procs)
+                doc = train(
+                    args.config,
+                    threads,
+                    policy,
+                    Path(tmp) / "run",
+                    args.sets,
+                    args.late,
+                    args.competitors,
+                    args.competitor_limit,
+                )
                 seconds[label].append(doc["fit_seconds"])
                 if threads == "auto":
-                    chosen.append(f"{doc['threads']['count']} ({doc['threads']['chosen_by']})")
+                    record = doc["threads"]
+                    followed = [
+                        (c["epoch"], c["step"], c["count"]) for c in record.get("changed_at", [])
+                    ]
+                    chosen.append(
+                        f"{record['count']} ({record['chosen_by']}), "
+                        f"then {record.get('changes', 0)} change(s) (epoch, step, count): {followed}"
+                    )
                 print(
                     f"round {round_ + 1} {label}: fit {doc['fit_seconds']:.2f} s, "
                     f"threads {doc['threads']}",
@@ -117,8 +157,10 @@ def main() -> None:
     load = ", ".join(f"{a:.1f} → {b:.1f}" for a, b in zip(load_before, load_after, strict=True))
     command = f"python benchmarks/busy_machine.py --competitors {args.competitors} --rounds "
     command += str(args.rounds) + "".join(f" --set {s}" for s in args.sets)
+    command += f" --late {args.late:g}" if args.late is not None else ""
+    when = f", started {args.late:g} s into training" if args.late is not None else ""
     lines = [
-        f"## Busy machine: {args.config.name} beside {args.competitors} CPU-bound processes",
+        f"## Busy machine: {args.config.name} beside {args.competitors} CPU-bound processes{when}",
         "",
         f"`{command}`: one fresh `dlcli train` per setting and round; fit seconds from "
         "metrics.json.",

@@ -1,7 +1,8 @@
 """The callbacks a config asks for: learning-rate schedules, early stopping, a target to reach,
-checkpoints. Each is a :class:`~dlcli.hooks.Callback`; :func:`build_callbacks` makes the list
-for a config, with the checkpoint callback last so that what it saves includes what the others
-decided at the end of the epoch.
+checkpoints, the thread count following the free cores. Each is a
+:class:`~dlcli.hooks.Callback`; :func:`build_callbacks` makes the list for a config, with the
+checkpoint callback last so that what it saves includes what the others decided at the end of
+the epoch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dlcli.config import (
 )
 from dlcli.data.dataset import Split
 from dlcli.hooks import Callback, Logs, Loop
+from dlcli.threads import LoadFollower, ThreadChoice
 
 
 def build_callbacks(cfg: Config, run_dir: Path, work_dir: Path | None = None) -> list[Callback]:
@@ -184,6 +186,17 @@ class LRSchedule(Callback):
         # the step count a torch scheduler computes the rate from (the rate in force until
         # the next step is the optimizer's, restored with it).
         self.scheduler.last_epoch = int(saved["last_epoch"])
+
+
+class FollowFreeCores(Callback):
+    """``training.threads: auto`` on a CPU: the thread count follows the free cores while
+    training (:class:`dlcli.threads.LoadFollower`, polled after every step)."""
+
+    def __init__(self, choice: ThreadChoice) -> None:
+        self.follower = LoadFollower(choice, torch.set_num_threads)
+
+    def on_step_end(self, trainer: Loop, step: int) -> None:
+        self.follower.poll(trainer.epoch + 1, step)
 
 
 # --- early stopping, target ---------------------------------------------------------------------

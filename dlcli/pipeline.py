@@ -35,6 +35,7 @@ from dlcli.augment import make_augmenter
 from dlcli.averaging import WeightAverage
 from dlcli.callbacks import (
     Checkpointer,
+    FollowFreeCores,
     SplitMetrics,
     build_callbacks,
     reports,
@@ -309,13 +310,19 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
     test = prepared.dataset.test
     tested = [SplitMetrics(test, "test")] if test is not None and watched_test_split(cfg) else []
     num_classes = prepared.dataset.num_classes
+    threads = prepared.threads
+    following = (
+        [FollowFreeCores(threads)]
+        if threads is not None and threads.follows_load and prepared.device.type == "cpu"
+        else []
+    )
     module = prepared.model.module.to(prepared.device)  # where the weight average lives too
     trainer = Trainer(
         module,
         cfg.training,
         num_classes=num_classes,
         device=prepared.device,
-        callbacks=[*tested, *callbacks, *writers, *configured],
+        callbacks=[*tested, *callbacks, *writers, *configured, *following],
         world=world,
         augment=make_augmenter(
             cfg.training.augment, prepared.device, cfg.training.seed, num_classes
@@ -345,6 +352,8 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
             raise TrainingError(err.message + _last_good(prepared)) from None
         guard.immediate = True  # no step left to finish: a signal now stops at once
         metrics = _metrics(prepared, trainer) | reports(configured) | world.describe()
+        for follow in following:
+            metrics["threads"] = metrics["threads"] | follow.follower.describe()
         if world.is_main:
             store.save_run(
                 prepared.output or prepared.run_dir,

@@ -144,7 +144,8 @@ def main() -> None:
                     ]
                     chosen.append(
                         f"{record['count']} ({record['chosen_by']}), "
-                        f"then {record.get('changes', 0)} change(s) (epoch, step, count): {followed}"
+                        f"then {record.get('changes', 0)} change(s) "
+                        f"(epoch, step, count): {followed}"
                     )
                 print(
                     f"round {round_ + 1} {label}: fit {doc['fit_seconds']:.2f} s, "

@@ -408,12 +408,29 @@ def steps_csv(rows: Sequence[Sequence[float]]) -> str:
 # --- loading -------------------------------------------------------------------------------
 
 
+def _runs_inside(folder: Path, most: int = 1000) -> list[Path]:
+    """Runs (folders with a manifest) directly inside ``folder``, by name; the first ``most``
+    entries are looked at, so a huge folder costs no more."""
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for _, e in zip(range(most), entries, strict=False))
+    except OSError:
+        return []
+    return [folder / n for n in names if (folder / n / MANIFEST).is_file()]
+
+
 def verify_run(run_dir: Path) -> dict[str, Any]:
     """Check that ``run_dir`` is a complete dlcli run whose files match the manifest."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise no_run_dir(run_dir)
     if not (run_dir / MANIFEST).is_file():
+        inside = _runs_inside(run_dir)
+        if inside:
+            raise ModelDirError(
+                f"{run_dir}: a folder of runs, not a run: name one of them, e.g. "
+                f"{_quote(inside[0])} (dlcli runs list {_quote(run_dir)} lists them)"
+            )
         resumable = (run_dir / CHECKPOINTS).is_dir()
         raise ModelDirError(
             f"{run_dir}: not a complete dlcli model directory (no {MANIFEST}); "

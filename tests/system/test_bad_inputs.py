@@ -258,6 +258,8 @@ CASES = [
          3, "model.safetensors: altered or truncated"),
     Case("evaluate-no-manifest", altered_run("b", lambda d: (d / "manifest.json").unlink()), 3,
          "not a complete dlcli model directory"),
+    Case("evaluate-a-folder-of-runs", lambda w: ["evaluate", str(w.run_dir.parent)], 3,
+         "a folder of runs, not a run: name one of them, e.g."),
     Case("evaluate-garbage-manifest",
          altered_run("c", lambda d: (d / "manifest.json").write_text("{not json")), 3,
          "unreadable manifest"),

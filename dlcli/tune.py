@@ -262,33 +262,55 @@ def open_study(settings: Settings, *, create: bool) -> Study:
 CONFIG_ATTR = "dlcli.config"  # the study's config, as its first process resolved it
 
 
+# The tune key a continued study may change: it only bounds the study's length (as --timeout
+# does). The others say how its trials are drawn and pruned, or over what (tune.space): trials
+# drawn otherwise would not compare with the earlier ones. (tune.metric has its own check.)
+TUNE_CHANGES = ("tune.trials",)
+
+
 def _check_same_config(study: optuna.Study, settings: Settings) -> None:
     """A study continues with the config it started with: a rerun with other settings would
     mix trials trained differently (and a retried trial would resume its checkpoint under
-    them). What may change: the keys tune varies (``tune.space``, then and now), the tune
-    section itself (the number of trials...), and where a run runs (``PLACEMENT_KEYS``). A study
-    recorded before dlcli kept its config records this one and goes on."""
+    them), or drawn from another space, sampler or pruner. What may change: the keys tune
+    varies (``tune.space``), ``TUNE_CHANGES``, and where a run runs (``PLACEMENT_KEYS``). A
+    study recorded before dlcli kept its config records this one and goes on."""
     current = json.loads(json.dumps(to_dict(settings.config)))  # as the storage gives it back
     recorded = study.user_attrs.get(CONFIG_ATTR)
     if not isinstance(recorded, dict):
         study.set_user_attr(CONFIG_ATTR, current)
         return
-    spaces = [current.get("tune"), recorded.get("tune")]
-    varied = {p.path for tune in spaces if isinstance(tune, dict) for p in _space(tune)}
-    ignore = ("tune", *PLACEMENT_KEYS, *(_canonical(path) for path in varied))
+    spaces = [_space_of(current), _space_of(recorded)]
+    varied = {p.path for space in spaces for p in search_params(space)[0]}
+    ignore = (*TUNE_CHANGES, "tune.metric", *PLACEMENT_KEYS, *(_canonical(p) for p in varied))
+    # tune.space key by key, however a path was spelled, and a key added to it too (for the rest
+    # of the config, a key the recorded config lacks is one older than dlcli's key: its default).
+    recorded, current = _with_space(recorded, spaces[1]), _with_space(current, spaces[0])
     differences = config_differences(recorded, current, ignore, ("in the study", "given"))
+    differences += [
+        f"tune.space.{path} is given, not in the study's space"
+        for path in spaces[0]
+        if path not in spaces[1]
+    ]
     if differences:
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ConfigError(
             f"study {settings.study!r} was run with another config: {shown}. A study continues "
-            f"with the config it started with (only tune, the tune.space keys and "
-            f"{', '.join(PLACEMENT_KEYS)} may change); tune into another --output (or --study)"
+            f"with the config it started with (only {', '.join(TUNE_CHANGES)}, the keys "
+            f"tune.space varies, and where it runs: {', '.join(PLACEMENT_KEYS)} may change); "
+            "tune into another --output (or --study)"
         )
 
 
-def _space(tune: dict[str, Any]) -> list[SearchParam]:
-    space = tune.get("space")
-    return search_params(space)[0] if isinstance(space, dict) else []
+def _space_of(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw config's tune.space, its key paths spelled as config_differences names them."""
+    tune = raw.get("tune")
+    space = tune.get("space") if isinstance(tune, dict) else None
+    return {_canonical(k): v for k, v in space.items()} if isinstance(space, dict) else {}
+
+
+def _with_space(raw: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    tune = raw.get("tune")
+    return {**raw, "tune": {**tune, "space": space}} if isinstance(tune, dict) else raw
 
 
 def _canonical(path: str) -> str:

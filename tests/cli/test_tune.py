@@ -177,14 +177,45 @@ def test_a_study_continues_only_with_the_config_it_started_with(
     assert "training.epochs is 2 in the study, 3 given" in changed.output
     assert "training.batch_size is" in changed.output and "Traceback" not in changed.output
     assert not (out / "trial-0001").exists()
-    # What tune varies (a space key), the tune section and where it runs may change.
+    # What tune varies (a space key), the study's length and where it runs may change.
     same = invoke(
         str(config), "-o", str(out), "--trials", "2", "--set", "training.epochs=2",
         "--set", "training.optimizer.learning_rate=0.5", "--set", "model.layers[1].units=99",
-        "--set", "training.threads=1", "--set", "tune.sampler=random",
+        "--set", "training.threads=1", "--set", "tune.trials=9", "--timeout", "600",
     )  # fmt: skip
     assert same.exit_code == 0, same.output
     assert (out / "trial-0001").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("tune", "named"),
+    [
+        ({"sampler": "random"}, "tune.sampler is 'tpe' in the study, 'random' given"),
+        ({"pruner": "none"}, "tune.pruner is 'median' in the study, 'none' given"),
+        ({"startup_trials": 3}, "tune.startup_trials is 1 in the study, 3 given"),
+        (
+            {"space": {**SPACE, "model.layers[1].units": {"int": [4, 64]}}},
+            "tune.space.model.layers[1].units.int[1] is 32 in the study, 64 given",
+        ),
+        (
+            {"space": {**SPACE, "training.seed": {"int": [0, 9]}}},
+            "tune.space.training.seed is given, not in the study's space",
+        ),
+        ({"space": {"training.seed": {"int": [0, 9]}}}, "is not in this config"),
+    ],
+)
+def test_a_study_continues_only_with_its_space_sampler_and_pruner(
+    tiny_config: Path, tmp_path: Path, tune: dict[str, Any], named: str
+) -> None:
+    """Trials drawn from another space, or by another sampler or pruner, are not comparable
+    with the earlier ones: the rerun is refused (exit 2) naming the key, and runs no trial."""
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    assert invoke(str(config), "-o", str(out)).exit_code == 0
+    changed = invoke(str(tune_config(config, trials=2, **tune)), "-o", str(out))
+    assert changed.exit_code == 2, changed.output
+    assert named in changed.output and "Traceback" not in changed.output
+    assert not (out / "trial-0001").exists()
 
 
 def test_a_study_without_a_recorded_config_continues_and_records_it(

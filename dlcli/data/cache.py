@@ -9,8 +9,9 @@ pixels depend on: the source's absolute path, every file's path, size and modifi
 (nanoseconds), the conversion settings (the input shape, or "inferred"; ``resize``,
 ``background``) and the cache format. Change any of them and the key changes: the old entry
 is not read again, and it is deleted when the new one for the same source and settings is
-written. (A file rewritten with its size and modification time kept is not noticed: neither
-its pixels nor its digest are read again.)
+written, whichever earlier cache format wrote it (only a file named as an entry whose header
+says dlcli wrote it: nothing else in the folder is touched). (A file rewritten with its size
+and modification time kept is not noticed: neither its pixels nor its digest are read again.)
 
 Where: ``data.cache_dir``, else ``$DLCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/dlcli``, else
 ``~/.cache/dlcli``; entries live in its ``images/`` folder. ``data.cache: false`` turns the
@@ -24,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +37,14 @@ import numpy.typing as npt
 
 from dlcli.data.decode import Decoded
 from dlcli.data.images import DIGEST_BYTES, Conversion
+from dlcli.errors import DataError
+from dlcli.untrusted import open_regular
 
 FORMAT = "dlcli-image-cache-3"  # 2: with the files' digests; 3: float images from [0, 1]
+# The formats before it: their entries are never read again, so writing an entry removes the
+# ones of the same source and settings they left (see save). Bump FORMAT: add the old one here.
+EARLIER_FORMATS = ("dlcli-image-cache-1", "dlcli-image-cache-2")
+ENTRY_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}\.safetensors")  # what entry_path names
 
 
 @dataclass(frozen=True)
@@ -74,14 +82,26 @@ def entry_path(
 ) -> Path:
     """The entry for these files and settings: ``images/<settings>-<files>.safetensors``.
     ``stats`` is each file's (size, mtime_ns) when the listing took them."""
-    settings = {
-        "format": FORMAT,
-        "source": os.path.abspath(source),
-        "conversion": conversion.to_dict(),
-    }
-    prefix = _hash(json.dumps(settings, sort_keys=True).encode())[:16]
+    prefix = _prefix(FORMAT, source, conversion.to_dict())
     files = _fingerprint(paths, stats if stats is not None else _file_stats(paths))
     return root / "images" / f"{prefix}-{files[:32]}.safetensors"
+
+
+def _prefix(format: str, source: Path, conversion: dict[str, Any] | str) -> str:
+    """The first part of an entry's name: a hash of the format, source and settings."""
+    settings = {"format": format, "source": os.path.abspath(source), "conversion": conversion}
+    return _hash(json.dumps(settings, sort_keys=True).encode())[:16]
+
+
+def _replaced_prefixes(source: Path, key: Conversion | Inferred) -> set[str]:
+    """The name prefixes of the entries an entry of ``source`` and ``key`` replaces: this
+    format's (the files changed since) and every earlier format's. Format 1 first keyed an
+    inferred shape as just ``"inferred"``."""
+    settings: list[dict[str, Any] | str] = [key.to_dict()]
+    if isinstance(key, Inferred):
+        settings.append("inferred")
+    earlier = {_prefix(f, source, s) for f in EARLIER_FORMATS for s in settings}
+    return earlier | {_prefix(FORMAT, source, key.to_dict())}
 
 
 def _file_stats(paths: Sequence[str]) -> npt.NDArray[np.int64]:
@@ -138,9 +158,13 @@ def load(
     return Decoded(images, kept, [(str(p), str(r)) for p, r in bad], digests), stored
 
 
-def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
-    """Write an entry atomically and drop older entries of the same source and settings.
-    False when the cache folder cannot be written (the cache is an optimisation only)."""
+def save(
+    entry: Path, decoded: Decoded, conversion: Conversion, source: Path, key: Conversion | Inferred
+) -> bool:
+    """Write an entry atomically and drop older entries of the same source and settings
+    (``source`` and ``key``, as :func:`entry_path` took them; ``conversion`` is the one used),
+    this format's and earlier formats'. False when the cache folder cannot be written (the
+    cache is an optimisation only)."""
     metadata = {
         "format": FORMAT,
         "conversion": json.dumps(conversion.to_dict()),
@@ -163,12 +187,37 @@ def save(entry: Path, decoded: Decoded, conversion: Conversion) -> bool:
                 os.unlink(tmp)
     except OSError:
         return False
-    prefix = entry.name.split("-", 1)[0] + "-"
-    for old in entry.parent.glob(f"{prefix}*.safetensors"):
-        if old != entry:
-            with contextlib.suppress(OSError):
-                old.unlink()
+    _remove_replaced(entry, _replaced_prefixes(source, key))
     return True
+
+
+def _remove_replaced(entry: Path, prefixes: set[str]) -> None:
+    """Delete the entries beside ``entry`` whose names start with one of ``prefixes``: only
+    files named as dlcli names its entries and whose header says dlcli wrote them (a file of
+    another name, or another content, put in the cache folder is left as it is)."""
+    with contextlib.suppress(OSError):
+        for old in os.scandir(entry.parent):
+            if old.name == entry.name or not ENTRY_NAME.fullmatch(old.name):
+                continue
+            if old.name.split("-", 1)[0] in prefixes and _written_by_dlcli(Path(old.path)):
+                with contextlib.suppress(OSError):
+                    os.unlink(old.path)
+
+
+def _written_by_dlcli(path: Path) -> bool:
+    """A regular file (not a link) whose safetensors header names a dlcli image-cache format."""
+    try:
+        if path.is_symlink():
+            return False
+        with open_regular(path, DataError, "cache entry") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= _HEADER_MAX:
+                return False
+            meta = json.loads(f.read(size)).get("__metadata__")
+    except (OSError, ValueError, AttributeError, DataError):
+        return False
+    found = meta.get("format") if isinstance(meta, dict) else None
+    return found == FORMAT or found in EARLIER_FORMATS
 
 
 # --- the entry file ----------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def decode_cached(
         conversion = infer_conversion(infos, bad, resize=spec.resize, background=spec.background)
     decoded = decode_files(files.paths, conversion, workers=spec.workers)
     if entry is not None:
-        cache.save(entry, decoded, conversion)
+        cache.save(entry, decoded, conversion, files.source, settings)
     return decoded, conversion
 
 

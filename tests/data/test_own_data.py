@@ -3,6 +3,7 @@ image conversion, bad files, the decoded-image cache, parity with IDX."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -473,6 +474,47 @@ def test_an_inferred_shape_is_cached_per_background_and_resize(
     stretched, padded = pixels("white", resize="stretch"), pixels("white", resize="pad")
     assert int(stretched.min()) == 255 and int(padded.min()) == 0  # padded with black
     assert len(list((_cache_in_tmp / "images").glob("*.safetensors"))) == 4
+
+
+def test_entries_of_earlier_cache_formats_are_removed_but_no_other_file(
+    tmp_path: Path, _cache_in_tmp: Path
+) -> None:
+    """An entry's name hashes the cache format with the source and settings, so after a format
+    bump the old entry's name is never computed again: writing the new entry removes the ones
+    earlier formats wrote for the same source and settings (they stayed for ever), and only
+    those: a file there that dlcli did not write as an entry, whatever its name, is kept."""
+    from dlcli.data.cache import _write_entry
+
+    write_learnable_tree(tmp_path / "t", 20)
+    images = _cache_in_tmp / "images"
+    images.mkdir(parents=True)
+
+    def named(format: str, conversion: Any, files: str) -> Path:  # as format 1 and 2 named them
+        settings = {"format": format, "source": str(tmp_path / "t"), "conversion": conversion}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        return images / f"{digest[:16]}-{files * 32}.safetensors"
+
+    inferred = {"inferred": True, "resize": "stretch", "background": 0}
+    tensors = {"images": np.zeros((0, 1, 8, 8), np.uint8), "kept": np.zeros(0, np.int64)}
+    stale = [
+        named("dlcli-image-cache-2", inferred, "a"),
+        named("dlcli-image-cache-1", "inferred", "b"),
+    ]
+    for path, format in zip(stale, ("dlcli-image-cache-2", "dlcli-image-cache-1"), strict=True):
+        _write_entry(str(path), tensors, {"format": format})
+    other_settings = named("dlcli-image-cache-2", {**inferred, "background": 255}, "c")
+    _write_entry(str(other_settings), tensors, {"format": "dlcli-image-cache-2"})
+    users = named("dlcli-image-cache-2", inferred, "d")  # an entry's name, not its content
+    users.write_bytes(b"my notes")
+    unnamed = images / (stale[0].name + ".bak")
+    _write_entry(str(unnamed), tensors, {"format": "dlcli-image-cache-2"})
+
+    load_local(LocalData(tmp_path / "t"))
+    left = {p.name for p in images.iterdir()}
+    assert not {p.name for p in stale} & left, "an earlier format's entry was left"
+    assert {other_settings.name, users.name, unnamed.name} <= left
+    assert users.read_bytes() == b"my notes"
+    assert len(left) == 4  # and the new entry
 
 
 def test_cache_dir_key_and_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,9 +120,16 @@ class Settings:
     storage: str  # an SQLAlchemy URL or journal:PATH
     study: str
     trials: int
-    timeout: float | None = None
+    timeout: float | None = None  # no trial starts later than this after `started`
     workers: int = 1
     heartbeat: int = 10  # seconds between heartbeats; a trial is stale after twice that
+    # When the command started (time.monotonic(): the machine's clock since boot, the same in
+    # the worker processes), what --timeout counts from: loading the data is part of it.
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.timeout is None else self.started + self.timeout
 
     @property
     def tune(self) -> TuneConfig:
@@ -542,9 +549,7 @@ class Worker:
     def run(self) -> None:
         self.dataset(self.settings.config)  # a data problem stops here, before any trial
         handle = open_study(self.settings, create=False)
-        deadline = (
-            None if self.settings.timeout is None else time.monotonic() + self.settings.timeout
-        )
+        deadline = self.settings.deadline
         with signals.stop_on_signals(self) as guard:
             guard.immediate = True  # between trials there is no step to finish
             while deadline is None or time.monotonic() < deadline:
@@ -725,10 +730,37 @@ def run_study(settings: Settings, on_event: Callable[[Event], None]) -> None:
             f"{settings.study!r} is new (was {STUDY_FILE} removed?); give another --output"
         )
     on_event({"event": "study", "queued": top_up(handle, settings.trials)})
+    started = 0
+
+    def counting(event: Event) -> None:
+        nonlocal started
+        started += event["event"] == "start"
+        on_event(event)
+
     if settings.workers == 1:
-        Worker(settings, on_event).run()
+        Worker(settings, counting).run()
+    else:
+        _run_workers(settings, counting)
+    if started == 0:
+        _check_timeout_left_a_trial(settings, handle)
+
+
+def _check_timeout_left_a_trial(settings: Settings, handle: Study) -> None:
+    """A --timeout spent before the first trial could start (loading the data counts) while
+    trials wait: a usage error (exit 2), not a study that silently did nothing."""
+    import optuna
+
+    deadline = settings.deadline
+    if deadline is None or time.monotonic() < deadline:
         return
-    _run_workers(settings, on_event)
+    waiting = len(handle.trials(optuna.trial.TrialState.WAITING))
+    if waiting:
+        spent = time.monotonic() - settings.started
+        raise UsageError(
+            f"--timeout {settings.timeout:g}: spent before the first trial could start "
+            f"({spent:.1f} s since the command started, loading the data included); no trial "
+            f"was run, {waiting} wait; give a longer --timeout, or none"
+        )
 
 
 def _run_workers(settings: Settings, on_event: Callable[[Event], None]) -> None:

@@ -23,7 +23,8 @@ from dlcli.report import Reporter
     "--timeout",
     type=SECONDS,
     metavar="SECONDS",
-    help="Start no trial after SECONDS (the ones under way finish).",
+    help="Start no trial SECONDS after the command started, loading the data included (the "
+    "ones under way finish; none started in time: exit 2).",
 )
 @click.option(
     "--output",
@@ -82,6 +83,9 @@ def tune(
 
     With --show, CONFIG is a study directory: print its results.
     """
+    import time
+
+    started = time.monotonic()  # what --timeout counts from
     from dlcli import tune as tuning
 
     if study is not None and not study.strip():
@@ -119,6 +123,7 @@ def tune(
         timeout=timeout,
         workers=workers,
         heartbeat=heartbeat,
+        started=started,
     )
     reporter.note(
         f"study {settings.study!r}: {settings.trials} trials, {cfg.tune.metric} "

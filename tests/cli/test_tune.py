@@ -232,6 +232,36 @@ def test_a_study_without_a_recorded_config_continues_and_records_it(
     assert again.exit_code == 2 and "training.epochs is 2 in the study, 5 given" in again.output
 
 
+def test_the_timeout_counts_from_the_command_start(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--timeout counts from the command's start, loading the data included (it counted from
+    after the data loaded, so a timeout spent loading still started a trial). A timeout spent
+    before the first trial is exit 2, saying so, and no trial starts; the study can go on."""
+    import time
+
+    from dlcli import pipeline
+
+    loading = pipeline.load_data
+
+    def slow_loading(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)
+        return loading(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_data", slow_loading)
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "study"
+    result = invoke(str(config), "-o", str(out), "--timeout", "0.5")
+    assert result.exit_code == 2, result.output
+    assert "--timeout 0.5: spent before the first trial could start" in result.output
+    assert "no trial was run, 1 wait" in result.output and "Traceback" not in result.output
+    assert not list(out.glob("trial-*"))
+    monkeypatch.setattr(pipeline, "load_data", loading)
+    again = invoke(str(config), "-o", str(out), "--timeout", "600")  # the study goes on
+    assert again.exit_code == 0, again.output
+    assert (out / "trial-0000").is_dir()
+
+
 @pytest.mark.parametrize("name", ["", "  "])
 def test_an_empty_study_name_is_refused(tiny_config: Path, tmp_path: Path, name: str) -> None:
     out = tmp_path / "study"

@@ -220,6 +220,22 @@ def run_dir_argument(name: str = "model_dir") -> Callable[[Any], Any]:
     )
 
 
+class NonBlank(click.types.StringParamType):
+    """A text option that names something (a mirror, a storage URL), refusing an empty or
+    blank value (usage, exit 2) as :class:`NonEmptyPath` refuses an empty path: ``--mirror ""``
+    was dropped silently (the registry's own mirrors used instead), ``--storage ""`` meant the
+    default storage."""
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        if not text.strip():
+            self.fail(f"expected {self.expected}, found {text!r}", param, ctx)
+        return text
+
+
 POSITIVE = PositiveNumber()  # a rate, a factor
 SECONDS = PositiveNumber(limits.SECONDS_MAX)  # a timeout or deadline
 

@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from dlcli.cli.base import SECONDS, NonEmptyPath, _set_option, cli, complete_datasets, dlcli_command
+from dlcli.cli.base import (
+    SECONDS,
+    NonBlank,
+    NonEmptyPath,
+    _set_option,
+    cli,
+    complete_datasets,
+    dlcli_command,
+)
 from dlcli.limits import DOWNLOAD_DEADLINE_S, WORKERS_MAX
 from dlcli.report import Reporter
 
@@ -23,6 +31,7 @@ from dlcli.report import Reporter
     "--mirror",
     "mirrors",
     multiple=True,
+    type=NonBlank("a mirror: a URL or a directory"),
     metavar="URL|DIR",
     help="Try this mirror first: a base URL, a file:// URL or a local directory (repeatable; "
     "default: $DLCLI_MIRROR). The dataset's own mirrors are tried after.",

@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from dlcli import limits
-from dlcli.cli.base import POSITIVE, SECONDS, NonEmptyPath, _set_option, cli, dlcli_command
+from dlcli.cli.base import (
+    POSITIVE,
+    SECONDS,
+    NonBlank,
+    NonEmptyPath,
+    _set_option,
+    cli,
+    dlcli_command,
+)
 from dlcli.cli.train import _gate_options
 from dlcli.report import Reporter
 
@@ -34,6 +42,7 @@ from dlcli.report import Reporter
 )
 @click.option(
     "--storage",
+    type=NonBlank("a storage URL"),
     metavar="URL",
     help="Where the study lives: an SQLAlchemy URL (postgresql://user@host/db, sqlite:///f.db) "
     "or journal:PATH (default: sqlite DIR/study.db). Share it to share the study.",

@@ -262,6 +262,16 @@ def test_the_timeout_counts_from_the_command_start(
     assert (out / "trial-0000").is_dir()
 
 
+@pytest.mark.parametrize("storage", ["", " "])
+def test_an_empty_storage_is_refused(tiny_config: Path, tmp_path: Path, storage: str) -> None:
+    # --storage '' silently meant the default DIR/study.db.
+    out = tmp_path / "study"
+    result = invoke(str(tune_config(tiny_config)), "-o", str(out), "--storage", storage)
+    assert result.exit_code == 2
+    assert f"'--storage': expected a storage URL, found {storage!r}" in result.output
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("name", ["", "  "])
 def test_an_empty_study_name_is_refused(tiny_config: Path, tmp_path: Path, name: str) -> None:
     out = tmp_path / "study"

@@ -238,6 +238,25 @@ def test_an_empty_data_dir_is_a_usage_error(
     assert not (tmp_path / "tiny").exists()
 
 
+@pytest.mark.parametrize("mirror", ["", "  "])
+def test_an_empty_mirror_is_a_usage_error(
+    entry: DatasetEntry,
+    tmp_path: Path,
+    server: ServerState,
+    monkeypatch: pytest.MonkeyPatch,
+    mirror: str,
+) -> None:
+    # It was dropped silently: the download went on from the registry's own mirrors.
+    monkeypatch.setitem(registry.REGISTRY, "tiny", replace(entry, mirrors=(server.url("good"),)))
+    args = ["download", "tiny", "--data-dir", str(tmp_path), "--mirror", mirror]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"'--mirror': expected a mirror: a URL or a directory, found {mirror!r}" in (
+        result.stderr
+    )
+    assert not (tmp_path / "tiny").exists()
+
+
 @pytest.mark.parametrize(
     ("mode", "answer"), [("missing", "404 Not Found"), ("forbidden", "403 Forbidden")]
 )

@@ -126,7 +126,7 @@ def write_problem(err: BaseException) -> str:
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "the directory is not writable (read-only or no permission)"
     if code == errno.ENOENT:
-        return "the directory vanished while writing"
+        return _no_such_file(err)
     if code == errno.EEXIST:
         return "a file is in the way, not a folder"
     if code == errno.ENOTDIR:
@@ -136,6 +136,21 @@ def write_problem(err: BaseException) -> str:
 
         return os.strerror(code)
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _no_such_file(err: BaseException) -> str:
+    """ENOENT while writing: the folder was removed meanwhile, or (the folder still there) a
+    file system that creates no file in it (/proc, /sys): then the OS's own words."""
+    import errno
+    import os
+
+    filename = getattr(err, "filename", None)
+    if isinstance(filename, str | bytes | os.PathLike):
+        folder = os.path.dirname(os.fsdecode(filename)) or "."
+        if os.path.isdir(folder):
+            said = os.strerror(errno.ENOENT)
+            return f"the file system refused to create a file or folder in {folder} ({said})"
+    return "the directory vanished while writing"
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -107,6 +107,18 @@ def test_init(tmp_path: Path) -> None:
     assert not (tmp_path / "configs").exists()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_init_into_a_file_system_that_creates_no_file(tmp_path: Path) -> None:
+    """/proc refuses to create a file with ENOENT, though the folder is there: said as such,
+    not as "the directory vanished while writing"."""
+    result = CliRunner().invoke(cli, ["init", "/proc/dlcli-test.yaml"])
+    assert result.exit_code == 3, result.output
+    assert "/proc/dlcli-test.yaml: cannot write the config: the file system refused to create" in (
+        result.stderr
+    )
+    assert "vanished" not in result.stderr
+
+
 def test_download(tmp_path: Path) -> None:
     """The MNIST archives from data/ as a local mirror, into a data dir that fills up."""
     data_dir = tmp_path / "data"
@@ -150,6 +162,10 @@ def test_same_exit_code_for_a_read_only_directory_everywhere(
         (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
         (OSError(errno.EROFS, "Read-only file system"), "not writable"),
         (OSError(errno.ENOENT, "No such file"), "the directory vanished while writing"),
+        (FileNotFoundError(errno.ENOENT, "No such file", "/gone/.x.tmp"), "directory vanished"),
+        # The folder is there: a file system that creates no file in it (/proc, /sys).
+        (FileNotFoundError(errno.ENOENT, "No such file", "/.x.tmp"),
+         "the file system refused to create a file or folder in / (No such file or directory)"),
         (FileExistsError(errno.EEXIST, "File exists"), "a file is in the way, not a folder"),
         (NotADirectoryError(errno.ENOTDIR, "Not a directory"), "part of the path is a file"),
         (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "

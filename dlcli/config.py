@@ -34,6 +34,21 @@ FRACTION: Check = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 PROBABILITY: Check = (lambda v: 0 <= v < 1, ">= 0 and < 1")
 UNIT_INTERVAL: Check = (lambda v: 0 <= v <= 1, "between 0 and 1")
 BYTE: Check = (lambda v: 0 <= v <= 255, "from 0 to 255")
+# The largest learning rate a config may give (optimizer, one_cycle's max_lr, a schedule's
+# min_lr): above it is a typo or a unit mistake (1e300 validated, then the loss became
+# non-finite at the first step: exit 3 once the data had loaded, not a config error). lr-find's
+# default range ends there too.
+LEARNING_RATE_MAX = 10.0
+LEARNING_RATE: Check = (
+    lambda v: 0 < v <= LEARNING_RATE_MAX,
+    f"> 0 and at most {LEARNING_RATE_MAX:g}",
+)
+LEARNING_RATE_FLOOR: Check = (
+    lambda v: 0 <= v <= LEARNING_RATE_MAX,
+    f"from 0 to {LEARNING_RATE_MAX:g}",
+)
+EPSILON: Check = (lambda v: 0 < v <= 1, "> 0 and at most 1")
+DIVISOR: Check = (lambda v: v >= 1, ">= 1")  # a learning rate divided by it (below 1: raised)
 THREADS: Check = (
     lambda v: 1 <= v <= limits.THREADS_MAX,
     f"from 1 to {limits.THREADS_MAX}",
@@ -238,13 +253,13 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class OptimizerConfig:
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = doc("optimizer", "adam")
-    learning_rate: float = doc("step size", 0.001, POSITIVE)
-    weight_decay: float = doc("L2 penalty (decoupled for adamw)", 0.0, NON_NEGATIVE)
-    momentum: float = doc("momentum (sgd, rmsprop)", 0.0, NON_NEGATIVE)
+    learning_rate: float = doc("step size", 0.001, LEARNING_RATE)
+    weight_decay: float = doc("L2 penalty (decoupled for adamw)", 0.0, UNIT_INTERVAL)
+    momentum: float = doc("momentum (sgd, rmsprop)", 0.0, PROBABILITY)
     nesterov: bool = doc("Nesterov momentum (sgd)", False)
     beta1: float = doc("Adam's first-moment decay", 0.9, PROBABILITY)
     beta2: float = doc("Adam's second-moment decay", 0.999, PROBABILITY)
-    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, POSITIVE)
+    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, EPSILON)
 
 
 Loss = Literal["softmax_cross_entropy_with_logits", "mse"]
@@ -286,7 +301,7 @@ class CosineSchedule:
         "linear warm-up from 0, in epochs (fractions allowed)", 0.0, NON_NEGATIVE
     )
     warmup_steps: int = doc("linear warm-up in steps (instead of warmup_epochs)", 0, NON_NEGATIVE)
-    min_lr: float = doc("learning rate reached at the last step", 0.0, NON_NEGATIVE)
+    min_lr: float = doc("learning rate reached at the last step", 0.0, LEARNING_RATE_FLOOR)
 
 
 @dataclass(kw_only=True)
@@ -298,18 +313,18 @@ class ReduceOnPlateauSchedule:
     patience: int = doc("epochs without improvement before reducing", 5, NON_NEGATIVE)
     min_delta: float = doc("smallest change that counts as an improvement", 1e-4, NON_NEGATIVE)
     cooldown: int = doc("epochs to wait after a reduction", 0, NON_NEGATIVE)
-    min_lr: float = doc("lower bound of the learning rate", 0.0, NON_NEGATIVE)
+    min_lr: float = doc("lower bound of the learning rate", 0.0, LEARNING_RATE_FLOOR)
 
 
 @dataclass(kw_only=True)
 class OneCycleSchedule:
     name: Literal["one_cycle"] = "one_cycle"
     max_lr: float | None = doc(
-        "peak learning rate (default: optimizer.learning_rate)", None, POSITIVE
+        "peak learning rate (default: optimizer.learning_rate)", None, LEARNING_RATE
     )
     pct_start: float = doc("fraction of the steps spent warming up", 0.3, FRACTION)
-    div_factor: float = doc("start learning rate = max_lr / div_factor", 25.0, POSITIVE)
-    final_div_factor: float = doc("last learning rate = start / final_div_factor", 1e4, POSITIVE)
+    div_factor: float = doc("start learning rate = max_lr / div_factor", 25.0, DIVISOR)
+    final_div_factor: float = doc("last learning rate = start / final_div_factor", 1e4, DIVISOR)
     anneal: Literal["cos", "linear"] = doc("shape of both phases", "cos")
     cycle_momentum: bool = doc("cycle momentum / Adam's beta1 inversely (0.95 → 0.85)", False)
 
@@ -850,6 +865,13 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
         check_device_name(training.device)
     except ConfigError as err:
         problems.append(err.message)
+    counts = collections.Counter(training.metrics)
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        problems.append(
+            f"training.metrics: each metric once; repeated: {', '.join(repeated)} "
+            f"(found {training.metrics})"
+        )
     known = metric_names.reported(training.metrics)
     for key, name in watched_metrics(training).items():
         problem = metric_names.problem(name, known)

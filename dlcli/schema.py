@@ -21,7 +21,12 @@ from dlcli import limits
 from dlcli.config import (
     BYTE,
     CLASSES,
+    DIVISOR,
+    EPSILON,
     FRACTION,
+    LEARNING_RATE,
+    LEARNING_RATE_FLOOR,
+    LEARNING_RATE_MAX,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY,
@@ -52,6 +57,10 @@ BOUNDS: dict[str, dict[str, float]] = {
     THREADS[1]: {"minimum": 1, "maximum": limits.THREADS_MAX},
     CLASSES[1]: {"minimum": 1, "maximum": limits.CLASSES_MAX},
     WORKERS[1]: {"minimum": 1, "maximum": limits.WORKERS_MAX},
+    LEARNING_RATE[1]: {"exclusiveMinimum": 0, "maximum": LEARNING_RATE_MAX},
+    LEARNING_RATE_FLOOR[1]: {"minimum": 0, "maximum": LEARNING_RATE_MAX},
+    EPSILON[1]: {"exclusiveMinimum": 0, "maximum": 1},
+    DIVISOR[1]: {"minimum": 1},
 }
 
 

@@ -385,8 +385,12 @@ def test_non_finite_loss_through_the_cli_exits_3(tmp_path: Path) -> None:
     result = cli_run(
         "train",
         str(config),
-        *("--set", "training.optimizer={name: sgd, learning_rate: 1.0e+30}"),
-        *("--set", "training.lr_schedule=null"),
+        # Steps as steep as the config allows (learning rate 10, weight decay 1) diverge.
+        *(
+            "--set",
+            "training.optimizer={name: sgd, learning_rate: 10, momentum: 0.99, weight_decay: 1}",
+        ),
+        *("--set", "training.loss=mse", "--set", "training.lr_schedule=null"),
     )
     assert result.exit_code == 3
     assert "the loss became" in result.stderr and "at epoch 1, step" in result.stderr

@@ -128,6 +128,64 @@ def test_range_checks(section: str, key: str, value: Any, fragment: str) -> None
     assert msg.startswith(fragment)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("optimizer.learning_rate", 1e300, "learning_rate: expected a number > 0 and at most 10"),
+        ("optimizer.learning_rate", 0, "learning_rate: expected a number > 0 and at most 10"),
+        ("optimizer.momentum", 2.5, "momentum: expected a number >= 0 and < 1"),
+        ("optimizer.momentum", 1, "momentum: expected a number >= 0 and < 1"),
+        ("optimizer.beta1", 1.0, "beta1: expected a number >= 0 and < 1"),
+        ("optimizer.beta2", -0.1, "beta2: expected a number >= 0 and < 1"),
+        ("optimizer.weight_decay", 1e300, "weight_decay: expected a number between 0 and 1"),
+        ("optimizer.weight_decay", -1, "weight_decay: expected a number between 0 and 1"),
+        ("optimizer.epsilon", 0, "epsilon: expected a number > 0 and at most 1"),
+        ("optimizer.epsilon", 1e300, "epsilon: expected a number > 0 and at most 1"),
+        ("lr_schedule.max_lr", 1e300, "max_lr: expected a number > 0 and at most 10"),
+        ("lr_schedule.div_factor", 1e-300, "div_factor: expected a number >= 1"),
+        ("lr_schedule.final_div_factor", 0.5, "final_div_factor: expected a number >= 1"),
+    ],
+)
+def test_optimizer_numbers_are_bounded(key: str, value: Any, said: str) -> None:
+    """A learning rate of 1e300 or a momentum of 2.5 validated, then training stopped on a
+    non-finite loss (exit 3): each is a config error naming the key, expected vs found."""
+    raw = base()
+    section, name = key.split(".")
+    schedule = {"name": "one_cycle"} if section == "lr_schedule" else {}
+    raw["training"] = {section: {**schedule, name: value}}
+    [msg] = problems(raw)
+    assert msg == f"training.{section}.{said}, found {value!r}"
+
+
+def test_a_schedules_min_lr_is_bounded_as_the_learning_rate() -> None:
+    raw = base()
+    raw["training"] = {"lr_schedule": {"name": "cosine", "min_lr": 11}}
+    assert problems(raw) == [
+        "training.lr_schedule.min_lr: expected a number from 0 to 10, found 11"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("optimizer", {"learning_rate": 10, "momentum": 0.99, "weight_decay": 1, "epsilon": 1}),
+        ("optimizer", {"learning_rate": 1e-9, "momentum": 0, "beta1": 0, "beta2": 0.9999}),
+        ("lr_schedule", {"name": "one_cycle", "max_lr": 10, "div_factor": 1}),
+    ],
+)
+def test_optimizer_numbers_at_their_bounds_are_valid(key: str, value: Any) -> None:
+    raw = base()
+    raw["training"] = {key: value}
+    parse_config(raw)
+
+
+def test_a_metric_listed_twice_is_refused() -> None:
+    raw = base()
+    raw["training"] = {"metrics": ["accuracy", "top_k_accuracy", "accuracy"]}
+    [msg] = problems(raw)
+    assert msg.startswith("training.metrics: each metric once; repeated: accuracy")
+
+
 @pytest.mark.parametrize(("section", "key"), [("data", "data_dir"), ("output", "dir")])
 def test_an_empty_path_is_refused(section: str, key: str) -> None:
     # "" silently meant the current directory (data.data_dir: the default data/ instead)

@@ -178,6 +178,21 @@ def test_config_error_exit_code_and_message(tiny_config: Path) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "override", ["training.optimizer.learning_rate=1e300", "training.optimizer.momentum=2.5"]
+)
+def test_an_optimizer_number_out_of_bounds_is_a_config_error(
+    tiny_config: Path, override: str
+) -> None:
+    # Both validated, then training stopped on a non-finite loss (exit 3).
+    key = override.split("=")[0]
+    for command in ("train", "config validate"):
+        result = run(*command.split(), str(tiny_config), "--set", override)
+        assert result.exit_code == 2, result.output
+        assert f"{key}: expected a number" in result.stderr and "Traceback" not in result.output
+    assert not (tiny_config.parent / "runs").exists()
+
+
 def test_cuda_on_a_cpu_machine_is_a_clear_error(tiny_config: Path) -> None:
     import torch
 

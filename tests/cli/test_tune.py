@@ -399,7 +399,8 @@ def test_worker_counts_and_heartbeats_are_bounded(
 
 def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load(tiny_config.read_text())
-    raw["training"] |= {"loss": "mse", "optimizer": {"name": "sgd", "learning_rate": 1e6}}
+    optimizer = {"name": "sgd", "learning_rate": 10, "momentum": 0.99, "weight_decay": 1}
+    raw["training"] |= {"loss": "mse", "optimizer": optimizer}  # as steep as the config allows
     tiny_config.write_text(yaml.safe_dump(raw))
     config = tune_config(tiny_config, trials=2, space={"training.seed": {"int": [0, 9]}})
     result = invoke(str(config), "--output", str(tmp_path / "study"), "--json")

@@ -3,15 +3,17 @@ IDX archive.
 
 An entry is one safetensors file (never a pickle) holding the ``uint8`` N×C×H×W pixels, the
 index of each kept file in the listing, each kept file's content digest (what a run's data
-fingerprint is made of: :func:`dlcli.data.local.fingerprint`), and, as metadata, the
-conversion used and the files that could not be read. Its name is a hash of everything the
-pixels depend on: the source's absolute path, every file's path, size and modification time
-(nanoseconds), the conversion settings (the input shape, or "inferred"; ``resize``,
-``background``) and the cache format. Change any of them and the key changes: the old entry
-is not read again, and it is deleted when the new one for the same source and settings is
-written, whichever earlier cache format wrote it (only a file named as an entry whose header
-says dlcli wrote it: nothing else in the folder is touched). (A file rewritten with its size
-and modification time kept is not noticed: neither its pixels nor its digest are read again.)
+fingerprint is made of: :func:`dlcli.data.local.fingerprint`), and, as metadata, the conversion
+used and the files that could not be read. Its name is a hash of everything the pixels depend
+on: the source's absolute path, every file's path, size, modification time and status-change
+time (nanoseconds), the conversion settings (the input shape, or "inferred"; ``resize``,
+``background``) and the cache format. Change any of them and the key changes: the old entry is
+not read again, and it is deleted when the new one for the same source and settings is written,
+whichever earlier cache format wrote it (only a file named as an entry whose header says dlcli
+wrote it: nothing else in the folder is touched). The status-change time (ctime) is what
+notices a file rewritten with its size and modification time kept (``touch -r``, ``cp -p``, an
+archive extracted over the folder): every write sets it to the current time, and no tool sets
+it back. A ``chmod`` or a new hard link sets it too: the folder is decoded again.
 
 Where: ``data.cache_dir``, else ``$DLCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/dlcli``, else
 ``~/.cache/dlcli``; entries live in its ``images/`` folder. ``data.cache: false`` turns the
@@ -81,7 +83,7 @@ def entry_path(
     stats: npt.NDArray[np.int64] | None = None,
 ) -> Path:
     """The entry for these files and settings: ``images/<settings>-<files>.safetensors``.
-    ``stats`` is each file's (size, mtime_ns) when the listing took them."""
+    ``stats`` is each file's (size, mtime_ns, ctime_ns) when the listing took them."""
     prefix = _prefix(FORMAT, source, conversion.to_dict())
     files = _fingerprint(paths, stats if stats is not None else _file_stats(paths))
     return root / "images" / f"{prefix}-{files[:32]}.safetensors"
@@ -105,19 +107,19 @@ def _replaced_prefixes(source: Path, key: Conversion | Inferred) -> set[str]:
 
 
 def _file_stats(paths: Sequence[str]) -> npt.NDArray[np.int64]:
-    """(N, 2): every file's size and mtime_ns; (-1, -1) for one that cannot be stat'ed."""
-    stats = np.full((len(paths), 2), -1, dtype=np.int64)
+    """(N, 3): every file's size, mtime_ns and ctime_ns; -1s for one that cannot be stat'ed."""
+    stats = np.full((len(paths), 3), -1, dtype=np.int64)
     for i, path in enumerate(paths):
         try:
             info = os.stat(path)
         except OSError:
             continue
-        stats[i] = info.st_size, info.st_mtime_ns
+        stats[i] = info.st_size, info.st_mtime_ns, info.st_ctime_ns
     return stats
 
 
 def _fingerprint(paths: Sequence[str], stats: npt.NDArray[np.int64]) -> str:
-    """A hash of every file's path, size and modification time."""
+    """A hash of every file's path, size, modification time and status-change time."""
     digest = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogateescape"))
     digest.update(b"\0" + np.ascontiguousarray(stats, dtype="<i8").tobytes())
     return digest.hexdigest()

@@ -70,8 +70,8 @@ class FileList:
     paths: list[str]  # strings, not Path objects: 70,000 of those cost a second to build
     labels: list[str]
     ignored: list[str] = field(default_factory=list)  # files that are not images (by name)
-    # (N, 2) int64: each file's size and mtime_ns as listed (folders: one pass over the
-    # tree); None: not taken (the cache stats the files itself)
+    # (N, 3) int64: each file's size, mtime_ns and ctime_ns as listed (folders: one pass over
+    # the tree); None: not taken (the cache stats the files itself)
     stats: npt.NDArray[np.int64] | None = None
     # folders listed elsewhere (a link to the root, to a class folder, to a folder already
     # walked): not followed, each with where it leads (and why: :attr:`FolderLink.reason`)
@@ -208,7 +208,7 @@ def list_folder(root: Path) -> FileList:
             f"{root}: no images found: expected class folders holding image files "
             f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(skipped)}"
         )
-    stats = np.array([listing.sizes, listing.mtimes], dtype=np.int64).T
+    stats = np.array([listing.sizes, listing.mtimes, listing.ctimes], dtype=np.int64).T
     return FileList(
         root,
         "folder",
@@ -231,6 +231,7 @@ class _Listing:
         self.labels: list[str] = []
         self.sizes: list[int] = []
         self.mtimes: list[int] = []
+        self.ctimes: list[int] = []
         self.ignored: list[str] = []
         self.links: list[FolderLink] = []
         # (device, inode) of the root, every class folder and every folder walked: filled
@@ -270,7 +271,7 @@ class _Listing:
                     f"{folder}: cannot list the folder: {err.strerror or err}"
                 ) from None
             prefix = folder + os.sep
-            paths, sizes, mtimes = self.paths, self.sizes, self.mtimes
+            paths, sizes, mtimes, ctimes = self.paths, self.sizes, self.mtimes, self.ctimes
             for name in names:
                 if name[0] == ".":
                     continue
@@ -281,6 +282,7 @@ class _Listing:
                         paths.append(prefix + name)
                         sizes.append(-1)
                         mtimes.append(-1)
+                        ctimes.append(-1)
                     else:
                         self.ignored.append(prefix + name)
                     continue
@@ -294,6 +296,7 @@ class _Listing:
                     paths.append(prefix + name)
                     sizes.append(info.st_size)
                     mtimes.append(info.st_mtime_ns)
+                    ctimes.append(info.st_ctime_ns)
                 else:
                     self.ignored.append(prefix + name)
         finally:

@@ -203,7 +203,8 @@ def test_folder_listing_order_links_and_stats(tmp_path: Path) -> None:
         ("b/a/loop", os.path.realpath(root / "b"))
     ]
     assert listing.stats is not None
-    assert listing.stats[0].tolist() == [len("a/1.jpg"), 123456789012345]
+    first = os.stat(root / "a" / "1.jpg")
+    assert listing.stats[0].tolist() == [len("a/1.jpg"), 123456789012345, first.st_ctime_ns]
     assert listing.stats[:, 0].tolist() == [os.path.getsize(p) for p in listing.paths]
 
 
@@ -451,6 +452,34 @@ def test_the_cache_is_used_then_invalidated(
         load_local(LocalData(tmp_path / "t"))
     with pytest.raises(AssertionError, match="decoded again"):  # other settings, other key
         load_local(LocalData(tmp_path / "t", input_shape=(8, 8, 3)))
+
+
+@pytest.mark.parametrize("csv_or_folder", ["folder", "csv"])
+def test_a_file_rewritten_with_its_size_and_mtime_kept_is_decoded_again(
+    tmp_path: Path, _cache_in_tmp: Path, csv_or_folder: str
+) -> None:
+    """``touch -r`` / ``cp -p`` / an archive extracted over the data keep a file's size and
+    modification time; its status-change time still moves, and the cache notices. (BMP: its
+    size does not depend on the pixels.)"""
+    for label in ("a", "b"):
+        (tmp_path / "t" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 10 * i).save(tmp_path / "t" / label / f"{i}.bmp")
+    data = tmp_path / "t"
+    if csv_or_folder == "csv":
+        rows = [f"{p},{p.parent.name}" for p in sorted(data.rglob("*.bmp"))]
+        data = tmp_path / "t.csv"
+        data.write_text("path,label\n" + "\n".join(rows) + "\n")
+    first = load_local(LocalData(data))
+    victim = tmp_path / "t" / "a" / "0.bmp"
+    before = os.stat(victim)
+    Image.new("L", (8, 8), 200).save(victim)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(victim)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    again = load_local(LocalData(data))
+    assert int(first.train.images.max()) == 30
+    assert int(again.train.images.max()) == 200, "the rewritten image was served from the cache"
 
 
 def test_an_inferred_shape_is_cached_per_background_and_resize(

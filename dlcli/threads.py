@@ -199,4 +199,9 @@ class LoadFollower:
 
     def describe(self) -> dict[str, object]:
         """What metrics.json adds to ``threads``."""
-        return {"followed_load": True, "changes": self.changes, "changed_at": self.changed_at}
+        return {
+            "followed_load": True,
+            "changes": self.changes,
+            "changed_at": self.changed_at,
+            "count_at_end": self.count,
+        }

@@ -210,6 +210,7 @@ def test_the_follower_sets_the_free_cores_from_the_median_of_its_window() -> Non
             {"epoch": 2, "step": 9, "count": 2},
             {"epoch": 3, "step": 13, "count": 1},
         ],
+        "count_at_end": 1,
     }
 
 
@@ -274,7 +275,14 @@ def test_training_follows_a_machine_that_gets_busy(
     assert recorded["count"] == 2 and recorded["chosen_by"].startswith("free cores (2 usable")
     assert recorded["followed_load"] is True and recorded["changes"] == 1
     assert recorded["changed_at"] == [{"epoch": 1, "step": 2, "count": 1}]
-    assert torch.get_num_threads() == 1
+    assert recorded["count_at_end"] == 1 and torch.get_num_threads() == 1
+    shown = CliRunner().invoke(
+        cli, ["train", str(tiny_config), "--overwrite", "--set", "training.epochs=1"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "threads followed the free cores: 2 at the start, 1 change, 1 at the end" in " ".join(
+        shown.stderr.split()
+    )
     pinned = CliRunner().invoke(
         cli,
         ["train", str(tiny_config), "--json", "--quiet", "--overwrite", "--threads", "2"],

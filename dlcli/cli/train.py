@@ -242,6 +242,13 @@ def _show_result(reporter: Reporter, result: Any) -> None:
             f"saved model: the weight average (EMA, decay {metrics['ema']['decay']}, "
             f"{metrics['ema']['updates']} updates), as validated"
         )
+    threads = metrics.get("threads") or {}
+    if threads.get("changes"):
+        reporter.note(
+            f"threads followed the free cores: {threads['count']} at the start, "
+            f"{counted(threads['changes'], 'change')}, {threads['count_at_end']} at the end"
+            " (training.threads: auto; --threads N keeps one count)"
+        )
     reporter.result_line(fit_summary_line(result.summary(), result.run_dir), wrap_at=" · ")
 
 

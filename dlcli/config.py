@@ -47,7 +47,18 @@ LEARNING_RATE_FLOOR: Check = (
     lambda v: 0 <= v <= LEARNING_RATE_MAX,
     f"from 0 to {LEARNING_RATE_MAX:g}",
 )
-EPSILON: Check = (lambda v: 0 < v <= 1, "> 0 and at most 1")
+# An epsilon (the optimizer's, batch norm's) or a decay factor (the step schedule's gamma):
+# above 1 is a typo (gamma 1e300 validated, then the learning rate and the loss became
+# non-finite after step_size epochs: exit 3, not a config error).
+UNIT_POSITIVE: Check = (lambda v: 0 < v <= 1, "> 0 and at most 1")
+# The largest weight of a class in the training loss (training.class_weights): the weights are
+# relative, so this leaves a ratio of a million to one, beyond any real imbalance; 1e300
+# validated, then the loss overflowed float32 (exit 3 mid-training).
+CLASS_WEIGHT_MAX = 1_000_000
+CLASS_WEIGHT: Check = (
+    lambda v: 0 <= v <= CLASS_WEIGHT_MAX,
+    f">= 0 and at most {CLASS_WEIGHT_MAX}",
+)
 DIVISOR: Check = (lambda v: v >= 1, ">= 1")  # a learning rate divided by it (below 1: raised)
 THREADS: Check = (
     lambda v: 1 <= v <= limits.THREADS_MAX,
@@ -202,7 +213,7 @@ class Dropout:
 class BatchNorm:
     type: Literal["batch_norm"] = "batch_norm"
     momentum: float = doc("running-stats momentum (PyTorch convention)", 0.1, FRACTION)
-    epsilon: float = doc("added to the variance", 1e-5, POSITIVE)
+    epsilon: float = doc("added to the variance", 1e-5, UNIT_POSITIVE)
 
 
 @dataclass(kw_only=True)
@@ -259,7 +270,7 @@ class OptimizerConfig:
     nesterov: bool = doc("Nesterov momentum (sgd)", False)
     beta1: float = doc("Adam's first-moment decay", 0.9, PROBABILITY)
     beta2: float = doc("Adam's second-moment decay", 0.999, PROBABILITY)
-    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, EPSILON)
+    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, UNIT_POSITIVE)
 
 
 Loss = Literal["softmax_cross_entropy_with_logits", "mse"]
@@ -291,7 +302,9 @@ class EarlyStoppingConfig:
 class StepSchedule:
     name: Literal["step"] = "step"
     step_size: int = doc("epochs between decays", check=POSITIVE)
-    gamma: float = doc("factor applied every step_size epochs", 0.1, POSITIVE)
+    gamma: float = doc(
+        "factor (at most 1: a decay) applied every step_size epochs", 0.1, UNIT_POSITIVE
+    )
 
 
 @dataclass(kw_only=True)
@@ -419,7 +432,9 @@ class TrainingConfig:
         "exponential moving average of the weights: evaluated, checkpointed, saved", None
     )
     class_weights: Literal["balanced"] | list[float] | None = doc(
-        "weights of the classes in the training loss: balanced (by frequency) or a list", None
+        "weights of the classes in the training loss: balanced (by frequency) or a list",
+        None,
+        CLASS_WEIGHT,  # each weight of the list
     )
     tta: Literal["none", "flip"] = doc(
         "test-time augmentation of the run's evaluations: flip averages x and mirrored x", "none"
@@ -898,10 +913,11 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
 def _check_accuracy_tools(training: TrainingConfig, problems: list[str]) -> None:
     """class_weights: what the field types alone cannot say."""
     weights = training.class_weights
-    if isinstance(weights, list) and (any(w < 0 for w in weights) or not any(weights)):
+    ok, expected = CLASS_WEIGHT
+    if isinstance(weights, list) and (not all(ok(w) for w in weights) or not any(weights)):
         problems.append(
-            f"training.class_weights: expected balanced or a list of numbers >= 0, one per "
-            f"class, not all 0, found {weights}"
+            f"training.class_weights: expected balanced or a list of numbers {expected}, one "
+            f"per class, not all 0, found {echo(weights)}"
         )
     if weights is not None and training.loss != "softmax_cross_entropy_with_logits":
         problems.append(

@@ -20,9 +20,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 from dlcli import limits
 from dlcli.config import (
     BYTE,
+    CLASS_WEIGHT,
+    CLASS_WEIGHT_MAX,
     CLASSES,
     DIVISOR,
-    EPSILON,
     FRACTION,
     LEARNING_RATE,
     LEARNING_RATE_FLOOR,
@@ -34,6 +35,7 @@ from dlcli.config import (
     SEED,
     THREADS,
     UNIT_INTERVAL,
+    UNIT_POSITIVE,
     WORKERS,
     Check,
     Config,
@@ -59,7 +61,8 @@ BOUNDS: dict[str, dict[str, float]] = {
     WORKERS[1]: {"minimum": 1, "maximum": limits.WORKERS_MAX},
     LEARNING_RATE[1]: {"exclusiveMinimum": 0, "maximum": LEARNING_RATE_MAX},
     LEARNING_RATE_FLOOR[1]: {"minimum": 0, "maximum": LEARNING_RATE_MAX},
-    EPSILON[1]: {"exclusiveMinimum": 0, "maximum": 1},
+    UNIT_POSITIVE[1]: {"exclusiveMinimum": 0, "maximum": 1},
+    CLASS_WEIGHT[1]: {"minimum": 0, "maximum": CLASS_WEIGHT_MAX},
     DIVISOR[1]: {"minimum": 1},
 }
 
@@ -157,14 +160,15 @@ def _is_schedule(hint: Any) -> bool:
 
 
 def _bounded(prop: dict[str, Any], bounds: dict[str, float]) -> dict[str, Any]:
-    """Bounds on the number in ``prop`` (also inside ``number | null``)."""
+    """Bounds on the number in ``prop`` (also inside ``number | null``), or on each number of
+    a list of them (``training.class_weights``)."""
     if "anyOf" in prop:
-        options = [
-            {**option, **bounds} if option.get("type") in ("integer", "number") else option
-            for option in prop["anyOf"]
-        ]
-        return {**prop, "anyOf": options}
-    return {**prop, **bounds}
+        return {**prop, "anyOf": [_bounded(option, bounds) for option in prop["anyOf"]]}
+    if prop.get("type") in ("integer", "number"):
+        return {**prop, **bounds}
+    if prop.get("type") == "array":
+        return {**prop, "items": _bounded(prop["items"], bounds)}
+    return prop
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

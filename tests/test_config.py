@@ -157,6 +157,62 @@ def test_optimizer_numbers_are_bounded(key: str, value: Any, said: str) -> None:
     assert msg == f"training.{section}.{said}, found {value!r}"
 
 
+@pytest.mark.parametrize(
+    ("training", "said"),
+    [
+        (
+            {"lr_schedule": {"name": "step", "step_size": 1, "gamma": 1e300}},
+            "training.lr_schedule.gamma: expected a number > 0 and at most 1, found 1e+300",
+        ),
+        (
+            {"lr_schedule": {"name": "step", "step_size": 1, "gamma": 0}},
+            "training.lr_schedule.gamma: expected a number > 0 and at most 1, found 0",
+        ),
+        (
+            {"class_weights": [1, 1e300]},
+            "training.class_weights: expected balanced or a list of numbers >= 0 and at most "
+            "1000000, one per class, not all 0, found [1.0, 1e+300]",
+        ),
+        (
+            {"class_weights": [1, -1]},
+            "training.class_weights: expected balanced or a list of numbers >= 0 and at most "
+            "1000000, one per class, not all 0, found [1.0, -1.0]",
+        ),
+    ],
+)
+def test_a_decay_factor_and_class_weights_are_bounded(training: dict[str, Any], said: str) -> None:
+    """A step schedule's gamma of 1e300 or a class weight of 1e300 validated, then the loss
+    became non-finite mid-training (exit 3): each is a config error naming the key."""
+    raw = base()
+    raw["training"] = training
+    assert problems(raw) == [said]
+
+
+@pytest.mark.parametrize("epsilon", [0, 1e300])
+def test_batch_norms_epsilon_is_bounded(epsilon: float) -> None:
+    raw = base()
+    raw["model"]["layers"].insert(1, {"type": "batch_norm", "epsilon": epsilon})
+    assert problems(raw) == [
+        f"model.layers[1].epsilon: expected a number > 0 and at most 1, found {epsilon!r}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("training", "layer"),
+    [
+        ({"lr_schedule": {"name": "step", "step_size": 1, "gamma": 1}}, {"epsilon": 1}),
+        ({"class_weights": [0, 1_000_000, 0.5]}, {"epsilon": 1e-12}),
+    ],
+)
+def test_decay_weights_and_epsilon_at_their_bounds_are_valid(
+    training: dict[str, Any], layer: dict[str, Any]
+) -> None:
+    raw = base()
+    raw["training"] = training
+    raw["model"]["layers"].insert(1, {"type": "batch_norm", **layer})
+    parse_config(raw)
+
+
 def test_a_schedules_min_lr_is_bounded_as_the_learning_rate() -> None:
     raw = base()
     raw["training"] = {"lr_schedule": {"name": "cosine", "min_lr": 11}}

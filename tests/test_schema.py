@@ -69,6 +69,9 @@ def base() -> dict[str, Any]:
         (("training", "colour"), "red"),  # unknown key
         (("data", "num_classes"), 10**12),  # CLASSES
         (("data", "workers"), 10**6),  # WORKERS
+        (("training", "lr_schedule"), {"name": "step", "step_size": 1, "gamma": 2}),
+        (("training", "class_weights"), [1, 1e300]),  # CLASS_WEIGHT, on each item
+        (("model", "layers"), [{"type": "batch_norm", "epsilon": 2}]),  # UNIT_POSITIVE
         (("data", "data_dir"), ""),  # an empty path
         (("output", "dir"), ""),
     ],

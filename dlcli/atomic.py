@@ -13,12 +13,17 @@ so at every instant there is one complete version:
 
 Temporary names start with a dot and name what they are (``.last.tmp-1a2b3c4d``,
 ``.dlcli-save-1a2b3c4d``); a process killed mid-write leaves only those behind.
+:func:`remove_abandoned` clears such files from a folder several processes may write at once
+(the image cache), where "not mine" does not mean "abandoned": only an old one goes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +33,39 @@ from dlcli.signals import uninterruptible
 
 def temp_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# A temporary file nobody has written for this long was left by a process that was killed (or
+# lost its disk) while writing it: a live writer writes its whole file within seconds of
+# creating it, and renames it away at once.
+ABANDONED_AFTER_S = 3600.0
+
+
+def remove_abandoned(
+    directory: Path, name: re.Pattern[str], older_than: float = ABANDONED_AFTER_S
+) -> list[str]:
+    """Delete the regular files of ``directory`` whose whole name matches ``name`` (a
+    temporary name dlcli gives) and that were last modified at least ``older_than`` seconds
+    ago; the names deleted. A fresher file (another process may be writing it), a link, a
+    folder and a file of any other name are kept; nothing here is an error (a file that
+    vanishes or cannot be deleted is left to the next call)."""
+    removed: list[str] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not name.fullmatch(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= older_than:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue
+    return removed
 
 
 def staging_dir(parent: Path, prefix: str) -> Path:

@@ -17,8 +17,11 @@ it back. A ``chmod`` or a new hard link sets it too: the folder is decoded again
 
 Where: ``data.cache_dir``, else ``$DLCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/dlcli``, else
 ``~/.cache/dlcli``; entries live in its ``images/`` folder. ``data.cache: false`` turns the
-cache off. An entry is written to a temporary name and renamed into place; an entry that does
-not match what its name promises (shape, count) is ignored and rewritten. No torch here.
+cache off. An entry is written to a temporary name (``.tmp-xxxxxxxx.safetensors``) and renamed
+into place; a temporary file a killed process left there is deleted by a later write once it
+is an hour old (:func:`dlcli.atomic.remove_abandoned`: a fresher one may be another process's
+entry on its way). An entry that does not match what its name promises (shape, count) is
+ignored and rewritten. No torch here.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dlcli import atomic
 from dlcli.data.decode import Decoded
 from dlcli.data.images import DIGEST_BYTES, Conversion
 from dlcli.errors import DataError
@@ -47,6 +51,9 @@ FORMAT = "dlcli-image-cache-3"  # 2: with the files' digests; 3: float images fr
 # ones of the same source and settings they left (see save). Bump FORMAT: add the old one here.
 EARLIER_FORMATS = ("dlcli-image-cache-1", "dlcli-image-cache-2")
 ENTRY_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}\.safetensors")  # what entry_path names
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".safetensors"  # an entry being written (save)
+# What tempfile.mkstemp names with them: 8 characters of a-z, 0-9 and _ in between.
+TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,8 @@ def save(
 ) -> bool:
     """Write an entry atomically and drop older entries of the same source and settings
     (``source`` and ``key``, as :func:`entry_path` took them; ``conversion`` is the one used),
-    this format's and earlier formats'. False when the cache folder cannot be written (the
-    cache is an optimisation only)."""
+    this format's and earlier formats', and the temporary files killed writers left. False
+    when the cache folder cannot be written (the cache is an optimisation only)."""
     metadata = {
         "format": FORMAT,
         "conversion": json.dumps(conversion.to_dict()),
@@ -179,7 +186,7 @@ def save(
     }
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=entry.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=entry.parent)
         os.close(fd)
         try:
             _write_entry(tmp, tensors, metadata)
@@ -190,6 +197,7 @@ def save(
     except OSError:
         return False
     _remove_replaced(entry, _replaced_prefixes(source, key))
+    atomic.remove_abandoned(entry.parent, TEMP_NAME)
     return True
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -544,6 +545,47 @@ def test_entries_of_earlier_cache_formats_are_removed_but_no_other_file(
     assert {other_settings.name, users.name, unnamed.name} <= left
     assert users.read_bytes() == b"my notes"
     assert len(left) == 4  # and the new entry
+
+
+def test_temporary_files_killed_writers_left_are_removed_but_no_live_or_other_file(
+    tmp_path: Path, _cache_in_tmp: Path
+) -> None:
+    """A process killed while writing an entry left its temporary file in the cache folder for
+    ever: writing an entry removes those an hour old, and keeps a fresher one (another
+    process may be writing it), a file of another name, a link and a folder."""
+    write_learnable_tree(tmp_path / "t", 20)
+    images = _cache_in_tmp / "images"
+    images.mkdir(parents=True)
+    hour_ago = time.time() - 3600
+
+    def made(name: str, age_s: float, data: bytes = b"half an entry") -> Path:
+        path = images / name
+        path.write_bytes(data)
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path
+
+    abandoned = made(".tmp-k1ll3d_0.safetensors", 3601)
+    fresh = made(".tmp-wr1t1ng0.safetensors", 3500)  # under an hour: maybe being written
+    users = [
+        made(".tmp-k1ll3d_0.safetensors.bak", 7200),
+        made("x.tmp-k1ll3d_1.safetensors", 7200),
+        made(".tmp-my-notes.safetensors", 7200),
+        made(".tmp-k1ll3d_2.txt", 7200),
+    ]
+    target = made("mine.bin", 7200, b"mine")
+    link = images / ".tmp-l1nk3d_0.safetensors"
+    link.symlink_to(target)
+    os.utime(link, (hour_ago - 60, hour_ago - 60), follow_symlinks=False)
+    folder = images / ".tmp-f0ld3r_0.safetensors"
+    folder.mkdir()
+    os.utime(folder, (hour_ago - 60, hour_ago - 60))
+
+    load_local(LocalData(tmp_path / "t"))
+    assert not abandoned.exists(), "an abandoned temporary file was left"
+    assert fresh.read_bytes() == b"half an entry"
+    assert all(path.read_bytes() == b"half an entry" for path in users)
+    assert link.is_symlink() and target.read_bytes() == b"mine" and folder.is_dir()
+    assert len(list(images.glob("[0-9a-f]*-*.safetensors"))) == 1  # the new entry
 
 
 def test_cache_dir_key_and_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

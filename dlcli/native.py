@@ -44,11 +44,13 @@ How: the source is compiled once per machine and compiler with the system's C co
 dlcli's cache (``kernels/`` under dlcli.data.cache.cache_dir). It uses no torch headers and
 is called through ctypes. The library's name is a hash of everything it depends on: the
 source, the compiler and its version, the flags, and the CPU. A new copy is written to a
-temporary name and renamed into place. A library is loaded only from a folder and file no
-other user can write; otherwise it is built in a temporary folder for the process alone.
-When torch runs on GNU OpenMP (Linux), the kernel is built with ``-fopenmp`` and shares
-torch's OpenMP runtime and thread count; elsewhere it runs on one thread. The first load
-runs a self-test against torch on small maps with ties, NaN and infinities. A mismatch
+temporary name (``.kernels-<hash>.so.<pid>.tmp``) and renamed into place; a compile that fails
+or is interrupted removes it, and one a killed process left is removed by the next compile
+once it is an hour old (:func:`dlcli.atomic.remove_abandoned`). A library is loaded only from
+a folder and file no other user can write; otherwise it is built in a temporary folder for the
+process alone. When torch runs on GNU OpenMP (Linux), the kernel is built with ``-fopenmp``
+and shares torch's OpenMP runtime and thread count; elsewhere it runs on one thread. The first
+load runs a self-test against torch on small maps with ties, NaN and infinities. A mismatch
 means it is not used.
 
 Where it cannot run, torch's pooling does, with the same results. :func:`unavailable` says
@@ -65,6 +67,7 @@ import hashlib
 import itertools
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +78,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from dlcli import atomic
 
 SOURCE = Path(__file__).with_name("kernels.c")
 VERSION = 7  # dlcli_kernels_version() of the source this module calls
@@ -445,21 +450,29 @@ def _version_of(compiler: str) -> str:
     return done.stdout
 
 
+# The temporary name _compile gives the library _load names ``kernels-<20 hex digits>.so``:
+# ``.kernels-<hash>.so.<pid>.tmp`` (a killed compile leaves it).
+_PARTIAL_NAME = re.compile(r"\.kernels-[0-9a-f]{20}\.so\.[0-9]+\.tmp")
+
+
 def _compile(compiler: str, flags: list[str], target: Path) -> str:
     """Compile the source into ``target`` (written to a temporary name, then renamed);
     returns the compiler's complaint ("" when it worked)."""
+    atomic.remove_abandoned(target.parent, _PARTIAL_NAME)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     command = [compiler, *flags, str(SOURCE), "-o", str(partial)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=_COMPILE_SECONDS)
-    except (OSError, subprocess.SubprocessError) as error:
-        return str(error)
-    if done.returncode != 0:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=_COMPILE_SECONDS)
+        except (OSError, subprocess.SubprocessError) as error:
+            return str(error)
+        if done.returncode != 0:
+            return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        partial.chmod(0o755)  # ours alone to write, whatever the umask (see _only_ours)
+        os.replace(partial, target)
+        return ""
+    finally:  # a failed or interrupted compile (Ctrl-C) leaves no half-written library
         partial.unlink(missing_ok=True)
-        return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    partial.chmod(0o755)  # ours alone to write, whatever the umask (see _only_ours)
-    os.replace(partial, target)
-    return ""
 
 
 def _folder() -> Path:

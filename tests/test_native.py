@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,52 @@ def test_a_failing_compiler_means_torchs_pooling_and_says_why(tmp_path: Path) ->
     assert why.startswith(f"the kernel did not compile with {cc}")
     assert len((tmp_path / "compiles.log").read_text().splitlines()) == 3  # each set of flags
     assert not list((tmp_path / "cache" / "kernels").iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "timeout", "exit 3"])
+def test_a_compile_that_fails_or_is_interrupted_leaves_no_temporary_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """Ctrl-C or the timeout while the compiler ran left its half-written output,
+    ``.kernels-<hash>.so.<pid>.tmp``, in the kernels folder for ever."""
+
+    def compiler(command: list[str], **kwargs: Any) -> Any:
+        Path(command[command.index("-o") + 1]).write_bytes(b"half a library")
+        if stop == "interrupt":
+            raise KeyboardInterrupt
+        if stop == "timeout":
+            raise subprocess.TimeoutExpired(command, 1)
+        return subprocess.CompletedProcess(command, 3, "", "error: no")
+
+    monkeypatch.setattr(native.subprocess, "run", compiler)
+    target = tmp_path / f"kernels-{'0' * 20}.so"
+    if stop == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            native._compile("cc", [], target)
+    else:
+        assert native._compile("cc", [], target) != ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_library_a_killed_compile_left_is_removed_once_an_hour_old(
+    tmp_path: Path,
+) -> None:
+    kernels = tmp_path / "cache" / "kernels"
+    kernels.mkdir(parents=True)
+    kernels.chmod(0o755)
+
+    def made(name: str, age_s: float) -> Path:
+        path = kernels / name
+        path.write_bytes(b"half a library")
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path
+
+    abandoned = made(f".kernels-{'a' * 20}.so.4242.tmp", 3700)
+    fresh = made(f".kernels-{'b' * 20}.so.4243.tmp", 60)  # maybe another process's, compiling
+    users = made(f"kernels-{'a' * 20}.so.4242.tmp", 7200)
+    _probe(tmp_path, CC=str(_logging_compiler(tmp_path, exit_code=3)))
+    assert not abandoned.exists()
+    assert fresh.exists() and users.exists()
 
 
 # --- in a training run ---------------------------------------------------------------------

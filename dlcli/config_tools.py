@@ -197,7 +197,8 @@ def write_starter(
 
 def write_atomically(path: Path, data: bytes, what: str) -> None:
     """Write ``data`` to a temporary sibling and rename it to ``path``: a full disk or a
-    read-only directory is an :class:`OutputError` naming ``path``, and leaves nothing."""
+    read-only directory is an :class:`OutputError` naming ``path``, and leaves nothing; so does
+    an interruption (Ctrl-C), which is raised on."""
     check_replaceable(path, OutputError, what.removeprefix("the "))
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -206,12 +207,14 @@ def write_atomically(path: Path, data: bytes, what: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:  # a full disk, or Ctrl-C while writing: nothing is left
         tmp.unlink(missing_ok=True)
         for folder in created:  # innermost first; only the folders this call made
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise OutputError(f"{path}: cannot write {what}: {write_problem(err)}") from None
+        if isinstance(err, OSError):
+            raise OutputError(f"{path}: cannot write {what}: {write_problem(err)}") from None
+        raise
 
 
 # --- config show ------------------------------------------------------------------------------

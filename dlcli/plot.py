@@ -324,15 +324,18 @@ def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    """Render into a temporary sibling, then rename: a failed write leaves no partial PNG."""
+    """Render into a temporary sibling, then rename: a failed or interrupted (Ctrl-C) write
+    leaves no partial PNG, nor the temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         check_replaceable(path, OutputError, "figure")
         fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": SOFTWARE})
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the figure: {write_problem(err)}") from None
+        if isinstance(err, OSError):
+            raise OutputError(f"{path}: cannot write the figure: {write_problem(err)}") from None
+        raise
     return path
 
 

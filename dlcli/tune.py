@@ -965,9 +965,15 @@ def _complete() -> Any:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename it to ``path``; a failed or
+    interrupted write leaves neither a partial file nor the temporary one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def open_existing(directory: Path, storage: str | None, study: str | None) -> Study:

@@ -165,3 +165,19 @@ def test_short_key() -> None:
     assert short_key("training.optimizer.learning_rate") == "learning_rate"
     assert short_key("model.layers[1].units") == "layers[1].units"
     assert short_key("seed") == "seed"
+
+
+def test_an_interrupted_tune_file_write_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a full disk) while tune wrote its marker or best config left ``.NAME.tmp``."""
+    from dlcli import tune
+    from dlcli.errors import Interrupted
+
+    def interrupted(*args: Any) -> None:
+        raise Interrupted("interrupted")
+
+    monkeypatch.setattr(Path, "replace", interrupted)
+    with pytest.raises(Interrupted):
+        tune._write_atomic(tmp_path / "best.yaml", "x: 1\n")
+    assert list(tmp_path.iterdir()) == []

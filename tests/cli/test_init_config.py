@@ -255,3 +255,20 @@ def test_validate_a_cuda_config_on_any_machine() -> None:
     for setting in ("training.device=cuda:1", "training.precision=fp16"):
         result = run("config", "validate", config, "--set", setting)
         assert result.exit_code == 0, result.output
+
+
+def test_an_interrupted_config_write_leaves_no_file_nor_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while init wrote (only an OSError was cleaned up) left ``.NAME.tmp-PID`` and
+    the folders it made."""
+    from dlcli import config_tools
+    from dlcli.errors import Interrupted
+
+    def interrupted(*args: Any) -> None:
+        raise Interrupted("interrupted")
+
+    monkeypatch.setattr(config_tools.os, "replace", interrupted)
+    with pytest.raises(Interrupted):
+        config_tools.write_atomically(tmp_path / "new" / "c.yaml", b"x: 1\n", "the config")
+    assert list(tmp_path.iterdir()) == []

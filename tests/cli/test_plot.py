@@ -244,3 +244,21 @@ def test_an_out_dir_under_a_file_is_a_usage_error(run_dir: Path, tmp_path: Path)
     assert result.exit_code == 2, result.output
     assert f"{blocker / 'sub'}: cannot write figures there: {blocker} is a file" in result.stderr
     assert blocker.read_text() == "my notes"
+
+
+def test_an_interrupted_figure_write_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a figure was saved (only an OSError was cleaned up) left ``.NAME.tmp``
+    beside it."""
+    from dlcli import plot
+    from dlcli.errors import Interrupted
+
+    def interrupted(*args: Any) -> None:
+        raise Interrupted("interrupted")
+
+    monkeypatch.setattr(plot.os, "replace", interrupted)
+    fig, _ax = plot._figure(CURVE_SIZE)
+    with pytest.raises(Interrupted):
+        plot._save(fig, tmp_path / "fig.png")
+    assert list(tmp_path.iterdir()) == []

@@ -41,6 +41,12 @@ def temp_name(prefix: str) -> str:
 ABANDONED_AFTER_S = 3600.0
 
 
+def mkstemp_names(prefix: str, suffix: str) -> re.Pattern[str]:
+    """The names ``tempfile.mkstemp(prefix=prefix, suffix=suffix)`` gives: 8 characters of
+    a-z, 0-9 and _ between the two (what :func:`remove_abandoned` may take as dlcli's)."""
+    return re.compile(f"{re.escape(prefix)}[a-z0-9_]{{8}}{re.escape(suffix)}")
+
+
 def remove_abandoned(
     directory: Path, name: re.Pattern[str], older_than: float = ABANDONED_AFTER_S
 ) -> list[str]:

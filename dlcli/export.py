@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlcli import atomic
 from dlcli.errors import DlcliError, OutputError, UsageError, file_in_the_way, write_problem
 
 FORMATS = ("onnx",)
@@ -117,22 +118,29 @@ def export_onnx(model_dir: Path, out: Path | None = None, weights: str = "saved"
 
 @contextlib.contextmanager
 def _staging(target: Path, shown: str) -> Iterator[Path]:
-    """A temporary file next to ``target`` (removed unless it was moved into place);
-    ``shown`` names ``target`` in errors (with ``--out`` when the user gave it)."""
+    """A temporary file next to ``target`` (removed unless it was moved into place; one an
+    export killed while writing left there is removed once an hour old); ``shown`` names
+    ``target`` in errors (with ``--out`` when the user gave it)."""
     if target.is_dir():
         raise UsageError(f"{shown}: is a directory, expected a file name")
     _refuse_foreign(target, shown)
     blocker = file_in_the_way(target.parent)
     if blocker is not None:  # a path that cannot be a file's folder: a usage error, as train -o
         raise UsageError(f"{shown}: cannot write the ONNX file there: {blocker} is a file")
+    prefix, suffix = f".{target.name}.", ".tmp"
+    name: str | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # An export killed while it wrote left its temporary file: gone once an hour old.
+        atomic.remove_abandoned(target.parent, atomic.mkstemp_names(prefix, suffix))
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=suffix)
         os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
     except OSError as err:
+        if name is not None:
+            Path(name).unlink(missing_ok=True)
         raise OutputError(f"{target}: cannot write the ONNX file: {write_problem(err)}") from None
     staging = Path(name)
     try:

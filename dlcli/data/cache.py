@@ -52,8 +52,7 @@ FORMAT = "dlcli-image-cache-3"  # 2: with the files' digests; 3: float images fr
 EARLIER_FORMATS = ("dlcli-image-cache-1", "dlcli-image-cache-2")
 ENTRY_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}\.safetensors")  # what entry_path names
 TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".safetensors"  # an entry being written (save)
-# What tempfile.mkstemp names with them: 8 characters of a-z, 0-9 and _ in between.
-TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
+TEMP_NAME = atomic.mkstemp_names(TEMP_PREFIX, TEMP_SUFFIX)
 
 
 @dataclass(frozen=True)

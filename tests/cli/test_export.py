@@ -206,3 +206,32 @@ def test_an_out_under_a_file_is_a_usage_error(tiny_run: Path, tmp_path: Path) ->
     message = f"--out {blocker / 'model.onnx'}: cannot write the ONNX file there: {blocker} is a"
     assert message in " ".join(result.stderr.split())
     assert blocker.read_text() == "my notes"
+
+
+def test_a_temporary_file_a_killed_export_left_is_removed_once_an_hour_old(
+    tmp_path: Path,
+) -> None:
+    """An export killed while it wrote left ``.NAME.xxxxxxxx.tmp`` beside its target for
+    ever: the next export to that target removes it once an hour old, and keeps a fresher one
+    (another export may be writing it) and any file of another name."""
+    import os
+    import time
+
+    from dlcli import export
+
+    target = tmp_path / "model.onnx"
+
+    def made(name: str, age_s: float) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"half a model")
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path
+
+    abandoned = made(".model.onnx.k1ll3d_0.tmp", 3700)
+    fresh = made(".model.onnx.wr1t1ng0.tmp", 60)
+    others = [made(".other.onnx.k1ll3d_0.tmp", 7200), made(".model.onnx.my-notes.tmp", 7200)]
+    with export._staging(target, str(target)) as staging:
+        assert staging.exists()
+    assert not abandoned.exists()
+    assert fresh.exists() and all(path.exists() for path in others)
+    assert sorted(tmp_path.iterdir()) == sorted([fresh, *others])  # its own staging file too

@@ -9,6 +9,7 @@ config (defaults filled in) is what a run saves next to its weights.
 from __future__ import annotations
 
 import collections
+import contextvars
 import copy
 import dataclasses
 import math
@@ -85,12 +86,15 @@ def doc(
     *,
     path: bool = False,
     cwd_path: bool = False,
+    saved: Check | None = None,
 ) -> Any:
     """A dataclass field with a one-line doc (shown by ``dlcli config show``) and a check.
     ``path``: a file or folder of data, resolved against the config file's directory;
     ``cwd_path``: a path left relative to where the command runs (the output directory).
-    Either is refused empty: ``""`` would silently mean the current directory."""
-    meta = {"doc": text, "check": check, "path": path, "cwd_path": cwd_path}
+    Either is refused empty: ``""`` would silently mean the current directory. ``saved``: the
+    check a saved run's config is held to, where ``check`` was tightened after runs were
+    trained under the looser one (see :func:`parse_config`)."""
+    meta = {"doc": text, "check": check, "path": path, "cwd_path": cwd_path, "saved": saved}
     if dataclasses.is_dataclass(default):
         instance = default
         return field(default_factory=lambda: copy.deepcopy(instance), metadata=meta)
@@ -213,7 +217,7 @@ class Dropout:
 class BatchNorm:
     type: Literal["batch_norm"] = "batch_norm"
     momentum: float = doc("running-stats momentum (PyTorch convention)", 0.1, FRACTION)
-    epsilon: float = doc("added to the variance", 1e-5, UNIT_POSITIVE)
+    epsilon: float = doc("added to the variance", 1e-5, UNIT_POSITIVE, saved=POSITIVE)
 
 
 @dataclass(kw_only=True)
@@ -264,13 +268,15 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class OptimizerConfig:
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = doc("optimizer", "adam")
-    learning_rate: float = doc("step size", 0.001, LEARNING_RATE)
-    weight_decay: float = doc("L2 penalty (decoupled for adamw)", 0.0, UNIT_INTERVAL)
-    momentum: float = doc("momentum (sgd, rmsprop)", 0.0, PROBABILITY)
+    learning_rate: float = doc("step size", 0.001, LEARNING_RATE, saved=POSITIVE)
+    weight_decay: float = doc(
+        "L2 penalty (decoupled for adamw)", 0.0, UNIT_INTERVAL, saved=NON_NEGATIVE
+    )
+    momentum: float = doc("momentum (sgd, rmsprop)", 0.0, PROBABILITY, saved=NON_NEGATIVE)
     nesterov: bool = doc("Nesterov momentum (sgd)", False)
     beta1: float = doc("Adam's first-moment decay", 0.9, PROBABILITY)
     beta2: float = doc("Adam's second-moment decay", 0.999, PROBABILITY)
-    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, UNIT_POSITIVE)
+    epsilon: float = doc("Adam's / RMSprop's epsilon", 1e-8, UNIT_POSITIVE, saved=POSITIVE)
 
 
 Loss = Literal["softmax_cross_entropy_with_logits", "mse"]
@@ -303,7 +309,10 @@ class StepSchedule:
     name: Literal["step"] = "step"
     step_size: int = doc("epochs between decays", check=POSITIVE)
     gamma: float = doc(
-        "factor (at most 1: a decay) applied every step_size epochs", 0.1, UNIT_POSITIVE
+        "factor (at most 1: a decay) applied every step_size epochs",
+        0.1,
+        UNIT_POSITIVE,
+        saved=POSITIVE,
     )
 
 
@@ -314,7 +323,9 @@ class CosineSchedule:
         "linear warm-up from 0, in epochs (fractions allowed)", 0.0, NON_NEGATIVE
     )
     warmup_steps: int = doc("linear warm-up in steps (instead of warmup_epochs)", 0, NON_NEGATIVE)
-    min_lr: float = doc("learning rate reached at the last step", 0.0, LEARNING_RATE_FLOOR)
+    min_lr: float = doc(
+        "learning rate reached at the last step", 0.0, LEARNING_RATE_FLOOR, saved=NON_NEGATIVE
+    )
 
 
 @dataclass(kw_only=True)
@@ -326,18 +337,27 @@ class ReduceOnPlateauSchedule:
     patience: int = doc("epochs without improvement before reducing", 5, NON_NEGATIVE)
     min_delta: float = doc("smallest change that counts as an improvement", 1e-4, NON_NEGATIVE)
     cooldown: int = doc("epochs to wait after a reduction", 0, NON_NEGATIVE)
-    min_lr: float = doc("lower bound of the learning rate", 0.0, LEARNING_RATE_FLOOR)
+    min_lr: float = doc(
+        "lower bound of the learning rate", 0.0, LEARNING_RATE_FLOOR, saved=NON_NEGATIVE
+    )
 
 
 @dataclass(kw_only=True)
 class OneCycleSchedule:
     name: Literal["one_cycle"] = "one_cycle"
     max_lr: float | None = doc(
-        "peak learning rate (default: optimizer.learning_rate)", None, LEARNING_RATE
+        "peak learning rate (default: optimizer.learning_rate)",
+        None,
+        LEARNING_RATE,
+        saved=POSITIVE,
     )
     pct_start: float = doc("fraction of the steps spent warming up", 0.3, FRACTION)
-    div_factor: float = doc("start learning rate = max_lr / div_factor", 25.0, DIVISOR)
-    final_div_factor: float = doc("last learning rate = start / final_div_factor", 1e4, DIVISOR)
+    div_factor: float = doc(
+        "start learning rate = max_lr / div_factor", 25.0, DIVISOR, saved=POSITIVE
+    )
+    final_div_factor: float = doc(
+        "last learning rate = start / final_div_factor", 1e4, DIVISOR, saved=POSITIVE
+    )
     anneal: Literal["cos", "linear"] = doc("shape of both phases", "cos")
     cycle_momentum: bool = doc("cycle momentum / Adam's beta1 inversely (0.95 → 0.85)", False)
 
@@ -698,14 +718,16 @@ def parse_resolved(
     *,
     source: str,
     default_name: str = "run",
+    saved: bool = False,
 ) -> Config:
     """Apply command-line overrides and typed values to a raw config and validate it; paths
-    given on the command line resolve against the current directory."""
+    given on the command line resolve against the current directory. ``saved``: a run's own
+    config (see :func:`parse_config`)."""
     apply_overrides(raw, overrides)
     for key, value in (values or {}).items():
         set_value(raw, key, value)
     resolve_paths(Config, raw, Path.cwd())
-    cfg = parse_config(raw, source=source)
+    cfg = parse_config(raw, source=source, saved=saved)
     if cfg.output.dir is None:
         cfg.output.dir = str(Path("runs") / default_name)
     return cfg
@@ -838,15 +860,27 @@ def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
                 node = node.setdefault(part, {})
 
 
-def parse_config(raw: dict[str, Any], *, source: str = "config") -> Config:
-    """Validate a raw mapping against the schema; raise one ConfigError listing every problem."""
+_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar("saved_config", default=False)
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "config", saved: bool = False) -> Config:
+    """Validate a raw mapping against the schema; raise one ConfigError listing every problem.
+
+    ``saved``: the config a run was trained with (its ``config.yaml``, a checkpoint's). A bound
+    tightened since (a learning rate above 10, a metric listed twice: refused in a new config)
+    is held at the looser one it was trained under, so that the run still evaluates, predicts,
+    exports and resumes; every other check applies as to a new config."""
     problems: list[str] = []
-    cfg = _parse_dataclass(Config, raw, "", problems)
-    if not problems:
-        _check_data(cfg.data, problems)
-        _check_training(cfg.training, problems)
-    if not problems and cfg.tune is not None:
-        _check_tune(cfg, problems)
+    token = _SAVED.set(saved)
+    try:
+        cfg = _parse_dataclass(Config, raw, "", problems)
+        if not problems:
+            _check_data(cfg.data, problems)
+            _check_training(cfg.training, problems)
+        if not problems and cfg.tune is not None:
+            _check_tune(cfg, problems)
+    finally:
+        _SAVED.reset(token)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{source}: {len(problems)} {noun} in the config", details=problems)
@@ -882,7 +916,7 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
         problems.append(err.message)
     counts = collections.Counter(training.metrics)
     repeated = sorted(name for name, count in counts.items() if count > 1)
-    if repeated:
+    if repeated and not _SAVED.get():
         problems.append(
             f"training.metrics: each metric once; repeated: {', '.join(repeated)} "
             f"(found {training.metrics})"
@@ -913,7 +947,7 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
 def _check_accuracy_tools(training: TrainingConfig, problems: list[str]) -> None:
     """class_weights: what the field types alone cannot say."""
     weights = training.class_weights
-    ok, expected = CLASS_WEIGHT
+    ok, expected = NON_NEGATIVE if _SAVED.get() else CLASS_WEIGHT
     if isinstance(weights, list) and (not all(ok(w) for w in weights) or not any(weights)):
         problems.append(
             f"training.class_weights: expected balanced or a list of numbers {expected}, one "
@@ -1174,6 +1208,8 @@ def _parse_dataclass(cls: type[Any], raw: Any, path: str, problems: list[str]) -
             if values[name] == "" and (f.metadata.get("path") or f.metadata.get("cwd_path")):
                 problems.append(f"{sub}: expected a path, found an empty text")
             check = f.metadata.get("check")
+            if _SAVED.get() and f.metadata.get("saved") is not None:
+                check = f.metadata["saved"]
             if (
                 check
                 and len(problems) == before  # one problem per key

@@ -63,7 +63,7 @@ class TrainRequest:
             saved = read_yaml(source)
         except ConfigError as err:  # the run dir's file, damaged: not the user's config
             raise ModelDirError(f"{source}: unreadable saved config ({err})") from None
-        return parse_resolved(saved, self.overrides, values, source=str(source))
+        return parse_resolved(saved, self.overrides, values, source=str(source), saved=True)
 
 
 def saved_config_path(run_dir: Path) -> Path:

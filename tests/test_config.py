@@ -473,3 +473,72 @@ def test_output_dir_defaults_to_runs_and_config_name(tmp_path: Path) -> None:
     path = tmp_path / "my-exp.yaml"
     path.write_text(yaml.safe_dump(base()))
     assert load_config(path).output.dir == str(Path("runs") / "my-exp")
+
+
+# A run trained before a bound was tightened: its config.yaml holds what was valid then.
+TIGHTENED = {
+    "training.optimizer.learning_rate": 20.0,
+    "training.optimizer.momentum": 1.5,
+    "training.optimizer.weight_decay": 2.0,
+    "training.optimizer.epsilon": 2.0,
+    "training.metrics": ["accuracy", "accuracy"],
+}
+
+
+def _with(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    for path, value in values.items():
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(("path", "value"), list(TIGHTENED.items()))
+def test_a_saved_config_is_held_to_the_bounds_it_was_trained_under(path: str, value: Any) -> None:
+    base = {"data": {"dataset": "mnist"}, "model": {"layers": [{"type": "flatten"}]}}
+    raw = _with(to_dict(parse_config(base)), {path: value})
+    with pytest.raises(ConfigError) as new:
+        parse_config(raw)
+    assert path in " ".join(new.value.details)
+    saved = parse_config(raw, saved=True)
+    assert to_dict(saved) == raw | {"model": to_dict(saved)["model"]}
+
+
+def test_a_saved_config_is_still_refused_what_was_never_valid() -> None:
+    base = {"data": {"dataset": "mnist"}, "model": {"layers": [{"type": "flatten"}]}}
+    raw = _with(to_dict(parse_config(base)), {"training.optimizer.learning_rate": -1.0})
+    with pytest.raises(ConfigError, match="learning_rate: expected a number > 0, found -1"):
+        parse_config(raw, saved=True)
+    assert parse_config(base).training.optimizer.learning_rate == 0.001
+
+
+def test_a_run_trained_under_looser_bounds_still_evaluates_and_resumes(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from dlcli import store
+    from dlcli.cli import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for folder in (run, *(p for p in (run / "checkpoints").iterdir() if p.is_dir())):
+        raw = _with(yaml.safe_load((folder / "config.yaml").read_text()), TIGHTENED)
+        (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        store.write_manifest(folder, list(manifest["files"]))
+    validated = CliRunner().invoke(cli, ["config", "validate", str(run / "config.yaml")])
+    assert validated.exit_code == 2, validated.output  # as a new config, it is refused
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(run)])
+    assert evaluated.exit_code == 0, evaluated.output
+    resumed = CliRunner().invoke(
+        cli, ["train", "--resume", str(run), "--quiet", "--set", "training.epochs=3"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    kept = yaml.safe_load((run / "config.yaml").read_text())["training"]
+    assert kept["optimizer"]["learning_rate"] == 20.0 and kept["epochs"] == 3

@@ -38,17 +38,10 @@ _MIN_BAR = 10
 _NOT_METRICS = {"epoch", "seconds", "lr", "samples_per_second"}
 
 
-def format_logs(logs: Logs, keys: tuple[str, ...] | None = None) -> str:
-    """``loss 0.4123  accuracy 0.8512  ...`` (time, speed and lr are formatted by the caller)."""
-    return "  ".join(_metric_fields(logs, keys))
-
-
-def _metric_fields(logs: Logs, keys: tuple[str, ...] | None = None) -> list[str]:
-    return [
-        f"{k} {v:.4f}"
-        for k, v in logs.items()
-        if k not in _NOT_METRICS and (keys is None or k in keys)
-    ]
+def _metric_fields(logs: Logs) -> list[str]:
+    """``loss 0.4123``, ``accuracy 0.8512``, ...: the metrics (time, speed and lr are the
+    caller's)."""
+    return [f"{k} {v:.4f}" for k, v in logs.items() if k not in _NOT_METRICS]
 
 
 def duration(seconds: float | None) -> str:

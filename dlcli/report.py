@@ -289,15 +289,6 @@ def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> Table:
     return table
 
 
-def key_value_table(title: str, items: Sequence[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for key, value in items:
-        table.add_row(key, _fmt(value))
-    return table
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"

@@ -37,7 +37,6 @@ from dlcli.errors import DataError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
-KINDS = ("folder", "csv", "npz", "idx")
 
 
 @dataclass(frozen=True)

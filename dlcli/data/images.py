@@ -36,7 +36,7 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +47,6 @@ from dlcli.errors import ConfigError, DataError, Interrupted, UsageError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-ResizeMode = Literal["stretch", "pad", "crop"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad", "crop")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}

@@ -325,7 +325,6 @@ class Checkpointer(Reporting):
         self.key = history_key(self.checkpointing.monitor)
         self.best: float | None = None
         self.best_epoch: int | None = None
-        self.last_epoch: int | None = None
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if not self.checkpointing.every:
@@ -351,8 +350,6 @@ class Checkpointer(Reporting):
 
     def _save(self, trainer: Loop, name: str) -> None:
         checkpoint.save(self.work_dir, name, self.config, trainer.state_dict())
-        if name == checkpoint.LAST:
-            self.last_epoch = trainer.epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

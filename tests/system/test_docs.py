@@ -67,3 +67,24 @@ def test_exit_code_table_matches_the_code() -> None:
 def test_completion_is_documented() -> None:
     for shell in ("bash", "zsh", "fish"):
         assert f"_DLCLI_COMPLETE={shell}_source dlcli" in README
+
+
+def _code_map() -> list[str]:
+    """The paths the README's code map lists (``dlcli/x.py``, or a folder ``dlcli/cli/``)."""
+    block = README.split("Code map", 1)[1].split("\n\n", 2)[1]
+    return re.findall(r"^    (dlcli/\S*)", block, re.M)
+
+
+def test_the_readme_code_map_lists_every_module_and_only_real_ones() -> None:
+    listed = _code_map()
+    assert "dlcli/engine.py" in listed and "dlcli/cli/" in listed
+    missing_files = [path for path in listed if not (REPO_ROOT / path).exists()]
+    assert not missing_files, f"README.md's code map lists what is not there: {missing_files}"
+    folders = tuple(path for path in listed if path.endswith("/"))
+    modules = sorted(
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in (REPO_ROOT / "dlcli").rglob("*.py")
+        if path.name != "__init__.py" or path.parent.name == "dlcli"
+    )
+    unlisted = [m for m in modules if m not in listed and not m.startswith(folders)]
+    assert not unlisted, f"README.md's code map leaves out {unlisted}"

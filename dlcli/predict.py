@@ -38,6 +38,7 @@ import torch
 
 from dlcli import untrusted
 from dlcli.data.decode import bad_files_message, decode_files
+from dlcli.data.idx import looks_like_idx
 from dlcli.data.images import (
     CHANNEL_MODES,
     IMAGE_SUFFIXES,
@@ -54,7 +55,6 @@ Shape = tuple[int, ...]  # (channels, height, width)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _NPY_MAGIC = b"\x93NUMPY"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -354,7 +354,7 @@ def input_kind(path: Path) -> str:
         return "image"
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return "image"
-    if head.startswith(_GZIP_MAGIC) or head.startswith(b"\0\0"):
+    if looks_like_idx(head):
         return "idx"
     raise DataError(
         f"{path}: not a recognised input: expected an IDX archive (gzip or raw), a .npy "

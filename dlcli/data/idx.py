@@ -48,6 +48,12 @@ _MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this
 _OUT_CHUNK = 1 << 20  # inflated bytes produced per call
 
 
+def looks_like_idx(head: bytes) -> bool:
+    """Whether a file's first bytes can open an IDX archive: gzip's magic (a compressed one), or
+    the two zero bytes every raw one starts with."""
+    return head.startswith(_GZIP_MAGIC) or head.startswith(b"\0\0")
+
+
 def valid_type_codes() -> str:
     """``"0x08 (uint8), 0x09 (int8), …"``: the codes for error messages."""
     return ", ".join(

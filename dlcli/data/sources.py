@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from dlcli import limits, untrusted
+from dlcli.data.idx import looks_like_idx
 from dlcli.data.images import is_image_name
 from dlcli.errors import DataError
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -120,7 +120,7 @@ def kind_of(path: Path) -> str:
         return "npz"
     if path.suffix.lower() == ".csv":
         return "csv"
-    if head.startswith(_GZIP_MAGIC) or head.startswith(b"\0\0"):
+    if looks_like_idx(head):
         return "idx"
     raise DataError(
         f"{path}: not a data source dlcli reads: expected a folder of class folders, a CSV "

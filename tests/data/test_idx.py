@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlcli.data.idx import TYPE_CODES, decode_idx, read_idx, write_idx
+from dlcli.data.idx import TYPE_CODES, decode_idx, looks_like_idx, read_idx, write_idx
 from dlcli.errors import DataError
 
 DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
@@ -255,3 +255,14 @@ def test_decode_idx_never_raises_anything_else(data: bytes) -> None:
         decode_idx(data, source="blob")
     except DataError as err:
         assert "blob" in str(err)
+
+
+@pytest.mark.parametrize("suffix", [".idx", ".idx.gz"])
+def test_what_write_idx_writes_looks_like_idx_and_other_files_do_not(
+    tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"a{suffix}"
+    write_idx(path, np.zeros((2, 3, 3), np.uint8))
+    assert looks_like_idx(path.read_bytes()[:4])
+    for other in (b"\x89PNG", b"\x93NUMPY", b"PK\x03\x04", b"path,label", b"\0", b""):
+        assert not looks_like_idx(other), other

@@ -22,6 +22,7 @@ import numpy as np
 
 from dlcli import untrusted
 from dlcli.data.decode import inspect_files
+from dlcli.data.images import CHANNEL_MODES
 from dlcli.data.sources import (
     ArrayData,
     FileList,
@@ -34,7 +35,6 @@ from dlcli.data.sources import (
 )
 
 IMBALANCE_RATIO = 2.0  # largest / smallest class at or above this gets a note
-GREY = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 @dataclass
@@ -207,7 +207,7 @@ def _check_arrays(
     else:
         h, w, c = images.shape[1:]
     check.sizes = {f"{h}x{w}": len(images)}
-    check.modes = {GREY.get(int(c), f"{c} channels"): len(images)}
+    check.modes = {CHANNEL_MODES.get(int(c), f"{c} channels"): len(images)}
     by_digest: dict[str, list[str]] = defaultdict(list)
     flat = np.ascontiguousarray(images).reshape(len(images), -1)
     for i, row in enumerate(flat):

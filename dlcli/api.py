@@ -33,9 +33,8 @@ from dlcli.data.dataset import Dataset, Split
 from dlcli.data.load import load_data
 from dlcli.errors import UsageError
 from dlcli.hooks import Callback, Logs
+from dlcli.metric_names import SPLITS
 from dlcli.predict import PredictResult, array_inputs, rank, read_inputs
-
-SPLITS = ("train", "validation", "test")
 
 
 def train(

@@ -1,9 +1,10 @@
 """What a data path is, and what it lists: ``data.train``, ``data.test`` and
 ``data.validation`` each name one of
 
-* a **folder of class folders**: ``<class>/<anything>.png|jpg|jpeg|bmp|gif|webp`` (nested
-  folders allowed below the class folder; class names are the folder names, sorted). Hidden
-  files and files of other types are ignored and listed;
+* a **folder of class folders**: ``<class>/<anything>.png|jpg|jpeg|bmp|gif|webp`` (also
+  ``.tif``/``.tiff``: :data:`~dlcli.data.images.IMAGE_SUFFIXES`; nested folders allowed below
+  the class folder; class names are the folder names, sorted). Hidden files and files of other
+  types are ignored and listed;
 * a **CSV file** with a header and the columns ``path,label`` (other columns ignored): paths
   relative to the CSV's folder, the label a class name or an index;
 * an **.npz file** with arrays ``x`` and ``y``, or Keras' ``x_train``/``y_train``/``x_test``/

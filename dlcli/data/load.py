@@ -25,12 +25,14 @@ def load_data(
     recorded: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
 ) -> Dataset:
-    """The dataset a config names: a registry entry, or four explicit IDX archives (absolute
-    paths: ``load_config`` resolved them against the config file's directory).
+    """The dataset a config names: a registry entry, your own data (``data.train``, converted
+    to ``input_shape``, or with the shape inferred when None), or four explicit IDX archives
+    (absolute paths: ``load_config`` resolved them against the config file's directory).
 
     ``recorded`` is a saved run's ``metrics.json`` ``dataset`` section: a registry dataset is
     looked for where the run found it when neither ``data_dir``, ``data.data_dir`` nor
-    $DLCLI_DATA_DIR says otherwise (:func:`open_run` compares the files' SHA-256).
+    $DLCLI_DATA_DIR says otherwise (:func:`dlcli.pipeline.open_run` compares the files'
+    SHA-256).
     """
     if data.dataset is not None:
         return load_dataset(data.dataset, registry_root(data, data_dir, recorded))

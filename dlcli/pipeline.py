@@ -122,6 +122,14 @@ class TrainResult:
         found = summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
         return found | {"weights": saved_weights(self.metrics)}
 
+    def final_metrics(self) -> dict[str, Logs]:
+        """The final metrics of each split the run has (no ``test`` without test data)."""
+        return {
+            split: self.metrics[split]
+            for split in metric_names.SPLITS
+            if self.metrics[split] is not None
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The ``train --json`` document (without ``gates``)."""
         return {"run_dir": str(self.run_dir), **self.metrics, "summary": self.summary()}

@@ -204,11 +204,7 @@ def train(
     result = pipeline.train(prepared, callbacks=[ProgressDisplay(reporter)])
     _show_result(reporter, result)
     document = result.to_dict()
-    final = {
-        split: result.metrics[split]
-        for split in ("train", "validation", "test")
-        if result.metrics[split] is not None
-    }
+    final = result.final_metrics()
     for passed in gates.apply(checked, final, document):  # after the model is saved
         reporter.note(f"gate passed: {passed.describe()}")
     return document
@@ -216,16 +212,11 @@ def train(
 
 def _show_result(reporter: Reporter, result: Any) -> None:
     metrics = result.metrics
-    final = {
-        split: metrics[split]
-        for split in ("train", "validation", "test")
-        if metrics[split] is not None
-    }
     reporter.table(
         metrics_table(
             f"Final metrics ({counted(metrics['epochs'], 'epoch')}, "
             f"fit {metrics['fit_seconds']:.1f}s)",
-            final,
+            result.final_metrics(),
         )
     )
     if metrics["test"] is None:

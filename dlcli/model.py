@@ -606,14 +606,6 @@ _BUILDERS: dict[type[Any], Callable[[Any, Shape, str], tuple[nn.Module, Shape]]]
 }
 
 
-def check_forward(built: BuiltModel) -> None:
-    """Run one zero batch through the model and check the inferred output shape (tests)."""
-    with torch.no_grad():
-        out = built.module.eval()(torch.zeros(2, *built.input_shape))
-    if tuple(out.shape[1:]) != built.output_shape:
-        raise AssertionError(f"inferred {built.output_shape}, got {tuple(out.shape[1:])}")
-
-
 def _difference(name: str, tensor: torch.Tensor, like: torch.Tensor) -> str | None:
     """How a weights file's tensor differs from the model's: its shape, else its dtype."""
     if tuple(tensor.shape) != tuple(like.shape):

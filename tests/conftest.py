@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pytest
 import yaml
 
 from dlcli.data.idx import write_idx
+
+if TYPE_CHECKING:
+    from dlcli.model import BuiltModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = REPO_ROOT / "data"
@@ -22,6 +25,17 @@ REPO_DATA = REPO_ROOT / "data"
 # count. OMP_NUM_THREADS is what auto honours (in this process and in every CLI subprocess);
 # tests/test_threads.py checks auto itself with it unset.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def check_forward(built: BuiltModel) -> None:
+    """Run one zero batch through the model and check the inferred output shape."""
+    import torch
+
+    with torch.no_grad():
+        out = built.module.eval()(torch.zeros(2, *built.input_shape))
+    assert tuple(out.shape[1:]) == built.output_shape, (
+        f"inferred {built.output_shape}, got {tuple(out.shape[1:])}"
+    )
 
 
 @pytest.fixture

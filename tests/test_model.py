@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import check_forward
 
 from dlcli.config import parse_config
 from dlcli.errors import ConfigError
@@ -15,7 +16,6 @@ from dlcli.model import (
     ResidualBlock,
     _pool_first,
     build_model,
-    check_forward,
 )
 
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import check_forward
 from torch import nn
 
 from dlcli.cli import cli
 from dlcli.config import parse_config
 from dlcli.errors import ConfigError
-from dlcli.model import ResidualBlock, build_model, check_forward
+from dlcli.model import ResidualBlock, build_model
 
 
 def model_cfg(layers: list[dict[str, Any]], input_shape: list[int] | None = None) -> Any:

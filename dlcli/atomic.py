@@ -118,20 +118,17 @@ def swap_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def swap_entries(
-    staging: Path, directory: Path, names: Sequence[str], *, last: str, replace: Sequence[str] = ()
-) -> None:
+def swap_entries(staging: Path, directory: Path, names: Sequence[str], *, last: str) -> None:
     """Move ``staging``'s entries ``names`` (and ``last``, the manifest) into ``directory``.
 
-    ``staging`` must be inside ``directory`` (one filesystem). The entries they replace, and
-    those listed in ``replace`` even when staging has none, are moved into a ``.dlcli-old-*``
-    folder first (``last`` before anything else) and removed at the end; other entries of
-    ``directory`` are never touched.
+    ``staging`` must be inside ``directory`` (one filesystem). The entries they replace are
+    moved into a ``.dlcli-old-*`` folder first (``last`` before anything else) and removed at
+    the end; other entries of ``directory`` are never touched.
     """
     aside = directory / temp_name(".dlcli-old")
     with uninterruptible():
         aside.mkdir()
-        for name in [last, *names, *replace]:
+        for name in [last, *names]:
             if os.path.lexists(directory / name) and not os.path.lexists(aside / name):
                 os.rename(directory / name, aside / name)
         for name in [*names, last]:

@@ -826,7 +826,6 @@ def open_data(
     *,
     device: str = "auto",
     weights: str = "saved",
-    skip_bad_files: bool | None = None,
     tta: str | None = None,
 ) -> SavedRun:
     """A saved run's model (``weights``, ``tta``: see :func:`load_model`) and labelled data at
@@ -842,7 +841,7 @@ def open_data(
         LocalData.from_config(given, cfg.model.input_shape),
         class_names=names or None,
         num_classes=loaded.built.output_shape[0],
-        skip_bad_files=cfg.data.skip_bad_files if skip_bad_files is None else skip_bad_files,
+        skip_bad_files=cfg.data.skip_bad_files,
         evaluating=True,
     )
     dataset = load_local(spec)

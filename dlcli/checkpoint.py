@@ -171,7 +171,7 @@ def _os_message(root: Path, err: BaseException) -> str:
     )
 
 
-def split_tensors(obj: Any, key: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+def split_tensors(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     """Nested dicts/lists with tensors → (JSON-able data with ``{"__tensor__": key}`` in place
     of each tensor, {key: tensor})."""
     tensors: dict[str, torch.Tensor] = {}
@@ -188,7 +188,7 @@ def split_tensors(obj: Any, key: str = "") -> tuple[Any, dict[str, torch.Tensor]
             return value
         raise TypeError(f"checkpoint state at {path or '/'}: cannot store {type(value).__name__}")
 
-    return walk(obj, key), tensors
+    return walk(obj, ""), tensors
 
 
 def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:

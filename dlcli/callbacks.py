@@ -1,8 +1,9 @@
 """The callbacks a config asks for: learning-rate schedules, early stopping, a target to reach,
-checkpoints, the thread count following the free cores. Each is a
-:class:`~dlcli.hooks.Callback`; :func:`build_callbacks` makes the list for a config, with the
-checkpoint callback last so that what it saves includes what the others decided at the end of
-the epoch.
+checkpoints, the thread count following the free cores, a watched split's metrics. Each is a
+:class:`~dlcli.hooks.Callback`; :func:`build_callbacks` makes the list of the first four for a
+config, with the checkpoint callback last so that what it saves includes what the others
+decided at the end of the epoch (the training pipeline adds :class:`SplitMetrics` before all
+of them and :class:`FollowFreeCores` after).
 """
 
 from __future__ import annotations

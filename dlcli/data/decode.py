@@ -100,12 +100,7 @@ def inspect_files(
     paths: Sequence[str | Path], *, workers: int | None = None
 ) -> tuple[list[ImageInfo | None], list[tuple[str, str]]]:
     """Decode every file without converting it: what it holds, or why it cannot be read."""
-    infos: list[ImageInfo | None] = [None] * len(paths)
-    bad: list[tuple[str, str]] = []
-    for start, (chunk_infos, errors) in _run(_inspect_chunk, paths, None, workers):
-        infos[start : start + len(chunk_infos)] = chunk_infos
-        bad += [(str(paths[start + i]), reason) for i, reason in errors]
-    return infos, bad
+    return _all_infos(_inspect_chunk, paths, workers)
 
 
 def peek_files(
@@ -113,9 +108,21 @@ def peek_files(
 ) -> tuple[list[ImageInfo | None], list[tuple[str, str]]]:
     """Every file's mode and size from its header (None where it cannot be read), and why
     each unreadable one cannot be."""
+    return _all_infos(_peek_chunk, paths, workers)
+
+
+def _all_infos(
+    chunk: Callable[
+        [list[str], Conversion | None], tuple[list[ImageInfo | None], list[tuple[int, str]]]
+    ],
+    paths: Sequence[str | Path],
+    workers: int | None,
+) -> tuple[list[ImageInfo | None], list[tuple[str, str]]]:
+    """``chunk`` (:func:`_inspect_chunk` or :func:`_peek_chunk`) over every file, in worker
+    processes: each file's info (None where it cannot be read), and each failure by path."""
     infos: list[ImageInfo | None] = [None] * len(paths)
     bad: list[tuple[str, str]] = []
-    for start, (chunk_infos, errors) in _run(_peek_chunk, paths, None, workers):
+    for start, (chunk_infos, errors) in _run(chunk, paths, None, workers):
         infos[start : start + len(chunk_infos)] = chunk_infos
         bad += [(str(paths[start + i]), reason) for i, reason in errors]
     return infos, bad

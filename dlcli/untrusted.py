@@ -32,8 +32,10 @@ def is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def shorten(text: str, limit: int = limits.ECHO_MAX_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out."""
+def shorten(text: str) -> str:
+    """``text`` cut to :data:`~dlcli.limits.ECHO_MAX_CHARS` characters, saying how much was
+    left out."""
+    limit = limits.ECHO_MAX_CHARS
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text) - limit} more characters)"

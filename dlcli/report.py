@@ -236,16 +236,17 @@ def _plain(cell: Any) -> str:
     return str(cell)
 
 
-def wrap_fields(fields: Sequence[str], width: int, *, sep: str = "  ", indent: int = 2) -> str:
+def wrap_fields(fields: Sequence[str], width: int, *, sep: str = "  ") -> str:
     """Fields joined by ``sep``, broken into lines of at most ``width`` columns between fields
-    (never inside one; a field wider than a line gets a line of its own)."""
+    (never inside one; a field wider than a line gets a line of its own), each line after the
+    first indented by two spaces."""
     lines: list[str] = []
     line = ""
     for text in fields:
         candidate = f"{line}{sep}{text}" if line else text
         if line and len(candidate) > width:
             lines.append(line.rstrip())
-            candidate = " " * indent + text
+            candidate = "  " + text
         line = candidate
     lines.append(line)
     return "\n".join(lines)

@@ -1442,15 +1442,15 @@ def dump_yaml(cfg: Config, header: Sequence[str] = ()) -> str:
     return aligned(lines)
 
 
-def aligned(lines: Sequence[tuple[str, str]], column: int = COMMENT_COLUMN) -> str:
-    """``(text, comment)`` lines with every comment at ``column`` (two spaces after a longer
-    text). A comment stays on its line: a line break or other control character in it (a file
-    name quoted in a header) is written as its escape, ``\\n``."""
+def aligned(lines: Sequence[tuple[str, str]]) -> str:
+    """``(text, comment)`` lines with every comment at :data:`COMMENT_COLUMN` (two spaces after
+    a longer text). A comment stays on its line: a line break or other control character in it
+    (a file name quoted in a header) is written as its escape, ``\\n``."""
     out = []
     for text, comment in lines:
         if text.startswith("#"):
             text = printable(text)
-        pad = " " * max(column - len(text), 2)
+        pad = " " * max(COMMENT_COLUMN - len(text), 2)
         out.append(f"{text}{pad}# {printable(comment)}" if comment else text)
     return "\n".join(out) + "\n"
 

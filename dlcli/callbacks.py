@@ -91,10 +91,16 @@ class SplitMetrics(Callback):
         logs.update(metric_names.tagged(trainer.evaluate(self.split), self.name))
 
 
+def test_split_watchers(cfg: Config) -> dict[str, str]:
+    """The monitors and target of ``cfg`` that watch the test split (evaluated every epoch
+    then), by key path: ``{"training.early_stopping.monitor": "test_loss"}``."""
+    watched = watched_metrics(cfg.training).items()
+    return {key: name for key, name in watched if metric_names.parse(name).split == "test"}
+
+
 def watched_test_split(cfg: Config) -> bool:
     """Does a monitor or target of ``cfg`` watch the test split (evaluated every epoch then)?"""
-    names = watched_metrics(cfg.training).values()
-    return any(metric_names.parse(name).split == "test" for name in names)
+    return bool(test_split_watchers(cfg))
 
 
 # --- learning-rate schedules ------------------------------------------------------------------

@@ -39,6 +39,7 @@ from dlcli.callbacks import (
     SplitMetrics,
     build_callbacks,
     reports,
+    test_split_watchers,
     watched_test_split,
 )
 from dlcli.config import Config, TrainingConfig, read_yaml
@@ -181,6 +182,7 @@ def prepare(
         record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         record_data_dir(cfg)
         check_top_k(cfg, dataset.num_classes)
+        check_test_watchers(cfg, dataset)
         check_translate(cfg)
         asked = record_precision(cfg, device, world, run_dir if resume else None)
         resumed = world.from_main(
@@ -229,6 +231,19 @@ def check_top_k(cfg: Config, classes: int) -> None:
             f"top_k_accuracy would always be 1.0; set training.top_k below {classes} or "
             "drop top_k_accuracy from training.metrics"
         )
+
+
+def check_test_watchers(cfg: Config, dataset: Dataset) -> None:
+    """A monitor or target that watches the test split needs one: without test data its
+    metric never exists (early stopping stopped after ``patience`` epochs of "no improvement",
+    reduce_on_plateau failed with a KeyError, a target or best checkpoint never came)."""
+    if dataset.test is not None:
+        return
+    watchers = test_split_watchers(cfg)
+    if watchers:
+        keys = ", ".join(f"{key} ({name})" for key, name in watchers.items())
+        verb = "watches" if len(watchers) == 1 else "watch"
+        raise ConfigError(f"{keys}: {verb} the test split, but there is {NO_TEST}")
 
 
 def check_translate(cfg: Config) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_tiny_config
+from conftest import learnable_patterns, write_tiny_config
 
 from dlcli.callbacks import (
     EarlyStopping,
@@ -310,6 +311,34 @@ def test_stop_at_target_ends_training_there(tmp_path: Path) -> None:
     assert doc["epochs"] == doc["target"]["epoch"] < 6
     assert len(_history(doc)) == doc["epochs"]
     assert (Path(doc["run_dir"]) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("key", "setting"),
+    [
+        ("training.early_stopping.monitor", "training.early_stopping={monitor: test.accuracy}"),
+        (
+            "training.lr_schedule.monitor",
+            "training.lr_schedule={name: reduce_on_plateau, monitor: test_loss}",
+        ),
+        ("training.target.metric", "training.target={metric: test_accuracy, value: 0.5}"),
+        ("training.checkpoint.monitor", "training.checkpoint={monitor: test_loss}"),
+    ],
+)
+def test_a_test_metric_watched_without_test_data_is_refused(
+    tmp_path: Path, key: str, setting: str
+) -> None:
+    # Without data.test the metric never exists: early stopping stopped after its patience
+    # ("has not improved"), reduce_on_plateau failed with an internal KeyError (exit 1).
+    config = write_tiny_config(tmp_path)
+    images, labels = learnable_patterns(100, np.random.default_rng(0))
+    np.savez(tmp_path / "train.npz", x=images, y=labels)
+    data = f"data={{train: {tmp_path / 'train.npz'}, validation_split: 0.25}}"  # no data.test
+    args = ["train", str(config), "--quiet", "--set", data, "--set", "training.epochs=4"]
+    result = CliRunner().invoke(cli, [*args, "--set", setting])
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "no test data (data.test)" in result.output
+    assert not (tmp_path / "runs" / "tiny").exists()
 
 
 # --- label smoothing ---------------------------------------------------------------------------

@@ -240,6 +240,10 @@ class EarlyStopping(Reporting):
             self.stopped_epoch = epoch
             trainer.stop_training = True
 
+    def on_resume(self, trainer: Loop) -> None:
+        if self.stopped_epoch is not None:  # the run had stopped early: it is finished
+            trainer.stop_training = True
+
     def on_fit_end(self, trainer: Loop) -> None:
         stopped = self.stopped_epoch is not None and not trainer.interrupted
         if stopped and self.best_weights is not None and self.best_epoch != self.stopped_epoch:
@@ -290,6 +294,10 @@ class TargetTracker(Reporting):
         if value is None or math.isnan(value):
             return False
         return value >= self.target.value if self.mode == "max" else value <= self.target.value
+
+    def on_resume(self, trainer: Loop) -> None:
+        if self.stop and self.epoch is not None:  # the run had ended at its target
+            trainer.stop_training = True
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if self.epoch is None and self.reached(logs.get(self.key)):

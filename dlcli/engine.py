@@ -219,6 +219,7 @@ class Trainer:
         if self._resume is not None:  # after on_fit_begin: schedulers exist to take their state
             self._apply_checked_state(self._resume)
             self._resume = None
+            self._call("on_resume")
         if self.world is not None:  # each worker its own dropout stream from here on
             self.world.seed(self.training.seed, self.global_step)
         self._fit_start = time.perf_counter()

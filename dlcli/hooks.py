@@ -66,6 +66,11 @@ class Callback:
 
     def on_fit_begin(self, trainer: Loop) -> None: ...
 
+    def on_resume(self, trainer: Loop) -> None:
+        """A fit continues from a checkpoint: every callback's state is loaded, no step has
+        run (a callback that had ended the run, e.g. early stopping, sets ``stop_training``
+        again, so a finished run is not trained further)."""
+
     def on_epoch_begin(self, trainer: Loop, epoch: int) -> None: ...
 
     def on_step_end(self, trainer: Loop, step: int) -> None: ...

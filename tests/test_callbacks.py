@@ -233,6 +233,33 @@ def test_early_stopping_end_to_end(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "stopping",
+    [
+        ["training.early_stopping={patience: 1, min_delta: 1000}"],
+        ["training.target={metric: val_accuracy, value: 0.5}", "training.stop_at_target=true"],
+    ],
+    ids=["early_stopping", "stop_at_target"],
+)
+def test_resuming_a_run_that_stopped_early_trains_no_further(
+    tmp_path: Path, stopping: list[str]
+) -> None:
+    # --resume of a finished run changes nothing; one that had stopped early was trained on
+    # from its last checkpoint (a third epoch, "not improved for 2 epochs" with patience 1).
+    doc = _train_json(write_tiny_config(tmp_path), "training.epochs=10", *stopping)
+    assert doc["epochs"] < 10
+    run = Path(doc["run_dir"])
+    weights, history = (run / "model.safetensors").read_bytes(), _history(doc)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads(result.stdout)
+    assert resumed["epochs"] == doc["epochs"]
+    assert _history(resumed) == history
+    assert (run / "model.safetensors").read_bytes() == weights
+    for key in ("early_stopping", "target", "validation", "test"):
+        assert resumed.get(key) == doc.get(key)
+
+
 # --- target ------------------------------------------------------------------------------------
 
 

@@ -151,7 +151,7 @@ def lr_find(
     from dlcli import pipeline
     from dlcli.data.load import load_data
     from dlcli.device import resolve_device
-    from dlcli.model import build_model
+    from dlcli.model import build_model, check_batch_norm_batches
 
     if not 0 < start_lr < end_lr:
         raise UsageError(f"--start-lr {start_lr:g} must be > 0 and below --end-lr {end_lr:g}")
@@ -160,6 +160,7 @@ def lr_find(
     train, _ = pipeline.split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.model, num_classes=dataset.num_classes)
+    check_batch_norm_batches(model, len(train), cfg.training.batch_size)
     per_epoch = math.ceil(len(train) / cfg.training.batch_size)
     training = dataclasses.replace(
         cfg.training,

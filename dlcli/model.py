@@ -7,8 +7,9 @@ kernel larger than its input, a dense layer on an image) are config errors namin
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,52 @@ class BuiltModel:
     @property
     def trainable_params(self) -> int:
         return sum(info.trainable for info in self.layers)
+
+
+def batch_norm_layers(layers: Sequence[LayerInfo]) -> list[LayerInfo]:
+    """The model's batch_norm layers (residual blocks' included), in order."""
+    found: list[LayerInfo] = []
+    for info in layers:
+        if info.kind == "BatchNorm":
+            found.append(info)
+        found += batch_norm_layers(info.inner)
+    return found
+
+
+def check_batch_norm_batches(
+    built: BuiltModel, samples: int, batch_size: int, workers: int = 1
+) -> None:
+    """A training step must give every batch_norm layer 2 or more values of each channel to
+    normalise over: one sample on a flat layer (after a dense layer, or on 1x1 images) has a
+    variance of nothing, and torch refuses it (an internal error at the epoch's last step,
+    after the epoch's work). The steps of an epoch of ``samples`` at ``batch_size`` (the
+    global batch, shared out by ``workers``) must not leave any worker exactly one sample
+    then; none (a worker with an empty share) is fine."""
+    flat = [
+        info for info in batch_norm_layers(built.layers) if math.prod(info.output_shape[1:]) == 1
+    ]
+    if not flat or samples <= 0:
+        return
+    batches = {min(batch_size, samples), samples % batch_size if samples > batch_size else 0}
+    for batch in sorted(b for b in batches if b):
+        shares = {batch // workers, -(-batch // workers)}
+        if 1 not in shares:
+            continue
+        full = batch == min(batch_size, samples)
+        where = "each step" if full else "the epoch's last step"
+        given = f"{batch_size} on {samples} training samples"
+        leaves = f"leaves 1 sample in {where}"
+        if workers > 1:
+            given += f", shared by {workers} workers,"
+            leaves = f"leaves a worker 1 sample in {where}" + (
+                "" if full or batch == 1 else f" ({batch} samples)"
+            )
+        layer = flat[0]
+        raise ConfigError(
+            f"training.batch_size: {given} {leaves}, but {layer.name} (batch norm of "
+            f"{hwc(layer.output_shape)}) needs 2 or more samples a step to normalise over; "
+            "choose a batch size that leaves every step 2 or more"
+        )
 
 
 def hwc(shape: Shape) -> Shape:

@@ -66,6 +66,7 @@ from dlcli.metrics import PerClass, confusion_matrix, per_class
 from dlcli.model import (
     BuiltModel,
     build_model,
+    check_batch_norm_batches,
     has_fused_conv,
     has_native_pool,
     weights_mismatch,
@@ -191,6 +192,7 @@ def prepare(
         train, validation = split_train(dataset, cfg)
         torch.manual_seed(cfg.training.seed)
         model = build_model(cfg.model, num_classes=dataset.num_classes)
+        check_batch_norm_batches(model, len(train), cfg.training.batch_size, world.size)
     except BaseException:
         output.release()
         raise

@@ -16,6 +16,7 @@ from dlcli.model import (
     ResidualBlock,
     _pool_first,
     build_model,
+    check_batch_norm_batches,
 )
 
 
@@ -79,6 +80,42 @@ def test_batch_norm_after_dense_is_1d() -> None:
     )
     assert built.layers[2].params == 10
     check_forward(built)
+
+
+FLAT_BN = [{"type": "flatten"}, {"type": "dense", "units": 5}, {"type": "batch_norm"}]
+POOLED_BN = [{"type": "conv2d", "filters": 3, "kernel_size": 3}, {"type": "global_avg_pool2d"}]
+IMAGE_BN = [{"type": "conv2d", "filters": 3, "kernel_size": 3}, {"type": "batch_norm"}]
+IN_BLOCK = [{"type": "residual", "layers": [{"type": "dense", "units": 5}, {"type": "batch_norm"}]}]
+
+
+@pytest.mark.parametrize(
+    ("layers", "samples", "batch", "workers", "fragment"),
+    [
+        (FLAT_BN, 8, 7, 1, "leaves 1 sample in the epoch's last step"),
+        (FLAT_BN, 8, 1, 1, "leaves 1 sample in each step"),
+        (FLAT_BN, 1, 100, 1, "leaves 1 sample in each step"),
+        ([*POOLED_BN, {"type": "batch_norm"}], 101, 100, 1, "the epoch's last step"),
+        ([{"type": "flatten"}, *IN_BLOCK], 9, 4, 1, "the epoch's last step"),
+        (FLAT_BN, 8, 3, 2, "leaves a worker 1 sample in the epoch's last step (2 samples)"),
+        (FLAT_BN, 9, 9, 5, "leaves a worker 1 sample in each step"),
+        (FLAT_BN, 9, 4, 2, "leaves a worker 1 sample in the epoch's last step,"),
+        (FLAT_BN, 3, 100, 4, "leaves a worker 1 sample in each step"),  # 1, 1, 1 and none
+        (FLAT_BN, 8, 4, 1, None),  # every step 4 samples
+        (FLAT_BN, 12, 4, 2, None),  # 2 a worker
+        (IMAGE_BN, 8, 7, 1, None),  # a 6x6 map: 36 values a channel from one image
+    ],
+)
+def test_batch_norm_needs_two_values_a_channel_at_every_step(
+    layers: list[dict[str, Any]], samples: int, batch: int, workers: int, fragment: str | None
+) -> None:
+    built = build_model(model_cfg(layers, [8, 8, 1]))
+    if fragment is None:
+        check_batch_norm_batches(built, samples, batch, workers)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_batch_norm_batches(built, samples, batch, workers)
+    assert err.value.message.startswith(f"training.batch_size: {batch} on {samples} training")
+    assert fragment in err.value.message and "batch_norm_1" in err.value.message
 
 
 def test_seed_mlp_matches_kotlindl_summary() -> None:

@@ -146,6 +146,26 @@ def test_a_translate_as_large_as_the_image_is_refused(tiny_config: Path) -> None
     assert ok.exit_code == 0, ok.output
 
 
+def test_a_batch_norm_step_of_one_sample_is_refused_before_training(tiny_config: Path) -> None:
+    """batch_norm after a dense layer cannot normalise one sample: 300 training samples at
+    batch 299 left the epoch's last step 1 and torch raised there, after the epoch's work
+    (exit 1, 'a bug in dlcli'); train and lr-find say so before the first step, exit 2."""
+    layers = (
+        "[{type: flatten}, {type: dense, units: 8}, {type: batch_norm}, {type: dense, units: 4}]"
+    )
+    sets = ("--set", f"model.layers={layers}", "--set", "training.batch_size=299")
+    for command in ("train", "lr-find"):
+        result = run(command, str(tiny_config), "--quiet", *sets)
+        assert result.exit_code == 2, (command, result.output)
+        assert (
+            "training.batch_size: 299 on 300 training samples leaves 1 sample in the epoch's "
+            "last step, but batch_norm_1 (batch norm of (8,)) needs 2 or more"
+        ) in result.stderr
+    assert not (tiny_config.parent / "runs" / "tiny").exists()
+    ok = run("train", str(tiny_config), "--quiet", *sets[:2], "--set", "training.batch_size=298")
+    assert ok.exit_code == 0, ok.output
+
+
 @pytest.mark.parametrize(
     ("optimizer", "loss", "lr"),
     [

@@ -64,7 +64,26 @@ class Objective:
             return F.mse_loss(logits, onehot.to(logits.dtype))
         if soft:  # probabilities: the mean over the batch of -sum(w_c * t_c * log p_c)
             targets = targets.to(logits.dtype)
+        elif weight is not None:  # torch's weighted mean, but a batch of weight-0 classes is 0
+            total = F.cross_entropy(
+                logits,
+                targets,
+                weight=weight,
+                label_smoothing=self.label_smoothing,
+                reduction="sum",
+            )
+            return per(total, self.mean_over(targets, weight))
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
+
+    def mean_over(
+        self, targets: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> int | torch.Tensor:
+        """What :meth:`loss_of` divides a batch's summed loss by: the number of samples, or,
+        with class weights and class indices (``training.class_weights``), the sum of the
+        samples' weights (a tensor; 0 for a batch whose classes all weigh 0, see :func:`per`)."""
+        if weight is None or targets.is_floating_point() or self.loss == "mse":
+            return len(targets)
+        return weight.index_select(0, targets).sum()
 
     def running(self, device: torch.device) -> Running:
         """Empty sums for an epoch or an evaluation, on ``device``."""
@@ -80,6 +99,16 @@ class Objective:
         if "top_k_accuracy" in self.metrics:
             logs["top_k_accuracy"] = sums[2] / count
         return logs
+
+
+def per(total: torch.Tensor, amount: int | torch.Tensor) -> torch.Tensor:
+    """``total / amount``, and 0 (with zero gradients) where the amount is 0: a batch of
+    classes that all weigh 0 in ``training.class_weights`` carries no loss (torch's weighted
+    mean is 0/0 = NaN there, which stopped training as a diverged loss)."""
+    if isinstance(amount, int):
+        return total / amount if amount else total * 0.0
+    some = amount > 0
+    return total * some / torch.where(some, amount, torch.ones_like(amount))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from conftest import REPO_ROOT, learnable_patterns
+from conftest import REPO_ROOT, learnable_patterns, write_tiny_config
 from torch import nn
 
 from dlcli import evaluation
@@ -53,6 +53,31 @@ def test_mse_and_label_smoothing_losses() -> None:
     smooth = evaluation.evaluate(net, data, Objective(4, label_smoothing=0.1))["loss"]
     expected = F.cross_entropy(logits, data.labels, label_smoothing=0.1)
     assert smooth == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_class_weighted_loss_is_torchs_and_zero_for_a_batch_of_weight_0_classes() -> None:
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 4, requires_grad=True), torch.tensor([0, 1, 2, 3, 0, 1])
+    weight = torch.tensor([0.0, 2.0, 1.0, 0.5])
+    objective = Objective(4, label_smoothing=0.1)
+    expected = F.cross_entropy(logits, labels, weight=weight, label_smoothing=0.1)
+    assert float(objective.loss_of(logits, labels, weight)) == pytest.approx(float(expected))
+    # Only class 0, which weighs 0: torch's weighted mean is 0/0 = NaN (training stopped as
+    # if the loss had diverged); it is a loss of 0, with zero gradients.
+    only_zero = labels.new_zeros(3)
+    assert F.cross_entropy(logits[:3], only_zero, weight=weight).isnan()
+    loss = objective.loss_of(logits[:3], only_zero, weight)
+    assert float(loss) == 0.0
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_a_run_whose_batch_holds_only_weight_0_classes_trains(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path)
+    args = ["train", str(config), "--quiet", "--set", "training.class_weights=[0, 1, 1, 1]"]
+    args += ["--set", "training.batch_size=1", "--set", "training.epochs=1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output  # was exit 3: "the loss became nan"
 
 
 def test_outputs_are_batched_float_logits_on_the_cpu() -> None:

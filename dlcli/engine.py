@@ -180,14 +180,15 @@ class Trainer:
         else:
             # 4. Forward and loss (weighted by training.class_weights), in mixed precision if
             #    asked.
+            over = self._weighted_over(targets, labels, batch)
             with self.precision.autocast():
                 logits = self.train_forward(x)
-                loss = self.objective.loss_of(logits, targets, self.class_weights)
+                loss = self.objective.loss_of(logits, targets, self.class_weights, over)
             # 5. Backward: zero the one flat gradient buffer (one memset), then back-propagate
             #    (fp16: the loss scaled against underflow; data parallel: weighted by this
             #    worker's share of the global batch, DDP averaging the gradients).
             self.flat.zero_grad()
-            if self.world is None:
+            if self.world is None or over is not None:
                 self.precision.backward(loss)
             else:
                 self.precision.backward(self.world.scale_loss(loss, len(y), len(batch)))
@@ -201,6 +202,19 @@ class Trainer:
         assert self._running is not None
         self._running.add(loss, logits.detach(), y)
         return loss
+
+    def _weighted_over(
+        self, targets: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Data parallel with class weights and class-index targets: what each worker's loss is
+        a mean over, the global batch's summed weights over the workers (DDP averages the
+        workers' gradients into the global batch's weighted mean's; a worker's own weighted
+        mean, scaled by its share of the samples, gave another update than one process's).
+        None otherwise: each worker's mean, scaled by :meth:`World.scale_loss`."""
+        if self.world is None or self.class_weights is None or targets.is_floating_point():
+            return None
+        whole = self.objective.mean_over(labels.index_select(0, batch), self.class_weights)
+        return torch.as_tensor(whole) / self.world.size
 
     # --- the loop ---------------------------------------------------------------------------
 

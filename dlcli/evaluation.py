@@ -49,13 +49,19 @@ class Objective:
         )
 
     def loss_of(
-        self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        over: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The batch's mean loss; an empty batch's is a zero that still reaches every
         parameter (a data-parallel worker with an empty shard joins the gradient all-reduce).
         ``targets``: class indices, or class probabilities (N×classes: a mixed batch, see
         dlcli.augment); ``weight``: per-class weights of the cross-entropy
-        (``training.class_weights``)."""
+        (``training.class_weights``); ``over``: what the weighted loss of class indices is a
+        mean over (default: the batch's summed weights, :meth:`mean_over`; a data-parallel
+        worker's: the global batch's, over the workers)."""
         if not len(targets):
             return logits.sum() * 0.0
         soft = targets.is_floating_point()
@@ -72,7 +78,7 @@ class Objective:
                 label_smoothing=self.label_smoothing,
                 reduction="sum",
             )
-            return per(total, self.mean_over(targets, weight))
+            return per(total, self.mean_over(targets, weight) if over is None else over)
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
 
     def mean_over(

@@ -376,7 +376,8 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
         except TrainingError as err:
             raise TrainingError(err.message + _last_good(prepared)) from None
         guard.immediate = True  # no step left to finish: a signal now stops at once
-        metrics = _metrics(prepared, trainer) | reports(configured) | world.describe()
+        reported = reports(configured)
+        metrics = _metrics(prepared, trainer, reported) | reported | world.describe()
         for follow in following:
             metrics["threads"] = metrics["threads"] | follow.follower.describe()
         if world.is_main:
@@ -432,8 +433,12 @@ def _output_callbacks(prepared: Prepared) -> list[Callback]:
     return [TensorBoardLogger(prepared.work_dir, prepared.config)]
 
 
-def _metrics(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
-    final_train = {k: v for k, v in trainer.history[-1].items() if k in ("loss", *_metric_keys())}
+def _metrics(prepared: Prepared, trainer: Trainer, reported: Mapping[str, Any]) -> dict[str, Any]:
+    # The training metrics of the epoch whose weights are saved: the last, or the best that
+    # early stopping restored (validation and test score those weights).
+    saved = saved_weights({"epochs": trainer.epoch, **reported})["epoch"]
+    row = next((r for r in trainer.history if r["epoch"] == saved), trainer.history[-1])
+    final_train = {k: v for k, v in row.items() if k in ("loss", *_metric_keys())}
     dataset = prepared.dataset
     tta = prepared.config.training.tta
     return {

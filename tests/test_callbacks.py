@@ -233,6 +233,21 @@ def test_early_stopping_end_to_end(tmp_path: Path) -> None:
     }
 
 
+def test_restored_best_weights_report_their_own_epochs_training_metrics(tmp_path: Path) -> None:
+    # The saved model is epoch 1's; its validation and test rows scored it, but the train row
+    # was the last epoch's (a table mixing two models).
+    doc = _train_json(
+        write_tiny_config(tmp_path),
+        "training.epochs=10",
+        "training.early_stopping={patience: 1, min_delta: 1000}",
+    )
+    assert doc["early_stopping"]["restored_best"] and doc["early_stopping"]["best_epoch"] == 1
+    first, last = _history(doc)[0], _history(doc)[-1]
+    assert doc["train"] == {"loss": float(first["loss"]), "accuracy": float(first["accuracy"])}
+    assert float(last["loss"]) != float(first["loss"])
+    assert doc["validation"]["loss"] == pytest.approx(float(first["val_loss"]), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "stopping",
     [

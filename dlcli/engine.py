@@ -234,8 +234,6 @@ class Trainer:
             self._apply_checked_state(self._resume)
             self._resume = None
             self._call("on_resume")
-        if self.world is not None:  # each worker its own dropout stream from here on
-            self.world.seed(self.training.seed, self.global_step)
         self._fit_start = time.perf_counter()
         try:
             while self.epoch < self.epochs and not (self.stop_training or self.interrupted):
@@ -277,6 +275,9 @@ class Trainer:
         batches = itertools.islice(self._batches(len(labels), epoch), done, None)
         start, samples = time.perf_counter(), 0  # this process's share of the epoch: speed
         for step, batch in enumerate(batches, start=done + 1):
+            if self.world is not None:  # each worker its own dropout stream, seeded by the
+                # step: a run resumed at any step draws what the uninterrupted run drew
+                self.world.seed(self.training.seed, self.global_step)
             loss = self.train_step(images, labels, batch)
             self.global_step += 1
             self.step_in_epoch = step

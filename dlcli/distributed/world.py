@@ -98,8 +98,9 @@ class World:
         return DistributedDataParallel(model, device_ids=ids)
 
     def seed(self, seed: int, step: int) -> None:
-        """Give each worker its own random stream (dropout) from here on, the same for the same
-        (seed, step, rank); a single process keeps the one it has."""
+        """Give each worker its own random stream (dropout) for the step, the same for the
+        same (seed, step, rank), so a resumed run's is the uninterrupted one's; a single
+        process keeps the one it has (its RNG state is checkpointed)."""
         if self.distributed:
             torch.manual_seed((seed * 1_000_003 + step * 7_919 + self.rank) % 2**63)
 

@@ -346,6 +346,31 @@ def test_two_workers_with_class_weights_match_one_process(
     assert_close(one_document(proc), single_process(tiny_config, tmp_path / "one", *weights))
 
 
+def test_two_workers_with_dropout_resume_to_the_uninterrupted_runs_bytes(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # Each worker's dropout stream was seeded once, at the step the fit started from: a run
+    # resumed after step 20 drew other masks than the uninterrupted one (other weights).
+    layers = (
+        "[{type: flatten}, {type: dense, units: 16, activation: relu},"
+        " {type: dropout, rate: 0.3}, {type: dense, units: 4}]"
+    )
+    common = ("--nproc-per-node", "2", "--quiet", "--set", f"model.layers={layers}")
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    proc = dlcli("train", str(tiny_config), "--output", str(whole), *common)
+    assert proc.returncode == 0, proc.stderr
+    proc = dlcli(
+        *("train", str(tiny_config), "--output", str(stopped), *common),
+        DLCLI_TEST_SIGINT_RANK="1",
+        DLCLI_TEST_AT_STEP="20",
+    )
+    assert proc.returncode == 130, proc.stderr
+    proc = dlcli("train", "--resume", str(stopped), "--nproc-per-node", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    weights = [(run / "model.safetensors").read_bytes() for run in (whole, stopped)]
+    assert weights[0] == weights[1]
+
+
 def test_a_worker_that_dies_ends_the_job(tiny_config: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "dead"
     proc = dlcli(

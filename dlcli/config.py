@@ -942,6 +942,13 @@ def _check_training(training: TrainingConfig, problems: list[str]) -> None:
     schedule = training.lr_schedule
     if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs and schedule.warmup_steps:
         problems.append("training.lr_schedule: give warmup_epochs or warmup_steps, not both")
+    if isinstance(schedule, CosineSchedule) and schedule.min_lr > optimizer.learning_rate:
+        # The cosine goes from the learning rate to min_lr: above it, it rose all the way.
+        problems.append(
+            f"training.lr_schedule.min_lr: {schedule.min_lr:g} is above "
+            f"training.optimizer.learning_rate {optimizer.learning_rate:g}, where the cosine "
+            "starts; min_lr is where it ends, at most the learning rate"
+        )
 
 
 def _check_accuracy_tools(training: TrainingConfig, problems: list[str]) -> None:

@@ -453,6 +453,11 @@ def test_schedules_parse_from_a_mapping_or_a_name() -> None:
             "give warmup_epochs or warmup_steps, not both",
         ),
         (
+            # A min_lr above the learning rate made the cosine "decay" rise to it (500x).
+            {"lr_schedule": {"name": "cosine", "min_lr": 5.0}},
+            "training.lr_schedule.min_lr: 5 is above training.optimizer.learning_rate 0.001",
+        ),
+        (
             {"early_stopping": {"monitor": "val_acuracy"}},
             "training.early_stopping.monitor: 'val_acuracy' is not a reported metric "
             "(did you mean 'val_accuracy'?)",

@@ -414,6 +414,11 @@ def _resume_hint(prepared: Prepared) -> str:
     line = prepared.continue_with or continue_command(
         prepared.run_dir, workers=world.local_size, nodes=nodes
     )
+    if not prepared.config.training.checkpoint.every:  # an older one, from before --resume
+        return (
+            "; no checkpoint was written (training.checkpoint.every is 0): the newest is "
+            f"older ({found}), what was trained since is lost. Continue from it with: {line}"
+        )
     return f"; checkpoint saved ({found}). Continue with: {line}"
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from in_process import EPOCHS, train_in_process, write_config, write_run_config
+from in_process import EPOCHS, StopAt, train_in_process, write_config, write_run_config
 
 from dlcli import accel, checkpoint, pipeline, store
 from dlcli.cli import cli
@@ -496,3 +496,23 @@ def test_auto_precision_resumes_in_what_the_run_started_with(
     fresh = write_run_config(tmp_path / "c", **settings)  # a new run on this CPU: fp32
     train_in_process(fresh)
     assert json.loads((tmp_path / "c/runs/run/metrics.json").read_text())["precision"] == "fp32"
+
+
+def test_an_interrupt_with_checkpoints_off_does_not_call_an_older_checkpoint_saved(
+    tmp_path: Path,
+) -> None:
+    """Resumed with training.checkpoint.every: 0 and stopped again, the run saves nothing;
+    the message said 'checkpoint saved' of the older one, whose resume repeats the steps since."""
+    config = write_run_config(tmp_path, epochs=3)  # 8 steps an epoch
+    with pytest.raises(Interrupted):
+        train_in_process(config, stop_at=5)
+    cfg = load_config(config)
+    cfg.training.checkpoint.every = 0
+    with pytest.raises(Interrupted) as stopped:
+        pipeline.train(pipeline.prepare(cfg, resume=True), callbacks=[StopAt(12)])
+    message = stopped.value.message
+    assert "checkpoint saved" not in message
+    assert "no checkpoint was written (training.checkpoint.every is 0): the newest is older" in (
+        message
+    )
+    assert "epoch 1, step 5), what was trained since is lost. Continue from it with:" in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,8 @@ def lr_find(
     cfg = load_config(config, overrides)
     path = plot_path or Path(f"{config.stem}-lr-find.png")
     check_replaceable(path, UsageError, "figure")
+    if path.exists() and os.path.samefile(path, config):  # --force or not: the config stays
+        raise UsageError(f"--plot {path}: is CONFIG, the config read; give the PNG another path")
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; pass --force to replace it, or --plot PATH")
     try:

@@ -104,3 +104,16 @@ def test_a_figure_is_never_written_over_a_fifo(tmp_path: Path) -> None:
         _save(fig, fifo)
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
+
+
+def test_lr_find_never_writes_its_png_over_the_config(tiny_config: Path) -> None:
+    """The help says the config stays unchanged; --plot CONFIG --force replaced it with the
+    PNG (the config gone). Refused, exit 2, before training."""
+    before = tiny_config.read_bytes()
+    for extra in ([], ["--force"]):
+        args = ["lr-find", str(tiny_config), "--plot", str(tiny_config), *extra]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert f"--plot {tiny_config}: is CONFIG, the config read" in result.output
+        assert "lr-find:" not in result.output  # nothing trained
+    assert tiny_config.read_bytes() == before

@@ -148,6 +148,7 @@ def split_train(dataset: Dataset, cfg: Config) -> tuple[Split, Split]:
         seed=cfg.training.seed,
         shuffle=cfg.data.shuffle_split,
         stratify=cfg.data.stratify,
+        setting=f"data.validation_split: {cfg.data.validation_split:g}",
     )
 
 

@@ -263,7 +263,13 @@ def _chw(part: Split) -> str:
 
 
 def split(
-    part: Split, fraction: float, *, seed: int, shuffle: bool = True, stratify: bool = False
+    part: Split,
+    fraction: float,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    stratify: bool = False,
+    setting: str | None = None,
 ) -> tuple[Split, Split]:
     """Split ``part`` into (train, validation); train gets ``fraction`` of the samples
     (``floor(fraction × N)``, as KotlinDL's ``train.split(0.95)``).
@@ -275,16 +281,22 @@ def split(
     * ``shuffle=False``: the first samples train and the tail validates, exactly like KotlinDL.
       On a file sorted by label this leaves whole classes out of one side: shuffle or stratify.
 
-    Raises :class:`UsageError` unless 0 < ``fraction`` < 1 and both sides get a sample.
+    Raises :class:`UsageError` unless 0 < ``fraction`` < 1 and both sides get a sample;
+    ``setting`` (``"data.validation_split: 0.9"``) names what set the fraction in the message.
     """
     n = len(part)
     if not 0 < fraction < 1:
         raise UsageError(f"the split fraction must be between 0 and 1 (exclusive), got {fraction}")
     n_train = math.floor(round(fraction * n, 6))  # round first: 0.57 × 100 gives 57, not 56
     if not 0 < n_train < n:
+        how = (
+            f"{setting} of {n} samples"
+            if setting
+            else f"splitting {n} samples with fraction {fraction}"
+        )
         raise UsageError(
-            f"splitting {n} samples with fraction {fraction} gives {n_train} for training and "
-            f"{n - n_train} for validation; both need at least one sample"
+            f"{how} gives {n_train} for training and {n - n_train} for validation; both need at "
+            "least one sample"
         )
     if stratify:
         train_idx, val_idx = _stratified(part.labels, n_train, seed, shuffle)

@@ -146,6 +146,19 @@ def test_a_translate_as_large_as_the_image_is_refused(tiny_config: Path) -> None
     assert ok.exit_code == 0, ok.output
 
 
+def test_a_validation_split_that_leaves_no_training_sample_names_the_key(
+    tiny_config: Path,
+) -> None:
+    """The message named no key and a float artifact: 'splitting 400 samples with fraction
+    0.0010000000000000009 gives 0 for training ...'."""
+    result = run("train", str(tiny_config), "--set", "data.validation_split=0.999")
+    assert result.exit_code == 2, result.output
+    assert (
+        "data.validation_split: 0.999 of 400 samples gives 0 for training and 400 for "
+        "validation; both need at least one sample"
+    ) in result.stderr
+
+
 def test_a_batch_norm_step_of_one_sample_is_refused_before_training(tiny_config: Path) -> None:
     """batch_norm after a dense layer cannot normalise one sample: 300 training samples at
     batch 299 left the epoch's last step 1 and torch raised there, after the epoch's work

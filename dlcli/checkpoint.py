@@ -230,6 +230,7 @@ def load(path: Path, config: Config) -> Checkpoint:
     before anything is loaded into them."""
     store.verify_manifest(path, FILES)
     check_same_config(path, config)
+    check_same_run(path, config)
     try:
         model = load_file(str(path / MODEL))
         tensors = load_file(str(path / TENSORS))
@@ -629,6 +630,28 @@ def check_same_config(path: Path, config: Config) -> None:
             f"{path}: model dir from a different config: {shown}. --resume continues a run "
             f"with the config it started with (only {', '.join(RESUMABLE_CHANGES)} may change); "
             "train into a new --output instead"
+        )
+
+
+def check_same_run(path: Path, config: Config) -> None:
+    """Refuse a checkpoint that its run dir's own saved config did not make (one copied in from
+    another run): resuming it would save another run's model and config over this one's."""
+    from dlcli.config import read_yaml
+
+    owner = path.parent.parent  # the run dir (a pending --overwrite run's has no config.yaml)
+    if not (owner / store.CONFIG).is_file():
+        return
+    try:
+        saved = read_yaml(owner / store.CONFIG)
+    except ConfigError as err:
+        raise ModelDirError(f"{owner / store.CONFIG}: unreadable config ({err})") from None
+    labels = (f"in {owner / store.CONFIG}", "in the checkpoint")
+    differences = config_differences(saved, to_dict(config), RESUMABLE_CHANGES, labels)
+    if differences:
+        shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+        raise ModelDirError(
+            f"{path}: a checkpoint of another run: {shown}. Its run dir's config.yaml did not "
+            "make it (copied in from another run?): move it away, or resume the run it came from"
         )
 
 

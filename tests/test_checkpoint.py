@@ -516,3 +516,37 @@ def test_an_interrupt_with_checkpoints_off_does_not_call_an_older_checkpoint_sav
         message
     )
     assert "epoch 1, step 5), what was trained since is lost. Continue from it with:" in message
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_not_resumed(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """train --resume RUN takes the config of RUN's newest checkpoint: one copied in from
+    another run would train that run's model and save it, and its config, over RUN's."""
+    import shutil
+
+    own, other = tmp_path / "own", tmp_path / "other"
+    train_ok(tiny_config, "--output", str(own), "--set", "training.epochs=2")
+    train_ok(
+        tiny_config,
+        "--output",
+        str(other),
+        "--set",
+        "training.epochs=2",
+        "--set",
+        "training.optimizer.learning_rate=0.05",
+    )
+    before = (own / "model.safetensors").read_bytes()
+    kept = tmp_path / "kept-last"
+    shutil.move(own / "checkpoints" / "last", kept)
+    shutil.copytree(other / "checkpoints" / "last", own / "checkpoints" / "last")
+    result = cli_run("train", "--resume", str(own), "--quiet", "--set", "training.epochs=3")
+    assert result.exit_code == 3, result.output
+    assert "a checkpoint of another run: training.optimizer.learning_rate is 0.01" in " ".join(
+        result.output.split()
+    )
+    assert (own / "model.safetensors").read_bytes() == before
+    shutil.rmtree(own / "checkpoints" / "last")
+    shutil.move(kept, own / "checkpoints" / "last")  # its own checkpoint resumes as ever
+    resumed = cli_run("train", "--resume", str(own), "--quiet", "--set", "training.epochs=3")
+    assert resumed.exit_code == 0, resumed.output

@@ -112,8 +112,8 @@ def kind_of(path: Path) -> str:
             f"{path}: not found (expected a folder of class folders, a CSV file, "
             "an .npz file or an IDX images archive)"
         )
-    try:
-        with path.open("rb") as f:
+    try:  # a FIFO or a device is refused, never opened: reading one blocked or never ended
+        with untrusted.open_regular(path, DataError, "data file") as f:
             head = f.read(4)
     except OSError as err:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None

@@ -203,3 +203,29 @@ def test_a_registry_config(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["splits"]["train"]["images"] == 60_000 and doc["splits"]["test"]["images"] == 10_000
     assert doc["splits"]["train"]["per_class"]["1"] == 6742  # MNIST's published count of ones
+
+
+def test_a_fifo_or_a_device_given_as_the_data_is_refused_not_read(tmp_path: Path) -> None:
+    """A FIFO given as the data (data check, init --from, a config's data.train) is refused at
+    once, exit 3 naming it: its first bytes were read to tell its kind, which blocked for ever.
+    A device (/dev/zero) is refused too, not sniffed as an IDX archive."""
+    from cli_process import dlcli
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    write_learnable_tree(tmp_path / "pets", 8)
+    config = tmp_path / "pets.yaml"
+    assert dlcli("init", str(config), "--from", str(tmp_path / "pets")).returncode == 0
+    for args in (
+        ["data", "check", str(fifo)],
+        ["init", str(tmp_path / "x.yaml"), "--from", str(fifo)],
+        ["data", "check", str(config), "--set", f"data.train={fifo}"],
+        ["config", "validate", str(config), "--set", f"data.test={fifo}"],
+    ):
+        result = dlcli(*args, timeout=60)  # a hang fails here (TimeoutExpired)
+        assert result.returncode == 3, (args, result.stderr)
+        assert f"{fifo}: is a FIFO (named pipe), expected a regular data file" in result.stderr
+    assert not (tmp_path / "x.yaml").exists()
+    result = dlcli("data", "check", "/dev/zero", timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "/dev/zero: is a device, expected a regular data file" in result.stderr

@@ -45,14 +45,23 @@ class Reporter:
         no_color = no_color or "NO_COLOR" in os.environ
         self.streams = (Stream("stdout", sys.stdout), Stream("stderr", sys.stderr))
         self._stdout, stderr = self.streams
+        width = console_width()
         self.err = Console(
-            file=cast(TextIO, stderr), no_color=no_color, highlight=False, soft_wrap=True
+            file=cast(TextIO, stderr),
+            no_color=no_color,
+            highlight=False,
+            soft_wrap=True,
+            width=width,
         )
         if json_mode:
             self.out = self.err
         else:
             self.out = Console(
-                file=cast(TextIO, self._stdout), no_color=no_color, highlight=False, soft_wrap=True
+                file=cast(TextIO, self._stdout),
+                no_color=no_color,
+                highlight=False,
+                soft_wrap=True,
+                width=width,
             )
         self._show_results = not (json_mode and quiet)
         self._silenced = False
@@ -142,6 +151,18 @@ class Reporter:
             document = dict(err.document or {}) if isinstance(err, DlcliError) else {}
             document["error"] = {"code": code, "kind": kind, "message": message}
             self.emit_json(document)
+
+
+def console_width() -> int | None:
+    """The width to give rich: ``None`` (rich asks the terminal, or reads ``COLUMNS``) unless
+    ``COLUMNS`` is 0, which rich takes as a width of 0 and then prints nothing at all, error
+    messages included; then the terminal's width, else 80 (what a 0 from the terminal gets)."""
+    columns = os.environ.get("COLUMNS", "")
+    if not columns.isdigit() or int(columns) > 0:
+        return None
+    import shutil
+
+    return shutil.get_terminal_size().columns  # skips COLUMNS=0: the terminal's, else 80
 
 
 class Stream(io.TextIOBase):

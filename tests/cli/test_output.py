@@ -202,6 +202,21 @@ def test_subprocess_without_a_terminal_prints_no_ansi(tmp_path: Path) -> None:
     assert "\x1b" not in proc.stderr and proc.stderr.startswith("Error: ")
 
 
+@pytest.mark.parametrize("columns", ["0", "00"])
+def test_columns_0_loses_no_message(columns: str, tmp_path: Path) -> None:
+    """COLUMNS=0 (rich took it as a width of 0): every line printed nothing, so a missing
+    config exited 2 without a word, and a result line vanished too."""
+    missing = tmp_path / "x.yaml"
+    result = run("config", "validate", missing, env={"COLUMNS": columns})
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {missing}: config file not found\n"
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.read_text())
+    result = run("config", "validate", config, "--no-data", env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{config}: valid (")
+
+
 # --- exit codes 1 and 130 ---------------------------------------------------------------------
 
 

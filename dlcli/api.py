@@ -31,7 +31,7 @@ from dlcli import pipeline
 from dlcli.config import Config, load_config, parse_config, set_value, to_dict
 from dlcli.data.dataset import Dataset, Split
 from dlcli.data.load import load_data
-from dlcli.errors import UsageError
+from dlcli.errors import DataError, UsageError
 from dlcli.hooks import Callback, Logs
 from dlcli.metric_names import SPLITS
 from dlcli.predict import PredictResult, array_inputs, rank, read_inputs
@@ -110,7 +110,36 @@ class Model:
         any :class:`~dlcli.data.dataset.Split` of uint8 images and labels."""
         if isinstance(split, str):
             split = self._split(split, data_dir)
+        else:
+            self._check_split(split)
         return self._loaded.evaluate(split, batch_size=batch_size)
+
+    def _check_split(self, split: Split) -> None:
+        """A split given from Python holds what the run's own splits hold, else a
+        :class:`DataError`: a (N, C, H, W) images layout of another shape was scored as if it
+        fitted, an empty split as loss 0.0, and labels out of range crashed in torch."""
+        c, h, w = self._loaded.built.input_shape
+        images, labels = split.images, split.labels
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, h, w):
+            raise DataError(
+                f"split: expected uint8 images of shape (N, {c}, {h}, {w}) (pixel values "
+                f"0-255, N×C×H×W), found {str(images.dtype).removeprefix('torch.')} "
+                f"{tuple(images.shape)}"
+            )
+        if labels.dtype != torch.int64 or labels.ndim != 1:
+            raise DataError(
+                f"split: expected int64 labels of shape (N,), found "
+                f"{str(labels.dtype).removeprefix('torch.')} {tuple(labels.shape)}"
+            )
+        if not len(labels):
+            raise DataError("split: holds no images; an empty split has no metrics")
+        classes = self._loaded.built.output_shape[0]
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise DataError(
+                f"split: labels must be 0 to {classes - 1} (the model has {classes} classes), "
+                f"found {low} to {high}"
+            )
 
     def predict(
         self,

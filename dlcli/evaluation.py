@@ -20,6 +20,7 @@ from dlcli.accel import ChannelsLast, FlatParameters, Precision, to_float
 from dlcli.averaging import tta_forward
 from dlcli.config import TrainingConfig
 from dlcli.data.dataset import Split
+from dlcli.errors import UsageError
 from dlcli.hooks import Logs
 
 # Steps filed before they are folded: small tensors kept alive across many steps fragment the
@@ -228,6 +229,13 @@ class Scorer:
             return self.run(images)
 
 
+def check_batch_size(batch_size: int) -> None:
+    """A batch size is a whole number of at least 1 (the command line's ``--batch-size``
+    takes no other; from Python, 0 crashed and a negative one scored no batch: loss 0.0)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size: expected a whole number of at least 1, found {batch_size!r}")
+
+
 @torch.inference_mode()
 def score(
     scorer: Scorer,
@@ -240,6 +248,7 @@ def score(
 ) -> Running:
     """The loss and metric sums of the model on ``images``/``labels`` (or on their ``rows``),
     in eval mode, without gradients."""
+    check_batch_size(batch_size)
     scorer.model.eval()
     images, labels = images.to(scorer.device), labels.to(scorer.device)
     rows = range(len(labels)) if rows is None else rows
@@ -269,6 +278,7 @@ def outputs(
 ) -> torch.Tensor:
     """The model's outputs (logits) for N×C×H×W images of 0-255 pixel values, batched, as
     float32 on the CPU."""
+    check_batch_size(batch_size)
     scorer = model if isinstance(model, Scorer) else Scorer.of(model)
     scorer.model.eval()
     batches = images.split(batch_size) if len(images) else [images]  # none: an empty answer

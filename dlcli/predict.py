@@ -144,6 +144,8 @@ def predict(
 
 
 def check_top_k(top_k: int, num_classes: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UsageError(f"top_k: expected a whole number of at least 1, found {top_k!r}")
     if top_k > num_classes:
         raise UsageError(
             f"--top-k {top_k}: the model has {num_classes} classes; expected at most {num_classes}"

@@ -69,3 +69,47 @@ def test_errors_are_dlcli_errors(tiny_config: Path, tmp_path: Path) -> None:
     run = dlcli.train(tiny_config, {"training.epochs": 1}, output=tmp_path / "ok")
     with pytest.raises(UsageError, match="split: expected one of train, validation, test"):
         dlcli.load(run.run_dir).evaluate("tests")
+
+
+def test_batch_size_and_top_k_below_1_are_usage_errors(tiny_run: Path) -> None:
+    """The command line's --batch-size and --top-k take 1 or more; from Python, batch_size=0
+    crashed (ValueError, RuntimeError), a negative one scored no batch and reported loss and
+    accuracy 0.0, and top_k=0 or -1 crashed in torch or in to_dict()."""
+    model = dlcli.load(tiny_run, device="cpu")
+    images = np.zeros((3, 8, 8), np.uint8)
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(UsageError, match=r"batch_size: expected a whole number of at least 1"):
+            model.evaluate("validation", batch_size=size)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match=r"batch_size: expected a whole number of at least 1"):
+            model.predict(images, batch_size=size)  # type: ignore[arg-type]
+    for k in (0, -1):
+        with pytest.raises(UsageError, match=r"top_k: expected a whole number of at least 1"):
+            model.predict(images, top_k=k)
+    assert model.evaluate("validation", batch_size=1) == pytest.approx(model.evaluate("validation"))
+
+
+def test_a_split_given_from_python_is_checked(tiny_run: Path) -> None:
+    """Model.evaluate(Split): images of another layout (N×H×W×C) were scored as if they fitted,
+    float images as pixel values, an empty split reported loss 0.0, and out-of-range or int32
+    labels crashed in torch: each is a DataError naming what was expected."""
+    from dlcli.data.dataset import Split
+    from dlcli.errors import DataError
+
+    model = dlcli.load(tiny_run, device="cpu")
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    good = torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
+    assert set(model.evaluate(Split(good, labels))) == {"loss", "accuracy"}
+    cases = [
+        (Split(good.reshape(5, 8, 8, 1), labels), r"expected uint8 images of shape \(N, 1, 8, 8\)"),
+        (Split(good.float() / 255, labels), r"found float32 \(5, 1, 8, 8\)"),
+        (Split(good[:0], labels[:0]), "an empty split has no metrics"),
+        (
+            Split(good, labels + 1),
+            r"labels must be 0 to 3 \(the model has 4 classes\), found 1 to 4",
+        ),
+        (Split(good, labels - 1), "found -1 to 2"),
+        (Split(good, labels.int()), r"expected int64 labels of shape \(N,\), found int32"),
+    ]
+    for split, message in cases:
+        with pytest.raises(DataError, match=message):
+            model.evaluate(split)

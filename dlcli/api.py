@@ -34,7 +34,7 @@ from dlcli.data.load import load_data
 from dlcli.errors import DataError, UsageError
 from dlcli.hooks import Callback, Logs
 from dlcli.metric_names import SPLITS
-from dlcli.predict import PredictResult, array_inputs, rank, read_inputs
+from dlcli.predict import PredictResult, array_inputs, rank, run_inputs
 
 
 def train(
@@ -150,14 +150,13 @@ class Model:
     ) -> Predictions:
         """Classify images: an array or tensor (uint8 0-255 or floats 0-1; N×H×W, N×H×W×C,
         N×C×H×W, or one image), or input files as ``dlcli predict`` reads them (IDX, .npy,
-        PNG/JPEG...)."""
-        shape = self._loaded.built.input_shape
+        PNG/JPEG..., folders and glob patterns; images resized as the run's ``data.resize``)."""
         if isinstance(images, str | Path):
-            inputs = read_inputs([Path(images)], shape)
+            inputs = run_inputs(self._loaded, [Path(images)])
         elif isinstance(images, np.ndarray | torch.Tensor):
-            inputs = array_inputs(images, shape)
+            inputs = array_inputs(images, self._loaded.built.input_shape)
         else:
-            inputs = read_inputs([Path(p) for p in images], shape)
+            inputs = run_inputs(self._loaded, [Path(p) for p in images])
         return Predictions(rank(self._loaded, inputs, top_k=top_k, batch_size=batch_size))
 
     def _split(self, name: str, data_dir: str | None) -> Split:

@@ -133,14 +133,20 @@ def predict(
 
     loaded = load_model(model_dir, device, weights, tta)
     check_top_k(top_k, loaded.built.output_shape[0])  # before reading any input
+    return rank(loaded, run_inputs(loaded, paths), top_k=top_k, batch_size=batch_size)
+
+
+def run_inputs(loaded: Any, paths: Sequence[Path]) -> Inputs:
+    """Input files as a loaded run (:class:`dlcli.pipeline.LoadedModel`) reads them: folders
+    and patterns expanded, images converted with the run's ``data.resize`` and
+    ``data.background`` (as its training images were)."""
     data = loaded.run.config.data
-    inputs = read_inputs(
+    return read_inputs(
         expand_inputs(paths),
         loaded.built.input_shape,
         resize=data.resize,
         background=data.background,
     )
-    return rank(loaded, inputs, top_k=top_k, batch_size=batch_size)
 
 
 def check_top_k(top_k: int, num_classes: int) -> None:

@@ -113,3 +113,29 @@ def test_a_split_given_from_python_is_checked(tiny_run: Path) -> None:
     for split, message in cases:
         with pytest.raises(DataError, match=message):
             model.evaluate(split)
+
+
+def test_predict_reads_files_as_dlcli_predict_does(tiny_config: Path, tmp_path: Path) -> None:
+    """Model.predict(files) converts images with the run's data.resize and data.background,
+    and takes folders, as ``dlcli predict`` does: it stretched every image whatever the run
+    was trained with (another probability than the command line's for the same file), and
+    refused a folder ("is a directory")."""
+    from PIL import Image
+
+    from dlcli.predict import predict as predict_files
+
+    run = dlcli.train(
+        tiny_config,
+        {"training.epochs": 1, "data.resize": "pad", "data.background": 255},
+        output=tmp_path / "run",
+    )
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    tall = np.zeros((16, 8), np.uint8)
+    tall[2:6] = 250
+    Image.fromarray(tall).save(folder / "tall.png")  # padded and stretched differ
+    model = dlcli.load(run.run_dir, device="cpu")
+    expected = predict_files(run.run_dir, [folder / "tall.png"], device="cpu").to_dict()
+    assert model.predict(folder / "tall.png").to_dict()["predictions"] == expected["predictions"]
+    from_folder = model.predict(folder).to_dict()["predictions"]
+    assert [p["probability"] for p in from_folder] == [expected["predictions"][0]["probability"]]

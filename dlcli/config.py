@@ -797,15 +797,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
         if not sep or not key.strip():
             raise ConfigError(f"--set {echo(item)}: expected key.path=value")
         if not _KEY_PATH.fullmatch(key.strip()):
-            raise ConfigError(
-                f"--set {echo(item)}: malformed key path {echo(key.strip())}: expected names "
-                "joined by dots, with [N] for a list item (e.g. model.layers[1].units=128)"
-            )
+            raise ConfigError(f"--set {echo(item)}: {_malformed(key.strip())}")
         try:
             value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {echo(item)}: invalid YAML value{_yaml_where(err)}") from None
         _set_path(raw, key_parts(key), value, key.strip())
+
+
+def _malformed(key: Any) -> str:
+    return (
+        f"malformed key path {echo(key)}: expected names joined by dots, with [N] for a list "
+        "item (e.g. model.layers[1].units=128)"
+    )
 
 
 def key_parts(path: str) -> list[str | int]:
@@ -828,11 +832,12 @@ def set_key(raw: dict[str, Any], path: str, value: Any) -> None:
 
 
 def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key.path`` (``model.layers[1].units``) of a raw config to ``value``, as is."""
-    parts: list[str | int] = [n if n else int(i) for n, i in _KEY.findall(key.strip())]
-    if not parts:
-        raise ConfigError(f"{key!r}: expected a key path such as training.epochs")
-    _set_path(raw, parts, value, key.strip())
+    """Set ``key.path`` (``model.layers[1].units``) of a raw config to ``value``, as is; the
+    key path is held to what ``--set`` takes (``training..epochs`` was read as
+    ``training.epochs``, a key that is no string crashed)."""
+    if not isinstance(key, str) or not _KEY_PATH.fullmatch(key.strip()):
+        raise ConfigError(f"overrides: {_malformed(key.strip() if isinstance(key, str) else key)}")
+    _set_path(raw, key_parts(key), value, key.strip())
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:

@@ -139,3 +139,15 @@ def test_predict_reads_files_as_dlcli_predict_does(tiny_config: Path, tmp_path: 
     assert model.predict(folder / "tall.png").to_dict()["predictions"] == expected["predictions"]
     from_folder = model.predict(folder).to_dict()["predictions"]
     assert [p["probability"] for p in from_folder] == [expected["predictions"][0]["probability"]]
+
+
+def test_an_override_key_is_a_key_path_as_set_takes_it(tiny_config: Path, tmp_path: Path) -> None:
+    """overrides={"training..epochs": 1} trained with training.epochs=1 (the malformed path
+    --set refuses was read past), and a key that is no string crashed (AttributeError): both
+    are config errors, with a file or a Config, and nothing is trained."""
+    config = load_config(tiny_config)
+    for source in (tiny_config, config):
+        for key in ("training..epochs", "training.epochs[", "", 3):
+            with pytest.raises(ConfigError, match="overrides: malformed key path"):
+                dlcli.train(source, {key: 1}, output=tmp_path / "run")  # type: ignore[dict-item]
+    assert not (tmp_path / "run").exists()

@@ -24,6 +24,8 @@ from dlcli.report import Reporter
 def event_line(event: DownloadEvent) -> str:
     """The plain line for an event, or ``""`` for those only a progress bar shows."""
     name = event.filename
+    if event.kind == "waiting":
+        return event.reason
     if event.kind == "present":
         return f"{name}: present, verified"
     if event.kind == "start":

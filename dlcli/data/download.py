@@ -27,6 +27,7 @@ answered. ``urllib`` only, and no torch: ``dlcli download`` starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -52,7 +53,9 @@ from dlcli.version import __version__
 if TYPE_CHECKING:
     from dlcli.config import DataConfig
 
-EventKind = Literal["checking", "present", "start", "progress", "retry", "failed", "done"]
+EventKind = Literal[
+    "waiting", "checking", "present", "start", "progress", "retry", "failed", "done"
+]
 
 _CHUNK = 1 << 18  # bytes per read, and per progress event
 _BACKOFF_S = 0.25  # first retry delay; doubles per retry, at most _MAX_BACKOFF_S
@@ -64,6 +67,8 @@ _USER_AGENT = f"dlcli/{__version__} (python-urllib)"
 class DownloadEvent:
     """What :func:`download_dataset` is doing, for a progress display.
 
+    * ``waiting``: another process is downloading into the dataset's folder (``reason`` says
+      so); this one waits for it to finish.
     * ``checking``: verifying an existing file; ``present``: it is valid, kept (``done`` = size).
     * ``start``: a transfer from ``url`` begins at ``done`` bytes (> 0 when resuming) of ``total``.
     * ``progress``: ``done`` of ``total`` bytes are in the ``.part`` file.
@@ -164,14 +169,39 @@ def download_dataset(
     for source in sources:
         _check_mirror(source)
     statuses = []
-    for role, archive in entry.files.items():
-        job = _Job(archive, folder / archive.filename, float(timeout), retries, emit, deadline)
-        try:
-            statuses.append(_ensure(job, role, entry, sources, force))
-        except OSError as err:  # the disk, not the network: those are handled per attempt
-            job.part.unlink(missing_ok=True)  # what was written cannot be trusted
-            raise DataError(f"{job.part}: cannot write: {write_problem(err)}") from None
+    with _one_download_at_a_time(folder, emit):
+        for role, archive in entry.files.items():
+            job = _Job(archive, folder / archive.filename, float(timeout), retries, emit, deadline)
+            try:
+                statuses.append(_ensure(job, role, entry, sources, force))
+            except OSError as err:  # the disk, not the network: those are handled per attempt
+                job.part.unlink(missing_ok=True)  # what was written cannot be trusted
+                raise DataError(f"{job.part}: cannot write: {write_problem(err)}") from None
     return statuses
+
+
+@contextlib.contextmanager
+def _one_download_at_a_time(folder: Path, emit: Callable[[DownloadEvent], None]) -> Iterator[None]:
+    """Hold an OS lock (flock) on the dataset's folder itself while downloading into it: two
+    ``dlcli download`` at once wrote the same ``.part`` files (both failed: a checksum
+    mismatch blamed on a good mirror, a folder said to have vanished). The second waits for
+    the first, then finds its files present. The lock dies with its holder; no file is added."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot open the folder: {write_problem(err)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            reason = f"another dlcli process is downloading into {folder}; waiting for it"
+            emit(DownloadEvent("waiting", "", reason=reason))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def verify_dataset(

@@ -786,3 +786,48 @@ def test_download_does_not_import_torch() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
     assert json.loads("\n".join(result.stdout.strip().splitlines()[:-1]))["dataset"] == "mnist"
+
+
+def test_two_downloads_into_one_folder_at_once_both_succeed(
+    entry: DatasetEntry, data_dir: Path, source: Path
+) -> None:
+    """Two downloads of one dataset into one folder at once (two CI jobs, two terminals) wrote
+    the same .part files: the first saw its .part vanish ("cannot write: the directory vanished
+    while writing", exit 3), others blamed a good mirror for a checksum mismatch. The second
+    now waits for the first (saying so) and finds its files present."""
+    import threading
+
+    first_started = threading.Event()
+    first_events: list[DownloadEvent] = []
+    second_events: list[DownloadEvent] = []
+
+    def slow(event: DownloadEvent) -> None:
+        first_events.append(event)
+        if event.kind == "progress" and not first_started.is_set():
+            first_started.set()  # its .part holds its first bytes: let the second one start
+            time.sleep(1.0)
+
+    outcome: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            outcome["first"] = download_dataset(
+                entry, data_dir, mirrors=[str(source)], on_event=slow
+            )
+        except Exception as err:  # reported by the assertions below
+            outcome["first"] = err
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_started.wait(30)
+    second = download_dataset(entry, data_dir, mirrors=[str(source)], on_event=second_events.append)
+    thread.join(30)
+    statuses = outcome["first"]
+    assert isinstance(statuses, list), statuses
+    assert [s.status for s in statuses] == ["downloaded"] * 4
+    assert [s.status for s in second] == ["present"] * 4
+    assert second_events[0].kind == "waiting"
+    assert f"another dlcli process is downloading into {data_dir / 'tiny'}" in (
+        second_events[0].reason
+    )
+    assert_complete(entry, data_dir, source)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import metric_names
+from dlcli.atomic import temp_name
 from dlcli.errors import ModelDirError, OutputError, UsageError, file_in_the_way, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
@@ -325,8 +326,10 @@ def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
 
 def _save(fig: Any, path: Path) -> Path:
     """Render into a temporary sibling, then rename: a failed or interrupted (Ctrl-C) write
-    leaves no partial PNG, nor the temporary file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    leaves no partial PNG, nor the temporary file. The sibling's name is this write's own: two
+    commands writing one figure at once renamed one shared temporary file, and the second
+    failed ("the directory vanished while writing")."""
+    tmp = path.with_name(temp_name(f".{path.name}.tmp"))
     try:
         check_replaceable(path, OutputError, "figure")
         fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": SOFTWARE})

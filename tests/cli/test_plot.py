@@ -262,3 +262,25 @@ def test_an_interrupted_figure_write_leaves_no_temporary_file(
     with pytest.raises(Interrupted):
         plot._save(fig, tmp_path / "fig.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_writers_of_one_figure_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two plots of one run at once (``dlcli plot`` twice, in two terminals) rendered into one
+    shared temporary name: the first to rename took the other's file, which then failed
+    "cannot write the figure: the directory vanished while writing" (exit 3). Here the second
+    write happens while the first is between rendering and renaming."""
+    from dlcli import plot
+
+    path = tmp_path / "loss.png"
+    first, _ = plot._figure(plot.CURVE_SIZE)
+    second, _ = plot._figure(plot.CURVE_SIZE)
+    render = first.savefig
+
+    def render_then_another_writer(*args: Any, **kwargs: Any) -> None:
+        render(*args, **kwargs)
+        plot._save(second, path)  # another command writes the same figure meanwhile
+
+    first.savefig = render_then_another_writer
+    assert plot._save(first, path) == path
+    assert png_size(path) == (1200, 750)
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]  # no temporary file left

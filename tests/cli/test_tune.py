@@ -496,3 +496,28 @@ def test_show_never_creates_a_database(tiny_config: Path, tmp_path: Path) -> Non
     assert not (out / "study.db").exists()
     elsewhere = invoke(str(out), "--show", "--storage", f"sqlite:///{tmp_path / 'other.db'}")
     assert elsewhere.exit_code == 3 and not (tmp_path / "other.db").exists()
+
+
+def test_two_writers_of_best_yaml_at_once_both_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tune processes of one study write best.yaml (and tune.json) at once: they wrote
+    one shared temporary name, and the second to rename found it gone (FileNotFoundError,
+    an internal error). Here the second write happens between the first's write and rename."""
+    from dlcli import tune as tuning
+
+    path = tmp_path / "best.yaml"
+    write_text = Path.write_text
+    calls: list[str] = []
+
+    def write_then_another_writer(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        written = write_text(self, text, *args, **kwargs)
+        if not calls:
+            calls.append(text)
+            tuning._write_atomic(path, "second\n")  # another process meanwhile
+        return written
+
+    monkeypatch.setattr(Path, "write_text", write_then_another_writer)
+    tuning._write_atomic(path, "first\n")
+    assert path.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]

@@ -115,6 +115,32 @@ def plot_run(
     return result
 
 
+def prepare_figure(path: Path, *, force: bool) -> None:
+    """Before ``dlcli lr-find`` runs its test, where its figure goes: a path under a file, or
+    at a directory, FIFO or device, is a usage error (exit 2), and so is an existing file
+    without ``force``; a file dlcli did not write (no :data:`SOFTWARE` text) is never replaced,
+    ``force`` or not (exit 3: ``--plot CONFIG.yaml --force`` replaced the config with a PNG).
+    A missing folder is created: it failed after the whole test, "the directory vanished"."""
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:  # as plot --out, export --out and train -o: a usage error
+        raise UsageError(f"{path}: cannot write the figure there: {blocker} is a file")
+    check_replaceable(path, UsageError, "figure")
+    if os.path.lexists(path):
+        if not force:
+            raise UsageError(f"{path}: already exists; pass --force to replace it, or --plot PATH")
+        if not _png_software(path).startswith(SOFTWARE):
+            raise OutputError(
+                f"{path}: not a figure dlcli wrote, so it is never overwritten, --force or not: "
+                "choose another --plot, or move it away"
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"{path.parent}: cannot create the folder for the figure: {write_problem(err)}"
+        ) from None
+
+
 def _check_own_figures(paths: Sequence[Path], *, earlier_versions: bool) -> None:
     """Every file already at one of ``paths`` is a figure dlcli wrote (its PNG Software text is
     :data:`SOFTWARE`; with ``earlier_versions``, Matplotlib's too), else an

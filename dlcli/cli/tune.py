@@ -254,24 +254,22 @@ def lr_find(
     learning rate and nothing else: no run directory, the config unchanged.
     """
     from dlcli.config import load_config
-    from dlcli.errors import UsageError
     from dlcli.lr_find import lr_find as range_test
-    from dlcli.untrusted import check_replaceable
 
     cfg = load_config(config, overrides)
     path = plot_path or Path(f"{config.stem}-lr-find.png")
-    check_replaceable(path, UsageError, "figure")
     if path.exists() and os.path.samefile(path, config):  # --force or not: the config stays
         raise UsageError(f"--plot {path}: is CONFIG, the config read; give the PNG another path")
-    if path.exists() and not force:
-        raise UsageError(f"{path}: already exists; pass --force to replace it, or --plot PATH")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         plotting = False
         reporter.note("no PNG: matplotlib is not installed (pip install 'dlcli[plot]')")
     else:
+        from dlcli.plot import prepare_figure
+
         plotting = True
+        prepare_figure(path, force=force)  # before the test: it cannot fail after it
     reporter.note(f"lr-find: {start_lr:g} → {end_lr:g} over {steps} steps at most")
     result = range_test(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps)
     written = None

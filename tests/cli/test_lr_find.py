@@ -117,3 +117,37 @@ def test_lr_find_never_writes_its_png_over_the_config(tiny_config: Path) -> None
         assert f"--plot {tiny_config}: is CONFIG, the config read" in result.output
         assert "lr-find:" not in result.output  # nothing trained
     assert tiny_config.read_bytes() == before
+
+
+def test_where_the_png_goes_is_checked_before_the_test_runs(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """--plot into a folder that does not exist ran the whole test, then failed "the
+    directory vanished while writing" (exit 3): the folder is created. --plot CONFIG --force
+    replaced the config itself with a PNG: a file dlcli did not write (the config, or any
+    other) is never replaced
+    (exit 3), and a path under a file is a usage error, both before any training."""
+
+    def lr_find(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, ["lr-find", str(tiny_config), "--steps", "20", *args])
+        return result.exit_code, result.output
+
+    png = tmp_path / "new" / "folder" / "lr.png"
+    code, output = lr_find("--plot", str(png))
+    assert code == 0, output
+    assert png.stat().st_size > 1000
+    code, output = lr_find("--plot", str(png), "--force")  # its own figure: replaced
+    assert code == 0, output
+
+    mine = tmp_path / "mine.png"
+    mine.write_text("my own notes")
+    code, output = lr_find("--plot", str(mine), "--force")
+    assert code == 3, output
+    assert f"{mine}: not a figure dlcli wrote, so it is never overwritten" in output
+    assert "lr-find: " not in output  # refused before the test ran
+    assert mine.read_text() == "my own notes"
+
+    code, output = lr_find("--plot", str(tiny_config / "lr.png"))
+    assert code == 2, output
+    assert f"cannot write the figure there: {tiny_config} is a file" in output
+    assert "lr-find: " not in output

@@ -19,6 +19,7 @@ from typing import Any, TextIO, cast
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -212,11 +213,28 @@ class Stream(io.TextIOBase):
 
 
 def _print_table(console: Console, table: Table) -> None:
-    if console.is_terminal:
+    """On a terminal, rich's table when it fits; on one too narrow for it (rich cut cells: lr
+    0.001 shown as 0.0, accuracies as 1.00…, at 5 columns every row blank), and off a
+    terminal, :func:`plain_table`."""
+    if console.is_terminal and _narrowest(console, table) <= console.width:
         console.print(table)
-    else:  # a pipe or a file: nothing wrapped or cut, whatever the width
+    else:  # a pipe, a file, or a terminal too narrow for the table: nothing wrapped or cut
         console.file.write(plain_table(table))
         console.file.flush()
+
+
+def _narrowest(console: Console, table: Table) -> int:
+    """The fewest columns rich draws ``table`` in without cutting a cell: every column as wide
+    as its longest word, but a folding column with a ``min_width`` (a run name, the layers)
+    folded down to it."""
+    unbounded = console.options.update_width(1 << 20)  # rich's own minimum, not clamped
+    width = console.measure(table, options=unbounded).minimum
+    for column in table.columns:
+        if column.overflow == "fold" and column.min_width and not column.no_wrap:
+            cells = [column.header, *column.cells]
+            words = max(Measurement.get(console, unbounded, cell).minimum for cell in cells)
+            width -= max(0, words - column.min_width)
+    return width
 
 
 def plain_table(table: Table) -> str:

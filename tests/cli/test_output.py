@@ -217,6 +217,34 @@ def test_columns_0_loses_no_message(columns: str, tmp_path: Path) -> None:
     assert result.stdout.startswith(f"{config}: valid (")
 
 
+@pytest.mark.parametrize("width", [5, 40, 60])
+def test_a_table_wider_than_the_terminal_loses_no_cell(width: int) -> None:
+    """On a terminal narrower than a table, rich dropped whole columns (runs list lost "best"
+    at 80 columns), cut numbers (lr 0.001 shown as 0.0, 0.8512 as 0.8…) or, at 5 columns,
+    blanked every row: such a table is printed as plain lines instead, every cell whole."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dlcli.report import _print_table
+
+    table = Table(title="Runs")
+    table.add_column("run", overflow="fold", min_width=6)
+    names = ("optimizer", "lr", "epochs", "batch", "seed", "val acc", "test acc", "best")
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    row = ("my-run", "adam", "0.001", "10", "100", "0", "0.8512", "0.8498", "9")
+    table.add_row(*row)
+    for columns, boxed in ((width, False), (200, True)):
+        out = io.StringIO()
+        _print_table(Console(file=out, width=columns, force_terminal=True), table)
+        text = out.getvalue()
+        assert ("─" in text) == boxed, text  # rich's table only where it fits
+        for cell in (*names, *row):
+            assert cell in text, (columns, text)
+
+
 # --- exit codes 1 and 130 ---------------------------------------------------------------------
 
 

@@ -672,18 +672,25 @@ def _check_duplicate_keys(node: yaml.MappingNode) -> None:
         seen[key] = key_node
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
 )
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string :class:`_Loader` reads as something else: ``1e3``
+    (a number to dlcli, a string to YAML 1.1) was written bare, so a run with a class named
+    1e3 saved a config.yaml that read back as 1000.0, and evaluate, predict and --resume
+    refused the run."""
+
+
+Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def parse_yaml(text: str) -> Any:
@@ -1489,5 +1496,5 @@ def _emit(node: Any, indent: int, lines: list[tuple[str, str]]) -> None:
 def flow_yaml(value: Any) -> str:
     """One value as single-line YAML: scalars quoted where YAML needs it, lists in flow
     style (``[28, 28, 1]``)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False)
+    text = yaml.dump(value, Dumper=Dumper, default_flow_style=True, width=1 << 30, sort_keys=False)
     return text.strip().removesuffix("\n...").removesuffix("...").strip()

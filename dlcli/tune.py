@@ -891,7 +891,9 @@ def write_best_config(summary: dict[str, Any], directory: Path) -> Path | None:
     )
     import yaml
 
-    text = header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+    from dlcli.config import Dumper  # quotes what dlcli reads as a number (a class named 1e3)
+
+    text = header + yaml.dump(raw, Dumper=Dumper, sort_keys=False, default_flow_style=None)
     path = directory / BEST_CONFIG
     _write_atomic(path, text)
     return path

@@ -542,3 +542,25 @@ def test_a_run_trained_under_looser_bounds_still_evaluates_and_resumes(
     assert resumed.exit_code == 0, resumed.output
     kept = yaml.safe_load((run / "config.yaml").read_text())["training"]
     assert kept["optimizer"]["learning_rate"] == 20.0 and kept["epochs"] == 3
+
+
+def test_strings_dlcli_reads_as_numbers_are_written_quoted(tmp_path: Path) -> None:
+    """dlcli reads 1e3 as a number (YAML 1.1 does not), but wrote class names such as "1e3"
+    bare: a run's config.yaml (and config show's output, tune's best.yaml) read back as
+    1000.0, and evaluate, predict and --resume refused the run."""
+    names = ["1e3", "2E-5", ".5e1", "-1e+2", "+.inf", ".NaN", "ok"]
+    raw = base()
+    raw["data"] = {"train": str(tmp_path), "class_names": names, "num_classes": len(names)}
+    raw["model"]["layers"][-1]["units"] = len(names)
+    cfg = parse_config(raw)
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path).data.class_names == names  # dlcli's own loader, not PyYAML's
+
+    pytest.importorskip("optuna")
+    from dlcli.tune import BEST_CONFIG, write_best_config
+
+    (tmp_path / "study").mkdir()
+    summary = {"best": {"run_dir": str(tmp_path), "number": 3, "value": 0.9}}
+    write_best_config({**summary, "study": "s", "metric": "val_accuracy"}, tmp_path / "study")
+    assert load_config(tmp_path / "study" / BEST_CONFIG).data.class_names == names

@@ -18,7 +18,7 @@ from typing import Any, TextIO, cast
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as markup_escape
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +26,7 @@ from rich.text import Text
 from dlcli import metric_names
 from dlcli.errors import DlcliError, OutputError, write_problem
 from dlcli.signals import discard_output
+from dlcli.untrusted import printable
 
 
 class Reporter:
@@ -84,13 +85,14 @@ class Reporter:
     def note(self, message: str) -> None:
         """A line of human progress text on stderr (dropped under ``--quiet``)."""
         if not self.quiet:
-            self.err.print(message, markup=False)
+            self.err.print(shown(message), markup=False)
 
     def result_line(self, message: str, *, wrap_at: str | None = None) -> None:
         """A line of the command's human result (stdout, or stderr under ``--json``). On a
         terminal narrower than the line, ``wrap_at`` (a separator) is where it may break, so
         that no name or number is cut; elsewhere it stays one line."""
         if self._show_results:
+            message = shown(message)
             if wrap_at and self.out.is_terminal:
                 message = wrap_fields(message.split(wrap_at), self.out.width, sep=wrap_at)
             self.out.print(message, markup=False)
@@ -147,11 +149,25 @@ class Reporter:
         message = str(err)
         if self._silenced and kind in ("interrupted", "gate"):  # every worker's; rank 0 says it
             return
-        self.err.print(f"Error: {message}", style="bold red", markup=False)
+        self.err.print(f"Error: {shown(message)}", style="bold red", markup=False)
         if self.json_mode:
             document = dict(err.document or {}) if isinstance(err, DlcliError) else {}
             document["error"] = {"code": code, "kind": kind, "message": message}
             self.emit_json(document)
+
+
+def shown(message: str) -> str:
+    """A message as it may reach a terminal: each of its lines with every character a terminal
+    acts on written as its escape (``\x1b``). Messages name files, folders and classes: a
+    folder named ESC[31m recoloured the terminal, and other sequences retitle or rewrite it."""
+    return "\n".join(printable(line) for line in message.split("\n"))
+
+
+def escape(text: str) -> str:
+    """A file's, folder's or class's name as a table cell: rich markup escaped (a class
+    folder named [x] showed as an empty name, [bold]b as a bold b) and every character a
+    terminal acts on written as its escape."""
+    return markup_escape(printable(text))
 
 
 def console_width() -> int | None:

@@ -225,6 +225,8 @@ def data_check(
 def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from dlcli.report import escape
+
     splits = document["splits"]
     classes = list(dict.fromkeys(c for s in splits.values() for c in s["per_class"]))
     table = Table(title="Images per class")
@@ -232,7 +234,7 @@ def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
     for name in splits:
         table.add_column(name, justify="right")
     for cls in classes:
-        table.add_row(cls, *(f"{s['per_class'].get(cls, 0):,}" for s in splits.values()))
+        table.add_row(escape(cls), *(f"{s['per_class'].get(cls, 0):,}" for s in splits.values()))
     table.add_row("total", *(f"{s['images']:,}" for s in splits.values()), style="bold")
     reporter.table(table)
     summary = Table(title="Files")
@@ -241,7 +243,7 @@ def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
     for name, s in splits.items():
         summary.add_row(
             name,
-            f"{s['source']} ({s['kind']})",
+            escape(f"{s['source']} ({s['kind']})"),
             _counts(s["sizes"]),
             _counts(s["modes"]),
             str(len(s["unreadable"])),

@@ -229,3 +229,19 @@ def test_a_fifo_or_a_device_given_as_the_data_is_refused_not_read(tmp_path: Path
     result = dlcli("data", "check", "/dev/zero", timeout=60)
     assert result.returncode == 3, result.stderr
     assert "/dev/zero: is a device, expected a regular data file" in result.stderr
+
+
+def test_class_names_are_shown_as_they_are_never_as_markup_or_escapes(tmp_path: Path) -> None:
+    """Class folders named [x] and [bold]b were read as rich markup (an empty name, a bold
+    "b"), and one holding ESC[31m sent the sequence to the terminal: each is shown as its
+    name, the control character as its escape."""
+    write_learnable_tree(tmp_path / "t", 12)
+    names = ["[x]", "[bold]b", "e\x1b[31mRED"]
+    for old, new in zip(CLASSES, names, strict=False):
+        (tmp_path / "t" / old).rename(tmp_path / "t" / new)
+    for env in ({}, {"FORCE_COLOR": "1", "COLUMNS": "100"}):  # plain text, and rich's table
+        result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "t")], env=env)
+        assert result.exit_code == 0, result.output
+        for shown in ("[x]", "[bold]b", "e\\x1b[31mRED"):
+            assert shown in result.stdout, result.stdout
+        assert "\x1b[31mRED" not in result.stdout

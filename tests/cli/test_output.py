@@ -245,6 +245,21 @@ def test_a_table_wider_than_the_terminal_loses_no_cell(width: int) -> None:
             assert cell in text, (columns, text)
 
 
+def test_names_in_messages_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """A folder whose name holds an escape sequence (ESC[31m, OSC 0 that retitles a window)
+    was printed raw in errors and notes; each control character is shown as its escape."""
+    name = "x\x1b[31mred\x1b]0;pwned\x07"
+    result = run("evaluate", tmp_path / name)
+    assert result.exit_code == 3
+    assert (
+        result.stderr
+        == f"Error: {tmp_path}/x\\x1b[31mred\\x1b]0;pwned\\x07: model directory not found\n"
+    )
+    (tmp_path / "runs" / name).mkdir(parents=True)
+    result = run("runs", "list", tmp_path / "runs")
+    assert "\x1b" not in result.stderr and "x\\x1b[31mred" in result.stderr
+
+
 # --- exit codes 1 and 130 ---------------------------------------------------------------------
 
 

@@ -336,7 +336,7 @@ def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> Table:
     columns: list[str] = []
     for metrics in rows.values():
         columns += [name for name in metrics if name not in columns]
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("split")
     for name in columns:
         table.add_column(name, justify="right")
@@ -398,7 +398,7 @@ def per_class_table(title: str, report: Mapping[str, Any]) -> Table:
 
     ``report`` is :meth:`dlcli.metrics.PerClass.to_dict`'s plain data (what ``--json`` shows).
     """
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("class")
     for name in ("precision", "recall", "f1", "support"):
         table.add_column(name, justify="right")
@@ -421,7 +421,7 @@ def per_class_table(title: str, report: Mapping[str, Any]) -> Table:
 def confusion_table(title: str, matrix: Sequence[Sequence[int]], names: Sequence[str]) -> Table:
     """The confusion matrix: a row per true class, a column per predicted class (by index);
     the diagonal (correct) in green, mistakes in yellow, zeros dimmed."""
-    table = Table(title=title, caption="rows: true class · columns: predicted class")
+    table = Table(title=escape(title), caption="rows: true class · columns: predicted class")
     table.add_column("true \\ predicted")
     for index in range(len(names)):
         table.add_column(str(index), justify="right")
@@ -455,7 +455,7 @@ def runs_table(
     tags = (metric_names.tag(name, split) for split in ("validation", "test"))
     shown = [k for k in tags if k in metric_keys]
     # Narrow: a compact box, folding only the run name, dataset and layers.
-    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     widths = {"dataset": 7, "layers": 14}
     table.add_column("run", style="bold", overflow="fold", min_width=6)
     for key in config_keys:
@@ -591,7 +591,7 @@ def trials_table(summary: Mapping[str, Any]) -> Table:
 
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
     table = Table(
-        title=f"Study {summary['study']} ({summary['direction']} {summary['metric']})",
+        title=escape(f"Study {summary['study']} ({summary['direction']} {summary['metric']})"),
         caption=counts or "no trials",
         box=box.SIMPLE_HEAD,
     )

@@ -260,6 +260,22 @@ def test_names_in_messages_reach_the_terminal_escaped(tmp_path: Path) -> None:
     assert "\x1b" not in result.stderr and "x\\x1b[31mred" in result.stderr
 
 
+def test_a_run_named_like_markup_keeps_its_name_in_titles(tiny_run: Path, tmp_path: Path) -> None:
+    """Table titles name the run or folder given ("Metrics of RUN", "Runs in DIR"): they were
+    read as rich markup, so a run dir named [x] was titled "Metrics of runs/"."""
+    import shutil
+
+    run_dir = tmp_path / "[runs]" / "[x]"
+    shutil.copytree(tiny_run, run_dir)
+    for env in ({}, {"FORCE_COLOR": "1", "COLUMNS": "200"}):  # plain text, and rich's table
+        result = run("evaluate", run_dir, env=env)
+        assert result.exit_code == 0, result.output
+        assert f"Metrics of {run_dir}" in result.stdout
+        result = run("runs", "list", tmp_path / "[runs]", env=env)
+        assert result.exit_code == 0, result.output
+        assert f"Runs in {tmp_path}/[runs]" in result.stdout
+
+
 # --- exit codes 1 and 130 ---------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from dlcli.config import (
     parse_yaml,
 )
 from dlcli.errors import ConfigError, OutputError, UsageError, write_problem
-from dlcli.untrusted import check_replaceable
+from dlcli.untrusted import check_replaceable, shell_word
 
 TEMPLATES = ("mlp", "cnn")
 
@@ -51,7 +51,8 @@ def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-
     if template not in TEMPLATES:
         raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
     entry = get_entry(dataset)
-    command = f"dlcli train {path}"
+    shown = shell_word(path)  # the commands below are pasted into a shell as they are
+    command = f"dlcli train {shown}"
     lines: list[tuple[str, str]] = [
         (f"# {command}", ""),
         ("#", ""),
@@ -62,9 +63,9 @@ def starter_config(path: str, *, template: str = "mlp", dataset: str = "fashion-
         ),
         (f"#   dlcli download {entry.name}", "once: fetch and verify the archives"),
         (f"#   {command}", ""),
-        (f"# `dlcli config show {path}` prints every key with its default and meaning;", ""),
+        (f"# `dlcli config show {shown}` prints every key with its default and meaning;", ""),
         (
-            f"# `dlcli config validate {path}` checks an edit (and the model's shapes) in a "
+            f"# `dlcli config validate {shown}` checks an edit (and the model's shapes) in a "
             "second.",
             "",
         ),
@@ -117,20 +118,24 @@ def starter_from_data(path: str, data: Path, *, template: str | None = None) -> 
     found = f"{conversion.height}×{conversion.width} {'greyscale' if channels == 1 else 'colour'}"
     shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
     lines: list[tuple[str, str]] = [
-        (f"# dlcli train {path}", ""),
+        (f"# dlcli train {shell_word(path)}", ""),
         ("#", ""),
         (
             f"# A starter config for your own data ({data}), written by `dlcli init --from`:",
             "",
         ),
         (f"# {len(names)} classes ({shown}); the images are mostly {found}.", ""),
-        (f"# It trains as is:  dlcli train {path}", ""),
+        (f"# It trains as is:  dlcli train {shell_word(path)}", ""),
         (
-            f"# `dlcli data check {data}` lists the images per class, sizes, modes and "
+            f"# `dlcli data check {shell_word(data)}` lists the images per class, sizes, modes and "
             "unreadable files;",
             "",
         ),
-        (f"# `dlcli config show {path}` prints every key with its default and meaning.", ""),
+        (
+            f"# `dlcli config show {shell_word(path)}` prints every key with its default and "
+            "meaning.",
+            "",
+        ),
         ("data:", ""),
         *(
             (f"  {name}: {_quoted(p)}", comments.get(name, f"the {name} data"))

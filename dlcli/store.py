@@ -441,9 +441,7 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
 
 
 def _quote(path: Path) -> str:
-    import shlex
-
-    return shlex.quote(str(path))
+    return untrusted.shell_word(path)
 
 
 def load_run(run_dir: Path) -> Run:

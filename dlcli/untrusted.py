@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import stat
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def shell_word(path: str | os.PathLike[str]) -> str:
+    """A path as one word of a command a user can paste into a POSIX shell: quoted where the
+    shell needs it (a space, a quote), and ``./`` before a relative path starting with ``-``
+    (dlcli would read it as an option)."""
+    text = os.fspath(path)
+    if text.startswith("-"):
+        text = f"./{text}"
+    return shlex.quote(text)
 
 
 def echo(value: Any) -> str:

@@ -54,6 +54,7 @@ def init(
     and cnn for colour or larger ones.
     """
     from dlcli.config_tools import write_starter
+    from dlcli.untrusted import shell_word
 
     ctx = click.get_current_context()
     given = ctx.get_parameter_source("template") is not click.core.ParameterSource.DEFAULT
@@ -63,9 +64,10 @@ def init(
     write_starter(
         path, template=template, dataset=dataset, force=force, data=data, template_given=given
     )
-    reporter.result_line(f"wrote {path}; train it with: dlcli train {path}")
+    command = f"dlcli train {shell_word(path)}"  # pasted into a shell as it is
+    reporter.result_line(f"wrote {path}; train it with: {command}")
     source = {"dataset": dataset} if data is None else {"data": str(data)}
-    return {"path": str(path), "template": template, **source, "command": f"dlcli train {path}"}
+    return {"path": str(path), "template": template, **source, "command": command}
 
 
 @cli.group(name="config")

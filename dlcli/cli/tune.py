@@ -182,7 +182,10 @@ def _results(reporter: Reporter, handle: Any, directory: Path, gates: list[Any])
             f"best trial {best['number']}: {summary['metric']} {best['value']:.4f} · "
             f"{tuning.describe_params(best['params'])} · run {best['run_dir']}"
         )
-        reporter.result_line(f"retrain it with: dlcli train {best_yaml}")
+        if best_yaml is not None:  # a best trial without its run dir has none
+            from dlcli.untrusted import shell_word
+
+            reporter.result_line(f"retrain it with: dlcli train {shell_word(best_yaml)}")
         document |= {"best_config": str(best_yaml), "plots": [str(p) for p in plots]}
     if gates:
         if best is None:

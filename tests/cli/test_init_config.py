@@ -46,6 +46,35 @@ def test_init_writes_a_commented_config_named_after_dataset_and_template(
     assert [layer.type for layer in cfg.model.layers] == ["flatten", "dense", "dense", "dense"]
 
 
+@pytest.mark.parametrize("name", ["my config.yaml", "it's.yaml", "-dash.yaml"])
+def test_the_commands_init_prints_can_be_pasted_as_they_are(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init printed "train it with: dlcli train my config.yaml" (and wrote it as the config's
+    first line): two words; a quote opened a string, and -dash.yaml was read as an option.
+    The path is quoted for the shell, and a leading dash gets ./ before it."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pets" / "a").mkdir(parents=True)
+    (tmp_path / "pets" / "b").mkdir()
+    from PIL import Image
+
+    for folder in ("a", "b"):
+        Image.new("L", (8, 8), 9).save(tmp_path / "pets" / folder / "1.png")
+    for extra in ([], ["--from", "pets"]):
+        result = run("init", "--force", *extra, "--json", "--", name)
+        assert result.exit_code == 0, result.output
+        command = json.loads(result.stdout)["command"]
+        first = (tmp_path / name).read_text().splitlines()[0]
+        assert first == f"# {command}" and f"train it with: {command}" in result.stderr
+        words = shlex.split(command)
+        assert words[:2] == ["dlcli", "train"] and len(words) == 3
+        assert (tmp_path / words[2]).resolve() == (tmp_path / name).resolve()
+        valid = run("config", "validate", words[2], "--no-data")  # not read as an option
+        assert valid.exit_code == 0, valid.output
+
+
 def test_init_matches_the_shipped_reference_config() -> None:
     """The mlp template is configs/fashion-mnist-mlp.yaml's model and training, the cnn one
     configs/fashion-mnist-cnn.yaml's."""
@@ -107,7 +136,7 @@ def test_a_line_break_in_the_file_name_stays_inside_the_comments(tmp_path: Path)
     result = run("init", path, "--quiet")
     assert result.exit_code == 0, result.output
     text = path.read_text()
-    assert text.startswith(f"# dlcli train {tmp_path}/n\\nl.yaml\n#\n")
+    assert text.startswith(f"# dlcli train '{tmp_path}/n\\nl.yaml'\n#\n")  # quoted: a shell word
     assert load_config(path).output.dir == "runs/n\nl"
     shown = run("config", "show", path)
     assert shown.exit_code == 0, shown.output

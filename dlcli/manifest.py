@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ def sha256_file(path: Path, max_bytes: int | None = None, what: str = "file") ->
     return digest.hexdigest()
 
 
+SAVE_WAIT_S = 2.0  # how long a reader waits for a save under way in the directory to end
+
+
 def verify_manifest(
     directory: Path,
     required: Sequence[str],
@@ -63,7 +67,40 @@ def verify_manifest(
     ``hashed`` (``{name: (max_bytes, what)}``) hashes only those files, each refused when
     larger than the reader of it would accept; the other listed files must be there, but are
     not read (``runs list``: the weights are not hashed). ``None``: every listed file is hashed.
+
+    A check that fails while the manifest is replaced (another process saving the directory:
+    a retrain with --overwrite, which moves the new files in, the manifest last) is made again
+    once the new manifest is there, for up to :data:`SAVE_WAIT_S`: ``runs list`` beside a
+    retrain called the run damaged ("altered or truncated"). A failure with the manifest
+    unchanged is the directory's own, reported at once.
     """
+    manifest_path = directory / MANIFEST
+    deadline = time.monotonic() + SAVE_WAIT_S
+    while True:
+        before = _identity(manifest_path)
+        try:
+            return _verify_once(directory, required, hashed)
+        except ModelDirError:
+            after = _identity(manifest_path)
+            if before is None or after == before or time.monotonic() > deadline:
+                raise
+            while after is None and time.monotonic() < deadline:  # mid-save: not yet moved in
+                time.sleep(0.01)
+                after = _identity(manifest_path)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells one manifest file from the next (inode, size, modification time)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _verify_once(
+    directory: Path, required: Sequence[str], hashed: Mapping[str, tuple[int, str]] | None
+) -> dict[str, Any]:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise ModelDirError(f"{directory}: incomplete: no {MANIFEST}")

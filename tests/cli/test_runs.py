@@ -585,3 +585,42 @@ def test_evaluate_data_messages_speak_of_evaluating(
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_a_run_saved_again_while_it_is_checked_is_not_called_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runs list (or compare, evaluate) beside a retrain with --overwrite: the run's files
+    were replaced, the manifest last, while they were being checked against the old
+    manifest, so a complete run was reported damaged ("config.yaml: altered or truncated";
+    compare exit 3). A check that fails while the manifest is replaced is made again; an
+    edit with the manifest unchanged is still reported, at once."""
+    import time
+
+    from dlcli import manifest
+    from dlcli.errors import ModelDirError
+    from dlcli.store import write_manifest
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("old\n")
+    write_manifest(run_dir, ["config.yaml"])
+    hash_file = manifest.sha256_file
+    saves: list[str] = []
+
+    def another_process_saves_meanwhile(path: Path, *args: Any, **kwargs: Any) -> str:
+        if not saves:  # the new files first, the manifest last, as a save does
+            saves.append("saved")
+            (run_dir / "config.yaml").write_text("new\n")
+            write_manifest(run_dir, ["config.yaml"])
+        return hash_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "sha256_file", another_process_saves_meanwhile)
+    checked = manifest.verify_manifest(run_dir, ["config.yaml"])
+    assert saves and checked["files"]["config.yaml"] == hash_file(run_dir / "config.yaml")
+
+    (run_dir / "config.yaml").write_text("edited\n")  # the manifest unchanged: damaged
+    start = time.monotonic()
+    with pytest.raises(ModelDirError, match=r"config\.yaml: altered or truncated"):
+        manifest.verify_manifest(run_dir, ["config.yaml"])
+    assert time.monotonic() - start < manifest.SAVE_WAIT_S / 2

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlcli import limits
 from dlcli.accel import ChannelsLast, FlatParameters, Precision, to_float
 from dlcli.averaging import tta_forward
 from dlcli.config import TrainingConfig
@@ -230,10 +231,17 @@ class Scorer:
 
 
 def check_batch_size(batch_size: int) -> None:
-    """A batch size is a whole number of at least 1 (the command line's ``--batch-size``
-    takes no other; from Python, 0 crashed and a negative one scored no batch: loss 0.0)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size: expected a whole number of at least 1, found {batch_size!r}")
+    """A batch size is a whole number from 1 to ``INT_MAX`` (the command line's
+    ``--batch-size`` takes no other; from Python, 0 crashed and a negative one scored no
+    batch: loss 0.0; beyond 64 bits torch's split overflowed: an internal error)."""
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= limits.INT_MAX
+    ):
+        raise UsageError(
+            f"batch_size: expected a whole number from 1 to {limits.INT_MAX}, found {batch_size!r}"
+        )
 
 
 @torch.inference_mode()

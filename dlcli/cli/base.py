@@ -256,7 +256,7 @@ def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 batch_size_option = click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=limits.INT_MAX),  # torch takes 64 bits
     default=1000,
     show_default=True,
     help="Images per forward pass.",

@@ -417,3 +417,17 @@ def test_float_tiff_images_predict_like_float_arrays(
     result = run("predict", tiny_run, tmp_path / "bright.tif")
     assert result.exit_code == 3
     assert "bright.tif: a float image must hold values in [0, 1] (pixel / 255)" in result.stderr
+
+
+def test_a_batch_size_beyond_64_bits_is_a_usage_error(tiny_run: Path, patterns: Any) -> None:
+    """predict --batch-size 10**23 overflowed in torch's split: "internal error: ValueError:
+    Overflow when unpacking long long" (exit 1). It is refused as every out-of-range option
+    is (exit 2); evaluate and plot share the option."""
+    huge = str(10**23)
+    _, _, path = patterns
+    for args in (["predict", tiny_run, path], ["evaluate", tiny_run]):
+        result = run(*args, "--batch-size", huge)
+        assert result.exit_code == 2, result.output
+        assert f"'--batch-size': {huge} is not in the range 1<=x<=9223372036854775807" in (
+            result.output
+        )

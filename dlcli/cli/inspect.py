@@ -189,8 +189,14 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
     TARGET is a CONFIG file or a saved MODEL_DIR.
     """
     from dlcli.config import load_config
+    from dlcli.errors import ModelDirError
     from dlcli.model import build_model, hwc
 
+    if target.is_dir() and not (target / "config.yaml").is_file():  # not "DIR/config.yaml:
+        raise ModelDirError(  # config file not found", a file the user never named
+            f"{target}: not a saved model directory (no config.yaml in it); TARGET is a "
+            "CONFIG file or a saved MODEL_DIR"
+        )
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
     if cfg.model.input_shape is None and cfg.data.train is not None:
         from dlcli.config_tools import infer_from_data

@@ -276,6 +276,18 @@ def test_a_run_named_like_markup_keeps_its_name_in_titles(tiny_run: Path, tmp_pa
         assert f"Runs in {tmp_path}/[runs]" in result.stdout
 
 
+def test_summary_of_a_folder_that_is_no_run_names_the_folder(tmp_path: Path) -> None:
+    """summary FOLDER (a folder of images, say) said "FOLDER/config.yaml: config file not
+    found" (exit 2), naming a file the user never gave: it names the folder, exit 3 as any
+    model directory that is not one."""
+    result = run("summary", tmp_path)
+    assert result.exit_code == 3
+    assert result.stderr == (
+        f"Error: {tmp_path}: not a saved model directory (no config.yaml in it); TARGET is a "
+        "CONFIG file or a saved MODEL_DIR\n"
+    )
+
+
 # --- exit codes 1 and 130 ---------------------------------------------------------------------
 
 

@@ -257,6 +257,7 @@ def lr_find(
     learning rate and nothing else: no run directory, the config unchanged.
     """
     from dlcli.config import load_config
+    from dlcli.errors import UsageError
     from dlcli.lr_find import lr_find as range_test
 
     cfg = load_config(config, overrides)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from dlcli import limits
 from dlcli.cli.base import (
     SECONDS,
     NonEmptyPath,
@@ -57,7 +58,7 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 _LAUNCH_OPTIONS = (
     click.option(
         "--nproc-per-node",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=limits.WORKERS_MAX),
         metavar="N",
         help="Train in N worker processes on this node (one per GPU), started by "
         "torch.distributed.run (torchrun's engine); batch_size stays the global batch.",

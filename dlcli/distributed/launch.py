@@ -76,6 +76,12 @@ class Launch:
             if options.get(key) is not None:
                 setattr(launch, key, options[key])
         launch.nnodes = str(launch.nnodes)
+        nodes = launch.nnodes.split(":")[-1]  # N, or MIN:MAX (elastic): the most there may be
+        if nodes.isdigit() and launch.node_rank >= int(nodes):
+            raise UsageError(
+                f"--node-rank {launch.node_rank}: expected below --nnodes {launch.nnodes} "
+                "(node ranks count from 0)"
+            )
         return launch
 
     @property

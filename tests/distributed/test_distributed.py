@@ -136,6 +136,27 @@ def test_launch_options_need_nproc_per_node(tiny_config: Path) -> None:
     assert "--nnodes: only with --nproc-per-node N" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--nproc-per-node", "100000000000000000000000"], "--nproc-per-node"),
+        (["--nproc-per-node", "2", "--node-rank", "3"], "--node-rank 3: expected below --nnodes 1"),
+        (
+            ["--nproc-per-node", "2", "--nnodes", "1:2", "--node-rank", "2"],
+            "--node-rank 2: expected below --nnodes 1:2",
+        ),
+    ],
+)
+def test_launch_options_out_of_bounds_are_refused_before_launching(
+    tiny_config: Path, args: list[str], expected: str
+) -> None:
+    """--nproc-per-node 10**23 said "launching ... workers" and hung; a node rank beyond the
+    nodes trained as if it were node 0's."""
+    result = CliRunner().invoke(cli, ["train", str(tiny_config), *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and "launching" not in result.output
+
+
 def test_env_world(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in TORCHRUN_VARS:
         monkeypatch.delenv(name, raising=False)

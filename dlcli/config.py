@@ -39,7 +39,7 @@ BYTE: Check = (lambda v: 0 <= v <= 255, "from 0 to 255")
 # min_lr): above it is a typo or a unit mistake (1e300 validated, then the loss became
 # non-finite at the first step: exit 3 once the data had loaded, not a config error). lr-find's
 # default range ends there too.
-LEARNING_RATE_MAX = 10.0
+LEARNING_RATE_MAX = limits.LEARNING_RATE_MAX
 LEARNING_RATE: Check = (
     lambda v: 0 < v <= LEARNING_RATE_MAX,
     f"> 0 and at most {LEARNING_RATE_MAX:g}",

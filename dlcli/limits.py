@@ -43,3 +43,6 @@ DOWNLOAD_DEADLINE_S = 600.0  # total seconds one file may take from one mirror (
 
 # --- command-line numbers ---------------------------------------------------------------------
 SECONDS_MAX = 365 * 24 * 3600  # any SECONDS option (--timeout, --deadline, --dist-timeout): a year
+# The largest learning rate: a config's (optimizer, one_cycle's max_lr, a schedule's min_lr) and
+# lr-find's --start-lr / --end-lr. Above it is a typo or a unit mistake.
+LEARNING_RATE_MAX = 10.0

@@ -56,7 +56,10 @@ class RangeTest(Callback):
     _sum_before: float = 0.0  # the epoch's loss sum before this step
 
     def rate(self, i: int) -> float:
-        return float(self.start_lr * (self.end_lr / self.start_lr) ** (i / max(self.steps - 1, 1)))
+        """The i-th step's rate, from start_lr to end_lr geometrically (in log space: the ratio of
+        the two ends would overflow a float for 1e-300 and 1e300)."""
+        low, high = math.log(self.start_lr), math.log(self.end_lr)
+        return math.exp(low + (high - low) * i / max(self.steps - 1, 1))
 
     def _set_rate(self, trainer: Loop, lr: float) -> None:
         for group in trainer.optimizer.param_groups:

@@ -238,6 +238,7 @@ class NonBlank(click.types.StringParamType):
 
 POSITIVE = PositiveNumber()  # a rate, a factor
 SECONDS = PositiveNumber(limits.SECONDS_MAX)  # a timeout or deadline
+LEARNING_RATE = PositiveNumber(limits.LEARNING_RATE_MAX)  # lr-find's ends
 
 
 def thread_count(ctx: click.Context, param: click.Parameter, value: str | None) -> str | int | None:

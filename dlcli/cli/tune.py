@@ -10,7 +10,7 @@ import click
 
 from dlcli import limits
 from dlcli.cli.base import (
-    POSITIVE,
+    LEARNING_RATE,
     SECONDS,
     NonBlank,
     NonEmptyPath,
@@ -222,8 +222,8 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
 @cli.command("lr-find")
 @click.argument("config", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @_set_option
-@click.option("--start-lr", type=POSITIVE, default=1e-7, show_default=True)
-@click.option("--end-lr", type=POSITIVE, default=10.0, show_default=True)
+@click.option("--start-lr", type=LEARNING_RATE, default=1e-7, show_default=True)
+@click.option("--end-lr", type=LEARNING_RATE, default=limits.LEARNING_RATE_MAX, show_default=True)
 @click.option(
     "--steps",
     type=click.IntRange(min=20),

@@ -33,6 +33,25 @@ def test_too_few_steps_fall_back_to_a_tenth_of_the_minimum() -> None:
     assert suggested == pytest.approx(1e-3)
 
 
+def test_the_rates_run_geometrically_without_overflow() -> None:
+    from dlcli.lr_find import RangeTest
+
+    test = RangeTest(1e-300, 10.0, 101, 10, 100)
+    assert test.rate(0) == pytest.approx(1e-300) and test.rate(100) == pytest.approx(10.0)
+    assert test.rate(50) == pytest.approx(math.sqrt(1e-300 * 10.0))
+    assert all(math.isfinite(test.rate(i)) and test.rate(i) > 0 for i in range(101))
+
+
+@pytest.mark.parametrize("option", ["--start-lr", "--end-lr"])
+def test_the_ends_of_the_range_are_bounded_as_a_config_learning_rate(
+    tiny_config: Path, option: str
+) -> None:
+    """--end-lr 1e300 (with --start-lr 1e-300) ran and suggested a learning rate of inf."""
+    result = CliRunner().invoke(cli, ["lr-find", str(tiny_config), option, "1e300"])
+    assert result.exit_code == 2
+    assert "1e+300 is not in the range 0<x<=10.0" in result.stderr
+
+
 def test_lr_find_suggests_a_rate_writes_its_png_and_nothing_else(
     tiny_config: Path, tmp_path: Path
 ) -> None:
@@ -67,9 +86,11 @@ def test_lr_find_stops_when_the_loss_diverges(tiny_config: Path, tmp_path: Path)
             "lr-find",
             str(tiny_config),
             # SGD on a squared error explodes at large rates (cross-entropy on this separable
-            # data only saturates).
+            # data only saturates), sooner with heavy momentum and weight decay.
             *("--set", "training.optimizer.name=sgd", "--set", "training.loss=mse"),
-            *("--start-lr", "1e-3", "--end-lr", "1e6", "--steps", "200"),
+            *("--set", "training.optimizer.momentum=0.99"),
+            *("--set", "training.optimizer.weight_decay=1"),
+            *("--start-lr", "1e-3", "--end-lr", "10", "--steps", "200"),
             *("--plot", str(tmp_path / "lr.png"), "--json", "--quiet"),
         ],
     )

@@ -323,7 +323,7 @@ def test_bad_input(case: Case, world: World) -> None:
         (["download", "mnist", "--timeout", "inf"], "inf is not in the range 0<x<=31536000"),
         (["download", "mnist", "--timeout", "1e308"], "is not in the range 0<x<=31536000"),
         (["download", "mnist", "--deadline", "nan"], "'--deadline': expected a finite number"),
-        (["lr-find", "c.yaml", "--end-lr", "inf"], "'--end-lr': expected a finite number"),
+        (["lr-find", "c.yaml", "--end-lr", "inf"], "'--end-lr': inf is not in the range 0<x<=10"),
         (["lr-find", "c.yaml", "--start-lr", "nan"], "'--start-lr': expected a finite number"),
         (["tune", "c.yaml", "--timeout", "nan"], "'--timeout': expected a finite number"),
         (["train", "c.yaml", "--dist-timeout", "nan"], "'--dist-timeout': expected a finite"),

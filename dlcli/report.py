@@ -308,21 +308,37 @@ def wrap_fields(fields: Sequence[str], width: int, *, sep: str = "  ") -> str:
 
 
 def _finite(value: Any) -> Any:
-    """NaN and infinities become null: JSON has no spelling for them."""
+    """What JSON cannot spell, spelt: NaN and infinities become null, and a text holding bytes
+    that are not UTF-8 (a file name's, kept by Python as lone surrogates, which strict JSON
+    readers refuse) shows them as ``\\xNN``."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return _unicode(value)
     if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_unicode(k) if isinstance(k, str) else k: _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # a file name's undecodable bytes, as Python keeps them: shown as those bytes
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # other lone surrogates: shown as code points
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
 
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
         return value.item()
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        return _unicode(os.fspath(value))
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 

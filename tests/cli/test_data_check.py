@@ -245,3 +245,19 @@ def test_class_names_are_shown_as_they_are_never_as_markup_or_escapes(tmp_path: 
         for shown in ("[x]", "[bold]b", "e\\x1b[31mRED"):
             assert shown in result.stdout, result.stdout
         assert "\x1b[31mRED" not in result.stdout
+
+
+def test_json_shows_a_non_utf8_class_name_as_its_bytes(tmp_path: Path) -> None:
+    """A folder name that is not UTF-8 reached the JSON as a lone surrogate ("bad\\udcff"),
+    which strict JSON readers refuse; it is shown as its byte instead."""
+    from cli_process import dlcli
+
+    write_learnable_tree(tmp_path / "tree", 8)
+    odd = os.path.join(os.fsencode(tmp_path / "tree"), b"bad\xff")
+    os.mkdir(odd)
+    Image.new("L", (8, 8), 50).save(os.fsdecode(os.path.join(odd, b"a.png")))
+    done = dlcli("data", "check", str(tmp_path / "tree"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert "\\udc" not in done.stdout
+    json.loads(done.stdout)
+    assert '"bad\\\\xff"' in done.stdout  # the JSON text of the Python text bad\xff

@@ -254,10 +254,9 @@ def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
     """The model weights of checkpoint ``name`` (best, last) of a saved run, verified."""
     path = directory(run_dir) / name
     if not (path / store.MANIFEST).is_file():
-        why = "keep_best found no epoch to keep" if name == BEST else "checkpoints were off"
         raise ModelDirError(
             f"{run_dir}: no {name} checkpoint ({path}); training.checkpoint writes them "
-            f"(here {why}, or the run predates them)"
+            f"({_why_none(run_dir, name)})"
         )
     store.verify_manifest(path, FILES)
     try:
@@ -266,6 +265,21 @@ def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelDirError(f"{path}: unreadable weights: {err}") from None
     return _averaged(weights, tensors, path)
+
+
+def _why_none(run_dir: Path, name: str) -> str:
+    """Why a saved run has no checkpoint ``name``, as its config tells."""
+    try:
+        written = store.read_saved_config(run_dir / store.CONFIG).training.checkpoint
+    except ModelDirError:
+        return "or the run predates them"
+    if name == BEST and not written.keep_best:
+        return "here off: training.checkpoint.keep_best was false"
+    if name == BEST:
+        return "here keep_best found no epoch to keep, or the run predates them"
+    if written.every == 0:
+        return "here off: training.checkpoint.every was 0"
+    return "or the run predates them"
 
 
 def _averaged(

@@ -550,3 +550,26 @@ def test_a_checkpoint_copied_in_from_another_run_is_not_resumed(
     shutil.move(kept, own / "checkpoints" / "last")  # its own checkpoint resumes as ever
     resumed = cli_run("train", "--resume", str(own), "--quiet", "--set", "training.epochs=3")
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_missing_checkpoint_is_explained_by_the_runs_own_settings(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """evaluate --weights best of a run trained with keep_best: false said 'keep_best found no
+    epoch to keep'; it was off."""
+    run = tmp_path / "run"
+    train_ok(
+        tiny_config,
+        "--output",
+        str(run),
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "training.checkpoint={every: 0, keep_best: false}",
+    )
+    best = cli_run("evaluate", str(run), "--weights", "best")
+    assert best.exit_code == 3
+    assert "here off: training.checkpoint.keep_best was false" in " ".join(best.output.split())
+    last = cli_run("evaluate", str(run), "--weights", "last")
+    assert last.exit_code == 3
+    assert "here off: training.checkpoint.every was 0" in " ".join(last.output.split())

@@ -87,12 +87,7 @@ def plot_run(
     blocker = file_in_the_way(result.out_dir)
     if blocker is not None:  # a path that cannot be a directory: a usage error, as train -o
         raise UsageError(f"{result.out_dir}: cannot write figures there: {blocker} is a file")
-    try:
-        result.out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(
-            f"{result.out_dir}: cannot create the output directory: {write_problem(err)}"
-        ) from None
+    _make_folder(result.out_dir, "the output directory")
     monitor, mode = monitored_metric({"training": _training_dict(saved.loaded.run.config)})
     summary = summarize_history(history, monitor=monitor, mode=mode)
     best = None
@@ -133,12 +128,15 @@ def prepare_figure(path: Path, *, force: bool) -> None:
                 f"{path}: not a figure dlcli wrote, so it is never overwritten, --force or not: "
                 "choose another --plot, or move it away"
             )
+    _make_folder(path.parent, "the folder for the figure")
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    """``folder`` and its parents, created if missing; an OS refusal is an OutputError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(
-            f"{path.parent}: cannot create the folder for the figure: {write_problem(err)}"
-        ) from None
+        raise OutputError(f"{folder}: cannot create {what}: {write_problem(err)}") from None
 
 
 def _check_own_figures(paths: Sequence[Path], *, earlier_versions: bool) -> None:

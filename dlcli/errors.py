@@ -6,6 +6,7 @@ place and turns them into an exit code (and a JSON document under ``--json``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,13 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_GATE = 4
 EXIT_INTERRUPTED = 130
+
+
+def debugging() -> bool:
+    """``DLCLI_DEBUG`` asks for tracebacks and torch's launcher logs: set to anything but empty,
+    0, false, no or off (``DLCLI_DEBUG=0`` turned them on)."""
+    value = os.environ.get("DLCLI_DEBUG", "").strip().lower()
+    return value not in ("", "0", "false", "no", "off")
 
 
 class DlcliError(Exception):

@@ -44,7 +44,7 @@ class Reporter:
     ) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
-        no_color = no_color or "NO_COLOR" in os.environ
+        no_color = no_color or bool(os.environ.get("NO_COLOR"))  # no-color.org: set, not empty
         self.streams = (Stream("stdout", sys.stdout), Stream("stderr", sys.stderr))
         self._stdout, stderr = self.streams
         width = console_width()

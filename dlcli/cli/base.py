@@ -15,10 +15,10 @@ from typing import Any
 import click
 
 from dlcli import limits, untrusted
-from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError
+from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError, debugging
 from dlcli.report import Reporter
 from dlcli.signals import command_over, command_started, stop_at_once_on_signals
-from dlcli.version import __version__
+from dlcli.version import describe
 
 CommandFn = Callable[..., dict[str, Any] | None]
 
@@ -56,7 +56,7 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             _report(reporter, "interrupted", code, "interrupted")
         except Exception as err:
             code = EXIT_INTERNAL
-            if os.environ.get("DLCLI_DEBUG"):
+            if debugging():
                 traceback.print_exc()
             reporter.error(
                 f"internal error: {type(err).__name__}: {err}\n"
@@ -124,8 +124,22 @@ class _JsonUsageError(click.UsageError):
         Reporter(json_mode=True).emit_json({"error": error})
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(describe())
+        ctx.exit()
+
+
 @click.group(cls=DlcliGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="dlcli")
+@click.option(
+    "--version",
+    "-V",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show dlcli's version, with Python's, torch's and the platform, and exit.",
+)
 def cli() -> None:
     """Train, evaluate and save PyTorch vision models from a YAML file.
 

@@ -25,6 +25,7 @@ from dlcli.errors import (
     Interrupted,
     TrainingError,
     UsageError,
+    debugging,
 )
 
 # --- the command line --------------------------------------------------------------------
@@ -186,7 +187,7 @@ def _read_document(path: str) -> dict[str, Any] | None:
 def _quiet_launcher_logs() -> None:
     """torch.distributed.run logs banners and each worker's exit; dlcli reports these itself
     (DLCLI_DEBUG=1 keeps them)."""
-    if os.environ.get("DLCLI_DEBUG"):
+    if debugging():
         return
     # torch.distributed.elastic gives each module's logger its own level: set them all.
     for name in list(logging.Logger.manager.loggerDict):

@@ -171,7 +171,24 @@ def test_json_after_double_dash_is_not_a_flag(tmp_path: Path) -> None:
 def test_help_and_version_are_not_affected() -> None:
     assert run("--help").exit_code == 0
     assert run("predict", "--help", "--json").exit_code == 0
-    assert "dlcli, version" in run("--version").stdout
+    shown = run("--version").stdout
+    assert shown.startswith("dlcli, version ") and ", torch " in shown and "(Python 3." in shown
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("", False), ("0", False), ("false", False), (" No ", False), ("off", False), ("1", True),
+     ("yes", True)],
+)  # fmt: skip
+def test_dlcli_debug_is_off_when_set_to_a_no(
+    monkeypatch: pytest.MonkeyPatch, value: str, on: bool
+) -> None:
+    from dlcli.errors import debugging
+
+    monkeypatch.setenv("DLCLI_DEBUG", value)
+    assert debugging() is on
+    monkeypatch.delenv("DLCLI_DEBUG")
+    assert debugging() is False
 
 
 # --- colour -----------------------------------------------------------------------------------
@@ -187,6 +204,9 @@ def test_colour_on_a_terminal_and_no_color() -> None:
     ):
         assert "Error: missing-dir: model directory not found" in variant.stderr
         assert "31m" not in variant.stderr  # no colour (bold is allowed by NO_COLOR)
+    # no-color.org: NO_COLOR counts when "present and not an empty string".
+    empty = run("evaluate", "missing-dir", env={**forced, "NO_COLOR": ""})
+    assert "\x1b[1;31mError: missing-dir" in empty.stderr
 
 
 def test_subprocess_without_a_terminal_prints_no_ansi(tmp_path: Path) -> None:

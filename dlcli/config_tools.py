@@ -107,6 +107,7 @@ def starter_from_data(path: str, data: Path, *, template: str | None = None) -> 
     splits = split_folders(data) or {"train": data}
     paths = {name: split.resolve() for name, split in splits.items()}
     spec = LocalData(paths["train"], paths.get("test"), paths.get("validation"))
+    home = Path(path).resolve().parent  # a config's data paths resolve against its folder
     names, conversion = describe(spec)
     (height, width), channels = _fitted(conversion.height, conversion.width), conversion.channels
     if template is None:
@@ -138,7 +139,7 @@ def starter_from_data(path: str, data: Path, *, template: str | None = None) -> 
         ),
         ("data:", ""),
         *(
-            (f"  {name}: {_quoted(p)}", comments.get(name, f"the {name} data"))
+            (f"  {name}: {_quoted(_portable(p, home))}", comments.get(name, f"the {name} data"))
             for name, p in paths.items()
         ),
         ("  validation_split: 0.1", "fraction of train held out for validation"),
@@ -169,6 +170,12 @@ def _fitted(height: int, width: int) -> tuple[int, int]:
     """(height, width) scaled so the long side is at most :data:`MAX_SIDE`."""
     scale = min(1.0, MAX_SIDE / max(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _portable(data: Path, home: Path) -> Path:
+    """``data`` relative to ``home`` (the config's folder) when it lies inside it, so the config
+    and its data can be moved, copied or committed together; else ``data`` (absolute)."""
+    return data.relative_to(home) if data.is_relative_to(home) else data
 
 
 def _quoted(path: Path) -> str:

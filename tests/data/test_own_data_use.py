@@ -154,12 +154,34 @@ def test_init_from_a_colour_tree_writes_a_cnn_that_validates(tmp_path: Path) -> 
     assert cfg["model"]["input_shape"] == [48, 64, 3]  # 90×120 shrunk to a 64 long side
     assert cfg["model"]["layers"][0]["type"] == "conv2d"
     assert cfg["model"]["layers"][-1] == {"type": "dense", "units": 3}
-    assert cfg["data"]["train"] == str((tmp_path / "pets" / "train").resolve())
+    assert cfg["data"]["train"] == "pets/train"  # beside the config: relative, movable
     assert "3 classes (cat, dog, eel)" in config.read_text()
     validated = run("config", "validate", config)
     assert validated.exit_code == 0, validated.output
     again = run("init", config, "--from", tmp_path / "pets")
     assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def test_init_from_writes_data_paths_that_move_with_the_config(tmp_path: Path) -> None:
+    """Data inside the config's folder is written relative to it, so the pair can be moved
+    (or committed and cloned elsewhere); data outside it stays absolute."""
+    project = tmp_path / "project"
+    for root in (project / "pics", tmp_path / "elsewhere"):
+        for cls in ("cat", "dog"):
+            (root / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("L", (8, 8), i * 90).save(root / cls / f"{i}.png")
+    assert run("init", project / "a.yaml", "--from", project / "pics").exit_code == 0
+    assert yaml.safe_load((project / "a.yaml").read_text())["data"]["train"] == "pics"
+    nested = project / "configs" / "b.yaml"
+    nested.parent.mkdir()
+    assert run("init", nested, "--from", tmp_path / "elsewhere").exit_code == 0
+    outside = yaml.safe_load(nested.read_text())["data"]["train"]
+    assert outside == str((tmp_path / "elsewhere").resolve())
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    validated = run("config", "validate", moved / "a.yaml")
+    assert validated.exit_code == 0, validated.output
 
 
 def test_init_from_class_folders_named_with_line_breaks(tmp_path: Path) -> None:

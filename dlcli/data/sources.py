@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from dlcli import limits, untrusted
 from dlcli.data.idx import looks_like_idx
-from dlcli.data.images import is_image_name
+from dlcli.data.images import IMAGE_SUFFIXES, is_image_name
 from dlcli.errors import DataError
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -203,10 +203,20 @@ def list_folder(root: Path) -> FileList:
         if len(listing.paths) == before:
             empty.append(EmptyFolder(path, name, len(listing.ignored) - ignored_before))
     if not listing.paths:
-        skipped = listing.ignored + [link.path for link in listing.links]
+        loose = [path for path in listing.ignored if is_image_name(path)]
+        skipped = [path for path in listing.ignored if not is_image_name(path)]
+        skipped += [link.path for link in listing.links]
+        hint = (
+            f"; {len(loose)} images lie in it outside class folders ({_shown(loose)}): move "
+            f"them into {root}/<class>/, or, if {root} is itself one class, give the folder "
+            "that holds it"
+            if loose
+            else ""
+        )
+        suffixes = "|".join(suffix[1:] for suffix in IMAGE_SUFFIXES)
         raise DataError(
             f"{root}: no images found: expected class folders holding image files "
-            f"(<class>/<name>.png|jpg|jpeg|bmp|gif|webp){_ignored_note(skipped)}"
+            f"(<class>/<name>.{suffixes}){hint}{_ignored_note(skipped)}"
         )
     stats = np.array([listing.sizes, listing.mtimes, listing.ctimes], dtype=np.int64).T
     return FileList(
@@ -374,8 +384,12 @@ def _folder_id(info: os.stat_result) -> tuple[int, int]:
 def _ignored_note(ignored: list[str]) -> str:
     if not ignored:
         return ""
-    shown = ", ".join(ignored[:3]) + (", …" if len(ignored) > 3 else "")
-    return f"; {len(ignored)} other files ignored ({shown})"
+    files = "file" if len(ignored) == 1 else "files"
+    return f"; {len(ignored)} other {files} ignored ({_shown(ignored)})"
+
+
+def _shown(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (", …" if len(paths) > 3 else "")
 
 
 def list_csv(path: Path) -> FileList:

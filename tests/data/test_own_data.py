@@ -307,6 +307,23 @@ def test_a_path_that_is_no_data_source(tmp_path: Path) -> None:
     assert "missing: not found" in train(config).output
 
 
+def test_images_outside_class_folders_are_named_as_such(tmp_path: Path) -> None:
+    """A folder of loose images (one class folder given instead of the folder above it) gets
+    a message saying where the images are and what to give instead."""
+    from dlcli.data.sources import list_folder
+
+    for i in range(4):
+        Image.new("L", (8, 8), i).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError) as caught:
+        list_folder(tmp_path)
+    message = str(caught.value)
+    assert "4 images lie in it outside class folders" in message
+    assert f"if {tmp_path} is itself one class, give the folder that holds it" in message
+    assert message.endswith(f"; 1 other file ignored ({tmp_path / 'notes.txt'})")
+    assert "|tif|tiff)" in message  # every suffix dlcli reads, from images.IMAGE_SUFFIXES
+
+
 def test_config_rules_for_data_keys(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"dataset": "mnist", "train": "x"})
     result = train(config)

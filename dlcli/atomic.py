@@ -12,20 +12,28 @@ so at every instant there is one complete version:
   manifest goes first, the new one comes last, so a reader never trusts a mix.
 
 Temporary names start with a dot and name what they are (``.last.tmp-1a2b3c4d``,
-``.dlcli-save-1a2b3c4d``); a process killed mid-write leaves only those behind.
+``.dlcli-save-1a2b3c4d``); a process killed mid-write leaves only those behind. A process
+killed *between* :func:`swap_entries`' renames (SIGKILL, a power cut: nothing held back) leaves
+a directory without its manifest, the previous version in ``.dlcli-old-*`` and the new one
+partly in its staging folder: :func:`recover_entries` finishes that swap (the staging folder
+records what it held before the first rename), so the complete version is never deleted.
 :func:`remove_abandoned` clears such files from a folder several processes may write at once
 (the image cache), where "not mine" does not mean "abandoned": only an old one goes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
 import re
 import shutil
 import stat
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlcli.signals import uninterruptible
@@ -74,6 +82,48 @@ def remove_abandoned(
     return removed
 
 
+class Busy(Exception):
+    """:func:`lock`: another process holds the lock; ``holder`` is what it wrote (its PID)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def lock(path: Path) -> int:
+    """Take the OS lock (flock, not waiting) on the file ``path``, created if need be, and
+    write this process's PID into it; the open descriptor. :class:`Busy` when another process
+    holds it (the lock dies with its holder: a killed process never keeps it)."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise Busy(holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder before us may have removed the file after we opened it: lock the file
+        # that is there now.
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def unlock(path: Path, fd: int) -> None:
+    """Give back :func:`lock`'s lock: the file is removed, then the descriptor closed."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    os.close(fd)
+
+
 def staging_dir(parent: Path, prefix: str) -> Path:
     """A new, empty directory ``parent/PREFIX-xxxxxxxx`` (``parent`` must exist)."""
     path = parent / temp_name(prefix)
@@ -118,22 +168,136 @@ def swap_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def swap_entries(staging: Path, directory: Path, names: Sequence[str], *, last: str) -> None:
-    """Move ``staging``'s entries ``names`` (and ``last``, the manifest) into ``directory``.
+SAVE_PREFIX = ".dlcli-save"  # a directory's staging folders (swap_entries' new entries)
+OLD_PREFIX = ".dlcli-old"  # what swap_entries moved aside
+PLAN = ".dlcli-plan.json"  # in a staging folder: swap_entries began; what it held then
+
+
+def swap_entries(
+    staging: Path,
+    directory: Path,
+    names: Sequence[str],
+    *,
+    last: str,
+    sources: Mapping[str, Path] | None = None,
+) -> None:
+    """Move ``staging``'s entries ``names`` (and ``last``, the manifest) into ``directory``;
+    ``sources`` names entries that come from elsewhere in ``directory`` instead
+    (``{name: path}``: an --overwrite run's checkpoints), moved into ``staging`` first.
 
     ``staging`` must be inside ``directory`` (one filesystem). The entries they replace are
     moved into a ``.dlcli-old-*`` folder first (``last`` before anything else) and removed at
-    the end; other entries of ``directory`` are never touched.
+    the end; other entries of ``directory`` are never touched. Before the first rename the
+    plan (``names``, ``last``, the sources and which entries there are) is written into
+    ``staging`` and flushed: from then on the swap is decided, and :func:`recover_entries`
+    finishes it after a kill.
     """
-    aside = directory / temp_name(".dlcli-old")
+    moved = {name: str(path.relative_to(directory)) for name, path in (sources or {}).items()}
+    present = [
+        name
+        for name in [*names, last]
+        if os.path.lexists(staging / name)
+        or (name in moved and os.path.lexists(directory / moved[name]))
+    ]
+    plan = _Plan(list(names), last, present, moved)
+    (staging / PLAN).write_text(json.dumps(asdict(plan)) + "\n", encoding="utf-8")
+    fsync_path(staging / PLAN)
+    fsync_path(staging)
     with uninterruptible():
+        _finish(staging, directory, plan, None)
+
+
+@dataclass
+class _Plan:
+    names: list[str]  # what is swapped in, in this order
+    last: str  # the manifest: moved aside first, in last
+    present: list[str]  # which of them there were (in the staging folder or at their source)
+    sources: dict[str, str]  # name: where it comes from (relative to the directory)
+
+
+def _finish(staging: Path, directory: Path, plan: _Plan, aside: Path | None) -> None:
+    """Swap ``staging``'s entries in as ``plan`` says, from wherever a killed swap stopped:
+    an entry of ``directory`` is the new one when the plan says there was one and neither
+    staging nor its source holds it any more (it was moved in); every other one is the
+    previous version's, and goes aside (into ``aside``, a killed swap's folder, or a new one)
+    before the new ones come in."""
+    names, last = plan.names, plan.last
+    for name, source in plan.sources.items():
+        if os.path.lexists(directory / source) and not os.path.lexists(staging / name):
+            os.rename(directory / source, staging / name)
+    moved_in = {name for name in plan.present if not os.path.lexists(staging / name)}
+    if aside is None:
+        aside = directory / temp_name(OLD_PREFIX)
         aside.mkdir()
-        for name in [last, *names]:
-            if os.path.lexists(directory / name) and not os.path.lexists(aside / name):
-                os.rename(directory / name, aside / name)
-        for name in [*names, last]:
-            if os.path.lexists(staging / name):
-                os.rename(staging / name, directory / name)
-        fsync_path(directory)
+    for name in [last, *names]:
+        if name in moved_in or not os.path.lexists(directory / name):
+            continue
+        if os.path.lexists(aside / name):  # never the case: both are the previous version's
+            raise FileExistsError(errno.EEXIST, "moved aside twice", str(aside / name))
+        os.rename(directory / name, aside / name)
+    for name in [*names, last]:
+        if os.path.lexists(staging / name):
+            os.rename(staging / name, directory / name)
+    fsync_path(directory)
     shutil.rmtree(aside, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_entries(directory: Path, last: str) -> str | None:
+    """Finish what a :func:`swap_entries` killed in ``directory`` left; what was recovered,
+    in words, or ``None`` when nothing was. The caller holds the directory's one-writer lock.
+
+    * a staging folder with a plan: the swap had begun; it is finished (the new version,
+      complete before the first rename, is put in place; the previous one is removed);
+    * else, ``last`` missing from ``directory`` and a ``.dlcli-old-*`` folder holding it (a
+      swap of a dlcli that wrote no plan): the previous version is put back where nothing
+      took its place;
+    * then the rest (staging folders without a plan: a save killed before it was complete;
+      emptied ``.dlcli-old-*`` folders) is removed, but never a folder holding ``last`` while
+      ``directory`` has none: that one is kept, and named.
+    """
+    stagings = _leftovers(directory, SAVE_PREFIX)
+    asides = _leftovers(directory, OLD_PREFIX)
+    done: str | None = None
+    planned = [s for s in stagings if os.path.isfile(s / PLAN)]
+    if planned:
+        plan = _read_plan(planned[0] / PLAN)
+        _finish(planned[0], directory, plan, asides[0] if len(asides) == 1 else None)
+        done = "finished a save that was killed while moving its files into place"
+    elif not os.path.lexists(directory / last):
+        whole = [a for a in asides if os.path.isfile(a / last)]
+        if whole:
+            for entry in sorted(os.listdir(whole[0])):
+                if not os.path.lexists(directory / entry):
+                    os.rename(whole[0] / entry, directory / entry)
+            fsync_path(directory)
+            done = "restored the previous run, moved aside by a save that was killed"
+    for path in _leftovers(directory, SAVE_PREFIX) + _leftovers(directory, OLD_PREFIX):
+        if not os.path.lexists(directory / last) and os.path.isfile(path / last):
+            kept = f"{path.name} holds the only copy of a run and is kept"
+            return f"{done}; {kept}" if done else kept
+        shutil.rmtree(path, ignore_errors=True)
+    return done
+
+
+def _leftovers(directory: Path, prefix: str) -> list[Path]:
+    return sorted(p for p in directory.glob(f"{prefix}-*") if p.is_dir() and not p.is_symlink())
+
+
+def _read_plan(path: Path) -> _Plan:
+    """A plan :func:`swap_entries` wrote (and flushed before it renamed anything); one that
+    does not read as one is an :class:`OSError` (the caller reports the folder)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        plan = _Plan(
+            list(found["names"]), found["last"], list(found["present"]), dict(found["sources"])
+        )
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise OSError(errno.EIO, f"unreadable save plan ({err})", str(path)) from None
+    entries = [*plan.names, plan.last, *plan.present, *plan.sources]
+    parts = [part for source in plan.sources.values() for part in str(source).split("/")]
+    if not all(isinstance(e, str) and e not in ("", ".", "..") for e in [*entries, *parts]):
+        raise OSError(errno.EIO, "unreadable save plan (not plain names)", str(path))
+    if any("/" in e for e in entries):
+        raise OSError(errno.EIO, "unreadable save plan (not plain names)", str(path))
+    return plan

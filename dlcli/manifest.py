@@ -8,6 +8,7 @@ the weights, and ``dlcli evaluate`` (via :func:`dlcli.store.verify_run`) verifie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dlcli import limits, untrusted
+from dlcli import atomic, limits, untrusted
 from dlcli.errors import ModelDirError
 
 FORMAT = "dlcli-run/1"
@@ -27,6 +28,55 @@ METRICS = "metrics.json"
 HISTORY = "history.csv"
 STEPS = "steps.csv"
 DATA_DIGESTS = "data-digests.json"
+LOCK = ".dlcli-lock"  # flock()ed by the one process writing a run dir; holds its PID
+PENDING = ".dlcli-pending"  # an --overwrite run's checkpoints, until its save replaces the old run
+
+
+# --- a save killed mid-way: finished by the next command that opens the run dir -------------
+
+_recovered: list[str] = []  # what was recovered, for the command to say (take_recovered)
+
+
+def finish_interrupted_save(run_dir: Path) -> None:
+    """Finish a save of ``run_dir`` that a kill interrupted (:func:`dlcli.atomic.
+    recover_entries`) and remove what it left; the caller holds the run dir's lock. What was
+    recovered is said once, by the command (:func:`take_recovered`)."""
+    found = atomic.recover_entries(run_dir, MANIFEST)
+    with contextlib.suppress(OSError):  # what the finished save of an --overwrite run emptied
+        (run_dir / PENDING).rmdir()
+    if found:
+        _recovered.append(f"{run_dir}: {found}")
+
+
+def recover(run_dir: Path) -> None:
+    """:func:`finish_interrupted_save` for a command that reads ``run_dir`` (evaluate, runs
+    list): only when a save left something, and only under the run dir's lock; with a writer
+    at work (the lock held) or a directory that cannot be written, nothing is done, and the
+    run is read as it is."""
+    try:
+        with os.scandir(run_dir) as entries:
+            left = any(e.name.startswith((atomic.SAVE_PREFIX, atomic.OLD_PREFIX)) for e in entries)
+    except OSError:
+        return
+    if not left:
+        return
+    try:
+        fd = atomic.lock(run_dir / LOCK)
+    except (atomic.Busy, OSError):
+        return
+    try:
+        finish_interrupted_save(run_dir)
+    except OSError:
+        pass  # read as it is; the next train into it (which must write) reports the problem
+    finally:
+        atomic.unlock(run_dir / LOCK, fd)
+
+
+def take_recovered() -> list[str]:
+    """The recoveries made since the last call (the command layer says each in one line)."""
+    found = list(_recovered)
+    _recovered.clear()
+    return found
 
 
 def no_run_dir(path: Path) -> ModelDirError:

@@ -137,6 +137,7 @@ def read_run(path: Path) -> RunInfo:
 
     if not path.is_dir():
         raise manifest.no_run_dir(path)
+    manifest.recover(path)  # a save killed mid-way is finished first
     if not (path / manifest.MANIFEST).is_file():
         raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
     verify(path)
@@ -182,6 +183,7 @@ def list_runs(root: Path) -> Listing:
     """Every run directory directly inside ``root`` (or ``root`` itself when it is one)."""
     if not root.is_dir():
         raise ModelDirError(f"{root}: no such directory (train a model first: dlcli train CONFIG)")
+    manifest.recover(root)
     if (root / "manifest.json").is_file():
         return Listing([read_run(root)])
     listing = Listing()

@@ -45,12 +45,14 @@ from dlcli.manifest import CONFIG as CONFIG
 from dlcli.manifest import DATA_DIGESTS as DATA_DIGESTS
 from dlcli.manifest import FORMAT as FORMAT
 from dlcli.manifest import HISTORY as HISTORY
+from dlcli.manifest import LOCK as LOCK  # flock()ed by the run dir's one writer
 from dlcli.manifest import MANIFEST as MANIFEST
 from dlcli.manifest import METRICS as METRICS
+from dlcli.manifest import PENDING as PENDING  # an --overwrite run's, until it is saved
 from dlcli.manifest import STEPS as STEPS
 from dlcli.manifest import WEIGHTS as WEIGHTS
 from dlcli.manifest import check_manifest as check_manifest
-from dlcli.manifest import no_run_dir
+from dlcli.manifest import finish_interrupted_save, no_run_dir, recover
 from dlcli.manifest import sha256_file as sha256_file
 from dlcli.manifest import verify_manifest as verify_manifest
 
@@ -70,8 +72,6 @@ class Run:
 
 # --- the output directory: one writer, nothing a user owns touched ---------------------------
 
-LOCK = ".dlcli-lock"  # flock()ed by the one process writing the run dir; holds its PID
-PENDING = ".dlcli-pending"  # an --overwrite run's checkpoints, until its save replaces the old run
 _OURS = (LOCK, PENDING)  # hidden entries dlcli keeps in a run dir
 # What training writes into a run dir; anything else there is the user's (or another command's).
 RUN_ENTRIES = (
@@ -105,9 +105,7 @@ class Output:
         created it and nothing was saved in it)."""
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            (self.run_dir / LOCK).unlink()
-        os.close(self._fd)
+        atomic.unlock(self.run_dir / LOCK, self._fd)
         self._fd = None
         for folder in self._created:  # innermost first; only if still empty
             with contextlib.suppress(OSError):
@@ -153,37 +151,19 @@ def check_output_dir(run_dir: Path, *, overwrite: bool, resume: bool = False) ->
 
 
 def _lock(run_dir: Path) -> int:
-    import fcntl
-
-    path = run_dir / LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip()
-            os.close(fd)
-            who = f"PID {holder}" if holder.isdigit() else "another process"
-            raise UsageError(
-                f"{run_dir}: in use by another dlcli process ({who}); one process writes a "
-                "run directory at a time: wait for it, or train into another --output"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # The holder before us may have removed the file after we opened it: lock the file
-        # that is there now.
-        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+    try:
+        return atomic.lock(run_dir / LOCK)
+    except atomic.Busy as busy:
+        who = f"PID {busy.holder}" if busy.holder.isdigit() else "another process"
+        raise UsageError(
+            f"{run_dir}: in use by another dlcli process ({who}); one process writes a "
+            "run directory at a time: wait for it, or train into another --output"
+        ) from None
 
 
 def _check_contents(output: Output, *, overwrite: bool, resume: bool) -> None:
     run_dir = output.run_dir
-    _remove_leftovers(run_dir)
+    finish_interrupted_save(run_dir)  # we hold the lock
     entries = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK,))
     output.kept = [name for name in entries if name not in (*RUN_ENTRIES, PENDING)]
     if resume:
@@ -240,13 +220,6 @@ def _entry(run_dir: Path, name: str) -> str:
     return f"{name}/" if (run_dir / name).is_dir() else name
 
 
-def _remove_leftovers(run_dir: Path) -> None:
-    """Staging folders of a save that was killed (we hold the lock: nobody else's)."""
-    for pattern in (".dlcli-save-*", ".dlcli-old-*"):
-        for path in run_dir.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 # --- saving ----------------------------------------------------------------------------------
 
 
@@ -288,15 +261,14 @@ def save_run(
     staging: Path | None = None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        staging = atomic.staging_dir(run_dir, ".dlcli-save")
+        staging = atomic.staging_dir(run_dir, atomic.SAVE_PREFIX)
         _write_files(staging, config, state_dict, metrics, history, steps, data_digests or {})
         names = [CONFIG, WEIGHTS, METRICS, HISTORY, STEPS, DATA_DIGESTS]  # absent: the old goes
+        sources = {}
         if output.work_dir != run_dir:  # --overwrite: this run's folders replace the old run's
-            for kept in (CHECKPOINTS, TENSORBOARD):
-                if (output.work_dir / kept).exists():
-                    os.rename(output.work_dir / kept, staging / kept)
+            sources = {kept: output.work_dir / kept for kept in (CHECKPOINTS, TENSORBOARD)}
             names += [CHECKPOINTS, TENSORBOARD]
-        atomic.swap_entries(staging, run_dir, names, last=MANIFEST)
+        atomic.swap_entries(staging, run_dir, names, last=MANIFEST, sources=sources)
         if output.work_dir != run_dir:
             shutil.rmtree(output.work_dir, ignore_errors=True)
             output.work_dir = run_dir
@@ -424,6 +396,7 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise no_run_dir(run_dir)
+    recover(run_dir)
     if not (run_dir / MANIFEST).is_file():
         inside = _runs_inside(run_dir)
         if inside:

@@ -16,6 +16,7 @@ import click
 
 from dlcli import limits, untrusted
 from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError, debugging
+from dlcli.manifest import take_recovered
 from dlcli.report import Reporter
 from dlcli.signals import command_over, command_started, stop_at_once_on_signals
 from dlcli.version import describe
@@ -48,6 +49,8 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
                     # Returned or raised: the outcome stands, a signal from now on is ignored
                     # (not "interrupted", nor entry's "during start-up: nothing was written").
                     command_over()
+                    for line in take_recovered():  # a run dir's save killed mid-way, finished
+                        reporter.note(line)
         except DlcliError as err:
             code = err.exit_code
             _report(reporter, err, code, err.kind)

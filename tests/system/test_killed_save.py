@@ -1,0 +1,146 @@
+"""A run dir's save SIGKILLed between any two of its renames (dlcli.atomic.swap_entries) never
+loses the run: the next command that opens the run dir finishes the save, says so in one
+line, and leaves nothing behind. Each kill is real: a forked child of this process (torch
+already imported: no start-up cost) saves over a copy of a trained run and sends itself
+SIGKILL before its N-th ``os.rename``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_process import dlcli
+from click.testing import CliRunner
+
+from dlcli import store
+from dlcli.cli import cli
+from dlcli.manifest import take_recovered
+
+NEW = {"marker": "the new run"}
+
+
+def _overwrite_save(run_dir: Path, saved: store.Run, kill_at: int) -> int:
+    """In a forked child: ``train --overwrite``'s save over ``run_dir`` (its checkpoints and
+    event files in .dlcli-pending, as training leaves them), killed before rename ``kill_at``
+    (0: never). The child's wait status; not killed, it exits with its count of renames."""
+    pid = os.fork()
+    if pid:
+        return os.waitpid(pid, 0)[1]
+    code = 200
+    try:
+        output = store.open_output(run_dir, overwrite=True, resume=False)
+        for folder in ("checkpoints/last", "tensorboard"):
+            (output.work_dir / folder).mkdir(parents=True)
+            (output.work_dir / folder / "new.txt").write_text("the new run's")
+        renames, rename = [0], os.rename
+
+        def killing_rename(*args: Any, **kwargs: Any) -> None:
+            renames[0] += 1
+            if renames[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            rename(*args, **kwargs)
+
+        os.rename = killing_rename  # type: ignore[assignment]
+        store.save_run(
+            output,
+            config=saved.config,
+            state_dict=saved.state_dict,
+            metrics={**saved.metrics, **NEW},
+            history=[{"epoch": 1, "loss": 0.5}],
+        )
+        output.release()
+        code = renames[0]
+    finally:
+        os._exit(code)
+
+
+def _marker(run_dir: Path) -> Any:
+    return json.loads((run_dir / store.METRICS).read_text()).get("marker")
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    """What a save leaves while under way (a lock file left by a killed process is harmless:
+    its lock died with it)."""
+    return sorted(
+        p.name for p in run_dir.iterdir() if p.name.startswith(".dlcli-") and p.name != store.LOCK
+    )
+
+
+@pytest.fixture(scope="module")
+def renames(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> int:
+    """How many renames an uninterrupted save makes."""
+    run_dir = tmp_path_factory.mktemp("count") / "run"
+    shutil.copytree(tiny_run, run_dir)
+    status = _overwrite_save(run_dir, store.load_run(tiny_run), 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) != 200, status
+    assert _marker(run_dir) == NEW["marker"] and _leftovers(run_dir) == []
+    return os.WEXITSTATUS(status)
+
+
+def test_a_save_killed_at_every_rename_leaves_one_complete_run(
+    tiny_run: Path, tmp_path: Path, renames: int
+) -> None:
+    saved = store.load_run(tiny_run)
+    assert renames >= 10  # the checkpoints and event files moved in, then the run's entries
+    for kill_at in range(1, renames + 1):
+        run_dir = tmp_path / f"killed-{kill_at}"
+        shutil.copytree(tiny_run, run_dir)
+        status = _overwrite_save(run_dir, saved, kill_at)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        take_recovered()
+        # runs list reads it as a complete run (after finishing the save)
+        listed = CliRunner().invoke(cli, ["runs", "list", str(run_dir), "--json"])
+        assert listed.exit_code == 0, (kill_at, listed.output)
+        document = json.loads(listed.stdout)
+        assert len(document["runs"]) == 1 and not document["skipped"], (kill_at, document)
+        run = store.load_run(run_dir)  # every file as its manifest says
+        assert _leftovers(run_dir) == [], (kill_at, _leftovers(run_dir))
+        # The plan was written before the first rename: the save had begun, and is finished.
+        assert run.metrics.get("marker") == NEW["marker"], kill_at
+        assert "finished a save that was killed" in listed.stderr, kill_at
+        assert (run_dir / "checkpoints" / "last" / "new.txt").read_text() == "the new run's"
+        assert (run_dir / "tensorboard" / "new.txt").is_file()
+
+
+def test_evaluate_and_retrain_after_a_kill_mid_swap(
+    tiny_run: Path, tmp_path: Path, renames: int
+) -> None:
+    """Killed between the previous run's files moved aside and the new ones moved in: the
+    state that lost both runs to the next `train --overwrite`."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    status = _overwrite_save(run_dir, store.load_run(tiny_run), renames // 2 + 2)
+    assert os.WIFSIGNALED(status)
+    assert not (run_dir / store.MANIFEST).exists()  # mid-swap indeed
+    take_recovered()
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--split", "test", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "killed" in line]
+    assert lines == [
+        f"{run_dir}: finished a save that was killed while moving its files into place"
+    ]
+    assert _marker(run_dir) == NEW["marker"] and _leftovers(run_dir) == []
+
+
+def test_the_next_train_finishes_a_killed_save_then_replaces_it(
+    tiny_run: Path, tmp_path: Path, renames: int
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    status = _overwrite_save(run_dir, store.load_run(tiny_run), renames // 2 + 2)
+    assert os.WIFSIGNALED(status)
+    config = shutil.copy(tiny_run / store.CONFIG, tmp_path / "config.yaml")
+    proc = dlcli(
+        *("train", str(config), "--output", str(run_dir), "--overwrite"),
+        *("--set", "training.epochs=1"),
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"{run_dir}: finished a save that was killed" in proc.stderr, proc.stderr
+    assert _marker(run_dir) is None and _leftovers(run_dir) == []  # retrained, saved whole
+    store.verify_run(run_dir)

@@ -112,6 +112,7 @@ class TrainResult:
     history: list[Logs]
     metrics: dict[str, Any] = field(default_factory=dict)
     config: Config | None = None
+    note: str | None = None  # said before the result (--resume of a finished run)
 
     def summary(self) -> dict[str, Any]:
         """Best epoch (by the monitored metric, else val_loss), seconds per epoch, samples/s,
@@ -377,6 +378,16 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
         except TrainingError as err:
             raise TrainingError(err.message + _last_good(prepared)) from None
         guard.immediate = True  # no step left to finish: a signal now stops at once
+        saved = _already_saved(prepared, trainer)
+        if saved is not None:  # --resume of a finished, saved run: its files stay as they are
+            return TrainResult(
+                prepared.run_dir,
+                history,
+                saved,
+                config=cfg,
+                note=f"{prepared.run_dir}: already trained {trainer.epoch} of "
+                f"{cfg.training.epochs} epochs; nothing to do (the saved run is unchanged)",
+            )
         reported = reports(configured)
         metrics = _metrics(prepared, trainer, reported) | reported | world.describe()
         for follow in following:
@@ -393,6 +404,30 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
             )
         world.barrier()  # distributed: the other workers wait for rank 0's save
     return TrainResult(prepared.run_dir, history, metrics, config=cfg)
+
+
+def _already_saved(prepared: Prepared, trainer: Trainer) -> dict[str, Any] | None:
+    """With --resume, when training took no step (the checkpoint's run had trained its epochs,
+    or stopped early or at its target) and the run dir holds that run saved and complete
+    (verified, the same epochs): its metrics, the result. ``None``: save as usual (a run
+    killed after its last checkpoint and before its save is saved now)."""
+    resumed = prepared.resume
+    if resumed is None or trainer.global_step != resumed.state["global_step"]:
+        return None
+
+    def read() -> dict[str, Any] | None:
+        if resumed.path.parent.parent != prepared.run_dir:  # an --overwrite run's, not saved
+            return None
+        try:
+            store.verify_run(prepared.run_dir)
+            metrics = untrusted.load_json(prepared.run_dir / store.METRICS, ModelDirError)
+        except ModelDirError:
+            return None
+        if not isinstance(metrics, dict) or metrics.get("epochs") != trainer.epoch:
+            return None
+        return metrics
+
+    return prepared.world.from_main(read)
 
 
 def saved_weights(metrics: Mapping[str, Any]) -> dict[str, Any]:

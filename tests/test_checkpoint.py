@@ -226,6 +226,31 @@ def test_resume_may_extend_the_run(tmp_path: Path) -> None:
     assert [r["epoch"] for r in history] == ["1", "2", "3"]
 
 
+def _files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_resume_of_a_finished_run_rewrites_nothing(tiny_config: Path) -> None:
+    run_dir = Path(train_ok(tiny_config, "--set", "training.epochs=2")["run_dir"])
+    before = _files(run_dir)
+    result = cli_run("train", str(tiny_config), "--resume", "--set", "training.epochs=2")
+    assert result.exit_code == 0, result.output
+    note = f"{run_dir}: already trained 2 of 2 epochs; nothing to do (the saved run is unchanged)"
+    assert note in result.stderr.splitlines()
+    assert _files(run_dir) == before  # not one byte, not one modification time
+    document = train_ok(tiny_config, "--resume", "--set", "training.epochs=2")
+    assert document["epochs"] == 2 and "resumed_from" not in document  # the saved run's
+    assert _files(run_dir) == before
+    # Finished but not saved (killed between its last checkpoint and its save): saved now.
+    (run_dir / store.MANIFEST).unlink()
+    assert train_ok(tiny_config, "--resume", "--set", "training.epochs=2")["resumed_from"]
+    store.verify_run(run_dir)
+
+
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     config = write_config(tmp_path, epochs=1)
     train_ok(config)

@@ -213,6 +213,8 @@ def train(
 
 def _show_result(reporter: Reporter, result: Any) -> None:
     metrics = result.metrics
+    if result.note:
+        reporter.note(result.note)
     reporter.table(
         metrics_table(
             f"Final metrics ({counted(metrics['epochs'], 'epoch')}, "

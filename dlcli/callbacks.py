@@ -31,6 +31,7 @@ from dlcli.config import (
 )
 from dlcli.data.dataset import Split
 from dlcli.hooks import Callback, Logs, Loop
+from dlcli.metric_names import improved
 from dlcli.threads import LoadFollower, ThreadChoice
 
 
@@ -67,15 +68,6 @@ class Reporting(Callback):
 
     def report(self) -> dict[str, Any]:
         return {}
-
-
-def improved(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """Is ``value`` better than ``best`` by more than ``min_delta``? (NaN never is.)"""
-    if value is None or not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
 class SplitMetrics(Callback):
@@ -322,6 +314,16 @@ class TargetTracker(Reporting):
         }
 
 
+def shared_min_delta(cfg: Config, key: str, mode: str) -> float:
+    """The ``min_delta`` an improvement of ``key`` (its direction ``mode``) must beat: early
+    stopping's when it watches the same metric the same way, so that ``checkpoints/best``,
+    the epoch early stopping restores and the best epoch reported are one epoch; else 0."""
+    early = cfg.training.early_stopping
+    if early is None or history_key(early.monitor) != key:
+        return 0.0
+    return early.min_delta if metric_mode(early.monitor, early.mode) == mode else 0.0
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 
@@ -338,15 +340,19 @@ class Checkpointer(Reporting):
         self.work_dir = Path(work_dir or run_dir)  # where they are written while training
         self.mode = metric_mode(self.checkpointing.monitor, self.checkpointing.mode)
         self.key = history_key(self.checkpointing.monitor)
+        self.min_delta = shared_min_delta(config, self.key, self.mode)
         self.best: float | None = None
         self.best_epoch: int | None = None
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         if not self.checkpointing.every:
             return
-        better = self.checkpointing.keep_best and improved(logs.get(self.key), self.best, self.mode)
+        value = logs.get(self.key)
+        better = self.checkpointing.keep_best and improved(
+            value, self.best, self.mode, self.min_delta
+        )
         if better:
-            self.best, self.best_epoch = logs[self.key], epoch
+            self.best, self.best_epoch = value, epoch
         due = (
             epoch % self.checkpointing.every == 0
             or epoch >= trainer.epochs

@@ -16,6 +16,7 @@ An unknown metric or split is one error with a did-you-mean. No torch here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -102,6 +103,30 @@ def mode_of(name: str, mode: str = "auto") -> Mode:
         return parse(name).mode
     except UsageError:
         return "max" if "accuracy" in name else "min"
+
+
+def improved(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Is ``value`` better than ``best`` by more than ``min_delta``? (NaN never is.) The one
+    rule of "better" for early stopping, ``checkpoints/best`` and the best epoch reported."""
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def best_row(
+    rows: Sequence[Mapping[str, float]], key: str, mode: str, min_delta: float = 0.0
+) -> Mapping[str, float] | None:
+    """The epoch (a history row) that is best by ``key``: the last one that :func:`improved`
+    on the best before it by more than ``min_delta``, as early stopping walks the epochs (with
+    ``min_delta`` 0, the first minimum or maximum); None when no row has a finite value."""
+    best: Mapping[str, float] | None = None
+    for row in rows:
+        value = row.get(key)
+        if improved(value, best[key] if best is not None else None, mode, min_delta):
+            best = row
+    return best
 
 
 def parse(name: str, *, known: Sequence[str] = tuple(METRICS), what: str = "metric") -> MetricName:

@@ -121,8 +121,11 @@ class TrainResult:
         from dlcli.runs import monitored_metric, summarize_history
 
         train_size = self.metrics.get("dataset", {}).get("train_size")
-        monitor, mode = monitored_metric(to_dict(self.config)) if self.config else (None, "auto")
-        found = summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
+        rule = monitored_metric(to_dict(self.config)) if self.config else (None, "auto", 0.0)
+        monitor, mode, min_delta = rule
+        found = summarize_history(
+            self.history, monitor=monitor, mode=mode, min_delta=min_delta, train_size=train_size
+        )
         return found | {"weights": saved_weights(self.metrics)}
 
     def final_metrics(self) -> dict[str, Logs]:

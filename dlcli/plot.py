@@ -88,8 +88,8 @@ def plot_run(
     if blocker is not None:  # a path that cannot be a directory: a usage error, as train -o
         raise UsageError(f"{result.out_dir}: cannot write figures there: {blocker} is a file")
     _make_folder(result.out_dir, "the output directory")
-    monitor, mode = monitored_metric({"training": _training_dict(saved.loaded.run.config)})
-    summary = summarize_history(history, monitor=monitor, mode=mode)
+    monitor, mode, delta = monitored_metric({"training": _training_dict(saved.loaded.run.config)})
+    summary = summarize_history(history, monitor=monitor, mode=mode, min_delta=delta)
     best = None
     if summary.get("best_epoch") is not None:
         best = Best(summary["monitor"], summary["best_epoch"], summary["best_value"])

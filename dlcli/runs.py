@@ -82,8 +82,10 @@ class RunInfo:
         train_size = dataset.get("train_size") if isinstance(dataset, dict) else None
         if not isinstance(train_size, int) or isinstance(train_size, bool):
             train_size = None
-        monitor, mode = monitored_metric(self.config)
-        return summarize_history(self.history, monitor=monitor, mode=mode, train_size=train_size)
+        monitor, mode, min_delta = monitored_metric(self.config)
+        return summarize_history(
+            self.history, monitor=monitor, mode=mode, min_delta=min_delta, train_size=train_size
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -341,16 +343,20 @@ def _size(value: Any) -> str:
     return f"{value}x{value}"
 
 
-def monitored_metric(config: Mapping[str, Any]) -> tuple[str | None, str]:
-    """The metric (and its mode: auto, min or max) that the config's early stopping or
-    checkpointing watches, if it names one."""
+def monitored_metric(config: Mapping[str, Any]) -> tuple[str | None, str, float]:
+    """The metric (its mode: auto, min or max; and the ``min_delta`` an improvement must
+    beat) that the config's early stopping or checkpointing watches, if it names one: the
+    rule that picked the epoch early stopping restores and ``checkpoints/best`` holds."""
     training = config.get("training") or {}
     for section in ("early_stopping", "checkpoint"):
         value = training.get(section) if isinstance(training, dict) else None
         if isinstance(value, dict) and isinstance(value.get("monitor"), str):
             mode = value.get("mode")
-            return _history_key(value["monitor"]), mode if mode in ("min", "max") else "auto"
-    return None, "auto"
+            delta = value.get("min_delta", 0.0)
+            min_delta = float(delta) if _is_number(delta) and delta > 0 else 0.0
+            key = _history_key(value["monitor"])
+            return key, mode if mode in ("min", "max") else "auto", min_delta
+    return None, "auto", 0.0
 
 
 def summarize_history(
@@ -358,10 +364,12 @@ def summarize_history(
     *,
     monitor: str | None = None,
     mode: str = "auto",
+    min_delta: float = 0.0,
     train_size: int | None = None,
 ) -> dict[str, Any]:
-    """Best epoch (by ``monitor``, default val_loss), seconds per epoch and training samples
-    per second (medians over the epochs).
+    """Best epoch (by ``monitor``, default val_loss, improving by more than ``min_delta``:
+    :func:`dlcli.metric_names.best_row`), seconds per epoch and training samples per second
+    (medians over the epochs).
 
     ``mode`` auto: the registry's direction (dlcli.metric_names).
     """
@@ -369,11 +377,13 @@ def summarize_history(
         return {}
     if monitor is None or not any(monitor in row for row in history):
         monitor, mode = next((m for m in ("val_loss", "loss") if m in history[0]), None), "auto"
+        min_delta = 0.0
     summary: dict[str, Any] = {"monitor": monitor}
     rows = [row for row in history if monitor is not None and _is_number(row.get(monitor))]
     if rows and monitor is not None:
         mode = metric_names.mode_of(monitor, mode)
-        best = (max if mode == "max" else min)(rows, key=lambda row: row[monitor])
+        best = metric_names.best_row(rows, monitor, mode, min_delta)
+        assert best is not None  # rows hold finite values
         summary["best_epoch"] = int(best.get("epoch", history.index(best) + 1))
         summary["best_value"] = best[monitor]
     # Medians over epochs: a first epoch that warms up, or one resumed after a few steps (its

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import learnable_patterns, write_tiny_config
+from safetensors.torch import load_file
 
 from dlcli.callbacks import (
     EarlyStopping,
@@ -273,6 +274,43 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(
     assert (run / "model.safetensors").read_bytes() == weights
     for key in ("early_stopping", "target", "validation", "test"):
         assert resumed.get(key) == doc.get(key)
+
+
+class ScriptedMetric(Callback):
+    """Replaces an epoch's ``key`` with the next of ``values`` (before the configured
+    callbacks read it; history.csv records it too)."""
+
+    def __init__(self, key: str, values: list[float]) -> None:
+        self.key, self.values = key, values
+
+    def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
+        logs[self.key] = self.values[epoch - 1]
+
+
+def test_one_best_epoch_under_min_delta(tmp_path: Path) -> None:
+    """val_loss improves at every epoch, but by less than min_delta after the first: early
+    stopping restored epoch 1, while the summary said epoch 3 (the plain minimum) and
+    checkpoints/best held epoch 3 too. One rule now: epoch 1 everywhere."""
+    from dlcli import api, checkpoint
+    from dlcli.runs import read_run
+
+    result = api.train(
+        write_tiny_config(tmp_path),
+        {
+            "training.epochs": 5,
+            "training.early_stopping": {"patience": 2, "min_delta": 0.01},
+        },
+        callbacks=[ScriptedMetric("val_loss", [1.0, 0.995, 0.99, 0.985, 0.98])],
+    )
+    early, saved = result.metrics["early_stopping"], result.summary()
+    assert early["stopped_epoch"] == 3 and early["best_epoch"] == 1 and early["restored_best"]
+    assert saved["best_epoch"] == 1 and saved["best_value"] == 1.0
+    assert saved["weights"]["epoch"] == 1
+    assert result.metrics["checkpoints"]["best_epoch"] == 1
+    assert read_run(result.run_dir).summary()["best_epoch"] == 1  # runs list, runs compare
+    best = checkpoint.load_weights(result.run_dir, checkpoint.BEST)
+    model = load_file(str(result.run_dir / "model.safetensors"))
+    assert all(torch.equal(best[name], model[name]) for name in model)
 
 
 # --- target ------------------------------------------------------------------------------------

@@ -280,6 +280,9 @@ def test_summarize_history_by_hand() -> None:
     assert summarize_history(history, monitor="val_loss", mode="max")["best_epoch"] == 1
     assert summarize_history(history, monitor="absent")["monitor"] == "val_loss"
     assert summarize_history([]) == {}
+    # early stopping's min_delta: epoch 2's val_loss is lower, but not by more than 0.2
+    delta = summarize_history(history, monitor="val_loss", min_delta=0.2)
+    assert (delta["best_epoch"], delta["best_value"]) == (1, 0.50)
 
 
 def test_layers_summary() -> None:

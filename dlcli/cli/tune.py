@@ -257,9 +257,11 @@ def lr_find(
     learning rate and nothing else: no run directory, the config unchanged.
     """
     from dlcli.config import load_config
+    from dlcli.distributed import refuse_workers
     from dlcli.errors import UsageError
     from dlcli.lr_find import lr_find as range_test
 
+    refuse_workers("lr-find")  # before the figure's folder is made
     cfg = load_config(config, overrides)
     path = plot_path or Path(f"{config.stem}-lr-find.png")
     if path.exists() and os.path.samefile(path, config):  # --force or not: the config stays

@@ -48,6 +48,7 @@ from dlcli.distributed.world import (
     env_rank,
     env_world,
     init_from_env,
+    refuse_workers,
     shutdown,
     stop_watchdog,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "failure_error",
     "init_from_env",
     "launch",
+    "refuse_workers",
     "shutdown",
     "stop_watchdog",
     "worker_args",

@@ -209,6 +209,20 @@ def env_world() -> World:
     )
 
 
+def refuse_workers(command: str) -> None:
+    """``dlcli COMMAND`` runs in one process: started as one of several workers (torchrun, or
+    any launcher that sets ``WORLD_SIZE`` above 1), every worker would run it whole, each
+    printing and writing the same files; a usage error (exit 2) instead, before anything."""
+    world = env_world()
+    if world.distributed:
+        raise UsageError(
+            f"dlcli {command} runs in one process, but this one was started as worker rank "
+            f"{world.rank} of {world.size} ($WORLD_SIZE={world.size}, set by torchrun): "
+            f"run `dlcli {command}` on its own, without torchrun (only `dlcli train` trains "
+            "data-parallel)"
+        )
+
+
 def env_rank() -> int:
     """This process's rank (0 outside torchrun); read before the process group exists."""
     try:

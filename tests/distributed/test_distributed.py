@@ -392,6 +392,29 @@ def test_two_workers_with_dropout_resume_to_the_uninterrupted_runs_bytes(
     assert weights[0] == weights[1]
 
 
+def test_lr_find_under_torchrun_is_refused_before_any_worker_runs_it(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """Each worker ran the whole range test: both printed a suggestion and wrote the PNG."""
+    png = tmp_path / "figures" / "lr.png"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
+    lr_find = ["lr-find", str(tiny_config), "--plot", str(png), "--steps", "20"]
+    proc = _run([*torchrun, *rendezvous, "-m", "dlcli", *lr_find])
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert (
+            f"Error: dlcli lr-find runs in one process, but this one was started as worker "
+            f"rank {rank} of 2 ($WORLD_SIZE=2, set by torchrun)"
+        ) in " ".join(proc.stderr.split())
+    assert "suggested" not in proc.stdout + proc.stderr
+    assert not png.parent.exists()
+    # The exit code each worker gives the launcher: a usage error.
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    result = CliRunner().invoke(cli, ["lr-find", str(tiny_config), "--plot", str(png)], env=env)
+    assert result.exit_code == 2 and "worker rank 1 of 2" in result.stderr
+
+
 def test_a_worker_that_dies_ends_the_job(tiny_config: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "dead"
     proc = dlcli(

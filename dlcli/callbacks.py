@@ -9,6 +9,7 @@ of them and :class:`FollowFreeCores` after).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,26 @@ def make_scheduler(
     )
 
 
+def rates_at(scheduler: lr_scheduler.LRScheduler, step: int) -> list[float]:
+    """The rates a per-step schedule (one_cycle, cosine) gives step ``step`` (0-based): moves
+    it there, as a checkpoint's position does, without stepping an optimizer."""
+    scheduler.last_epoch = step
+    with warnings.catch_warnings():  # torch warns that get_lr is called outside step()
+        warnings.simplefilter("ignore", UserWarning)
+        return [float(rate) for rate in scheduler.get_lr()]
+
+
+def schedule_rate(
+    spec: ScheduleSpec, learning_rate: float, *, epochs: int, steps_per_epoch: int, step: int
+) -> float:
+    """The learning rate a per-step schedule built for ``epochs`` epochs gives step ``step``
+    (0-based), for an optimizer whose rate is ``learning_rate``."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
+    scheduler = make_scheduler(spec, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    assert isinstance(scheduler, lr_scheduler.LRScheduler)
+    return rates_at(scheduler, step)[0]
+
+
 class LRSchedule(Callback):
     """``training.lr_schedule``: one_cycle and cosine change the rate every step, step and
     reduce_on_plateau at the end of an epoch."""
@@ -182,9 +203,18 @@ class LRSchedule(Callback):
             return
         # The run's length may change on --resume (training.epochs): the schedule built for
         # this fit keeps its length and takes its position from the checkpoint: last_epoch,
-        # the step count a torch scheduler computes the rate from (the rate in force until
-        # the next step is the optimizer's, restored with it).
-        self.scheduler.last_epoch = int(saved["last_epoch"])
+        # the step count a torch scheduler computes the rate from. A per-step schedule's
+        # rate at that step goes into the optimizer: with the length changed, the stretched
+        # schedule's rate applies from the first step resumed (train says so, from what to
+        # what); unchanged, it is the rate the optimizer was restored with.
+        step = int(saved["last_epoch"])
+        if not self.per_step:
+            self.scheduler.last_epoch = step
+            return
+        for group, rate in zip(
+            self.scheduler.optimizer.param_groups, rates_at(self.scheduler, step), strict=True
+        ):
+            group["lr"] = rate
 
 
 class FollowFreeCores(Callback):

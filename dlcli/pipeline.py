@@ -99,6 +99,7 @@ class Prepared:
     precision_asked: str | None = None  # training.precision as given (see record_precision)
     # How an interrupted run continues, when not `dlcli train --resume` (a tune trial's study)
     continue_with: str | None = None
+    stretched: dict[str, Any] | None = None  # --resume longer or shorter: see schedule_stretch
 
     @property
     def work_dir(self) -> Path:
@@ -214,6 +215,7 @@ def prepare(
         output,
         threads,
         precision_asked=asked,
+        stretched=schedule_stretch(cfg, resumed, len(train)),
     )
 
 
@@ -305,12 +307,21 @@ def _started_precision(run_dir: Path) -> str | None:
     """The concrete precision in the config of ``run_dir``'s newest checkpoint, or None (no
     checkpoint, or none recorded there: resuming then checks and refuses as usual)."""
     try:
-        saved = read_yaml(checkpoint.latest(run_dir) / checkpoint.CONFIG)
+        latest = checkpoint.latest(run_dir)
     except (DlcliError, OSError):
         return None
-    training = saved.get("training") if isinstance(saved, dict) else None
-    precision = training.get("precision") if isinstance(training, dict) else None
+    precision = _started_training(latest).get("precision")
     return precision if precision in ("fp32", "bf16", "fp16") else None
+
+
+def _started_training(checkpoint_dir: Path) -> dict[str, Any]:
+    """The ``training`` section of a checkpoint's config, as written ({} when unreadable)."""
+    try:
+        saved = read_yaml(checkpoint_dir / checkpoint.CONFIG)
+    except (DlcliError, OSError):
+        return {}
+    training = saved.get("training") if isinstance(saved, dict) else None
+    return training if isinstance(training, dict) else {}
 
 
 @distributed.collective_errors
@@ -621,14 +632,65 @@ def _resumed(prepared: Prepared) -> dict[str, Any]:
     if prepared.resume is None:
         return {}
     resumed = prepared.resume
+    stretched = prepared.stretched
     return {
         "resumed_from": {
             "checkpoint": str(resumed.path),
             "epoch": resumed.epoch + 1,  # the epoch training continued in, as the message says
             "step_in_epoch": resumed.step_in_epoch,  # its steps already done
             "epochs_completed": resumed.epoch,
+            **({"lr_schedule": stretched} if stretched else {}),
         }
     }
+
+
+def schedule_stretch(
+    cfg: Config, resumed: checkpoint.Checkpoint | None, train_size: int
+) -> dict[str, Any] | None:
+    """Resuming with another ``training.epochs`` than the checkpoint's: a per-step schedule
+    (one_cycle, cosine) is rebuilt for the new length and continues from the checkpoint's
+    step, so the learning rate changes there. From what to what: ``{"name", "epochs_before",
+    "epochs", "step", "lr_before", "lr_after"}`` (None: not resuming, no such schedule, or the
+    same length). Read before training writes checkpoints of the new length."""
+    from dlcli.callbacks import schedule_rate
+
+    spec, training = cfg.training.lr_schedule, cfg.training
+    if resumed is None or spec is None or spec.name not in ("one_cycle", "cosine"):
+        return None
+    before = _started_training(resumed.path).get("epochs")
+    if not isinstance(before, int) or isinstance(before, bool) or before == training.epochs:
+        return None
+    step = int(resumed.state["global_step"])
+    after = schedule_rate(
+        spec,
+        training.optimizer.learning_rate,
+        epochs=training.epochs,
+        steps_per_epoch=math.ceil(train_size / training.batch_size),
+        step=step,
+    )
+    return {
+        "name": spec.name,
+        "epochs_before": before,
+        "epochs": training.epochs,
+        "step": step,
+        "lr_before": float(resumed.state["optimizer"]["param_groups"][0]["lr"]),
+        "lr_after": after,
+    }
+
+
+def schedule_note(prepared: Prepared) -> str:
+    """What ``train --resume`` says when it stretches the schedule (:func:`schedule_stretch`;
+    "" otherwise)."""
+    found = prepared.stretched
+    if found is None:
+        return ""
+    how = "stretched" if found["epochs"] > found["epochs_before"] else "shortened"
+    return (
+        f"training.lr_schedule: {found['name']} was built for {found['epochs_before']} epochs "
+        f"and is {how} to {found['epochs']}: at step {found['step'] + 1} the learning rate "
+        f"goes from {found['lr_before']:.4g} to {found['lr_after']:.4g} (the "
+        f"{found['epochs']}-epoch schedule's rate there)"
+    )
 
 
 def _metric_keys() -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from dlcli.config import (
     ReduceOnPlateauSchedule,
     StepSchedule,
     TargetConfig,
+    load_config,
     parse_config,
 )
 from dlcli.engine import Trainer
@@ -311,6 +312,47 @@ def test_one_best_epoch_under_min_delta(tmp_path: Path) -> None:
     best = checkpoint.load_weights(result.run_dir, checkpoint.BEST)
     model = load_file(str(result.run_dir / "model.safetensors"))
     assert all(torch.equal(best[name], model[name]) for name in model)
+
+
+@pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
+def test_resuming_longer_stretches_the_schedule_and_says_so(tmp_path: Path, schedule: str) -> None:
+    """``train --resume RUN --set training.epochs=4`` after 2 epochs rebuilds a per-step
+    schedule for 4: the rate jumped one step after the resume, and nothing said so. Now the
+    first resumed step takes the stretched schedule's rate, and train says from what to
+    what (and metrics.json records it)."""
+    from dlcli.callbacks import schedule_rate
+
+    config = write_tiny_config(tmp_path)  # 300 training images, batch 20: 15 steps an epoch
+    doc = _train_json(config, "training.epochs=2", f"training.lr_schedule={schedule}")
+    run = Path(doc["run_dir"])
+    result = CliRunner().invoke(
+        cli, ["train", "--resume", str(run), "--json", "--set", "training.epochs=4"]
+    )
+    assert result.exit_code == 0, result.output
+    resumed = json.loads(result.stdout)
+    spec = load_config(config, [f"training.lr_schedule={schedule}"]).training.lr_schedule
+    assert spec is not None
+
+    def rate(epochs: int, step: int) -> float:  # the schedule's rate at a 0-based step
+        return schedule_rate(spec, 0.01, epochs=epochs, steps_per_epoch=15, step=step)
+
+    before, after = rate(2, 30), rate(4, 30)  # where the 2-epoch run stopped; the 4-epoch one
+    with (run / "steps.csv").open() as f:
+        rates = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(f)}
+    assert rates[30] == pytest.approx(rate(2, 29))  # the last step of the first 2 epochs
+    assert rates[31] == pytest.approx(after) and after != pytest.approx(before)
+    assert resumed["resumed_from"]["lr_schedule"] == {
+        "name": schedule,
+        "epochs_before": 2,
+        "epochs": 4,
+        "step": 30,
+        "lr_before": pytest.approx(before),
+        "lr_after": pytest.approx(after),
+    }
+    assert (
+        f"training.lr_schedule: {schedule} was built for 2 epochs and is stretched to 4: at "
+        f"step 31 the learning rate goes from {before:.4g} to {after:.4g}"
+    ) in " ".join(result.stderr.split())
 
 
 # --- target ------------------------------------------------------------------------------------

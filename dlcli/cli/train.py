@@ -286,6 +286,9 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
         reporter.note(prepared.world.summary(prepared.config.training.batch_size))
     if prepared.resume is not None:
         reporter.note(f"resuming from {prepared.resume.path}, {prepared.resume.where}")
+        stretched = pipeline.schedule_note(prepared)
+        if stretched:
+            reporter.note(stretched)
     data = prepared.dataset
     test = f"{len(data.test)} test" if data.test is not None else "no test split"
     kind, why = pipeline.step_kind(prepared)

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from dlcli import atomic, limits, store, untrusted
 from dlcli.config import PLACEMENT_KEYS, Config, config_differences, dump_yaml, to_dict
-from dlcli.errors import ConfigError, ModelDirError, UsageError, write_problem
+from dlcli.errors import ConfigError, ModelDirError, UsageError, named, write_problem
 
 FORMAT = "dlcli-checkpoint/2"  # 2: the optimizer state of one flat tensor (accel.FlatParameters)
 LAST, BEST = "last", "best"
@@ -422,8 +422,8 @@ def check_fits(
     if epochs < needed:
         raise UsageError(
             f"training.epochs: {epochs}, but the checkpoint {path} has trained "
-            f"{_where(epoch, step)}; resume with --set training.epochs={needed} or more, or "
-            "train into a new --output"
+            f"{_where(epoch, step)}; resume with {named('set')} training.epochs={needed} or more, "
+            f"or train into a new {named('output')}"
         )
     if state["global_step"] > (epoch + 1) * steps_per_epoch:
         raise ModelDirError(
@@ -641,9 +641,9 @@ def check_same_config(path: Path, config: Config) -> None:
     if differences:
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ModelDirError(
-            f"{path}: model dir from a different config: {shown}. --resume continues a run "
-            f"with the config it started with (only {', '.join(RESUMABLE_CHANGES)} may change); "
-            "train into a new --output instead"
+            f"{path}: model dir from a different config: {shown}. {named('resume')} continues "
+            f"a run with the config it started with (only {', '.join(RESUMABLE_CHANGES)} may "
+            f"change); train into a new {named('output')} instead"
         )
 
 

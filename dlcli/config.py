@@ -25,7 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from dlcli import limits, metric_names
-from dlcli.errors import ConfigError, did_you_mean
+from dlcli.errors import ConfigError, did_you_mean, named
 from dlcli.untrusted import echo, printable, read_bytes, shorten
 
 Check = tuple[Callable[[Any], bool], str]
@@ -843,29 +843,30 @@ def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
     key path is held to what ``--set`` takes (``training..epochs`` was read as
     ``training.epochs``, a key that is no string crashed)."""
     if not isinstance(key, str) or not _KEY_PATH.fullmatch(key.strip()):
-        raise ConfigError(f"overrides: {_malformed(key.strip() if isinstance(key, str) else key)}")
+        shown = key.strip() if isinstance(key, str) else key
+        raise ConfigError(f"{named('set')}: {_malformed(shown)}")
     _set_path(raw, key_parts(key), value, key.strip())
 
 
 def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
     if len(parts) > limits.YAML_MAX_DEPTH:  # a config file may not nest deeper either
         raise ConfigError(
-            f"--set {shorten(key)}: the key path is {len(parts)} levels deep, more than the "
-            f"{limits.YAML_MAX_DEPTH} a config may nest"
+            f"{named('set')} {shorten(key)}: the key path is {len(parts)} levels deep, more "
+            f"than the {limits.YAML_MAX_DEPTH} a config may nest"
         )
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 found = f"a list of {len(node)}" if isinstance(node, list) else _kind(node)
-                raise ConfigError(f"--set {key}: no item [{part}] (found {found})")
+                raise ConfigError(f"{named('set')} {key}: no item [{part}] (found {found})")
             if last:
                 node[part] = value
             else:
                 node = node[part]
         else:
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: cannot set '{part}' inside {_kind(node)}")
+                raise ConfigError(f"{named('set')} {key}: cannot set '{part}' inside {_kind(node)}")
             if last:
                 node[part] = value
             else:

@@ -6,7 +6,10 @@ place and turns them into an exit code (and a JSON document under ``--json``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,41 @@ def debugging() -> bool:
     0, false, no or off (``DLCLI_DEBUG=0`` turned them on)."""
     value = os.environ.get("DLCLI_DEBUG", "").strip().lower()
     return value not in ("", "0", "false", "no", "off")
+
+
+# What a front end calls an input it hands the library: the command line's option, the Python
+# API's parameter. Library messages name an input through :func:`named`, so a caller of
+# ``dlcli.load(run, device="cuda")`` reads "device: ...", never of a ``--device`` they did not
+# give, while ``dlcli evaluate --device cuda`` still names its option.
+_NAMES: dict[str, tuple[str, str]] = {
+    # key: (command line, Python API)
+    "device": ("--device", "device"),
+    "set": ("--set", "overrides"),
+    "top_k": ("--top-k", "top_k"),
+    "output": ("--output", "output"),
+    "overwrite": ("--overwrite", "overwrite=True"),
+    "resume": ("--resume", "resume=True"),
+}
+_COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dlcli_command_line", default=False
+)
+
+
+def named(key: str) -> str:
+    """How the caller spelt the input ``key`` (see ``_NAMES``): ``--device`` under a command,
+    ``device`` from Python."""
+    cli, api = _NAMES[key]
+    return cli if _COMMAND_LINE.get() else api
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """While a command runs (``dlcli.cli.base``): messages name the command line's options."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
 
 
 class DlcliError(Exception):

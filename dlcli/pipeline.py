@@ -58,6 +58,7 @@ from dlcli.errors import (
     ModelDirError,
     TrainingError,
     UsageError,
+    named,
 )
 from dlcli.evaluation import Objective, Scorer
 from dlcli.gates import Gate, default_split, resolve_gates
@@ -760,7 +761,7 @@ def load_model(
         )
     scorer = Scorer.of(
         built.module,
-        device=resolve_device(device, "--device"),
+        device=resolve_device(device, named("device")),
         precision=training.precision,
         channels_last=training.channels_last,
         tta=tta or training.tta,

@@ -48,7 +48,7 @@ from dlcli.data.images import (
     pillow,
 )
 from dlcli.data.sources import check_npy_size, npy_header
-from dlcli.errors import DataError, UsageError
+from dlcli.errors import DataError, UsageError, named
 
 Shape = tuple[int, ...]  # (channels, height, width)
 
@@ -151,10 +151,13 @@ def run_inputs(loaded: Any, paths: Sequence[Path]) -> Inputs:
 
 def check_top_k(top_k: int, num_classes: int) -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise UsageError(f"top_k: expected a whole number of at least 1, found {top_k!r}")
+        raise UsageError(
+            f"{named('top_k')}: expected a whole number of at least 1, found {top_k!r}"
+        )
     if top_k > num_classes:
         raise UsageError(
-            f"--top-k {top_k}: the model has {num_classes} classes; expected at most {num_classes}"
+            f"{named('top_k')} {top_k}: the model has {num_classes} classes; expected at most "
+            f"{num_classes}"
         )
 
 

@@ -37,7 +37,14 @@ from safetensors.torch import load_file, save_file
 
 from dlcli import atomic, limits, untrusted
 from dlcli.config import Config, parse_config
-from dlcli.errors import ConfigError, ModelDirError, UsageError, file_in_the_way, write_problem
+from dlcli.errors import (
+    ConfigError,
+    ModelDirError,
+    UsageError,
+    file_in_the_way,
+    named,
+    write_problem,
+)
 
 # The run dir's file names and its manifest check live in torch-free dlcli.manifest (runs list
 # uses them without torch); re-exported here, where the run dir is written and loaded.
@@ -157,7 +164,7 @@ def _lock(run_dir: Path) -> int:
         who = f"PID {busy.holder}" if busy.holder.isdigit() else "another process"
         raise UsageError(
             f"{run_dir}: in use by another dlcli process ({who}); one process writes a "
-            "run directory at a time: wait for it, or train into another --output"
+            f"run directory at a time: wait for it, or train into another {named('output')}"
         ) from None
 
 
@@ -174,16 +181,16 @@ def _check_contents(output: Output, *, overwrite: bool, resume: bool) -> None:
         return
     if not overwrite:
         raise UsageError(
-            f"{run_dir}: output directory is not empty; pass --overwrite to replace the run "
-            "in it, --resume to continue it, or --output DIR for a new run"
+            f"{run_dir}: output directory is not empty; pass {named('overwrite')} to replace the "
+            f"run in it, {named('resume')} to continue it, or {named('output')} DIR for a new run"
         )
     if not is_run_dir(run_dir):
         shown = ", ".join(_entry(run_dir, n) for n in entries[:6])
         more = f" and {len(entries) - 6} more" if len(entries) > 6 else ""
         raise UsageError(
-            f"{run_dir}: --overwrite replaces only a dlcli run (a directory with its "
+            f"{run_dir}: {named('overwrite')} replaces only a dlcli run (a directory with its "
             f"{MANIFEST} or checkpoints) or an empty directory; this one holds {shown}{more}, "
-            "which dlcli did not write. Nothing was changed: choose another --output"
+            f"which dlcli did not write. Nothing was changed: choose another {named('output')}"
         )
     # The previous run stays whole until the new one is saved: train into a side folder.
     shutil.rmtree(run_dir / PENDING, ignore_errors=True)  # an earlier --overwrite's, abandoned

@@ -151,3 +151,27 @@ def test_an_override_key_is_a_key_path_as_set_takes_it(tiny_config: Path, tmp_pa
             with pytest.raises(ConfigError, match="overrides: malformed key path"):
                 dlcli.train(source, {key: 1}, output=tmp_path / "run")  # type: ignore[dict-item]
     assert not (tmp_path / "run").exists()
+
+
+def test_errors_name_the_parameters_given_not_the_command_line_options(
+    tiny_config: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """From Python, messages named options the caller never gave ("--device: ...", "--set
+    model.layers[9].units: ...", "pass --overwrite", "--top-k 5: ..."): they name the
+    parameter; the command line keeps naming its options (tests/cli, tests/test_device.py)."""
+    with pytest.raises(ConfigError) as bad_device:
+        dlcli.load(tiny_run, device="tpu")
+    assert bad_device.value.message.startswith("device: expected auto, cpu, cuda")
+    with pytest.raises(ConfigError) as bad_key:
+        dlcli.train(tiny_config, {"model.layers[9].units": 3}, output=tmp_path / "run")
+    assert "overrides model.layers[9].units: no item [9]" in str(bad_key.value)
+    with pytest.raises(UsageError) as taken:
+        dlcli.train(tiny_config, output=tiny_run)
+    assert "pass overwrite=True to replace the run in it, resume=True to continue it" in (
+        taken.value.message
+    )
+    with pytest.raises(UsageError) as too_many:
+        dlcli.load(tiny_run, device="cpu").predict(np.zeros((1, 8, 8), np.uint8), top_k=5)
+    assert too_many.value.message.startswith("top_k 5: the model has 4 classes")
+    for err in (bad_device, bad_key, taken, too_many):
+        assert "--" not in str(err.value)

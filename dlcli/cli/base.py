@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from dlcli import limits, untrusted
-from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError, debugging
+from dlcli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DlcliError, command_line, debugging
 from dlcli.manifest import take_recovered
 from dlcli.report import Reporter
 from dlcli.signals import command_over, command_started, stop_at_once_on_signals
@@ -40,7 +40,8 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
         code = 0
         command_started()
         try:
-            with stop_at_once_on_signals():  # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130
+            # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130; messages name the options
+            with stop_at_once_on_signals(), command_line():
                 try:
                     document = fn(reporter, **kwargs)
                     if document is not None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import atomic
-from dlcli.errors import DlcliError, OutputError, UsageError, file_in_the_way, write_problem
+from dlcli.errors import DlcliError, OutputError, UsageError, write_problem
+from dlcli.untrusted import in_the_way
 
 FORMATS = ("onnx",)
 INPUT_NAME = "images"
@@ -124,9 +125,9 @@ def _staging(target: Path, shown: str) -> Iterator[Path]:
     if target.is_dir():
         raise UsageError(f"{shown}: is a directory, expected a file name")
     _refuse_foreign(target, shown)
-    blocker = file_in_the_way(target.parent)
+    blocker = in_the_way(target.parent)
     if blocker is not None:  # a path that cannot be a file's folder: a usage error, as train -o
-        raise UsageError(f"{shown}: cannot write the ONNX file there: {blocker} is a file")
+        raise UsageError(f"{shown}: cannot write the ONNX file there: {blocker}")
     prefix, suffix = f".{target.name}.", ".tmp"
     name: str | None = None
     try:

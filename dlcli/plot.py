@@ -17,10 +17,10 @@ from typing import Any
 
 from dlcli import metric_names
 from dlcli.atomic import temp_name
-from dlcli.errors import ModelDirError, OutputError, UsageError, file_in_the_way, write_problem
+from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
-from dlcli.untrusted import check_replaceable, open_regular
+from dlcli.untrusted import check_replaceable, in_the_way, open_regular
 
 DPI = 150
 CURVE_SIZE = (8.0, 5.0)  # inches: 1200 × 750 pixels at DPI
@@ -84,9 +84,9 @@ def plot_run(
         raise ModelDirError(f"{run_dir / 'history.csv'}: no epochs recorded, nothing to plot")
     steps = read_steps(run_dir / "steps.csv")  # absent in runs saved before it was recorded
     result = PlotResult(run_dir, out_dir if out_dir is not None else run_dir / "plots")
-    blocker = file_in_the_way(result.out_dir)
+    blocker = in_the_way(result.out_dir)
     if blocker is not None:  # a path that cannot be a directory: a usage error, as train -o
-        raise UsageError(f"{result.out_dir}: cannot write figures there: {blocker} is a file")
+        raise UsageError(f"{result.out_dir}: cannot write figures there: {blocker}")
     _make_folder(result.out_dir, "the output directory")
     monitor, mode, delta = monitored_metric({"training": _training_dict(saved.loaded.run.config)})
     summary = summarize_history(history, monitor=monitor, mode=mode, min_delta=delta)
@@ -116,9 +116,9 @@ def prepare_figure(path: Path, *, force: bool) -> None:
     without ``force``; a file dlcli did not write (no :data:`SOFTWARE` text) is never replaced,
     ``force`` or not (exit 3: ``--plot CONFIG.yaml --force`` replaced the config with a PNG).
     A missing folder is created: it failed after the whole test, "the directory vanished"."""
-    blocker = file_in_the_way(path.parent)
+    blocker = in_the_way(path.parent)
     if blocker is not None:  # as plot --out, export --out and train -o: a usage error
-        raise UsageError(f"{path}: cannot write the figure there: {blocker} is a file")
+        raise UsageError(f"{path}: cannot write the figure there: {blocker}")
     check_replaceable(path, UsageError, "figure")
     if os.path.lexists(path):
         if not force:

@@ -41,7 +41,6 @@ from dlcli.errors import (
     ConfigError,
     ModelDirError,
     UsageError,
-    file_in_the_way,
     named,
     write_problem,
 )
@@ -339,11 +338,9 @@ def check_writable(run_dir: Path) -> None:
     """Fail before training, not after it, when ``run_dir`` cannot be created or written:
     probe the nearest existing ancestor with a temporary file (removed again)."""
     run_dir = Path(run_dir)
-    blocker = file_in_the_way(run_dir)
+    blocker = untrusted.in_the_way(run_dir)
     if blocker is not None:  # a path that cannot be a directory: a usage error, as -o AFILE
-        raise UsageError(
-            f"{run_dir}: cannot save the model there: {blocker} is a file, not a directory"
-        )
+        raise UsageError(f"{run_dir}: cannot save the model there: {blocker}, not a directory")
     ancestor = run_dir
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import limits
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, file_in_the_way
 
 ErrorType = type[DlcliError]
 
@@ -83,13 +83,29 @@ def kind_of(mode: int) -> str | None:
         return "a directory"
     if stat.S_ISFIFO(mode):
         return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
     if stat.S_ISSOCK(mode):
         return "a socket"
     if stat.S_ISLNK(mode):  # from lstat
         return "a symbolic link"
     return "not a regular file"
+
+
+def in_the_way(path: str | os.PathLike[str]) -> str | None:
+    """Where a folder must be created or used at ``path``: what stands in the way, in words
+    ("/dev/null is a character device", "runs/x is a file"; see
+    :func:`~dlcli.errors.file_in_the_way`), or ``None``."""
+    blocker = file_in_the_way(Path(path))
+    if blocker is None:
+        return None
+    try:
+        kind = kind_of(os.stat(blocker).st_mode) or "a file"
+    except OSError:  # gone meanwhile, or a link to nothing
+        kind = "not a folder"
+    return f"{blocker} is {kind}"
 
 
 def check_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "file") -> int:

@@ -47,7 +47,7 @@ from urllib.error import HTTPError, URLError
 from dlcli import limits
 from dlcli.data.registry import ArchiveFile, DatasetEntry
 from dlcli.errors import DataError, DownloadError, UsageError, file_in_the_way, write_problem
-from dlcli.untrusted import echo, kind_of, open_regular, printable
+from dlcli.untrusted import echo, in_the_way, kind_of, open_regular, printable
 from dlcli.version import __version__
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def download_dataset(
         )
     if blocker is not None:  # the data directory given cannot be a folder
         raise UsageError(
-            f"{data_dir}: cannot keep datasets there: {blocker} is a file, not a folder"
+            f"{data_dir}: cannot keep datasets there: {in_the_way(folder)}, not a folder"
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -228,7 +228,7 @@ def test_a_fifo_or_a_device_given_as_the_data_is_refused_not_read(tmp_path: Path
     assert not (tmp_path / "x.yaml").exists()
     result = dlcli("data", "check", "/dev/zero", timeout=60)
     assert result.returncode == 3, result.stderr
-    assert "/dev/zero: is a device, expected a regular data file" in result.stderr
+    assert "/dev/zero: is a character device, expected a regular data file" in result.stderr
 
 
 def test_class_names_are_shown_as_they_are_never_as_markup_or_escapes(tmp_path: Path) -> None:

@@ -246,6 +246,15 @@ def test_an_out_dir_under_a_file_is_a_usage_error(run_dir: Path, tmp_path: Path)
     assert blocker.read_text() == "my notes"
 
 
+def test_an_out_dir_that_is_a_device_says_what_it_is(run_dir: Path) -> None:
+    """--out /dev/null said "/dev/null is a file": it is a character device."""
+    result = run("plot", str(run_dir), "--out", "/dev/null")
+    assert result.exit_code == 2, result.output
+    assert "/dev/null: cannot write figures there: /dev/null is a character device" in (
+        result.stderr
+    )
+
+
 def test_an_interrupted_figure_write_leaves_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -457,7 +457,7 @@ def test_a_fifo_or_device_in_a_local_mirror_is_refused_not_read(
     with pytest.raises(DownloadError) as err:
         download_dataset(entry, data_dir, mirrors=[str(mirror)])
     assert err.value.details == [
-        f"{mirror / 't10k-labels-idx1-ubyte.gz'}: is a device, expected a regular file"
+        f"{mirror / 't10k-labels-idx1-ubyte.gz'}: is a character device, expected a regular file"
     ]
     assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == sorted(
         a.filename for a in entry.files.values() if a.filename != "t10k-labels-idx1-ubyte.gz"

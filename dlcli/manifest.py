@@ -79,12 +79,18 @@ def take_recovered() -> list[str]:
     return found
 
 
-def no_run_dir(path: Path) -> ModelDirError:
-    """The error for a model directory that is not one: a file (or other non-directory) at
-    ``path`` is named as such, not reported as missing."""
+def no_run_dir(path: Path, what: str = "model directory") -> ModelDirError:
+    """The error for a model directory (``what``) that is not one: a file (or other
+    non-directory) at ``path`` is named as such, not reported as missing. Either is a model-dir
+    problem, exit 3, in every command (a file was exit 2 where click checked it first, a missing
+    folder exit 3)."""
     if os.path.lexists(path) and not path.is_dir():
-        return ModelDirError(f"{path}: is a file, not a model directory")
-    return ModelDirError(f"{path}: model directory not found")
+        try:
+            kind = untrusted.kind_of(os.stat(path).st_mode) or "a file"
+        except OSError:
+            kind = "a link to nothing"
+        return ModelDirError(f"{path}: is {kind}, not a {what}")
+    return ModelDirError(f"{path}: {what} not found")
 
 
 def sha256_file(path: Path, max_bytes: int | None = None, what: str = "file") -> str:

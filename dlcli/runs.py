@@ -183,6 +183,8 @@ def read_steps(path: Path) -> list[dict[str, float]]:
 
 def list_runs(root: Path) -> Listing:
     """Every run directory directly inside ``root`` (or ``root`` itself when it is one)."""
+    if os.path.lexists(root) and not root.is_dir():
+        raise manifest.no_run_dir(root, "directory of runs")
     if not root.is_dir():
         raise ModelDirError(f"{root}: no such directory (train a model first: dlcli train CONFIG)")
     manifest.recover(root)

@@ -232,10 +232,10 @@ class NonEmptyPath(click.Path):
 
 
 def run_dir_argument(name: str = "model_dir") -> Callable[[Any], Any]:
-    """A saved run's directory (``runs/NAME``), completed from the runs present."""
-    return click.argument(
-        name, type=NonEmptyPath(file_okay=False, path_type=Path), shell_complete=complete_run_dirs
-    )
+    """A saved run's directory (``runs/NAME``), completed from the runs present. What is
+    there is the library's to judge (:func:`dlcli.manifest.no_run_dir`): a file is a model-dir
+    problem, exit 3, as a missing folder is."""
+    return click.argument(name, type=NonEmptyPath(path_type=Path), shell_complete=complete_run_dirs)
 
 
 class NonBlank(click.types.StringParamType):

@@ -90,7 +90,7 @@ def runs() -> None:
 @runs.command("list")
 @click.argument(
     "directory",
-    type=NonEmptyPath(file_okay=False, path_type=Path),
+    type=NonEmptyPath(path_type=Path),  # a file: exit 3, as a missing folder (dlcli.runs)
     default="runs",
     required=False,
     shell_complete=complete_run_dirs,
@@ -129,7 +129,7 @@ def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
     "run_dirs",
     nargs=-1,
     required=True,
-    type=NonEmptyPath(file_okay=False, path_type=Path),
+    type=NonEmptyPath(path_type=Path),  # a file: exit 3, as a missing folder (dlcli.runs)
     shell_complete=complete_run_dirs,
 )
 @dlcli_command

@@ -168,14 +168,26 @@ def test_runs_compare_needs_two_complete_runs(runs_root: Path, tmp_path: Path) -
 
 
 def test_a_file_given_as_a_run_is_named_a_file(runs_root: Path, tmp_path: Path) -> None:
-    # It read "afile: model directory not found", as if nothing were there.
+    """It read "afile: model directory not found", as if nothing were there; then click
+    refused it, exit 2, while a missing run dir is exit 3: both are model-dir problems, exit
+    3, in runs list and compare as in evaluate, predict, export and plot."""
     afile = tmp_path / "afile"
     afile.write_text("notes")
     result = run("runs", "compare", str(afile), str(runs_root / "a"))
-    assert result.exit_code == 2  # as evaluate, predict and export say of a file
-    assert "is a file" in result.stderr and "not found" not in result.stderr
+    assert result.exit_code == 3
+    assert f"{afile}: is a file, not a model directory" in result.stderr
     result = run("runs", "list", str(afile))
-    assert result.exit_code == 2 and "is a file" in result.stderr
+    assert result.exit_code == 3
+    assert f"{afile}: is a file, not a directory of runs" in result.stderr
+    assert run("runs", "list", str(tmp_path / "nope")).exit_code == 3
+    for command in ("evaluate", "predict", "export", "plot"):
+        extra = [str(afile)] if command == "predict" else []
+        result = run(command, str(afile), *extra)
+        assert result.exit_code == 3, (command, result.stderr)
+        assert f"{afile}: is a file, not a model directory" in result.stderr
+    result = run("evaluate", "/dev/null")
+    assert result.exit_code == 3
+    assert "/dev/null: is a character device, not a model directory" in result.stderr
     with pytest.raises(ModelDirError, match="afile: is a file, not a model directory"):
         read_runs([afile])
     with pytest.raises(ModelDirError, match="afile: is a file, not a model directory"):

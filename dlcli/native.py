@@ -62,6 +62,7 @@ geometry, or under torch.compile.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -80,6 +81,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from dlcli import atomic
+from dlcli.errors import write_problem
 
 SOURCE = Path(__file__).with_name("kernels.c")
 VERSION = 7  # dlcli_kernels_version() of the source this module calls
@@ -457,7 +459,9 @@ _PARTIAL_NAME = re.compile(r"\.kernels-[0-9a-f]{20}\.so\.[0-9]+\.tmp")
 
 def _compile(compiler: str, flags: list[str], target: Path) -> str:
     """Compile the source into ``target`` (written to a temporary name, then renamed);
-    returns the compiler's complaint ("" when it worked)."""
+    returns the compiler's complaint ("" when it worked). A library that cannot be put in
+    place (the folder turned read-only, the disk full) is :class:`_Unavailable`: torch's
+    pooling runs, with a note (it was an OSError's traceback)."""
     atomic.remove_abandoned(target.parent, _PARTIAL_NAME)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     command = [compiler, *flags, str(SOURCE), "-o", str(partial)]
@@ -468,11 +472,17 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str:
             return str(error)
         if done.returncode != 0:
             return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        partial.chmod(0o755)  # ours alone to write, whatever the umask (see _only_ours)
-        os.replace(partial, target)
+        try:
+            partial.chmod(0o755)  # ours alone to write, whatever the umask (see _only_ours)
+            os.replace(partial, target)
+        except OSError as error:
+            raise _Unavailable(
+                f"the compiled kernel cannot be put in {target.parent}: {write_problem(error)}"
+            ) from None
         return ""
     finally:  # a failed or interrupted compile (Ctrl-C) leaves no half-written library
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # one that cannot be removed is not worth a crash
+            partial.unlink(missing_ok=True)
 
 
 def _folder() -> Path:

@@ -5,6 +5,7 @@ tests/test_native_conv.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -394,6 +395,30 @@ def test_a_compile_that_fails_or_is_interrupted_leaves_no_temporary_library(
     else:
         assert native._compile("cc", [], target) != ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_library_that_cannot_be_put_in_place_means_torchs_pooling_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chmod or the rename of the compiled library failing (a folder turned read-only, a full
+    disk) escaped as an OSError's traceback: torch's pooling runs instead, with the reason."""
+
+    def compiler(command: list[str], **kwargs: Any) -> Any:
+        Path(command[command.index("-o") + 1]).write_bytes(b"a library")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    def full(source: Any, target: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_compiler", lambda: "cc")
+    monkeypatch.setattr(native, "_version_of", lambda compiler: "cc 1.0")
+    monkeypatch.setattr(native, "_folder", lambda: tmp_path)
+    monkeypatch.setattr(native.subprocess, "run", compiler)
+    monkeypatch.setattr(native.os, "replace", full)
+    why = native.unavailable()
+    assert why == f"the compiled kernel cannot be put in {tmp_path}: no space left on the device"
+    assert list(tmp_path.iterdir()) == []  # the temporary library removed
 
 
 def test_a_temporary_library_a_killed_compile_left_is_removed_once_an_hour_old(

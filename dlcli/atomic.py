@@ -56,13 +56,18 @@ def mkstemp_names(prefix: str, suffix: str) -> re.Pattern[str]:
 
 
 def remove_abandoned(
-    directory: Path, name: re.Pattern[str], older_than: float = ABANDONED_AFTER_S
+    directory: Path,
+    name: re.Pattern[str],
+    older_than: float = ABANDONED_AFTER_S,
+    *,
+    unless_locked: bool = False,
 ) -> list[str]:
     """Delete the regular files of ``directory`` whose whole name matches ``name`` (a
     temporary name dlcli gives) and that were last modified at least ``older_than`` seconds
     ago; the names deleted. A fresher file (another process may be writing it), a link, a
     folder and a file of any other name are kept; nothing here is an error (a file that
-    vanishes or cannot be deleted is left to the next call)."""
+    vanishes or cannot be deleted is left to the next call). ``unless_locked``: a file another
+    process holds an ``flock`` on (a shared one: it has the file in use) is kept too."""
     removed: list[str] = []
     now = time.time()
     try:
@@ -75,7 +80,11 @@ def remove_abandoned(
         try:
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= older_than:
-                os.unlink(entry.path)
+                if unless_locked:
+                    if not _unlink_unlocked(entry.path):
+                        continue
+                else:
+                    os.unlink(entry.path)
                 removed.append(entry.name)
         except OSError:
             continue
@@ -122,6 +131,25 @@ def unlock(path: Path, fd: int) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
     os.close(fd)
+
+
+def _unlink_unlocked(path: str) -> bool:
+    """Unlink ``path`` under an exclusive ``flock`` taken without waiting (the file is still
+    the one locked); ``False``, and nothing removed, when another process holds a lock on it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+            return False  # replaced meanwhile: not the file that was judged unused
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def staging_dir(parent: Path, prefix: str) -> Path:

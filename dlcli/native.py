@@ -46,7 +46,9 @@ is called through ctypes. The library's name is a hash of everything it depends 
 source, the compiler and its version, the flags, and the CPU. A new copy is written to a
 temporary name (``.kernels-<hash>.so.<pid>.tmp``) and renamed into place; a compile that fails
 or is interrupted removes it, and one a killed process left is removed by the next compile
-once it is an hour old (:func:`dlcli.atomic.remove_abandoned`). A library is loaded only from
+once it is an hour old (:func:`dlcli.atomic.remove_abandoned`). A process holds a shared lock
+on the library it loaded and marks it used; a build no process holds and none has used for
+30 days (a former dlcli's, compiler's or flags') is removed. A library is loaded only from
 a folder and file no other user can write; otherwise it is built in a temporary folder for the
 process alone. When torch runs on GNU OpenMP (Linux), the kernel is built with ``-fopenmp``
 and shares torch's OpenMP runtime and thread count; elsewhere it runs on one thread. The first
@@ -90,6 +92,12 @@ _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 _COMPILE_SECONDS = 120  # a compiler that takes longer is treated as broken
 
 _state: dict[str, Any] = {}  # "library" (ctypes.CDLL) or "why" (str): the process's one try
+_held: list[int] = []  # open files of the libraries this process loaded (a shared flock each)
+# A build in the kernels folder no process has loaded for this long is removed (one a former
+# dlcli, compiler or flag set built): not sooner, since two dlcli versions, compilers or CPUs
+# (a home folder shared over NFS) may take turns, each with its own build.
+_UNUSED_AFTER_S = 30 * 86400.0
+_BUILD_NAME = re.compile(r"kernels-[0-9a-f]{20}\.so")
 _scratch: list[tempfile.TemporaryDirectory[str]] = []  # where the cache was not writable
 
 
@@ -537,11 +545,44 @@ def _load() -> ctypes.CDLL:
         cached = target.exists() and _only_ours(target)
         if target.exists() and not cached:  # not ours to trust, nor to replace
             target = _folder_for_this_process() / target.name
+        if cached and not _hold(target):  # removed meanwhile, unused for a month: build it
+            cached = False
         complaint = "" if cached else _compile(compiler, flags, target)
         if not complaint:
-            return _open(target)
+            if not cached:
+                _hold(target)
+            library = _open(target)
+            atomic.remove_abandoned(folder, _BUILD_NAME, _UNUSED_AFTER_S, unless_locked=True)
+            return library
         complaints.append(complaint)
     raise _Unavailable(f"the kernel did not compile with {compiler}: {complaints[-1]}")
+
+
+def _hold(path: Path) -> bool:
+    """Mark the library at ``path`` in use for as long as this process lives: a shared
+    ``flock`` (so no other dlcli removes it as unused, :func:`_load`) and its modification time
+    set to now (when it was last used). ``False`` when it is gone. Another dlcli that removes an
+    old build never touches a held one; a build an older dlcli (which takes no lock) has
+    loaded may be unlinked, which is safe on POSIX systems: the loaded mapping keeps the file's
+    data until the process ends, and a process loads its library once."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a remover holds it, an instant
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            os.close(fd)
+            return False
+        with contextlib.suppress(OSError):  # a folder others may read but not write: fine
+            os.utime(path)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
 
 
 def _open(path: Path) -> ctypes.CDLL:

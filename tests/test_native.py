@@ -22,7 +22,7 @@ from in_process import resumed_run_metrics, write_run_config
 from safetensors.torch import load_file as load
 from torch import nn
 
-from dlcli import native
+from dlcli import atomic, native
 from dlcli.cli import cli
 from dlcli.config import parse_config
 from dlcli.model import Layers, build_model, native_pooling
@@ -419,6 +419,54 @@ def test_a_library_that_cannot_be_put_in_place_means_torchs_pooling_and_says_why
     why = native.unavailable()
     assert why == f"the compiled kernel cannot be put in {tmp_path}: no space left on the device"
     assert list(tmp_path.iterdir()) == []  # the temporary library removed
+
+
+def test_builds_no_process_uses_are_removed_and_those_in_use_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kernels/ kept every kernels-<hash>.so a former dlcli, compiler or flag set built. A
+    build unused for 30 days is removed now, unless a process holds it (its shared lock): one
+    loaded by a running dlcli, or recently used, or not named as dlcli names its builds, stays.
+    """
+    import fcntl
+
+    def compiler(command: list[str], **kwargs: Any) -> Any:
+        Path(command[command.index("-o") + 1]).write_bytes(b"a library")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    month = 31 * 86400
+
+    def made(name: str, age_s: float) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"an older library")
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path
+
+    unused = made(f"kernels-{'a' * 20}.so", month)
+    in_use = made(f"kernels-{'b' * 20}.so", month)  # another dlcli process has it loaded
+    recent = made(f"kernels-{'c' * 20}.so", 86400)  # another version's, used yesterday
+    users = made("kernels-mine.so", month)
+    holder = os.open(in_use, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    monkeypatch.setattr(native, "_held", [])
+    monkeypatch.setattr(native, "_compiler", lambda: "cc")
+    monkeypatch.setattr(native, "_version_of", lambda compiler: "cc 1.0")
+    monkeypatch.setattr(native, "_folder", lambda: tmp_path)
+    monkeypatch.setattr(native.subprocess, "run", compiler)
+    monkeypatch.setattr(native, "_open", lambda path: path)
+    try:
+        built = native._load()
+    finally:
+        os.close(holder)
+    assert isinstance(built, Path) and built.parent == tmp_path
+    assert not unused.exists()
+    assert sorted(tmp_path.iterdir()) == sorted([built, in_use, recent, users])
+    # Its own build is held while the process lives: another process's cleaner keeps it.
+    os.utime(built, (time.time() - month, time.time() - month))
+    removed = atomic.remove_abandoned(tmp_path, native._BUILD_NAME, month - 60, unless_locked=True)
+    assert removed == [in_use.name] and built.exists()  # in_use is held no more
+    for fd in native._held:
+        os.close(fd)
 
 
 def test_a_temporary_library_a_killed_compile_left_is_removed_once_an_hour_old(

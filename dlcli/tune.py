@@ -189,7 +189,7 @@ def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
         engine["pool_pre_ping"] = True
     try:
         storage = optuna.storages.RDBStorage(
-            url,
+            _with_installed_driver(url),
             engine_kwargs=engine,
             heartbeat_interval=heartbeat,
             grace_period=2 * heartbeat,
@@ -203,6 +203,20 @@ def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
             f"--storage {masked(url)}: cannot open the study storage: {first}"
         ) from None
     return storage, True
+
+
+def _with_installed_driver(url: str) -> str:
+    """A ``postgresql://`` URL without a driver, as the README writes it, connects through
+    psycopg2 (the one the tune extra installs) when psycopg is not installed: SQLAlchemy 2.1
+    made psycopg its default, so the URL was refused as 'a database driver is missing'."""
+    from importlib.util import find_spec
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql" or find_spec("psycopg") or not find_spec("psycopg2"):
+        return url
+    return str(parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False))
 
 
 def _check_journal(url: str, path: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,29 @@ def test_a_storage_that_cannot_be_opened_is_a_usage_error(
     assert not (tmp_path / "s").exists()
     again = invoke(str(config), "--output", str(tmp_path / "s"), "--trials", "1", "--quiet")
     assert again.exit_code == 0, again.output
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then let go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_postgresql_url_without_a_driver_connects_with_the_installed_one(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """postgresql://user@host/db, as the README writes it, was 'a database driver is missing'
+    under SQLAlchemy 2.1 (its default driver became psycopg; the tune extra installs psycopg2):
+    now it reaches the server, here a port nobody listens on."""
+    url = f"postgresql://dlcli:pw@127.0.0.1:{closed_port()}/studies"
+    result = invoke(
+        str(tune_config(tiny_config)), "--output", str(tmp_path / "s"), "--storage", url
+    )
+    assert result.exit_code == 2, result.output
+    assert "driver is missing" not in result.output
+    assert "cannot open the study storage" in result.output
+    assert "Connection refused" in result.output
 
 
 def test_a_journal_storage_that_cannot_be_a_journal_is_a_usage_error(

@@ -152,6 +152,15 @@ def _unlink_unlocked(path: str) -> bool:
         os.close(fd)
 
 
+def temp_sibling(path: Path) -> Path:
+    """A temporary name next to ``path``, this writer's own (``.NAME.tmp-1a2b3c4d``), to
+    write and then rename to ``path``. The ones writers killed while writing left beside it
+    (as :func:`remove_abandoned` judges: an hour old) are removed first, so none stays
+    forever; ``path``'s folder must exist."""
+    remove_abandoned(path.parent, re.compile(re.escape(f".{path.name}.tmp-") + "[0-9a-f]{8}"))
+    return path.with_name(temp_name(f".{path.name}.tmp"))
+
+
 def staging_dir(parent: Path, prefix: str) -> Path:
     """A new, empty directory ``parent/PREFIX-xxxxxxxx`` (``parent`` must exist)."""
     path = parent / temp_name(prefix)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dlcli import atomic
 from dlcli.config import (
     Config,
     aligned,
@@ -213,7 +214,7 @@ def write_atomically(path: Path, data: bytes, what: str) -> None:
     an interruption (Ctrl-C), which is raised on."""
     check_replaceable(path, OutputError, what.removeprefix("the "))
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = atomic.temp_sibling(path)  # one a killed write left is removed once an hour old
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import metric_names
-from dlcli.atomic import temp_name
+from dlcli.atomic import temp_sibling
 from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
@@ -352,8 +352,9 @@ def _save(fig: Any, path: Path) -> Path:
     """Render into a temporary sibling, then rename: a failed or interrupted (Ctrl-C) write
     leaves no partial PNG, nor the temporary file. The sibling's name is this write's own: two
     commands writing one figure at once renamed one shared temporary file, and the second
-    failed ("the directory vanished while writing")."""
-    tmp = path.with_name(temp_name(f".{path.name}.tmp"))
+    failed ("the directory vanished while writing"). One a plot killed (SIGKILL) left is
+    removed by a later plot once an hour old (:func:`dlcli.atomic.temp_sibling`)."""
+    tmp = temp_sibling(path)
     try:
         check_replaceable(path, OutputError, "figure")
         fig.savefig(tmp, dpi=DPI, format="png", metadata={"Software": SOFTWARE})

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlcli import signals, untrusted
-from dlcli.atomic import temp_name
+from dlcli.atomic import temp_sibling
 from dlcli.config import (
     PLACEMENT_KEYS,
     Config,
@@ -967,8 +967,8 @@ def write_plots(handle: Study, directory: Path) -> tuple[list[Path], list[str]]:
         figure = first.figure
         figure.set_size_inches(10, 6)
         path = directory / PLOTS / name
-        tmp = path.with_name(temp_name(f".{name}.tmp") + ".png")  # this writer's own
-        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+        tmp = temp_sibling(path)  # this writer's own; a killed writer's goes once old
+        figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
         plt.close(figure)
         tmp.replace(path)
         written.append(path)
@@ -985,7 +985,7 @@ def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary sibling of this writer's own (two tune processes of one
     study write best.yaml at once), then rename it to ``path``; a failed or interrupted write
     leaves neither a partial file nor the temporary one."""
-    tmp = path.with_name(temp_name(f".{path.name}.tmp"))
+    tmp = temp_sibling(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +295,30 @@ def test_two_writers_of_one_figure_at_once_both_succeed(tmp_path: Path) -> None:
     assert plot._save(first, path) == path
     assert png_size(path) == (1200, 750)
     assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]  # no temporary file left
+
+
+def test_a_plot_killed_while_writing_leaves_no_temporary_file_for_good(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL between writing a figure and renaming it left ``.loss.png.tmp-*`` in the
+    folder forever; the next plot removes it once it is an hour old (a fresher one may be
+    another plot's, writing now), and never a file of another name."""
+    from cli_process import dlcli_signalled
+
+    out = tmp_path / "figures"
+    killed = dlcli_signalled("os:replace", "SIGKILL", "plot", str(run_dir), "--out", str(out))
+    assert killed.returncode == -9, killed.stderr
+    [left] = [p for p in out.iterdir() if p.name.startswith(".loss.png.tmp-")]
+    assert not (out / "loss.png").exists()
+    hour_ago = time.time() - 3700
+    os.utime(left, (hour_ago, hour_ago))
+    fresh = out / ".accuracy.png.tmp-0a1b2c3d"  # another plot's, writing now
+    mine = out / ".loss.png.tmp-mine"  # not a name dlcli gives
+    for path in (fresh, mine):
+        path.write_bytes(b"")
+        os.utime(path, (hour_ago, hour_ago) if path == mine else None)
+    result = run("plot", str(run_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert hidden == sorted([fresh.name, mine.name])
+    assert png_size(out / "loss.png") == CURVE_PIXELS

@@ -323,18 +323,17 @@ def _leftovers(directory: Path, prefix: str) -> list[Path]:
 
 def _read_plan(path: Path) -> _Plan:
     """A plan :func:`swap_entries` wrote (and flushed before it renamed anything); one that
-    does not read as one is an :class:`OSError` (the caller reports the folder)."""
+    does not read as one is a :class:`ValueError` naming it."""
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
         plan = _Plan(
             list(found["names"]), found["last"], list(found["present"]), dict(found["sources"])
         )
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise OSError(errno.EIO, f"unreadable save plan ({err})", str(path)) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: unreadable save plan ({err})") from None
     entries = [*plan.names, plan.last, *plan.present, *plan.sources]
     parts = [part for source in plan.sources.values() for part in str(source).split("/")]
-    if not all(isinstance(e, str) and e not in ("", ".", "..") for e in [*entries, *parts]):
-        raise OSError(errno.EIO, "unreadable save plan (not plain names)", str(path))
-    if any("/" in e for e in entries):
-        raise OSError(errno.EIO, "unreadable save plan (not plain names)", str(path))
+    plain = all(isinstance(e, str) and e not in ("", ".", "..") for e in [*entries, *parts])
+    if not plain or any("/" in e for e in entries):
+        raise ValueError(f"{path}: unreadable save plan (not plain names in the directory)")
     return plan

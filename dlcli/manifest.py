@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import atomic, limits, untrusted
-from dlcli.errors import ModelDirError
+from dlcli.errors import ModelDirError, write_problem
 
 FORMAT = "dlcli-run/1"
 MANIFEST = "manifest.json"
@@ -41,7 +41,15 @@ def finish_interrupted_save(run_dir: Path) -> None:
     """Finish a save of ``run_dir`` that a kill interrupted (:func:`dlcli.atomic.
     recover_entries`) and remove what it left; the caller holds the run dir's lock. What was
     recovered is said once, by the command (:func:`take_recovered`)."""
-    found = atomic.recover_entries(run_dir, MANIFEST)
+    try:
+        found = atomic.recover_entries(run_dir, MANIFEST)
+    except (OSError, ValueError) as err:
+        why = write_problem(err) if isinstance(err, OSError) else str(err)
+        raise ModelDirError(
+            f"{run_dir}: cannot finish a save that was killed mid-way: {why}; nothing was "
+            f"deleted (the previous run is in its {atomic.OLD_PREFIX}-* folder, the new one in "
+            f"its {atomic.SAVE_PREFIX}-* folder)"
+        ) from None
     with contextlib.suppress(OSError):  # what the finished save of an --overwrite run emptied
         (run_dir / PENDING).rmdir()
     if found:
@@ -66,7 +74,7 @@ def recover(run_dir: Path) -> None:
         return
     try:
         finish_interrupted_save(run_dir)
-    except OSError:
+    except ModelDirError:
         pass  # read as it is; the next train into it (which must write) reports the problem
     finally:
         atomic.unlock(run_dir / LOCK, fd)

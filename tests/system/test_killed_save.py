@@ -71,6 +71,10 @@ def _leftovers(run_dir: Path) -> list[str]:
     )
 
 
+def _tree(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.name != store.LOCK)
+
+
 @pytest.fixture(scope="module")
 def renames(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> int:
     """How many renames an uninterrupted save makes."""
@@ -144,3 +148,32 @@ def test_the_next_train_finishes_a_killed_save_then_replaces_it(
     assert f"{run_dir}: finished a save that was killed" in proc.stderr, proc.stderr
     assert _marker(run_dir) is None and _leftovers(run_dir) == []  # retrained, saved whole
     store.verify_run(run_dir)
+
+
+def test_a_save_that_cannot_be_finished_is_one_clear_error_and_deletes_nothing(
+    tiny_run: Path, tmp_path: Path, renames: int
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    status = _overwrite_save(run_dir, store.load_run(tiny_run), renames // 2 + 2)
+    assert os.WIFSIGNALED(status)
+    [staging] = run_dir.glob(".dlcli-save-*")
+    (staging / ".dlcli-plan.json").write_text("{not json")  # the disk returned garbage
+    before = _tree(run_dir)
+    config = shutil.copy(tiny_run / store.CONFIG, tmp_path / "config.yaml")
+    result = CliRunner().invoke(
+        cli, ["train", str(config), "--output", str(run_dir), "--overwrite", "--quiet"]
+    )
+    assert result.exit_code == 3, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {run_dir}: cannot finish a save that was killed mid-way: ")
+    assert f"{staging / '.dlcli-plan.json'}: unreadable save plan" in line
+    assert line.endswith(
+        "nothing was deleted (the previous run is in its .dlcli-old-* folder, "
+        "the new one in its .dlcli-save-* folder)"
+    )
+    assert _tree(run_dir) == before
+    # a reader reads the run dir as it is (not a complete run), and changes nothing either
+    listed = CliRunner().invoke(cli, ["runs", "list", str(run_dir), "--json"])
+    assert _tree(run_dir) == before
+    assert listed.exit_code in (0, 3)

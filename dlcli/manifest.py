@@ -12,9 +12,9 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dlcli import atomic, limits, untrusted
 from dlcli.errors import ModelDirError, write_problem
@@ -116,6 +116,7 @@ def sha256_file(path: Path, max_bytes: int | None = None, what: str = "file") ->
     return digest.hexdigest()
 
 
+T = TypeVar("T")
 SAVE_WAIT_S = 2.0  # how long a reader waits for a save under way in the directory to end
 
 
@@ -138,19 +139,32 @@ def verify_manifest(
     retrain called the run damaged ("altered or truncated"). A failure with the manifest
     unchanged is the directory's own, reported at once.
     """
+    return while_unchanged(directory, lambda: _verify_once(directory, required, hashed))
+
+
+def while_unchanged(directory: Path, read: Callable[[], T]) -> T:
+    """``read()`` (files of ``directory``, checked against its manifest), made again when the
+    manifest was replaced meanwhile (another process saving the directory), for up to
+    :data:`SAVE_WAIT_S`: a read that failed then, or that mixed the two versions' files
+    (verified before the save, read after it), is not the directory's. A failure with the
+    manifest unchanged is the directory's own, raised at once."""
     manifest_path = directory / MANIFEST
     deadline = time.monotonic() + SAVE_WAIT_S
     while True:
         before = _identity(manifest_path)
         try:
-            return _verify_once(directory, required, hashed)
+            result = read()
         except ModelDirError:
             after = _identity(manifest_path)
             if before is None or after == before or time.monotonic() > deadline:
                 raise
-            while after is None and time.monotonic() < deadline:  # mid-save: not yet moved in
-                time.sleep(0.01)
-                after = _identity(manifest_path)
+        else:
+            after = _identity(manifest_path)
+            if after == before or time.monotonic() > deadline:
+                return result
+        while after is None and time.monotonic() < deadline:  # mid-save: not yet moved in
+            time.sleep(0.01)
+            after = _identity(manifest_path)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

@@ -135,13 +135,17 @@ def read_run(path: Path) -> RunInfo:
     """Read a complete run directory, verified (:func:`verify`); :class:`ModelDirError` says
     why one is not (:class:`DamagedRun` when it fails verification). Every file is read within
     :mod:`dlcli.limits` (regular files only, bounded size and depth)."""
-    from dlcli.config import read_yaml
-
     if not path.is_dir():
         raise manifest.no_run_dir(path)
     manifest.recover(path)  # a save killed mid-way is finished first
     if not (path / manifest.MANIFEST).is_file():
         raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
+    return manifest.while_unchanged(path, lambda: _read_run_once(path))
+
+
+def _read_run_once(path: Path) -> RunInfo:
+    from dlcli.config import read_yaml
+
     verify(path)
     try:
         config = read_yaml(path / "config.yaml")

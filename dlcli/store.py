@@ -58,7 +58,7 @@ from dlcli.manifest import PENDING as PENDING  # an --overwrite run's, until it 
 from dlcli.manifest import STEPS as STEPS
 from dlcli.manifest import WEIGHTS as WEIGHTS
 from dlcli.manifest import check_manifest as check_manifest
-from dlcli.manifest import finish_interrupted_save, no_run_dir, recover
+from dlcli.manifest import finish_interrupted_save, no_run_dir, recover, while_unchanged
 from dlcli.manifest import sha256_file as sha256_file
 from dlcli.manifest import verify_manifest as verify_manifest
 
@@ -422,8 +422,13 @@ def _quote(path: Path) -> str:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Verify and load a run directory (config, weights, metrics); never unpickles."""
+    """Verify and load a run directory (config, weights, metrics); never unpickles. Read
+    beside a retrain's save, it is read again once that is done (never a mix of both)."""
     run_dir = Path(run_dir)
+    return while_unchanged(run_dir, lambda: _load_run_once(run_dir))
+
+
+def _load_run_once(run_dir: Path) -> Run:
     verify_run(run_dir)
     config = read_saved_config(run_dir / CONFIG)
     try:

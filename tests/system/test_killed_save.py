@@ -177,3 +177,57 @@ def test_a_save_that_cannot_be_finished_is_one_clear_error_and_deletes_nothing(
     listed = CliRunner().invoke(cli, ["runs", "list", str(run_dir), "--json"])
     assert _tree(run_dir) == before
     assert listed.exit_code in (0, 3)
+
+
+def test_a_run_read_while_a_retrain_saves_it_is_read_again_never_mixed(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate beside `train --overwrite`: the save replaced the run between the manifest
+    check and the reads, and the old config was read with the new weights and metrics."""
+    import dataclasses
+
+    import torch
+
+    from dlcli import runs
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    saved = store.load_run(tiny_run)
+    training = dataclasses.replace(saved.config.training, seed=saved.config.training.seed + 1)
+    retrained = dataclasses.replace(saved.config, training=training)
+
+    def retrain() -> None:  # what another process's save does, all at once
+        store.save_run(
+            run_dir,
+            config=retrained,
+            state_dict={k: torch.zeros_like(v) for k, v in saved.state_dict.items()},
+            metrics={**saved.metrics, "seed": training.seed},
+            history=[{"epoch": 1, "loss": 0.5}],
+        )
+
+    real_load_file, real_read_history = store.load_file, runs.read_history
+    calls: list[int] = []
+
+    def load_file_beside_a_save(path: str) -> Any:  # the save lands after the verification
+        if not calls:
+            calls.append(1)
+            retrain()
+        return real_load_file(path)
+
+    monkeypatch.setattr(store, "load_file", load_file_beside_a_save)
+    run = store.load_run(run_dir)
+    assert run.config.training.seed == run.metrics["seed"] == training.seed
+    assert all(not t.any() for t in run.state_dict.values())  # the retrained weights
+
+    def history_beside_a_save(path: Path) -> Any:
+        if len(calls) == 1:
+            calls.append(2)
+            retrain()
+        return real_read_history(path)
+
+    monkeypatch.setattr(runs, "read_history", history_beside_a_save)
+    training = dataclasses.replace(training, seed=training.seed + 1)
+    retrained = dataclasses.replace(saved.config, training=training)
+    info = runs.read_run(run_dir)
+    assert info.config["training"]["seed"] == info.metrics["seed"] == training.seed
+    assert info.history == [{"epoch": 1, "loss": 0.5}]

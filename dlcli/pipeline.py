@@ -408,15 +408,18 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
         for follow in following:
             metrics["threads"] = metrics["threads"] | follow.follower.describe()
         if world.is_main:
-            store.save_run(
-                prepared.output or prepared.run_dir,
-                config=cfg,
-                state_dict=trainer.model.state_dict(),
-                metrics=metrics,
-                history=history,
-                steps=recorder.read(),
-                data_digests=prepared.dataset.digests,
-            )
+            try:
+                store.save_run(
+                    prepared.output or prepared.run_dir,
+                    config=cfg,
+                    state_dict=trainer.model.state_dict(),
+                    metrics=metrics,
+                    history=history,
+                    steps=recorder.read(),
+                    data_digests=prepared.dataset.digests,
+                )
+            except ModelDirError as err:  # a full disk: what was trained is in its checkpoint
+                raise ModelDirError(err.message + _save_hint(prepared)) from None
         world.barrier()  # distributed: the other workers wait for rank 0's save
     return TrainResult(prepared.run_dir, history, metrics, config=cfg)
 
@@ -454,17 +457,34 @@ def saved_weights(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {"epoch": metrics.get("epochs"), "why": "last"}
 
 
-def _resume_hint(prepared: Prepared) -> str:
+def _continue_line(prepared: Prepared) -> str:
+    """The command that continues this run from its checkpoint."""
     from dlcli.train_request import continue_command
 
+    world = prepared.world
+    nodes = max(1, world.size // max(1, world.local_size))
+    return prepared.continue_with or continue_command(
+        prepared.run_dir, workers=world.local_size, nodes=nodes
+    )
+
+
+def _save_hint(prepared: Prepared) -> str:
+    """What a failed save (a full disk) leaves: the trained run in its last checkpoint, which
+    --resume saves without training again."""
+    found = checkpoint.describe(prepared.work_dir)
+    if found is None or not prepared.config.training.checkpoint.every:  # none at the end
+        return ""
+    return (
+        f"; the trained run is kept in its checkpoint ({found}): once that is solved, save "
+        f"it (without training again) with: {_continue_line(prepared)}"
+    )
+
+
+def _resume_hint(prepared: Prepared) -> str:
     found = checkpoint.describe(prepared.work_dir)
     if found is None:
         return "; no checkpoint was written (training.checkpoint.every is 0, or none was due yet)"
-    world = prepared.world
-    nodes = max(1, world.size // max(1, world.local_size))
-    line = prepared.continue_with or continue_command(
-        prepared.run_dir, workers=world.local_size, nodes=nodes
-    )
+    line = _continue_line(prepared)
     if not prepared.config.training.checkpoint.every:  # an older one, from before --resume
         return (
             "; no checkpoint was written (training.checkpoint.every is 0): the newest is "

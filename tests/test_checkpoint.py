@@ -251,6 +251,31 @@ def test_resume_of_a_finished_run_rewrites_nothing(tiny_config: Path) -> None:
     store.verify_run(run_dir)
 
 
+def test_a_save_that_failed_says_how_to_save_what_was_trained(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at the save said only "cannot save the model": the trained run, kept in its
+    last checkpoint, looked lost (and was trained again)."""
+    real_write_files = store._write_files
+
+    def disk_full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_files", disk_full)
+    result = cli_run("train", str(tiny_config), "--quiet")
+    assert result.exit_code == 3
+    run_dir = tiny_config.parent / "runs" / "tiny"
+    assert result.stderr.splitlines() == [
+        f"Error: {run_dir}: cannot save the model: no space left on the device; the trained run "
+        f"is kept in its checkpoint ({run_dir}/checkpoints/last, after epoch 3): once that is "
+        f"solved, save it (without training again) with: dlcli train --resume {run_dir}"
+    ]
+    monkeypatch.setattr(store, "_write_files", real_write_files)
+    document = train_ok(tiny_config, "--resume")
+    assert document["epochs"] == 3 and document["resumed_from"]["epochs_completed"] == 3
+    store.verify_run(run_dir)
+
+
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     config = write_config(tmp_path, epochs=1)
     train_ok(config)

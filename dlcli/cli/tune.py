@@ -97,6 +97,9 @@ def tune(
 
     started = time.monotonic()  # what --timeout counts from
     from dlcli import tune as tuning
+    from dlcli.distributed import refuse_workers
+
+    refuse_workers("tune")  # each worker would run the study, its trials joining each other
 
     if study is not None and not study.strip():
         from dlcli.errors import UsageError

@@ -128,6 +128,19 @@ def test_gates_apply_to_the_best_trial(tiny_config: Path, tmp_path: Path) -> Non
     assert unknown.exit_code == 2 and "did you mean 'accuracy'" in unknown.output
 
 
+def test_tune_under_torchrun_is_refused(tiny_config: Path, tmp_path: Path) -> None:
+    """Every worker ran the study, and each trial tried to join the other workers' trials as
+    a data-parallel run (300 s of waiting, then a failed trial)."""
+    config, out = tune_config(tiny_config), tmp_path / "study"
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    result = CliRunner().invoke(cli, ["tune", str(config), "--output", str(out)], env=env)
+    assert result.exit_code == 2, result.output
+    assert "dlcli tune runs in one process, but this one was started as worker rank 1 of 2" in (
+        " ".join(result.stderr.split())
+    )
+    assert not out.exists()
+
+
 def test_a_config_without_a_tune_section_is_refused(tiny_config: Path) -> None:
     result = invoke(str(tiny_config))
     assert result.exit_code == 2

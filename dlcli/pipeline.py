@@ -534,7 +534,7 @@ def _metrics(prepared: Prepared, trainer: Trainer, reported: Mapping[str, Any]) 
         "train": final_train,
         "validation": trainer.evaluate(prepared.validation, tta=tta),
         "test": trainer.evaluate(dataset.test, tta=tta) if dataset.test is not None else None,
-        **_accuracy_tools(prepared, trainer),
+        **_accuracy_tools(prepared, trainer, saved),
         "params": prepared.model.total_params,
         "dataset": {
             "name": dataset.name,
@@ -572,12 +572,16 @@ def _max_pooling(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
     return found
 
 
-def _accuracy_tools(prepared: Prepared, trainer: Trainer) -> dict[str, Any]:
+def _accuracy_tools(prepared: Prepared, trainer: Trainer, saved_epoch: int) -> dict[str, Any]:
     """What metrics.json says about EMA and TTA when they are on: the saved model is the
-    weight average; validation and test were scored with test-time augmentation."""
+    weight average (of ``updates`` steps: those up to the end of ``saved_epoch``, the epoch
+    whose weights are saved); validation and test were scored with test-time augmentation."""
     found: dict[str, Any] = {}
     if trainer.ema is not None:
-        found["ema"] = {**trainer.ema.describe(), "saved_model": "average"}
+        described = trainer.ema.describe()
+        if saved_epoch != trainer.epoch:  # early stopping restored an earlier epoch's average
+            described["updates"] = saved_epoch * trainer.steps_per_epoch  # one a step
+        found["ema"] = {**described, "saved_model": "average"}
     if prepared.config.training.tta != "none":
         found["tta"] = prepared.config.training.tta
     return found

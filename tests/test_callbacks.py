@@ -314,6 +314,25 @@ def test_one_best_epoch_under_min_delta(tmp_path: Path) -> None:
     assert all(torch.equal(best[name], model[name]) for name in model)
 
 
+def test_an_early_stop_restoring_the_average_reports_its_own_updates(tmp_path: Path) -> None:
+    """With training.ema, early stopping restores the best epoch's average; metrics.json and
+    train's closing line gave the last epoch's update count for it (45, not 15)."""
+    from dlcli import api
+
+    result = api.train(
+        write_tiny_config(tmp_path),  # 15 steps an epoch
+        {
+            "training.epochs": 5,
+            "training.ema": {"decay": 0.9},
+            "training.early_stopping": {"patience": 2},
+        },
+        callbacks=[ScriptedMetric("val_loss", [1.0, 1.5, 1.5, 1.5, 1.5])],
+    )
+    assert result.metrics["early_stopping"]["restored_best"]
+    assert result.summary()["weights"]["epoch"] == 1
+    assert result.metrics["ema"]["updates"] == 15
+
+
 @pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
 def test_resuming_longer_stretches_the_schedule_and_says_so(tmp_path: Path, schedule: str) -> None:
     """``train --resume RUN --set training.epochs=4`` after 2 epochs rebuilds a per-step

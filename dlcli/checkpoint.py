@@ -52,7 +52,11 @@ RESUMABLE_CHANGES = (
     "training.epochs",
     "training.target",
     "training.stop_at_target",
-    *PLACEMENT_KEYS,
+    # Where and how often checkpoints go, but not the monitor that chose checkpoints/best: a
+    # new one compared its values with the old metric's best, reported under its own name.
+    *(key for key in PLACEMENT_KEYS if key != "training.checkpoint"),
+    "training.checkpoint.every",
+    "training.checkpoint.keep_best",
 )
 
 

@@ -285,6 +285,22 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     assert "training.batch_size is 10 in the checkpoint, 20 now" in result.stderr
 
 
+def test_resume_keeps_the_monitor_that_chose_the_best_checkpoint(tiny_config: Path) -> None:
+    """A monitor changed on --resume was compared with the old one's best value (accuracies
+    against a val_loss), and the epoch the old one chose was reported under the new name."""
+    train_ok(tiny_config, "--set", "training.epochs=1")
+    resume = ("train", str(tiny_config), "--resume", "--set", "training.epochs=2", "--set")
+    for key, value, was in (("monitor", "val_accuracy", "'val_loss'"), ("mode", "max", "'auto'")):
+        result = cli_run(*resume, f"training.checkpoint.{key}={value}")
+        assert result.exit_code == 3
+        assert (
+            f"model dir from a different config: training.checkpoint.{key} is {was} in the "
+            f"checkpoint, '{value}' now"
+        ) in " ".join(result.stderr.split())
+    doc = train_ok(tiny_config, *resume[2:], "training.checkpoint={every: 2, keep_best: false}")
+    assert doc["epochs"] == 2 and doc["checkpoints"]["every"] == 2
+
+
 def test_resume_without_a_checkpoint(tmp_path: Path) -> None:
     config = write_config(tmp_path, epochs=1)
     result = cli_run("train", str(config), "--resume")

@@ -318,6 +318,13 @@ class TargetTracker(Reporting):
         return value >= self.target.value if self.mode == "max" else value <= self.target.value
 
     def on_resume(self, trainer: Loop) -> None:
+        # training.target may change on --resume: the epoch recorded for another target (or
+        # none) is not this one's. The first epoch of the history that reaches this one is; its
+        # time was not measured against it (seconds: None).
+        rows = trainer.history
+        first = next((int(r["epoch"]) for r in rows if self.reached(r.get(self.key))), None)
+        if first != self.epoch:
+            self.epoch, self.seconds = first, None
         if self.stop and self.epoch is not None:  # the run had ended at its target
             trainer.stop_training = True
 

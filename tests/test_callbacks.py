@@ -393,6 +393,29 @@ def test_target_tracker_records_the_first_epoch_reached() -> None:
     assert not trainer.stop_training
 
 
+def test_a_target_changed_on_resume_is_reported_as_this_target_reached(tmp_path: Path) -> None:
+    """--resume may change training.target; the epoch recorded for the old target was kept
+    and reported as the new one's (reached: true at an epoch that did not reach it)."""
+    from dlcli import api
+
+    config = write_tiny_config(tmp_path)
+    accuracy = ScriptedMetric("val_accuracy", [0.6, 0.7, 0.96, 0.97])
+    target = {"metric": "val_accuracy", "value": 0.5}
+    first = api.train(
+        config, {"training.epochs": 2, "training.target": target}, callbacks=[accuracy]
+    )
+    assert first.metrics["target"]["epoch"] == 1
+    again = {"training.epochs": 4, "training.target": target | {"value": 0.95}}
+    resumed = api.train(config, again, resume=True, callbacks=[accuracy])
+    reached = resumed.metrics["target"]
+    assert (reached["value"], reached["reached"], reached["epoch"]) == (0.95, True, 3)
+    assert reached["seconds"] > 0  # measured: reached after the resume
+    # A target the history already reached: that epoch, its time not measured then.
+    lower = {"training.epochs": 4, "training.target": target | {"value": 0.65}}
+    saved = api.train(config, lower, resume=True, callbacks=[accuracy]).metrics["target"]
+    assert (saved["reached"], saved["epoch"], saved["seconds"]) == (True, 2, None)
+
+
 def test_target_on_a_loss_is_reached_going_down() -> None:
     trainer: Any = SimpleNamespace(stop_training=False, elapsed_fit_seconds=lambda: 1.0)
     tracker = TargetTracker(TargetConfig(metric="val_loss", value=0.2), stop=True)

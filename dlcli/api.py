@@ -30,7 +30,6 @@ from torch import nn
 from dlcli import pipeline
 from dlcli.config import Config, load_config, parse_config, set_value, to_dict
 from dlcli.data.dataset import Dataset, Split
-from dlcli.data.load import load_data
 from dlcli.errors import DataError, UsageError
 from dlcli.hooks import Callback, Logs
 from dlcli.metric_names import SPLITS
@@ -172,7 +171,7 @@ class Model:
 
     @cached_property
     def _dataset(self) -> Dataset:
-        return load_data(self.config.data, self._data_dir)
+        return pipeline.config_data(self.config, self._data_dir)
 
 
 @dataclass

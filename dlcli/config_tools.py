@@ -288,12 +288,11 @@ def validate_config(
 
 def _check_data(cfg: Config, where: str) -> None:
     """Read the data as ``train`` will (a problem is a config error here: exit 2)."""
-    from dlcli.data.load import load_data
     from dlcli.errors import DataError
-    from dlcli.pipeline import record_input_shape
+    from dlcli.pipeline import config_data, record_input_shape
 
     try:
-        record_input_shape(cfg, load_data(cfg.data, input_shape=cfg.model.input_shape))
+        record_input_shape(cfg, config_data(cfg))
     except (DataError, ConfigError) as err:
         raise ConfigError(f"{where}: {err.message}", details=err.details) from None
 

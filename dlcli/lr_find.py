@@ -152,13 +152,12 @@ def lr_find(
     import torch
 
     from dlcli import pipeline
-    from dlcli.data.load import load_data
     from dlcli.device import resolve_device
     from dlcli.model import build_model, check_batch_norm_batches
 
     if not 0 < start_lr < end_lr:
         raise UsageError(f"--start-lr {start_lr:g} must be > 0 and below --end-lr {end_lr:g}")
-    dataset = load_data(cfg.data)
+    dataset = pipeline.config_data(cfg)
     pipeline.record_input_shape(cfg, dataset)
     train, _ = pipeline.split_train(dataset, cfg)
     torch.manual_seed(cfg.training.seed)

@@ -186,7 +186,7 @@ def prepare(
     )
     try:
         if dataset is None:
-            dataset = load_data(cfg.data, input_shape=cfg.model.input_shape)
+            dataset = config_data(cfg)
         record_input_shape(cfg, dataset)  # an inferred input shape is recorded in cfg here
         record_data_dir(cfg)
         check_top_k(cfg, dataset.num_classes)
@@ -218,6 +218,16 @@ def prepare(
         precision_asked=asked,
         stretched=schedule_stretch(cfg, resumed, len(train)),
     )
+
+
+def config_data(
+    cfg: Config, data_dir: str | None = None, *, recorded: dict[str, Any] | None = None
+) -> Dataset:
+    """The dataset ``cfg`` trains on, as ``train`` reads it: ``cfg.data`` with own images
+    converted to ``cfg.model.input_shape`` (``data_dir``, ``recorded``: see
+    :func:`~dlcli.data.load.load_data`). Every command that reads a config's data reads it
+    here (lr-find and the Python API read images at their own size, which the model refused)."""
+    return load_data(cfg.data, data_dir, recorded=recorded, input_shape=cfg.model.input_shape)
 
 
 def record_input_shape(cfg: Config, dataset: Dataset) -> None:
@@ -866,12 +876,7 @@ def open_run(
     loaded = load_model(run_dir, device, weights, tta)
     recorded = loaded.run.metrics.get("dataset")
     cfg = loaded.run.config
-    dataset = load_data(
-        cfg.data,
-        data_dir,
-        recorded=recorded if isinstance(recorded, dict) else None,
-        input_shape=cfg.model.input_shape,
-    )
+    dataset = config_data(cfg, data_dir, recorded=recorded if isinstance(recorded, dict) else None)
     different = changed_data(loaded.run.metrics, dataset)
     if different and not accept_changed_data:
         path, recorded, found = different[0]

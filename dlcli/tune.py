@@ -658,11 +658,11 @@ class Worker:
 
     def dataset(self, cfg: Config) -> Dataset:
         """The dataset ``cfg.data`` names, loaded once per process."""
-        from dlcli.data.load import load_data
+        from dlcli.pipeline import config_data
 
-        key = json.dumps(to_dict(cfg.data), sort_keys=True)
+        key = json.dumps([to_dict(cfg.data), cfg.model.input_shape], sort_keys=True)
         if key not in self._datasets:
-            self._datasets[key] = load_data(cfg.data)
+            self._datasets[key] = config_data(cfg)
         return self._datasets[key]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 from conftest import learnable_patterns
 from PIL import Image
 
@@ -70,3 +71,22 @@ def write_odd_tree(root: Path) -> dict[str, Path]:
     notes.write_text("not an image\n")
     paths["notes"] = notes
     return paths
+
+
+def write_resized_config(folder: Path, count: int = 80) -> Path:
+    """``folder/resized.yaml``: a dense model on ``count`` 8×8 class-folder images that it
+    takes at 4×4 (``model.input_shape``, the images resized as they are read); 1 epoch, no
+    cache, saving to ``folder/runs/resized``."""
+    write_learnable_tree(folder / "train", count)
+    cfg = {
+        "data": {"train": str(folder / "train"), "validation_split": 0.25, "cache": False},
+        "model": {
+            "input_shape": [4, 4, 1],
+            "layers": [{"type": "flatten"}, {"type": "dense", "units": 4}],
+        },
+        "training": {"epochs": 1, "batch_size": 10},
+        "output": {"dir": str(folder / "runs" / "resized")},
+    }
+    path = folder / "resized.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_trees import write_resized_config
 
 import dlcli
 from dlcli.config import load_config
@@ -51,6 +52,16 @@ def test_train_load_evaluate_predict(tiny_config: Path, tmp_path: Path) -> None:
     floats = model.predict(torch.from_numpy(images.astype(np.float32) / 255))
     assert floats.classes == from_array.classes
     assert model.class_names == ["0", "1", "2", "3"]
+
+
+def test_a_model_evaluates_own_images_at_its_input_size(tmp_path: Path) -> None:
+    """Model.evaluate read a run's class-folder images at their own size (8×8) for a model
+    trained on them resized to 4×4: a RuntimeError from torch, where `dlcli evaluate` scored
+    the run."""
+    run = dlcli.train(write_resized_config(tmp_path))
+    validation = dlcli.load(run.run_dir).evaluate("validation")
+    assert validation["accuracy"] == run.metrics["validation"]["accuracy"]
+    assert validation["loss"] == pytest.approx(run.metrics["validation"]["loss"], rel=1e-6)
 
 
 def test_train_takes_a_config_object_and_resumes(tiny_config: Path, tmp_path: Path) -> None:

@@ -122,9 +122,8 @@ def tune(
     gates = gating.for_training(mins, maxs, cfg.training.metrics)
     if any(gate.split == "test" for gate in gates):  # known once the data is read
         from dlcli import pipeline
-        from dlcli.data.load import load_data
 
-        if load_data(cfg.data).test is None:  # before any trial, not after the study
+        if pipeline.config_data(cfg).test is None:  # before any trial, not after the study
             gating.refuse_split(gates, "test", pipeline.NO_TEST)
     directory = output or Path("runs") / f"{config.stem}-tune"
     settings = tuning.Settings(

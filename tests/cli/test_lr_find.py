@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from image_trees import write_resized_config
 
 from dlcli.cli import cli
 from dlcli.lr_find import MINIMUM_RULE, STEEPEST_RULE, suggest
@@ -172,3 +173,15 @@ def test_where_the_png_goes_is_checked_before_the_test_runs(
     assert code == 2, output
     assert f"cannot write the figure there: {tiny_config} is a file" in output
     assert "lr-find: " not in output
+
+
+def test_lr_find_reads_own_images_at_the_models_input_size(tmp_path: Path) -> None:
+    """The range test read class-folder images at their own size, which the model refused
+    (model.input_shape [4, 4, 1] against images [8, 8, 1]) for a config train trains."""
+    config = write_resized_config(tmp_path)
+    png = tmp_path / "lr.png"
+    result = CliRunner().invoke(
+        cli, ["lr-find", str(config), "--steps", "20", "--plot", str(png), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 20

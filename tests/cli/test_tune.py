@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from image_trees import write_resized_config
 
 from dlcli.cli import cli
 
@@ -24,6 +25,9 @@ SPACE = {
     "model.layers[1].units": {"int": [4, 32]},
     "training.optimizer.name": {"choice": ["adam", "sgd"]},
 }
+
+
+SPACE_LR = SPACE["training.optimizer.learning_rate"]
 
 
 def tune_config(tiny_config: Path, **tune: Any) -> Path:
@@ -139,6 +143,18 @@ def test_tune_under_torchrun_is_refused(tiny_config: Path, tmp_path: Path) -> No
         " ".join(result.stderr.split())
     )
     assert not out.exists()
+
+
+def test_trials_read_own_images_at_the_models_input_size(tmp_path: Path) -> None:
+    """The study read class-folder images at their own size (8×8), and every trial of a model
+    that takes them at 4×4 failed, for a config train trains."""
+    config = write_resized_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["tune"] = {"trials": 1, "space": {"training.optimizer.learning_rate": SPACE_LR}}
+    config.write_text(yaml.safe_dump(raw))
+    result = invoke(str(config), "--output", str(tmp_path / "study"), "--json")
+    assert result.exit_code == 0, result.output
+    assert [t["state"] for t in doc(result)["trials"]] == ["complete"]
 
 
 def test_a_config_without_a_tune_section_is_refused(tiny_config: Path) -> None:

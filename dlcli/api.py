@@ -102,13 +102,20 @@ class Model:
         return class_names(self.metrics, self._loaded.built.output_shape[0])
 
     def evaluate(
-        self, split: str | Split = "test", *, batch_size: int = 1000, data_dir: str | None = None
+        self,
+        split: str | Split = "test",
+        *,
+        batch_size: int = 1000,
+        data_dir: str | None = None,
+        accept_changed_data: bool = False,
     ) -> Logs:
         """Loss and metrics on ``split``: ``"train"``, ``"validation"`` or ``"test"`` of the
-        run's dataset (split as the run split it; ``data_dir``: where the dataset lives), or
-        any :class:`~dlcli.data.dataset.Split` of uint8 images and labels."""
+        run's dataset (split as the run split it; ``data_dir``: where the dataset lives; a
+        data file changed since training is a :class:`DataError` unless
+        ``accept_changed_data``, as for ``dlcli evaluate``), or any
+        :class:`~dlcli.data.dataset.Split` of uint8 images and labels."""
         if isinstance(split, str):
-            split = self._split(split, data_dir)
+            split = self._split(split, data_dir, accept_changed_data)
         else:
             self._check_split(split)
         return self._loaded.evaluate(split, batch_size=batch_size)
@@ -158,20 +165,25 @@ class Model:
             inputs = run_inputs(self._loaded, [Path(p) for p in images])
         return Predictions(rank(self._loaded, inputs, top_k=top_k, batch_size=batch_size))
 
-    def _split(self, name: str, data_dir: str | None) -> Split:
+    def _split(self, name: str, data_dir: str | None, accept_changed_data: bool) -> Split:
         if name not in SPLITS:
             raise UsageError(f"split: expected one of {', '.join(SPLITS)}, found {name!r}")
         if data_dir is not None and data_dir != self._data_dir:
-            self.__dict__.pop("_dataset", None)
+            self._datasets.clear()
             self._data_dir = data_dir
-        saved = pipeline.SavedRun(self._loaded, self._dataset)
+        if accept_changed_data not in self._datasets:  # read (and checked) once each way
+            self._datasets[accept_changed_data] = pipeline.run_data(
+                self._loaded, self._data_dir, accept_changed_data=accept_changed_data
+            )
+        saved = pipeline.SavedRun(self._loaded, self._datasets[accept_changed_data])
         return saved.split(name)
 
     _data_dir: str | None = None
 
     @cached_property
-    def _dataset(self) -> Dataset:
-        return pipeline.config_data(self.config, self._data_dir)
+    def _datasets(self) -> dict[bool, Dataset]:
+        """The run's dataset, by whether a changed data file was accepted."""
+        return {}
 
 
 @dataclass

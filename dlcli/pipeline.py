@@ -868,12 +868,26 @@ def open_run(
     tta: str | None = None,
 ) -> SavedRun:
     """Verify and load a run dir's model (``weights``, ``tta``: see :func:`load_model`) and
-    the dataset its config names.
+    the dataset its config names (:func:`run_data`)."""
+    loaded = load_model(run_dir, device, weights, tta)
+    dataset = run_data(loaded, data_dir, accept_changed_data=accept_changed_data, changed=changed)
+    return SavedRun(loaded, dataset)
+
+
+def run_data(
+    loaded: LoadedModel,
+    data_dir: str | None = None,
+    *,
+    accept_changed_data: bool = False,
+    changed: list[str] | None = None,
+) -> Dataset:
+    """The dataset a saved run's config names, found where the run found it unless
+    ``data_dir`` says otherwise: what ``evaluate``, ``plot`` and the Python API score.
 
     Every data file read is compared with the SHA-256 ``metrics.json`` recorded at training
     time: a changed file is a :class:`DataError` naming it, unless ``accept_changed_data``;
     the changed files' paths are appended to ``changed`` when given."""
-    loaded = load_model(run_dir, device, weights, tta)
+    run_dir = loaded.run.path
     recorded = loaded.run.metrics.get("dataset")
     cfg = loaded.run.config
     dataset = config_data(cfg, data_dir, recorded=recorded if isinstance(recorded, dict) else None)
@@ -890,11 +904,12 @@ def open_run(
         )
         raise DataError(
             f"{path}: changed since the model was trained{more}: {detail}; pass "
-            "--accept-changed-data to use it anyway (evaluate's result then says so)"
+            "--accept-changed-data (Python: accept_changed_data=True) to use it anyway "
+            "(evaluate's result then says so)"
         )
     if changed is not None:
         changed += [path for path, _, _ in different]
-    return SavedRun(loaded, dataset)
+    return dataset
 
 
 def changed_data(metrics: dict[str, Any], dataset: Dataset) -> list[tuple[str, str, str]]:

@@ -14,8 +14,8 @@ from image_trees import write_resized_config
 
 import dlcli
 from dlcli.config import load_config
-from dlcli.data.idx import read_idx
-from dlcli.errors import ConfigError, UsageError
+from dlcli.data.idx import read_idx, write_idx
+from dlcli.errors import ConfigError, DataError, UsageError
 
 
 def test_import_dlcli_does_not_import_torch() -> None:
@@ -62,6 +62,21 @@ def test_a_model_evaluates_own_images_at_its_input_size(tmp_path: Path) -> None:
     validation = dlcli.load(run.run_dir).evaluate("validation")
     assert validation["accuracy"] == run.metrics["validation"]["accuracy"]
     assert validation["loss"] == pytest.approx(run.metrics["validation"]["loss"], rel=1e-6)
+
+
+def test_a_model_refuses_data_changed_since_training_as_evaluate_does(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """Model.evaluate scored a data file changed since training without a word, where
+    `dlcli evaluate` refuses it (exit 3) unless --accept-changed-data."""
+    run = dlcli.train(tiny_config, output=tmp_path / "run")
+    labels = tiny_config.parent / "test-labels-idx1-ubyte.gz"
+    write_idx(str(labels), (read_idx(labels) + 1) % 4)  # relabelled since
+    model = dlcli.load(run.run_dir)
+    with pytest.raises(DataError, match=r"test-labels-idx1-ubyte\.gz: changed since the model"):
+        model.evaluate("test")
+    changed = model.evaluate("test", accept_changed_data=True)
+    assert changed["accuracy"] < run.metrics["test"]["accuracy"]
 
 
 def test_train_takes_a_config_object_and_resumes(tiny_config: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from dlcli.metrics import confusion_matrix
 from dlcli.runs import (
     differences,
     layers_summary,
+    monitored_metric,
     read_history,
     read_run,
     read_runs,
@@ -295,6 +296,15 @@ def test_summarize_history_by_hand() -> None:
     # early stopping's min_delta: epoch 2's val_loss is lower, but not by more than 0.2
     delta = summarize_history(history, monitor="val_loss", min_delta=0.2)
     assert (delta["best_epoch"], delta["best_value"]) == (1, 0.50)
+    # the rule runs list/compare and plot read from a run's config: early stopping's first
+    early = {"monitor": "validation.loss", "min_delta": 0.2, "mode": "auto"}
+    config = {"training": {"early_stopping": early, "checkpoint": {"monitor": "val_accuracy"}}}
+    assert monitored_metric(config) == ("val_loss", "auto", 0.2)
+    assert monitored_metric({"training": {"checkpoint": {"monitor": "loss"}}}) == (
+        "loss",
+        "auto",
+        0,
+    )
 
 
 def test_layers_summary() -> None:

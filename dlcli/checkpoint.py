@@ -636,7 +636,7 @@ def check_same_config(path: Path, config: Config) -> None:
     from dlcli.config import read_yaml
 
     try:
-        saved = read_yaml(path / CONFIG)
+        saved = read_yaml(path / CONFIG, saved=True)
     except ConfigError as err:
         raise ModelDirError(f"{path / CONFIG}: unreadable config ({err})") from None
     differences = config_differences(
@@ -660,7 +660,7 @@ def check_same_run(path: Path, config: Config) -> None:
     if not (owner / store.CONFIG).is_file():
         return
     try:
-        saved = read_yaml(owner / store.CONFIG)
+        saved = read_yaml(owner / store.CONFIG, saved=True)
     except ConfigError as err:
         raise ModelDirError(f"{owner / store.CONFIG}: unreadable config ({err})") from None
     labels = (f"in {owner / store.CONFIG}", "in the checkpoint")

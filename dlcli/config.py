@@ -693,12 +693,26 @@ class Dumper(yaml.SafeDumper):
 Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-def parse_yaml(text: str) -> Any:
+class _SavedLoader(_Loader):
+    """:class:`_Loader` for a config dlcli saved (a run's or a checkpoint's ``config.yaml``),
+    without ``1e3`` read as a number. dlcli writes every float with a dot (``1.0e-05``, YAML
+    1.1's form), so a bare ``1e3`` there is a string an older dlcli wrote unquoted (a class
+    named 1e3, before :class:`Dumper` quoted it): read as the text it was, the run evaluates,
+    predicts and resumes again, where it read back as 1000.0 and was refused."""
+
+
+_SavedLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if pattern is not _FLOAT]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_yaml(text: str, *, saved: bool = False) -> Any:
     """Safe-load YAML; a value PyYAML cannot build (``2001-13-45`` read as a date, a bad
     ``!!timestamp``, nesting too deep) is a ``yaml.YAMLError`` too, so every malformed document
-    fails the same way."""
+    fails the same way. ``saved``: a config dlcli wrote (see :class:`_SavedLoader`)."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml.load(text, Loader=_SavedLoader if saved else _Loader)
     except yaml.YAMLError:
         raise
     except Exception as err:  # PyYAML's constructors raise whatever they hit
@@ -761,16 +775,17 @@ def absolute_path(value: str, base: Path) -> str:
     return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, *, saved: bool = False) -> dict[str, Any]:
     """A config file's top-level mapping: a regular file of at most ``CONFIG_MAX_BYTES``,
-    parsed within the YAML limits (see :class:`_Loader`)."""
+    parsed within the YAML limits (see :class:`_Loader`). ``saved``: a config.yaml dlcli wrote
+    into a run directory or a checkpoint (see :class:`_SavedLoader`)."""
     data = read_bytes(path, limits.CONFIG_MAX_BYTES, ConfigError, "config file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
     try:
-        raw = parse_yaml(text)
+        raw = parse_yaml(text, saved=saved)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML{_yaml_where(err)}") from None
     if raw is None:

@@ -328,7 +328,7 @@ def _started_precision(run_dir: Path) -> str | None:
 def _started_training(checkpoint_dir: Path) -> dict[str, Any]:
     """The ``training`` section of a checkpoint's config, as written ({} when unreadable)."""
     try:
-        saved = read_yaml(checkpoint_dir / checkpoint.CONFIG)
+        saved = read_yaml(checkpoint_dir / checkpoint.CONFIG, saved=True)
     except (DlcliError, OSError):
         return {}
     training = saved.get("training") if isinstance(saved, dict) else None

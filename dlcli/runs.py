@@ -148,7 +148,7 @@ def _read_run_once(path: Path) -> RunInfo:
 
     verify(path)
     try:
-        config = read_yaml(path / "config.yaml")
+        config = read_yaml(path / "config.yaml", saved=True)
     except ConfigError as err:
         raise ModelDirError(err.message) from None
     metrics = untrusted.load_json(path / "metrics.json", ModelDirError, "metrics file")

@@ -492,6 +492,6 @@ def read_saved_config(path: Path) -> Config:
     from dlcli.config import read_yaml
 
     try:
-        return parse_config(read_yaml(path), source=str(path), saved=True)
+        return parse_config(read_yaml(path, saved=True), source=str(path), saved=True)
     except ConfigError as err:
         raise ModelDirError(f"{path}: not a valid dlcli config: {err}") from None

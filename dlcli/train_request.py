@@ -60,7 +60,7 @@ class TrainRequest:
             )
         source = saved_config_path(Path(self.resume))
         try:
-            saved = read_yaml(source)
+            saved = read_yaml(source, saved=True)
         except ConfigError as err:  # the run dir's file, damaged: not the user's config
             raise ModelDirError(f"{source}: unreadable saved config ({err})") from None
         return parse_resolved(saved, self.overrides, values, source=str(source), saved=True)

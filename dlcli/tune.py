@@ -54,9 +54,9 @@ from dlcli.config import (
     TuneConfig,
     config_differences,
     key_parts,
-    load_config,
     metric_mode,
     parse_config,
+    read_yaml,
     search_params,
     set_key,
     short_key,
@@ -893,7 +893,8 @@ def write_best_config(summary: dict[str, Any], directory: Path) -> Path | None:
     best = summary["best"]
     if best is None or not best.get("run_dir"):
         return None
-    cfg = load_config(Path(best["run_dir"]) / "config.yaml")
+    saved = Path(best["run_dir"]) / "config.yaml"  # a run's: as dlcli (maybe an older one) wrote it
+    cfg = parse_config(read_yaml(saved, saved=True), source=str(saved), saved=True)
     cfg.tune = None
     cfg.output.dir = str(directory / "best")
     raw = to_dict(cfg)

@@ -544,6 +544,33 @@ def test_a_run_trained_under_looser_bounds_still_evaluates_and_resumes(
     assert kept["optimizer"]["learning_rate"] == 20.0 and kept["epochs"] == 3
 
 
+def test_a_run_an_older_dlcli_saved_with_a_class_named_1e3_is_read_again(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """Runs saved before class names such as 1e3 were quoted have ``1e3`` bare in config.yaml,
+    which dlcli reads as 1000.0: they were refused ("not a valid dlcli config"). dlcli writes
+    floats with a dot, so a bare 1e3 in a config it saved is the text it was written from."""
+    import json
+
+    import dlcli
+    from dlcli import store
+    from dlcli.runs import list_runs
+
+    names = ["1e3", "2E-5", "c", "d"]
+    run = dlcli.train(tiny_config, {"data.class_names": names}, output=tmp_path / "runs" / "old")
+    config = run.run_dir / "config.yaml"
+    text = config.read_text()
+    assert "'1e3'" in text and "'2E-5'" in text
+    config.write_text(text.replace("'1e3'", "1e3").replace("'2E-5'", "2E-5"))  # as it was
+    store.write_manifest(
+        run.run_dir, list(json.loads((run.run_dir / "manifest.json").read_text())["files"])
+    )
+    model = dlcli.load(run.run_dir, device="cpu")
+    assert model.config.data.class_names == names
+    assert model.evaluate("test")["accuracy"] == run.metrics["test"]["accuracy"]
+    assert [r.path for r in list_runs(tmp_path / "runs").runs] == [run.run_dir]
+
+
 def test_strings_dlcli_reads_as_numbers_are_written_quoted(tmp_path: Path) -> None:
     """dlcli reads 1e3 as a number (YAML 1.1 does not), but wrote class names such as "1e3"
     bare: a run's config.yaml (and config show's output, tune's best.yaml) read back as

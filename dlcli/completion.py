@@ -64,8 +64,17 @@ def _folders(parent: Path, prefix: str) -> list[Path]:
     return [
         child
         for child in children
-        if child.name.startswith(prefix) and not child.name.startswith(".") and child.is_dir()
+        if child.name.startswith(prefix)
+        and not child.name.startswith(".")
+        and not _breaks_a_line(str(child))
+        and child.is_dir()
     ]
+
+
+def _breaks_a_line(name: str) -> bool:
+    """A name with a control character (a line break, a tab) is no candidate: the shells read
+    completions a line each (fish: value TAB help), so "a\nb" became two, "a" and "b"."""
+    return any(ord(c) < 32 or c == "\x7f" for c in name)
 
 
 def _shown(folder: Path, incomplete: str) -> str:

@@ -37,7 +37,7 @@ import numpy.typing as npt
 import torch
 
 from dlcli import untrusted
-from dlcli.data.decode import bad_files_message, decode_files
+from dlcli.data.decode import bad_files_error, decode_files
 from dlcli.data.idx import looks_like_idx
 from dlcli.data.images import (
     CHANNEL_MODES,
@@ -334,7 +334,7 @@ def _read_images(
         path, reason = decoded.bad[0]
         raise DataError(f"{path}: {reason}")
     if decoded.bad:
-        raise DataError(bad_files_message(decoded.bad, ""))
+        raise bad_files_error(decoded.bad, "")
     return [decoded.images[i : i + 1] for i in range(len(decoded.images))]
 
 

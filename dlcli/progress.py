@@ -20,6 +20,7 @@ the epoch's): numbers are never cut. At the end of each epoch, and off a termina
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
@@ -244,7 +245,9 @@ class ProgressDisplay(Callback):
         fields = epoch_line(epoch, self._epochs, logs)
         if self.live is not None:
             self._draw(lambda: self._show(None))
-            self._draw(lambda: self.reporter.note(wrap_fields(fields, self.reporter.err.width)))
+            wrapped = wrap_fields(fields, self.reporter.err.width).split("\n")
+            for line in wrapped:  # a line each: a note is one line (report.shown)
+                self._draw(functools.partial(self.reporter.note, line))
         else:
             self._draw(lambda: self.reporter.note("  ".join(fields)))
 

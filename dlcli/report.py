@@ -149,7 +149,13 @@ class Reporter:
         message = str(err)
         if self._silenced and kind in ("interrupted", "gate"):  # every worker's; rank 0 says it
             return
-        self.err.print(f"Error: {shown(message)}", style="bold red", markup=False)
+        # The message and each detail on a line of its own; a name in them keeps to its line.
+        if isinstance(err, DlcliError):
+            lines = [err.message, *(f"  - {d}" for d in err.details)]
+        else:
+            lines = err.split("\n")  # dlcli's own words (an internal error), in their lines
+        text = "\n".join(shown(line) for line in lines)
+        self.err.print(f"Error: {text}", style="bold red", markup=False)
         if self.json_mode:
             document = dict(err.document or {}) if isinstance(err, DlcliError) else {}
             document["error"] = {"code": code, "kind": kind, "message": message}
@@ -157,10 +163,12 @@ class Reporter:
 
 
 def shown(message: str) -> str:
-    """A message as it may reach a terminal: each of its lines with every character a terminal
-    acts on written as its escape (``\x1b``). Messages name files, folders and classes: a
-    folder named ESC[31m recoloured the terminal, and other sequences retitle or rewrite it."""
-    return "\n".join(printable(line) for line in message.split("\n"))
+    """A line of a message as it may reach a terminal: every character a terminal acts on
+    written as its escape (``\x1b``, ``\n``). Messages name files, folders and classes: a
+    folder named ESC[31m recoloured the terminal, other sequences retitle or rewrite it, and a
+    name with a line break split its note in two (a message of several lines is printed line
+    by line: an error's details, a wrapped epoch line)."""
+    return printable(message)
 
 
 def escape(text: str) -> str:

@@ -28,7 +28,7 @@ def complete(words: str, cwd: Path | None = None) -> list[str]:
     finally:
         os.chdir(here)
     assert result.exit_code == 0, result.output
-    return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines() if line]
 
 
 def test_dataset_names() -> None:
@@ -57,6 +57,16 @@ def test_run_directories_runs_first(workdir: Path, command: str) -> None:
     assert complete(f"dlcli {command} runs/m", workdir) == ["runs/mlp"]
     assert complete(f"dlcli {command} m", workdir) == ["runs/mlp"]
     assert complete(f"dlcli {command} runs/sweep/", workdir) == ["runs/sweep/trial-1"]
+
+
+def test_a_folder_name_with_a_line_break_is_no_candidate(workdir: Path) -> None:
+    """runs/"two<LF>lines" was offered as two candidates, "runs/two" and "lines" (the shells
+    read one completion a line): a name with a control character is left out."""
+    (workdir / "runs" / "two\nlines").mkdir()
+    (workdir / "runs" / "tab\tbed").mkdir()
+    offered = complete("dlcli evaluate runs/", workdir)
+    assert offered == ["runs/cnn", "runs/mlp", "runs/half", "runs/sweep"]
+    assert complete("dlcli evaluate runs/t", workdir) == []
 
 
 def test_predict_and_train_resume_complete_run_directories(workdir: Path) -> None:

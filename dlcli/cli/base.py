@@ -63,7 +63,7 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             if debugging():
                 traceback.print_exc()
             reporter.error(
-                f"internal error: {type(err).__name__}: {err}\n"
+                f"internal error: {type(err).__name__}: {untrusted.printable(str(err))}\n"
                 "This is a bug in dlcli. Please report it with the command you ran and the "
                 "output of `dlcli --version` (set DLCLI_DEBUG=1 for the traceback).",
                 code=code,

@@ -141,9 +141,10 @@ def infer_conversion(
     found."""
     found = [i for i in infos if i is not None]
     if not found:
-        raise DataError(
-            "no readable image to infer model.input_shape from: "
-            + bad_files_message(bad, "Fix or remove them, or set model.input_shape")
+        raise bad_files_error(
+            bad,
+            "Fix or remove them, or set model.input_shape",
+            "no readable image to infer model.input_shape from: ",
         )
     channels = 1 if all(i.mode in GREY_MODES for i in found) else 3
     sizes = Counter((i.height, i.width) for i in found)
@@ -151,14 +152,14 @@ def infer_conversion(
     return Conversion(height, width, channels, resize, background)
 
 
-def bad_files_message(bad: Sequence[tuple[str, str]], remedy: str) -> str:
-    """The files that could not be read (the first :data:`BAD_SHOWN`, and the count)."""
-    lines = "\n".join(f"  {path}: {reason}" for path, reason in bad[:BAD_SHOWN])
-    more = f"\n  … and {len(bad) - BAD_SHOWN} more" if len(bad) > BAD_SHOWN else ""
+def bad_files_error(bad: Sequence[tuple[str, str]], remedy: str, lead: str = "") -> DataError:
+    """The files that could not be read (the first :data:`BAD_SHOWN`, and the count), each a
+    detail of its own (a file name holding a line break stays on its line), and ``remedy``."""
+    named = [f"{path}: {reason}" for path, reason in bad[:BAD_SHOWN]]
+    more = [f"… and {len(bad) - BAD_SHOWN} more"] if len(bad) > BAD_SHOWN else []
     plural = "s" if len(bad) != 1 else ""
-    return f"{len(bad)} image file{plural} could not be read:\n{lines}{more}" + (
-        f"\n{remedy}" if remedy else ""
-    )
+    message = f"{lead}{len(bad)} image file{plural} could not be read"
+    return DataError(message + (f". {remedy}" if remedy else ""), details=named + more)
 
 
 # --- the pool ------------------------------------------------------------------------------

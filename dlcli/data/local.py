@@ -36,7 +36,7 @@ import torch
 from dlcli.config import DataConfig
 from dlcli.data import cache
 from dlcli.data.dataset import Dataset, Split
-from dlcli.data.decode import Decoded, bad_files_message, decode_files, infer_conversion, peek_files
+from dlcli.data.decode import Decoded, bad_files_error, decode_files, infer_conversion, peek_files
 from dlcli.data.download import file_digests
 from dlcli.data.images import Conversion
 from dlcli.data.sources import (
@@ -123,7 +123,7 @@ def load_local(spec: LocalData) -> Dataset:
         bad += part_bad
     if bad and not spec.skip_bad_files:
         hint = _evaluate_skip_hint(spec.train) if spec.evaluating else SKIP_HINT
-        raise DataError(bad_files_message(bad, hint))
+        raise bad_files_error(bad, hint)
     if len(names) < 2:  # every prediction right by construction: a metric that says nothing
         raise DataError(
             f"{spec.train}: holds {len(names)} class ({', '.join(names) or 'none'}); a "

@@ -247,6 +247,33 @@ def test_class_names_are_shown_as_they_are_never_as_markup_or_escapes(tmp_path: 
         assert "\x1b[31mRED" not in result.stdout
 
 
+def test_a_line_break_in_a_file_or_folder_name_keeps_each_message_one_line(
+    tmp_path: Path,
+) -> None:
+    """A file named "bad<LF>name.png" split the note naming it into two lines (and an error
+    naming a folder "a<LF>b" into two): the line break is shown as its escape, as ESC is;
+    an error's own lines (its details) stay lines."""
+    write_learnable_tree(tmp_path / "t", 12)
+    (tmp_path / "t" / CLASSES[0] / "bad\nname.png").write_bytes(b"junk")
+    (tmp_path / "t" / CLASSES[0] / "tab\there.png").write_bytes(b"junk")
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "t")])
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.splitlines()
+    assert any("bad\\nname.png: " in line for line in lines), result.stderr
+    assert any("tab\\there.png: " in line for line in lines), result.stderr
+    assert not [line for line in lines if line.startswith(("name.png", "here.png"))]
+    folder = tmp_path / "a\nb\rc"
+    result = CliRunner().invoke(cli, ["evaluate", str(folder)])
+    assert result.exit_code == 3
+    assert result.stderr == f"Error: {tmp_path}/a\\nb\\rc: model directory not found\n"
+    config = tmp_path / "x.yaml"  # several problems: one line each
+    config.write_text("training: {epochs: -1, batch_size: 0}\n")
+    result = CliRunner().invoke(cli, ["config", "validate", str(config), "--no-data"])
+    assert result.exit_code == 2
+    details = result.stderr.splitlines()[1:]
+    assert len(details) == 4 and all(line.startswith("  - ") for line in details)
+
+
 def test_json_shows_a_non_utf8_class_name_as_its_bytes(tmp_path: Path) -> None:
     """A folder name that is not UTF-8 reached the JSON as a lone surrogate ("bad\\udcff"),
     which strict JSON readers refuse; it is shown as its byte instead."""

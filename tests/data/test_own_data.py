@@ -406,7 +406,7 @@ def test_bad_files_stop_training_or_are_skipped_and_recorded(tmp_path: Path) -> 
     )
     result = CliRunner().invoke(cli, ["train", str(config), "--quiet"])
     assert result.exit_code == 3
-    assert "2 image files could not be read:" in result.stderr
+    assert "2 image files could not be read." in result.stderr
     assert f"{paths['corrupt']}: cannot read the image: image file is truncated" in result.stderr
     assert f"{paths['empty']}: empty file (0 bytes), expected an image" in result.stderr
     assert "data.skip_bad_files: true" in result.stderr
@@ -424,8 +424,8 @@ def test_only_the_first_twenty_bad_files_are_named(tmp_path: Path) -> None:
     Image.new("L", (8, 8)).save(tmp_path / "tree" / "a" / "ok.png")
     with pytest.raises(DataError) as info:
         load_local(LocalData(tmp_path / "tree"))
-    message = info.value.message
-    assert message.startswith("25 image files could not be read:")
+    message = str(info.value)
+    assert message.startswith("25 image files could not be read.")
     assert "19.png" in message and "20.png" not in message and "… and 5 more" in message
 
 
@@ -849,9 +849,9 @@ def test_with_no_readable_image_the_shape_cannot_be_inferred_a_data_error(
     (tmp_path / "t" / "a" / "junk.png").write_bytes(b"junk")
     with pytest.raises(DataError) as info:
         load_local(LocalData(tmp_path / "t"))
-    message = info.value.message
+    message = str(info.value)
     assert message.startswith("no readable image to infer model.input_shape from")
-    assert "1 image file could not be read:" in message and "junk.png: " in message
+    assert "1 image file could not be read." in message and "junk.png: " in message
     assert info.value.exit_code == 3
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlcli import atomic
+from dlcli import atomic, untrusted
 from dlcli.errors import DlcliError, OutputError, UsageError, write_problem
 from dlcli.untrusted import in_the_way
 
@@ -165,9 +165,12 @@ def _refuse_foreign(target: Path, shown: str) -> None:
         except Exception:  # not an ONNX file at all: certainly not one dlcli wrote
             ours = False
     if not ours:
+        what = "a file"
+        with contextlib.suppress(OSError):
+            what = untrusted.kind_of(os.lstat(target).st_mode) or what  # /dev/null: a device
         raise UsageError(
-            f"{shown}: a file dlcli did not write is there; it is never overwritten "
-            "(choose another --out, or move that file away)"
+            f"{shown}: {what} dlcli did not write is there; it is never overwritten "
+            "(choose another --out, or move it away)"
         )
 
 

@@ -136,6 +136,16 @@ def test_export_never_overwrites_a_file_it_did_not_write(tiny_run: Path, tmp_pat
     assert run("export", tiny_run, "--out", ours).exit_code == 0  # its own export: replaced
 
 
+def test_a_device_at_out_is_named_a_device(tiny_run: Path) -> None:
+    """--out /dev/null said "a file dlcli did not write is there": it is a character device
+    (refused before anything is exported, as a file of the user's is)."""
+    result = run("export", tiny_run, "--out", "/dev/null")
+    assert result.exit_code == 2
+    assert "Error: --out /dev/null: a character device dlcli did not write is there" in (
+        result.stderr
+    )
+
+
 def test_a_large_file_in_the_way_is_refused_without_being_parsed(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,7 +33,9 @@ from dlcli.report import Reporter, counted
 @click.option(
     "--from",
     "data",
-    type=NonEmptyPath(exists=True, path_type=Path),
+    # What is there is the data reader's to judge: a missing DATA is exit 3, as a device or an
+    # unreadable file is, and as evaluate --data and data check say (click said exit 2).
+    type=NonEmptyPath(path_type=Path),
     metavar="DATA",
     help="Your own data: a folder of class folders (or one holding train/ and test/), a "
     "path,label CSV, an .npz or an IDX archive; classes, input shape and model are filled in.",

@@ -155,6 +155,20 @@ def test_init_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x.yaml").exists()
 
 
+def test_init_from_data_that_is_not_there_is_a_data_problem(tmp_path: Path) -> None:
+    """--from MISSING was click's exit 2 while --from /dev/null (and evaluate --data MISSING,
+    data check MISSING) are exit 3: all are the data's problem, exit 3, nothing written."""
+    for data in (tmp_path / "nope", Path("/dev/null")):
+        result = run("init", tmp_path / "x.yaml", "--from", data)
+        assert result.exit_code == 3, result.output
+        assert result.stderr.startswith(f"Error: {data}: ")
+    assert (
+        "not found (expected a folder of class folders"
+        in run("init", tmp_path / "x.yaml", "--from", tmp_path / "nope").stderr
+    )
+    assert not (tmp_path / "x.yaml").exists()
+
+
 # --- config show --------------------------------------------------------------------------------
 
 

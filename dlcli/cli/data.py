@@ -96,6 +96,11 @@ def download(
     from dlcli.errors import UsageError
 
     if list_only:
+        if name is not None:  # it listed and downloaded nothing, exit 0: the download skipped
+            raise UsageError(
+                f"--list lists the datasets and downloads nothing: give it without a NAME "
+                f"(found {name!r}), or drop it to download {name!r}"
+            )
         return _list_datasets(reporter)
     if name is None:
         raise UsageError("missing the dataset NAME (`dlcli download --list` shows them)")

@@ -753,6 +753,16 @@ def test_cli_list() -> None:
     assert json.loads(result.stdout)["datasets"][1]["class_names"][0] == "T-shirt/top"
 
 
+def test_cli_list_with_a_name_is_a_usage_error() -> None:
+    """download mnist --list listed the datasets and exited 0: a script asking for mnist
+    went on without it."""
+    result = CliRunner().invoke(cli, ["download", "mnist", "--list"])
+    assert result.exit_code == 2
+    assert "--list lists the datasets and downloads nothing: give it without a NAME" in (
+        result.stderr
+    )
+
+
 # --- real subprocesses ------------------------------------------------------------------------
 
 

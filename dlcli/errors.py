@@ -41,6 +41,7 @@ _NAMES: dict[str, tuple[str, str]] = {
     "output": ("--output", "output"),
     "overwrite": ("--overwrite", "overwrite=True"),
     "resume": ("--resume", "resume=True"),
+    "accept_changed_data": ("--accept-changed-data", "accept_changed_data=True"),
 }
 _COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "dlcli_command_line", default=False

@@ -904,8 +904,7 @@ def run_data(
         )
         raise DataError(
             f"{path}: changed since the model was trained{more}: {detail}; pass "
-            "--accept-changed-data (Python: accept_changed_data=True) to use it anyway "
-            "(evaluate's result then says so)"
+            f"{named('accept_changed_data')} to use it anyway (evaluate's result then says so)"
         )
     if changed is not None:
         changed += [path for path, _, _ in different]

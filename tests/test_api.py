@@ -201,3 +201,21 @@ def test_errors_name_the_parameters_given_not_the_command_line_options(
     assert too_many.value.message.startswith("top_k 5: the model has 4 classes")
     for err in (bad_device, bad_key, taken, too_many):
         assert "--" not in str(err.value)
+
+
+def test_evaluate_refuses_data_changed_since_training(tiny_config: Path, tmp_path: Path) -> None:
+    """dlcli evaluate refuses a data file that changed since training (exit 3); from Python
+    the run's dataset was read without the check (nor the run's recorded classes and input
+    shape), and scored: the same rule now, with accept_changed_data=True to score it anyway."""
+    from dlcli.data.idx import write_idx
+    from dlcli.errors import DataError
+
+    run = dlcli.train(tiny_config, {"training.epochs": 1}, output=tmp_path / "run")
+    archive = tiny_config.parent / "test-images-idx3-ubyte.gz"
+    write_idx(str(archive), 255 - read_idx(archive))  # the same shape, other pixels
+    model = dlcli.load(run.run_dir, device="cpu")
+    with pytest.raises(DataError) as changed:
+        model.evaluate("test")
+    assert f"{archive}: changed since the model was trained" in changed.value.message
+    assert "pass accept_changed_data=True to use it anyway" in changed.value.message
+    assert model.evaluate("test", accept_changed_data=True)["loss"] != run.metrics["test"]["loss"]

@@ -720,16 +720,24 @@ def parse_yaml(text: str, *, saved: bool = False) -> Any:
 
 
 def load_config(
-    path: str | Path, overrides: Sequence[str] = (), *, values: Mapping[str, Any] | None = None
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
+    saved: bool = False,
 ) -> Config:
     """Read, override and validate a YAML config; every problem is reported at once.
 
     ``overrides``: ``--set key.path=value`` strings (the value read as YAML); ``values``: keys
-    set to Python values as given (the Python API, typed flags), applied after them."""
+    set to Python values as given (the Python API, typed flags), applied after them.
+    ``saved``: a run directory's own config.yaml (see :class:`_SavedLoader`, and
+    :func:`parse_config` for the bounds it is held to)."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path, saved=saved)
     resolve_paths(Config, raw, path.parent)  # paths in the file: against its directory
-    return parse_resolved(raw, overrides, values, source=str(path), default_name=path.stem)
+    return parse_resolved(
+        raw, overrides, values, source=str(path), default_name=path.stem, saved=saved
+    )
 
 
 def parse_resolved(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -569,6 +570,26 @@ def test_a_run_an_older_dlcli_saved_with_a_class_named_1e3_is_read_again(
     assert model.config.data.class_names == names
     assert model.evaluate("test")["accuracy"] == run.metrics["test"]["accuracy"]
     assert [r.path for r in list_runs(tmp_path / "runs").runs] == [run.run_dir]
+
+
+def test_summary_of_a_run_an_older_dlcli_saved_with_a_class_named_1e3(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """dlcli summary RUN_DIR read the run's config.yaml as a config of the user's: an older
+    run's bare 1e3 class name was 1000.0, "expected a string", exit 2, while evaluate read it."""
+    from click.testing import CliRunner
+
+    import dlcli
+    from dlcli.cli import cli
+
+    run = dlcli.train(
+        tiny_config, {"data.class_names": ["1e3", "b", "c", "d"]}, output=tmp_path / "r"
+    )
+    config = run.run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("'1e3'", "1e3"))  # as an older dlcli wrote it
+    result = CliRunner().invoke(cli, ["summary", str(run.run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total_params"] > 0
 
 
 def test_strings_dlcli_reads_as_numbers_are_written_quoted(tmp_path: Path) -> None:

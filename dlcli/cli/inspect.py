@@ -197,7 +197,10 @@ def summary(reporter: Reporter, target: Path, overrides: tuple[str, ...]) -> dic
             f"{target}: not a saved model directory (no config.yaml in it); TARGET is a "
             "CONFIG file or a saved MODEL_DIR"
         )
-    cfg = load_config(target / "config.yaml" if target.is_dir() else target, overrides)
+    if target.is_dir():  # a run's config.yaml, as evaluate reads it (an older dlcli's too)
+        cfg = load_config(target / "config.yaml", overrides, saved=True)
+    else:
+        cfg = load_config(target, overrides)
     if cfg.model.input_shape is None and cfg.data.train is not None:
         from dlcli.config_tools import infer_from_data
 

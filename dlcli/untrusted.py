@@ -172,7 +172,11 @@ def open_regular(
 def read_bytes(
     path: str | os.PathLike[str], max_bytes: int, error: ErrorType, what: str = "file"
 ) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (a larger one is refused unread)."""
+    """The bytes of a regular file of at most ``max_bytes`` (a larger one is refused unread).
+
+    The size the file has is read, then whatever it grew by meanwhile (a live run's
+    ``history.csv``), a chunk at a time: ``read(n)`` allocates ``n`` bytes before it reads,
+    so asking for ``max_bytes`` (8 GiB for a data file) would fail under a memory limit."""
     shown = os.fspath(path)
     with open_regular(path, error, what) as f:
         size = os.fstat(f.fileno()).st_size
@@ -181,12 +185,21 @@ def read_bytes(
                 f"{shown}: the {what} is {size:,} bytes, more than the {max_bytes:,} allowed"
             )
         try:
-            data = f.read(max_bytes + 1)
+            parts = [f.read(size)]
+            total = len(parts[0])
+            while total <= max_bytes and (
+                more := f.read(min(_GROWTH_CHUNK, max_bytes + 1 - total))
+            ):
+                parts.append(more)
+                total += len(more)
         except OSError as err:
             raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
-    if len(data) > max_bytes:  # grew while we read it
+    if total > max_bytes:  # grew while we read it
         raise error(f"{shown}: the {what} is more than the {max_bytes:,} bytes allowed")
-    return data
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_GROWTH_CHUNK = 1 << 20  # what read_bytes asks for at a time past the size a file had
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)

@@ -393,37 +393,61 @@ def _shown(paths: list[str]) -> str:
 
 
 def list_csv(path: Path) -> FileList:
-    """The rows of a ``path,label`` CSV file; paths are relative to the CSV's folder."""
+    """The rows of a ``path,label`` CSV file; paths are relative to the CSV's folder. The file
+    is read within :data:`~dlcli.limits.DATA_MAX_BYTES`; a row the ``csv`` module cannot
+    parse (a quote left open, a field beyond its 131,072 characters) or a path holding a NUL
+    character is a :class:`DataError` naming the line."""
+    raw = untrusted.read_bytes(path, limits.DATA_MAX_BYTES, DataError, "CSV file")
     try:
-        raw = path.read_bytes()
         text = raw.decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise DataError(f"{path}: cannot read the CSV file: {err}") from None
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        paths, labels = _csv_rows(reader, path)
+    except csv.Error as err:
+        raise DataError(
+            f"{path}: line {reader.line_num}: not a CSV row dlcli can read: "
+            f"{untrusted.shorten(str(err))}"
+        ) from None
+    if not paths:
+        raise DataError(f"{path}: the CSV file lists no images")
+    return FileList(path, "csv", paths, labels, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _csv_rows(reader: Any, path: Path) -> tuple[list[str], list[str]]:
+    """The paths (joined to the CSV's folder) and labels of a CSV reader's rows."""
     header = [h.strip().lower() for h in next(reader, [])]
     if "path" not in header or "label" not in header:
         raise DataError(
-            f"{path}: expected a CSV header with the columns path,label; found {header or 'none'}"
+            f"{path}: expected a CSV header with the columns path,label; found "
+            f"{untrusted.echo(header) if header else 'none'}"
         )
     at_path, at_label = header.index("path"), header.index("label")
     paths: list[str] = []
     labels: list[str] = []
     folder = os.fspath(path.parent)
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) <= max(at_path, at_label):
-            raise DataError(f"{path}: line {line}: expected {len(header)} columns, found {row}")
+            raise DataError(
+                f"{path}: line {line}: expected {len(header)} columns, found {untrusted.echo(row)}"
+            )
         name, label = row[at_path].strip(), row[at_label].strip()
         if not name or not label:
             raise DataError(f"{path}: line {line}: empty path or label")
+        if "\0" in name:
+            raise DataError(
+                f"{path}: line {line}: the path {untrusted.echo(name)} holds a NUL character, "
+                "which no file name can"
+            )
         if untrusted.is_number(label):
             check_label(int(label), f"{path}: line {line}")
         paths.append(os.path.join(folder, name))
         labels.append(label)
-    if not paths:
-        raise DataError(f"{path}: the CSV file lists no images")
-    return FileList(path, "csv", paths, labels, sha256=hashlib.sha256(raw).hexdigest())
+    return paths, labels
 
 
 def check_label(label: int, where: str) -> None:

@@ -126,6 +126,26 @@ def test_csv_problems_name_the_line(tmp_path: Path) -> None:
         load_local(LocalData(tmp_path / "b.csv"))
 
 
+def test_csv_rows_the_csv_module_refuses_or_no_file_can_name_are_data_errors(
+    tmp_path: Path,
+) -> None:
+    """A field beyond the csv module's limit (a quote left open over a long file) and a path
+    holding a NUL byte went out as internal errors (csv.Error, "embedded null byte")."""
+    write_learnable_tree(tmp_path / "pics", 8)
+    rows = "".join(f"{p.relative_to(tmp_path).as_posix()},{p.parent.name}\n"
+                   for p in sorted((tmp_path / "pics").rglob("*.png")))  # fmt: skip
+    (tmp_path / "long.csv").write_text("path,label\n" + rows + '"' + "x" * 200_000 + '",a\n')
+    with pytest.raises(DataError, match=r"long.csv: line 10: not a CSV row dlcli can read: "):
+        load_local(LocalData(tmp_path / "long.csv"))
+    (tmp_path / "nul.csv").write_text("path,label\n" + rows + "pics/a\0.png,row0\n")
+    with pytest.raises(DataError, match=r"nul.csv: line 10: the path 'pics/a\\x00.png' holds"):
+        load_local(LocalData(tmp_path / "nul.csv"))
+    # the line number is the file's, also after a quoted field spanning two lines
+    (tmp_path / "q.csv").write_text('path,label,note\n"x.png",a,"two\nlines"\n,b,c\n')
+    with pytest.raises(DataError, match=r"q.csv: line 4: empty path or label"):
+        load_local(LocalData(tmp_path / "q.csv"))
+
+
 def test_npz_xy_and_keras_layout(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x, y = learnable_patterns(50, rng)

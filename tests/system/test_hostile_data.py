@@ -168,6 +168,9 @@ CASES = [
     Case("train-images-a-device",
          lambda w: ["train", str(w.config), "--set", "data.train_images=/dev/zero"], 3,
          "/dev/zero: is a character device", bomb=True),
+    # a CSV is read within DATA_MAX_BYTES (8 GiB) without asking for 8 GiB (read(n) does)
+    Case("csv-read-under-a-memory-limit", lambda w: ["data", "check", str(w.file("nul.csv",
+         b"path,label\nx.png,a\ny\0.png,b\n"))], 3, "nul.csv: line 3: the path", bomb=True),
     Case("empty-test-split", lambda w: ["train", str(w.config), "--output", str(w.root / "e1"),
          "--set", f"data.test_images={w.file('ti0.gz', tiny_idx(0, True))}",
          "--set", f"data.test_labels={w.file('tl0.gz', tiny_idx(0, False))}"], 3,

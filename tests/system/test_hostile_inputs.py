@@ -480,3 +480,15 @@ def test_every_limit_is_in_the_readme() -> None:
     names = [n for n in vars(limits) if n.isupper()]
     missing = [n for n in names if f"`{n}`" not in section]
     assert not missing, f"README's limits section does not list {missing}"
+
+
+def test_read_bytes_takes_what_a_file_grew_by_within_the_limit() -> None:
+    """A file longer than its size said (one growing while read; /proc's files say 0 bytes) is
+    read to its end in chunks, and refused once past the limit."""
+    from dlcli.errors import DataError
+    from dlcli.untrusted import read_bytes
+
+    text = read_bytes("/proc/self/status", 1 << 20, DataError)
+    assert b"Pid:" in text
+    with pytest.raises(DataError, match="more than the 10 bytes allowed"):
+        read_bytes("/proc/self/status", 10, DataError)

@@ -583,8 +583,14 @@ def _label_array(array: Any, path: Path) -> npt.NDArray[np.int64]:
             f"{path}: expected labels of shape (N,) with integer values, "
             f"found shape {array.shape} of {array.dtype}"
         )
+    if len(array):  # checked before the cast: a uint64 label above 2**63 would turn negative
+        at = int(array.argmax())
+        check_label(int(array[at]), f"{path}: labels[{at}]")
+        at = int(array.argmin())
+        if int(array[at]) < 0:
+            raise DataError(
+                f"{path}: labels[{at}]: label {int(array[at])} is negative; labels are class "
+                "indices 0, 1, …"
+            )
     labels: npt.NDArray[np.int64] = array.astype(np.int64)
-    if len(labels):
-        at = int(labels.argmax())
-        check_label(int(labels[at]), f"{path}: labels[{at}]")
     return labels

@@ -811,6 +811,24 @@ def test_a_huge_integer_label_is_refused_before_any_class_name_is_built(tmp_path
 # --- interrupted while decoding --------------------------------------------------------------
 
 
+def test_negative_labels_and_uint64_labels_past_int64_are_refused_as_read(tmp_path: Path) -> None:
+    """A label of -1 made `data check` an internal error (np.bincount) and `train` blame
+    data.num_classes; a uint64 label of 2**64-1 turned into -1 when cast to int64."""
+    x = np.zeros((4, 4, 4), np.uint8)
+    np.savez(tmp_path / "neg.npz", x=x, y=np.array([0, 1, -1, 1], np.int64))
+    np.savez(tmp_path / "u64.npz", x=x, y=np.array([0, 1, 2**64 - 1, 1], np.uint64))
+    found = {
+        "neg.npz": r"neg.npz: labels\[2\]: label -1 is negative; labels are class indices",
+        "u64.npz": r"u64.npz: labels\[2\]: label 18446744073709551615 is beyond the 1,000,000",
+    }
+    for name, message in found.items():
+        with pytest.raises(DataError, match=message):
+            load_local(LocalData(tmp_path / name))
+        result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / name)])
+        assert result.exit_code == 3, result.output
+        assert "internal error" not in result.output
+
+
 @pytest.mark.parametrize("where", ["open", "convert"])
 @pytest.mark.parametrize("input_shape", [None, (8, 8, 1)])
 def test_an_interrupt_while_decoding_is_no_bad_file_and_caches_nothing(

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from dlcli import limits, untrusted
 from dlcli.data.idx import looks_like_idx
-from dlcli.data.images import IMAGE_SUFFIXES, is_image_name
+from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, is_image_name
 from dlcli.errors import DataError
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -570,6 +570,11 @@ def _image_array(array: Any, path: Path) -> npt.NDArray[np.uint8]:
         raise DataError(
             f"{path}: expected images of shape (N, H, W) or (N, H, W, C) with uint8 values, "
             f"found shape {array.shape} of {array.dtype}"
+        )
+    if 0 in array.shape[1:3] or (array.ndim == 4 and array.shape[3] not in CHANNEL_MODES):
+        raise DataError(
+            f"{path}: expected images of at least 1 × 1 pixels with 1 (greyscale), 3 (RGB) or "
+            f"4 (RGBA) channels, found shape {array.shape} (N, H, W[, C])"
         )
     return np.ascontiguousarray(array)
 

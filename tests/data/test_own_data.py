@@ -811,6 +811,21 @@ def test_a_huge_integer_label_is_refused_before_any_class_name_is_built(tmp_path
 # --- interrupted while decoding --------------------------------------------------------------
 
 
+def test_npz_images_of_no_pixels_or_channels_no_model_takes_are_data_errors(
+    tmp_path: Path,
+) -> None:
+    """(N, 0, 8) or (N, 8, 8, 5) images were exit 2 blaming model.input_shape, a key the
+    config never set; (N, 8, 8, 0) passed data check. They are the file's fault: exit 3."""
+    y = np.array([0, 1, 0, 1])
+    for name, shape in {"flat": (4, 0, 8), "none": (4, 8, 8, 0), "five": (4, 8, 8, 5)}.items():
+        np.savez(tmp_path / f"{name}.npz", x=np.zeros(shape, np.uint8), y=y)
+        expected = rf"{name}.npz: expected images of at least 1 × 1 pixels with 1 \(greyscale\)"
+        with pytest.raises(DataError, match=expected + r".*found shape \(4, " + str(shape[1])):
+            load_local(LocalData(tmp_path / f"{name}.npz"))
+        result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / f"{name}.npz")])
+        assert result.exit_code == 3, result.output
+
+
 def test_negative_labels_and_uint64_labels_past_int64_are_refused_as_read(tmp_path: Path) -> None:
     """A label of -1 made `data check` an internal error (np.bincount) and `train` blame
     data.num_classes; a uint64 label of 2**64-1 turned into -1 when cast to int64."""

@@ -34,6 +34,7 @@ import io
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,9 @@ def decode_image(data: bytes, source: str) -> Image:
     pillow()
     import PIL.Image
 
+    damage = _png_damage(data) if data.startswith(_PNG_SIGNATURE) else None
+    if damage:
+        raise DataError(f"{source}: cannot read the image: {damage}")
     try:
         with _bomb_guard():
             image = PIL.Image.open(io.BytesIO(data))
@@ -180,6 +184,30 @@ def decode_image(data: bytes, source: str) -> Image:
     except Exception as err:  # a malformed file makes decoders raise almost anything
         raise DataError(f"{source}: cannot read the image: {_reason(err)}") from None
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_damage(data: bytes) -> str | None:
+    """What is wrong with a PNG file's chunks, or None. Every chunk's CRC is checked: Pillow
+    checks none of the pixel data's (IDAT), so a flipped bit there decoded to wrong pixels
+    without a word; and the file must end with its IEND chunk: one cut short only a few
+    bytes before decoded as if whole."""
+    view = memoryview(data)
+    at = len(_PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        length = int.from_bytes(view[at : at + 4], "big")
+        kind = bytes(view[at + 4 : at + 8]).decode("latin-1")
+        end = at + 8 + length
+        if end + 4 > len(data):
+            return f"truncated PNG: its {kind!r} chunk at byte {at:,} runs past the end of the file"
+        if zlib.crc32(view[at + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            return f"corrupt PNG: the CRC of its {kind!r} chunk at byte {at:,} does not match"
+        if kind == "IEND":
+            return None
+        at = end + 4
+    return "truncated PNG: the file ends before its IEND chunk"
 
 
 @contextlib.contextmanager

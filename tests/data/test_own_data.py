@@ -4,6 +4,7 @@ image conversion, bad files, the decoded-image cache, parity with IDX."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -416,6 +417,40 @@ def test_input_shape_inferred_from_colour_and_size() -> None:
 # --- bad files ---------------------------------------------------------------------------
 
 
+def test_a_png_with_a_bad_crc_or_cut_before_its_end_is_refused(tmp_path: Path) -> None:
+    """Pillow checks no IDAT chunk's CRC: a flipped bit in the pixel data decoded to wrong
+    pixels silently, and a PNG cut short before its IEND chunk decoded as if whole."""
+    gradient = (np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32)
+    buffer = io.BytesIO()
+    Image.fromarray(gradient, mode="L").save(buffer, format="PNG")
+    good = buffer.getvalue()
+    flipped = bytearray(good)
+    flipped[good.index(b"IDAT") + 40] ^= 0x10  # inside the deflate stream
+    for name, data in {"flip.png": bytes(flipped), "cut.png": good[:-12]}.items():
+        (tmp_path / name).write_bytes(data)
+    conversion = Conversion(32, 32, 1)
+    assert (
+        read_image(_write(tmp_path / "good.png", good), conversion)[0][..., 0] == gradient
+    ).all()
+    with pytest.raises(DataError, match=r"flip.png: cannot read the image: corrupt PNG: the CRC "
+                       r"of its 'IDAT' chunk at byte 33 does not match"):  # fmt: skip
+        read_image(tmp_path / "flip.png", conversion)
+    with pytest.raises(DataError, match=r"cut.png: cannot read the image: truncated PNG: the file "
+                       r"ends before its IEND chunk"):  # fmt: skip
+        read_image(tmp_path / "cut.png", conversion)
+    _write(tmp_path / "tree" / "a" / "flip.png", bytes(flipped))
+    _write(tmp_path / "tree" / "b" / "good.png", good)
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "tree")])
+    assert result.exit_code == 3, result.output
+    assert "flip.png: cannot read the image: corrupt PNG: the CRC" in result.output
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
 def test_bad_files_stop_training_or_are_skipped_and_recorded(tmp_path: Path) -> None:
     paths = write_odd_tree(tmp_path / "odd")
     config = write_config(
@@ -427,7 +462,7 @@ def test_bad_files_stop_training_or_are_skipped_and_recorded(tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["train", str(config), "--quiet"])
     assert result.exit_code == 3
     assert "2 image files could not be read." in result.stderr
-    assert f"{paths['corrupt']}: cannot read the image: image file is truncated" in result.stderr
+    assert f"{paths['corrupt']}: cannot read the image: truncated PNG: its" in result.stderr
     assert f"{paths['empty']}: empty file (0 bytes), expected an image" in result.stderr
     assert "data.skip_bad_files: true" in result.stderr
     result = train(config, "--set", "data.skip_bad_files=true")

@@ -27,6 +27,7 @@ from dlcli.data.sources import (
     ArrayData,
     FileList,
     Source,
+    check_csv_labels,
     check_named_classes,
     class_folder_notes,
     has_test_arrays,
@@ -132,6 +133,8 @@ def check_paths(
         sources[name] = open_source(path, name)
     if class_names and "train" in sources:
         check_named_classes(sources["train"], class_names)
+    elif "train" in sources:
+        check_csv_labels(sources["train"])
     if "test" not in paths and "train" in paths and has_test_arrays(paths["train"]):
         sources["test"] = open_source(paths["train"], "test")
     splits = {name: _check_source(name, s, workers) for name, s in sources.items()}

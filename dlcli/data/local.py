@@ -43,6 +43,7 @@ from dlcli.data.sources import (
     ArrayData,
     FileList,
     Source,
+    check_csv_labels,
     check_named_classes,
     class_folder_notes,
     has_test_arrays,
@@ -221,6 +222,7 @@ def _class_names(parts: dict[str, Source], spec: LocalData) -> tuple[str, ...]:
     if spec.class_names:
         return tuple(spec.class_names)
     train = parts["train"]
+    check_csv_labels(train)
     if isinstance(train, FileList) and not (
         train.kind == "csv" and all(is_number(label) for label in train.labels)
     ):

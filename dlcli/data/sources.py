@@ -370,6 +370,26 @@ def check_named_classes(train: Source, class_names: Sequence[str]) -> None:
         )
 
 
+def check_csv_labels(train: Source) -> None:
+    """A :class:`DataError` for a CSV whose labels mix class indices and names, without
+    ``data.class_names``: "0" would be a class named "0" beside "cat" and "dog" (three
+    classes where two were meant), "-1" among indices a class named "-1". The labels are all
+    names or all indices."""
+    if not isinstance(train, FileList) or train.kind != "csv":
+        return
+    found = dict.fromkeys(train.labels)
+    numbers = [label for label in found if untrusted.is_number(label)]
+    if not numbers or len(numbers) == len(found):
+        return
+    names = [repr(label) for label in found if not untrusted.is_number(label)]
+    raise DataError(
+        f"{train.source}: the labels mix class indices ({', '.join(numbers[:5])}"
+        f"{', …' if len(numbers) > 5 else ''}) and class names ({', '.join(names[:5])}"
+        f"{', …' if len(names) > 5 else ''}); use names, or indices 0, 1, …, or set "
+        "data.class_names (an index then names its entry)"
+    )
+
+
 def _holds(folder: EmptyFolder) -> str:
     if not folder.ignored:
         return ""

@@ -147,6 +147,27 @@ def test_csv_rows_the_csv_module_refuses_or_no_file_can_name_are_data_errors(
         load_local(LocalData(tmp_path / "q.csv"))
 
 
+def test_csv_labels_mixing_indices_and_names_are_refused(tmp_path: Path) -> None:
+    """Labels 0, 1, cat, dog trained four classes ("0" and "1" taken as names), and a -1 among
+    indices a class named "-1": silently, in train and in data check. With data.class_names an
+    index names its entry, as before."""
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "mix.csv").write_text("path,label\na.png,0\na.png,1\na.png,cat\na.png,dog\n")
+    (tmp_path / "neg.csv").write_text("path,label\na.png,0\na.png,1\na.png,-1\n")
+    found = {
+        "mix.csv": r"mix.csv: the labels mix class indices \(0, 1\) and class names \('cat', 'dog'",
+        "neg.csv": r"neg.csv: the labels mix class indices \(0, 1\) and class names \('-1'\)",
+    }
+    for name, message in found.items():
+        with pytest.raises(DataError, match=message):
+            load_local(LocalData(tmp_path / name))
+        result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / name)])
+        assert result.exit_code == 3, result.output
+        assert "the labels mix class indices" in result.output
+    named = load_local(LocalData(tmp_path / "mix.csv", class_names=("cat", "dog")))
+    assert named.train.labels.tolist() == [0, 1, 0, 1]
+
+
 def test_npz_xy_and_keras_layout(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x, y = learnable_patterns(50, rng)

@@ -171,13 +171,16 @@ def decode_image(data: bytes, source: str) -> Image:
     damage = _png_damage(data) if data.startswith(_PNG_SIGNATURE) else None
     if damage:
         raise DataError(f"{source}: cannot read the image: {damage}")
+    warned: list[str] = []
     try:
-        with _bomb_guard():
+        with _pillow_guard(warned):
             image = PIL.Image.open(io.BytesIO(data))
-        image.load()
+            image.load()
     except (DataError, Interrupted):
         raise
     except PIL.UnidentifiedImageError:
+        if warned:  # what Pillow found wrong ("Truncated File Read"), not "not an image"
+            raise DataError(f"{source}: cannot read the image: {warned[0]}") from None
         raise DataError(f"{source}: not an image Pillow can read (PNG, JPEG, ...)") from None
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
         raise DataError(_too_large(source, err)) from None
@@ -211,17 +214,25 @@ def _png_damage(data: bytes) -> str | None:
 
 
 @contextlib.contextmanager
-def _bomb_guard() -> Iterator[None]:
-    """Pillow's decompression-bomb check at dlcli's limit while a header is read: above it
-    Pillow warns (made an error, so nothing leaks to stderr), above twice it refuses."""
+def _pillow_guard(warned: list[str] | None = None) -> Iterator[None]:
+    """Around every Pillow call on a file's bytes: the decompression-bomb check at dlcli's
+    limit (above it Pillow warns, made an error; above twice it refuses), and Pillow's other
+    warnings ("Truncated File Read", "Corrupt EXIF data") kept out of stderr, where they went
+    as a source path and a line of Pillow's code: their text is appended to ``warned``, for
+    the message of a file that then cannot be read."""
     import PIL.Image
 
     saved = PIL.Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             PIL.Image.MAX_IMAGE_PIXELS = limits.IMAGE_MAX_PIXELS
+            warnings.simplefilter("always")
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            yield
+            try:
+                yield
+            finally:
+                if warned is not None:
+                    warned += [untrusted.shorten(str(w.message).strip()) for w in caught]
     finally:
         PIL.Image.MAX_IMAGE_PIXELS = saved
 
@@ -277,7 +288,7 @@ def peek_image(path: str | os.PathLike[str]) -> ImageInfo:
     try:
         with (
             untrusted.open_regular(path, DataError, "image file") as f,
-            _bomb_guard(),
+            _pillow_guard(),
             PIL.Image.open(f) as image,
         ):
             return ImageInfo(str(image.mode), int(image.width), int(image.height), "")
@@ -307,14 +318,15 @@ def convert(
     import PIL.Image
     import PIL.ImageOps
 
-    image = PIL.ImageOps.exif_transpose(image)
-    image = _eight_bit(image, source)
-    target = CHANNEL_MODES[conversion.channels]
-    if target != "RGBA" and _has_alpha(image):
-        image = _composite(image, conversion.background)
-    if image.mode != target:
-        image = image.convert(target)
-    image = _resize(image, conversion)
+    with _pillow_guard():  # a broken EXIF block warns while rotating: the image is kept
+        image = PIL.ImageOps.exif_transpose(image)
+        image = _eight_bit(image, source)
+        target = CHANNEL_MODES[conversion.channels]
+        if target != "RGBA" and _has_alpha(image):
+            image = _composite(image, conversion.background)
+        if image.mode != target:
+            image = image.convert(target)
+        image = _resize(image, conversion)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels.reshape(conversion.height, conversion.width, conversion.channels)
 

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -470,6 +471,41 @@ def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def _broken_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF block claims more entries than it holds (it decodes fine)."""
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"Exif\0\0") + 6
+    count = at + 8  # the first IFD's entry count, after the TIFF header
+    data[count : count + 2] = (48).to_bytes(2, "big" if data[at : at + 2] == b"MM" else "little")
+    return bytes(data)
+
+
+def test_pillows_warnings_never_reach_stderr(tmp_path: Path) -> None:
+    """A truncated deflate TIFF and a JPEG with a broken EXIF block made Pillow print
+    UserWarnings (a path into site-packages and a line of its code) on stderr; the TIFF was
+    then 'not an image Pillow can read'. Now the TIFF's reason is Pillow's warning, and the
+    JPEG decodes quietly."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="TIFF", compression="tiff_deflate")
+    _write(tmp_path / "tree" / "a" / "cut.tif", buffer.getvalue()[:-16])
+    _write(tmp_path / "tree" / "b" / "exif.jpg", _broken_exif_jpeg())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels, _ = read_image(tmp_path / "tree" / "b" / "exif.jpg", Conversion(8, 16, 3))
+        assert pixels.shape == (8, 16, 3)
+        with pytest.raises(DataError, match=r"cut.tif: cannot read the image: Truncated File"):
+            read_image(tmp_path / "tree" / "a" / "cut.tif", Conversion(8, 16, 3))
+    assert [str(w.message) for w in caught] == []
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "tree")])
+    assert result.exit_code == 3, result.output
+    assert "cut.tif: cannot read the image: Truncated File Read" in result.output
+    assert "Warning" not in result.output
 
 
 def test_bad_files_stop_training_or_are_skipped_and_recorded(tmp_path: Path) -> None:

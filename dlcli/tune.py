@@ -182,27 +182,51 @@ def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
             raise UsageError(
                 f"--storage {url}: cannot read it as an Optuna journal file: {shorten(problem)}"
             ) from None
-    engine: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        engine["connect_args"] = {"timeout": 60}  # several processes wait for the file's lock
-    else:
-        engine["pool_pre_ping"] = True
     try:
+        engine_url = _with_installed_driver(url)
         storage = optuna.storages.RDBStorage(
-            _with_installed_driver(url),
-            engine_kwargs=engine,
+            engine_url,
+            engine_kwargs=_engine_options(engine_url),
             heartbeat_interval=heartbeat,
             grace_period=2 * heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
         )
     except ImportError as err:
         raise UsageError(f"--storage {masked(url)}: a database driver is missing ({err})") from None
+    except DlcliError:  # a signal while connecting: interrupted, not a storage that cannot open
+        raise
     except Exception as err:  # SQLAlchemy's errors: a bad URL, a server that does not answer
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(
             f"--storage {masked(url)}: cannot open the study storage: {first}"
         ) from None
     return storage, True
+
+
+# Seconds a database server has to accept a connection: a server that took the connection and
+# never answered (a firewall, a stopped VM, a port forwarded to nothing) held dlcli tune for ever.
+CONNECT_TIMEOUT = 10
+# The argument that bounds a connect, by SQLAlchemy driver name (the others have none to give).
+_CONNECT_TIMEOUT_ARGUMENT = {
+    "psycopg2": "connect_timeout",
+    "psycopg": "connect_timeout",
+    "pymysql": "connect_timeout",
+    "mysqldb": "connect_timeout",
+    "pg8000": "timeout",
+}
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for a storage URL: an SQLite file waits up to a minute for its
+    lock (several processes share it); a server's connections are checked before use and have
+    ``CONNECT_TIMEOUT`` seconds to be made."""
+    from sqlalchemy.engine import make_url
+
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    argument = _CONNECT_TIMEOUT_ARGUMENT.get(make_url(url).get_driver_name())
+    connect = {argument: CONNECT_TIMEOUT} if argument else {}
+    return {"pool_pre_ping": True, "connect_args": connect}
 
 
 def _with_installed_driver(url: str) -> str:

@@ -8,6 +8,8 @@ import os
 import shutil
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +409,30 @@ def test_a_postgresql_url_without_a_driver_connects_with_the_installed_one(
     assert "driver is missing" not in result.output
     assert "cannot open the study storage" in result.output
     assert "Connection refused" in result.output
+
+
+def test_a_database_server_that_never_answers_is_given_up_on(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that takes the connection and never answers (a firewall, a stopped VM) held
+    dlcli tune for ever; now the connect has CONNECT_TIMEOUT seconds (2 here: libpq's least)."""
+    from dlcli import tune
+
+    monkeypatch.setattr(tune, "CONNECT_TIMEOUT", 2, raising=False)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nothing ever reads or answers
+    port = silent.getsockname()[1]
+    # Without a timeout the test would hang: the silent server goes away after 20 s.
+    threading.Timer(20, silent.close).start()
+    url = f"postgresql+psycopg2://dlcli:pw@127.0.0.1:{port}/studies"
+    started = time.monotonic()
+    result = invoke(
+        str(tune_config(tiny_config)), "--output", str(tmp_path / "s"), "--storage", url
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot open the study storage" in result.output and "timeout expired" in result.output
+    assert time.monotonic() - started < 15
 
 
 def test_a_journal_storage_that_cannot_be_a_journal_is_a_usage_error(

@@ -135,6 +135,14 @@ class OutputError(DlcliError):
     kind = "output"
 
 
+class StorageError(DlcliError):
+    """A tune study's storage (a database server, an SQLite file) failed while the study ran:
+    a server gone, a file that cannot be written."""
+
+    exit_code = EXIT_DATA
+    kind = "storage"
+
+
 class TrainingError(DlcliError):
     """Training could not go on (e.g. a non-finite loss)."""
 

@@ -67,6 +67,7 @@ from dlcli.errors import (
     DlcliError,
     Interrupted,
     ModelDirError,
+    StorageError,
     TrainingError,
     UsageError,
 )
@@ -260,6 +261,25 @@ def _check_journal(url: str, path: str) -> None:
             f"--storage {url}: {path} is not an Optuna journal file (its first line is not a "
             "journal entry); it is left as it is"
         )
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """The storage's own errors while a study runs (a database server gone, an SQLite file that
+    cannot be written) as one StorageError naming the storage (they were 'internal error')."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, SQLAlchemyError) else err
+        text = str(cause).strip()
+        reason = shorten(text.splitlines()[0] if text else type(cause).__name__)
+        raise StorageError(
+            f"the study storage {masked(url)} failed: {reason}. The trials it recorded are "
+            "kept; once it works again, the same dlcli tune command continues the study"
+        ) from None
 
 
 def masked(url: str) -> str:
@@ -755,7 +775,13 @@ def prepare_directory(settings: Settings) -> Callable[[], None] | None:
 
 def run_study(settings: Settings, on_event: Callable[[Event], None]) -> None:
     """Run the study to its number of trials in ``settings.workers`` processes (1: this one).
-    Raises :class:`Interrupted` after Ctrl-C, once every worker has stopped."""
+    Raises :class:`Interrupted` after Ctrl-C, once every worker has stopped, and
+    :class:`StorageError` when the storage fails."""
+    with storage_errors(settings.storage):
+        _run_study(settings, on_event)
+
+
+def _run_study(settings: Settings, on_event: Callable[[Event], None]) -> None:
     undo = prepare_directory(settings)
     try:
         handle = open_study(settings, create=True)
@@ -848,7 +874,8 @@ def _worker_main(settings: Settings, threads: int, events: Any) -> None:
 
     torch.set_num_threads(threads)
     try:
-        Worker(settings, events.put).run()
+        with storage_errors(settings.storage):
+            Worker(settings, events.put).run()
     except (Interrupted, KeyboardInterrupt):
         raise SystemExit(130) from None
     except Exception as err:

@@ -144,8 +144,9 @@ def tune(
     )
     metric = cfg.tune.metric
     tuning.run_study(settings, lambda event: _on_event(reporter, metric, event))
-    handle = tuning.open_study(settings, create=False)
-    return _results(reporter, handle, directory, gates)
+    with tuning.storage_errors(settings.storage):
+        handle = tuning.open_study(settings, create=False)
+        return _results(reporter, handle, directory, gates)
 
 
 def _show(

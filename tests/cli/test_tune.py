@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -433,6 +434,33 @@ def test_a_database_server_that_never_answers_is_given_up_on(
     assert result.exit_code == 2, result.output
     assert "cannot open the study storage" in result.output and "timeout expired" in result.output
     assert time.monotonic() - started < 15
+
+
+def test_a_storage_that_fails_mid_study_is_one_message_not_an_internal_error(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """A storage that fails while the study runs (a PostgreSQL server stopped, an SQLite file
+    made read-only) was 'internal error: StorageInternalError ... This is a bug in dlcli'
+    (exit 1). Here the database refuses the first trial's result (a trigger), as a server gone
+    between the trial's start and its end would."""
+    config = tune_config(tiny_config, trials=1)
+    out = tmp_path / "s"
+    with sqlite3.connect(tmp_path / "study.db") as db:  # the study's tables, then the trigger
+        optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+        db.execute(
+            # Not RAISE(): Optuna takes a constraint error for a race it lost, and goes on.
+            "CREATE TRIGGER gone BEFORE INSERT ON trial_values "
+            "BEGIN SELECT the_server_went_away(); END"
+        )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = invoke(str(config), "--output", str(out), "--storage", url, "--json")
+    assert result.exit_code == 3, result.output
+    error = doc(result)["error"]
+    assert error["kind"] == "storage"
+    assert error["message"].startswith(f"the study storage {url} failed: ")
+    assert "no such function: the_server_went_away" in error["message"]
+    assert "the same dlcli tune command continues the study" in error["message"]
+    assert (out / "trial-0000" / "metrics.json").is_file()  # the trial's run is whole
 
 
 def test_a_journal_storage_that_cannot_be_a_journal_is_a_usage_error(

@@ -72,14 +72,25 @@ def command_is_over() -> bool:
     return _over
 
 
+_guards: list[Guard] = []  # the stop_on_signals blocks in force, innermost last
+
+
 @contextmanager
 def stop_on_signals(target: Stoppable) -> Iterator[Guard]:
     """Install the two-stage SIGINT/SIGTERM/SIGHUP handler for the ``with`` block (main thread only:
-    elsewhere Python cannot install handlers, and nothing is changed)."""
+    elsewhere Python cannot install handlers, and nothing is changed).
+
+    Nested in another one (a tune trial's training inside its worker), the block starts with
+    the signal the enclosing one has already taken: one that came while the trial was being
+    prepared was otherwise forgotten, and the trial trained to its end before the study
+    stopped."""
     guard = Guard(target)
     if threading.current_thread() is not threading.main_thread():
         yield guard
         return
+    taken = next((g.target.interrupted for g in reversed(_guards) if g.target.interrupted), None)
+    if taken is not None and target.interrupted is None:
+        target.interrupted = taken
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -92,9 +103,11 @@ def stop_on_signals(target: Stoppable) -> Iterator[Guard]:
         )
 
     previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    _guards.append(guard)
     try:
         yield guard
     finally:
+        _guards.remove(guard)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_process import dlcli_signalled
 
 optuna = pytest.importorskip("optuna")  # the tune extra; make setup installs it
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -152,6 +153,27 @@ def test_ctrl_c_stops_after_a_checkpoint_and_a_rerun_resumes_the_trial(
     assert trials[1]["run_dir"] == str(out / "trial-0000")  # resumed in place
     metrics = json.loads((out / "trial-0000" / "metrics.json").read_text())
     assert metrics["resumed_from"]["epoch"] >= 1 and metrics["epochs"] == 150
+
+
+def test_a_signal_while_a_trial_is_prepared_stops_it_before_it_trains(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while a trial was being prepared (its parameters drawn, its model built) was
+    taken by the worker and forgotten by the trial's training, which ran to its end (hours, in
+    a real sweep) before the study stopped. Now the trial stops before its first step, and is
+    queued again like any interrupted trial."""
+    config = tune_config(tiny_config, trials=2, epochs=2)
+    out = tmp_path / "study"
+    args = ("tune", str(config), "--output", str(out), "--heartbeat", "1")
+    proc = dlcli_signalled("dlcli.pipeline:prepare", "SIGTERM", *args)
+    assert proc.returncode == 130, proc.stderr
+    assert "training interrupted (SIGTERM) in epoch 1, after step 0" in proc.stderr
+    assert "Continue with: the same dlcli tune command" in proc.stderr
+    trials = study_trials(f"sqlite:///{out / 'study.db'}", "tiny")
+    states = {t.number: t.state.name for t in trials}
+    assert states == {0: "FAIL", 1: "WAITING", 2: "WAITING"}, states
+    assert trials[0].user_attrs["interrupted"] is True
+    assert not (out / "trial-0000" / "metrics.json").exists()  # it did not train
 
 
 def test_workers_share_the_study_in_one_command(tiny_config: Path, tmp_path: Path) -> None:

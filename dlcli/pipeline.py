@@ -74,6 +74,7 @@ from dlcli.model import (
 )
 from dlcli.steps import StepRecorder
 from dlcli.threads import ThreadChoice, apply_threads
+from dlcli.untrusted import shorten
 from dlcli.version import __version__
 
 if TYPE_CHECKING:
@@ -345,6 +346,13 @@ def train(prepared: Prepared, callbacks: Sequence[Callback] = ()) -> TrainResult
     """
     try:
         return _fit_and_save(prepared, callbacks)
+    except (RuntimeError, MemoryError) as err:  # the trainer's buffers, a step, the evaluation
+        if not out_of_memory(err):
+            raise
+        raise TrainingError(
+            f"out of memory while training: {shorten(str(err).strip())}; a smaller "
+            "training.batch_size or model needs less" + _last_good(prepared)
+        ) from None
     finally:
         if prepared.output is not None:
             prepared.output.release()
@@ -501,6 +509,15 @@ def _resume_hint(prepared: Prepared) -> str:
             f"older ({found}), what was trained since is lost. Continue from it with: {line}"
         )
     return f"; checkpoint saved ({found}). Continue with: {line}"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """An allocation that failed: a GPU's (torch.OutOfMemoryError), Python's MemoryError, or
+    the CPU allocator's, which torch raises as a plain RuntimeError."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and "DefaultCPUAllocator" in text and "memory" in text
 
 
 def _last_good(prepared: Prepared) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_process import dlcli
 from click.testing import CliRunner, Result
 from image_trees import write_resized_config
 
@@ -516,6 +517,29 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(tiny_config: Path, tmp_pa
     assert document["counts"] == {"fail": 2} and document["best"] is None
     assert all("the loss became" in t["error"] for t in document["trials"])
     assert "no trial has completed yet" in result.stderr
+
+
+def test_a_trial_out_of_memory_fails_with_its_reason_and_the_study_goes_on(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """A trial whose parameters need more memory than there is (here 138M weights under
+    ulimit -v) stopped the whole study as 'internal error: RuntimeError ... a bug in dlcli',
+    and was queued again to fail the same way at every rerun. Now it is a failed trial with
+    the allocator's message, like a diverging one, and the next trial runs."""
+    config = tune_config(
+        tiny_config,
+        trials=2,
+        sampler="random",
+        pruner="none",
+        space={"model.layers[1].units": {"choice": [2_000_000]}},
+    )
+    proc = dlcli("tune", str(config), "--output", str(tmp_path / "s"), "--json", bomb=True)
+    document = json.loads(proc.stdout) if proc.returncode == 0 else None
+    assert document is not None, proc.stderr
+    assert document["counts"] == {"fail": 2}
+    for trial in document["trials"]:
+        assert "can't allocate memory" in trial["error"], trial
+        assert f"trial {trial['number']} fail: " in proc.stderr
 
 
 @pytest.mark.parametrize(

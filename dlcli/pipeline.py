@@ -421,7 +421,7 @@ def _fit_and_save(prepared: Prepared, callbacks: Sequence[Callback]) -> TrainRes
                 note=f"{prepared.run_dir}: already trained {trainer.epoch} of "
                 f"{cfg.training.epochs} epochs; nothing to do (the saved run is unchanged)",
             )
-        reported = reports(configured)
+        reported = reports([*callbacks, *configured])  # a tune trial's too
         metrics = _metrics(prepared, trainer, reported) | reported | world.describe()
         for follow in following:
             metrics["threads"] = metrics["threads"] | follow.follower.describe()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlcli import signals, untrusted
 from dlcli.atomic import temp_sibling
+from dlcli.callbacks import Reporting
 from dlcli.config import (
     PLACEMENT_KEYS,
     Config,
@@ -71,7 +72,7 @@ from dlcli.errors import (
     TrainingError,
     UsageError,
 )
-from dlcli.hooks import Callback, Logs, Loop
+from dlcli.hooks import Logs, Loop
 from dlcli.untrusted import open_regular, shorten
 
 if TYPE_CHECKING:
@@ -577,14 +578,21 @@ def trial_config(config: Config, params: dict[str, Any], run_dir: Path) -> Confi
     return parse_config(raw, source=f"the trial config ({run_dir})")
 
 
-class ReportEpochs(Callback):
+class ReportEpochs(Reporting):
     """Reports the metric to the trial every epoch and stops training (after that epoch) when
-    the pruner says so."""
+    the pruner says so. The run's metrics.json says which trial of which study it is, and
+    after which epoch the pruner stopped it (``tune``; null: it was not pruned)."""
+
+    report_key = "tune"
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
         self.metric = history_key(metric)
         self.pruned_at: int | None = None
+
+    def report(self) -> dict[str, Any]:
+        study = self.trial.study.study_name
+        return {"study": study, "trial": self.trial.number, "pruned_after_epoch": self.pruned_at}
 
     def on_epoch_end(self, trainer: Loop, epoch: int, logs: Logs) -> None:
         value = logs.get(self.metric)

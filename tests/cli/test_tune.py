@@ -121,6 +121,11 @@ def test_the_pruner_stops_a_trial_which_is_recorded_with_its_last_epoch(
     assert trials[1]["value"] is not None
     history = (out / "trial-0001" / "history.csv").read_text().splitlines()
     assert len(history) == 2  # the header and the one epoch it ran
+    # The run dirs say so themselves (they looked like runs that had finished): which trial of
+    # which study each is, and after which epoch the pruner stopped it.
+    for number, pruned in ((0, None), (1, 1)):
+        metrics = json.loads((out / f"trial-000{number}" / "metrics.json").read_text())
+        assert metrics["tune"] == {"study": "tiny", "trial": number, "pruned_after_epoch": pruned}
 
 
 def test_gates_apply_to_the_best_trial(tiny_config: Path, tmp_path: Path) -> None:

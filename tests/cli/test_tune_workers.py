@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
@@ -195,7 +196,9 @@ warnings.simplefilter("ignore")
 from pathlib import Path
 from dlcli import tune
 handle = tune.open_existing(Path("."), sys.argv[1], "race")
-while time.time() < float(sys.argv[2]):
+print("ready", flush=True)
+start = float(sys.stdin.readline())
+while time.time() < start:
     pass
 claimed = []
 while (taken := tune.claim(handle)) is not None:
@@ -206,18 +209,33 @@ print(json.dumps(claimed))
 
 def racing(script: str, storage: str, cwd: Path, processes: int) -> list[str]:
     """Run ``script`` in ``processes`` Python processes that start its work at one instant
-    (its argv: the storage, the start time); their outputs, once all exited 0."""
-    start = str(time.time() + 8)  # every process has imported dlcli and opened the study
+    (its argv: the storage; it prints ``ready`` once it has imported dlcli and opened the
+    study, then reads the start time from stdin); their outputs, once all exited 0."""
     running = [
         subprocess.Popen(
-            [sys.executable, "-c", script, storage, start],
+            [sys.executable, "-c", script, storage],
             cwd=cwd,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(processes)
     ]
+    deadline = time.monotonic() + 240
+    for process in running:
+        assert process.stdout is not None
+        ready = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))[0]
+        if not ready or process.stdout.readline() != "ready\n":
+            for other in running:
+                other.kill()
+            raise AssertionError(f"a racer did not get ready: {process.communicate()[1]}")
+    # Every process waits on its stdin with the study open: all start at one instant.
+    start = f"{time.time() + 0.2}\n"
+    for process in running:
+        assert process.stdin is not None
+        process.stdin.write(start)
+        process.stdin.flush()
     outputs = []
     for process in running:
         stdout, stderr = process.communicate(timeout=240)
@@ -263,7 +281,9 @@ warnings.simplefilter("ignore")
 from pathlib import Path
 from dlcli import tune
 handle = tune.open_existing(Path("."), sys.argv[1], "race")
-while time.time() < float(sys.argv[2]):
+print("ready", flush=True)
+start = float(sys.stdin.readline())
+while time.time() < start:
     pass
 print(tune.top_up(handle, 6))
 """

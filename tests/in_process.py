@@ -80,7 +80,7 @@ def write_run_config(
     return path
 
 
-EPOCHS = 6  # write_config's run length
+EPOCHS = 3  # write_config's run length: a stop after epoch 1 still leaves two epochs to run
 
 DROPOUT_MLP: list[dict[str, Any]] = [
     {"type": "flatten"},
@@ -90,16 +90,20 @@ DROPOUT_MLP: list[dict[str, Any]] = [
 ]
 
 
-def write_config(folder: Path, name: str = "run", **training: Any) -> Path:
+def write_config(
+    folder: Path, name: str = "run", images: tuple[int, int] = (4000, 200), **training: Any
+) -> Path:
     """The resume tests' run: a small MLP with dropout (global RNG) and one_cycle (per-step
     scheduler state), so an exact resume must restore both; ``EPOCHS`` epochs at batch 10 on
-    4,000 training images, saving to ``folder/runs/<name>``."""
+    4,000 training images (300 steps an epoch: long enough to stop mid-run; ``images``, the
+    train and test counts, smaller for a test that only needs a checkpoint), saving to
+    ``folder/runs/<name>``."""
     settings = {"epochs": EPOCHS, "batch_size": 10, **training}
     return write_run_config(
         folder,
         layers=DROPOUT_MLP,
         name=name,
-        images=(4000, 200),
+        images=images,
         validation_split=0.25,
         **settings,
     )

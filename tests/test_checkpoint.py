@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # cores busy (OpenMP workers waiting for each other); every run here, reference included, uses
 # the same setting, so results stay comparable.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# The tests of what a checkpoint holds and how a resume refuses need a checkpoint, not long
+# epochs: 300 training images, 30 steps an epoch (the stop-and-resume tests keep write_config's
+# 300 steps, long enough to stop mid-run).
+SMALL = (400, 40)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,7 +127,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_checkpoints_are_written_each_epoch_with_manifest(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=2)
+    config = write_config(tmp_path, images=SMALL, epochs=2)
     doc = train_ok(config)
     root = Path(doc["run_dir"]) / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["best", "last"]  # no temporary leftovers
@@ -132,7 +136,7 @@ def test_checkpoints_are_written_each_epoch_with_manifest(tmp_path: Path) -> Non
         assert set(manifest["files"]) == set(checkpoint.FILES)
     state = json.loads((root / "last" / "state.json").read_text())["state"]
     assert state["epoch"] == 2 and state["step_in_epoch"] == 0
-    assert state["global_step"] == 2 * 300
+    assert state["global_step"] == 2 * 30
     assert [row["epoch"] for row in state["history"]] == [1.0, 2.0]
     assert "scheduler" in state["callbacks"]["LRSchedule"]
     # The torch RNG state is a uint8 tensor in state.safetensors, referenced from the JSON.
@@ -145,13 +149,15 @@ def test_checkpoints_are_written_each_epoch_with_manifest(tmp_path: Path) -> Non
 
 
 def test_checkpoint_every_zero_writes_none(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1, checkpoint={"every": 0})
+    config = write_config(tmp_path, images=SMALL, epochs=1, checkpoint={"every": 0})
     doc = train_ok(config)
     assert not (Path(doc["run_dir"]) / "checkpoints").exists()
 
 
 def test_checkpoint_every_n_and_at_the_end(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=3, checkpoint={"every": 2, "keep_best": False})
+    config = write_config(
+        tmp_path, images=SMALL, epochs=3, checkpoint={"every": 2, "keep_best": False}
+    )
     doc = train_ok(config)
     root = Path(doc["run_dir"]) / "checkpoints"
     assert [p.name for p in root.iterdir()] == ["last"]
@@ -216,7 +222,7 @@ def test_second_signal_stops_at_once_and_corrupts_nothing(tmp_path: Path) -> Non
 
 
 def test_resume_may_extend_the_run(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=2)
+    config = write_config(tmp_path, images=SMALL, epochs=2)
     train_ok(config)
     doc = train_ok(config, "--resume", "--set", "training.epochs=3")
     assert doc["epochs"] == 3
@@ -277,7 +283,7 @@ def test_a_save_that_failed_says_how_to_save_what_was_trained(
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     train_ok(config)
     result = cli_run("train", str(config), "--resume", "--set", "training.batch_size=20")
     assert result.exit_code == 3
@@ -302,14 +308,14 @@ def test_resume_keeps_the_monitor_that_chose_the_best_checkpoint(tiny_config: Pa
 
 
 def test_resume_without_a_checkpoint(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     result = cli_run("train", str(config), "--resume")
     assert result.exit_code == 3
     assert "no checkpoint to resume from" in result.stderr
 
 
 def test_resume_refuses_an_altered_checkpoint(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     doc = train_ok(config)
     weights = Path(doc["run_dir"]) / "checkpoints" / "last" / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -321,14 +327,14 @@ def test_resume_refuses_an_altered_checkpoint(tmp_path: Path) -> None:
 
 
 def test_resume_and_overwrite_conflict(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     result = cli_run("train", str(config), "--resume", "--overwrite")
     assert result.exit_code == 2
     assert "give one" in result.stderr
 
 
 def test_overwrite_drops_stale_checkpoints(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=2)
+    config = write_config(tmp_path, images=SMALL, epochs=2)
     train_ok(config)
     doc = train_ok(config, "--overwrite", "--set", "training.epochs=1")
     state = json.loads((Path(doc["run_dir"]) / "checkpoints/last/state.json").read_text())
@@ -336,7 +342,7 @@ def test_overwrite_drops_stale_checkpoints(tmp_path: Path) -> None:
 
 
 def test_interrupted_run_dir_says_how_to_resume(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     doc = train_ok(config)
     run_dir = Path(doc["run_dir"])
     for name in ("manifest.json", "model.safetensors"):
@@ -372,7 +378,7 @@ def _rehash(folder: Path) -> None:
 
 @pytest.mark.parametrize("where", ["checkpoint-weights", "checkpoint-pt", "run-weights"])
 def test_a_planted_pickle_is_refused_and_never_executed(tmp_path: Path, where: str) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     run_dir = Path(train_ok(config)["run_dir"])
     marker = tmp_path / "pwned"
     last = run_dir / "checkpoints" / "last"
@@ -433,7 +439,7 @@ class _PoisonAt(Callback):
 def test_non_finite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint(
     tmp_path: Path,
 ) -> None:
-    cfg = load_config(write_config(tmp_path, epochs=3))
+    cfg = load_config(write_config(tmp_path, images=SMALL, epochs=3))
     prepared = pipeline.prepare(cfg)
     with pytest.raises(TrainingError) as info:
         pipeline.train(prepared, callbacks=[_PoisonAt(2)])
@@ -475,7 +481,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_disk_full_while_checkpointing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write_config(tmp_path, epochs=2)
+    config = write_config(tmp_path, images=SMALL, epochs=2)
     monkeypatch.setattr("dlcli.checkpoint.save_file", _fail_with(errno.ENOSPC))
     result = cli_run("train", str(config))
     assert result.exit_code == 3
@@ -487,7 +493,7 @@ def test_disk_full_while_checkpointing(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_disk_full_while_saving_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     monkeypatch.setattr("dlcli.store.save_file", _fail_with(errno.ENOSPC))
     result = cli_run("train", str(config))
     assert result.exit_code == 3
@@ -502,7 +508,7 @@ def test_output_dir_that_cannot_be_created(tmp_path: Path) -> None:
     """As root, permission bits do not stop writes; a path under a regular file fails for
     everyone (ENOTDIR), before any training. It is the mistake of -o AFILE, with its exit
     code: usage (2), not data (3) as it was."""
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = cli_run("train", str(config), "--output", str(blocker / "run"))
@@ -513,7 +519,7 @@ def test_output_dir_that_cannot_be_created(tmp_path: Path) -> None:
 
 
 def test_read_only_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     real_write_bytes = Path.write_bytes
 
     def read_only(self: Path, data: bytes) -> int:
@@ -529,7 +535,7 @@ def test_read_only_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_checkpoint_load_verifies_before_reading(tmp_path: Path) -> None:
-    config = write_config(tmp_path, epochs=1)
+    config = write_config(tmp_path, images=SMALL, epochs=1)
     doc = train_ok(config)
     last = Path(doc["run_dir"]) / "checkpoints" / "last"
     (last / "state.json").write_text("{}")

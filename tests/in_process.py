@@ -81,6 +81,9 @@ def write_run_config(
 
 
 EPOCHS = 3  # write_config's run length: a stop after epoch 1 still leaves two epochs to run
+# write_config's images for a test that needs a run or a checkpoint, not a stop mid-run:
+# 300 training images, 30 steps an epoch (the default's 300 steps leave time to stop one).
+SMALL = (400, 40)
 
 DROPOUT_MLP: list[dict[str, Any]] = [
     {"type": "flatten"},

@@ -22,7 +22,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from in_process import EPOCHS, StopAt, train_in_process, write_config, write_run_config
+from in_process import (
+    EPOCHS,
+    SMALL,
+    StopAt,
+    train_in_process,
+    write_config,
+    write_run_config,
+)
 
 from dlcli import accel, checkpoint, pipeline, store
 from dlcli.cli import cli
@@ -36,10 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # cores busy (OpenMP workers waiting for each other); every run here, reference included, uses
 # the same setting, so results stay comparable.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-# The tests of what a checkpoint holds and how a resume refuses need a checkpoint, not long
-# epochs: 300 training images, 30 steps an epoch (the stop-and-resume tests keep write_config's
-# 300 steps, long enough to stop mid-run).
-SMALL = (400, 40)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,6 +1,7 @@
 """`dlcli train --resume RUN_DIR` needs no CONFIG; the line an interrupted run prints continues
 it exactly as started (issue 13.5). The best weights are a model too (13.6). Typed flags are
-values, not YAML (16.5). All through real `dlcli` processes and a real shell."""
+values, not YAML (16.5). Through real `dlcli` processes and a real shell, except the refusals
+before any work (in this process)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_process import document, start
-from in_process import write_config
+from click.testing import CliRunner
+from in_process import SMALL, write_config
+
+from dlcli.cli import cli
 
 ENV = {"OMP_NUM_THREADS": "1"}
 OVERRIDES = ("--set", "training.epochs=3", "--set", "training.optimizer.learning_rate=0.002")
@@ -76,18 +80,23 @@ def test_the_printed_line_run_in_a_shell_continues_the_run_exactly(tmp_path: Pat
 
 
 def test_resume_without_config_refuses_a_missing_run_and_conflicts(tmp_path: Path) -> None:
-    from cli_process import dlcli
+    """Refusals before any work: in this process (the real processes above and below)."""
 
-    proc = dlcli("train", "--resume", str(tmp_path / "nowhere"), "--json")
-    assert document(proc, 3)["error"]["message"].endswith("no such run directory to resume")
-    proc = dlcli("train", "--json")
-    assert "give the CONFIG to train, or --resume RUN_DIR" in document(proc, 2)["error"]["message"]
+    def error(args: list[str], code: int) -> str:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == code, result.output
+        message: str = json.loads(result.stdout)["error"]["message"]
+        return message
+
+    missing = error(["train", "--resume", str(tmp_path / "nowhere"), "--json"], 3)
+    assert missing.endswith("no such run directory to resume")
+    assert "give the CONFIG to train, or --resume RUN_DIR" in error(["train", "--json"], 2)
 
 
 def test_a_damaged_saved_config_is_a_model_dir_error(tmp_path: Path) -> None:
     from cli_process import dlcli
 
-    config = write_config(tmp_path, name="cut", epochs=1)
+    config = write_config(tmp_path, name="cut", images=SMALL, epochs=1)
     run_dir = tmp_path / "run"
     assert dlcli("train", str(config), "--output", str(run_dir), "--quiet").returncode == 0
     saved = run_dir / "checkpoints" / "last" / "config.yaml"
@@ -100,7 +109,7 @@ def test_a_damaged_saved_config_is_a_model_dir_error(tmp_path: Path) -> None:
 def test_typed_flags_are_values_not_yaml(tmp_path: Path) -> None:
     from cli_process import dlcli
 
-    config = write_config(tmp_path, name="flags", epochs=1)
+    config = write_config(tmp_path, name="flags", images=SMALL, epochs=1)
     for output in ("runs/x #1", "0123"):
         proc = dlcli("train", str(config), "--output", output, "--json", "--quiet", cwd=tmp_path)
         assert document(proc)["run_dir"] == output

@@ -24,18 +24,19 @@ from dlcli.manifest import take_recovered
 NEW = {"marker": "the new run"}
 
 
-def _overwrite_save(run_dir: Path, saved: store.Run, kill_at: int) -> int:
+def _overwrite_save(run_dir: Path, saved: store.Run, kill_at: int, first: bool = False) -> int:
     """In a forked child: ``train --overwrite``'s save over ``run_dir`` (its checkpoints and
     event files in .dlcli-pending, as training leaves them), killed before rename ``kill_at``
-    (0: never). The child's wait status; not killed, it exits with its count of renames."""
+    (0: never). The child's wait status; not killed, it exits with its count of renames.
+    ``first``: the save of a first run instead (its checkpoints in place, no run before)."""
     pid = os.fork()
     if pid:
         return os.waitpid(pid, 0)[1]
     code = 200
     try:
-        output = store.open_output(run_dir, overwrite=True, resume=False)
+        output = store.open_output(run_dir, overwrite=not first, resume=first)
         for folder in ("checkpoints/last", "tensorboard"):
-            (output.work_dir / folder).mkdir(parents=True)
+            (output.work_dir / folder).mkdir(parents=True, exist_ok=True)
             (output.work_dir / folder / "new.txt").write_text("the new run's")
         renames, rename = [0], os.rename
 
@@ -109,6 +110,28 @@ def test_a_save_killed_at_every_rename_leaves_one_complete_run(
         assert "finished a save that was killed" in listed.stderr, kill_at
         assert (run_dir / "checkpoints" / "last" / "new.txt").read_text() == "the new run's"
         assert (run_dir / "tensorboard" / "new.txt").is_file()
+
+
+def test_a_first_run_killed_at_every_rename_of_its_save_is_saved_whole(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    saved = store.load_run(tiny_run)
+    for kill_at in range(1, 8):  # four files and the manifest in (no steps, no digests)
+        run_dir = tmp_path / f"killed-{kill_at}"
+        run_dir.mkdir()
+        shutil.copytree(tiny_run / "checkpoints", run_dir / "checkpoints")  # what training left
+        status = _overwrite_save(run_dir, saved, kill_at, first=True)
+        if os.WIFEXITED(status):  # fewer renames than that: saved
+            assert os.WEXITSTATUS(status) < kill_at, status
+            break
+        take_recovered()
+        assert store.load_run(run_dir).metrics["marker"] == NEW["marker"], kill_at
+        assert take_recovered() == [
+            f"{run_dir}: finished a save that was killed while moving its files into place"
+        ]
+        assert _leftovers(run_dir) == [] and (run_dir / "tensorboard" / "new.txt").is_file()
+    else:
+        pytest.fail("the save made more renames than a first run's files")
 
 
 def test_evaluate_and_retrain_after_a_kill_mid_swap(

@@ -103,6 +103,7 @@ class Output:
     work_dir: Path
     replaces: bool = False  # the save replaces a previous run's files
     kept: list[str] = field(default_factory=list)  # entries dlcli did not write, left alone
+    discarded: str | None = None  # what --overwrite threw away that was not the saved run
     _fd: int | None = None
     _created: list[Path] = field(default_factory=list)
 
@@ -192,7 +193,13 @@ def _check_contents(output: Output, *, overwrite: bool, resume: bool) -> None:
             f"which dlcli did not write. Nothing was changed: choose another {named('output')}"
         )
     # The previous run stays whole until the new one is saved: train into a side folder.
-    shutil.rmtree(run_dir / PENDING, ignore_errors=True)  # an earlier --overwrite's, abandoned
+    if (run_dir / PENDING / CHECKPOINTS).is_dir():  # an earlier --overwrite's, never saved
+        output.discarded = (
+            f"{run_dir}: the checkpoints of an earlier --overwrite run that was never saved "
+            f"({run_dir / PENDING / CHECKPOINTS}) are discarded; the saved run stays until "
+            "this one is saved"
+        )
+    shutil.rmtree(run_dir / PENDING, ignore_errors=True)
     (run_dir / PENDING).mkdir()
     output.work_dir, output.replaces = run_dir / PENDING, True
 

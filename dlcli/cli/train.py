@@ -277,6 +277,8 @@ def _announce(reporter: Reporter, prepared: Any) -> None:
     from dlcli import pipeline
 
     output = prepared.output
+    if output is not None and output.discarded:
+        reporter.note(output.discarded)
     if output is not None and output.replaces and output.kept:
         reporter.note(
             f"{prepared.run_dir}: the previous run is replaced when this one is saved; kept as "

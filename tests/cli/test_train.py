@@ -112,6 +112,23 @@ def test_existing_run_dir_is_refused_without_overwrite(tiny_config: Path) -> Non
     assert again["seed"] == 5
 
 
+def test_overwrite_says_it_discards_an_earlier_overwrite_run_never_saved(
+    tiny_config: Path,
+) -> None:
+    """The checkpoints of an --overwrite run that was interrupted (what --resume continues)
+    were deleted by the next --overwrite without a word."""
+    run_dir = Path(train_json(tiny_config, "--set", "training.epochs=1")["run_dir"])
+    pending = run_dir / ".dlcli-pending" / "checkpoints"
+    (pending / "last").mkdir(parents=True)
+    result = run("train", str(tiny_config), "--overwrite", "--set", "training.epochs=1")
+    assert result.exit_code == 0, result.output
+    assert (
+        f"{run_dir}: the checkpoints of an earlier --overwrite run that was never saved "
+        f"({pending}) are discarded; the saved run stays until this one is saved"
+    ) in result.stderr.splitlines()
+    assert not pending.parent.exists()
+
+
 def test_set_overrides_reach_training(tiny_config: Path) -> None:
     doc = train_json(
         tiny_config,

@@ -22,6 +22,9 @@ from dlcli.signals import command_over, command_started, stop_at_once_on_signals
 from dlcli.version import describe
 
 CommandFn = Callable[..., dict[str, Any] | None]
+# The commands a multi-process launch (torchrun) runs as one job: every other one runs in one
+# process, and refuses to run as one of several workers (see _one_process).
+DATA_PARALLEL_COMMANDS = ("train",)
 
 
 def dlcli_command(fn: CommandFn) -> Callable[..., None]:
@@ -43,6 +46,7 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             # SIGINT/SIGTERM/SIGHUP: Interrupted, exit 130; messages name the options
             with stop_at_once_on_signals(), command_line():
                 try:
+                    _one_process()
                     document = fn(reporter, **kwargs)
                     if document is not None:
                         reporter.emit_json(document)
@@ -76,6 +80,20 @@ def dlcli_command(fn: CommandFn) -> Callable[..., None]:
             click.get_current_context().exit(code)
 
     return wrapper
+
+
+def _one_process() -> None:
+    """Started as one of several workers (torchrun's ``WORLD_SIZE``), a command other than
+    :data:`DATA_PARALLEL_COMMANDS` would run whole in every worker, each printing and writing
+    the same files: refused, exit 2, before anything (dlcli.distributed.refuse_workers; torch
+    is imported only under such a launch)."""
+    if "WORLD_SIZE" not in os.environ:
+        return
+    path = click.get_current_context().command_path.split()[1:]  # without the program's name
+    if path and path[0] not in DATA_PARALLEL_COMMANDS:
+        from dlcli.distributed import refuse_workers
+
+        refuse_workers(" ".join(path))
 
 
 def _report(reporter: Reporter, err: DlcliError | str, code: int, kind: str) -> None:

@@ -97,9 +97,6 @@ def tune(
 
     started = time.monotonic()  # what --timeout counts from
     from dlcli import tune as tuning
-    from dlcli.distributed import refuse_workers
-
-    refuse_workers("tune")  # each worker would run the study, its trials joining each other
 
     if study is not None and not study.strip():
         from dlcli.errors import UsageError
@@ -260,11 +257,9 @@ def lr_find(
     learning rate and nothing else: no run directory, the config unchanged.
     """
     from dlcli.config import load_config
-    from dlcli.distributed import refuse_workers
     from dlcli.errors import UsageError
     from dlcli.lr_find import lr_find as range_test
 
-    refuse_workers("lr-find")  # before the figure's folder is made
     cfg = load_config(config, overrides)
     path = plot_path or Path(f"{config.stem}-lr-find.png")
     if path.exists() and os.path.samefile(path, config):  # --force or not: the config stays

@@ -415,6 +415,39 @@ def test_lr_find_under_torchrun_is_refused_before_any_worker_runs_it(
     assert result.exit_code == 2 and "worker rank 1 of 2" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{run}"],
+        ["predict", "{run}", "{images}"],
+        ["export", "{run}", "--out", "{tmp}/model.onnx"],
+        ["plot", "{run}", "--out", "{tmp}/plots"],
+        ["runs", "list", "{tmp}"],
+        ["config", "validate", "{config}"],
+        ["tune", "{config}"],
+    ],
+    ids=lambda command: " ".join(word for word in command if "{" not in word),
+)
+def test_commands_other_than_train_refuse_to_run_in_every_worker(
+    tiny_run: Path, tiny_config: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """Under torchrun each worker ran the whole command (printing and writing the same files);
+    train alone runs data-parallel."""
+    images = tiny_config.parent / "test-images-idx3-ubyte.gz"
+    out = tmp_path / "out"  # nothing is written here, or anywhere
+    out.mkdir()
+    values = {"run": str(tiny_run), "config": str(tiny_config), "tmp": str(out)}
+    args = [word.format(images=images, **values) for word in command]
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 2, result.output
+    name = " ".join(word for word in command if "{" not in word and not word.startswith("-"))
+    assert (
+        f"dlcli {name} runs in one process, but this one was started as worker rank 1 of 2"
+    ) in " ".join(result.stderr.split())
+    assert list(out.iterdir()) == []
+
+
 def test_a_worker_that_dies_ends_the_job(tiny_config: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "dead"
     proc = dlcli(

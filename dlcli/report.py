@@ -493,13 +493,23 @@ def runs_table(
     for run in runs:
         table.add_row(
             escape(run["name"]),
-            *(escape(_fmt_value(run["config"].get(k))) for k in config_keys),
+            *(escape(_config_cell(run, k)) for k in config_keys),
             *(_fmt(run["metrics"].get(k)) for k in shown),
             _fmt(run["summary"].get("best_epoch")),
         )
     for item in damaged:  # the reason is a note below the table
         table.add_row(escape(os.path.basename(item["path"])), "DAMAGED", style="red")
     return table
+
+
+def _config_cell(run: Mapping[str, Any], key: str) -> str:
+    """A run's config value; its ``epochs`` as trained/configured (``3/10``) when it ended
+    before training.epochs (early stopping, a target), as the final table counts them."""
+    value = run["config"].get(key)
+    trained = run["summary"].get("epochs")
+    if key == "epochs" and isinstance(trained, int) and trained != value:
+        return f"{trained}/{_fmt_value(value)}"
+    return _fmt_value(value)
 
 
 def _short(metric: str) -> str:

@@ -373,9 +373,9 @@ def summarize_history(
     min_delta: float = 0.0,
     train_size: int | None = None,
 ) -> dict[str, Any]:
-    """Best epoch (by ``monitor``, default val_loss, improving by more than ``min_delta``:
-    :func:`dlcli.metric_names.best_row`), seconds per epoch and training samples per second
-    (medians over the epochs).
+    """Epochs trained, best epoch (by ``monitor``, default val_loss, improving by more than
+    ``min_delta``: :func:`dlcli.metric_names.best_row`), seconds per epoch and training
+    samples per second (medians over the epochs).
 
     ``mode`` auto: the registry's direction (dlcli.metric_names).
     """
@@ -385,6 +385,8 @@ def summarize_history(
         monitor, mode = next((m for m in ("val_loss", "loss") if m in history[0]), None), "auto"
         min_delta = 0.0
     summary: dict[str, Any] = {"monitor": monitor}
+    last = history[-1].get("epoch")  # the epochs trained (training.epochs is the most asked)
+    summary["epochs"] = int(last) if last is not None and _is_number(last) else len(history)
     rows = [row for row in history if monitor is not None and _is_number(row.get(monitor))]
     if rows and monitor is not None:
         mode = metric_names.mode_of(monitor, mode)

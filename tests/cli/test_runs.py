@@ -112,6 +112,21 @@ def test_runs_list_table(runs_root: Path) -> None:
     assert f"skipped {runs_root / 'broken'}: incomplete run" in result.stderr
 
 
+def test_runs_list_counts_the_epochs_a_run_trained(tmp_path: Path) -> None:
+    """A run early stopping ended after 2 of its 10 epochs was listed as "epochs 10", where
+    train's final table said 2 epochs."""
+    config = write_tiny_config(tmp_path)
+    stop = "training.early_stopping={patience: 1, min_delta: 1000}"  # stops after epoch 2
+    result = run("train", str(config), "-q", "--set", "training.epochs=10", "--set", stop)
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "runs"
+    listed = run_json("runs", "list", str(root))["runs"][0]
+    assert listed["summary"]["epochs"] == 2 and listed["config"]["epochs"] == 10
+    table = CliRunner(env={"COLUMNS": "160"}).invoke(cli, ["runs", "list", str(root)])
+    assert table.exit_code == 0, table.output
+    assert " 2/10 " in table.stdout
+
+
 def test_runs_list_default_dir_and_empty_and_missing(
     runs_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -284,6 +299,7 @@ def test_summarize_history_by_hand() -> None:
     summary = summarize_history(history, train_size=600)
     assert summary == {
         "monitor": "val_loss",
+        "epochs": 3,
         "best_epoch": 2,
         "best_value": 0.40,
         "seconds_per_epoch": 2.0,

@@ -702,8 +702,9 @@ def schedule_stretch(
     """Resuming with another ``training.epochs`` than the checkpoint's: a per-step schedule
     (one_cycle, cosine) is rebuilt for the new length and continues from the checkpoint's
     step, so the learning rate changes there. From what to what: ``{"name", "epochs_before",
-    "epochs", "step", "lr_before", "lr_after"}`` (None: not resuming, no such schedule, or the
-    same length). Read before training writes checkpoints of the new length."""
+    "epochs", "step", "lr_before"`` (the rate of the checkpoint's last step), ``"lr_after"}``
+    (the rate of the first step resumed); None: not resuming, no such schedule, or the same
+    length. Read before training writes checkpoints of the new length."""
     from dlcli.callbacks import schedule_rate
 
     spec, training = cfg.training.lr_schedule, cfg.training
@@ -713,20 +714,30 @@ def schedule_stretch(
     if not isinstance(before, int) or isinstance(before, bool) or before == training.epochs:
         return None
     step = int(resumed.state["global_step"])
-    after = schedule_rate(
-        spec,
-        training.optimizer.learning_rate,
-        epochs=training.epochs,
-        steps_per_epoch=math.ceil(train_size / training.batch_size),
-        step=step,
+
+    def rate(epochs: int, at: int) -> float:
+        return schedule_rate(
+            spec,
+            training.optimizer.learning_rate,
+            epochs=epochs,
+            steps_per_epoch=math.ceil(train_size / training.batch_size),
+            step=at,
+        )
+
+    # Before: the rate the checkpoint's last step used (steps.csv's); the optimizer holds
+    # the next one, which past a schedule's end (a finished run made longer) is none it gives.
+    last = (
+        rate(before, step - 1)
+        if step
+        else float(resumed.state["optimizer"]["param_groups"][0]["lr"])
     )
     return {
         "name": spec.name,
         "epochs_before": before,
         "epochs": training.epochs,
         "step": step,
-        "lr_before": float(resumed.state["optimizer"]["param_groups"][0]["lr"]),
-        "lr_after": after,
+        "lr_before": last,
+        "lr_after": rate(training.epochs, step),
     }
 
 

@@ -355,10 +355,10 @@ def test_resuming_longer_stretches_the_schedule_and_says_so(tmp_path: Path, sche
     def rate(epochs: int, step: int) -> float:  # the schedule's rate at a 0-based step
         return schedule_rate(spec, 0.01, epochs=epochs, steps_per_epoch=15, step=step)
 
-    before, after = rate(2, 30), rate(4, 30)  # where the 2-epoch run stopped; the 4-epoch one
+    before, after = rate(2, 29), rate(4, 30)  # the 2-epoch run's last step; the next one
     with (run / "steps.csv").open() as f:
         rates = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(f)}
-    assert rates[30] == pytest.approx(rate(2, 29))  # the last step of the first 2 epochs
+    assert rates[30] == pytest.approx(before)  # (steps.csv's steps count from 1)
     assert rates[31] == pytest.approx(after) and after != pytest.approx(before)
     assert resumed["resumed_from"]["lr_schedule"] == {
         "name": schedule,

@@ -1083,13 +1083,15 @@ def describe_params(params: dict[str, Any]) -> str:
 
 def read_marker(directory: Path) -> dict[str, Any]:
     """DIR/tune.json: the study's name and (password-less) storage."""
+    from dlcli.manifest import no_run_dir
+
     marker = directory / MARKER
-    try:
-        record = json.loads(marker.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelDirError(f"{directory}: not a dlcli tune directory (no {MARKER})") from None
-    except (OSError, ValueError) as err:
-        raise ModelDirError(f"{marker}: unreadable ({err})") from None
+    if not os.path.lexists(marker):
+        if os.path.lexists(directory) and not directory.is_dir():  # a file, a device
+            raise no_run_dir(directory, "dlcli tune directory")
+        raise ModelDirError(f"{directory}: not a dlcli tune directory (no {MARKER})")
+    # A regular file of bounded size (a FIFO there hung --show for ever), bounded JSON.
+    record = untrusted.load_json(marker, ModelDirError, "tune marker file")
     if not isinstance(record, dict) or not {"study", "storage"} <= set(record):
         raise ModelDirError(f"{marker}: expected {{study, storage}}, found {record!r}")
     return record

@@ -193,6 +193,22 @@ def test_a_directory_that_is_not_a_study_is_refused(tiny_config: Path, tmp_path:
     assert shown.exit_code == 3 and "no tune.json" in shown.output
 
 
+def test_show_of_a_fifo_or_a_file_answers_at_once(tmp_path: Path) -> None:
+    """tune --show DIR with a FIFO at DIR/tune.json blocked for ever (read_text on it), and
+    --show AFILE said "AFILE/tune.json: unreadable ([Errno 20] Not a directory...)"."""
+    from cli_process import dlcli
+
+    (tmp_path / "study").mkdir()
+    os.mkfifo(tmp_path / "study" / "tune.json")
+    done = dlcli("tune", "--show", str(tmp_path / "study"), timeout=60)  # a hang fails here
+    assert done.returncode == 3
+    assert "tune.json: is a FIFO (named pipe), expected a regular tune marker file" in (done.stderr)
+    (tmp_path / "afile").write_text("notes")
+    shown = invoke("--show", str(tmp_path / "afile"))
+    assert shown.exit_code == 3
+    assert f"{tmp_path / 'afile'}: is a file, not a dlcli tune directory" in shown.output
+
+
 def test_another_study_in_the_same_directory_is_refused(tiny_config: Path, tmp_path: Path) -> None:
     config = tune_config(tiny_config, trials=1)
     out = tmp_path / "study"

@@ -130,9 +130,7 @@ def open_output(run_dir: Path, *, overwrite: bool, resume: bool) -> Output:
     blocks the next one.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: output path exists and is not a directory")
-    check_writable(run_dir)
+    check_writable(run_dir)  # a file or a device at run_dir (or above it): named, exit 2
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ interrupted run prints is just ``dlcli train --resume RUN_DIR`` (plus its worker
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from dlcli.config import Config, load_config, parse_resolved, read_yaml
 from dlcli.errors import ConfigError, ModelDirError, UsageError
+from dlcli.manifest import no_run_dir
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ def saved_config_path(run_dir: Path) -> Path:
     has nothing else), else the saved run's ``config.yaml``."""
     from dlcli import checkpoint, store
 
+    if os.path.lexists(run_dir) and not run_dir.is_dir():  # a file, a device: say so
+        raise no_run_dir(run_dir, "run directory to resume")
     if not run_dir.is_dir():
         raise ModelDirError(f"{run_dir}: no such run directory to resume")
     try:

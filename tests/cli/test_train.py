@@ -129,6 +129,22 @@ def test_overwrite_says_it_discards_an_earlier_overwrite_run_never_saved(
     assert not pending.parent.exists()
 
 
+def test_a_device_or_a_file_where_the_run_goes_is_named(tiny_config: Path, tmp_path: Path) -> None:
+    """train -o /dev/null said "output path exists and is not a directory", and --resume AFILE
+    "no such run directory to resume" (it is there): each says what is there."""
+    result = run("train", str(tiny_config), "-o", "/dev/null")
+    assert result.exit_code == 2
+    assert "/dev/null: cannot save the model there: /dev/null is a character device" in (
+        result.stderr
+    )
+    afile = tmp_path / "notes"
+    afile.write_text("mine")
+    result = run("train", "--resume", str(afile))
+    assert result.exit_code == 3
+    assert f"{afile}: is a file, not a run directory to resume" in result.stderr
+    assert afile.read_text() == "mine"
+
+
 def test_set_overrides_reach_training(tiny_config: Path) -> None:
     doc = train_json(
         tiny_config,

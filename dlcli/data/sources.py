@@ -447,6 +447,7 @@ def _csv_rows(reader: Any, path: Path) -> tuple[list[str], list[str]]:
     paths: list[str] = []
     labels: list[str] = []
     folder = os.fspath(path.parent)
+    first: dict[str, tuple[str, int]] = {}  # each file's first label and line
     for row in reader:
         line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
@@ -465,7 +466,14 @@ def _csv_rows(reader: Any, path: Path) -> tuple[list[str], list[str]]:
             )
         if untrusted.is_number(label):
             check_label(int(label), f"{path}: line {line}")
-        paths.append(os.path.join(folder, name))
+        joined = os.path.join(folder, name)
+        was, at = first.setdefault(os.path.normpath(joined), (label, line))
+        if was != label:
+            raise DataError(
+                f"{path}: line {line}: {untrusted.echo(name)} is labelled {untrusted.echo(label)}"
+                f", but {untrusted.echo(was)} on line {at}; one image has one class"
+            )
+        paths.append(joined)
         labels.append(label)
     return paths, labels
 

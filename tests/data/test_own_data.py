@@ -148,6 +148,22 @@ def test_csv_rows_the_csv_module_refuses_or_no_file_can_name_are_data_errors(
         load_local(LocalData(tmp_path / "q.csv"))
 
 
+def test_a_csv_labelling_one_image_twice_differently_is_refused(tmp_path: Path) -> None:
+    """The same file listed as 'cat' and as 'dog' (here once as ./a.png) trained on both
+    labels, silently; data check called it a duplicate. Listed twice with one label, it is
+    still a duplicate data check notes."""
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    Image.new("L", (4, 4), 9).save(tmp_path / "b.png")
+    (tmp_path / "two.csv").write_text("path,label\na.png,cat\nb.png,dog\n\n./a.png,dog\n")
+    message = r"two.csv: line 5: './a.png' is labelled 'dog', but 'cat' on line 2; one image"
+    with pytest.raises(DataError, match=message):
+        load_local(LocalData(tmp_path / "two.csv"))
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "two.csv")])
+    assert result.exit_code == 3, result.output
+    (tmp_path / "same.csv").write_text("path,label\na.png,cat\nb.png,dog\na.png,cat\n")
+    assert load_local(LocalData(tmp_path / "same.csv")).train.labels.tolist() == [0, 1, 0]
+
+
 def test_csv_labels_mixing_indices_and_names_are_refused(tmp_path: Path) -> None:
     """Labels 0, 1, cat, dog trained four classes ("0" and "1" taken as names), and a -1 among
     indices a class named "-1": silently, in train and in data check. With data.class_names an

@@ -168,9 +168,10 @@ def test_csv_labels_mixing_indices_and_names_are_refused(tmp_path: Path) -> None
     """Labels 0, 1, cat, dog trained four classes ("0" and "1" taken as names), and a -1 among
     indices a class named "-1": silently, in train and in data check. With data.class_names an
     index names its entry, as before."""
-    Image.new("L", (4, 4)).save(tmp_path / "a.png")
-    (tmp_path / "mix.csv").write_text("path,label\na.png,0\na.png,1\na.png,cat\na.png,dog\n")
-    (tmp_path / "neg.csv").write_text("path,label\na.png,0\na.png,1\na.png,-1\n")
+    for i in range(4):
+        Image.new("L", (4, 4), i).save(tmp_path / f"{i}.png")
+    (tmp_path / "mix.csv").write_text("path,label\n0.png,0\n1.png,1\n2.png,cat\n3.png,dog\n")
+    (tmp_path / "neg.csv").write_text("path,label\n0.png,0\n1.png,1\n2.png,-1\n")
     found = {
         "mix.csv": r"mix.csv: the labels mix class indices \(0, 1\) and class names \('cat', 'dog'",
         "neg.csv": r"neg.csv: the labels mix class indices \(0, 1\) and class names \('-1'\)",

@@ -2,7 +2,8 @@
 ``predict`` share, so a picture gives the same pixels wherever it goes in.
 
 :func:`read_image` opens a file (the only place dlcli opens an image file), and
-:func:`convert` turns it into an H×W×C ``uint8`` array for a :class:`Conversion`, in order:
+:func:`convert` turns it into an H×W×C ``uint8`` array for a :class:`Conversion` (a file of
+several frames, an animated GIF, PNG or WebP or a multi-page TIFF, gives its first), in order:
 
 1. **EXIF orientation** applied (a phone photo taken sideways stands up).
 2. **Mode normalised**: 16-bit greyscale (``I;16``, ``I;16B``, ``I``) is scaled to 8 bits

@@ -420,6 +420,20 @@ def test_every_kind_of_image_converts_predictably(tmp_path: Path) -> None:
     assert jpeg.shape == (12, 10, 3)
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".webp", ".tiff"])
+def test_a_file_of_several_frames_gives_its_first(tmp_path: Path, suffix: str) -> None:
+    """The README's rule for animated GIF, PNG (APNG) and WebP files and multi-page TIFFs."""
+    frames = [Image.new("L", (6, 4), value) for value in (10, 250, 130)]
+    path = tmp_path / f"anim{suffix.upper()}"
+    extra = {"lossless": True} if suffix == ".webp" else {}
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, **extra)
+    with Image.open(path) as image:
+        assert image.n_frames == 3
+    pixels, info = read_image(path, Conversion(4, 6, 1))
+    assert (pixels == 10).all()
+    assert (info.width, info.height) == (6, 4)
+
+
 def test_exif_rotation_is_applied(tmp_path: Path) -> None:
     pixels = np.zeros((4, 6), np.uint8)
     pixels[0, :] = 255  # top row white

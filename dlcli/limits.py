@@ -35,6 +35,9 @@ DATA_MAX_BYTES = 8 << 30  # one dataset archive or input file, as read or inflat
 CLASSES_MAX = 1_000_000  # classes integer labels may number (ImageNet-21k has 21,841)
 IDX_MAX_DIMS = 8  # dimensions of an IDX array (MNIST uses 1 or 3)
 IMAGE_MAX_PIXELS = 50_000_000  # width × height of one image file (above: a decompression bomb)
+# One image file's size, read whole before decoding (by each decoding process at once): 50M
+# pixels of 16-bit RGBA stored uncompressed are 400 MB; a larger file is no image dlcli decodes.
+IMAGE_MAX_BYTES = 1 << 30
 TAR_MAX_MEMBERS = 64  # entries of a dataset tar archive (CIFAR-10's binary version has 9)
 TAR_MEMBER_MAX_BYTES = 64 << 20  # one member of it, as inflated (CIFAR-10's batches: 29.3 MiB)
 

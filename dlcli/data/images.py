@@ -144,19 +144,23 @@ class ImageInfo:
 
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an image file: a regular file (:func:`dlcli.untrusted.open_regular`),
-    not empty, at most :data:`~dlcli.limits.DATA_MAX_BYTES`; a :class:`DataError` otherwise."""
+    not empty, at most :data:`~dlcli.limits.IMAGE_MAX_BYTES`; a :class:`DataError` otherwise
+    (a 3 GB file named ``.png`` was read whole, by every decoding process at once)."""
     shown = os.fspath(path)
     with untrusted.open_regular(path, DataError, "image file") as f:
         size = os.fstat(f.fileno()).st_size
-        if size > limits.DATA_MAX_BYTES:
+        if size > limits.IMAGE_MAX_BYTES:
             raise DataError(
                 f"{shown}: the image file is {size:,} bytes, more than the "
-                f"{limits.DATA_MAX_BYTES:,} allowed"
+                f"{limits.IMAGE_MAX_BYTES:,} an image of at most {limits.IMAGE_MAX_PIXELS:,} "
+                "pixels needs"
             )
         try:
             data = f.read(size)  # the size it has, not the limit: read(n) allocates n first
         except OSError as err:
             raise DataError(f"{shown}: cannot read the image: {err.strerror or err}") from None
+        except MemoryError:
+            raise DataError(f"{shown}: not enough memory to read its {size:,} bytes") from None
     if not data:
         raise DataError(f"{shown}: empty file (0 bytes), expected an image")
     return data

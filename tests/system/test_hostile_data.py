@@ -120,6 +120,16 @@ def fifo(w: World, name: str) -> str:
     return str(path)
 
 
+def sparse_image(w: World) -> str:
+    """A 3 GB sparse file named .png: read whole, an internal MemoryError under ulimit -v (and
+    3 GB for each process decoding a folder holding such files, without it)."""
+    path = w.root / "files" / "sparse.png"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(3 << 30)
+    return str(path)
+
+
 def tiny_idx(count: int, images: bool) -> bytes:
     shape = (count, 8, 8) if images else (count,)
     return gzip.compress(idx_header(8, shape) + bytes(int(np.prod(shape))))
@@ -171,6 +181,9 @@ CASES = [
     # a CSV is read within DATA_MAX_BYTES (8 GiB) without asking for 8 GiB (read(n) does)
     Case("csv-read-under-a-memory-limit", lambda w: ["data", "check", str(w.file("nul.csv",
          b"path,label\nx.png,a\ny\0.png,b\n"))], 3, "nul.csv: line 3: the path", bomb=True),
+    Case("a-3-gb-file-named-png", lambda w: ["predict", str(w.run_dir), sparse_image(w)], 3,
+         "sparse.png: the image file is 3,221,225,472 bytes, more than the 1,073,741,824",
+         bomb=True),
     Case("empty-test-split", lambda w: ["train", str(w.config), "--output", str(w.root / "e1"),
          "--set", f"data.test_images={w.file('ti0.gz', tiny_idx(0, True))}",
          "--set", f"data.test_labels={w.file('tl0.gz', tiny_idx(0, False))}"], 3,

@@ -231,6 +231,7 @@ def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
     from rich.table import Table
 
     from dlcli.report import escape
+    from dlcli.untrusted import printable
 
     splits = document["splits"]
     classes = list(dict.fromkeys(c for s in splits.values() for c in s["per_class"]))
@@ -256,23 +257,27 @@ def _show_check(reporter: Reporter, document: dict[str, Any]) -> None:
             str(sum(len(g) - 1 for g in s["duplicates"])),
         )
     reporter.table(summary)
+
+    def line(text: str) -> None:  # one line each: a name's line break is shown as \n
+        reporter.note(printable(text))
+
     for name, s in splits.items():
         for bad in s["unreadable"]:
-            reporter.note(f"unreadable ({name}): {bad['path']}: {bad['reason']}")
+            line(f"unreadable ({name}): {bad['path']}: {bad['reason']}")
         for group in s["duplicates"]:
-            reporter.note(f"duplicates ({name}): {' = '.join(group)}")
+            line(f"duplicates ({name}): {' = '.join(group)}")
         for path in s["ignored"][:_IGNORED_SHOWN]:
-            reporter.note(f"ignored, not an image ({name}): {path}")
+            line(f"ignored, not an image ({name}): {path}")
         if len(s["ignored"]) > _IGNORED_SHOWN:
-            reporter.note(f"... and {len(s['ignored']) - _IGNORED_SHOWN} more ignored (--json)")
+            line(f"... and {len(s['ignored']) - _IGNORED_SHOWN} more ignored (--json)")
         for link in s["links"][:_IGNORED_SHOWN]:
-            reporter.note(f"ignored ({name}): {link['path']}: {link['reason']}")
+            line(f"ignored ({name}): {link['path']}: {link['reason']}")
         if len(s["links"]) > _IGNORED_SHOWN:
-            reporter.note(f"... and {len(s['links']) - _IGNORED_SHOWN} more folder links (--json)")
+            line(f"... and {len(s['links']) - _IGNORED_SHOWN} more folder links (--json)")
     for group in document["in_train_and_test"]:
-        reporter.note(f"in train and test: {' = '.join(group)}")
+        line(f"in train and test: {' = '.join(group)}")
     for note in document["notes"]:
-        reporter.note(f"note: {note}")
+        line(f"note: {note}")
 
 
 def _counts(counts: dict[str, int], shown: int = 4) -> str:

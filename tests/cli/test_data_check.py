@@ -288,3 +288,29 @@ def test_json_shows_a_non_utf8_class_name_as_its_bytes(tmp_path: Path) -> None:
     assert "\\udc" not in done.stdout
     json.loads(done.stdout)
     assert '"bad\\\\xff"' in done.stdout  # the JSON text of the Python text bad\xff
+
+
+def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path: Path) -> None:
+    """A file named 'bad\\nnote: all good.png' split data check's notes (and train's list of
+    unreadable files) in two, the second line forged by the name; it is written as \\n."""
+    write_learnable_tree(tmp_path / "pets", 8)
+    forged = tmp_path / "pets" / CLASSES[0] / "bad\nnote: all good.png"
+    forged.write_bytes(b"not an image")
+    result = check(tmp_path / "pets")
+    assert result.exit_code == 3, result.output
+    assert "bad\\nnote: all good.png: not an image Pillow can read" in result.stderr
+    assert "\nnote: all good" not in result.output
+    config = tmp_path / "pets.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": str(tmp_path / "pets"), "cache": False},
+                "model": {"layers": [{"type": "flatten"}, {"type": "dense", "units": 4}]},
+                "training": {"epochs": 1},
+            }
+        )
+    )
+    result = CliRunner().invoke(cli, ["train", str(config), "--quiet"])
+    assert result.exit_code == 3, result.output
+    assert "bad\\nnote: all good.png: not an image Pillow can read" in result.stderr
+    assert "\nnote: all good" not in result.stderr

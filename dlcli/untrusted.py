@@ -115,13 +115,23 @@ def check_regular(path: str | os.PathLike[str], error: ErrorType, what: str = "f
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{shown}: {what} not found") from None
+        raise error(f"{shown}: {what} not found{_broken_link(path)}") from None
     except OSError as err:
         raise error(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
     kind = kind_of(info.st_mode)
     if kind is not None:
         raise error(f"{shown}: is {kind}, expected a regular {what}")
     return info.st_size
+
+
+def _broken_link(path: str | os.PathLike[str]) -> str:
+    """``" (a link to X, which does not exist)"`` for a dangling symbolic link, else ``""``:
+    "not found" alone, for a file ``ls`` lists, sends a user looking in the wrong place."""
+    try:
+        target = os.readlink(path)
+    except (OSError, ValueError):
+        return ""
+    return f" (a link to {shorten(printable(os.fsdecode(target)))}, which does not exist)"
 
 
 def check_replaceable(path: str | os.PathLike[str], error: ErrorType, what: str = "file") -> None:

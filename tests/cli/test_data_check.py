@@ -314,3 +314,14 @@ def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path: Path) -> None:
     assert result.exit_code == 3, result.output
     assert "bad\\nnote: all good.png: not an image Pillow can read" in result.stderr
     assert "\nnote: all good" not in result.stderr
+
+
+def test_a_dangling_link_is_named_as_one(tmp_path: Path) -> None:
+    """An image that is a link to a removed file was only 'image file not found', for a file
+    `ls` lists; the message names where the link leads."""
+    write_learnable_tree(tmp_path / "pets", 8)
+    (tmp_path / "pets" / CLASSES[0] / "gone.png").symlink_to(tmp_path / "moved" / "x.png")
+    result = check(tmp_path / "pets")
+    assert result.exit_code == 3, result.output
+    expected = f"gone.png: image file not found (a link to {tmp_path}/moved/x.png, which does not"
+    assert expected in result.stderr

@@ -874,7 +874,9 @@ def test_an_image_too_large_is_refused_before_decoding(
 
 def test_unicode_digit_class_names_are_names_not_numbers(tmp_path: Path) -> None:
     """Folders "1" and "²", and CSV labels "1" and "²": "²" passes str.isdigit() but is no
-    number int() takes, so the classes are names, sorted as text, never a crash."""
+    number int() takes, so the classes are names, sorted as text, never a crash. In a CSV,
+    "1" is an index and "²" a name: labels that mix them are refused unless data.class_names
+    names the classes."""
     for name in ("1", "²"):
         (tmp_path / "pics" / name).mkdir(parents=True)
         for i in range(2):
@@ -884,7 +886,11 @@ def test_unicode_digit_class_names_are_names_not_numbers(tmp_path: Path) -> None
     (tmp_path / "pics.csv").write_text(
         "path,label\n" + "".join(f"{f.relative_to(tmp_path)},{f.parent.name}\n" for f in rows)
     )
-    assert load_local(LocalData(tmp_path / "pics.csv")).class_names == ("1", "²")
+    with pytest.raises(DataError, match=r"the labels mix class indices \(1\) and class names"):
+        load_local(LocalData(tmp_path / "pics.csv"))
+    named = load_local(LocalData(tmp_path / "pics.csv", class_names=("1", "²")))
+    assert named.class_names == ("1", "²")
+    assert named.train.labels.tolist() == [0, 0, 1, 1]
     result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "pics"), "--json"])
     assert result.exit_code == 0, result.output
 

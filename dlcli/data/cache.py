@@ -20,8 +20,9 @@ Where: ``data.cache_dir``, else ``$DLCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/dlc
 cache off. An entry is written to a temporary name (``.tmp-xxxxxxxx.safetensors``) and renamed
 into place; a temporary file a killed process left there is deleted by a later write once it
 is an hour old (:func:`dlcli.atomic.remove_abandoned`: a fresher one may be another process's
-entry on its way). An entry that does not match what its name promises (shape, count) is
-ignored and rewritten. No torch here.
+entry on its way). An entry that does not match what its name promises (shape, count), or
+whose tensors' bytes no longer match the CRC-32 written with them, is ignored and rewritten.
+No torch here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +48,11 @@ from dlcli.data.images import DIGEST_BYTES, Conversion
 from dlcli.errors import DataError
 from dlcli.untrusted import open_regular
 
-FORMAT = "dlcli-image-cache-3"  # 2: with the files' digests; 3: float images from [0, 1]
+# 2: with the files' digests; 3: float images from [0, 1]; 4: each tensor's CRC-32
+FORMAT = "dlcli-image-cache-4"
 # The formats before it: their entries are never read again, so writing an entry removes the
 # ones of the same source and settings they left (see save). Bump FORMAT: add the old one here.
-EARLIER_FORMATS = ("dlcli-image-cache-1", "dlcli-image-cache-2")
+EARLIER_FORMATS = ("dlcli-image-cache-1", "dlcli-image-cache-2", "dlcli-image-cache-3")
 ENTRY_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}\.safetensors")  # what entry_path names
 TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".safetensors"  # an entry being written (save)
 TEMP_NAME = atomic.mkstemp_names(TEMP_PREFIX, TEMP_SUFFIX)
@@ -147,9 +150,10 @@ def load(
         images, kept, digests = tensors["images"], tensors["kept"], tensors["digests"]
         stored = Conversion(**json.loads(meta["conversion"]))
         bad = [tuple(item) for item in json.loads(meta["bad"])]
+        intact = json.loads(meta["crc32"]) == _crc32s(tensors)
     except Exception:  # a damaged entry is a cache miss, never an error
         return None
-    if meta.get("format") != FORMAT or not conversion.matches(stored):
+    if meta.get("format") != FORMAT or not intact or not conversion.matches(stored):
         return None
     ok = (
         images.dtype == np.uint8
@@ -173,15 +177,16 @@ def save(
     (``source`` and ``key``, as :func:`entry_path` took them; ``conversion`` is the one used),
     this format's and earlier formats', and the temporary files killed writers left. False
     when the cache folder cannot be written (the cache is an optimisation only)."""
-    metadata = {
-        "format": FORMAT,
-        "conversion": json.dumps(conversion.to_dict()),
-        "bad": json.dumps(decoded.bad),
-    }
     tensors: dict[str, Any] = {
         "images": np.ascontiguousarray(decoded.images),
         "kept": np.ascontiguousarray(decoded.kept),
         "digests": np.ascontiguousarray(decoded.digests),
+    }
+    metadata = {
+        "format": FORMAT,
+        "conversion": json.dumps(conversion.to_dict()),
+        "bad": json.dumps(decoded.bad),
+        "crc32": json.dumps(_crc32s(tensors)),
     }
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +203,13 @@ def save(
     _remove_replaced(entry, _replaced_prefixes(source, key))
     atomic.remove_abandoned(entry.parent, TEMP_NAME)
     return True
+
+
+def _crc32s(tensors: dict[str, npt.NDArray[Any]]) -> dict[str, int]:
+    """Each tensor's CRC-32 (a 50 MiB entry in about 0.03 s): an entry whose bytes changed
+    on disk since it was written (a flipped bit keeps its size and its header) is a miss, not
+    pixels trained on."""
+    return {name: zlib.crc32(np.ascontiguousarray(a).data) for name, a in tensors.items()}
 
 
 def _remove_replaced(entry: Path, prefixes: set[str]) -> None:

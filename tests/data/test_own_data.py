@@ -792,6 +792,23 @@ def test_cache_entries_are_safetensors_both_ways(tmp_path: Path) -> None:
         _read_entry(tmp_path / "lying")
 
 
+def test_a_cache_entry_whose_pixels_changed_on_disk_is_decoded_again(
+    tmp_path: Path, _cache_in_tmp: Path
+) -> None:
+    """A flipped byte in an entry's pixels (its size and header kept) was loaded and trained
+    on; the CRC-32 of each tensor written with it makes it a miss, decoded again and
+    replaced."""
+    write_learnable_tree(tmp_path / "pics", 8)
+    first = load_local(LocalData(tmp_path / "pics"))
+    (entry,) = (_cache_in_tmp / "images").glob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little") + 5] ^= 0xFF  # the 6th pixel byte
+    entry.write_bytes(bytes(data))
+    again = load_local(LocalData(tmp_path / "pics"))
+    assert bool((again.train.images == first.train.images).all())
+    assert entry.read_bytes() != bytes(data)  # rewritten whole
+
+
 # --- parity with the IDX arrays --------------------------------------------------------------
 
 

@@ -17,8 +17,8 @@ How a study is run, step by step:
 3. **Heartbeats.** While a trial runs, its worker records a heartbeat every ``heartbeat``
    seconds (RDB storages). A trial whose worker stopped beating for twice that (killed,
    machine lost) is marked failed by whichever worker looks next, and a copy with the same
-   parameters is queued (Optuna's ``RetryHeartbeatStaleTrialCallback``): the study still ends
-   with its number of trials. Idle workers wait for such trials before they leave.
+   parameters is queued (:func:`retry_stale`), which resumes from its checkpoint: the study
+   still ends with its number of trials. Idle workers wait for such trials before they leave.
 4. **Ctrl-C** stops the trial under way after its checkpoint; the trial is recorded as failed
    and queued again, and the retry resumes from that checkpoint, so running the same command
    again continues the study to its number of trials.
@@ -191,7 +191,7 @@ def _storage(optuna: Any, url: str, heartbeat: int) -> tuple[Any, bool]:
             engine_kwargs=_engine_options(engine_url),
             heartbeat_interval=heartbeat,
             grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            heartbeat_stale_trial_callback=retry_stale,
         )
     except ImportError as err:
         raise UsageError(f"--storage {masked(url)}: a database driver is missing ({err})") from None
@@ -520,6 +520,30 @@ def _claim(handle: Study) -> tuple[optuna.Trial, int] | None:
             storage.record_heartbeat(trial_id)
         return optuna.Trial(handle.study, trial_id), trial_id
     return None
+
+
+STALE_RETRIES = 2  # how often a trial whose worker died is queued again
+
+
+def retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue again a trial whose worker stopped beating (Optuna calls this once it has failed
+    it): the copy resumes from the trial's checkpoint, in its run dir, as an interrupted trial's
+    does (it started over in a new one). At most ``STALE_RETRIES`` times: a trial that kills
+    its worker every time (the kernel's out-of-memory killer) was queued again at every rerun,
+    and the study never ended; it now stays failed, and counts."""
+    import copy
+
+    import optuna
+
+    stale = int(trial.user_attrs.get("dlcli.stale", 0)) + 1
+    if stale > STALE_RETRIES:
+        return
+    attrs = {**trial.user_attrs, "dlcli.stale": stale}
+    if trial.user_attrs.get("run_dir"):
+        attrs["dlcli.resume"] = trial.user_attrs["run_dir"]
+    original = copy.copy(trial)
+    original.user_attrs = attrs
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, original)
 
 
 def fail_stale(handle: Study) -> None:

@@ -673,3 +673,42 @@ def test_two_writers_of_best_yaml_at_once_both_succeed(
     tuning._write_atomic(path, "first\n")
     assert path.read_text() == "first\n"
     assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]
+
+
+def test_a_trial_whose_worker_dies_resumes_in_its_run_dir_and_is_retried_twice_at_most(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial whose worker stopped beating (SIGKILL, the kernel's OOM killer, a machine lost)
+    was queued again with no limit, to start over in a new run dir: one that killed its
+    worker every time was retried at every rerun, and the study never ended. Now its copy
+    resumes from the trial's checkpoint, in its run dir, and after STALE_RETRIES copies (1
+    here) it stays failed, counted as one of the study's trials."""
+    from dlcli import tune
+    from dlcli.config import load_config
+
+    monkeypatch.setattr(tune, "STALE_RETRIES", 1, raising=False)
+    settings = tune.Settings(
+        config=load_config(tune_config(tiny_config, trials=1)),
+        directory=tmp_path / "s",
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        study="tiny",
+        trials=1,
+        heartbeat=1,  # stale after 2 s
+    )
+    handle = tune.open_study(settings, create=True)
+    tune.top_up(handle, settings.trials)
+
+    def claim_and_die() -> None:  # a worker claims the trial, then beats no more
+        claimed = tune.claim(handle)
+        assert claimed is not None
+        trial, _ = claimed
+        trial.set_user_attr("run_dir", trial.user_attrs.get("dlcli.resume", "trial-0000"))
+        time.sleep(3.1)
+        tune.fail_stale(handle)
+
+    claim_and_die()
+    (waiting,) = handle.trials(optuna.trial.TrialState.WAITING)
+    assert waiting.user_attrs["dlcli.resume"] == "trial-0000"  # its run dir, its checkpoint
+    claim_and_die()
+    assert handle.trials(optuna.trial.TrialState.WAITING) == []
+    assert [t.state.name for t in tune.counted(handle)] == ["FAIL"]  # the study is done

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from cli_process import dlcli, document
 from click.testing import CliRunner
 from image_trees import CLASSES, write_learnable_tree
 from PIL import Image
@@ -70,24 +69,28 @@ def test_a_run_records_each_split_and_evaluate_accepts_unchanged_data(folders: P
     recorded = metrics["dataset"]["checksums"]
     assert set(recorded) == {_key("train", folders / "train"), _key("test", folders / "test")}
     assert all(len(sha) == 64 for sha in recorded.values())
-    proc = dlcli("evaluate", str(folders / "run"), "--split", "test", "--json")
-    assert document(proc)["data_changed"] == []
-    assert "changed" not in proc.stderr
+    result = run("evaluate", folders / "run", "--split", "test", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["data_changed"] == []
+    assert "changed" not in result.stderr
 
 
 def test_a_changed_image_is_refused_unless_accepted(folders: Path) -> None:
     image = sorted((folders / "test" / CLASSES[1]).glob("*.png"))[0]
     _repaint(image, 200)
-    proc = dlcli("evaluate", str(folders / "run"), "--split", "test")
-    assert proc.returncode == 3, proc.stderr
-    assert f"{_key('test', folders / 'test')}: changed since the model was trained" in proc.stderr
-    assert f"changed: {CLASSES[1]}/{image.name};" in proc.stderr
-    assert "--accept-changed-data" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    accepted = dlcli(
-        "evaluate", str(folders / "run"), "--split", "test", "--accept-changed-data", "--json"
+    result = run("evaluate", folders / "run", "--split", "test")
+    assert result.exit_code == 3, result.output
+    assert f"{_key('test', folders / 'test')}: changed since the model was trained" in (
+        result.stderr
     )
-    assert document(accepted)["data_changed"] == [_key("test", folders / "test")]
+    assert f"changed: {CLASSES[1]}/{image.name};" in result.stderr
+    assert "--accept-changed-data" in result.stderr
+    assert "Traceback" not in result.output
+    accepted = run(
+        "evaluate", folders / "run", "--split", "test", "--accept-changed-data", "--json"
+    )
+    assert accepted.exit_code == 0, accepted.output
+    assert json.loads(accepted.stdout)["data_changed"] == [_key("test", folders / "test")]
     assert "changed since the model was trained (--accept-changed-data)" in accepted.stderr
 
 
@@ -119,10 +122,10 @@ def test_an_image_moved_to_another_class_is_a_change(folders: Path) -> None:
 
 def test_a_deleted_data_folder_is_a_data_error(folders: Path) -> None:
     shutil.rmtree(folders / "test")
-    proc = dlcli("evaluate", str(folders / "run"), "--split", "test")
-    assert proc.returncode == 3, proc.stderr
-    assert f"{folders / 'test'}: not found" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    result = run("evaluate", folders / "run", "--split", "test")
+    assert result.exit_code == 3, result.output
+    assert f"{folders / 'test'}: not found" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_a_changed_csv_or_an_image_it_names_is_a_change(tmp_path: Path) -> None:

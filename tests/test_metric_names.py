@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from cli_process import dlcli, document
+from click.testing import CliRunner
 
 from dlcli import metric_names
+from dlcli.cli import cli
 from dlcli.errors import UsageError
 from dlcli.gates import Gate, parse_gate
 from dlcli.metric_names import MetricName
@@ -101,23 +104,29 @@ def test_monitor_target_and_gates_take_every_spelling_through_the_cli(tiny_confi
     assert evaluated["gates"][0]["split"] == "validation"
 
 
+def refused(*args: str) -> dict[str, Any]:
+    """The --json document of a command refused with exit 2, run in this process (the real
+    processes are the test above's)."""
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 2, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
 def test_unknown_gate_names_fail_before_training_or_evaluation(
     tiny_config: Path, tiny_run: Path
 ) -> None:
-    proc = dlcli("train", str(tiny_config), "--json", "--min", "acc=0.5")
-    error = document(proc, 2)["error"]
+    error = refused("train", str(tiny_config), "--min", "acc=0.5")["error"]
     assert "unknown metric 'acc' (did you mean 'accuracy'?)" in error["message"]
     assert not (tiny_config.parent / "runs").exists()  # nothing trained, nothing written
-    proc = dlcli("evaluate", str(tiny_run), "--json", "--min", "valdation.accuracy=0.5")
-    error = document(proc, 2)["error"]
-    assert "unknown split 'valdation' (did you mean 'validation'?)" in error["message"]
-    assert "metrics" not in json.loads(proc.stdout)  # rejected before any evaluation
+    evaluated = refused("evaluate", str(tiny_run), "--min", "valdation.accuracy=0.5")
+    assert "unknown split 'valdation' (did you mean 'validation'?)" in evaluated["error"]["message"]
+    assert "metrics" not in evaluated  # rejected before any evaluation
 
 
 def test_an_unknown_monitor_is_a_config_error_with_a_did_you_mean(tiny_config: Path) -> None:
     config = _config(tiny_config, target={"metric": "val_acuracy", "value": 0.5})
-    proc = dlcli("config", "validate", str(config), "--json")
-    message = document(proc, 2)["error"]["message"]
+    message = refused("config", "validate", str(config))["error"]["message"]
     assert "training.target.metric: 'val_acuracy' is not a reported metric" in message
     assert "(did you mean 'val_accuracy'?)" in message
 

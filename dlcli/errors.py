@@ -85,10 +85,13 @@ class DlcliError(Exception):
         # under --json it is printed with the "error" key added.
         self.document = document
 
+    def lines(self) -> list[str]:
+        """The message, then each detail as ``  - detail``: the lines it is shown in (a name
+        inside one, even with a line break, stays on its line: dlcli.report.shown)."""
+        return [self.message, *(f"  - {d}" for d in self.details)]
+
     def __str__(self) -> str:
-        if not self.details:
-            return self.message
-        return self.message + "\n" + "\n".join(f"  - {d}" for d in self.details)
+        return "\n".join(self.lines())
 
 
 class UsageError(DlcliError):

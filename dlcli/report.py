@@ -150,10 +150,8 @@ class Reporter:
         if self._silenced and kind in ("interrupted", "gate"):  # every worker's; rank 0 says it
             return
         # The message and each detail on a line of its own; a name in them keeps to its line.
-        if isinstance(err, DlcliError):
-            lines = [err.message, *(f"  - {d}" for d in err.details)]
-        else:
-            lines = err.split("\n")  # dlcli's own words (an internal error), in their lines
+        # A str is dlcli's own words (an internal error), in their lines.
+        lines = err.lines() if isinstance(err, DlcliError) else err.split("\n")
         text = "\n".join(shown(line) for line in lines)
         self.err.print(f"Error: {text}", style="bold red", markup=False)
         if self.json_mode:

@@ -499,4 +499,5 @@ def read_saved_config(path: Path) -> Config:
     try:
         return parse_config(read_yaml(path, saved=True), source=str(path), saved=True)
     except ConfigError as err:
-        raise ModelDirError(f"{path}: not a valid dlcli config: {err}") from None
+        message = f"{path}: not a valid dlcli config: {err.message}"
+        raise ModelDirError(message, details=err.details) from None

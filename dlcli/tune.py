@@ -911,7 +911,8 @@ def _worker_main(settings: Settings, threads: int, events: Any) -> None:
     except (Interrupted, KeyboardInterrupt):
         raise SystemExit(130) from None
     except Exception as err:
-        events.put({"event": "error", "message": str(err)})
+        lines = err.lines() if isinstance(err, DlcliError) else [str(err)]
+        events.put({"event": "error", "message": str(err), "lines": lines})
         raise SystemExit(1) from None
 
 

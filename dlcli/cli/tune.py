@@ -205,7 +205,10 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
     if kind == "study" and event["queued"]:
         reporter.note(f"queued {event['queued']} trial(s)")
     elif kind == "error":
-        reporter.note(f"worker error: {event['message']}")
+        first, *more = event["lines"]  # a note is one line (report.shown): its details, each
+        reporter.note(f"worker error: {first}")
+        for line in more:
+            reporter.note(line)
     elif kind == "interrupted":
         reporter.note(f"trial {event['trial']}: interrupted; it is queued again")
     elif kind == "end":

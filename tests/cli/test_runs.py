@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -209,6 +210,28 @@ def test_a_file_given_as_a_run_is_named_a_file(runs_root: Path, tmp_path: Path) 
     with pytest.raises(ModelDirError, match="afile: is a file, not a model directory"):
         verify_run(afile)
     assert afile.read_text() == "notes"
+
+
+def test_an_invalid_saved_config_lists_its_problems_a_line_each(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """The problems of a run's config.yaml are the error's details, each on its line (a line
+    break inside a message is shown as its escape, so they must not be part of one)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    config = run_dir / "config.yaml"
+    text = config.read_text()
+    for key in ("epochs", "seed"):
+        text = re.sub(rf"(?m)^  {key}: \d+", f"  {key}: -1", text)
+    config.write_text(text)
+    rewrite_manifest(run_dir)
+    result = run("evaluate", str(run_dir))
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"Error: {config}: not a valid dlcli config: ")
+    assert lines[0].endswith("2 problems in the config") and "\\n" not in result.stderr
+    keys = [line.split(":")[0] for line in lines[1:]]
+    assert keys == ["  - training.epochs", "  - training.seed"], result.stderr
 
 
 def test_differences_ignore_output_dir(runs_root: Path) -> None:

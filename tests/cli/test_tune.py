@@ -193,6 +193,38 @@ def test_a_directory_that_is_not_a_study_is_refused(tiny_config: Path, tmp_path:
     assert shown.exit_code == 3 and "no tune.json" in shown.output
 
 
+def test_a_worker_error_is_shown_a_line_each_with_its_details(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A worker's error reached the parent as one text: its details, joined by line breaks,
+    now shown as escapes (a note is one line), or a file name's line break as two lines."""
+    from dlcli.cli.tune import _on_event
+    from dlcli.errors import ConfigError
+    from dlcli.report import Reporter
+    from dlcli.tune import _worker_main
+
+    class Events:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, Any]] = []
+
+        def put(self, event: dict[str, Any]) -> None:
+            self.sent.append(event)
+
+    events = Events()
+    failing = ConfigError("x.yaml: 2 problems", details=["a\nb.png: bad", "c: bad"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("dlcli.tune.Worker", lambda *a: (_ for _ in ()).throw(failing))
+        patch.setattr("torch.set_num_threads", lambda n: None)  # this process's count stays
+        with pytest.raises(SystemExit):
+            _worker_main(None, 1, events)  # type: ignore[arg-type]
+    _on_event(Reporter(), "val_accuracy", events.sent[0])
+    assert capsys.readouterr().err.splitlines() == [
+        "worker error: x.yaml: 2 problems",
+        "  - a\\nb.png: bad",
+        "  - c: bad",
+    ]
+
+
 def test_show_of_a_fifo_or_a_file_answers_at_once(tmp_path: Path) -> None:
     """tune --show DIR with a FIFO at DIR/tune.json blocked for ever (read_text on it), and
     --show AFILE said "AFILE/tune.json: unreadable ([Errno 20] Not a directory...)"."""

@@ -218,8 +218,9 @@ def refuse_workers(command: str) -> None:
         raise UsageError(
             f"dlcli {command} runs in one process, but this one was started as worker rank "
             f"{world.rank} of {world.size} ($WORLD_SIZE={world.size}, set by torchrun): "
-            f"run `dlcli {command}` on its own, without torchrun (only `dlcli train` trains "
-            "data-parallel)"
+            f"run `dlcli {command}` on its own, without torchrun (in an environment that sets "
+            "$WORLD_SIZE for every process, with it unset: `env -u WORLD_SIZE dlcli ...`; only "
+            "`dlcli train` trains data-parallel)"
         )
 
 

@@ -413,6 +413,7 @@ def test_lr_find_under_torchrun_is_refused_before_any_worker_runs_it(
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     result = CliRunner().invoke(cli, ["lr-find", str(tiny_config), "--plot", str(png)], env=env)
     assert result.exit_code == 2 and "worker rank 1 of 2" in result.stderr
+    assert "with it unset: `env -u WORLD_SIZE dlcli ...`" in " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize(

@@ -237,11 +237,22 @@ def swap_entries(
         or (name in moved and os.path.lexists(directory / moved[name]))
     ]
     plan = _Plan(list(names), last, present, moved)
-    (staging / PLAN).write_text(json.dumps(asdict(plan)) + "\n", encoding="utf-8")
-    fsync_path(staging / PLAN)
-    fsync_path(staging)
-    with uninterruptible():
+    with uninterruptible():  # a signal waits: no plan is ever left without its swap
+        try:
+            (staging / PLAN).write_text(json.dumps(asdict(plan)) + "\n", encoding="utf-8")
+            fsync_path(staging / PLAN)
+            fsync_path(staging)
+        except BaseException:  # not written whole (a full disk): no swap began
+            (staging / PLAN).unlink(missing_ok=True)
+            raise
         _finish(staging, directory, plan, None)
+
+
+def began(staging: Path) -> bool:
+    """Did :func:`swap_entries` begin moving ``staging``'s entries (its plan is written)?
+    Then ``staging`` holds part of the new version: it is for :func:`recover_entries` to
+    finish, never to delete."""
+    return os.path.lexists(staging / PLAN)
 
 
 @dataclass
@@ -300,7 +311,7 @@ def recover_entries(directory: Path, last: str) -> str | None:
     if planned:
         plan = _read_plan(planned[0] / PLAN)
         _finish(planned[0], directory, plan, asides[0] if len(asides) == 1 else None)
-        done = "finished a save that was killed while moving its files into place"
+        done = "finished a save that was interrupted while moving its files into place"
     elif not os.path.lexists(directory / last):
         whole = [a for a in asides if os.path.isfile(a / last)]
         if whole:

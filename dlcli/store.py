@@ -284,15 +284,20 @@ def save_run(
             shutil.rmtree(output.work_dir, ignore_errors=True)
             output.work_dir = run_dir
     except (OSError, SafetensorError) as err:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         raise ModelDirError(_os_message(run_dir, err)) from None
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         raise
     output._created = []  # it holds a run now: keep it
     return run_dir
+
+
+def _discard(staging: Path | None) -> None:
+    """Remove a failed save's staging folder, unless its swap had begun (a rename failed
+    midway): then it holds part of the new run, and the next command finishes the save."""
+    if staging is not None and not atomic.began(staging):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_files(

@@ -107,7 +107,7 @@ def test_a_save_killed_at_every_rename_leaves_one_complete_run(
         assert _leftovers(run_dir) == [], (kill_at, _leftovers(run_dir))
         # The plan was written before the first rename: the save had begun, and is finished.
         assert run.metrics.get("marker") == NEW["marker"], kill_at
-        assert "finished a save that was killed" in listed.stderr, kill_at
+        assert "finished a save that was interrupted" in listed.stderr, kill_at
         assert (run_dir / "checkpoints" / "last" / "new.txt").read_text() == "the new run's"
         assert (run_dir / "tensorboard" / "new.txt").is_file()
 
@@ -127,7 +127,7 @@ def test_a_first_run_killed_at_every_rename_of_its_save_is_saved_whole(
         take_recovered()
         assert store.load_run(run_dir).metrics["marker"] == NEW["marker"], kill_at
         assert take_recovered() == [
-            f"{run_dir}: finished a save that was killed while moving its files into place"
+            f"{run_dir}: finished a save that was interrupted while moving its files into place"
         ]
         assert _leftovers(run_dir) == [] and (run_dir / "tensorboard" / "new.txt").is_file()
     else:
@@ -147,9 +147,9 @@ def test_evaluate_and_retrain_after_a_kill_mid_swap(
     take_recovered()
     result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
-    lines = [line for line in result.stderr.splitlines() if "killed" in line]
+    lines = [line for line in result.stderr.splitlines() if "interrupted" in line]
     assert lines == [
-        f"{run_dir}: finished a save that was killed while moving its files into place"
+        f"{run_dir}: finished a save that was interrupted while moving its files into place"
     ]
     assert _marker(run_dir) == NEW["marker"] and _leftovers(run_dir) == []
 
@@ -168,7 +168,7 @@ def test_the_next_train_finishes_a_killed_save_then_replaces_it(
         env={"OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"{run_dir}: finished a save that was killed" in proc.stderr, proc.stderr
+    assert f"{run_dir}: finished a save that was interrupted" in proc.stderr, proc.stderr
     assert _marker(run_dir) is None and _leftovers(run_dir) == []  # retrained, saved whole
     store.verify_run(run_dir)
 
@@ -254,3 +254,44 @@ def test_a_run_read_while_a_retrain_saves_it_is_read_again_never_mixed(
     info = runs.read_run(run_dir)
     assert info.config["training"]["seed"] == info.metrics["seed"] == training.seed
     assert info.history == [{"epoch": 1, "loss": 0.5}]
+
+
+def test_a_save_failing_mid_swap_is_finished_by_the_next_command(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename refused mid-swap (an I/O error): the save's error handler deleted its staging
+    folder, the half of the new run not yet moved in, and the next command took the previous
+    run's manifest back over the new files (reported as altered), deleting the rest of it."""
+    import errno
+
+    from dlcli.errors import ModelDirError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    saved = store.load_run(tiny_run)
+    entries = (store.MANIFEST, store.CONFIG, store.WEIGHTS, store.METRICS, store.HISTORY)
+    fail_at = sum((run_dir / name).exists() for name in entries) + 2  # the 2nd one moved in
+    real_rename, renames = os.rename, [0]
+
+    def failing_rename(*args: Any) -> None:
+        renames[0] += 1
+        if renames[0] == fail_at:
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(*args)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(ModelDirError, match="cannot save the model: Input/output error"):
+        store.save_run(
+            run_dir,
+            config=saved.config,
+            state_dict=saved.state_dict,
+            metrics={**saved.metrics, **NEW},
+            history=[{"epoch": 1, "loss": 0.5}],
+        )
+    monkeypatch.setattr(os, "rename", real_rename)
+    take_recovered()
+    assert store.load_run(run_dir).metrics["marker"] == NEW["marker"]
+    assert take_recovered() == [
+        f"{run_dir}: finished a save that was interrupted while moving its files into place"
+    ]
+    assert _leftovers(run_dir) == []

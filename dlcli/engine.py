@@ -245,7 +245,9 @@ class Trainer:
                     break
                 if validation is not None:
                     logs |= metric_names.tagged(self.evaluate(validation), "validation")
-                logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
+                # The rate the epoch's last step used (steps.csv's): after it a per-step
+                # schedule has moved the optimizer's to the next step's.
+                logs["lr"] = float(self.step_lr)
                 logs["seconds"] = time.perf_counter() - epoch_start
                 self.epoch = epoch
                 self.history.append({"epoch": float(epoch), **logs})
@@ -398,6 +400,7 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
+            "step_lr": float(self.step_lr),
             "fit_seconds": self.elapsed_fit_seconds(),
             "history": [dict(row) for row in self.history],
             "model": self.model.state_dict(),
@@ -452,6 +455,12 @@ class Trainer:
         self.fit_seconds = float(state["fit_seconds"])
         self.history = [{k: float(v) for k, v in row.items()} for row in state["history"]]
         self.optimizer.load_state_dict(_optimizer_state(state["optimizer"], self.optimizer))
+        # The rate of the last step taken (what its epoch's row records, should no step of
+        # that epoch be left to take); a checkpoint from before it was kept: the optimizer's.
+        saved_lr = state.get("step_lr")
+        if not (isinstance(saved_lr, int | float) and math.isfinite(saved_lr)):
+            saved_lr = self.optimizer.param_groups[0]["lr"]
+        self.step_lr = float(saved_lr)
         running = state.get("running")
         if running and (self.world is None or self.world.is_main):  # see _gather_running
             self._running = Running(

@@ -333,6 +333,28 @@ def test_an_early_stop_restoring_the_average_reports_its_own_updates(tmp_path: P
     assert result.metrics["ema"]["updates"] == 15
 
 
+def test_an_epochs_learning_rate_is_the_one_its_last_step_used(tmp_path: Path) -> None:
+    """history.csv's lr was the optimizer's after the epoch, which a per-step schedule had
+    moved on to the next step's: for one_cycle's last epoch a rate past its end (5.6e-05,
+    after a last step at 4e-08), never used. It is the epoch's last step's now, in steps.csv
+    too; also for a run resumed with its epoch's last step taken and its end still to come."""
+    from in_process import StopAt
+
+    from dlcli import api
+    from dlcli.errors import Interrupted
+
+    schedule = {"training.epochs": 2, "training.lr_schedule": "one_cycle"}
+    whole = api.train(write_tiny_config(tmp_path / "a"), schedule)  # 15 steps an epoch
+    with (whole.run_dir / "steps.csv").open() as f:
+        used = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(f)}
+    assert [row["lr"] for row in whole.history] == [used[15], used[30]]
+    config = write_tiny_config(tmp_path / "b")
+    with pytest.raises(Interrupted):
+        api.train(config, schedule, callbacks=[StopAt(15)])  # epoch 1's steps done, not its end
+    resumed = api.train(config, schedule, resume=True)
+    assert [row["lr"] for row in resumed.history] == [used[15], used[30]]
+
+
 @pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
 def test_resuming_longer_stretches_the_schedule_and_says_so(tmp_path: Path, schedule: str) -> None:
     """``train --resume RUN --set training.epochs=4`` after 2 epochs rebuilds a per-step

@@ -55,6 +55,12 @@ def named(key: str) -> str:
     return cli if _COMMAND_LINE.get() else api
 
 
+def on_command_line() -> bool:
+    """Whether messages now name the command line's options (a process a command starts, a
+    tune worker, speaks as the command: :func:`command_line` there too)."""
+    return _COMMAND_LINE.get()
+
+
 @contextlib.contextmanager
 def command_line() -> Iterator[None]:
     """While a command runs (``dlcli.cli.base``): messages name the command line's options."""

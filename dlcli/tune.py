@@ -71,6 +71,8 @@ from dlcli.errors import (
     StorageError,
     TrainingError,
     UsageError,
+    command_line,
+    on_command_line,
 )
 from dlcli.hooks import Logs, Loop
 from dlcli.untrusted import open_regular, shorten
@@ -867,7 +869,11 @@ def _run_workers(settings: Settings, on_event: Callable[[Event], None]) -> None:
     context = multiprocessing.get_context("spawn")
     events: Any = context.Queue()
     processes = [
-        context.Process(target=_worker_main, args=(settings, threads, events), daemon=False)
+        context.Process(
+            target=_worker_main,
+            args=(settings, threads, events, on_command_line()),
+            daemon=False,
+        )
         for _ in range(settings.workers)
     ]
     previous = os.environ.get("OMP_NUM_THREADS")
@@ -900,13 +906,14 @@ def _run_workers(settings: Settings, on_event: Callable[[Event], None]) -> None:
         raise TrainingError(f"a tune worker failed (exit codes {codes}); see the messages above")
 
 
-def _worker_main(settings: Settings, threads: int, events: Any) -> None:
-    """A worker process of ``--workers N``: its share of the cores, events to the parent."""
+def _worker_main(settings: Settings, threads: int, events: Any, cli: bool = False) -> None:
+    """A worker process of ``--workers N``: its share of the cores, events to the parent; its
+    messages name what the parent's do (``cli``: the command line's options)."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        with storage_errors(settings.storage):
+        with storage_errors(settings.storage), command_line() if cli else contextlib.nullcontext():
             Worker(settings, events.put).run()
     except (Interrupted, KeyboardInterrupt):
         raise SystemExit(130) from None

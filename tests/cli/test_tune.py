@@ -225,6 +225,27 @@ def test_a_worker_error_is_shown_a_line_each_with_its_details(
     ]
 
 
+@pytest.mark.parametrize(("cli", "said"), [(True, "--set"), (False, "overrides")])
+def test_a_worker_names_options_as_its_command_does(cli: bool, said: str) -> None:
+    """A --workers process is spawned: messages its trials raised named the Python API's
+    parameters ("overrides model.layers[9]...") in a command that was given --set."""
+    from dlcli.errors import ConfigError, named
+    from dlcli.tune import _worker_main
+
+    sent: list[dict[str, Any]] = []
+
+    def worker(*args: Any) -> Any:
+        raise ConfigError(f"{named('set')} model.layers[9].units: no item [9]")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("dlcli.tune.Worker", worker)
+        patch.setattr("torch.set_num_threads", lambda n: None)  # this process's count stays
+        with pytest.raises(SystemExit):
+            events = type("Events", (), {"put": staticmethod(sent.append)})
+            _worker_main(None, 1, events, cli)  # type: ignore[arg-type]
+    assert sent[0]["message"] == f"{said} model.layers[9].units: no item [9]"
+
+
 def test_show_of_a_fifo_or_a_file_answers_at_once(tmp_path: Path) -> None:
     """tune --show DIR with a FIFO at DIR/tune.json blocked for ever (read_text on it), and
     --show AFILE said "AFILE/tune.json: unreadable ([Errno 20] Not a directory...)"."""

@@ -935,6 +935,21 @@ def test_an_npz_member_declaring_more_than_it_holds_is_refused_unread(tmp_path: 
     assert "member x.npy" in result.output
 
 
+def test_only_the_npz_members_read_are_opened_and_named_in_bounds(tmp_path: Path) -> None:
+    """Every member was opened to check its header (100,000 members: 24 s), an object array
+    never read refused the file, and a file without x/y listed every member's name."""
+    x, y = np.zeros((4, 4, 4), np.uint8), np.array([0, 1, 0, 1])
+    np.savez(tmp_path / "extra.npz", x=x, y=y, notes=np.array(["a", None], dtype=object))
+    loaded = load_local(LocalData(tmp_path / "extra.npz"))
+    assert loaded.train.labels.tolist() == [0, 1, 0, 1]
+    np.savez(tmp_path / "many.npz", **{f"m{i:02d}": y for i in range(30)})
+    with pytest.raises(DataError, match=r"found m00, m01, .*, m09 and 20 more$"):
+        load_local(LocalData(tmp_path / "many.npz"))
+    np.savez(tmp_path / "obj.npz", x=np.array([x[0], None], dtype=object), y=y[:2])
+    with pytest.raises(DataError, match=r"member x.npy: a .npy array of Python objects"):
+        load_local(LocalData(tmp_path / "obj.npz"))
+
+
 def test_a_huge_integer_label_is_refused_before_any_class_name_is_built(tmp_path: Path) -> None:
     """Labels 99999999999999 (CSV) and 2**40 (.npz) would mean 10^14 class names: a DataError
     naming the file, the label and the CSV line, at once."""

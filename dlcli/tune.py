@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import warnings
@@ -886,29 +887,56 @@ def _run_workers(settings: Settings, on_event: Callable[[Event], None]) -> None:
             del os.environ["OMP_NUM_THREADS"]
         else:
             os.environ["OMP_NUM_THREADS"] = previous
-    interrupted = False
-    while True:
+    # The workers have process groups of their own (_worker_main): a signal reaches them from
+    # here only, once, whoever sent it (Ctrl-C to the terminal's group, or `kill` to this
+    # process alone, which let the workers run the whole study while this one waited).
+    stop = _Stop()
+    forwarded = False
+    with signals.stop_on_signals(stop):  # a second signal raises Interrupted here
         try:
-            event = events.get(timeout=0.2)
-            on_event(event)
-            continue
-        except queue.Empty:
-            pass
-        except KeyboardInterrupt:  # the workers got the signal too: let them checkpoint
-            interrupted = True
-            continue
-        if not any(p.is_alive() for p in processes):
-            break
+            while True:
+                if stop.interrupted and not forwarded:  # the workers checkpoint and stop
+                    forwarded = True
+                    _signal_workers(processes, getattr(signal, stop.interrupted))
+                try:
+                    on_event(events.get(timeout=0.2))
+                    continue
+                except queue.Empty:
+                    pass
+                if not any(p.is_alive() for p in processes):
+                    break
+        except Interrupted:  # the second signal: the workers stop at once too
+            _signal_workers(processes, signal.SIGTERM)
+            raise
     codes = [p.exitcode for p in processes]
-    if interrupted or 130 in codes:
-        raise Interrupted("interrupted: every worker stopped after its trial's checkpoint")
+    if stop.interrupted or 130 in codes:
+        why = f" ({stop.interrupted})" if stop.interrupted else ""
+        raise Interrupted(
+            f"interrupted{why}: every worker stopped after its trial's checkpoint. "
+            f"Continue with: {CONTINUE_STUDY}"
+        )
     if any(codes):
         raise TrainingError(f"a tune worker failed (exit codes {codes}); see the messages above")
 
 
+@dataclass
+class _Stop:
+    interrupted: str | None = None  # set by the first signal (see signals.stop_on_signals)
+
+
+def _signal_workers(processes: list[Any], signum: int) -> None:
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+
 def _worker_main(settings: Settings, threads: int, events: Any, cli: bool = False) -> None:
-    """A worker process of ``--workers N``: its share of the cores, events to the parent; its
+    """A worker process of ``--workers N``: its share of the cores, events to the parent, and
+    a process group of its own, so that signals come from the parent alone (_run_workers); its
     messages name what the parent's do (``cli``: the command line's options)."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     import torch
 
     torch.set_num_threads(threads)

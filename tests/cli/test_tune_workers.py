@@ -177,6 +177,27 @@ def test_a_signal_while_a_trial_is_prepared_stops_it_before_it_trains(
     assert not (out / "trial-0000" / "metrics.json").exists()  # it did not train
 
 
+def test_a_signal_to_the_command_alone_stops_its_workers(tiny_config: Path, tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM to the dlcli tune process only, as a scheduler sends it) said
+    'interrupted (SIGTERM): stopped', then waited while the --workers ran the whole study.
+    Now the command passes the signal on: each worker stops after its trial's checkpoint, and
+    the trials are queued again."""
+    config = tune_config(tiny_config, trials=2, epochs=150)
+    out = tmp_path / "study"
+    process = start(config, out, "--workers", "2", "--heartbeat", "1")
+    storage = f"sqlite:///{out / 'study.db'}"
+    checkpoint = out / "trial-0000" / "checkpoints" / "last" / "manifest.json"
+    wait_for("the first trial's checkpoint", checkpoint.exists)
+    process.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(process)
+    assert code == 130, stderr
+    assert "interrupted (SIGTERM): every worker stopped after its trial's checkpoint" in stderr
+    assert "Continue with: the same dlcli tune command" in stderr
+    trials = study_trials(storage, "tiny")
+    assert "COMPLETE" not in {t.state.name for t in trials}, [t.state.name for t in trials]
+    assert any(t.user_attrs.get("interrupted") for t in trials)
+
+
 def test_workers_share_the_study_in_one_command(tiny_config: Path, tmp_path: Path) -> None:
     config = tune_config(tiny_config, trials=4, epochs=2)
     out = tmp_path / "study"

@@ -696,8 +696,11 @@ class Worker:
             except (TrainingError, ConfigError, ModelDirError, UsageError) as err:
                 error = err.message  # a diverged or impossible trial fails; the study goes on
                 trial.set_user_attr("error", error)
-            except BaseException:  # not the trial's fault (a bug, a full disk): queue it again
+            except BaseException as err:  # not the trial's fault (a bug, a full disk): again
                 self._requeue(handle, trial, shown, interrupted=False)
+                text = str(err).strip()
+                reason = f"{type(err).__name__}: {shorten(text)}" if text else type(err).__name__
+                self.on_event({"event": "crashed", "trial": trial.number, "reason": reason})
                 raise
             seconds = time.perf_counter() - started
             trial.set_user_attr("seconds", round(seconds, 3))

@@ -211,6 +211,8 @@ def _on_event(reporter: Reporter, metric: str, event: dict[str, Any]) -> None:
             reporter.note(line)
     elif kind == "interrupted":
         reporter.note(f"trial {event['trial']}: interrupted; it is queued again")
+    elif kind == "crashed":  # the worker stops (the error follows); the trial is not to blame
+        reporter.note(f"trial {event['trial']}: stopped by {event['reason']}; it is queued again")
     elif kind == "end":
         value = event["value"]
         shown = f"{metric} {value:.4f}" if value is not None else "no value"

@@ -616,6 +616,24 @@ def test_a_trial_out_of_memory_fails_with_its_reason_and_the_study_goes_on(
         assert f"trial {trial['number']} fail: " in proc.stderr
 
 
+def test_a_worker_that_crashes_names_the_trial_and_the_reason(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is not the trial's (a bug, here a KeyError with a bare message) stopped
+    the worker saying only "'boom'" (--workers N: "worker error: 'boom'"): which trial, and
+    what kind of error, were not said."""
+    from dlcli import pipeline
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(pipeline, "train", crash)
+    config = tune_config(tiny_config, trials=1)
+    result = invoke(str(config), "--output", str(tmp_path / "s"))
+    assert result.exit_code == 1, result.output
+    assert "trial 0: stopped by KeyError: 'boom'; it is queued again" in result.output
+
+
 @pytest.mark.parametrize(
     ("sampler", "space"),
     [

@@ -243,8 +243,9 @@ class Trainer:
                 logs = self._train_epoch(images, labels, epoch)
                 if self.interrupted:
                     break
-                if validation is not None:
-                    logs |= metric_names.tagged(self.evaluate(validation), "validation")
+                if validation is not None:  # with training.tta, as the run's final metrics
+                    scored = self.evaluate(validation, tta=self.training.tta)
+                    logs |= metric_names.tagged(scored, "validation")
                 # The rate the epoch's last step used (steps.csv's): after it a per-step
                 # schedule has moved the optimizer's to the next step's.
                 logs["lr"] = float(self.step_lr)

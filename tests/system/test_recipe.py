@@ -172,6 +172,11 @@ def test_tta_in_the_config_is_the_default_of_evaluate(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "run"
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["tta"] == "flip"
+    # One validation number per epoch: the epoch's (what the summary, early stopping and the
+    # best checkpoint read) is scored with the same TTA as the final one.
+    last = (run / "history.csv").read_text().splitlines()
+    epoch = dict(zip(last[0].split(","), last[-1].split(","), strict=True))
+    assert float(epoch["val_loss"]) == pytest.approx(saved["validation"]["loss"], rel=1e-6)
     default = pipeline.evaluate(run, splits=("test",))["test"]
     assert default["loss"] == pytest.approx(saved["test"]["loss"], rel=1e-6)
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "test", "--tta", "none"])

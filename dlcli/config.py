@@ -756,7 +756,7 @@ def parse_resolved(
     for key, value in (values or {}).items():
         set_value(raw, key, value)
     resolve_paths(Config, raw, Path.cwd())
-    cfg = parse_config(raw, source=source, saved=saved)
+    cfg = parse_config(raw, source=source, saved=saved, as_written=not saved)
     if cfg.output.dir is None:
         cfg.output.dir = str(Path("runs") / default_name)
     return cfg
@@ -899,19 +899,25 @@ def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> None:
 _SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar("saved_config", default=False)
 
 
-def parse_config(raw: dict[str, Any], *, source: str = "config", saved: bool = False) -> Config:
+def parse_config(
+    raw: dict[str, Any], *, source: str = "config", saved: bool = False, as_written: bool = False
+) -> Config:
     """Validate a raw mapping against the schema; raise one ConfigError listing every problem.
 
     ``saved``: the config a run was trained with (its ``config.yaml``, a checkpoint's). A bound
     tightened since (a learning rate above 10, a metric listed twice: refused in a new config)
     is held at the looser one it was trained under, so that the run still evaluates, predicts,
-    exports and resumes; every other check applies as to a new config."""
+    exports and resumes; every other check applies as to a new config. ``as_written``: ``raw``
+    holds only the keys a person gave (a YAML file and its overrides, not a resolved config
+    with every default filled in): a key given that another makes meaningless is refused."""
     problems: list[str] = []
     token = _SAVED.set(saved)
     try:
         cfg = _parse_dataclass(Config, raw, "", problems)
         if not problems:
             _check_data(cfg.data, problems)
+            if as_written and isinstance(raw.get("data"), dict):
+                _check_given_data(raw["data"], problems)
             _check_training(cfg.training, problems)
         if not problems and cfg.tune is not None:
             _check_tune(cfg, problems)
@@ -1218,6 +1224,16 @@ def _check_data(data: DataConfig, problems: list[str]) -> None:
             "data: expected train (a folder, CSV, .npz or IDX archive), dataset (a registry "
             "name), or all of train_images, train_labels, test_images, test_labels and "
             "num_classes"
+        )
+
+
+def _check_given_data(data: dict[str, Any], problems: list[str]) -> None:
+    """Keys of the ``data`` section as written that another key given makes meaningless (a
+    resolved config has every default filled in: this needs the keys a person wrote)."""
+    if data.get("validation") is not None and "validation_split" in data:
+        problems.append(
+            "data.validation_split: not used with data.validation (the validation data is "
+            "given); remove one of them"
         )
 
 

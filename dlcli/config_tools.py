@@ -143,7 +143,11 @@ def starter_from_data(path: str, data: Path, *, template: str | None = None) -> 
             (f"  {name}: {_quoted(_portable(p, home))}", comments.get(name, f"the {name} data"))
             for name, p in paths.items()
         ),
-        ("  validation_split: 0.1", "fraction of train held out for validation"),
+        *(
+            [("  validation_split: 0.1", "fraction of train held out for validation")]
+            if "validation" not in paths
+            else []
+        ),
         ("  resize: stretch", "images to input_shape: stretch | pad | crop"),
         ("model:", ""),
         (
@@ -203,7 +207,7 @@ def write_starter(
         text = starter_from_data(str(path), data, template=template if template_given else None)
     else:
         text = starter_config(str(path), template=template, dataset=dataset)
-    parse_config(parse_yaml(text), source=str(path))  # what init writes must load
+    parse_config(parse_yaml(text), source=str(path), as_written=True)  # init must load
     write_atomically(path, text.encode("utf-8"), "the config")
     return text
 

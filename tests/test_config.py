@@ -612,3 +612,33 @@ def test_strings_dlcli_reads_as_numbers_are_written_quoted(tmp_path: Path) -> No
     summary = {"best": {"run_dir": str(tmp_path), "number": 3, "value": 0.9}}
     write_best_config({**summary, "study": "s", "metric": "val_accuracy"}, tmp_path / "study")
     assert load_config(tmp_path / "study" / BEST_CONFIG).data.class_names == names
+
+
+def test_validation_split_given_with_validation_data_is_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from dlcli.cli import cli
+
+    raw = base()
+    raw["data"] = {"train": "train.npz", "validation": "val.npz"}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)  # validation data alone: fine
+    assert cfg.data.validation is not None
+    # A resolved config (every default filled in: a run's config.yaml, the API's) still loads.
+    assert parse_config(to_dict(cfg)).data.validation == cfg.data.validation
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(tmp_path / "run.yaml", saved=True).data.validation_split == 0.05
+    want = "data.validation_split: not used with data.validation"
+    for overrides, written in (
+        (("data.validation_split=0.2",), {}),
+        ((), {"validation_split": 0.05}),  # the default's value, given: as refused
+    ):
+        path.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], **written}}))
+        with pytest.raises(ConfigError) as info:
+            load_config(path, overrides)
+        assert any(want in d for d in info.value.details)
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)])
+    assert result.exit_code == 2 and want in result.output, result.output

@@ -172,6 +172,20 @@ def test_init_from_data_that_is_not_there_is_a_data_problem(tmp_path: Path) -> N
 # --- config show --------------------------------------------------------------------------------
 
 
+def test_init_from_train_and_validation_folders_writes_a_config_that_validates(
+    tmp_path: Path,
+) -> None:
+    from image_trees import write_learnable_tree
+
+    for split in ("train", "validation"):
+        write_learnable_tree(tmp_path / "data" / split, 8)
+    config = tmp_path / "x.yaml"
+    assert run("init", config, "--from", tmp_path / "data").exit_code == 0
+    cfg = load_config(config)  # no validation_split beside the validation folder
+    assert cfg.data.validation is not None
+    assert "validation_split" not in config.read_text()
+
+
 def test_show_prints_the_resolved_config_with_docs(tmp_path: Path) -> None:
     config = REPO_ROOT / "configs" / "fashion-mnist-cnn.yaml"
     result = run("config", "show", config, "--set", "training.epochs=3")

@@ -43,7 +43,7 @@ def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def write_config(folder: Path, data: dict[str, Any], **model: Any) -> Path:
     cfg = {
-        "data": {"validation_split": 0.25, **data},
+        "data": {**({} if "validation" in data else {"validation_split": 0.25}), **data},
         "model": {"layers": MLP, **model},
         "training": {"epochs": 3, "batch_size": 20, "optimizer": {"learning_rate": 0.01}},
         "output": {"dir": str(folder / "runs" / "own")},

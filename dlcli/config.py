@@ -1034,6 +1034,9 @@ def _check_tune(cfg: Config, problems: list[str]) -> None:
     del base["tune"]
     for param in params:
         where = f"tune.space.{param.path}"
+        if param.path == "data.validation_split" and cfg.data.validation is not None:
+            problems.append(_unused_split(where))
+            continue
         problem = _path_problem(base, param.path)
         if problem is not None:
             problems.append(f"{where}: {problem}")
@@ -1231,10 +1234,15 @@ def _check_given_data(data: dict[str, Any], problems: list[str]) -> None:
     """Keys of the ``data`` section as written that another key given makes meaningless (a
     resolved config has every default filled in: this needs the keys a person wrote)."""
     if data.get("validation") is not None and "validation_split" in data:
-        problems.append(
-            "data.validation_split: not used with data.validation (the validation data is "
-            "given); remove one of them"
-        )
+        problems.append(_unused_split("data.validation_split"))
+
+
+def _unused_split(where: str) -> str:
+    """The problem of a ``data.validation_split`` given (at ``where``) beside
+    ``data.validation``: the split is never made."""
+    return (
+        f"{where}: not used with data.validation (the validation data is given); remove one of them"
+    )
 
 
 def fill_input_shape(cfg: Config) -> None:

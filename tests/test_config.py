@@ -642,3 +642,9 @@ def test_validation_split_given_with_validation_data_is_refused_naming_both(
         assert any(want in d for d in info.value.details)
     result = CliRunner().invoke(cli, ["config", "validate", str(path)])
     assert result.exit_code == 2 and want in result.output, result.output
+    # Tuning the split is giving it too (each trial would ignore it).
+    tuned = {**raw, "tune": {"space": {"data.validation_split": {"float": [0.1, 0.3]}}}}
+    path.write_text(yaml.safe_dump(tuned))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(d.startswith(f"tune.space.{want}") for d in info.value.details)

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -193,6 +194,10 @@ def test_a_directory_that_is_not_a_study_is_refused(tiny_config: Path, tmp_path:
     assert shown.exit_code == 3 and "no tune.json" in shown.output
 
 
+# What _worker_main reads of its settings when Worker itself is replaced.
+_SETTINGS = SimpleNamespace(storage="sqlite:///unused.db")
+
+
 def test_a_worker_error_is_shown_a_line_each_with_its_details(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -215,8 +220,9 @@ def test_a_worker_error_is_shown_a_line_each_with_its_details(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("dlcli.tune.Worker", lambda *a: (_ for _ in ()).throw(failing))
         patch.setattr("torch.set_num_threads", lambda n: None)  # this process's count stays
+        patch.setattr("os.setpgid", lambda *a: None)  # pytest keeps its process group
         with pytest.raises(SystemExit):
-            _worker_main(None, 1, events)  # type: ignore[arg-type]
+            _worker_main(_SETTINGS, 1, events)  # type: ignore[arg-type]
     _on_event(Reporter(), "val_accuracy", events.sent[0])
     assert capsys.readouterr().err.splitlines() == [
         "worker error: x.yaml: 2 problems",
@@ -240,9 +246,10 @@ def test_a_worker_names_options_as_its_command_does(cli: bool, said: str) -> Non
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("dlcli.tune.Worker", worker)
         patch.setattr("torch.set_num_threads", lambda n: None)  # this process's count stays
+        patch.setattr("os.setpgid", lambda *a: None)  # pytest keeps its process group
         with pytest.raises(SystemExit):
             events = type("Events", (), {"put": staticmethod(sent.append)})
-            _worker_main(None, 1, events, cli)  # type: ignore[arg-type]
+            _worker_main(_SETTINGS, 1, events, cli)  # type: ignore[arg-type]
     assert sent[0]["message"] == f"{said} model.layers[9].units: no item [9]"
 
 

@@ -227,6 +227,7 @@ def compare(paths: Sequence[Path]) -> tuple[Listing, list[Difference]]:
     """Read the runs and list every config key whose value is not the same in all of them."""
     if len(paths) < 2:
         raise UsageError(f"runs compare: expected at least 2 run directories, found {len(paths)}")
+    _refuse_repeats(paths)
     listing = read_runs(paths)
     if listing.damaged:  # a comparison (or a gate on it) never stands on tampered numbers
         raise DamagedRun(
@@ -238,6 +239,18 @@ def compare(paths: Sequence[Path]) -> tuple[Listing, list[Difference]]:
         why = "; ".join(f"{s.path}: {s.reason}" for s in listing.skipped)
         raise ModelDirError(f"runs compare: fewer than 2 complete runs to compare ({why})")
     return listing, differences(listing.runs)
+
+
+def _refuse_repeats(paths: Sequence[Path]) -> None:
+    """A run named twice (``a a``, ``a ./a``, a link to it) would be compared with itself:
+    refused, naming it, before anything is read."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = Path(os.path.realpath(path))
+        if key in seen:
+            same = "" if str(seen[key]) == str(path) else f" (the same folder as {seen[key]})"
+            raise UsageError(f"runs compare: {path} is given twice{same}; name each run once")
+        seen[key] = path
 
 
 def differences(runs: Sequence[RunInfo]) -> list[Difference]:

@@ -139,7 +139,7 @@ def runs_compare(reporter: Reporter, run_dirs: tuple[Path, ...]) -> dict[str, An
     Config values of RUN_DIRS (those that differ highlighted) and their final metrics.
     Each run is checked against its manifest.json first: a damaged run (a file edited,
     truncated or removed since training) is refused, exit 3, naming it; an incomplete one
-    (no manifest.json) is skipped with a note.
+    (no manifest.json) is skipped with a note. A run named twice is refused, exit 2.
     """
     from dlcli.report import compare_table
     from dlcli.runs import compare, comparison_rows

@@ -688,3 +688,14 @@ def test_a_run_saved_again_while_it_is_checked_is_not_called_damaged(
     with pytest.raises(ModelDirError, match=r"config\.yaml: altered or truncated"):
         manifest.verify_manifest(run_dir, ["config.yaml"])
     assert time.monotonic() - start < manifest.SAVE_WAIT_S / 2
+
+
+def test_runs_compare_refuses_a_run_named_twice(runs_root: Path, tmp_path: Path) -> None:
+    """`runs compare a a` showed a table comparing a run with itself (nothing differed)."""
+    a = runs_root / "a"
+    doc = run_json("runs", "compare", str(a), str(runs_root / "b"), str(a), code=2)
+    assert doc["error"]["message"] == f"runs compare: {a} is given twice; name each run once"
+    (tmp_path / "link").symlink_to(a)
+    result = run("runs", "compare", str(a), str(tmp_path / "link"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{tmp_path / 'link'} is given twice (the same folder as {a})" in result.stderr

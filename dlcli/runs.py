@@ -34,6 +34,7 @@ KEY_FIELDS: tuple[tuple[str, str], ...] = (
     ("batch_size", "training.batch_size"),
     ("seed", "training.seed"),
 )
+DEFAULT_ROOT = Path("runs")  # where dlcli train puts runs, and runs list looks by default
 # Config keys that always differ between runs and say nothing about the model.
 IGNORED_KEYS = ("output.dir", "data.data_dir")
 # What a run's manifest must list, and the files read here: hashed, each within its reader's
@@ -112,6 +113,7 @@ class Listing:
     runs: list[RunInfo] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)  # incomplete or unreadable
     damaged: list[Skipped] = field(default_factory=list)  # failed verification (tampered?)
+    missing: bool = False  # the default folder of runs is not there yet (no run trained)
 
 
 @dataclass
@@ -185,10 +187,14 @@ def read_steps(path: Path) -> list[dict[str, float]]:
     return [{k: row[k] for k in columns} for row in rows if all(k in row for k in columns)]
 
 
-def list_runs(root: Path) -> Listing:
-    """Every run directory directly inside ``root`` (or ``root`` itself when it is one)."""
+def list_runs(root: Path, *, missing_ok: bool = False) -> Listing:
+    """Every run directory directly inside ``root`` (or ``root`` itself when it is one).
+    ``missing_ok`` (the default folder, :data:`DEFAULT_ROOT`): nothing at ``root`` is no runs
+    yet (``missing`` set), not an error."""
     if os.path.lexists(root) and not root.is_dir():
         raise manifest.no_run_dir(root, "directory of runs")
+    if missing_ok and not os.path.lexists(root):
+        return Listing(missing=True)
     if not root.is_dir():
         raise ModelDirError(f"{root}: no such directory (train a model first: dlcli train CONFIG)")
     manifest.recover(root)

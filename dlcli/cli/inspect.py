@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,26 +92,29 @@ def runs() -> None:
 @click.argument(
     "directory",
     type=NonEmptyPath(path_type=Path),  # a file: exit 3, as a missing folder (dlcli.runs)
-    default="runs",
     required=False,
     shell_complete=complete_run_dirs,
 )
 @dlcli_command
-def runs_list(reporter: Reporter, directory: Path) -> dict[str, Any]:
+def runs_list(reporter: Reporter, directory: Path | None) -> dict[str, Any]:
     """List the runs in DIRECTORY, one row each.
 
-    DIRECTORY defaults to runs/. Each run's config, metrics and history are checked against
+    DIRECTORY defaults to runs/ (none there yet: no runs, exit 0; a DIRECTORY given that is
+    not there: exit 3). Each run's config, metrics and history are checked against
     its manifest.json first: a run whose files were edited or damaged is marked DAMAGED, with
     the reason, and none of its values are shown (JSON: under "damaged", not "runs").
     """
     from dlcli.report import runs_table
-    from dlcli.runs import list_runs
+    from dlcli.runs import DEFAULT_ROOT, list_runs
 
-    listing = list_runs(directory)
+    given, directory = directory, directory or DEFAULT_ROOT
+    listing = list_runs(directory, missing_ok=given is None)
     rows = [run.to_dict() for run in listing.runs]
     damaged = _skipped(listing.damaged)
     if rows or damaged:
         reporter.table(runs_table(f"Runs in {directory}", rows, damaged))
+    elif listing.missing:
+        reporter.note(f"no runs yet in {directory}{os.sep} (train one: dlcli train CONFIG)")
     else:
         reporter.note(f"no complete runs in {directory}")
     for item in listing.damaged:

@@ -141,6 +141,22 @@ def test_runs_list_default_dir_and_empty_and_missing(
     assert "no such directory (train a model first" in result.stderr
 
 
+def test_runs_list_in_a_fresh_project_is_no_runs_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dlcli runs list` before any training was exit 3 "runs: no such directory"; the
+    default folder not being there yet is no runs, exit 0 (a DIR named is still exit 3)."""
+    monkeypatch.chdir(tmp_path)
+    doc = run_json("runs", "list")
+    assert doc["directory"] == "runs" and doc["runs"] == doc["damaged"] == doc["skipped"] == []
+    result = run("runs", "list")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr.strip() == "no runs yet in runs/ (train one: dlcli train CONFIG)"
+    assert run("runs", "list", "runs").exit_code == 3
+    (tmp_path / "runs").write_text("not a folder")  # a file there is still an error
+    assert run("runs", "list").exit_code == 3
+
+
 def test_runs_list_of_a_run_dir_itself(runs_root: Path) -> None:
     assert [r["name"] for r in run_json("runs", "list", str(runs_root / "a"))["runs"]] == ["a"]
 

@@ -30,6 +30,7 @@ STEPS = "steps.csv"
 DATA_DIGESTS = "data-digests.json"
 LOCK = ".dlcli-lock"  # flock()ed by the one process writing a run dir; holds its PID
 PENDING = ".dlcli-pending"  # an --overwrite run's checkpoints, until its save replaces the old run
+CHECKPOINTS = "checkpoints"  # what --resume continues from (dlcli/checkpoint.py)
 
 
 # --- a save killed mid-way: finished by the next command that opens the run dir -------------
@@ -85,6 +86,51 @@ def take_recovered() -> list[str]:
     found = list(_recovered)
     _recovered.clear()
     return found
+
+
+# --- what is a dlcli run -----------------------------------------------------------------------
+
+
+def is_run_dir(path: Path) -> bool:
+    """Is ``path`` recognisably a dlcli run: its manifest, or (an interrupted run) checkpoints
+    with theirs?"""
+    if _manifest_format(path / MANIFEST) == FORMAT:
+        return True
+    checkpoints = [path / CHECKPOINTS, path / PENDING / CHECKPOINTS]
+    return any(
+        _manifest_format(folder / MANIFEST).startswith("dlcli-checkpoint/")
+        for root in checkpoints
+        if root.is_dir()
+        for folder in root.iterdir()
+    )
+
+
+def left_by_dlcli(path: Path) -> bool:
+    """Does folder ``path`` (with no manifest) hold what a dlcli run that did not finish
+    leaves: checkpoints with their manifest (:func:`is_run_dir`), the lock of a run under way,
+    an --overwrite run's pending folder, a save's staging or set-aside folders, or a saved
+    run's config and history whose manifest is gone? A folder with none of these (a study's
+    ``plots/``, a git checkout) is not a run at all."""
+    try:
+        with os.scandir(path) as entries:
+            names = {e.name for _, e in zip(range(1000), entries, strict=False)}
+    except OSError:
+        return False
+    ours = (LOCK, PENDING, atomic.SAVE_PREFIX, atomic.OLD_PREFIX)
+    if any(name.startswith(ours) for name in names) or {CONFIG, HISTORY} <= names:
+        return True
+    return is_run_dir(path)
+
+
+def _manifest_format(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    try:
+        manifest = untrusted.load_json(path, ModelDirError, "manifest")
+    except ModelDirError:
+        return ""
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    return found if isinstance(found, str) else ""
 
 
 def no_run_dir(path: Path, what: str = "model directory") -> ModelDirError:

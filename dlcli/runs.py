@@ -6,8 +6,9 @@ stays fast. The files it shows are first checked against the SHA-256 the manifes
 (:func:`dlcli.manifest.verify_manifest`, the check ``dlcli evaluate`` makes; the weights are
 only checked to be there, not hashed): a run whose manifest is unreadable or whose files were
 edited, truncated or removed is *damaged*, listed apart with the reason, and never compared.
-A directory without a manifest is an incomplete run (training was interrupted before the
-save) and is skipped with a reason.
+A directory without a manifest that holds what an unfinished run leaves
+(:func:`dlcli.manifest.left_by_dlcli`) is an incomplete run (training was interrupted before
+the save) and is skipped with a reason; any other folder is not a run, only counted.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Listing:
     skipped: list[Skipped] = field(default_factory=list)  # incomplete or unreadable
     damaged: list[Skipped] = field(default_factory=list)  # failed verification (tampered?)
     missing: bool = False  # the default folder of runs is not there yet (no run trained)
+    not_runs: list[Path] = field(default_factory=list)  # folders holding nothing dlcli wrote
 
 
 @dataclass
@@ -202,7 +204,10 @@ def list_runs(root: Path, *, missing_ok: bool = False) -> Listing:
         return Listing([read_run(root)])
     listing = Listing()
     for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        _read_into(listing, path)
+        if (path / manifest.MANIFEST).is_file() or manifest.left_by_dlcli(path):
+            _read_into(listing, path)
+        else:  # a study's plots/, a checkout: not a run, not an interrupted one either
+            listing.not_runs.append(path)
     return listing
 
 

@@ -47,6 +47,7 @@ from dlcli.errors import (
 
 # The run dir's file names and its manifest check live in torch-free dlcli.manifest (runs list
 # uses them without torch); re-exported here, where the run dir is written and loaded.
+from dlcli.manifest import CHECKPOINTS as CHECKPOINTS
 from dlcli.manifest import CONFIG as CONFIG
 from dlcli.manifest import DATA_DIGESTS as DATA_DIGESTS
 from dlcli.manifest import FORMAT as FORMAT
@@ -59,10 +60,10 @@ from dlcli.manifest import STEPS as STEPS
 from dlcli.manifest import WEIGHTS as WEIGHTS
 from dlcli.manifest import check_manifest as check_manifest
 from dlcli.manifest import finish_interrupted_save, no_run_dir, recover, while_unchanged
+from dlcli.manifest import is_run_dir as is_run_dir
 from dlcli.manifest import sha256_file as sha256_file
 from dlcli.manifest import verify_manifest as verify_manifest
 
-CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
 
@@ -200,31 +201,6 @@ def _check_contents(output: Output, *, overwrite: bool, resume: bool) -> None:
     shutil.rmtree(run_dir / PENDING, ignore_errors=True)
     (run_dir / PENDING).mkdir()
     output.work_dir, output.replaces = run_dir / PENDING, True
-
-
-def is_run_dir(path: Path) -> bool:
-    """Is ``path`` recognisably a dlcli run: its manifest, or (an interrupted run) checkpoints
-    with theirs?"""
-    if _manifest_format(path / MANIFEST) == FORMAT:
-        return True
-    checkpoints = [path / CHECKPOINTS, path / PENDING / CHECKPOINTS]
-    return any(
-        _manifest_format(folder / MANIFEST).startswith("dlcli-checkpoint/")
-        for root in checkpoints
-        if root.is_dir()
-        for folder in root.iterdir()
-    )
-
-
-def _manifest_format(path: Path) -> str:
-    if not path.is_file():
-        return ""
-    try:
-        manifest = untrusted.load_json(path, ModelDirError, "manifest")
-    except ModelDirError:
-        return ""
-    found = manifest.get("format") if isinstance(manifest, dict) else None
-    return found if isinstance(found, str) else ""
 
 
 def _entry(run_dir: Path, name: str) -> str:

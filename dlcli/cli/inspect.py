@@ -120,11 +120,18 @@ def runs_list(reporter: Reporter, directory: Path | None) -> dict[str, Any]:
     for item in listing.damaged:
         reporter.note(f"damaged {item.path}: {item.reason}")
     _note_skipped(reporter, listing.skipped)
+    if listing.not_runs:
+        count = len(listing.not_runs)
+        reporter.note(
+            f"{count} other folder{'s' if count > 1 else ''} in {directory} "
+            f"{'are not runs' if count > 1 else 'is not a run'} (no files dlcli writes)"
+        )
     return {
         "directory": str(directory),
         "runs": rows,
         "damaged": damaged,
         "skipped": _skipped(listing.skipped),
+        "not_runs": [str(path) for path in listing.not_runs],
     }
 
 

@@ -67,8 +67,9 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         *("--output", str(root / "b"), "--seed", "7"),
         *("--set", "training.optimizer.learning_rate=0.003", "--set", "training.epochs=2"),
     )
-    (root / "broken").mkdir()
+    (root / "broken").mkdir()  # a saved run's config and history, its manifest gone
     shutil.copy(root / "a" / "config.yaml", root / "broken" / "config.yaml")
+    shutil.copy(root / "a" / "history.csv", root / "broken" / "history.csv")
     return root
 
 
@@ -141,6 +142,31 @@ def test_runs_list_default_dir_and_empty_and_missing(
     assert "no such directory (train a model first" in result.stderr
 
 
+def test_only_folders_dlcli_left_are_incomplete_runs(runs_root: Path, tmp_path: Path) -> None:
+    """Every folder without a manifest was "incomplete run (no manifest.json; training
+    interrupted?)": a study's plots/, a git checkout. Only what an unfinished run leaves
+    (checkpoints with their manifest, a pending or staging folder) is; others are counted."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "a", root / "a")
+    (root / "plots").mkdir()
+    (root / "plots" / "loss.png").write_bytes(b"\x89PNG")
+    (root / "checkout" / ".git").mkdir(parents=True)
+    (root / "checkout" / "config.yaml").write_text("a: 1\n")  # no history.csv beside it
+    checkpoint = root / "killed" / "checkpoints" / "last"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "manifest.json").write_text('{"format": "dlcli-checkpoint/2", "files": {}}')
+    (root / "overwritten" / ".dlcli-pending").mkdir(parents=True)
+    doc = run_json("runs", "list", str(root))
+    assert [r["name"] for r in doc["runs"]] == ["a"]
+    assert [s["path"] for s in doc["skipped"]] == [str(root / "killed"), str(root / "overwritten")]
+    assert doc["not_runs"] == [str(root / "checkout"), str(root / "plots")]
+    result = run("runs", "list", str(root))
+    assert result.exit_code == 0, result.output
+    assert f"2 other folders in {root} are not runs (no files dlcli writes)" in result.stderr
+    assert "plots" not in result.stderr and "checkout" not in result.stderr
+    assert f"skipped {root / 'killed'}: incomplete run" in result.stderr
+
+
 def test_runs_list_in_a_fresh_project_is_no_runs_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,6 +175,7 @@ def test_runs_list_in_a_fresh_project_is_no_runs_yet(
     monkeypatch.chdir(tmp_path)
     doc = run_json("runs", "list")
     assert doc["directory"] == "runs" and doc["runs"] == doc["damaged"] == doc["skipped"] == []
+    assert doc["not_runs"] == []
     result = run("runs", "list")
     assert result.exit_code == 0 and result.stdout == ""
     assert result.stderr.strip() == "no runs yet in runs/ (train one: dlcli train CONFIG)"

@@ -107,6 +107,23 @@ class UsageError(DlcliError):
     kind = "usage"
 
 
+class ForeignFile(UsageError):
+    """A file dlcli did not write is where a command would write (``export --out``,
+    ``lr-find --plot``, ``plot --out``): it is never overwritten, ``--force`` or not. A usage
+    error, exit 2, as ``train --overwrite`` on a folder of the user's: another path is the fix
+    (an :class:`OutputError`, exit 3, is a write that failed). ``found`` says what is there
+    (``"{path}: a file"``, ``"{folder}: a.png, b.png: files"``); ``option`` is the option that
+    chooses another path."""
+
+    def __init__(self, found: str, option: str, *, many: bool = False) -> None:
+        them = "they are" if many else "it is"
+        super().__init__(
+            f"{found} dlcli did not write {'are' if many else 'is'} there; {them} never "
+            f"overwritten, --force or not (choose another {option}, or move "
+            f"{'them' if many else 'it'} away)"
+        )
+
+
 class ConfigError(DlcliError):
     """An invalid config file or ``--set`` override; ``details`` lists every problem found."""
 

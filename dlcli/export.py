@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dlcli import atomic, untrusted
-from dlcli.errors import DlcliError, OutputError, UsageError, write_problem
+from dlcli.errors import DlcliError, ForeignFile, OutputError, UsageError, write_problem
 from dlcli.untrusted import in_the_way
 
 FORMATS = ("onnx",)
@@ -152,7 +152,7 @@ def _staging(target: Path, shown: str) -> Iterator[Path]:
 
 def _refuse_foreign(target: Path, shown: str) -> None:
     """dlcli replaces only an ONNX file it exported (its ``dlcli.weights`` metadata says so):
-    any other file at ``target`` is the user's, and is refused (exit 2), never overwritten."""
+    any other file at ``target`` is the user's, and is refused (:class:`ForeignFile`)."""
     if not target.exists() and not target.is_symlink():
         return
     ours = False
@@ -168,10 +168,7 @@ def _refuse_foreign(target: Path, shown: str) -> None:
         what = "a file"
         with contextlib.suppress(OSError):
             what = untrusted.kind_of(os.lstat(target).st_mode) or what  # /dev/null: a device
-        raise UsageError(
-            f"{shown}: {what} dlcli did not write is there; it is never overwritten "
-            "(choose another --out, or move it away)"
-        )
+        raise ForeignFile(f"{shown}: {what}", "--out")
 
 
 def _mentions_dlcli(path: Path) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from dlcli import metric_names
 from dlcli.atomic import temp_sibling
-from dlcli.errors import ModelDirError, OutputError, UsageError, write_problem
+from dlcli.errors import ForeignFile, ModelDirError, OutputError, UsageError, write_problem
 from dlcli.metrics import PerClass
 from dlcli.runs import monitored_metric, read_history, read_steps, summarize_history
 from dlcli.untrusted import check_replaceable, in_the_way, open_regular
@@ -114,7 +114,7 @@ def prepare_figure(path: Path, *, force: bool) -> None:
     """Before ``dlcli lr-find`` runs its test, where its figure goes: a path under a file, or
     at a directory, FIFO or device, is a usage error (exit 2), and so is an existing file
     without ``force``; a file dlcli did not write (no :data:`SOFTWARE` text) is never replaced,
-    ``force`` or not (exit 3: ``--plot CONFIG.yaml --force`` replaced the config with a PNG).
+    ``force`` or not (:class:`ForeignFile`: ``--plot CONFIG.yaml --force`` replaced the config).
     A missing folder is created: it failed after the whole test, "the directory vanished"."""
     blocker = in_the_way(path.parent)
     if blocker is not None:  # as plot --out, export --out and train -o: a usage error
@@ -124,10 +124,7 @@ def prepare_figure(path: Path, *, force: bool) -> None:
         if not force:
             raise UsageError(f"{path}: already exists; pass --force to replace it, or --plot PATH")
         if not _png_software(path).startswith(SOFTWARE):
-            raise OutputError(
-                f"{path}: not a figure dlcli wrote, so it is never overwritten, --force or not: "
-                "choose another --plot, or move it away"
-            )
+            raise ForeignFile(f"{path}: a file", "--plot")
     _make_folder(path.parent, "the folder for the figure")
 
 
@@ -141,18 +138,15 @@ def _make_folder(folder: Path, what: str) -> None:
 
 def _check_own_figures(paths: Sequence[Path], *, earlier_versions: bool) -> None:
     """Every file already at one of ``paths`` is a figure dlcli wrote (its PNG Software text is
-    :data:`SOFTWARE`; with ``earlier_versions``, Matplotlib's too), else an
-    :class:`OutputError` names them before anything is written: ``--out`` into a folder of the
+    :data:`SOFTWARE`; with ``earlier_versions``, Matplotlib's too), else a
+    :class:`ForeignFile` names them before anything is written: ``--out`` into a folder of the
     user's replaced their loss.png without a word."""
     accepted = (SOFTWARE, "Matplotlib") if earlier_versions else (SOFTWARE,)
     foreign = [
         p.name for p in paths if os.path.lexists(p) and not _png_software(p).startswith(accepted)
     ]
     if foreign:
-        raise OutputError(
-            f"{paths[0].parent}: {', '.join(foreign)}: files dlcli did not write are there; they "
-            "are never overwritten (choose another --out, or move them away)"
-        )
+        raise ForeignFile(f"{paths[0].parent}: {', '.join(foreign)}: files", "--out", many=True)
 
 
 def _png_software(path: Path) -> str:

@@ -147,8 +147,8 @@ def test_where_the_png_goes_is_checked_before_the_test_runs(
     """--plot into a folder that does not exist ran the whole test, then failed "the
     directory vanished while writing" (exit 3): the folder is created. --plot CONFIG --force
     replaced the config itself with a PNG: a file dlcli did not write (the config, or any
-    other) is never replaced
-    (exit 3), and a path under a file is a usage error, both before any training."""
+    other) is never replaced (exit 2, as in export and plot: it was exit 3 here), and a path
+    under a file is a usage error, both before any training."""
 
     def lr_find(*args: str) -> tuple[int, str]:
         result = CliRunner().invoke(cli, ["lr-find", str(tiny_config), "--steps", "20", *args])
@@ -164,8 +164,10 @@ def test_where_the_png_goes_is_checked_before_the_test_runs(
     mine = tmp_path / "mine.png"
     mine.write_text("my own notes")
     code, output = lr_find("--plot", str(mine), "--force")
-    assert code == 3, output
-    assert f"{mine}: not a figure dlcli wrote, so it is never overwritten" in output
+    assert code == 2, output  # as export --out and plot --out on a file of the user's
+    assert f"{mine}: a file dlcli did not write is there; it is never overwritten, --force" in (
+        output
+    )
     assert "lr-find: " not in output  # refused before the test ran
     assert mine.read_text() == "my own notes"
 

@@ -103,10 +103,10 @@ def test_plot_never_overwrites_files_it_did_not_write(run_dir: Path, tmp_path: P
     _matplotlib_png(out / "accuracy.png")
     mine = {p.name: p.read_bytes() for p in out.iterdir()}
     result = run("plot", str(run_dir), "--out", str(out))
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 2, result.output  # as export --out on a file of the user's
     assert (
         f"Error: {out}: loss.png, accuracy.png: files dlcli did not write are there; they are "
-        "never overwritten (choose another --out, or move them away)"
+        "never overwritten, --force or not (choose another --out, or move them away)"
     ) in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == mine  # nothing written at all
     (out / "loss.png").unlink()

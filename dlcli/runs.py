@@ -143,6 +143,8 @@ def read_run(path: Path) -> RunInfo:
         raise manifest.no_run_dir(path)
     manifest.recover(path)  # a save killed mid-way is finished first
     if not (path / manifest.MANIFEST).is_file():
+        if not manifest.left_by_dlcli(path):
+            raise ModelDirError(f"{path}: not a dlcli run (no files dlcli writes)")
         raise ModelDirError(f"{path}: incomplete run (no manifest.json; training interrupted?)")
     return manifest.while_unchanged(path, lambda: _read_run_once(path))
 

@@ -165,6 +165,12 @@ def test_only_folders_dlcli_left_are_incomplete_runs(runs_root: Path, tmp_path: 
     assert f"2 other folders in {root} are not runs (no files dlcli writes)" in result.stderr
     assert "plots" not in result.stderr and "checkout" not in result.stderr
     assert f"skipped {root / 'killed'}: incomplete run" in result.stderr
+    compared = run_json(
+        "runs", "compare", str(root / "a"), str(runs_root / "b"), str(root / "plots")
+    )
+    assert compared["skipped"] == [
+        {"path": str(root / "plots"), "reason": "not a dlcli run (no files dlcli writes)"}
+    ]
 
 
 def test_runs_list_in_a_fresh_project_is_no_runs_yet(

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,29 +263,47 @@ def load_csv_numbers(
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise error(f"{shown}: unreadable {what}: not UTF-8 text ({err.reason})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[dict[str, float]] = []
     header: list[str] | None = None
     values = 0
-    try:
-        for cells in reader:
-            values += len(cells)
-            if values > limits.CSV_MAX_VALUES:
-                raise error(
-                    f"{shown}: unreadable {what}: more than the {limits.CSV_MAX_VALUES:,} "
-                    "values allowed"
-                )
-            if not cells:
-                continue  # a blank line
-            if header is None:
-                header = _csv_header(cells, shown, error, what)
-            else:
-                rows.append(_csv_row(cells, header, reader.line_num, shown, error, what))
-    except csv.Error as err:
-        raise error(
-            f"{shown}: unreadable {what}: line {reader.line_num}: {shorten(str(err))}"
-        ) from None
+    for line, cells in csv_lines(text, f"{shown}: unreadable {what}", error):
+        values += len(cells)
+        if values > limits.CSV_MAX_VALUES:
+            raise error(
+                f"{shown}: unreadable {what}: more than the {limits.CSV_MAX_VALUES:,} "
+                "values allowed"
+            )
+        if not cells:
+            continue  # a blank line
+        if header is None:
+            header = _csv_header(cells, shown, error, what)
+        else:
+            rows.append(_csv_row(cells, header, line, shown, error, what))
     return rows
+
+
+def csv_lines(text: str, shown: str, error: ErrorType) -> Iterator[tuple[int, list[str]]]:
+    """Each row of a CSV text with the line it ends on. Strict: a quote never closed raises
+    ``error`` naming the line it opened on (not a field running to the end of the file), and
+    any row the ``csv`` module refuses (a field beyond its 131,072 characters) names its
+    line."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as err:
+            if "unexpected end of data" in str(err):
+                raise error(
+                    f"{shown}: line {start}: a quote opened on this line is never closed"
+                ) from None
+            raise error(
+                f"{shown}: line {reader.line_num}: not a CSV row dlcli can read: "
+                f"{shorten(str(err))}"
+            ) from None
+        if row is None:
+            return
+        yield reader.line_num, row
 
 
 def _csv_header(cells: list[str], shown: str, error: ErrorType, what: str) -> list[str]:

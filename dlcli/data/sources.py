@@ -17,14 +17,12 @@ Listing is cheap (no image is opened); decoding is :mod:`dlcli.data.decode`'s. N
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import os
 import stat
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -422,22 +420,15 @@ def list_csv(path: Path) -> FileList:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: cannot read the CSV file: {err}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        paths, labels = _csv_rows(reader, path)
-    except csv.Error as err:
-        raise DataError(
-            f"{path}: line {reader.line_num}: not a CSV row dlcli can read: "
-            f"{untrusted.shorten(str(err))}"
-        ) from None
+    paths, labels = _csv_rows(untrusted.csv_lines(text, str(path), DataError), path)
     if not paths:
         raise DataError(f"{path}: the CSV file lists no images")
     return FileList(path, "csv", paths, labels, sha256=hashlib.sha256(raw).hexdigest())
 
 
-def _csv_rows(reader: Any, path: Path) -> tuple[list[str], list[str]]:
-    """The paths (joined to the CSV's folder) and labels of a CSV reader's rows."""
-    header = [h.strip().lower() for h in next(reader, [])]
+def _csv_rows(lines: Iterator[tuple[int, list[str]]], path: Path) -> tuple[list[str], list[str]]:
+    """The paths (joined to the CSV's folder) and labels of a CSV file's rows."""
+    header = [h.strip().lower() for h in next(lines, (0, []))[1]]
     if "path" not in header or "label" not in header:
         raise DataError(
             f"{path}: expected a CSV header with the columns path,label; found "
@@ -448,8 +439,7 @@ def _csv_rows(reader: Any, path: Path) -> tuple[list[str], list[str]]:
     labels: list[str] = []
     folder = os.fspath(path.parent)
     first: dict[str, tuple[str, int]] = {}  # each file's first label and line
-    for row in reader:
-        line = reader.line_num
+    for line, row in lines:
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) <= max(at_path, at_label):

@@ -421,7 +421,7 @@ JUNK = [
     ("history.csv", b"epoch,loss\n1,2,3\n", "line 2 has 3 values, the header names 2 columns"),
     ("history.csv", b"epoch,,loss\n", "is not a row of unique column names"),
     ("history.csv", b"\xff\xfe\n", "history.csv: unreadable history file: not UTF-8 text"),
-    ("history.csv", b'epoch\n"1\n', "history.csv: unreadable history file: line 2"),
+    ("history.csv", b'epoch\n"1\n', "unreadable history file: line 2: a quote opened on this"),
     ("metrics.json", b"[" * 100_000, "metrics.json: unreadable metrics file: nested 100000"),
     ("metrics.json", b"{not json", "metrics.json: unreadable metrics file: not valid JSON"),
     ("metrics.json", b"NaN", "metrics.json: unreadable metrics file (not a JSON object)"),

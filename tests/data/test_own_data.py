@@ -148,6 +148,15 @@ def test_csv_rows_the_csv_module_refuses_or_no_file_can_name_are_data_errors(
         load_local(LocalData(tmp_path / "q.csv"))
 
 
+def test_a_quote_never_closed_names_the_line_it_opened_on(tmp_path: Path) -> None:
+    """A quote opened on the last lines ran to the end of the file as one field: "line 4:
+    expected 2 columns, found ['img/0.png,cat\\n…']"."""
+    (tmp_path / "open.csv").write_text('path,label\na.png,cat\n"img/0.png,cat\nb.png,dog\n')
+    message = r"open.csv: line 3: a quote opened on this line is never closed"
+    with pytest.raises(DataError, match=message):
+        load_local(LocalData(tmp_path / "open.csv"))
+
+
 def test_a_csv_labelling_one_image_twice_differently_is_refused(tmp_path: Path) -> None:
     """The same file listed as 'cat' and as 'dog' (here once as ./a.png) trained on both
     labels, silently; data check called it a duplicate. Listed twice with one label, it is

@@ -434,6 +434,12 @@ def _csv_rows(lines: Iterator[tuple[int, list[str]]], path: Path) -> tuple[list[
             f"{path}: expected a CSV header with the columns path,label; found "
             f"{untrusted.echo(header) if header else 'none'}"
         )
+    for column in ("path", "label"):
+        if header.count(column) > 1:
+            raise DataError(
+                f"{path}: the CSV header names the column {column} {header.count(column)} "
+                f"times ({untrusted.echo(header)}); expected it once"
+            )
     at_path, at_label = header.index("path"), header.index("label")
     paths: list[str] = []
     labels: list[str] = []

@@ -126,6 +126,14 @@ def test_csv_problems_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "b.csv").write_text("path,label\nx.png\n")
     with pytest.raises(DataError, match=r"b.csv: line 2: expected 2 columns"):
         load_local(LocalData(tmp_path / "b.csv"))
+    # a column named twice: the first was used, silently
+    Image.new("L", (4, 4)).save(tmp_path / "x.png")
+    (tmp_path / "c.csv").write_text("path,label,Label\nx.png,a,b\n")
+    message = r"c.csv: the CSV header names the column label 2 times \(\['path', 'label'"
+    with pytest.raises(DataError, match=message):
+        load_local(LocalData(tmp_path / "c.csv"))
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "c.csv")])
+    assert result.exit_code == 3, result.output
 
 
 def test_csv_rows_the_csv_module_refuses_or_no_file_can_name_are_data_errors(

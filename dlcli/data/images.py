@@ -76,15 +76,18 @@ def check_input_shape(
     return shape
 
 
-def check_image_size(height: int, width: int) -> None:
+def check_image_size(height: int, width: int, source: str = "") -> None:
     """The one bound on the model's image size: at most
     :data:`~dlcli.limits.IMAGE_MAX_PIXELS` pixels (height × width), the most dlcli decodes
-    from a file; a :class:`ConfigError` naming ``model.input_shape`` otherwise."""
-    if height * width > limits.IMAGE_MAX_PIXELS:
-        raise ConfigError(
-            f"model.input_shape: {height} × {width} is {height * width:,} pixels, more than "
-            f"the {limits.IMAGE_MAX_PIXELS:,} dlcli decodes from an image"
-        )
+    from a file; otherwise a :class:`ConfigError` naming ``model.input_shape``, or, for a
+    size read from data, a :class:`DataError` naming that ``source``."""
+    if height * width <= limits.IMAGE_MAX_PIXELS:
+        return
+    size = f"{height} × {width} is {height * width:,} pixels, more than the "
+    size += f"{limits.IMAGE_MAX_PIXELS:,} dlcli decodes from an image"
+    if source:
+        raise DataError(f"{source}: images of {size}")
+    raise ConfigError(f"model.input_shape: {size}")
 
 
 @dataclass(frozen=True)

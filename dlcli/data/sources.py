@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from dlcli import limits, untrusted
 from dlcli.data.idx import looks_like_idx
-from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, is_image_name
+from dlcli.data.images import CHANNEL_MODES, IMAGE_SUFFIXES, check_image_size, is_image_name
 from dlcli.errors import DataError
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -608,6 +608,7 @@ def _image_array(array: Any, path: Path) -> npt.NDArray[np.uint8]:
             f"{path}: expected images of at least 1 × 1 pixels with 1 (greyscale), 3 (RGB) or "
             f"4 (RGBA) channels, found shape {array.shape} (N, H, W[, C])"
         )
+    check_image_size(array.shape[1], array.shape[2], f"{path}: shape {array.shape}")
     return np.ascontiguousarray(array)
 
 

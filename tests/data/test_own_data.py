@@ -929,6 +929,19 @@ def test_unicode_digit_class_names_are_names_not_numbers(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
 
 
+def test_npz_images_beyond_the_pixel_bound_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images read from an .npz larger than limits.IMAGE_MAX_PIXELS were blamed on
+    model.input_shape (exit 2), a key the config did not set; the size came from the file."""
+    monkeypatch.setattr("dlcli.limits.IMAGE_MAX_PIXELS", 100)
+    np.savez(tmp_path / "big.npz", x=np.zeros((4, 11, 10), np.uint8), y=np.arange(4) % 2)
+    result = train(write_config(tmp_path, {"train": str(tmp_path / "big.npz")}))
+    assert result.exit_code == 3, result.output
+    assert "big.npz: shape (4, 11, 10): images of 11 × 10 is 110 pixels" in result.output
+    assert "model.input_shape" not in result.output
+
+
 def test_an_npz_member_declaring_more_than_it_holds_is_refused_unread(tmp_path: Path) -> None:
     """A 1 KB .npz whose x.npy header claims (100000, 1000, 1000) uint8 (93 GiB): a DataError
     naming the file and the member, with nothing allocated, in train and data check."""

@@ -46,10 +46,17 @@ def shorten(text: str) -> str:
 def printable(text: str) -> str:
     """``text`` with every character a terminal would act on (controls, escape sequences, line
     separators) written as its Python escape (``\\x1b``), for a message that quotes what a
-    file or a server said."""
+    file or a server said; a file name's byte that is not UTF-8 (kept by Python as a lone
+    surrogate) is written as that byte (``\\xff``)."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # os.fsdecode's surrogateescape of one byte
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]
 
 
 def shell_word(path: str | os.PathLike[str]) -> str:

@@ -272,4 +272,4 @@ def _notes(splits: dict[str, SplitCheck], overlap: list[list[str]]) -> list[str]
             notes.append(f"{split.name}: classes not in train: {', '.join(sorted(missing))}")
     if overlap:
         notes.append(f"{len(overlap)} images are in both train and test (same bytes)")
-    return notes
+    return [untrusted.printable(note) for note in notes]  # one line each, whatever a name holds

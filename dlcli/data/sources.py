@@ -338,7 +338,7 @@ def class_folder_notes(parts: dict[str, Source]) -> list[str]:
                     f"{', '.join(repr(m) for m in missing)} (train has {it}): "
                     f"the {part} metrics leave {it} out"
                 )
-    return notes
+    return [untrusted.printable(note) for note in notes]  # one line each, whatever a name holds
 
 
 def check_named_classes(train: Source, class_names: Sequence[str]) -> None:

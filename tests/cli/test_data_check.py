@@ -16,6 +16,8 @@ from image_trees import CLASSES, write_learnable_tree, write_odd_tree
 from PIL import Image
 
 from dlcli.cli import cli
+from dlcli.data.check import check_paths
+from dlcli.data.local import LocalData, load_local
 
 
 def check(*args: Any) -> Any:
@@ -288,6 +290,22 @@ def test_json_shows_a_non_utf8_class_name_as_its_bytes(tmp_path: Path) -> None:
     assert "\\udc" not in done.stdout
     json.loads(done.stdout)
     assert '"bad\\\\xff"' in done.stdout  # the JSON text of the Python text bad\xff
+
+
+def test_notes_quoting_class_names_are_one_line_each(tmp_path: Path) -> None:
+    """A class folder named 'c\\nd' (imbalanced) or 'e\\x1bf' (empty) put a line break or an
+    escape into the notes train records (metrics.json, --json, the API) and data check lists;
+    each note is now one printable line."""
+    for name, count in (("a", 6), ("c\nd", 2), ("e\x1bf", 0)):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (4, 4), len(name) * 40 + i).save(tmp_path / "pics" / name / f"{i}.png")
+    notes = check_paths({"train": tmp_path / "pics"}).notes
+    assert any("'c\\nd' 2 (3.0x)" in note for note in notes), notes
+    assert any("e\\x1bf holds no image" in note for note in notes), notes
+    assert all(note.isprintable() for note in notes), notes
+    recorded = load_local(LocalData(tmp_path / "pics")).notes
+    assert recorded and all(note.isprintable() for note in recorded), recorded
 
 
 def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path: Path) -> None:

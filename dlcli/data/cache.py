@@ -172,11 +172,12 @@ def load(
 
 def save(
     entry: Path, decoded: Decoded, conversion: Conversion, source: Path, key: Conversion | Inferred
-) -> bool:
+) -> str | None:
     """Write an entry atomically and drop older entries of the same source and settings
     (``source`` and ``key``, as :func:`entry_path` took them; ``conversion`` is the one used),
-    this format's and earlier formats', and the temporary files killed writers left. False
-    when the cache folder cannot be written (the cache is an optimisation only)."""
+    this format's and earlier formats', and the temporary files killed writers left. None
+    when written; else why the cache folder cannot be written (the cache is an optimisation
+    only: the caller notes it)."""
     tensors: dict[str, Any] = {
         "images": np.ascontiguousarray(decoded.images),
         "kept": np.ascontiguousarray(decoded.kept),
@@ -198,11 +199,11 @@ def save(
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    except OSError:
-        return False
+    except OSError as err:
+        return err.strerror or str(err)
     _remove_replaced(entry, _replaced_prefixes(source, key))
     atomic.remove_abandoned(entry.parent, TEMP_NAME)
-    return True
+    return None
 
 
 def _crc32s(tensors: dict[str, npt.NDArray[Any]]) -> dict[str, int]:

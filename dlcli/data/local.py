@@ -51,7 +51,7 @@ from dlcli.data.sources import (
     open_source,
 )
 from dlcli.errors import DataError
-from dlcli.untrusted import is_number
+from dlcli.untrusted import is_number, printable
 
 SKIP_HINT = (
     "Fix or remove them, or set data.skip_bad_files: true to train without them "
@@ -117,8 +117,11 @@ def load_local(spec: LocalData) -> Dataset:
     splits: dict[str, Split] = {}
     digests: dict[str, dict[str, str]] = {}
     bad: list[tuple[str, str]] = []
+    notes = class_folder_notes(parts)
     for part, source in parts.items():  # train first: its images may set the input shape
-        split, conversion, part_bad, found = _load_split(source, conversion, encoders[part], spec)
+        split, conversion, part_bad, found = _load_split(
+            source, conversion, encoders[part], spec, notes
+        )
         splits[part] = split
         digests[f"{part}: {os.path.abspath(source.source)}"] = found
         bad += part_bad
@@ -140,7 +143,7 @@ def load_local(spec: LocalData) -> Dataset:
         split_sources={part: str(source.source) for part, source in parts.items()},
         skipped=[{"path": p, "reason": r} for p, r in bad],
         validation=splits.get("validation"),
-        notes=class_folder_notes(parts),
+        notes=notes,
         digests=digests,
     )
 
@@ -269,13 +272,18 @@ def _shown(names: tuple[str, ...]) -> str:
 
 
 def _load_split(
-    source: Source, conversion: Conversion | None, encoder: Encoder, spec: LocalData
+    source: Source,
+    conversion: Conversion | None,
+    encoder: Encoder,
+    spec: LocalData,
+    notes: list[str],
 ) -> tuple[Split, Conversion, list[tuple[str, str]], dict[str, str]]:
-    """The split, its conversion, its unreadable files and its :func:`file_digests`."""
+    """The split, its conversion, its unreadable files and its :func:`file_digests`; a note
+    for the user added to ``notes``."""
     if isinstance(source, ArrayData):
         split = _array_split(source, conversion, spec)
         return split, _array_conversion(source, spec), [], split_digests(source)
-    decoded, conversion = decode_cached(source, conversion, spec)
+    decoded, conversion = decode_cached(source, conversion, spec, notes)
     codes = np.array([encoder[label] for label in source.labels], dtype=np.int64)
     labels = torch.from_numpy(codes[decoded.kept])
     split = Split(torch.from_numpy(decoded.images), labels)
@@ -326,10 +334,11 @@ def fingerprint(digests: dict[str, str]) -> str:
 
 
 def decode_cached(
-    files: FileList, conversion: Conversion | None, spec: LocalData
+    files: FileList, conversion: Conversion | None, spec: LocalData, notes: list[str]
 ) -> tuple[Decoded, Conversion]:
     """The files' pixels from the cache, else decoded (and cached). Without a conversion,
-    the input shape is inferred from the files' headers first."""
+    the input shape is inferred from the files' headers first. A cache folder that cannot
+    be written adds one note to ``notes`` (once, however many splits miss it)."""
     entry = None
     if spec.cache:
         root = cache.cache_dir(spec.cache_dir)
@@ -343,7 +352,11 @@ def decode_cached(
         conversion = infer_conversion(infos, bad, resize=spec.resize, background=spec.background)
     decoded = decode_files(files.paths, conversion, workers=spec.workers)
     if entry is not None:
-        cache.save(entry, decoded, conversion, files.source, settings)
+        why = cache.save(entry, decoded, conversion, files.source, settings)
+        if why is not None:
+            note = f"image cache {root} is not writable ({why}): images are decoded each time"
+            if printable(note) not in notes:
+                notes.append(printable(note))
     return decoded, conversion
 
 

@@ -156,6 +156,25 @@ def test_csv_rows_the_csv_module_refuses_or_no_file_can_name_are_data_errors(
         load_local(LocalData(tmp_path / "q.csv"))
 
 
+def test_a_cache_folder_that_cannot_be_written_is_noted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache path under a file: every split was decoded each time, without a word. One
+    note says so, however many splits missed the cache; a writable cache adds none."""
+    write_learnable_tree(tmp_path / "train", 8)
+    write_learnable_tree(tmp_path / "test", 4, seed=1)
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("DLCLI_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    spec = LocalData(tmp_path / "train", test=tmp_path / "test")
+    notes = [n for n in load_local(spec).notes if "image cache" in n]
+    assert notes == [
+        f"image cache {tmp_path / 'file' / 'cache'} is not writable (Not a directory): "
+        "images are decoded each time"
+    ]
+    monkeypatch.setenv("DLCLI_CACHE_DIR", str(tmp_path / "cache"))
+    assert not [n for n in load_local(spec).notes if "image cache" in n]
+
+
 def test_a_quote_never_closed_names_the_line_it_opened_on(tmp_path: Path) -> None:
     """A quote opened on the last lines ran to the end of the file as one field: "line 4:
     expected 2 columns, found ['img/0.png,cat\\n…']"."""

@@ -961,7 +961,9 @@ def summarize(handle: Study, directory: Path) -> dict[str, Any]:
     """The trials sorted by the metric (best first; unfinished ones last) and the best."""
     metric = str(handle.study.user_attrs.get("dlcli.metric"))
     direction = handle.study.direction.name.lower()
-    rows = [_row(t, directory) for t in handle.trials()]
+    trials = handle.trials()
+    retried = _retried(trials)
+    rows = [_row(t, directory, retried) for t in trials]
     sign = -1.0 if direction == "maximize" else 1.0
 
     def key(row: dict[str, Any]) -> tuple[int, float, int]:
@@ -986,7 +988,37 @@ def summarize(handle: Study, directory: Path) -> dict[str, Any]:
     }
 
 
-def _row(trial: optuna.trial.FrozenTrial, directory: Path) -> dict[str, Any]:
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """The numbers of the trials a later trial retries."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    return {n for n in map(Retry.retried_trial_number, trials) if n is not None}
+
+
+def _stale_reason(trial: optuna.trial.FrozenTrial, retried: set[int]) -> str | None:
+    """Why a trial failed when it records no error: its worker stopped beating, in it and in
+    each of the ``STALE_RETRIES`` copies before it, so it was not queued again (Optuna failed
+    it: a finished trial takes no attribute, so this is derived). A trial that ran to its end
+    has its seconds; one failed otherwise has its error, or was queued again."""
+    attrs = trial.user_attrs
+    stale = int(attrs.get("dlcli.stale", 0))
+    if (
+        trial.state.name != "FAIL"
+        or trial.number in retried
+        or attrs.get("error") is not None
+        or attrs.get("seconds") is not None
+        or attrs.get("interrupted")
+        or stale < STALE_RETRIES
+    ):
+        return None
+    return (
+        f"its worker stopped (no heartbeat) {stale + 1} times, in this trial and the {stale} "
+        f"before it that it retries; not queued again (a trial that kills its worker, "
+        "such as by running out of memory)"
+    )
+
+
+def _row(trial: optuna.trial.FrozenTrial, directory: Path, retried: set[int]) -> dict[str, Any]:
     from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 
     attrs = trial.user_attrs
@@ -1006,7 +1038,7 @@ def _row(trial: optuna.trial.FrozenTrial, directory: Path) -> dict[str, Any]:
         "run_dir": str(run_dir_of(directory, attrs["run_dir"])) if attrs.get("run_dir") else None,
         "retry_of": Retry.retried_trial_number(trial),
         "interrupted": bool(attrs.get("interrupted", False)),
-        "error": attrs.get("error"),
+        "error": attrs.get("error") or _stale_reason(trial, retried),
     }
 
 

@@ -169,6 +169,9 @@ def _results(reporter: Reporter, handle: Any, directory: Path, gates: list[Any])
 
     summary = tuning.summarize(handle, directory)
     reporter.table(trials_table(summary))
+    for trial in summary["trials"]:
+        if trial["state"] == "fail" and trial["error"]:
+            reporter.result_line(f"trial {trial['number']} failed: {trial['error']}")
     best = summary["best"]
     document = dict(summary)
     if best is None:

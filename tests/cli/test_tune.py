@@ -790,3 +790,10 @@ def test_a_trial_whose_worker_dies_resumes_in_its_run_dir_and_is_retried_twice_a
     claim_and_die()
     assert handle.trials(optuna.trial.TrialState.WAITING) == []
     assert [t.state.name for t in tune.counted(handle)] == ["FAIL"]  # the study is done
+    # why it failed: its error stayed null (Optuna fails it) and --show said nothing
+    rows = {row["number"]: row for row in tune.summarize(handle, tmp_path / "s")["trials"]}
+    assert rows[0]["error"] is None  # retried as trial 1
+    assert rows[1]["error"].startswith("its worker stopped (no heartbeat) 2 times")
+    tune.prepare_directory(settings)  # its tune.json, which --show reads
+    shown = invoke(str(tmp_path / "s"), "--show")
+    assert "trial 1 failed: its worker stopped (no heartbeat) 2 times" in shown.output

@@ -275,7 +275,7 @@ def test_names_in_messages_reach_the_terminal_escaped(tmp_path: Path) -> None:
         result.stderr
         == f"Error: {tmp_path}/x\\x1b[31mred\\x1b]0;pwned\\x07: model directory not found\n"
     )
-    (tmp_path / "runs" / name).mkdir(parents=True)
+    (tmp_path / "runs" / name / ".dlcli-pending").mkdir(parents=True)  # an unfinished run's
     result = run("runs", "list", tmp_path / "runs")
     assert "\x1b" not in result.stderr and "x\\x1b[31mred" in result.stderr
 

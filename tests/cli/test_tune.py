@@ -355,15 +355,15 @@ def test_the_timeout_counts_from_the_command_start(
     before the first trial is exit 2, saying so, and no trial starts; the study can go on."""
     import time
 
-    from dlcli.data import load
+    from dlcli import pipeline
 
-    loading = load.load_data
+    loading = pipeline.config_data  # where every command reads a config's data
 
     def slow_loading(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.0)
         return loading(*args, **kwargs)
 
-    monkeypatch.setattr(load, "load_data", slow_loading)
+    monkeypatch.setattr(pipeline, "config_data", slow_loading)
     config = tune_config(tiny_config, trials=1)
     out = tmp_path / "study"
     result = invoke(str(config), "-o", str(out), "--timeout", "0.5")
@@ -371,7 +371,7 @@ def test_the_timeout_counts_from_the_command_start(
     assert "--timeout 0.5: spent before the first trial could start" in result.output
     assert "no trial was run, 1 wait" in result.output and "Traceback" not in result.output
     assert not list(out.glob("trial-*"))
-    monkeypatch.setattr(load, "load_data", loading)
+    monkeypatch.setattr(pipeline, "config_data", loading)
     again = invoke(str(config), "-o", str(out), "--timeout", "600")  # the study goes on
     assert again.exit_code == 0, again.output
     assert (out / "trial-0000").is_dir()

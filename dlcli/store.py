@@ -59,7 +59,13 @@ from dlcli.manifest import PENDING as PENDING  # an --overwrite run's, until it 
 from dlcli.manifest import STEPS as STEPS
 from dlcli.manifest import WEIGHTS as WEIGHTS
 from dlcli.manifest import check_manifest as check_manifest
-from dlcli.manifest import finish_interrupted_save, no_run_dir, recover, while_unchanged
+from dlcli.manifest import (
+    finish_interrupted_save,
+    left_by_dlcli,
+    no_run_dir,
+    recover,
+    while_unchanged,
+)
 from dlcli.manifest import is_run_dir as is_run_dir
 from dlcli.manifest import sha256_file as sha256_file
 from dlcli.manifest import verify_manifest as verify_manifest
@@ -393,6 +399,11 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
             raise ModelDirError(
                 f"{run_dir}: a folder of runs, not a run: name one of them, e.g. "
                 f"{_quote(inside[0])} (dlcli runs list {_quote(run_dir)} lists them)"
+            )
+        if not left_by_dlcli(run_dir):  # a folder dlcli never trained into
+            raise ModelDirError(
+                f"{run_dir}: not a dlcli model directory (no {MANIFEST}, nor what a dlcli run "
+                "that did not finish leaves: checkpoints, or its config.yaml and history.csv)"
             )
         resumable = (run_dir / CHECKPOINTS).is_dir()
         raise ModelDirError(

@@ -119,6 +119,12 @@ def with_archive(key: str, data: Callable[[World], bytes]) -> Args:
     ]
 
 
+def _only_notes(run_dir: Path) -> None:
+    shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+
+
 def altered_run(name: str, alter: Callable[[Path], None], command: str = "evaluate") -> Args:
     def args(w: World) -> list[str]:
         run_dir = w.run_copy(name)
@@ -258,6 +264,9 @@ CASES = [
          3, "model.safetensors: altered or truncated"),
     Case("evaluate-no-manifest", altered_run("b", lambda d: (d / "manifest.json").unlink()), 3,
          "not a complete dlcli model directory"),
+    # a folder dlcli never trained into is not asked whether its training was interrupted
+    Case("evaluate-a-folder-dlcli-never-wrote", altered_run("never", _only_notes), 3,
+         "not a dlcli model directory (no manifest.json, nor what a dlcli run that did not"),
     Case("evaluate-a-folder-of-runs", lambda w: ["evaluate", str(w.run_dir.parent)], 3,
          "a folder of runs, not a run: name one of them, e.g."),
     Case("evaluate-garbage-manifest",
